@@ -1,0 +1,137 @@
+"""The contract every step kind implements.
+
+A step kind is a subclass of `Step` with:
+  - `kind`: the name used in recipes (`kind: split`);
+  - `version`: its code version; bump it whenever the output for the same
+    params would change, so every cached output of the old code is rebuilt;
+  - `Params`: a pydantic model (subclass `StepParams`) of the recipe fields.
+    Fields typed `Ref` (or `Ref | None`, `list[Ref]`, `dict[str, Ref]`) name
+    other steps (`train_split` or `split.train` for a named table);
+    `runtime_fields` lists fields that never enter the cache key
+    (batch size, device, concurrency, API key variable names...);
+  - `tables`: names of side tables the step writes beside its main table;
+  - `run(ctx) -> StepResult`.
+
+Step modules must stay cheap to import: import torch, transformers, faiss and
+friends inside `run`, never at module level (a cached build must not load them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from synthforge.cache import Cache
+
+
+class _RefMarker:
+    """Metadata marking a str field as a reference to another step's output."""
+
+    def __repr__(self) -> str:
+        return "Ref"
+
+
+REF = _RefMarker()
+Ref = Annotated[str, REF]
+
+
+class StepParams(BaseModel):
+    """Base for every step's parameters: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings that change how, not what, a step computes. Never in a key."""
+
+    device: str = "auto"
+    progress: bool = True
+    concurrency: int | None = None
+    batch_size: int | None = None
+
+
+class InputTable:
+    """A cached output handed to a downstream step (read lazily)."""
+
+    def __init__(self, entry_dir: Path, table: str = "data"):
+        self.entry_dir = Path(entry_dir)
+        self.table = table
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.entry_dir / "manifest.json").read_text())
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def path(self) -> Path:
+        return self.entry_dir / f"{self.table}.parquet"
+
+    def frame(self, columns: list[str] | None = None) -> "pl.DataFrame":
+        import polars as pl
+
+        return pl.read_parquet(self.path, columns=columns)
+
+    def artifact(self, name: str) -> Path:
+        """A file or folder the upstream step left under its `artifacts/`."""
+        return self.entry_dir / "artifacts" / name
+
+    def __repr__(self) -> str:
+        return f"InputTable({self.entry_dir.name}:{self.table})"
+
+
+@dataclass
+class StepContext:
+    step: str  # the step's name in the recipe
+    recipe: str  # the recipe's name
+    params: StepParams
+    seed: int
+    key: str
+    inputs: dict[str, Any]  # Ref field name -> InputTable | list[InputTable] | dict[str, InputTable] | None
+    workdir: Path  # the entry being written; put extra files under workdir / "artifacts"
+    cache: "Cache"
+    runtime: Runtime = field(default_factory=Runtime)
+    log: Callable[[str], None] = print
+
+    @property
+    def artifacts(self) -> Path:
+        path = self.workdir / "artifacts"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class StepResult:
+    data: "pl.DataFrame"
+    tables: dict[str, "pl.DataFrame"] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able; lands in manifest["meta"]
+
+
+class Step:
+    kind: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[StepParams]]
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+    tables: ClassVar[tuple[str, ...]] = ()
+
+    def files_read(self, params: StepParams) -> list[Path]:
+        """Files whose content enters the key (a changed file rebuilds the step)."""
+        return []
+
+    def plan_note(self, params: StepParams) -> str | None:
+        """A short estimate shown by `synthforge plan` (e.g. tokens needed)."""
+        return None
+
+    def run(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError
