@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +164,21 @@ class Cache:
         os.rename(entry.path, trash / "entry")  # vanish atomically, then delete
         shutil.rmtree(trash, ignore_errors=True)
 
-    def stale_tmp(self, older_than_s: float = 3600) -> list[Path]:
+    def sweep_tmp(self) -> int:
+        """Delete leftovers of killed builds: tmp folders whose key nobody holds the lock of."""
         tmp_root = self.root / "tmp"
         if not tmp_root.is_dir():
-            return []
-        cutoff = time.time() - older_than_s
-        return [p for p in tmp_root.iterdir() if p.stat().st_mtime < cutoff]
+            return 0
+        swept = 0
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        for path in tmp_root.iterdir():
+            key = path.name.split(".")[0]
+            with open(self.root / "locks" / f"{key}.lock", "a+") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live build is writing it
+                shutil.rmtree(path, ignore_errors=True)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                swept += 1
+        return swept

@@ -39,8 +39,21 @@ class _RefMarker:
         return "Ref"
 
 
+class _FileMarker:
+    """Metadata marking a str field as a file path, relative to the recipe's folder.
+
+    The builder checks the file exists, hashes its content into the key (so an
+    edited file rebuilds the step) and hands the step an absolute path.
+    """
+
+    def __repr__(self) -> str:
+        return "FilePath"
+
+
 REF = _RefMarker()
 Ref = Annotated[str, REF]
+FILE = _FileMarker()
+FilePath = Annotated[str, FILE]
 
 
 class StepParams(BaseModel):
@@ -128,6 +141,10 @@ class Step:
     def files_read(self, params: StepParams) -> list[Path]:
         """Files whose content enters the key (a changed file rebuilds the step)."""
         return []
+
+    def identity(self, params: StepParams) -> dict[str, Any]:
+        """Extra facts that enter the key: e.g. the version of a packaged dataset or model."""
+        return {}
 
     def plan_note(self, params: StepParams) -> str | None:
         """A short estimate shown by `synthforge plan` (e.g. tokens needed)."""

@@ -1,0 +1,168 @@
+"""What each CLI command does, as plain functions returning text (the CLI only parses and prints)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from synthforge.builder import Graph, build, build_graph, plan
+from synthforge.cache import Cache, Entry
+from synthforge.errors import UserError, did_you_mean
+from synthforge.recipe.resolve import Recipe, load_recipe, parse_overrides
+from synthforge.steps.base import Runtime
+from synthforge.tables import render_table
+
+
+def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
+    return build_graph(load_recipe(recipe_path, parse_overrides(sets)))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:
+    items = plan(graph, cache, only, force)
+    runs = sum(item.action == "run" for item in items)
+    recipe = graph.recipe
+    lines = [
+        f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
+        f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
+    ]
+    rows = []
+    for item in items:
+        why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
+        rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
+    lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
+    return "\n".join(lines)
+
+
+def build_text(
+    graph: Graph,
+    cache: Cache,
+    only: tuple[str, ...] = (),
+    force: tuple[str, ...] = (),
+    runtime: Runtime = Runtime(),
+    log: Callable[[str], None] = _log,
+) -> str:
+    start = time.perf_counter()
+    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log)
+    ran = [i for i in report.items if i.action == "run"]
+    rows = [
+        [item.node.step, len(item.node.variants), item.node.key[:12], item.action if item.action == "cached" else "built",
+         report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
+        for item in report.items
+    ]
+    table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
+    summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
+    return f"{table}\n{summary}"
+
+
+def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
+    recipe = graph.recipe
+    if step not in recipe.model.steps:
+        steps = list(recipe.model.steps)
+        raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, steps) or f"steps: {', '.join(steps)}")
+    keys = {graph.keys[v.name][step] for v in recipe.variants}
+    if variant is None and len(keys) > 1:
+        names = [v.name for v in recipe.variants]
+        raise UserError(
+            f"step '{step}' differs across {len(names)} variants", hint=f"pass --variant, one of: {'; '.join(names)}"
+        )
+    key = graph.keys[recipe.variant(variant).name][step]
+    entry = cache.get(key)
+    if entry is None:
+        raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {recipe.path}")
+    return entry
+
+
+def _table_path(entry: Entry, table: str) -> Path:
+    tables = entry.manifest.get("tables", {})
+    if table not in tables:
+        raise UserError(f"step '{entry.manifest['step']}' has no table '{table}'", hint=f"tables: {', '.join(tables)}")
+    return entry.table_path(table)
+
+
+def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
+    import polars as pl
+
+    manifest = entry.manifest
+    info = manifest["tables"][table] if table in manifest.get("tables", {}) else None
+    frame = pl.read_parquet(_table_path(entry, table))
+    lines = [
+        f"step {manifest['step']} ({manifest['kind']}), table {table}: {frame.height} rows, key {entry.key}",
+        "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
+        "schema: " + ", ".join(f"{c}: {t}" for c, t in (info or {}).get("schema", {}).items()),
+    ]
+    if "label" in frame.columns and frame.height:
+        counts = frame.group_by("label").len().sort("label")
+        lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
+    head = frame.select([c for c in frame.columns if c != "embedding"]).head(rows)
+    with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
+        lines.append(str(head))
+    return "\n".join(lines)
+
+
+def export_table(entry: Entry, to: str, table: str = "data") -> str:
+    import polars as pl
+
+    frame = pl.read_parquet(_table_path(entry, table))
+    target = Path(to)
+    suffix = target.suffix.lower()
+    writers = {".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson, ".csv": None}
+    if suffix not in writers:
+        raise UserError(f"cannot export to '{target.name}'", field="--to", hint="use a .parquet, .jsonl or .csv file name")
+    if suffix == ".csv":
+        frame = frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
+                                   for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    (frame.write_csv if suffix == ".csv" else writers[suffix])(tmp)
+    tmp.replace(target)
+    return f"wrote {frame.height} rows to {target}"
+
+
+def cache_ls_text(cache: Cache) -> str:
+    rows = []
+    for entry in cache.entries():
+        m = entry.manifest
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["timings"]["started"]))
+        rows.append([entry.key[:12], m["recipe"], m["step"], m["kind"], m["rows"], f"{entry.size_bytes() / 1e6:.2f}", when])
+    if not rows:
+        return f"cache {cache.root} is empty"
+    return render_table(["key", "recipe", "step", "kind", "rows", "MB", "built"], rows, align_right=(4, 5))
+
+
+def cache_verify_text(cache: Cache) -> tuple[str, bool]:
+    bad = []
+    total = 0
+    for entry in cache.entries():
+        total += 1
+        for problem in cache.verify(entry):
+            bad.append([entry.key[:12], entry.manifest.get("step", "?"), problem])
+    if not bad:
+        return f"{total} entries verified, all sound", True
+    return render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {total} entries", False
+
+
+def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
+    from synthforge.lockfile import find_locks, referenced_keys
+
+    locks = find_locks([Path(r) for r in (roots or (".",))])
+    keep = referenced_keys(locks)
+    doomed = [e for e in cache.entries() if e.key not in keep]
+    freed = sum(e.size_bytes() for e in doomed)
+    if not dry_run:
+        for entry in doomed:
+            cache.remove(entry)
+        cache.sweep_tmp()
+    verb = "would remove" if dry_run else "removed"
+    return f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {len(doomed)} entries ({freed / 1e6:.1f} MB)"
+
+
+def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None) -> Runtime:
+    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
+
+

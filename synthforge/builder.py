@@ -1,0 +1,351 @@
+"""From a resolved recipe to cache entries: keys, plan (with reasons), build."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from synthforge import __version__
+from synthforge.cache import Cache
+from synthforge.errors import UserError
+from synthforge.keys import hash_file, key_of
+from synthforge.lockfile import Lock, read_lock, write_lock
+from synthforge.recipe.fields import map_strings
+from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
+from synthforge.steps.base import InputTable, Runtime, StepContext
+
+_file_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """Content hash of a file, memoized per (path, mtime, size) within the process."""
+    stat = path.stat()
+    memo = (str(path), stat.st_mtime_ns, stat.st_size)
+    if memo not in _file_hashes:
+        _file_hashes[memo] = hash_file(path)
+    return _file_hashes[memo]
+
+
+@dataclass
+class Node:
+    """One keyed step instance; variants whose resolved config agree share it."""
+
+    key: str
+    step: str
+    resolved: ResolvedStep
+    components: dict[str, Any]
+    upstream: list[str]  # keys
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.resolved.kind
+
+
+@dataclass
+class Graph:
+    recipe: Recipe
+    nodes: dict[str, Node]  # key -> node, in dependency order
+    keys: dict[str, dict[str, str]]  # variant -> step -> key
+
+    def nodes_of_step(self, step: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.step == step]
+
+    def node(self, variant: Variant, step: str) -> Node:
+        return self.nodes[self.keys[variant.name][step]]
+
+    def ancestors(self, keys: set[str]) -> set[str]:
+        todo, seen = list(keys), set()
+        while todo:
+            key = todo.pop()
+            if key not in seen:
+                seen.add(key)
+                todo.extend(self.nodes[key].upstream)
+        return seen
+
+    def to_lock(self, rows: dict[str, int]) -> Lock:
+        nodes = {}
+        for key, node in self.nodes.items():
+            nodes[key] = {"step": node.step, **node.components}
+            if key in rows:
+                nodes[key]["rows"] = rows[key]
+        return Lock(self.recipe.name, self.keys, nodes)
+
+
+def build_graph(recipe: Recipe) -> Graph:
+    nodes: dict[str, Node] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for variant in recipe.variants:
+        variant_keys: dict[str, str] = {}
+        for step_name in variant.order:
+            resolved = variant.steps[step_name]
+            components = _components(recipe, resolved, variant_keys)
+            key = key_of(components)
+            variant_keys[step_name] = key
+            if key not in nodes:
+                upstream = sorted({variant_keys[s] for s in resolved.upstream()})
+                nodes[key] = Node(key, step_name, resolved, components, upstream)
+            nodes[key].variants.append(variant.name)
+        keys[variant.name] = variant_keys
+    return Graph(recipe, nodes, keys)
+
+
+def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, str]) -> dict[str, Any]:
+    """Everything a step's output depends on; its key is the hash of this."""
+    step = resolved.step
+    params = resolved.params.model_dump(mode="json", exclude=set(step.runtime_fields))
+    inputs = {
+        name: map_strings_targets(value, lambda t: f"{variant_keys[t.step]}:{t.table}")
+        for name, value in resolved.refs.items()
+    }
+    extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
+    files = {label: file_hash(path) for label, path in {**resolved.files, **extra_files}.items()}
+    return {
+        "kind": resolved.kind,
+        "version": step.version,
+        "params": params,
+        "inputs": inputs,
+        "files": files,
+        "identity": step.identity(resolved.run_params),
+        "seed": recipe.seed,
+    }
+
+
+def map_strings_targets(value: Any, fn: Callable[[RefTarget], Any]) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, RefTarget):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return [map_strings_targets(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_strings_targets(v, fn) for k, v in value.items()}
+    return value
+
+
+# -- plan -----------------------------------------------------------------
+
+
+@dataclass
+class PlanItem:
+    node: Node
+    action: str  # "cached" | "run"
+    reasons: list[str]
+    note: str | None = None
+
+
+def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()) -> list[PlanItem]:
+    _check_step_names(graph, list(only) + list(force))
+    wanted = set(graph.nodes)
+    if only:
+        wanted = graph.ancestors({n.key for s in only for n in graph.nodes_of_step(s)})
+    lock = read_lock(graph.recipe.lock_path)
+    items = []
+    will_run: set[str] = set()
+    for key, node in graph.nodes.items():
+        if key not in wanted:
+            continue
+        forced = node.step in force
+        if cache.has(key) and not forced:
+            items.append(PlanItem(node, "cached", []))
+            continue
+        reasons = ["forced with --force"] if forced else why_rebuild(node, graph, lock, will_run)
+        will_run.add(key)
+        items.append(PlanItem(node, "run", reasons, node.resolved.step.plan_note(node.resolved.run_params)))
+    return items
+
+
+def _check_step_names(graph: Graph, names: list[str]) -> None:
+    from synthforge.errors import did_you_mean
+
+    steps = list(graph.recipe.model.steps)
+    for name in names:
+        if name not in steps:
+            raise UserError(f"no step '{name}' in {graph.recipe.path}", hint=did_you_mean(name, steps) or f"steps: {', '.join(steps)}")
+
+
+def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str]) -> list[str]:
+    if lock is None:
+        return [f"not in cache; no lockfile yet ({graph.recipe.lock_path.name} is written by build)"]
+    before = lock.components_for(node.variants[0], node.step)
+    if before is None:
+        return ["new step (not in the lockfile)"]
+    reasons = describe_changes(before, node.components)
+    if not reasons:
+        return ["not in cache (built elsewhere, or removed by gc)"]
+    upstream_runs = [graph.nodes[k].step for k in node.upstream if k in will_run]
+    return [r + (f" ({', '.join(sorted(set(upstream_runs)))} will rebuild)" if r.startswith("input") and upstream_runs else "") for r in reasons]
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Human reasons why two sets of key components differ, most specific first."""
+    reasons = []
+    if before.get("kind") != after.get("kind"):
+        return [f"kind changed: {before.get('kind')} -> {after.get('kind')}"]
+    if before.get("version") != after.get("version"):
+        reasons.append(f"code version of '{after['kind']}' changed: {before.get('version')} -> {after.get('version')}")
+    reasons += [f"field {path}: {old} -> {new}" for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
+    for name, old, new in dict_changes(before.get("inputs", {}), after.get("inputs", {})):
+        reasons.append(f"input {name.split('.')[0]} changed")
+    for name, old, new in dict_changes(before.get("files", {}), after.get("files", {})):
+        reasons.append(f"file {name} content changed")
+    for name, old, new in dict_changes(before.get("identity", {}), after.get("identity", {})):
+        reasons.append(f"{name}: {old} -> {new}")
+    if before.get("seed") != after.get("seed"):
+        reasons.append(f"seed: {before.get('seed')} -> {after.get('seed')}")
+    return list(dict.fromkeys(reasons))
+
+
+_MISSING = "(unset)"
+
+
+def dict_changes(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for k in sorted(set(before) | set(after), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            changes += dict_changes(before.get(k, _MISSING), after.get(k, _MISSING), sub)
+        return changes
+    return [] if before == after else [(path, _short(before), _short(after))]
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- build ----------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    items: list[PlanItem]
+    seconds: dict[str, float] = field(default_factory=dict)  # key -> seconds spent running
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def build(
+    graph: Graph,
+    cache: Cache,
+    *,
+    only: list[str] = (),
+    force: list[str] = (),
+    runtime: Runtime = Runtime(),
+    log: Callable[[str], None] = print,
+    write_lockfile: bool = True,
+) -> BuildReport:
+    items = plan(graph, cache, only, force)
+    report = BuildReport(items)
+    to_run = [item for item in items if item.action == "run"]
+    for index, item in enumerate(to_run, 1):
+        node = item.node
+        where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
+        log(f"▶ {where}: {'; '.join(item.reasons)}")
+        start = time.perf_counter()
+        manifest = run_node(graph, node, cache, runtime, log, force=node.step in force)
+        report.seconds[node.key] = time.perf_counter() - start
+        log(f"✓ {where}: {manifest['rows']} rows in {report.seconds[node.key]:.1f}s")
+    for item in items:
+        entry = cache.get(item.node.key)
+        if entry is not None:
+            report.rows[item.node.key] = entry.manifest["rows"]
+    if write_lockfile:
+        write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
+    return report
+
+
+def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Callable[[str], None], force: bool = False) -> dict[str, Any]:
+    """Compute one node into the cache, unless another process did while we waited for its lock."""
+    with cache.lock(node.key):
+        entry = cache.get(node.key)
+        if entry is not None and not force:
+            return entry.manifest
+        with cache.writing(node.key) as work:
+            ctx = StepContext(
+                step=node.step,
+                recipe=graph.recipe.name,
+                params=node.resolved.run_params,
+                seed=graph.recipe.seed,
+                key=node.key,
+                inputs=_inputs(graph, node, cache),
+                workdir=work,
+                cache=cache,
+                runtime=runtime,
+                log=log,
+            )
+            started = time.time()
+            try:
+                result = node.resolved.step.run(ctx)
+            except UserError as exc:
+                raise _locate(exc, graph.recipe, node) from None
+            return write_entry(work, node, graph.recipe, result, started)
+
+
+def _inputs(graph: Graph, node: Node, cache: Cache) -> dict[str, Any]:
+    variant_keys = graph.keys[node.variants[0]]
+    return {
+        name: map_strings_targets(value, lambda t: InputTable(cache.entry_path(variant_keys[t.step]), t.table))
+        for name, value in node.resolved.refs.items()
+    }
+
+
+def _locate(exc: UserError, recipe: Recipe, node: Node) -> UserError:
+    if exc.file:
+        return exc
+    field = exc.field.split(".")[0] if exc.field else None
+    path = ("steps", node.step) + ((field,) if field else ())
+    exc.field = ".".join(("steps", node.step) + ((exc.field,) if exc.field else ()))
+    return exc.located(str(recipe.path), recipe.line(*path))
+
+
+def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: float) -> dict[str, Any]:
+    import json
+
+    tables = {"data": result.data, **result.tables}
+    table_info = {}
+    for name, frame in tables.items():
+        path = work / f"{name}.parquet"
+        frame.write_parquet(path, statistics=False)
+        table_info[name] = {
+            "rows": frame.height,
+            "schema": {col: str(dtype) for col, dtype in frame.schema.items()},
+            "content_hash": hash_file(path),
+            "bytes": path.stat().st_size,
+        }
+    manifest = {
+        "key": node.key,
+        "step": node.step,
+        "kind": node.kind,
+        "recipe": recipe.name,
+        "recipe_path": str(recipe.path),
+        "variants": node.variants,
+        "components": node.components,
+        "upstream": node.upstream,
+        "rows": result.data.height,
+        "schema": table_info["data"]["schema"],
+        "content_hash": table_info["data"]["content_hash"],
+        "tables": table_info,
+        "timings": {"started": started, "seconds": round(time.time() - started, 3)},
+        "versions": library_versions(),
+        "meta": result.meta,
+    }
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    return manifest
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"synthforge": __version__, "python": platform.python_version()}
+    for name in ("polars", "numpy", "torch", "transformers", "faiss", "httpx"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    return versions
+
+
+def cache_from_option(cache_dir: str | os.PathLike | None) -> Cache:
+    return Cache(cache_dir)

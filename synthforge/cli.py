@@ -1,0 +1,161 @@
+"""The `synthforge` command line: parse arguments, call `synthforge.app`, print. No logic here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+cache_option = click.option(
+    "--cache-dir", envvar="SYNTHFORGE_CACHE", default="cache", show_default=True, help="Cache folder (or $SYNTHFORGE_CACHE)."
+)
+set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a recipe variable.")
+variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
+table_option = click.option("--table", default="data", show_default=True, help="Which table of the step (e.g. test, rejects).")
+
+
+def user_errors(command):
+    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from synthforge.errors import UserError
+
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished steps are cached; run the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _cache(cache_dir: str):
+    from synthforge.cache import Cache
+
+    return Cache(cache_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="synthforge")
+def main() -> None:
+    """Build training datasets from real and LLM-generated data, declaratively and reproducibly."""
+
+
+@main.command("build")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--only", multiple=True, metavar="STEP", help="Build only STEP and what it needs.")
+@click.option("--force", multiple=True, metavar="STEP", help="Rebuild STEP even if cached.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; build nothing.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
+@click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
+@click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@set_option
+@cache_option
+@user_errors
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, sets, cache_dir):
+    """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
+    from synthforge import app
+
+    graph = app.open_graph(recipe, sets)
+    if dry_run:
+        click.echo(app.plan_text(graph, _cache(cache_dir), only, force))
+        return
+    runtime = app.runtime_from(device, progress, concurrency, batch_size)
+    click.echo(app.build_text(graph, _cache(cache_dir), only, force, runtime))
+
+
+@main.command("plan")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--only", multiple=True, metavar="STEP")
+@click.option("--force", multiple=True, metavar="STEP")
+@set_option
+@cache_option
+@user_errors
+def plan_cmd(recipe, only, force, sets, cache_dir):
+    """For every step: cached, or will run and why (against RECIPE.lock)."""
+    from synthforge import app
+
+    click.echo(app.plan_text(app.open_graph(recipe, sets), _cache(cache_dir), only, force))
+
+
+@main.command("show")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("step")
+@variant_option
+@table_option
+@click.option("--rows", default=5, show_default=True, help="How many rows to print.")
+@set_option
+@cache_option
+@user_errors
+def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
+    """Rows, schema, labels and the first rows of STEP's output."""
+    from synthforge import app
+
+    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
+    click.echo(app.show_text(entry, table, rows))
+
+
+@main.command("export")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("step")
+@click.option("--to", "to", required=True, help="Output file: .parquet, .jsonl or .csv.")
+@variant_option
+@table_option
+@set_option
+@cache_option
+@user_errors
+def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
+    """Write STEP's output to a file."""
+    from synthforge import app
+
+    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
+    click.echo(app.export_table(entry, to, table))
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect and maintain the cache."""
+
+
+@cache_group.command("ls")
+@cache_option
+@user_errors
+def cache_ls(cache_dir):
+    """List cached step outputs."""
+    from synthforge import app
+
+    click.echo(app.cache_ls_text(_cache(cache_dir)))
+
+
+@cache_group.command("verify")
+@cache_option
+@user_errors
+def cache_verify(cache_dir):
+    """Recompute content hashes; exit 1 if any entry is corrupt."""
+    from synthforge import app
+
+    text, ok = app.cache_verify_text(_cache(cache_dir))
+    click.echo(text)
+    sys.exit(0 if ok else 1)
+
+
+@cache_group.command("gc")
+@click.argument("locks", nargs=-1, type=click.Path(exists=True))
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@cache_option
+@user_errors
+def cache_gc(locks, dry_run, cache_dir):
+    """Remove entries no lockfile references (lockfiles found under LOCKS, default '.')."""
+    from synthforge import app
+
+    click.echo(app.cache_gc_text(_cache(cache_dir), locks, dry_run))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,68 @@
+"""RECIPE.lock: the key of every step of every variant, and what each key was made of.
+
+Build writes it next to the recipe; users commit it. `plan` reads it to say *why*
+a step will rebuild; `cache gc` keeps what any lockfile references.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthforge.cache import atomic_write_text
+
+LOCK_FORMAT = 1
+
+
+@dataclass
+class Lock:
+    recipe: str = ""
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)  # variant -> step -> key
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> components (+ step, rows)
+
+    def key_for(self, variant: str, step: str) -> str | None:
+        return self.variants.get(variant, {}).get(step)
+
+    def components_for(self, variant: str, step: str) -> dict[str, Any] | None:
+        """The last build's components for this step: same variant, else any variant of the step."""
+        key = self.key_for(variant, step)
+        if key is None:
+            key = next((steps[step] for steps in self.variants.values() if step in steps), None)
+        return self.nodes.get(key) if key else None
+
+    def to_json(self) -> str:
+        data = {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def read_lock(path: Path) -> Lock | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(data, dict) or "synthforge_lock" not in data:
+        return None
+    return Lock(data.get("recipe", ""), data.get("variants", {}), data.get("nodes", {}))
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    atomic_write_text(path, lock.to_json())
+
+
+def referenced_keys(lock_paths: list[Path]) -> set[str]:
+    keys: set[str] = set()
+    for path in lock_paths:
+        lock = read_lock(path)
+        if lock:
+            keys.update(lock.nodes)
+    return keys
+
+
+def find_locks(roots: list[Path]) -> list[Path]:
+    found = []
+    for root in roots:
+        candidates = [root] if root.is_file() else sorted(root.rglob("*.lock"))
+        found.extend(p for p in candidates if read_lock(p) is not None)
+    return found

@@ -1,0 +1,55 @@
+"""Finding `Ref` and `FilePath` fields in a step's Params model."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from synthforge.steps.base import FILE, REF
+
+
+def _mentions(annotation: Any, marker: object) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        return any(m is marker for m in metadata) or _mentions(base, marker)
+    return any(_mentions(arg, marker) for arg in typing.get_args(annotation))
+
+
+def marked_fields(params_model: type[BaseModel], marker: object) -> list[str]:
+    names = []
+    for name, info in params_model.model_fields.items():
+        if any(m is marker for m in info.metadata) or _mentions(info.annotation, marker):
+            names.append(name)
+    return names
+
+
+def ref_fields(params_model: type[BaseModel]) -> list[str]:
+    return marked_fields(params_model, REF)
+
+
+def file_fields(params_model: type[BaseModel]) -> list[str]:
+    return marked_fields(params_model, FILE)
+
+
+def strings_in(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """Every string inside a field's value with its sub-path (str, list or dict of str)."""
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, (list, tuple)):
+        return [item for i, v in enumerate(value) for item in strings_in(v, path + (i,))]
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in strings_in(v, path + (k,))]
+    return []
+
+
+def map_strings(value: Any, fn: typing.Callable[[str], Any]) -> Any:
+    """`value` with every string replaced by fn(string), shape kept."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    return value

@@ -1,0 +1,50 @@
+"""The recipe schema (top level; each step's fields are validated by its kind's Params)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RecipeModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="a name for the recipe, e.g. 'rt-demo'")
+    seed: int = Field(0, description="an integer seed; it enters every step's key")
+    description: str = Field("", description="free text")
+    vars: dict[str, Any] = Field(default_factory=dict, description="a mapping of variable names to default values")
+    matrix: dict[str, list[Any]] = Field(
+        default_factory=dict, description="a mapping of variable names to lists of values, one variant per combination"
+    )
+    steps: dict[str, dict[str, Any]] = Field(description="a mapping of step names to step configs, each with a 'kind'")
+
+    @field_validator("vars", "matrix")
+    @classmethod
+    def _var_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not VAR_NAME.match(str(name)):
+                raise ValueError(f"'{name}' is not a valid variable name (letters, digits, underscore)")
+        return value
+
+    @field_validator("matrix")
+    @classmethod
+    def _non_empty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name, values in value.items():
+            if not values:
+                raise ValueError(f"matrix variable '{name}' has no values")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _step_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not value:
+            raise ValueError("a recipe needs at least one step")
+        for name in value:
+            if not STEP_NAME.match(str(name)):
+                raise ValueError(f"'{name}' is not a valid step name (letters, digits, '_' or '-', no dots)")
+        return value

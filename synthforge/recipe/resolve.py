@@ -1,0 +1,326 @@
+"""Turn a recipe file into validated variants: vars, matrix, interpolation, step params, refs."""
+
+from __future__ import annotations
+
+import itertools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from synthforge.errors import UserError, did_you_mean
+from synthforge.recipe.fields import file_fields, map_strings, ref_fields, strings_in
+from synthforge.recipe.interpolate import interpolate
+from synthforge.recipe.model import RecipeModel
+from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
+from synthforge.steps import step_class
+from synthforge.steps.base import Step, StepParams
+
+DEFAULT_VARIANT = "default"
+
+
+@dataclass(frozen=True)
+class RefTarget:
+    step: str
+    table: str = "data"
+
+    def __str__(self) -> str:
+        return self.step if self.table == "data" else f"{self.step}.{self.table}"
+
+
+@dataclass
+class ResolvedStep:
+    name: str
+    kind: str
+    step: Step
+    params: StepParams  # as written (relative file paths): what the key sees
+    run_params: StepParams  # what the step runs with (absolute file paths)
+    refs: dict[str, Any]  # Ref field -> RefTarget | list | dict of RefTarget | None
+    files: dict[str, Path]  # "field[.sub]" -> absolute path of each file read
+
+    def upstream(self) -> list[str]:
+        return sorted({t.step for _, t in _targets(self.refs)})
+
+
+@dataclass
+class Variant:
+    name: str
+    matrix_values: dict[str, Any]
+    variables: dict[str, Any]
+    steps: dict[str, ResolvedStep]
+    order: list[str]  # dependency order
+
+
+@dataclass
+class Recipe:
+    path: Path
+    model: RecipeModel
+    lines: dict[tuple[Any, ...], int]
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def seed(self) -> int:
+        return self.model.seed
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def line(self, *path: Any) -> int | None:
+        return line_for(self.lines, path)
+
+    def variant(self, name: str | None) -> Variant:
+        if name is None:
+            return self.variants[0]
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        names = [v.name for v in self.variants]
+        raise UserError(f"no variant '{name}'", hint=did_you_mean(name, names) or f"variants: {'; '.join(names)}")
+
+
+def _targets(refs: dict[str, Any]) -> list[tuple[str, RefTarget]]:
+    found = []
+    for name, value in refs.items():
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, RefTarget):
+                found.append((name, item))
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+    return found
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    filename = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError("recipe file not found", file=filename, hint="check the path") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe: {exc.__class__.__name__}", file=filename, hint="pass a YAML file") from None
+    data, lines = load_yaml_with_lines(text, filename)
+    if not isinstance(data, dict):
+        raise UserError("a recipe must be a YAML mapping", file=filename, line=1, hint="start with 'name:' and 'steps:'")
+    try:
+        model = RecipeModel.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, RecipeModel, filename, lines, ()) from None
+    recipe = Recipe(path=path, model=model, lines=lines)
+    for matrix_values in _matrix_combinations(model.matrix):
+        variables = {**model.vars, **(overrides or {}), **matrix_values}
+        recipe.variants.append(_resolve_variant(recipe, matrix_values, variables))
+    return recipe
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """`--set name=value` pairs; values are parsed as YAML scalars (numbers stay numbers)."""
+    result = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set expects name=value, got '{pair}'", hint="e.g. --set per_label=32")
+        result[name.strip()] = yaml.safe_load(raw) if raw else ""
+    return result
+
+
+def _matrix_combinations(matrix: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(matrix)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(matrix[n] for n in names))]
+
+
+def variant_name(matrix_values: dict[str, Any]) -> str:
+    if not matrix_values:
+        return DEFAULT_VARIANT
+    return ",".join(f"{k}={v}" for k, v in matrix_values.items())
+
+
+def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any]) -> Variant:
+    steps = {}
+    for name, raw in recipe.model.steps.items():
+        try:
+            config = interpolate(raw, variables)
+        except UserError as exc:
+            path = ("steps", name) + tuple(_path_of(exc.field))
+            raise exc.located(str(recipe.path), recipe.line(*path), ".".join(map(str, path))) from None
+        steps[name] = _resolve_step(recipe, name, config)
+    for resolved in steps.values():
+        _check_refs(recipe, resolved, steps)
+    order = _topological_order(recipe, steps)
+    return Variant(variant_name(matrix_values), matrix_values, variables, steps, order)
+
+
+def _path_of(field_path: str | None) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in field_path.split(".")] if field_path else []
+
+
+def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
+    filename = str(recipe.path)
+    where = ("steps", name)
+    if not isinstance(config, dict):
+        raise UserError(
+            "a step must be a mapping with a 'kind'", file=filename, line=recipe.line(*where), field=f"steps.{name}"
+        )
+    if "kind" not in config:
+        raise UserError(
+            "missing 'kind'", file=filename, line=recipe.line(*where), field=f"steps.{name}",
+            hint="add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train)",
+        )
+    kind = str(config["kind"])
+    try:
+        cls = step_class(kind)
+    except UserError as exc:
+        raise exc.located(filename, recipe.line(*where, "kind"), f"steps.{name}.kind") from None
+    fields = {k: v for k, v in config.items() if k != "kind"}
+    try:
+        params = cls.Params.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc, cls.Params, filename, recipe.lines, where) from None
+    refs = {f: _parse_refs(getattr(params, f)) for f in ref_fields(cls.Params)}
+    files = _resolve_files(recipe, name, cls, params)
+    run_params = params
+    if files:
+        base = recipe.path.parent
+        updates = {f: map_strings(getattr(params, f), lambda p: str((base / p).resolve())) for f in file_fields(cls.Params)}
+        run_params = params.model_copy(update=updates)
+    return ResolvedStep(name, kind, cls(), params, run_params, refs, files)
+
+
+def _parse_refs(value: Any) -> Any:
+    if value is None:
+        return None
+
+    def parse(text: str) -> RefTarget:
+        step, _, table = text.partition(".")
+        return RefTarget(step, table or "data")
+
+    return map_strings(value, parse)
+
+
+def _resolve_files(recipe: Recipe, name: str, cls: type[Step], params: StepParams) -> dict[str, Path]:
+    files = {}
+    for field_name in file_fields(cls.Params):
+        for sub, text in strings_in(getattr(params, field_name)):
+            path = (recipe.path.parent / text).resolve()
+            label = ".".join(map(str, (field_name,) + sub))
+            if not path.is_file():
+                raise UserError(
+                    f"file not found: {text}",
+                    file=str(recipe.path),
+                    line=recipe.line("steps", name, field_name, *sub),
+                    field=f"steps.{name}.{label}",
+                    hint=f"paths are relative to the recipe's folder ({recipe.path.parent.resolve()})",
+                )
+            files[label] = path
+    return files
+
+
+def _check_refs(recipe: Recipe, resolved: ResolvedStep, steps: dict[str, ResolvedStep]) -> None:
+    for field_name, target in _targets(resolved.refs):
+        where = ("steps", resolved.name, field_name)
+        located = dict(file=str(recipe.path), line=recipe.line(*where), field=".".join(where))
+        if target.step not in steps:
+            hint = did_you_mean(target.step, steps) or f"steps: {', '.join(steps)}"
+            raise UserError(f"unknown input step '{target.step}'", hint=hint, **located)
+        if target.step == resolved.name:
+            raise UserError("a step cannot read its own output", hint="name an earlier step", **located)
+        upstream = steps[target.step]
+        tables = ("data",) + upstream.step.tables
+        if target.table not in tables:
+            hint = did_you_mean(target.table, tables) or f"'{upstream.kind}' has tables: {', '.join(tables)}"
+            raise UserError(f"step '{target.step}' has no table '{target.table}'", hint=hint, **located)
+
+
+def _topological_order(recipe: Recipe, steps: dict[str, ResolvedStep]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = trail[trail.index(name):] + [name]
+            raise UserError(
+                f"steps form a cycle: {' -> '.join(cycle)}",
+                file=str(recipe.path),
+                line=recipe.line("steps", name),
+                field=f"steps.{name}",
+                hint="a step may only read steps that do not (indirectly) read it",
+            )
+        state[name] = "active"
+        for upstream in steps[name].upstream():
+            visit(upstream, trail + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in steps:
+        visit(name, [])
+    return order
+
+
+def validation_error(
+    exc: ValidationError, model: type[BaseModel], filename: str, lines: dict[tuple[Any, ...], int], prefix: tuple
+) -> UserError:
+    """The first pydantic error as a one-line UserError with file, line, field and a fix."""
+    error = exc.errors()[0]
+    loc = tuple(error["loc"])
+    full = prefix + loc
+    field = ".".join(map(str, full))
+    line = line_for(lines, full)
+    owner, field_info = _field_owner(model, loc)
+    if error["type"] == "extra_forbidden":
+        known = list(owner.model_fields) if owner else []
+        hint = did_you_mean(str(loc[-1]), known) or (f"known fields: {', '.join(known)}" if known else None)
+        return UserError(f"unknown field '{loc[-1]}'", file=filename, line=line, field=field, hint=hint)
+    description = field_info.description if field_info is not None else None
+    hint = f"expected {description}" if description else None
+    if error["type"] == "missing":
+        return UserError("required field is missing", file=filename, line=line, field=field, hint=hint)
+    message = error["msg"]
+    if "input" in error and not isinstance(error["input"], (dict, list)):
+        message += f" (got {error['input']!r})"
+    return UserError(message, file=filename, line=line, field=field, hint=hint)
+
+
+def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
+    """Walk nested models along `loc`: the model owning the last field, and that field's info."""
+    owner: type[BaseModel] | None = model
+    info = None
+    for part in loc:
+        if owner is None or not isinstance(part, str):
+            continue
+        info = owner.model_fields.get(part)
+        if info is None:
+            return owner, None
+        owner = _model_in(info.annotation)
+    return (_parent_model(model, loc) or model), info
+
+
+def _parent_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    owner: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if owner is None or not isinstance(part, str) or part not in owner.model_fields:
+            continue
+        owner = _model_in(owner.model_fields[part].annotation)
+    return owner
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

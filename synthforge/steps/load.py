@@ -1,0 +1,163 @@
+"""`load`: real labelled rows from a file or a packaged dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from synthforge.errors import UserError
+from synthforge.steps.base import FilePath, Step, StepContext, StepParams, StepResult
+
+READERS = {
+    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+}
+COMPRESSIONS = {".bz2", ".gz", ".xz", ".zst"}
+
+
+class LoadParams(StepParams):
+    dataset: Literal["rotten_tomatoes", "bbc_news"] | None = Field(
+        None, description="a packaged dataset: 'rotten_tomatoes' or 'bbc_news'"
+    )
+    path: FilePath | None = Field(None, description="a .csv/.tsv/.jsonl/.json/.parquet file (optionally .gz/.bz2/.xz/.zst)")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field("auto", description="the file format")
+    text_column: str = Field("text", description="the column holding the text")
+    label_column: str = Field("label", description="the column holding the label")
+    labels: list[str] | dict[str, str] | None = Field(
+        None, description="labels to keep (a list), or a mapping from old to new label names (keeps only those)"
+    )
+    dedup: bool = Field(True, description="drop rows whose text repeats (keeps the first)")
+    limit: int | None = Field(None, gt=0, description="keep at most this many rows (a seeded sample)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LoadParams":
+        if (self.dataset is None) == (self.path is None):
+            raise ValueError("give exactly one of 'dataset' (packaged) or 'path' (a file)")
+        return self
+
+
+class LoadStep(Step):
+    kind = "load"
+    version = "1"
+    Params = LoadParams
+
+    def identity(self, params: LoadParams) -> dict[str, Any]:
+        if params.dataset is None:
+            return {}
+        from synthforge.datasets import PACKAGED
+
+        dataset = PACKAGED[params.dataset]
+        return {"dataset package": f"{dataset.package}=={dataset.version()}"}
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import polars as pl
+
+        from synthforge.steps.rows import stable_ids, standard_first
+
+        params: LoadParams = ctx.params
+        frame = read_source(params)
+        frame = _standard_columns(frame, params)
+        frame = _filter_labels(frame, params.labels)
+        before = frame.height
+        if params.dedup:
+            frame = frame.unique(subset="text", keep="first", maintain_order=True)
+        if params.limit is not None and frame.height > params.limit:
+            frame = frame.sample(params.limit, seed=ctx.seed, shuffle=False)
+        if frame.height == 0:
+            raise UserError("no rows left after loading and label filtering", field="labels", hint="check the label names")
+        frame = frame.with_columns(
+            pl.Series("id", stable_ids(frame["text"].to_list(), frame["label"].to_list())),
+            pl.lit("real").alias("source"),
+        )
+        counts = dict(frame.group_by("label").len().sort("label").iter_rows())
+        meta = {"label_counts": counts, "duplicates_dropped": before - frame.height if params.dedup else 0}
+        return StepResult(standard_first(frame), meta=meta)
+
+
+def read_source(params: LoadParams) -> "pl.DataFrame":
+    if params.dataset is not None:
+        from synthforge.datasets import PACKAGED
+
+        frame = PACKAGED[params.dataset].loader()
+        return frame
+    return read_file(Path(params.path), params.format)
+
+
+def read_file(path: Path, fmt: str = "auto") -> "pl.DataFrame":
+    import polars as pl
+
+    suffixes = [s.lower() for s in path.suffixes]
+    compressed = bool(suffixes) and suffixes[-1] in COMPRESSIONS
+    if fmt == "auto":
+        data_suffix = suffixes[-2] if compressed and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+        fmt = READERS.get(data_suffix, "")
+        if not fmt:
+            raise UserError(f"cannot tell the format of {path.name}", field="format", hint="set format: csv|tsv|jsonl|json|parquet")
+    data: Any = _decompressed(path) if compressed else path
+    try:
+        if fmt in ("csv", "tsv"):
+            return pl.read_csv(data, separator="\t" if fmt == "tsv" else ",", infer_schema_length=10000)
+        if fmt == "jsonl":
+            return pl.read_ndjson(data)
+        if fmt == "json":
+            return pl.read_json(data)
+        return pl.read_parquet(data)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"cannot read {path.name} as {fmt}: {first}", field="path", hint="check the file or set format:") from None
+
+
+def _decompressed(path: Path) -> bytes:
+    import bz2
+    import gzip
+    import io
+    import lzma
+
+    suffix = path.suffix.lower()
+    if suffix == ".bz2":
+        return bz2.decompress(path.read_bytes())
+    if suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    if suffix == ".xz":
+        return lzma.decompress(path.read_bytes())
+    import zstandard  # pragma: no cover - optional
+
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes())).read()  # pragma: no cover
+
+
+def _standard_columns(frame: "pl.DataFrame", params: LoadParams) -> "pl.DataFrame":
+    import polars as pl
+
+    text_col, label_col = params.text_column, params.label_column
+    for field_name, column in (("text_column", text_col), ("label_column", label_col)):
+        if column not in frame.columns:
+            from synthforge.errors import did_you_mean
+
+            hint = did_you_mean(column, frame.columns) or f"columns: {', '.join(frame.columns)}"
+            raise UserError(f"no column '{column}' in the data", field=field_name, hint=hint)
+    extras = [c for c in frame.columns if c not in (text_col, label_col, "id", "source", "text", "label")]
+    return frame.select(
+        pl.col(text_col).cast(pl.String).alias("text"),
+        pl.col(label_col).cast(pl.String).alias("label"),
+        *[pl.col(c) for c in extras],
+    ).filter(pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != "") & pl.col("label").is_not_null())
+
+
+def _filter_labels(frame: "pl.DataFrame", labels: list[str] | dict[str, str] | None) -> "pl.DataFrame":
+    import polars as pl
+
+    if labels is None:
+        return frame
+    present = set(frame["label"].unique().to_list())
+    wanted = list(labels)
+    missing = [label for label in wanted if label not in present]
+    if missing:
+        from synthforge.errors import did_you_mean
+
+        hint = did_you_mean(missing[0], present) or f"labels in the data: {', '.join(sorted(present))}"
+        raise UserError(f"label '{missing[0]}' does not occur in the data", field="labels", hint=hint)
+    frame = frame.filter(pl.col("label").is_in(wanted))
+    if isinstance(labels, dict):
+        frame = frame.with_columns(pl.col("label").replace_strict(labels, return_dtype=pl.String))
+    return frame
