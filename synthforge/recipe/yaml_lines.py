@@ -19,6 +19,8 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if mark is not None and mark.line >= len(text.splitlines()):  # failed at end of file: point where it began
+            mark = exc.context_mark or mark
         problem = exc.problem or exc.context or "invalid YAML"
         raise UserError(
             f"YAML syntax error: {problem}",

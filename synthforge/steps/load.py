@@ -134,7 +134,8 @@ def _standard_columns(frame: "pl.DataFrame", params: LoadParams) -> "pl.DataFram
         if column not in frame.columns:
             from synthforge.errors import did_you_mean
 
-            hint = did_you_mean(column, frame.columns) or f"columns: {', '.join(frame.columns)}"
+            columns = f"columns in the data: {', '.join(frame.columns)}"
+            hint = f"{did_you_mean(column, frame.columns) or 'set ' + field_name}; {columns}"
             raise UserError(f"no column '{column}' in the data", field=field_name, hint=hint)
     extras = [c for c in frame.columns if c not in (text_col, label_col, "id", "source", "text", "label")]
     return frame.select(

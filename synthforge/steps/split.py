@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import polars as pl
 
 SIZE = "a count (an integer, e.g. 1000) or a fraction between 0 and 1 (e.g. 0.2)"
@@ -45,6 +45,7 @@ class SplitStep(Step):
     tables = ("train", "test", "validation")
 
     def run(self, ctx: StepContext) -> StepResult:
+        import numpy as np
         import polars as pl
 
         params: SplitParams = ctx.params
@@ -70,8 +71,10 @@ def _count(size: int | float, total: int) -> int:
     return round(size * total) if isinstance(size, float) else int(size)
 
 
-def _take(pool: np.ndarray, count: int, labels: np.ndarray, stratify: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
+def _take(pool: "np.ndarray", count: int, labels: np.ndarray, stratify: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
     """`count` rows from `pool` (stratified by label when asked) and the rest of the pool."""
+    import numpy as np
+
     if count > len(pool):
         raise UserError(f"needs {count} rows but only {len(pool)} are left", field=field, hint="ask for fewer rows")
     if count == 0:
@@ -85,6 +88,8 @@ def _take(pool: np.ndarray, count: int, labels: np.ndarray, stratify: bool, fiel
 
 def _quotas(pool_labels: np.ndarray, count: int) -> dict[str, int]:
     """Largest-remainder allocation of `count` proportional to label frequencies."""
+    import numpy as np
+
     names, sizes = np.unique(pool_labels, return_counts=True)
     exact = sizes * count / sizes.sum()
     quotas = np.floor(exact).astype(int)
@@ -93,7 +98,9 @@ def _quotas(pool_labels: np.ndarray, count: int) -> dict[str, int]:
     return dict(zip(names.tolist(), quotas.tolist()))
 
 
-def _per_label(pool: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+def _per_label(pool: "np.ndarray", labels: "np.ndarray", k: int) -> "np.ndarray":
+    import numpy as np
+
     chosen = []
     for label in sorted(set(labels.tolist())):
         rows = pool[labels[pool] == label]
