@@ -135,16 +135,24 @@ def cache_ls_text(cache: Cache) -> str:
     return render_table(["key", "recipe", "step", "kind", "rows", "MB", "built"], rows, align_right=(4, 5))
 
 
-def cache_verify_text(cache: Cache) -> tuple[str, bool]:
-    bad = []
-    total = 0
-    for entry in cache.entries():
-        total += 1
-        for problem in cache.verify(entry):
-            bad.append([entry.key[:12], entry.manifest.get("step", "?"), problem])
+def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
+    bad, corrupt = [], []
+    entries = list(cache.entries())
+    for entry in entries:
+        problems = cache.verify(entry)
+        bad += [[entry.key[:12], entry.manifest.get("step", "?"), problem] for problem in problems]
+        if problems:
+            corrupt.append(entry)
     if not bad:
-        return f"{total} entries verified, all sound", True
-    return render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {total} entries", False
+        return f"{len(entries)} entries verified, all sound", True
+    text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
+    if repair:
+        for entry in corrupt:
+            cache.remove(entry)
+        text += f"; removed {len(corrupt)} corrupt entries (the next build recomputes them)"
+    else:
+        text += "; run 'synthforge cache verify --repair' to remove them"
+    return text, False
 
 
 def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:

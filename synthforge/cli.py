@@ -134,13 +134,14 @@ def cache_ls(cache_dir):
 
 
 @cache_group.command("verify")
+@click.option("--repair", is_flag=True, help="Remove corrupt entries so the next build recomputes them.")
 @cache_option
 @user_errors
-def cache_verify(cache_dir):
+def cache_verify(repair, cache_dir):
     """Recompute content hashes; exit 1 if any entry is corrupt."""
     from synthforge import app
 
-    text, ok = app.cache_verify_text(_cache(cache_dir))
+    text, ok = app.cache_verify_text(_cache(cache_dir), repair)
     click.echo(text)
     sys.exit(0 if ok else 1)
 

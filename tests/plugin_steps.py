@@ -12,12 +12,11 @@ from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
 class SlowParams(StepParams):
     input: Ref
-    seconds: float = 0.0
     marker: str = ""
 
 
 class SlowStep(Step):
-    """Copies its input after sleeping; appends a line to $SF_TEST_RUNLOG each time it runs."""
+    """Copies its input after sleeping $SF_TEST_SLEEP seconds; logs each run to $SF_TEST_RUNLOG."""
 
     kind = "slow"
     Params = SlowParams
@@ -30,7 +29,7 @@ class SlowStep(Step):
             with open(log, "a") as fh:
                 fh.write(f"{ctx.key} {os.getpid()}\n")
         Path(ctx.workdir / "started").touch()
-        time.sleep(ctx.params.seconds)
+        time.sleep(float(os.environ.get("SF_TEST_SLEEP", "0")))
         return StepResult(frame)
 
 
