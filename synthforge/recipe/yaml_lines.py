@@ -13,7 +13,7 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int
     """Parse YAML; return the data and a map from key path to 1-based line."""
     from synthforge.errors import UserError
 
-    loader = yaml.SafeLoader(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
