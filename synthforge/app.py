@@ -174,3 +174,21 @@ def runtime_from(device: str, progress: bool, concurrency: int | None, batch_siz
     return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
 
 
+
+
+def diff_text(a: str, b: str, cache: Cache, fmt: str, fail_on: tuple[str, ...], build_missing: bool,
+              output: str | None, sets: tuple[str, ...]) -> tuple[str, bool]:
+    import json
+
+    from synthforge import diff as diffing
+
+    result = diffing.run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing,
+                              sets=parse_overrides(sets), log=_log)
+    renderers = {"text": diffing.render_text, "markdown": diffing.render_markdown,
+                 "json": lambda d: json.dumps(d.to_json(), indent=1, sort_keys=True)}
+    text = renderers[fmt](result)
+    if output:
+        from synthforge.cache import atomic_write_text
+
+        atomic_write_text(Path(output), text if text.endswith("\n") else text + "\n")
+    return text, result.tripped

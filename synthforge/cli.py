@@ -118,6 +118,28 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
     click.echo(app.export_table(entry, to, table))
 
 
+@main.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--fail-on", multiple=True, metavar="EXPR", help="Gate, e.g. 'accuracy < -0.01', 'vendi < -5%', 'rows_removed > 100'.")
+@click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
+@click.option("--output", "-o", default=None, help="Also write the report to this file.")
+@set_option
+@cache_option
+@user_errors
+def diff_cmd(a, b, fmt, fail_on, build_missing, output, sets, cache_dir):
+    """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP).
+
+    Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
+    """
+    from synthforge import app
+
+    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets)
+    click.echo(text)
+    sys.exit(1 if tripped else 0)
+
+
 @main.group("cache")
 def cache_group() -> None:
     """Inspect and maintain the cache."""

@@ -101,15 +101,12 @@ def _targets(refs: dict[str, Any]) -> list[tuple[str, RefTarget]]:
     return found
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text: str | None = None) -> Recipe:
+    """Load and resolve a recipe; `text` replaces the file's content (e.g. a git revision of it)."""
     path = Path(path)
     filename = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError("recipe file not found", file=filename, hint="check the path") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read recipe: {exc.__class__.__name__}", file=filename, hint="pass a YAML file") from None
+    if text is None:
+        text = read_recipe_text(path)
     data, lines = load_yaml_with_lines(text, filename)
     if not isinstance(data, dict):
         raise UserError("a recipe must be a YAML mapping", file=filename, line=1, hint="start with 'name:' and 'steps:'")
@@ -122,6 +119,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         variables = {**model.vars, **(overrides or {}), **matrix_values}
         recipe.variants.append(_resolve_variant(recipe, matrix_values, variables))
     return recipe
+
+
+def read_recipe_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise UserError("recipe file not found", file=str(path), hint="check the path") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe: {exc.__class__.__name__}", file=str(path), hint="pass a YAML file") from None
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:

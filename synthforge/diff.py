@@ -1,0 +1,415 @@
+"""`synthforge diff A B`: what changes between two recipes, lockfiles, git revisions or step outputs.
+
+Sides are paired by (variant, step). For each pair whose keys differ it reports why (the fields, inputs,
+files or code versions that differ) and, where both outputs are in the cache, rows added / removed /
+changed (matched by id and a content hash), the label distribution, and deltas of every number the
+steps put in their manifests (diversity metrics, scores with their intervals).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthforge.builder import Graph, build, build_graph, describe_changes
+from synthforge.cache import Cache
+from synthforge.errors import UserError
+from synthforge.lockfile import read_lock
+from synthforge.recipe.resolve import load_recipe, read_recipe_text
+from synthforge.steps.base import Runtime
+
+SCHEMA = "synthforge.diff/1"
+EXAMPLES = 3
+
+
+# -- sides ----------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    spec: str
+    recipe: str
+    keys: dict[str, dict[str, str]]  # variant -> step -> key
+    components: dict[str, dict[str, Any]]  # key -> key components
+    graph: Graph | None = None
+    only_step: str | None = None  # RECIPE#STEP: compare this step's output only
+
+
+def open_side(spec: str, sets: dict[str, Any] | None = None) -> Side:
+    base, _, step = spec.partition("#")
+    if base.endswith(".lock"):
+        lock = read_lock(Path(base))
+        if lock is None:
+            raise UserError(f"not a synthforge lockfile: {base}", hint="pass a recipe, a .lock file or REV:path")
+        side = Side(spec, lock.recipe, lock.variants, lock.nodes)
+    else:
+        path, text = _recipe_source(base)
+        graph = build_graph(load_recipe(path, sets, text=text))
+        components = {key: node.components for key, node in graph.nodes.items()}
+        side = Side(spec, graph.recipe.name, graph.keys, components, graph)
+    if step:
+        _check_step(side, step)
+        side.only_step = step
+    return side
+
+
+def _recipe_source(spec: str) -> tuple[Path, str]:
+    """(path, text) of a recipe given as a path or as REV:path (read with git show)."""
+    if ":" in spec and not Path(spec).exists():
+        rev, _, path = spec.partition(":")
+        top = _git(["rev-parse", "--show-toplevel"], Path.cwd()).strip()
+        relative = (Path.cwd() / path).resolve().relative_to(Path(top).resolve())
+        return Path(path), _git(["show", f"{rev}:{relative.as_posix()}"], Path(top))
+    return Path(spec), read_recipe_text(Path(spec))
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("git is not installed", hint="REV:path sides need git") from None
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise UserError(f"git {' '.join(args)}: {first}", hint="check the revision and the path (REV:path)")
+    return proc.stdout
+
+
+def _check_step(side: Side, step: str) -> None:
+    steps = {s for variant in side.keys.values() for s in variant}
+    if step not in steps:
+        from synthforge.errors import did_you_mean
+
+        raise UserError(f"no step '{step}' in {side.spec}", hint=did_you_mean(step, steps) or f"steps: {', '.join(sorted(steps))}")
+
+
+# -- comparing ------------------------------------------------------------
+
+
+@dataclass
+class StepDiff:
+    step: str
+    variants: list[str]
+    status: str  # changed | unchanged | added | removed
+    key_a: str | None
+    key_b: str | None
+    reasons: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "variants": self.variants, "status": self.status, "key_a": self.key_a,
+            "key_b": self.key_b, "reasons": self.reasons, "outputs": self.outputs, "metrics": self.metrics,
+        }
+
+
+@dataclass
+class Diff:
+    a: Side
+    b: Side
+    steps: list[StepDiff]
+    variants_added: list[str]
+    variants_removed: list[str]
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tripped(self) -> bool:
+        return any(g["tripped"] for g in self.gates)
+
+    def to_json(self) -> dict[str, Any]:
+        counts = {s: sum(d.status == s for d in self.steps) for s in ("changed", "unchanged", "added", "removed")}
+        return {
+            "schema": SCHEMA,
+            "a": {"spec": self.a.spec, "recipe": self.a.recipe},
+            "b": {"spec": self.b.spec, "recipe": self.b.recipe},
+            "summary": {**counts, "variants_added": self.variants_added, "variants_removed": self.variants_removed},
+            "steps": [d.to_json() for d in self.steps],
+            "gates": self.gates,
+        }
+
+
+def diff_sides(a: Side, b: Side, cache: Cache) -> Diff:
+    pairs = _pairs(a, b)
+    grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
+    for variant, step, key_a, key_b in pairs:
+        grouped.setdefault((step, key_a, key_b), []).append(variant)
+    steps = [_compare(step, variants, key_a, key_b, a, b, cache) for (step, key_a, key_b), variants in grouped.items()]
+    return Diff(a, b, steps, sorted(set(b.keys) - set(a.keys)), sorted(set(a.keys) - set(b.keys)))
+
+
+def _pairs(a: Side, b: Side) -> list[tuple[str, str, str | None, str | None]]:
+    if a.only_step and b.only_step:  # two steps' outputs, whatever their names
+        key_a = next(iter(a.keys.values()))[a.only_step]
+        key_b = next(iter(b.keys.values()))[b.only_step]
+        return [("default", f"{a.only_step} vs {b.only_step}", key_a, key_b)]
+    pairs = []
+    for variant in [v for v in a.keys if v in b.keys]:
+        steps_a, steps_b = a.keys[variant], b.keys[variant]
+        for step in list(steps_a) + [s for s in steps_b if s not in steps_a]:
+            if (a.only_step or b.only_step) and step not in (a.only_step, b.only_step):
+                continue
+            pairs.append((variant, step, steps_a.get(step), steps_b.get(step)))
+    return pairs
+
+
+def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | None, a: Side, b: Side, cache: Cache) -> StepDiff:
+    if key_a is None or key_b is None:
+        return StepDiff(step, variants, "added" if key_a is None else "removed", key_a, key_b)
+    if key_a == key_b:
+        return StepDiff(step, variants, "unchanged", key_a, key_b)
+    result = StepDiff(step, variants, "changed", key_a, key_b)
+    result.reasons = describe_changes(a.components.get(key_a, {}), b.components.get(key_b, {})) or ["outputs differ"]
+    entry_a, entry_b = cache.get(key_a), cache.get(key_b)
+    result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
+    if entry_a and entry_b:
+        result.outputs.update(compare_rows(entry_a.table_path(), entry_b.table_path()))
+        result.metrics = compare_metrics(entry_a.manifest.get("meta", {}), entry_b.manifest.get("meta", {}))
+    return result
+
+
+def compare_rows(path_a: Path, path_b: Path) -> dict[str, Any]:
+    import polars as pl
+
+    def rows(path: Path) -> pl.DataFrame:
+        frame = pl.read_parquet(path, columns=[c for c in ("id", "text", "label") if c in pl.read_parquet_schema(path)])
+        text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
+        label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
+        digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)
+        return frame.with_columns(digest.alias("_digest"))
+
+    a, b = rows(path_a), rows(path_b)
+    ids_a, ids_b = set(a["id"]), set(b["id"])
+    joined = a.join(b, on="id", suffix="_b")
+    changed = joined.filter(pl.col("_digest") != pl.col("_digest_b"))
+    out: dict[str, Any] = {
+        "rows_a": a.height, "rows_b": b.height,
+        "rows_added": len(ids_b - ids_a), "rows_removed": len(ids_a - ids_b), "rows_changed": changed.height,
+        "examples": {
+            "added": _texts(b.filter(pl.col("id").is_in(list(ids_b - ids_a)))),
+            "removed": _texts(a.filter(pl.col("id").is_in(list(ids_a - ids_b)))),
+        },
+    }
+    if "label" in a.columns and "label" in b.columns:
+        out["labels"] = _label_deltas(a, b)
+    return out
+
+
+def _texts(frame: Any) -> list[str]:
+    if "text" not in frame.columns:
+        return []
+    return [t if len(t) <= 100 else t[:97] + "..." for t in frame.sort("id")["text"].head(EXAMPLES).to_list()]
+
+
+def _label_deltas(a: Any, b: Any) -> dict[str, dict[str, int]]:
+    count_a = dict(a.group_by("label").len().iter_rows())
+    count_b = dict(b.group_by("label").len().iter_rows())
+    return {
+        str(label): {"a": count_a.get(label, 0), "b": count_b.get(label, 0), "delta": count_b.get(label, 0) - count_a.get(label, 0)}
+        for label in sorted(set(count_a) | set(count_b), key=str)
+    }
+
+
+def flatten_metrics(meta: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Numbers in a manifest's meta by dotted path; a dict with `mean` is one metric with its interval."""
+    found: dict[str, dict[str, Any]] = {}
+    if isinstance(meta, dict):
+        if "mean" in meta and isinstance(meta["mean"], (int, float)):
+            found[prefix] = {"value": float(meta["mean"]), "ci": _interval(meta)}
+            return found
+        for key, value in meta.items():
+            found.update(flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(meta, (int, float)) and not isinstance(meta, bool) and prefix:
+        found[prefix] = {"value": float(meta), "ci": None}
+    return found
+
+
+def _interval(meta: dict[str, Any]) -> list[float] | None:
+    for low, high in (("ci_low", "ci_high"), ("low", "high"), ("lo", "hi")):
+        if low in meta and high in meta:
+            return [float(meta[low]), float(meta[high])]
+    for name in ("ci95", "ci", "interval"):
+        value = meta.get(name)
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return [float(value[0]), float(value[1])]
+    return None
+
+
+def compare_metrics(meta_a: dict[str, Any], meta_b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    flat_a, flat_b = flatten_metrics(meta_a), flatten_metrics(meta_b)
+    out = {}
+    for name in sorted(set(flat_a) & set(flat_b)):
+        va, vb = flat_a[name]["value"], flat_b[name]["value"]
+        if va == vb:
+            continue
+        out[name] = {
+            "a": va, "b": vb, "delta": vb - va, "relative": (vb - va) / abs(va) if va else None,
+            "a_ci": flat_a[name]["ci"], "b_ci": flat_b[name]["ci"],
+        }
+    return out
+
+
+# -- gates ----------------------------------------------------------------
+
+GATE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|<|>)\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*(%?)\s*$")
+ROW_GATES = {"rows_added", "rows_removed", "rows_changed"}
+
+
+def parse_gate(expression: str) -> tuple[str, str, float, bool]:
+    match = GATE.match(expression)
+    if not match:
+        raise UserError(
+            f"cannot read gate '{expression}'", field="--fail-on",
+            hint="write METRIC OP NUMBER[%], e.g. 'accuracy < -0.01', 'vendi < -5%', 'rows_removed > 100'",
+        )
+    name, op, number, percent = match.groups()
+    return name, op, float(number) / (100 if percent else 1), bool(percent)
+
+
+def apply_gates(diff: Diff, expressions: list[str]) -> None:
+    import operator
+
+    ops = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+    parsed = [(expr, *parse_gate(expr)) for expr in expressions]
+    for expr, name, op, threshold, relative in parsed:
+        hits = []
+        for step in diff.steps:
+            for value, where in _gate_values(step, name, relative):
+                if value is not None and ops[op](value, threshold):
+                    hits.append(f"{step.step} [{', '.join(step.variants)}] {where}: {_signed(value, relative)}")
+        diff.gates.append({"expr": expr, "tripped": bool(hits), "hits": hits})
+
+
+def _gate_values(step: StepDiff, name: str, relative: bool) -> list[tuple[float | None, str]]:
+    if name in ROW_GATES or name == "rows":
+        if "rows_a" not in step.outputs:
+            return []
+        if name == "rows":
+            delta = step.outputs["rows_b"] - step.outputs["rows_a"]
+            return [(delta / step.outputs["rows_a"] if relative and step.outputs["rows_a"] else delta, "rows")]
+        return [(step.outputs[name], name)]
+    return [
+        (m["relative"] if relative else m["delta"], path)
+        for path, m in step.metrics.items()
+        if path == name or path.endswith("." + name)
+    ]
+
+
+def _signed(value: float, relative: bool) -> str:
+    return f"{value * 100:+.2f}%" if relative else f"{value:+.4g}"
+
+
+# -- rendering ------------------------------------------------------------
+
+
+def _fmt_metric(name: str, m: dict[str, Any]) -> str:
+    def one(value: float, ci: list[float] | None) -> str:
+        return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+
+    rel = f", {m['relative'] * 100:+.1f}%" if m["relative"] is not None else ""
+    return f"{name}: {one(m['a'], m['a_ci'])} -> {one(m['b'], m['b_ci'])} ({m['delta']:+.4g}{rel})"
+
+
+def _fmt_rows(o: dict[str, Any]) -> str:
+    return (f"rows: {o['rows_a']} -> {o['rows_b']} (+{o['rows_added']} added, -{o['rows_removed']} removed, "
+            f"{o['rows_changed']} changed)")
+
+
+def _fmt_labels(o: dict[str, Any]) -> str:
+    return "labels: " + ", ".join(f"{k} {v['a']} -> {v['b']} ({v['delta']:+d})" for k, v in o.get("labels", {}).items())
+
+
+def _not_built(o: dict[str, Any]) -> str | None:
+    missing = [side for side in ("a", "b") if not o.get(f"{side}_built", True)]
+    return f"output not built on side {' and '.join(missing).upper()} (use --build)" if missing else None
+
+
+def render_text(diff: Diff) -> str:
+    data = diff.to_json()
+    s = data["summary"]
+    lines = [
+        f"synthforge diff: A = {diff.a.spec}  ->  B = {diff.b.spec}",
+        f"{s['changed']} changed, {s['unchanged']} unchanged, {s['added']} added, {s['removed']} removed step outputs",
+    ]
+    if diff.variants_added or diff.variants_removed:
+        lines.append(f"variants added: {', '.join(diff.variants_added) or '-'}; removed: {', '.join(diff.variants_removed) or '-'}")
+    marks = {"changed": "~", "added": "+", "removed": "-"}
+    for step in diff.steps:
+        if step.status == "unchanged":
+            continue
+        lines.append("")
+        keys = f"{(step.key_a or '-')[:12]} -> {(step.key_b or '-')[:12]}"
+        lines.append(f"{marks[step.status]} {step.step} [{', '.join(step.variants)}]  {keys}")
+        lines += [f"    why: {r}" for r in step.reasons]
+        if _not_built(step.outputs):
+            lines.append(f"    {_not_built(step.outputs)}")
+        if "rows_a" in step.outputs:
+            o = step.outputs
+            lines.append(f"    {_fmt_rows(o)}")
+            if o.get("labels"):
+                lines.append(f"    {_fmt_labels(o)}")
+            lines += [f"    + {t}" for t in o["examples"]["added"]] + [f"    - {t}" for t in o["examples"]["removed"]]
+        lines += [f"    {_fmt_metric(n, m)}" for n, m in step.metrics.items()]
+    lines += [""] + _gate_lines(diff) if diff.gates else []
+    return "\n".join(lines)
+
+
+def _gate_lines(diff: Diff) -> list[str]:
+    lines = []
+    for gate in diff.gates:
+        lines.append(f"gate {'FAILED' if gate['tripped'] else 'passed'}: {gate['expr']}")
+        lines += [f"    {hit}" for hit in gate["hits"]]
+    return lines
+
+
+def render_markdown(diff: Diff) -> str:
+    data = diff.to_json()
+    s = data["summary"]
+    lines = [
+        f"### synthforge diff: `{diff.a.spec}` → `{diff.b.spec}`",
+        "",
+        f"**{s['changed']} changed**, {s['unchanged']} unchanged, {s['added']} added, {s['removed']} removed step outputs.",
+    ]
+    if diff.gates:
+        lines += ["", "| gate | result |", "|---|---|"]
+        lines += [f"| `{g['expr']}` | {'❌ failed: ' + '; '.join(g['hits']) if g['tripped'] else '✅ passed'} |" for g in diff.gates]
+    for step in diff.steps:
+        if step.status == "unchanged":
+            continue
+        lines += ["", f"#### `{step.step}` ({step.status}) — {', '.join(f'`{v}`' for v in step.variants)}", ""]
+        lines += [f"- why: {r}" for r in step.reasons]
+        if _not_built(step.outputs):
+            lines.append(f"- {_not_built(step.outputs)}")
+        if "rows_a" in step.outputs:
+            lines.append(f"- {_fmt_rows(step.outputs)}")
+            if step.outputs.get("labels"):
+                lines.append(f"- {_fmt_labels(step.outputs)}")
+        if step.metrics:
+            lines += ["", "| metric | A | B | Δ |", "|---|---|---|---|"]
+            for name, m in step.metrics.items():
+                rel = f" ({m['relative'] * 100:+.1f}%)" if m["relative"] is not None else ""
+                ci_a = f" [{m['a_ci'][0]:.3g}, {m['a_ci'][1]:.3g}]" if m["a_ci"] else ""
+                ci_b = f" [{m['b_ci'][0]:.3g}, {m['b_ci'][1]:.3g}]" if m["b_ci"] else ""
+                lines.append(f"| {name} | {m['a']:.4g}{ci_a} | {m['b']:.4g}{ci_b} | {m['delta']:+.4g}{rel} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- entry point ------------------------------------------------------------
+
+
+def run_diff(spec_a: str, spec_b: str, cache: Cache, *, fail_on: list[str] = (), build_missing: bool = False,
+             runtime: Runtime = Runtime(), sets: dict[str, Any] | None = None, log: Any = None) -> Diff:
+    for expression in fail_on:  # reject bad gates before any work
+        parse_gate(expression)
+    a, b = open_side(spec_a, sets), open_side(spec_b, sets)
+    if build_missing:
+        for side in (a, b):
+            if side.graph is None:
+                raise UserError(f"cannot build from a lockfile: {side.spec}", field="--build", hint="pass the recipe instead")
+            only = [side.only_step] if side.only_step else []
+            build(side.graph, cache, only=only, runtime=runtime, log=log or (lambda m: None), write_lockfile=False)
+    diff = diff_sides(a, b, cache)
+    apply_gates(diff, list(fail_on))
+    return diff
