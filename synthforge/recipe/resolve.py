@@ -300,26 +300,15 @@ def validation_error(
 
 
 def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
-    """Walk nested models along `loc`: the model owning the last field, and that field's info."""
+    """Walk nested models along `loc`: the model that owns the last field, and that field's info."""
     owner: type[BaseModel] | None = model
-    info = None
+    parent, info = model, None
     for part in loc:
         if owner is None or not isinstance(part, str):
-            continue
-        info = owner.model_fields.get(part)
-        if info is None:
-            return owner, None
-        owner = _model_in(info.annotation)
-    return (_parent_model(model, loc) or model), info
-
-
-def _parent_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    owner: type[BaseModel] | None = model
-    for part in loc[:-1]:
-        if owner is None or not isinstance(part, str) or part not in owner.model_fields:
-            continue
-        owner = _model_in(owner.model_fields[part].annotation)
-    return owner
+            continue  # list indices, dict keys of free-form mappings
+        parent, info = owner, owner.model_fields.get(part)
+        owner = _model_in(info.annotation) if info is not None else None
+    return parent, info
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
