@@ -1,8 +1,8 @@
 """Full fine-tuning of a transformers encoder for sequence classification.
 
 AdamW with linear warm-up then linear decay, gradient clipping, bf16 autocast
-on CUDA, and early stopping on validation macro-F1 (the best epoch's weights
-are restored).
+on CUDA, and early stopping on validation macro-F1, ties broken by validation loss (the
+best epoch's weights are restored).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def finetune(
     model, tokenizer = load_classifier(model_path, labels, device)
     optimizer, scheduler = _optimizer(model, config, steps=config.epochs * math.ceil(len(train_texts) / config.train_batch_size))
     order_rng = np.random.default_rng(seed)
-    best_score, best_state, best_epoch, stale = -math.inf, None, None, 0
+    best_score, best_state, best_epoch, stale = None, None, None, 0
     history: list[dict[str, float]] = []
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
@@ -88,11 +88,10 @@ def finetune(
         loss = _train_epoch(model, tokenizer, train_texts, train_targets, optimizer, scheduler, config, order_rng, device, epoch, show_progress)
         record = {"epoch": epoch, "train_loss": loss}
         if val_texts is not None and len(val_texts):
-            probs = predict_proba(model, tokenizer, val_texts, device, eval_batch_size, config.max_length)
-            cm = confusion_matrix(val_targets, probs.argmax(axis=1), len(labels))
-            record["val_macro_f1"] = scores_from_cm(cm)["macro_f1"]
-            if record["val_macro_f1"] > best_score:
-                best_score, best_epoch, stale = record["val_macro_f1"], epoch, 0
+            record.update(_validate(model, tokenizer, val_texts, val_targets, len(labels), device, eval_batch_size, config.max_length))
+            score = (record["val_macro_f1"], -record["val_loss"])
+            if _improves(score, best_score):
+                best_score, best_epoch, stale = score, epoch, 0
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             else:
                 stale += 1
@@ -103,6 +102,21 @@ def finetune(
     if best_state is not None:
         model.load_state_dict(best_state)
     return FinetuneResult(model, tokenizer, best_epoch, epochs_run, history)
+
+
+def _validate(model, tokenizer, texts, targets, n_classes, device, batch_size, max_length) -> dict[str, float]:
+    probs = predict_proba(model, tokenizer, texts, device, batch_size, max_length)
+    loss = float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None)).mean())
+    return {"val_loss": loss, "val_macro_f1": scores_from_cm(confusion_matrix(targets, probs.argmax(axis=1), n_classes))["macro_f1"]}
+
+
+def _improves(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    """Higher validation macro-F1 wins; at equal F1 a clearly lower validation loss does."""
+    if best is None:
+        return True
+    if score[0] != best[0]:
+        return score[0] > best[0]
+    return score[1] > best[1] + 1e-4
 
 
 def _optimizer(model, config: FinetuneConfig, steps: int):
