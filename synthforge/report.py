@@ -227,7 +227,13 @@ class _Plots:
     def score_vs_fraction(self) -> Path | None:
         if not (self.score_column and self.has_var(self.fraction)):
             return None
-        points = self.points(self.sweep.rows, self.fraction, self.score_column)
+        rows = [r for r in self.sweep.rows if not _is_baseline(r, self.fraction)]
+        points = self.points(rows, self.fraction, self.score_column)
+        reference = self.baseline()
+        if reference:
+            # Real-only data does not depend on the other vars: every line starts from it at fraction 0.
+            groups = list(dict.fromkeys(p.group for p in points)) or [()]
+            points += [_Point(0.0, *reference, group) for group in groups]
         title = f"{_nice(self.score_column)} vs {self.fraction}"
         return self.draw(points, self.fraction, self.score_column, title, f"{_slug(_nice(self.score_column))}_vs_{_slug(self.fraction)}.png", baseline=True)
 
@@ -274,7 +280,7 @@ class _Plots:
             groups.setdefault(point.group, []).append(point)
         for group, members in groups.items():
             xs, ys, errs = _line(members, positions)
-            label = ", ".join(f"{k}={_fmt(v, 3)}" for k, v in group) or None
+            label = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in group) or None
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, linewidth=1.5, label=label)
         reference = self.baseline() if baseline else None
         if reference:
