@@ -146,3 +146,21 @@ def test_missing_input_for_fraction_is_an_error(tmp_path, inputs):
 def test_conflicting_or_invalid_rules_rejected(params):
     with pytest.raises(ValidationError):
         MixParams(real="a", synthetic="b", **params)
+
+
+def test_top_up_is_sized_on_the_real_rows_actually_taken(tmp_path, inputs):
+    # balance trims real to 10 + 10 rows, so a 50% top-up adds 20 synthetic rows, not 40.
+    result = mix(tmp_path, inputs, synthetic_fraction=0.5, balance=True, on_shortage="take_available")
+    assert result.meta["n_real"] == 20 and result.meta["n_synthetic"] == 20
+    assert result.meta["synthetic_fraction"] == 0.5
+
+
+def test_embedding_arrays_survive_the_mix(tmp_path):
+    dim = 4
+    def embedded(prefix, source):
+        frame = rows(prefix, {"a": 3, "b": 3}, source)
+        return frame.with_columns(pl.Series("embedding", [[0.5] * dim] * frame.height).cast(pl.Array(pl.Float32, dim)))
+    real = write_entry(tmp_path, "r", embedded("r", "real"))
+    synthetic = write_entry(tmp_path, "s", embedded("s", "synthetic"))
+    data = mix(tmp_path, {"real": real, "synthetic": synthetic}, real_count="all", synthetic_count="all").data
+    assert data.schema["embedding"] == pl.Array(pl.Float32, dim) and data.height == 12

@@ -107,3 +107,8 @@ def test_text_is_embedded_with_the_packaged_model_when_no_embedding_column(tmp_p
 
     result = train(tmp_path, frame("tr", positive[:4], negative[:4]), frame("te", positive[4:], negative[4:]), bootstrap=20)
     assert result.meta["scores"]["accuracy"]["mean"] >= 0.75
+
+
+def test_embedding_dimension_mismatch_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="16 dims but test embeddings 8"):
+        train(tmp_path, embedded_rows("tr", 10, 1), embedded_rows("te", 5, 2, dim=8))

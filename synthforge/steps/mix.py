@@ -74,9 +74,14 @@ class MixStep(Step):
         groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label) for role in SOURCES}
         available = {role: _group_total(groups[role]) for role in SOURCES}
         wanted = requested_counts(params, available)
-        picked = {
-            role: _sample_source(pools[role], groups[role], role, wanted[role], params, rngs[role]) for role in SOURCES
-        }
+        picked = {"real": _sample_source(pools["real"], groups["real"], "real", wanted["real"], params, rngs["real"])}
+        if _tops_up(params) and picked["real"] is not None:
+            # "all real + f synthetic": size the synthetic part on the real rows actually taken
+            # (fewer than asked when balance + take_available trimmed them).
+            wanted["synthetic"] = _top_up_count(picked["real"].height, params.synthetic_fraction)
+        picked["synthetic"] = _sample_source(
+            pools["synthetic"], groups["synthetic"], "synthetic", wanted["synthetic"], params, rngs["synthetic"]
+        )
         _check_unique_ids(picked)
         parts = [frame for frame in picked.values() if frame is not None and frame.height]
         data = pl.concat(parts, how="diagonal_relaxed") if parts else _empty_like(pools)
@@ -101,7 +106,15 @@ def requested_counts(params: MixParams, available: dict[str, int | None]) -> dic
     if fraction == 1.0:
         return {"real": 0, "synthetic": available["synthetic"] or 0}
     real = available["real"] or 0
-    return {"real": real, "synthetic": round(real * fraction / (1.0 - fraction))}
+    return {"real": real, "synthetic": _top_up_count(real, fraction)}
+
+
+def _tops_up(params: MixParams) -> bool:
+    return params.synthetic_fraction is not None and params.total is None and params.synthetic_fraction < 1.0
+
+
+def _top_up_count(n_real: int, fraction: float) -> int:
+    return round(n_real * fraction / (1.0 - fraction))
 
 
 def _explicit_count(params: MixParams, role: str, available: int | None) -> int:

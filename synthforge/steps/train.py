@@ -182,11 +182,18 @@ def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
 
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Embeddings for train and test: the `embedding` column when both have one, else embedded text."""
+    """Embeddings for train and test: the `embedding` column when both have a complete one, else embedded text."""
     import numpy as np
 
-    if all("embedding" in frames[n].columns for n in ("train", "test")):
-        return {n: np.asarray(frames[n]["embedding"].to_list(), dtype=np.float32) for n in ("train", "test")}, "embedding column"
+    if all("embedding" in frames[n].columns and frames[n]["embedding"].null_count() == 0 for n in ("train", "test")):
+        features = {n: np.asarray(frames[n]["embedding"].to_list(), dtype=np.float32) for n in ("train", "test")}
+        if features["train"].shape[1] != features["test"].shape[1]:
+            raise UserError(
+                f"train embeddings have {features['train'].shape[1]} dims but test embeddings {features['test'].shape[1]}",
+                field="test",
+                hint="embed both with the same model",
+            )
+        return features, "embedding column"
     from synthforge.training.embedding import embed_texts
 
     device, batch_size = _runtime(ctx, params)
