@@ -100,3 +100,10 @@ def test_finetune_is_deterministic_per_seed(tmp_path, tiny_bert):
 def test_missing_model_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no model at"):
         finetune(tmp_path, str(tmp_path / "nope"))
+
+
+def test_model_files_enter_the_key(tiny_bert):
+    from synthforge.steps.train import TrainParams
+
+    files = {path.name for path in TrainStep().files_read(TrainParams(train="a", test="b", model=tiny_bert))}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files

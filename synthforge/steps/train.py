@@ -78,7 +78,6 @@ class TrainStep(Step):
         return f"{params.method}, {len(resolve_seeds(params, 0))} seed(s)"
 
     def run(self, ctx: StepContext) -> StepResult:
-        import numpy as np
         import polars as pl
 
         from synthforge.training.scoring import summarize

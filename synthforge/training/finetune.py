@@ -7,7 +7,6 @@ best epoch's weights are restored).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
