@@ -30,21 +30,30 @@ class _Sweep:
 
 
 # -- table -------------------------------------------------------------------
-def build_table(records: Sequence[dict[str, Any]]):
-    """The full table (polars): variant, vars, every step's scalar meta, scores with intervals."""
+def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci"):
+    """The full table (polars): variant, vars, every step's scalar meta, scores with intervals.
+
+    `interval` picks which of a score's intervals becomes `.lo`/`.hi`: `ci` (the train
+    step's headline), `seed_ci` (t over seeds) or `bootstrap_ci` (over the test set).
+    """
     import polars as pl
 
-    sweep = _collect(records)
+    sweep = _collect(records, interval)
     columns = ["variant", *sweep.var_names, *sweep.metric_columns, *_score_columns(sweep)]
     data = {name: _column([row.get(name) for row in sweep.rows]) for name in columns}
     return pl.DataFrame(data, strict=False)
 
 
 def format_table(
-    records: Sequence[dict[str, Any]], *, diversity_metric: str | None = None, digits: int = 3, markdown: bool = False
+    records: Sequence[dict[str, Any]],
+    *,
+    diversity_metric: str | None = None,
+    interval: str = "ci",
+    digits: int = 3,
+    markdown: bool = False,
 ) -> str:
     """A compact view for the terminal: settings, diversity metrics and scores as `mean [lo, hi]`."""
-    sweep = _collect(records)
+    sweep = _collect(records, interval)
     headers, body = _compact(sweep, diversity_metric, digits)
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -63,6 +72,7 @@ def write_report(
     score: str = "macro_f1",
     diversity_metric: str | None = None,
     train_step: str | None = None,
+    interval: str = "ci",
     dpi: int = 150,
 ) -> list[Path]:
     """Write sweep.parquet/.csv/.md and the plots the vars allow; return the paths written.
@@ -71,19 +81,19 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(records)
+    table = build_table(records, interval=interval)
     written = [out / "sweep.parquet", out / "sweep.csv", out / "sweep.md"]
     table.write_parquet(written[0])
     table.write_csv(written[1])
-    written[2].write_text(format_table(records, diversity_metric=diversity_metric, markdown=True))
-    sweep = _collect(records)
+    written[2].write_text(format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True))
+    sweep = _collect(records, interval)
     plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out)
     written += [path for path in (plots.score_vs_level(), plots.score_vs_fraction(), plots.diversity_vs_level()) if path]
     return written
 
 
 # -- collecting ----------------------------------------------------------------
-def _collect(records: Sequence[dict[str, Any]]) -> _Sweep:
+def _collect(records: Sequence[dict[str, Any]], interval: str = "ci") -> _Sweep:
     rows, var_names, train_steps, metric_columns = [], [], [], []
     for record in records:
         row: dict[str, Any] = {"variant": str(record.get("variant", ""))}
@@ -94,7 +104,7 @@ def _collect(records: Sequence[dict[str, Any]]) -> _Sweep:
             meta = (manifest or {}).get("meta") or {}
             if isinstance(meta.get("scores"), dict):
                 _append_new(train_steps, step)
-                row.update(_train_columns(step, meta))
+                row.update(_train_columns(step, meta, interval))
             else:
                 for name, value in _flatten(meta, step):
                     _append_new(metric_columns, name)
@@ -103,12 +113,12 @@ def _collect(records: Sequence[dict[str, Any]]) -> _Sweep:
     return _Sweep(rows, var_names, train_steps, metric_columns)
 
 
-def _train_columns(step: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _train_columns(step: str, meta: dict[str, Any], interval: str) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for metric, summary in meta["scores"].items():
         if not isinstance(summary, dict) or "mean" not in summary:
             continue
-        ci = summary.get("ci") or [None, None]
+        ci = summary.get(interval) or [None, None]
         columns[f"{step}.{metric}"] = summary["mean"]
         columns[f"{step}.{metric}.lo"] = ci[0]
         columns[f"{step}.{metric}.hi"] = ci[1]

@@ -102,3 +102,11 @@ def test_format_table_shows_scores_with_intervals(records):
     assert "train.macro_f1" in lines[0] and "select.vendi" in lines[0] and "diversity" in lines[0]
     assert "0.625 [0.605, 0.645]" in lines[2]
     assert "div=low,frac=0.0" in text
+
+
+def test_interval_choice_sets_the_bounds(records):
+    for r in records:
+        r["steps"]["train"]["meta"]["scores"]["macro_f1"]["bootstrap_ci"] = [0.1, 0.9]
+    table = build_table(records, interval="bootstrap_ci")
+    assert table["train.macro_f1.lo"].to_list() == [0.1] * len(records)
+    assert "[0.100, 0.900]" in format_table(records, interval="bootstrap_ci")

@@ -84,7 +84,7 @@ def finetune(
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
         epochs_run = epoch
-        loss = _train_epoch(model, tokenizer, train_texts, train_targets, optimizer, scheduler, config, order_rng, device, epoch, show_progress)
+        loss = _train_epoch(model, tokenizer, train_texts, train_targets, optimizer, scheduler, config, order_rng, device, seed, epoch, show_progress)
         record = {"epoch": epoch, "train_loss": loss}
         if val_texts is not None and len(val_texts):
             record.update(_validate(model, tokenizer, val_texts, val_targets, len(labels), device, eval_batch_size, config.max_length))
@@ -137,13 +137,13 @@ def _optimizer(model, config: FinetuneConfig, steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _train_epoch(model, tokenizer, texts, targets, optimizer, scheduler, config, rng, device, epoch, show_progress) -> float:
+def _train_epoch(model, tokenizer, texts, targets, optimizer, scheduler, config, rng, device, seed, epoch, show_progress) -> float:
     import torch
 
     model.train()
     order = rng.permutation(len(texts))
     total_loss, batches = 0.0, 0
-    with progress(len(texts), f"finetune epoch {epoch}", enabled=show_progress) as bar:
+    with progress(len(texts), f"finetune seed {seed} epoch {epoch}", enabled=show_progress) as bar:
         for begin in range(0, len(order), config.train_batch_size):
             batch = order[begin : begin + config.train_batch_size]
             encoded = _encode(tokenizer, [texts[i] for i in batch], config.max_length, device)
