@@ -1,0 +1,281 @@
+"""`mix`: combine real and synthetic rows by fraction or counts, seeded.
+
+How many rows of each source (first rule that applies):
+  - `real_count` / `synthetic_count`: exact counts (`all` = every row of that input);
+  - `synthetic_fraction` with `total`: round(f * total) synthetic, the rest real;
+  - `synthetic_fraction` with `total: null`: every real row, plus enough synthetic
+    rows that they make up fraction f of the output (f = 1: every synthetic row).
+Then `balance` spreads each source's count equally over its labels, and
+`max_per_label` caps each label of each source before sampling.
+
+Sampling is a seeded permutation per (source, label) taking a prefix, so a
+larger request with the same seed is a superset of a smaller one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from synthforge.errors import UserError
+from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import polars as pl
+
+SOURCES = ("real", "synthetic")
+ROLE_COLUMN = "__mix_role"  # which input a row came from; dropped before output
+
+
+class MixParams(StepParams):
+    real: Ref | None = None
+    synthetic: Ref | None = None
+    synthetic_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    total: int | None = Field(default=None, ge=0)
+    real_count: int | Literal["all"] | None = None
+    synthetic_count: int | Literal["all"] | None = None
+    balance: bool = False
+    max_per_label: int | None = Field(default=None, ge=1)
+    on_shortage: Literal["error", "take_available"] = "error"
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "MixParams":
+        counts = self.real_count is not None or self.synthetic_count is not None
+        if counts and self.synthetic_fraction is not None:
+            raise ValueError("give either synthetic_fraction (with total) or real_count/synthetic_count, not both")
+        if counts and self.total is not None:
+            raise ValueError("total goes with synthetic_fraction; with counts the total is their sum")
+        if not counts and self.synthetic_fraction is None:
+            raise ValueError("give synthetic_fraction (with optional total) or real_count/synthetic_count")
+        for name in ("real_count", "synthetic_count"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.real is None and self.synthetic is None:
+            raise ValueError("give at least one of real, synthetic")
+        return self
+
+
+class MixStep(Step):
+    kind = "mix"
+    version = "1"
+    Params = MixParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import numpy as np
+        import polars as pl
+
+        params: MixParams = ctx.params  # type: ignore[assignment]
+        pools = {role: _load_pool(ctx.inputs.get(role), role) for role in SOURCES}
+        rngs = {role: np.random.default_rng(_seed_int(ctx.seed, i)) for i, role in enumerate(SOURCES)}
+        groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label) for role in SOURCES}
+        available = {role: _group_total(groups[role]) for role in SOURCES}
+        wanted = requested_counts(params, available)
+        picked = {"real": _sample_source(pools["real"], groups["real"], "real", wanted["real"], params, rngs["real"])}
+        if _tops_up(params) and picked["real"] is not None:
+            # "all real + f synthetic": size the synthetic part on the real rows actually taken
+            # (fewer than asked when balance + take_available trimmed them).
+            wanted["synthetic"] = _top_up_count(picked["real"].height, params.synthetic_fraction)
+        picked["synthetic"] = _sample_source(
+            pools["synthetic"], groups["synthetic"], "synthetic", wanted["synthetic"], params, rngs["synthetic"]
+        )
+        _check_unique_ids(picked)
+        parts = [frame for frame in picked.values() if frame is not None and frame.height]
+        data = pl.concat(parts, how="diagonal_relaxed") if parts else _empty_like(pools)
+        if params.shuffle and data.height:
+            data = data.sample(fraction=1.0, shuffle=True, seed=_seed_int(ctx.seed, 2))
+        meta = _meta(data, wanted, pools, params.max_per_label)
+        data = data.drop(ROLE_COLUMN)
+        ctx.log(f"mix: {meta['n_real']} real + {meta['n_synthetic']} synthetic = {meta['n_total']} rows")
+        return StepResult(data=data, meta=meta)
+
+
+# -- counts ----------------------------------------------------------------
+def requested_counts(params: MixParams, available: dict[str, int | None]) -> dict[str, int]:
+    """How many rows to take from each source (before shortage checks)."""
+    if params.synthetic_fraction is None:
+        return {role: _explicit_count(params, role, available[role]) for role in SOURCES}
+    fraction = params.synthetic_fraction
+    _require_inputs_for_fraction(params, available)
+    if params.total is not None:
+        synthetic = round(fraction * params.total)
+        return {"real": params.total - synthetic, "synthetic": synthetic}
+    if fraction == 1.0:
+        return {"real": 0, "synthetic": available["synthetic"] or 0}
+    real = available["real"] or 0
+    return {"real": real, "synthetic": _top_up_count(real, fraction)}
+
+
+def _tops_up(params: MixParams) -> bool:
+    return params.synthetic_fraction is not None and params.total is None and params.synthetic_fraction < 1.0
+
+
+def _top_up_count(n_real: int, fraction: float) -> int:
+    return round(n_real * fraction / (1.0 - fraction))
+
+
+def _explicit_count(params: MixParams, role: str, available: int | None) -> int:
+    value = getattr(params, f"{role}_count")
+    if value is None:
+        return 0
+    if available is None and value != 0:
+        raise UserError(f"{role}_count is {value} but no '{role}' input is given", field=f"{role}_count")
+    return (available or 0) if value == "all" else value
+
+
+def _require_inputs_for_fraction(params: MixParams, available: dict[str, int | None]) -> None:
+    fraction = params.synthetic_fraction
+    if fraction is not None and fraction > 0 and available["synthetic"] is None:
+        raise UserError(f"synthetic_fraction is {fraction} but no 'synthetic' input is given", field="synthetic")
+    if fraction is not None and fraction < 1 and available["real"] is None:
+        raise UserError(f"synthetic_fraction is {fraction} but no 'real' input is given", field="real")
+
+
+# -- sampling ----------------------------------------------------------------
+def _load_pool(table: Any, role: str) -> "pl.DataFrame | None":
+    if table is None:
+        return None
+    import polars as pl
+
+    frame = table.frame()
+    missing = {"id", "label"} - set(frame.columns)
+    if missing:
+        raise UserError(f"input '{role}' lacks column(s) {sorted(missing)}", field=role)
+    step_name = table.manifest.get("step") or role
+    origin = f"{step_name}@{str(table.manifest.get('key', ''))[:12]}"
+    if "source" not in frame.columns:
+        frame = frame.with_columns(pl.lit(role).alias("source"))
+    else:
+        frame = frame.with_columns(pl.col("source").fill_null(role))
+    # Sorting by id makes the pick independent of the upstream row order.
+    return frame.with_columns(pl.lit(origin).alias("origin"), pl.lit(role).alias(ROLE_COLUMN)).sort("id")
+
+
+def _height(pool: "pl.DataFrame | None") -> int | None:
+    return None if pool is None else pool.height
+
+
+def _sample_source(pool, groups, role: str, count: int, params: MixParams, rng) -> "pl.DataFrame | None":
+    import numpy as np
+
+    if pool is None or count == 0:
+        return None if pool is None else pool.head(0)
+    if params.balance:
+        quotas = _balanced_quotas(groups, count, role, params)
+        rows = [groups[label][:quota] for label, quota in quotas.items()]
+        chosen = np.concatenate(rows) if rows else np.array([], dtype=np.int64)
+    else:
+        usable = np.concatenate(list(groups.values())) if groups else np.array([], dtype=np.int64)
+        count = _shortage(count, len(usable), role, params, _per_label_counts(groups))
+        chosen = rng.permutation(usable)[:count]
+    return pool[np.sort(chosen)]
+
+
+def _label_groups(pool, rng, cap: int | None) -> "dict[str, np.ndarray] | None":
+    """Row indices per label, each group in a seeded random order, capped."""
+    import numpy as np
+
+    if pool is None:
+        return None
+    labels = pool["label"].cast(str).to_numpy()
+    groups = {}
+    for label in sorted(set(labels.tolist())):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        groups[label] = indices[:cap] if cap is not None else indices
+    return groups
+
+
+def _group_total(groups: "dict[str, np.ndarray] | None") -> int | None:
+    return None if groups is None else sum(len(idx) for idx in groups.values())
+
+
+def _balanced_quotas(groups: dict[str, "np.ndarray"], count: int, role: str, params: MixParams) -> dict[str, int]:
+    if not groups:
+        _shortage(count, 0, role, params, {})
+        return {}
+    per_label, remainder = divmod(count, len(groups))
+    # The remainder goes to the first labels in sorted order: deterministic and off by at most one.
+    quotas = {label: per_label + (i < remainder) for i, label in enumerate(groups)}
+    short = {label: len(idx) for label, idx in groups.items() if len(idx) < quotas[label]}
+    if not short:
+        return quotas
+    if params.on_shortage == "error":
+        raise UserError(
+            f"balance needs {max(quotas.values())} '{role}' rows per label but "
+            + ", ".join(f"'{label}' has {n}" for label, n in short.items()),
+            field=f"{role}_count" if params.synthetic_fraction is None else "total",
+            hint=f"available per label: {_per_label_counts(groups)}; or set on_shortage: take_available",
+        )
+    # take_available keeps the output balanced: every label shrinks to the scarcest one.
+    smallest = min(len(idx) for idx in groups.values())
+    return {label: smallest for label in groups}
+
+
+def _shortage(count: int, available: int, role: str, params: MixParams, per_label: dict[str, int]) -> int:
+    if count <= available:
+        return count
+    if params.on_shortage == "take_available":
+        return available
+    field = f"{role}_count" if params.synthetic_fraction is None else ("total" if params.total is not None else role)
+    capped = f" after max_per_label={params.max_per_label}" if params.max_per_label else ""
+    raise UserError(
+        f"needs {count} '{role}' rows but the input has {available}{capped}",
+        field=field,
+        hint=f"per label: {per_label}; lower the request or set on_shortage: take_available",
+    )
+
+
+def _per_label_counts(groups: dict[str, "np.ndarray"]) -> dict[str, int]:
+    return {label: int(len(idx)) for label, idx in groups.items()}
+
+
+def _check_unique_ids(picked: dict[str, Any]) -> None:
+    frames = [f for f in picked.values() if f is not None and f.height]
+    if len(frames) < 2:
+        return
+    shared = set(frames[0]["id"].to_list()) & set(frames[1]["id"].to_list())
+    if shared:
+        example = sorted(shared)[:3]
+        raise UserError(
+            f"{len(shared)} id(s) appear in both real and synthetic inputs (e.g. {example})",
+            field="synthetic",
+            hint="ids must be unique across the mixed inputs",
+        )
+
+
+def _empty_like(pools: dict[str, Any]):
+    for pool in pools.values():
+        if pool is not None:
+            return pool.head(0)
+    raise AssertionError("validated: at least one input")  # pragma: no cover
+
+
+def _seed_int(*parts: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _meta(data, wanted: dict[str, int], pools: dict[str, Any], max_per_label: int | None) -> dict[str, Any]:
+    import polars as pl
+
+    n_total = data.height
+    by_role = {role: 0 for role in SOURCES}
+    per_label: dict[str, dict[str, int]] = {}
+    counts = data.group_by([ROLE_COLUMN, "label"]).agg(pl.len().alias("n")).sort([ROLE_COLUMN, "label"])
+    for role, label, n in counts.iter_rows():
+        by_role[role] += int(n)
+        per_label.setdefault(role, {})[str(label)] = int(n)
+    return {
+        "n_total": n_total,
+        "n_real": by_role["real"],
+        "n_synthetic": by_role["synthetic"],
+        "synthetic_fraction": by_role["synthetic"] / n_total if n_total else None,
+        "requested": {"real": wanted["real"], "synthetic": wanted["synthetic"]},
+        "available": {role: _height(pool) for role, pool in pools.items()},
+        "max_per_label": max_per_label,
+        "per_label": per_label,
+    }

@@ -1,0 +1,319 @@
+"""`train`: fit a classifier on one table, score it on held-out real data.
+
+`method: linear-probe` fits multinomial logistic regression on frozen sentence
+embeddings (the `embedding` column when train and test both have one, else the
+text embedded with `model`). `method: finetune` fine-tunes `model` end to end.
+Both run once per seed and report accuracy and macro-F1 with a t-interval over
+seeds and a bootstrap interval over the test set (see `training/scoring.py`).
+
+Main table: one row per seed. Side table `predictions`: one row per (seed, test row).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from synthforge.errors import UserError
+from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+
+DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
+MODEL_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+class TrainParams(StepParams):
+    train: Ref
+    test: Ref
+    validation: Ref | None = None
+    method: Literal["linear-probe", "finetune"] = "linear-probe"
+    model: str | None = None  # a local model folder; default: the packaged all-MiniLM-L6-v2
+    seeds: list[int] | None = None
+    num_seeds: int | None = Field(default=None, ge=1)
+    # linear probe
+    l2: float = Field(default=1.0, ge=0.0)
+    max_iter: int = Field(default=300, ge=1)
+    # finetune
+    epochs: int = Field(default=3, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0.0)
+    train_batch_size: int = Field(default=16, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    max_length: int = Field(default=128, ge=8)
+    patience: int | None = Field(default=2, ge=1)
+    save_models: Literal["first", "all", "none"] = "first"
+    # scoring
+    bootstrap: int = Field(default=1000, ge=0)
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
+    # runtime only (never in the key)
+    batch_size: int | None = Field(default=None, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _seeds(self) -> "TrainParams":
+        if self.seeds is not None and self.num_seeds is not None:
+            raise ValueError("give seeds or num_seeds, not both")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return self
+
+
+class TrainStep(Step):
+    kind = "train"
+    version = "1"
+    Params = TrainParams
+    runtime_fields = frozenset({"batch_size", "device"})
+    tables = ("predictions",)
+
+    def files_read(self, params: TrainParams) -> list[Path]:  # type: ignore[override]
+        folder = Path(params.model) if params.model else Path(_default_model())
+        if not folder.is_dir():
+            return []
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        return [folder / name for name in MODEL_FILES if (folder / name).exists()] + weights
+
+    def plan_note(self, params: TrainParams) -> str | None:  # type: ignore[override]
+        return f"{params.method}, {len(resolve_seeds(params, 0))} seed(s)"
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import polars as pl
+
+        from synthforge.training.scoring import summarize
+
+        params: TrainParams = ctx.params  # type: ignore[assignment]
+        _check_model(params)
+        frames = {name: _frame(ctx.inputs.get(name), name) for name in ("train", "test", "validation")}
+        labels = _labels(frames, ctx.log)
+        targets = {name: _targets(frame, labels) for name, frame in frames.items()}
+        seeds = resolve_seeds(params, ctx.seed)
+        runner = _run_linear_probe if params.method == "linear-probe" else _run_finetune
+        runs = runner(ctx, params, frames, targets, labels, seeds)
+        summary = summarize(
+            targets["test"], [r["pred"] for r in runs], labels, resamples=params.bootstrap, confidence=params.confidence, seed=ctx.seed
+        )
+        per_seed = [{"seed": r["seed"], **score, **r["info"]} for r, score in zip(runs, summary.pop("per_seed_scores"))]
+        meta = {
+            "method": params.method,
+            "model": params.model or "all-MiniLM-L6-v2 (packaged)",
+            "labels": labels,
+            "seeds": seeds,
+            "n_train": frames["train"].height,
+            "n_test": frames["test"].height,
+            "n_validation": frames["validation"].height if frames["validation"] is not None else 0,
+            "train_sources": _source_counts(frames["train"]),
+            **summary,
+            "per_seed": per_seed,
+        }
+        acc = meta["scores"]["accuracy"]
+        ctx.log(f"train: accuracy {acc['mean']:.4f} ({acc['ci_method']} ci {acc['ci']}), macro-F1 {meta['scores']['macro_f1']['mean']:.4f}")
+        predictions = pl.concat([_predictions(frames["test"], r, labels) for r in runs])
+        return StepResult(data=_seed_table(per_seed), tables={"predictions": predictions}, meta=_jsonable(meta))
+
+
+# -- inputs ------------------------------------------------------------------
+def resolve_seeds(params: TrainParams, base_seed: int) -> list[int]:
+    if params.seeds is not None:
+        return list(params.seeds)
+    count = params.num_seeds or DEFAULT_NUM_SEEDS[params.method]
+    return [int(base_seed) + i for i in range(count)]
+
+
+def _default_model() -> str:
+    from synthforge.training.embedding import default_model_path
+
+    return default_model_path()
+
+
+def _check_model(params: TrainParams) -> None:
+    if params.model and not (Path(params.model) / "config.json").exists():
+        raise UserError(f"no model at '{params.model}' (expected a folder with config.json)", field="model")
+
+
+def _frame(table: Any, name: str):
+    if table is None:
+        return None
+    frame = table.frame()
+    missing = {"id", "text", "label"} - set(frame.columns)
+    if missing:
+        raise UserError(f"input '{name}' lacks column(s) {sorted(missing)}", field=name)
+    if frame.height == 0 and name != "validation":
+        raise UserError(f"input '{name}' has no rows", field=name)
+    return frame
+
+
+def _labels(frames: dict[str, Any], log) -> list[str]:
+    train = set(frames["train"]["label"].cast(str).to_list())
+    everything = set(train)
+    for name in ("test", "validation"):
+        if frames[name] is not None:
+            extra = set(frames[name]["label"].cast(str).to_list()) - train
+            if extra:
+                log(f"train: warning: {name} labels never seen in training: {sorted(extra)}")
+            everything |= extra
+    if len(train) < 2:
+        raise UserError(f"the train table has {len(train)} label(s) ({sorted(train)}); a classifier needs at least 2", field="train")
+    return sorted(everything)
+
+
+def _targets(frame, labels: list[str]):
+    import numpy as np
+
+    if frame is None:
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[str(label)] for label in frame["label"].to_list()], dtype=np.int64)
+
+
+def _source_counts(frame) -> dict[str, int]:
+    if "source" not in frame.columns:
+        return {}
+    return {str(k): int(v) for k, v in frame.group_by("source").len().iter_rows()}
+
+
+# -- methods -----------------------------------------------------------------
+def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
+    from synthforge.training.embedding import resolve_device
+
+    device = params.device if params.device != "auto" else ctx.runtime.device
+    return resolve_device(device), params.batch_size or ctx.runtime.batch_size or 64
+
+
+def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Embeddings for train and test: the `embedding` column when both have a complete one, else embedded text."""
+    import numpy as np
+
+    if all("embedding" in frames[n].columns and frames[n]["embedding"].null_count() == 0 for n in ("train", "test")):
+        features = {n: np.asarray(frames[n]["embedding"].to_list(), dtype=np.float32) for n in ("train", "test")}
+        if features["train"].shape[1] != features["test"].shape[1]:
+            raise UserError(
+                f"train embeddings have {features['train'].shape[1]} dims but test embeddings {features['test'].shape[1]}",
+                field="test",
+                hint="embed both with the same model",
+            )
+        return features, "embedding column"
+    from synthforge.training.embedding import embed_texts
+
+    device, batch_size = _runtime(ctx, params)
+    model = params.model or _default_model()
+    features = {
+        n: embed_texts(frames[n]["text"].to_list(), model, device, batch_size, show_progress=ctx.runtime.progress)
+        for n in ("train", "test")
+    }
+    return features, f"text embedded with {params.model or 'all-MiniLM-L6-v2'}"
+
+
+def _run_linear_probe(ctx, params: TrainParams, frames, targets, labels, seeds) -> list[dict[str, Any]]:
+    from synthforge.training.linear_probe import fit_linear_probe
+
+    features, how = _features(ctx, params, frames)
+    ctx.log(f"train: linear probe on {how} ({features['train'].shape[1]} dims)")
+    runs = []
+    for seed in seeds:
+        start = time.perf_counter()
+        probe = fit_linear_probe(features["train"], targets["train"], len(labels), params.l2, params.max_iter, seed)
+        probs = probe.predict_proba(features["test"])
+        info = {"train_seconds": time.perf_counter() - start, "iterations": probe.iterations}
+        runs.append({"seed": seed, "pred": probs.argmax(axis=1), "probs": probs, "info": info})
+    return runs
+
+
+def _run_finetune(ctx, params: TrainParams, frames, targets, labels, seeds) -> list[dict[str, Any]]:
+    from synthforge.training.finetune import FinetuneConfig, finetune, predict_proba
+
+    device, batch_size = _runtime(ctx, params)
+    config = FinetuneConfig(
+        epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        train_batch_size=params.train_batch_size,
+        warmup_ratio=params.warmup_ratio,
+        weight_decay=params.weight_decay,
+        max_length=params.max_length,
+        patience=params.patience,
+    )
+    model_path = params.model or _default_model()
+    validation = frames["validation"]
+    runs = []
+    for number, seed in enumerate(seeds):
+        ctx.log(f"train: fine-tuning seed {seed} on {device} ({number + 1}/{len(seeds)})")
+        start = time.perf_counter()
+        result = finetune(
+            frames["train"]["text"].to_list(),
+            targets["train"],
+            labels,
+            model_path,
+            config,
+            seed=seed,
+            device=device,
+            val_texts=validation["text"].to_list() if validation is not None else None,
+            val_targets=targets["validation"],
+            eval_batch_size=batch_size,
+            show_progress=ctx.runtime.progress,
+            log=ctx.log,
+        )
+        train_seconds = time.perf_counter() - start
+        probs = predict_proba(result.model, result.tokenizer, frames["test"]["text"].to_list(), device, batch_size, params.max_length)
+        saved = _save_model(ctx, params, result, seed, number)
+        info = {
+            "train_seconds": train_seconds,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "model_dir": saved,
+        }
+        runs.append({"seed": seed, "pred": probs.argmax(axis=1), "probs": probs, "info": info})
+    return runs
+
+
+def _save_model(ctx: StepContext, params: TrainParams, result, seed: int, number: int) -> str | None:
+    if params.save_models == "none" or (params.save_models == "first" and number > 0):
+        return None
+    name = "model" if params.save_models == "first" else f"model-seed{seed}"
+    folder = ctx.artifacts / name
+    result.model.save_pretrained(folder)
+    result.tokenizer.save_pretrained(folder)
+    return f"artifacts/{name}"
+
+
+# -- outputs -----------------------------------------------------------------
+def _predictions(test, run: dict[str, Any], labels: list[str]):
+    import polars as pl
+
+    probs = run["probs"]
+    predicted = [labels[i] for i in run["pred"]]
+    return pl.DataFrame(
+        {
+            "seed": [run["seed"]] * test.height,
+            "id": test["id"].cast(pl.String),
+            "label": test["label"].cast(pl.String),
+            "prediction": predicted,
+            "confidence": probs.max(axis=1).astype("float32"),
+            "correct": [p == t for p, t in zip(predicted, test["label"].cast(pl.String).to_list())],
+        },
+        schema_overrides={"seed": pl.Int64},
+    )
+
+
+def _seed_table(per_seed: list[dict[str, Any]]):
+    import polars as pl
+
+    columns = {"seed": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64, "train_seconds": pl.Float64,
+               "epochs_run": pl.Int64, "best_epoch": pl.Int64, "iterations": pl.Int64}
+    present = {name: dtype for name, dtype in columns.items() if any(name in row for row in per_seed)}
+    return pl.DataFrame([{name: row.get(name) for name in present} for row in per_seed], schema=present)
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays to plain Python (manifest meta must be JSON)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

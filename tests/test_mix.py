@@ -1,0 +1,166 @@
+import polars as pl
+import pytest
+from helpers import make_ctx, rows, write_entry
+from pydantic import ValidationError
+
+from synthforge.errors import UserError
+from synthforge.steps.mix import MixParams, MixStep
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    real = write_entry(tmp_path, "real_split", rows("r", {"neg": 30, "pos": 10}, "real"))
+    synthetic = write_entry(tmp_path, "gen", rows("s", {"neg": 50, "pos": 50}, "synthetic"))
+    return {"real": real, "synthetic": synthetic}
+
+
+def mix(tmp_path, inputs, seed=0, **params):
+    step, ctx = make_ctx(MixStep, tmp_path, inputs, seed=seed, **params)
+    return step.run(ctx)
+
+
+def counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    return dict(frame.group_by(column).len().iter_rows())
+
+
+def test_fraction_of_total(tmp_path, inputs):
+    result = mix(tmp_path, inputs, synthetic_fraction=0.25, total=40)
+    assert counts(result.data, "source") == {"real": 30, "synthetic": 10}
+    assert result.meta["n_total"] == 40 and result.meta["synthetic_fraction"] == 0.25
+
+
+def test_fraction_zero_is_real_only_and_one_is_synthetic_only(tmp_path, inputs):
+    real_only = mix(tmp_path, inputs, synthetic_fraction=0.0, total=20).data
+    assert counts(real_only, "source") == {"real": 20}
+    synthetic_only = mix(tmp_path, inputs, synthetic_fraction=1.0, total=20).data
+    assert counts(synthetic_only, "source") == {"synthetic": 20}
+
+
+def test_fraction_zero_needs_no_synthetic_input(tmp_path, inputs):
+    result = mix(tmp_path, {"real": inputs["real"], "synthetic": None}, synthetic_fraction=0.0)
+    assert result.data.height == 40 and set(result.data["source"]) == {"real"}
+
+
+def test_null_total_keeps_all_real_and_tops_up_synthetic(tmp_path, inputs):
+    result = mix(tmp_path, inputs, synthetic_fraction=0.5)
+    assert counts(result.data, "source") == {"real": 40, "synthetic": 40}
+    all_synthetic = mix(tmp_path, inputs, synthetic_fraction=1.0)
+    assert counts(all_synthetic.data, "source") == {"synthetic": 100}
+
+
+def test_explicit_counts_and_all(tmp_path, inputs):
+    result = mix(tmp_path, inputs, real_count="all", synthetic_count=7)
+    assert counts(result.data, "source") == {"real": 40, "synthetic": 7}
+
+
+def test_balance_keeps_labels_equal(tmp_path, inputs):
+    result = mix(tmp_path, inputs, synthetic_fraction=0.5, total=40, balance=True)
+    data = result.data
+    assert counts(data, "label") == {"neg": 20, "pos": 20}
+    assert counts(data.filter(pl.col("source") == "real"), "label") == {"neg": 10, "pos": 10}
+    assert result.meta["per_label"] == {"real": {"neg": 10, "pos": 10}, "synthetic": {"neg": 10, "pos": 10}}
+
+
+def test_balance_shortage_names_the_label(tmp_path, inputs):
+    with pytest.raises(UserError) as error:
+        mix(tmp_path, inputs, synthetic_fraction=0.0, total=30, balance=True)
+    assert "'pos' has 10" in str(error.value) and "take_available" in str(error.value)
+
+
+def test_balance_take_available_shrinks_to_scarcest_label(tmp_path, inputs):
+    data = mix(tmp_path, inputs, synthetic_fraction=0.0, total=30, balance=True, on_shortage="take_available").data
+    assert counts(data, "label") == {"neg": 10, "pos": 10}
+
+
+def test_shortage_error_names_field_and_what_exists(tmp_path, inputs):
+    with pytest.raises(UserError) as error:
+        mix(tmp_path, inputs, real_count=50, synthetic_count=0)
+    message = str(error.value)
+    assert error.value.field == "real_count"
+    assert "needs 50 'real' rows but the input has 40" in message and "'neg': 30" in message
+
+
+def test_shortage_take_available(tmp_path, inputs):
+    result = mix(tmp_path, inputs, synthetic_fraction=0.5, total=300, on_shortage="take_available")
+    assert counts(result.data, "source") == {"real": 40, "synthetic": 100}
+    assert result.meta["requested"] == {"real": 150, "synthetic": 150}
+
+
+def test_max_per_label_caps_each_source(tmp_path, inputs):
+    data = mix(tmp_path, inputs, real_count="all", synthetic_count="all", max_per_label=5).data
+    assert data.group_by(["source", "label"]).len()["len"].to_list() == [5, 5, 5, 5]
+
+
+def test_provenance_columns(tmp_path, inputs):
+    data = mix(tmp_path, inputs, synthetic_fraction=0.5, total=20).data
+    origins = dict(data.select("source", "origin").unique().iter_rows())
+    assert origins["real"].startswith("real_split@real_split-k")
+    assert origins["synthetic"].startswith("gen@gen-key-0123")
+    assert "__mix_role" not in data.columns
+
+
+def test_seeded_deterministic_and_seed_sensitive(tmp_path, inputs):
+    first = mix(tmp_path, inputs, seed=1, synthetic_fraction=0.5, total=20).data
+    again = mix(tmp_path, inputs, seed=1, synthetic_fraction=0.5, total=20).data
+    other = mix(tmp_path, inputs, seed=2, synthetic_fraction=0.5, total=20).data
+    assert first["id"].to_list() == again["id"].to_list()
+    assert set(first["id"]) != set(other["id"])
+
+
+def test_independent_of_input_row_order(tmp_path, inputs):
+    shuffled = inputs["synthetic"].frame().sample(fraction=1.0, shuffle=True, seed=3)
+    other = write_entry(tmp_path / "b", "gen", shuffled)
+    first = mix(tmp_path, inputs, synthetic_fraction=1.0, total=10).data
+    second = mix(tmp_path, {"real": inputs["real"], "synthetic": other}, synthetic_fraction=1.0, total=10).data
+    assert sorted(first["id"]) == sorted(second["id"])
+
+
+def test_larger_request_is_superset(tmp_path, inputs):
+    small = mix(tmp_path, inputs, real_count=0, synthetic_count=10).data
+    large = mix(tmp_path, inputs, real_count=0, synthetic_count=30).data
+    assert set(small["id"]) <= set(large["id"])
+
+
+def test_duplicate_ids_across_inputs_are_an_error(tmp_path, inputs):
+    clash = write_entry(tmp_path, "clash", rows("r", {"neg": 5}, "synthetic"))
+    with pytest.raises(UserError, match="both real and synthetic"):
+        mix(tmp_path, {"real": inputs["real"], "synthetic": clash}, real_count="all", synthetic_count="all")
+
+
+def test_missing_input_for_fraction_is_an_error(tmp_path, inputs):
+    with pytest.raises(UserError) as error:
+        mix(tmp_path, {"real": inputs["real"], "synthetic": None}, synthetic_fraction=0.5)
+    assert error.value.field == "synthetic"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"synthetic_fraction": 0.5, "real_count": 3},
+        {"real_count": 3, "total": 10},
+        {},
+        {"synthetic_fraction": 1.5},
+        {"real_count": -1},
+    ],
+)
+def test_conflicting_or_invalid_rules_rejected(params):
+    with pytest.raises(ValidationError):
+        MixParams(real="a", synthetic="b", **params)
+
+
+def test_top_up_is_sized_on_the_real_rows_actually_taken(tmp_path, inputs):
+    # balance trims real to 10 + 10 rows, so a 50% top-up adds 20 synthetic rows, not 40.
+    result = mix(tmp_path, inputs, synthetic_fraction=0.5, balance=True, on_shortage="take_available")
+    assert result.meta["n_real"] == 20 and result.meta["n_synthetic"] == 20
+    assert result.meta["synthetic_fraction"] == 0.5
+
+
+def test_embedding_arrays_survive_the_mix(tmp_path):
+    dim = 4
+    def embedded(prefix, source):
+        frame = rows(prefix, {"a": 3, "b": 3}, source)
+        return frame.with_columns(pl.Series("embedding", [[0.5] * dim] * frame.height).cast(pl.Array(pl.Float32, dim)))
+    real = write_entry(tmp_path, "r", embedded("r", "real"))
+    synthetic = write_entry(tmp_path, "s", embedded("s", "synthetic"))
+    data = mix(tmp_path, {"real": real, "synthetic": synthetic}, real_count="all", synthetic_count="all").data
+    assert data.schema["embedding"] == pl.Array(pl.Float32, dim) and data.height == 12

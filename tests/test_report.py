@@ -1,0 +1,112 @@
+import polars as pl
+import pytest
+
+from synthforge.report import build_table, format_table, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def train_meta(mean: float, half: float = 0.02) -> dict:
+    def summary(m):
+        return {"mean": m, "std": half, "ci": [m - half, m + half], "ci_method": "seeds-t", "values": [m - half, m + half]}
+
+    return {"meta": {"scores": {"accuracy": summary(mean + 0.05), "macro_f1": summary(mean)}, "seeds": [0, 1, 2],
+                     "method": "linear-probe", "n_train": 100, "n_test": 50, "per_class": {"a": {"f1": 0.5}}}}
+
+
+def record(level, fraction, score, vendi):
+    return {
+        "variant": f"div={level},frac={fraction}",
+        "vars": {"diversity": level, "synthetic_fraction": fraction},
+        "steps": {
+            "select": {"meta": {"vendi": vendi, "dcscore": vendi / 10, "n_selected": 100, "params": {"k": 5}}},
+            "mix": {"meta": {"n_real": 100, "n_synthetic": 50, "per_label": {"real": {"a": 50, "b": 50}}}},
+            "train": train_meta(score),
+        },
+    }
+
+
+@pytest.fixture
+def records():
+    out = [record(level, fraction, 0.6 + 0.05 * i + 0.1 * fraction, 2.0 + i)
+           for i, level in enumerate(["low", "mid", "high"]) for fraction in (0.25, 0.5)]
+    out.append(record("low", 0.0, 0.55, 1.5))
+    return out
+
+
+def test_table_has_one_row_per_variant_with_settings_metrics_and_intervals(records):
+    table = build_table(records)
+    assert table.height == len(records)
+    for column in ["variant", "diversity", "synthetic_fraction", "select.vendi", "select.params.k", "mix.n_real",
+                   "train.macro_f1", "train.macro_f1.lo", "train.macro_f1.hi", "train.accuracy", "train.n_seeds"]:
+        assert column in table.columns, column
+    assert not any(c.startswith("train.per_class") for c in table.columns)
+    first = table.row(0, named=True)
+    assert first["train.macro_f1"] == pytest.approx(0.625)
+    assert first["train.macro_f1.lo"] == pytest.approx(0.605) and first["train.macro_f1.hi"] == pytest.approx(0.645)
+    assert table["synthetic_fraction"].dtype == pl.Float64
+
+
+def test_write_report_files_and_plots(records, tmp_path):
+    paths = write_report(records, tmp_path / "report")
+    names = {p.name for p in paths}
+    assert {"sweep.parquet", "sweep.csv", "sweep.md"} <= names
+    assert {"macro_f1_vs_diversity.png", "macro_f1_vs_synthetic_fraction.png", "vendi_vs_diversity.png"} <= names
+    for path in paths:
+        assert path.exists() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG_MAGIC
+    assert pl.read_parquet(tmp_path / "report" / "sweep.parquet").height == len(records)
+    assert pl.read_csv(tmp_path / "report" / "sweep.csv").height == len(records)
+    markdown = (tmp_path / "report" / "sweep.md").read_text()
+    assert markdown.count("\n") == len(records) + 2 and "0.625 [0.605, 0.645]" in markdown
+
+
+def test_plots_have_high_enough_resolution(records, tmp_path):
+    from PIL import Image
+
+    paths = write_report(records, tmp_path, dpi=150)
+    png = next(p for p in paths if p.name == "macro_f1_vs_diversity.png")
+    width, height = Image.open(png).size
+    assert width >= 900 and height >= 600
+
+
+def test_missing_vars_skip_plots_without_crashing(records, tmp_path):
+    for r in records:
+        r["vars"].pop("diversity")
+    paths = write_report(records, tmp_path)
+    names = {p.name for p in paths}
+    assert "macro_f1_vs_synthetic_fraction.png" in names
+    assert not any("diversity" in n for n in names)
+
+
+def test_configurable_var_names_and_metric(records, tmp_path):
+    for r in records:
+        r["vars"]["temperature"] = r["vars"].pop("diversity")
+        r["vars"]["share"] = r["vars"].pop("synthetic_fraction")
+    names = {p.name for p in write_report(records, tmp_path, level_var="temperature", fraction_var="share",
+                                          score="accuracy", diversity_metric="dcscore")}
+    assert {"accuracy_vs_temperature.png", "accuracy_vs_share.png", "dcscore_vs_temperature.png"} <= names
+
+
+def test_records_without_scores_write_only_the_table(tmp_path):
+    records = [{"variant": "a", "vars": {}, "steps": {"mix": {"meta": {"n_real": 3}}}}]
+    names = {p.name for p in write_report(records, tmp_path)}
+    assert names == {"sweep.parquet", "sweep.csv", "sweep.md"}
+
+
+def test_format_table_shows_scores_with_intervals(records):
+    text = format_table(records)
+    lines = text.splitlines()
+    assert len(lines) == len(records) + 2
+    assert "train.macro_f1" in lines[0] and "select.vendi" in lines[0] and "diversity" in lines[0]
+    assert "0.625 [0.605, 0.645]" in lines[2]
+    assert "div=low,frac=0.0" in text
+
+
+def test_interval_choice_sets_the_bounds(records):
+    for r in records:
+        r["steps"]["train"]["meta"]["scores"]["macro_f1"]["bootstrap_ci"] = [0.1, 0.9]
+    table = build_table(records, interval="bootstrap_ci")
+    assert table["train.macro_f1.lo"].to_list() == [0.1] * len(records)
+    assert "[0.100, 0.900]" in format_table(records, interval="bootstrap_ci")
