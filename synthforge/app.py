@@ -192,3 +192,30 @@ def diff_text(a: str, b: str, cache: Cache, fmt: str, fail_on: tuple[str, ...], 
 
         atomic_write_text(Path(output), text if text.endswith("\n") else text + "\n")
     return text, result.tripped
+
+
+def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
+    """Per variant: its matrix values and the manifests of its built steps (what a report reads)."""
+    records = []
+    for variant in graph.recipe.variants:
+        steps = {}
+        for step, key in graph.keys[variant.name].items():
+            entry = cache.get(key)
+            if entry is not None:
+                steps[step] = entry.manifest
+        records.append({"variant": variant.name, "vars": variant.matrix_values, "steps": steps})
+    return records
+
+
+def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
+                metric: str | None) -> str:
+    from synthforge.report import format_table, write_report
+
+    records = variant_records(graph, cache)
+    if not any(r["steps"] for r in records):
+        raise UserError(f"nothing of {graph.recipe.path} is built yet", hint=f"run: synthforge build {graph.recipe.path}")
+    out_dir = Path(out) if out else Path("reports") / graph.recipe.name
+    paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
+                         diversity_metric=metric)
+    table = format_table(records, diversity_metric=metric)
+    return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)

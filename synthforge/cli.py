@@ -118,6 +118,23 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
     click.echo(app.export_table(entry, to, table))
 
 
+@main.command("report")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, help="Output folder (default: reports/<recipe name>).")
+@click.option("--level-var", default="diversity", show_default=True, help="The matrix variable on the x axis.")
+@click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
+@click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
+@click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
+@set_option
+@cache_option
+@user_errors
+def report_cmd(recipe, out, level_var, fraction_var, score, metric, sets, cache_dir):
+    """Table (parquet, CSV, markdown) and plots of every variant of RECIPE's matrix."""
+    from synthforge import app
+
+    click.echo(app.report_text(app.open_graph(recipe, sets), _cache(cache_dir), out, level_var, fraction_var, score, metric))
+
+
 @main.command("diff")
 @click.argument("a")
 @click.argument("b")
