@@ -193,6 +193,10 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
         params = cls.Params.model_validate(fields)
     except ValidationError as exc:
         raise validation_error(exc, cls.Params, filename, recipe.lines, where) from None
+    except UserError as exc:  # raised by a Params validator that knew the field
+        path = where + tuple(_path_of(exc.field))
+        exc.field = ".".join(map(str, path))
+        raise exc.located(filename, recipe.line(*path)) from None
     refs = {f: _parse_refs(getattr(params, f)) for f in ref_fields(cls.Params)}
     files = _resolve_files(recipe, name, cls, params)
     run_params = params
