@@ -9,7 +9,9 @@ Diversity (higher = more diverse unless noted):
                         (Zhu et al. 2025), tau = 1;
   mean_cosine_distance  mean over pairs i != j of 1 - cos(x_i, x_j);
   distinct_1/2          distinct unigrams/bigrams over all n-grams of the texts;
-  cluster_entropy       entropy of the k-means cluster shares / log k, in [0, 1].
+  cluster_entropy       entropy of the shares over k-means clusters / log k, in [0, 1];
+                        clusters are fit on the pool the rows were drawn from, else on
+                        the reference, else on the rows themselves.
 Shift to the reference (lower = closer):
   mmd_rbf               unbiased squared MMD, RBF kernel, median-heuristic bandwidth;
   frechet               Frechet distance between Gaussians fitted to both sets;
@@ -89,17 +91,25 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(seen) / count if count else 0.0
 
 
-def cluster_entropy(x: Any, k: int | None = None, seed: int = 0) -> float:
-    """Normalised entropy of k-means cluster shares (1 = rows spread evenly over k clusters)."""
+def cluster_entropy(x: Any, k: int | None = None, seed: int = 0, basis: Any = None) -> float:
+    """Normalised entropy of the rows' shares over k-means clusters (1 = spread evenly over all k).
+
+    Clusters are fit on `basis` (default: the rows themselves). Fit on the rows
+    alone, k-means splits even a one-topic set evenly, so to compare sets (a
+    selection and its pool, synthetic and real) fit on the pool or the reference.
+    """
     import numpy as np
 
-    from synthforge.selection import kmeans
+    from synthforge.selection import _flat_ip_index, kmeans, use_gpu
 
     x = _unit(x)
-    k = k or min(CLUSTER_ENTROPY_MAX_K, max(2, round(math.sqrt(len(x) / 2))))
-    if len(x) < 2 or k < 2:
+    basis = x if basis is None else _unit(basis)
+    k = k or min(CLUSTER_ENTROPY_MAX_K, max(2, round(math.sqrt(len(basis) / 2))))
+    if len(x) < 2 or len(basis) < 2 or k < 2:
         return 0.0
-    shares = np.bincount(kmeans(x, k, seed=seed).labels, minlength=k) / len(x)
+    centroids = kmeans(basis, k, seed=seed).centroids
+    _, labels = _flat_ip_index(centroids, use_gpu()).search(x, 1)
+    shares = np.bincount(labels[:, 0], minlength=k) / len(x)
     shares = shares[shares > 0]
     return float(-(shares * np.log(shares)).sum() / math.log(k))
 
@@ -173,17 +183,21 @@ def nn_real_similarity(x: Any, reference: Any) -> float:
 
 # -- all together --------------------------------------------------------------
 def diversity_metrics(
-    emb: Any, texts: list[str] | None = None, reference_emb: Any = None, seed: int = 0
+    emb: Any, texts: list[str] | None = None, reference_emb: Any = None, seed: int = 0, pool_emb: Any = None
 ) -> dict[str, float]:
-    """Every diversity metric (text ones when texts are given), plus shift when a reference is given."""
+    """Every diversity metric (text ones when texts are given), plus shift when a reference is given.
+
+    `pool_emb`: the rows a selection was drawn from (the basis for cluster entropy).
+    """
     x = _unit(emb)
+    basis = pool_emb if pool_emb is not None else reference_emb
     out: dict[str, float] = {"rows": float(len(x))}
     if len(x):
         out.update(
             vendi=vendi(x),
             dcscore=dcscore(x),
             mean_cosine_distance=mean_cosine_distance(x),
-            cluster_entropy=cluster_entropy(x, seed=seed),
+            cluster_entropy=cluster_entropy(x, seed=seed, basis=basis),
         )
     if texts is not None:
         out.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))

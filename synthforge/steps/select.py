@@ -60,7 +60,7 @@ class SelectStep(Step):
         texts = chosen["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in chosen.columns else None
         reference = ctx.inputs.get("reference")
         ref_emb = embeddings_of(reference.frame(["embedding"])) if reference is not None else None
-        metrics = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed)
+        metrics = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb)
         meta = {
             "method": params.method or "diversity",
             "level": params.diversity,
