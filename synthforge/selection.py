@@ -4,7 +4,8 @@ Methods (each returns row indices in selection order):
   kcenter   greedy farthest-point: every pick is the row least similar to all
             rows picked so far (maximal coverage);
   clusters  k-means into K clusters; draw n rows evenly from the c clusters
-            nearest to an anchor cluster (c=1: one topic, c=K: all topics);
+            nearest to an anchor cluster, the most compact of the larger ones
+            (c=1: one topic, c=K: all topics);
   semdedup  drop rows whose cosine similarity to an earlier row exceeds a
             threshold (k-means buckets + within-bucket similarity, SemDeDup);
   random    the baseline.
@@ -230,8 +231,8 @@ def clusters(
 ) -> "np.ndarray":
     """n rows drawn evenly (round-robin, random within a cluster) from the c clusters nearest the anchor.
 
-    The anchor is the largest cluster; clusters join in order of centroid
-    similarity to it. More clusters join when the chosen ones hold fewer than n rows.
+    Clusters join in order of centroid similarity to an anchor cluster (see
+    `_clusters_by_anchor`). More clusters join when the chosen ones hold fewer than n rows.
     """
     import numpy as np
 
@@ -247,10 +248,19 @@ def clusters(
 
 
 def _clusters_by_anchor(clustering: Clustering) -> "np.ndarray":
+    """Non-empty clusters, the anchor first, then by centroid similarity to the anchor.
+
+    The anchor is the most compact (highest mean similarity to its centroid) of
+    the clusters at least median-sized: the largest cluster is often two topics
+    k-means merged, and a tiny compact one is often a clump of near-copies.
+    """
     import numpy as np
 
-    sizes = np.bincount(clustering.labels, minlength=len(clustering.centroids))
-    anchor = int(np.argmax(sizes))
+    k = len(clustering.centroids)
+    sizes = np.bincount(clustering.labels, minlength=k)
+    compactness = np.bincount(clustering.labels, weights=clustering.similarity, minlength=k) / np.maximum(sizes, 1)
+    eligible = sizes >= np.median(sizes[sizes > 0])
+    anchor = int(np.argmax(np.where(eligible, compactness, -np.inf)))
     closeness = clustering.centroids @ clustering.centroids[anchor]
     closeness[anchor] = np.inf
     order = np.argsort(-closeness, kind="stable")
