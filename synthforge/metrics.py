@@ -52,17 +52,20 @@ def vendi(x: Any) -> float:
     return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
-def dcscore(x: Any, tau: float = 1.0, chunk: int = 4096) -> float:
+def dcscore(x: Any, tau: float = 1.0, chunk: int | None = None) -> float:
     """sum_i softmax(K_i / tau)_i, computed a block of rows at a time (never the n x n kernel)."""
     import numpy as np
 
     x = _unit(x)
+    chunk = chunk or max(1, 2**22 // max(len(x), 1))  # ~32 MiB of float64 logits per block
     total = 0.0
     for start in range(0, len(x), chunk):
-        logits = (x[start : start + chunk] @ x.T).astype(np.float64) / tau
+        logits = (x[start : start + chunk] @ x.T).astype(np.float64)
+        logits /= tau
         logits -= logits.max(axis=1, keepdims=True)
-        diag = logits[np.arange(len(logits)), np.arange(start, start + len(logits))]
-        total += float(np.exp(diag - np.log(np.exp(logits).sum(axis=1))).sum())
+        diag = logits[np.arange(len(logits)), np.arange(start, start + len(logits))].copy()
+        np.exp(logits, out=logits)
+        total += float(np.exp(diag - np.log(logits.sum(axis=1))).sum())
     return total
 
 

@@ -285,26 +285,37 @@ def _round_robin(groups: "list[np.ndarray]", n: int) -> "np.ndarray":
 
 # -- semdedup ----------------------------------------------------------------
 def semdedup(
-    x: "np.ndarray", threshold: float = 0.95, k: int | None = None, seed: int = 0, clustering: Clustering | None = None,
+    x: "np.ndarray", threshold: float = 0.95, k: int | None = None, seed: int = 0,
+    clustering: Clustering | None = None, buckets_per_row: int = 2,
 ) -> "np.ndarray":
-    """Indices (ascending) of the rows kept after dropping near-duplicates.
+    """Indices (ascending) of the rows kept after dropping near-duplicates (SemDeDup).
 
-    Within each k-means bucket rows are ordered by distance to the centroid,
-    farthest first (SemDeDup keeps the least prototypical copy); a row is dropped
-    when its similarity to an earlier row of its bucket exceeds `threshold`. A
-    final exact pass over the kept rows removes pairs that k-means split across
-    buckets, so no two kept rows are more similar than `threshold`.
+    Rows are ranked by similarity to their centroid, least prototypical first
+    (SemDeDup keeps that copy). Each row joins the buckets of its
+    `buckets_per_row` nearest centroids; in every bucket a row is dropped when
+    its similarity to a higher-ranked row of the bucket exceeds `threshold`.
+    With one bucket per row a duplicate pair split by a k-means boundary would
+    survive; with the two nearest buckets such a pair shares a bucket unless
+    both rows sit near different boundaries, which for pairs this close is rare.
     """
     import numpy as np
 
     clustering = clustering or kmeans(x, k or default_k(len(x)), seed=seed)
-    keep = np.zeros(len(x), dtype=bool)
-    for c in np.unique(clustering.labels):
-        rows = np.flatnonzero(clustering.labels == c)
-        rows = rows[np.argsort(clustering.similarity[rows], kind="stable")]
-        keep[rows[_keep_in_bucket(x[rows], threshold)]] = True
-    kept = np.flatnonzero(keep)
-    return _drop_cross_bucket(x, kept, threshold)
+    per_row = max(1, min(buckets_per_row, len(clustering.centroids)))
+    _, buckets = _flat_ip_index(clustering.centroids, use_gpu()).search(x, per_row)
+    rank = np.empty(len(x), dtype=np.int64)
+    rank[np.lexsort((np.arange(len(x)), clustering.similarity))] = np.arange(len(x))
+    rows = np.repeat(np.arange(len(x)), per_row)
+    labels = buckets.ravel()
+    valid = labels >= 0
+    rows, labels = rows[valid], labels[valid]
+    order = np.lexsort((rank[rows], labels))  # by bucket, then by rank within it
+    rows, labels = rows[order], labels[order]
+    bounds = np.flatnonzero(np.diff(labels)) + 1
+    dropped = np.zeros(len(x), dtype=bool)
+    for members in np.split(rows, bounds):
+        dropped[members[~_keep_in_bucket(x[members], threshold)]] = True
+    return np.flatnonzero(~dropped)
 
 
 def _keep_in_bucket(xb: "np.ndarray", threshold: float, chunk: int = 2048) -> "np.ndarray":
@@ -313,33 +324,13 @@ def _keep_in_bucket(xb: "np.ndarray", threshold: float, chunk: int = 2048) -> "n
 
     keep = np.ones(len(xb), dtype=bool)
     for start in range(0, len(xb), chunk):
-        block = xb[start : start + chunk] @ xb[: start + chunk].T
+        stop = min(start + chunk, len(xb))
+        block = xb[start:stop] @ xb[:stop].T
         # only earlier rows count: mask the diagonal and everything after it
-        rows = np.arange(start, start + len(block))
-        later = np.arange(block.shape[1])[None, :] >= rows[:, None]
+        later = np.arange(stop)[None, :] >= np.arange(start, stop)[:, None]
         block[later] = -np.inf
-        keep[start : start + len(block)] = block.max(axis=1, initial=-np.inf) <= threshold
+        keep[start:stop] = block.max(axis=1, initial=-np.inf) <= threshold
     return keep
-
-
-def _drop_cross_bucket(x: "np.ndarray", kept: "np.ndarray", threshold: float, neighbours: int = 16) -> "np.ndarray":
-    import numpy as np
-
-    while len(kept) > 1:
-        sub = x[kept]
-        k = min(neighbours, len(kept))
-        sims, nbrs = _flat_ip_index(sub, use_gpu()).search(sub, k)
-        # a pair (i, j) above threshold drops the later row of the two
-        rows = np.repeat(np.arange(len(kept)), k).reshape(len(kept), k)
-        bad = (sims > threshold) & (nbrs > rows) & (nbrs >= 0)
-        if not bad.any():
-            break
-        drop = np.zeros(len(kept), dtype=bool)
-        for i, j in zip(*np.nonzero(bad)):
-            if not drop[rows[i, j]]:
-                drop[nbrs[i, j]] = True
-        kept = kept[~drop]
-    return kept
 
 
 # -- random and the diversity level ----------------------------------------------
