@@ -68,7 +68,7 @@ def cpu_section(n: int) -> list[dict[str, str]]:
     s, p, _ = measure(lambda: selection.kmeans(x, 100, niter=20, gpu=False))
     rows.append(row("faiss k-means k=100, 20 it + assign", data, s, p, "<= 1.5 s", "trains on 256 rows/centroid"))
     s, p, _ = measure(lambda: selection.semdedup(x, threshold=0.95))
-    rows.append(row("semdedup t=0.95 (k=316)", data, s, p))
+    rows.append(row("semdedup t=0.95 (k=316, 2 buckets/row)", data, s, p))
     s, p, _ = measure(lambda: metrics.vendi(x))
     rows.append(row("Vendi score (d x d Gram)", data, s, p))
     s, p, _ = measure(lambda: metrics.dcscore(x[:20000]))
@@ -158,7 +158,8 @@ def machine() -> str:
     import torch
 
     cores = len(os.sched_getaffinity(0))
-    return (f"{cpu}, {cores} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{cpu}, {cores} cores (load average {load} at start), Python {platform.python_version()}, numpy {np.__version__}, "
             f"faiss {faiss.__version__}, torch {torch.__version__}")
 
 

@@ -192,11 +192,13 @@ def default_k(n_rows: int) -> int:
     return max(1, min(1024, round(math.sqrt(n_rows)), n_rows))
 
 
-def kmeans(x: "np.ndarray", k: int, seed: int = 0, niter: int = 20, gpu: bool | None = None) -> Clustering:
+def kmeans(
+    x: "np.ndarray", k: int, seed: int = 0, niter: int = 20, gpu: bool | None = None, sample_per_centroid: int = 256,
+) -> Clustering:
     """Spherical faiss k-means (GPU when available); every row gets its nearest centroid.
 
-    faiss trains on at most 256 rows per centroid (a seeded sample), which is
-    plenty for centroids; all rows are then assigned.
+    faiss trains on at most `sample_per_centroid` rows per centroid (a seeded
+    sample), which is plenty for centroids; all rows are then assigned.
     """
     import faiss
     import numpy as np
@@ -205,7 +207,7 @@ def kmeans(x: "np.ndarray", k: int, seed: int = 0, niter: int = 20, gpu: bool | 
     on_gpu = gpu if gpu is not None else use_gpu()
     km = faiss.Kmeans(
         x.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=bool(on_gpu),
-        min_points_per_centroid=1, verbose=False,
+        min_points_per_centroid=1, max_points_per_centroid=sample_per_centroid, verbose=False,
     )
     km.train(x)
     centroids = as_unit_float32(km.centroids)
@@ -300,7 +302,8 @@ def semdedup(
     """
     import numpy as np
 
-    clustering = clustering or kmeans(x, k or default_k(len(x)), seed=seed)
+    # Buckets only bound the work, so a cheaper k-means than `clusters` needs will do.
+    clustering = clustering or kmeans(x, k or default_k(len(x)), seed=seed, niter=10, sample_per_centroid=64)
     per_row = max(1, min(buckets_per_row, len(clustering.centroids)))
     _, buckets = _flat_ip_index(clustering.centroids, use_gpu()).search(x, per_row)
     rank = np.empty(len(x), dtype=np.int64)
