@@ -169,12 +169,12 @@ def machine() -> str:
 
 
 def main() -> None:
+    global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per fast task; the best is reported")
     parser.add_argument("--skip-real", action="store_true", help="skip the Vendi-by-level table on real reviews")
     args = parser.parse_args()
-    global REPEAT
     REPEAT = args.repeat
     print(f"machine: {machine()}\n")
     rows = cpu_section(args.rows) + embedding_section() + gpu_section()
