@@ -190,7 +190,9 @@ def main() -> None:
     args = parser.parse_args()
     REPEAT = args.repeat
     print(f"machine: {machine()}\n")
-    rows = cpu_section(args.rows) + embedding_section() + gpu_section()
+    # Embedding first: after heavy faiss work in the same process, faiss's OpenMP
+    # threads (a second libgomp beside torch's) can slow torch on CPU several-fold.
+    rows = embedding_section() + cpu_section(args.rows) + gpu_section()
     print_table(rows)
     print(f"\nprocess max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if not args.skip_real:
