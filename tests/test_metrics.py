@@ -1,0 +1,163 @@
+"""Diversity and shift metrics against reference implementations and hand-made cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.linalg
+
+from synthforge import metrics
+from synthforge.stats import entry_stats, format_stats, stats_path
+from synthforge.steps.base import InputTable
+
+
+def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n, d", [(50, 8), (30, 64)])  # n > d uses the d x d Gram, n < d the n x n one
+def test_vendi_matches_vendi_score_package(n, d):
+    from vendi_score import vendi
+
+    x = unit_rows(n, d)
+    expected = vendi.score_K(x.astype(np.float64) @ x.T.astype(np.float64))
+    assert metrics.vendi(x) == pytest.approx(expected, rel=1e-5)
+
+
+def test_vendi_counts_distinct_items():
+    basis = np.eye(5, dtype=np.float32)
+    assert metrics.vendi(np.repeat(basis, 4, axis=0)) == pytest.approx(5.0, rel=1e-6)
+    assert metrics.vendi(np.repeat(basis[:1], 20, axis=0)) == pytest.approx(1.0, rel=1e-6)
+
+
+def naive_dcscore(x: np.ndarray, tau: float) -> float:
+    k = x.astype(np.float64) @ x.T.astype(np.float64) / tau
+    p = np.exp(k) / np.exp(k).sum(axis=1, keepdims=True)
+    return float(np.trace(p))
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_dcscore_matches_formula_in_chunks(tau):
+    x = unit_rows(37, 6, seed=1)
+    assert metrics.dcscore(x, tau=tau, chunk=5) == pytest.approx(naive_dcscore(x, tau), rel=1e-6)
+
+
+def test_mean_cosine_distance_closed_form_matches_pairs():
+    x = unit_rows(40, 5, seed=2)
+    sims = x @ x.T
+    pairs = sims[~np.eye(len(x), dtype=bool)]
+    assert metrics.mean_cosine_distance(x) == pytest.approx(float((1 - pairs).mean()), abs=1e-6)
+    assert metrics.mean_cosine_distance(np.ones((4, 3))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distinct_n_hand_cases():
+    texts = ["the cat sat", "The cat ran"]
+    assert metrics.distinct_n(texts, 1) == pytest.approx(4 / 6)  # the, cat, sat, ran
+    assert metrics.distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice
+    assert metrics.distinct_n(["a"], 2) == 0.0
+
+
+def test_cluster_entropy_low_for_one_topic_high_for_many():
+    rng = np.random.default_rng(3)
+    centres = unit_rows(8, 16, seed=4)
+    spread = centres[rng.integers(8, size=400)] + 0.05 * rng.standard_normal((400, 16))
+    one_topic = centres[[0] * 400] + 0.05 * rng.standard_normal((400, 16))
+    pool = np.concatenate([spread, one_topic])
+    assert metrics.cluster_entropy(spread, k=8, basis=spread) > 0.9
+    assert metrics.cluster_entropy(one_topic, k=8, basis=spread) < 0.1
+    assert metrics.cluster_entropy(spread, k=8, basis=pool) > metrics.cluster_entropy(one_topic, k=8, basis=pool) + 0.3
+
+
+def test_mmd_near_zero_for_same_distribution_and_grows_with_shift():
+    x, y = unit_rows(300, 8, seed=5), unit_rows(300, 8, seed=6)
+    shifted = y + np.array([1.5] + [0] * 7, dtype=np.float32)
+    assert abs(metrics.mmd_rbf(x, y)) < 0.01
+    assert metrics.mmd_rbf(x, shifted) > 0.1
+
+
+def test_mmd_subsampling_is_seeded():
+    x, y = unit_rows(500, 8, seed=7), unit_rows(500, 8, seed=8) + 0.3
+    assert metrics.mmd_rbf(x, y, seed=1, max_rows=100) == metrics.mmd_rbf(x, y, seed=1, max_rows=100)
+    assert metrics.mmd_rbf(x, y, seed=1, max_rows=100) != metrics.mmd_rbf(x, y, seed=2, max_rows=100)
+
+
+def test_frechet_matches_scipy_sqrtm_and_is_zero_on_itself():
+    x, y = unit_rows(200, 6, seed=9), unit_rows(150, 6, seed=10) + 0.2
+    yu = y / np.linalg.norm(y, axis=1, keepdims=True)
+    x64, y64 = x.astype(np.float64), yu.astype(np.float64)
+    sx, sy = np.cov(x64, rowvar=False), np.cov(y64, rowvar=False)
+    expected = ((x64.mean(0) - y64.mean(0)) ** 2).sum() + np.trace(sx + sy - 2 * scipy.linalg.sqrtm(sx @ sy).real)
+    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-5)
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nn_real_similarity():
+    ref = np.eye(4, dtype=np.float32)
+    assert metrics.nn_real_similarity(ref[:2], ref) == pytest.approx(1.0)
+    halfway = np.array([[1, 1, 0, 0]], dtype=np.float32)  # cos 45 degrees to e1 and e2
+    assert metrics.nn_real_similarity(halfway, ref) == pytest.approx(math.sqrt(0.5), rel=1e-6)
+
+
+def test_diversity_metrics_keys():
+    x = unit_rows(60, 8)
+    plain = metrics.diversity_metrics(x, ["a b"] * 60)
+    assert {"vendi", "dcscore", "mean_cosine_distance", "cluster_entropy", "distinct_1", "distinct_2"} <= set(plain)
+    assert "mmd_rbf" not in plain
+    shifted = metrics.diversity_metrics(x, None, reference_emb=unit_rows(50, 8, seed=1))
+    assert {"mmd_rbf", "frechet", "nn_real_similarity"} <= set(shifted) and "distinct_1" not in shifted
+
+
+# -- entry stats -----------------------------------------------------------------
+def write_entry(root, key: str, frame: pl.DataFrame) -> InputTable:
+    path = root / key
+    path.mkdir(parents=True)
+    frame.write_parquet(path / "data.parquet")
+    (path / "manifest.json").write_text(json.dumps({"key": key}))
+    return InputTable(path)
+
+
+def with_embeddings(x: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({"id": [str(i) for i in range(len(x))], "text": [f"row {i} text" for i in range(len(x))]}).with_columns(
+        pl.Series("embedding", x, dtype=pl.Array(pl.Float32, x.shape[1]))
+    )
+
+
+def test_entry_stats_cached_per_reference(tmp_path, monkeypatch):
+    entry = write_entry(tmp_path, "aaa", with_embeddings(unit_rows(40, 8)))
+    ref = write_entry(tmp_path, "rrr", with_embeddings(unit_rows(30, 8, seed=1)))
+    plain = entry_stats(entry)
+    shifted = entry_stats(entry, ref)
+    assert stats_path(entry).name == "none.json" and stats_path(entry, ref).name == "rrr.json"
+    assert json.loads((entry.entry_dir / "stats" / "rrr.json").read_text())["metrics"] == shifted["metrics"]
+    assert "frechet" in shifted["metrics"] and "frechet" not in plain["metrics"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(metrics, "diversity_metrics", boom)
+    assert entry_stats(entry, ref) == shifted
+    with pytest.raises(AssertionError):
+        entry_stats(entry, ref, seed=1)  # another seed is another result
+
+
+def test_entry_stats_embeds_text_when_no_embedding(tmp_path, tiny_encoder):
+    frame = pl.DataFrame({"id": ["1", "2", "3"], "text": ["a good film", "a bad film", "rain in the north"]})
+    stats = entry_stats(write_entry(tmp_path, "ttt", frame), model=str(tiny_encoder), device="cpu")
+    assert stats["metrics"]["rows"] == 3 and 1.0 < stats["metrics"]["vendi"] <= 3.0
+
+
+def test_format_stats_table():
+    text = format_stats({"metrics": {"rows": 10.0, "vendi": 3.14159, "mmd_rbf": 0.001}, "reference": "rrr"})
+    lines = text.splitlines()
+    assert lines[0].split() == ["metric", "value", "meaning"]
+    assert any(line.startswith("Vendi score") and "3.142" in line for line in lines)
+    assert any(line.startswith("rows") and " 10 " in line for line in lines)
+    assert lines[-1] == "reference: rrr"
+
+
+from tests.tiny_encoder import tiny_encoder  # noqa: E402,F401  (fixture)
