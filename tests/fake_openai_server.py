@@ -2,7 +2,7 @@
 
 It answers deterministically (a reply built from the last user message and the
 seed) and can be told to misbehave: `fail_plan` is a list consumed one request
-at a time, each item one of "ok", "429", "500", "slow", "malformed", "drop";
+at a time, each item one of "ok", "429", "500", "slow", "malformed", "drop", "echo_auth_400";
 after the plan runs out, `default` applies ("ok" unless changed). It records
 every request body and Authorization header it saw.
 """
@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def reply_text(messages: list[dict], seed: int | None) -> str:
     last = messages[-1]["content"] if messages else ""
-    return f"Sure! Here is the text: \"synthetic reply to <{last[-60:]}> seed {seed}\""
+    return f"Sure! Here is the text: \"synthetic reply to <{last[-200:]}> seed {seed}\""
 
 
 class FakeOpenAIServer:
@@ -29,6 +29,8 @@ class FakeOpenAIServer:
         self.requests: list[dict] = []
         self.auth_headers: list[str | None] = []
         self.ok_count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.reply = reply_text
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -73,10 +75,21 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.requests.append(body)
                     server.auth_headers.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(body, behaviour)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, body: dict, behaviour: str) -> None:
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 if behaviour in ("429", "500"):
                     self._send(int(behaviour), b'{"error": {"message": "try again"}}')
+                elif behaviour == "echo_auth_400":  # a careless server quoting the key back
+                    self._send(400, json.dumps({"error": f"bad key {self.headers.get('Authorization')}"}).encode())
                 elif behaviour == "malformed":
                     self._send(200, b'{"choices": [{"message": ')
                 elif behaviour == "drop":

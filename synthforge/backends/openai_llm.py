@@ -139,9 +139,12 @@ def _parse(body: bytes) -> GenerationResponse:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "refused" in text or "errno 111" in text:
-        return "connection refused"
+    """The root cause of a connect error, in words (httpx wraps it in "All connection attempts failed")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "refused" in str(seen).lower():
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
     return str(exc) or type(exc).__name__
 
 
