@@ -10,14 +10,15 @@ from pydantic import Field
 
 from synthforge.steps.base import StepParams
 
-# "Sure! Here is a positive review:" / "Certainly, here's the text:" / "Here are..." on the first line
-_PREAMBLE = re.compile(
-    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely|great)[!,.]?\s*)?"
-    r"(?:here(?:'s| is| are)\b[^\n:]*:|(?:sure|certainly|of course|okay|absolutely)[!.]\s*$)\s*",
+# "Sure! Here is a positive review:" / "Certainly, here's the text:" / a lone "Sure!" line. Interjections
+# must carry punctuation, so a review opening "Okay food, great view" keeps its first word.
+_INTERJECTION = r"(?:sure|certainly|of course|absolutely|okay)[!,.]+"
+_HERE = r"here(?:'s|\u2019s| is| are| it is| you go)\b[^\n:]*(?::|$)"
+_PREAMBLE = re.compile(rf"\A\s*(?:{_INTERJECTION}[ \t]*(?:{_HERE})?|{_HERE})\s*", re.IGNORECASE | re.MULTILINE)
+_LABEL_PREFIX = re.compile(
+    r"^\s*(?:\*\*|__)?(?:review|text|answer|output|response|paraphrase|sentence|example)\s*(?:\*\*)?\s*:\s*(?:\*\*|__)?\s*",
     re.IGNORECASE,
 )
-_LABEL_PREFIX = re.compile(r"^\s*(?:\*\*)?(?:review|text|answer|output|response|paraphrase|sentence|example)(?:\*\*)?\s*:\s*",
-                           re.IGNORECASE)
 _QUOTES = [('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("`", "`")]
 
 
