@@ -180,12 +180,14 @@ class TransformersLLM:
     type = "transformers"
 
     def __init__(self, model: str = SMOLLM2, *, gguf_file: str | None = None, models_dir: Path | None = None,
-                 device: str = "auto", batch_size: int = 8, log: Callable[[str], None] = print):
+                 device: str = "auto", batch_size: int = 8, min_new_tokens: int = 0,
+                 log: Callable[[str], None] = print):
         self.model_name = model
         self.gguf_file = gguf_file
         self.models_dir = Path(models_dir) if models_dir is not None else Path(tempfile.gettempdir()) / "synthforge-models"
         self.device = device
         self.batch_size = batch_size
+        self.min_new_tokens = min_new_tokens  # benchmarks: force full-length rows so runs compare equal work
         self.log = log
         self._identity: dict[str, Any] | None = None
 
@@ -252,7 +254,8 @@ class TransformersLLM:
         prompt_len = encoded["input_ids"].shape[1]
         sampler = SeededSampler([r.temperature for r in requests], [r.top_p for r in requests],
                                 [r.seed for r in requests], prompt_len, model.device)
-        config = GenerationConfig(max_new_tokens=requests[0].max_new_tokens, do_sample=False, num_beams=1,
+        config = GenerationConfig(max_new_tokens=requests[0].max_new_tokens, min_new_tokens=self.min_new_tokens or None,
+                                  do_sample=False, num_beams=1,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=_eos_ids(tokenizer, model),
                                   bos_token_id=model.generation_config.bos_token_id)
         with torch.inference_mode():
