@@ -53,10 +53,6 @@ class LLMBackend(Protocol):
         """One response per request, in request order; `on_response(i, r)` fires as each arrives."""
         ...
 
-    def count_tokens(self, text: str) -> int:
-        """A token count of `text` (an estimate is fine), for plans and meta."""
-        ...
-
 
 class TransformersBackendConfig(StepParams):
     type: Literal["transformers"]

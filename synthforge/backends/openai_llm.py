@@ -47,13 +47,10 @@ class OpenAILLM:
     def identity(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "model": self.model}
 
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(text) // 4)  # no tokenizer here: ~4 characters per token
-
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
         self.retries = 0
         try:
-            return asyncio.run(self._generate_all(requests, on_response))
+            return _run_coroutine(self._generate_all(requests, on_response))
         except UserError as exc:
             exc.message = self.redact(exc.message)
             raise
@@ -123,6 +120,18 @@ class OpenAILLM:
         if reply.status_code >= 400:
             raise UserError(f"{self.url} answered HTTP {reply.status_code}: {reply.text[:200]}", field="backend")
         return _parse(reply.content)
+
+
+def _run_coroutine(coroutine):
+    """asyncio.run, also from code already inside an event loop (notebooks): then on a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _parse(body: bytes) -> GenerationResponse:

@@ -212,10 +212,6 @@ class TransformersLLM:
             _LOADED[cache_key] = _load(folder, self.gguf_file, device)
         return _LOADED[cache_key]
 
-    def count_tokens(self, text: str) -> int:
-        tokenizer, _ = self.load()
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
     # generation
     def prompt_text(self, tokenizer, request: GenerationRequest) -> str:
         if getattr(tokenizer, "chat_template", None):
