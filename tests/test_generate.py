@@ -315,3 +315,39 @@ def test_plan_note_estimates_tokens(server):
     note = GenerateStep().plan_note(params)
     prompt_estimate = (len(params.template) + 40 * 2) // 4
     assert f"{1000 * (prompt_estimate + 64):,} tokens" in note and "1,000 rows" in note
+
+
+def test_the_http_backend_works_inside_a_running_event_loop(server):
+    import asyncio
+
+    from synthforge.backends.llm import GenerationRequest
+    from synthforge.backends.openai_llm import OpenAILLM
+
+    async def from_a_notebook():
+        backend = OpenAILLM(server.base_url, "fake-model")
+        return backend.generate([GenerationRequest((("user", "hi"),), 0.5, 1.0, 8, 7)])
+
+    (response,) = asyncio.run(from_a_notebook())
+    assert "seed 7" in response.text and response.prompt_tokens == 10
+
+
+def test_few_shot_input_without_the_needed_columns_is_a_user_error(tmp_path, server):
+    examples = write_entry(tmp_path / "split", [{"id": "r1", "body": "no text column", "label": "positive"}])
+    with pytest.raises(UserError) as caught:
+        run_step(tmp_path, openai_params(server.base_url, 2, few_shot_from="split", few_shot_k=1),
+                 inputs={"few_shot_from": examples})
+    assert caught.value.field == "few_shot_from"
+
+
+@pytest.mark.parametrize("fraction", ["0", "0.01", "0.25", "0.5", "0.9", "0.999"])
+def test_paraphrase_layout_is_exact_and_independent_of_n(fraction):
+    from fractions import Fraction
+
+    from synthforge.steps.generate import is_paraphrase_row, topic_row_index
+
+    r = Fraction(fraction)
+    marks = [is_paraphrase_row(i, r) for i in range(3000)]
+    for n in (1, 7, 100, 3000):  # exactly floor(n·r) paraphrase rows among the first n, for every n
+        assert sum(marks[:n]) == int(n * r)
+    topics = [i for i, mark in enumerate(marks) if not mark]
+    assert [topic_row_index(g, r) for g in range(len(topics))] == topics

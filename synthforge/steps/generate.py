@@ -117,15 +117,20 @@ def paraphrase_ordinal(index: int, fraction: Fraction) -> int:
     return int(index * fraction // 1)
 
 
+def topic_rows_before(index: int, fraction: Fraction) -> int:
+    return index - paraphrase_ordinal(index, fraction)
+
+
 def topic_row_index(ordinal: int, fraction: Fraction) -> int:
-    """The row index of the `ordinal`-th topic (non-paraphrase) row."""
-    index, seen = 0, -1
-    while True:
-        if not is_paraphrase_row(index, fraction):
-            seen += 1
-            if seen == ordinal:
-                return index
-        index += 1
+    """The row index of the `ordinal`-th topic (non-paraphrase) row: the first index with ordinal+1 topic rows up to it."""
+    low, high = ordinal, int((ordinal + 1) / (1 - fraction)) + 2
+    while low < high:  # topic_rows_before is non-decreasing in the index
+        middle = (low + high) // 2
+        if topic_rows_before(middle + 1, fraction) >= ordinal + 1:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # -- the step -------------------------------------------------------------------
@@ -393,5 +398,10 @@ def _values(name: str, spec: list[str] | ValuesFile, num_topics: int | None) -> 
 def _few_shot_rows(source) -> list[dict[str, str]]:
     if source is None:
         return []
-    frame = source.frame(columns=["id", "text", "label"])
+    import polars as pl
+
+    try:
+        frame = source.frame(columns=["id", "text", "label"])
+    except pl.exceptions.ColumnNotFoundError as exc:
+        raise UserError(f"few-shot rows need id, text and label columns: {exc}", field="few_shot_from") from None
     return [{"id": str(r["id"]), "text": str(r["text"]), "label": str(r["label"])} for r in frame.iter_rows(named=True)]
