@@ -133,38 +133,69 @@ def row_uniforms(seeds, step: int):
     return (x.double() + 0.5) / float(1 << 32)
 
 
+NUCLEUS_SEARCH_SIZES = (64, 512, 4096)  # try top-k before a full sort: sorting a 50k vocabulary is slow on CPU
+
+
 class SeededSampler:
     """Logits processor: samples each row with its own temperature, top_p and seed.
 
     It returns scores that are -inf everywhere but the chosen token, so greedy
-    decoding (do_sample=False) emits exactly that token.
+    decoding (do_sample=False) emits exactly that token. The choice is an inverse-CDF
+    draw with one hashed uniform per (row seed, step).
     """
 
     def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int], prompt_len: int, device):
         import torch
 
         self.temperature = torch.tensor([max(t, 1e-6) for t in temperatures], dtype=torch.float32, device=device)[:, None]
-        self.greedy = torch.tensor([t <= 0 for t in temperatures], device=device)
+        self.greedy = torch.tensor([t <= 0 for t in temperatures], device=device)[:, None]
+        self.any_greedy = any(t <= 0 for t in temperatures)
         self.top_p = torch.tensor(list(top_ps), dtype=torch.float32, device=device)[:, None]
+        self.whole_vocabulary = all(p >= 1 for p in top_ps)
         self.seeds = torch.tensor([s & ((1 << 63) - 1) for s in seeds], dtype=torch.int64, device=device)
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids, scores):
         import torch
 
-        step = input_ids.shape[1] - self.prompt_len
         logits = scores.float() / self.temperature
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        cumulative = probs.cumsum(dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        kept_mass = torch.where(cumulative - probs < self.top_p, probs, torch.zeros_like(probs)).cumsum(dim=-1)
-        target = row_uniforms(self.seeds, step).to(kept_mass.dtype)[:, None] * kept_mass[:, -1:]
-        rank = torch.searchsorted(kept_mass.contiguous(), target.contiguous()).clamp(max=probs.shape[-1] - 1)
-        chosen = order.gather(1, rank)
-        chosen = torch.where(self.greedy[:, None], logits.argmax(dim=-1, keepdim=True), chosen)
+        uniforms = row_uniforms(self.seeds, input_ids.shape[1] - self.prompt_len).to(torch.float32)[:, None]
+        if self.whole_vocabulary:
+            chosen = _sample_in_vocabulary_order(logits, uniforms)
+        else:
+            chosen = _sample_in_nucleus(logits, self.top_p, uniforms)
+        if self.any_greedy:
+            chosen = torch.where(self.greedy, logits.argmax(dim=-1, keepdim=True), chosen)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen, 0.0)
+
+
+def _sample_in_vocabulary_order(logits, uniforms):
+    import torch
+
+    cumulative = logits.softmax(dim=-1).cumsum(dim=-1)
+    index = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1:]).contiguous())
+    return index.clamp(max=logits.shape[-1] - 1)
+
+
+def _sample_in_nucleus(logits, top_p, uniforms):
+    """Draw from the smallest set of most likely tokens whose mass reaches top_p (per row)."""
+    import torch
+
+    vocabulary = logits.shape[-1]
+    log_total = logits.logsumexp(dim=-1, keepdim=True)
+    for size in (*NUCLEUS_SEARCH_SIZES, vocabulary):
+        if size >= vocabulary:
+            values, order = torch.sort(logits, dim=-1, descending=True)
+        else:
+            values, order = torch.topk(logits, size, dim=-1)
+        probs = (values - log_total).exp()
+        cumulative = probs.cumsum(dim=-1)
+        if size >= vocabulary or bool((cumulative[:, -1:] >= top_p).all()):
+            break  # every row's nucleus lies within the top `size` tokens
+    kept = torch.where(cumulative - probs < top_p, probs, torch.zeros_like(probs)).cumsum(dim=-1)
+    rank = torch.searchsorted(kept, (uniforms * kept[:, -1:]).contiguous()).clamp(max=values.shape[-1] - 1)
+    return order.gather(1, rank)
 
 
 # -- the backend -----------------------------------------------------------
