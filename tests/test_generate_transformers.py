@@ -144,3 +144,48 @@ def test_smollm2_is_converted_once_atomically(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(set(results)) == 1
     assert (results[0] / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left behind
+
+
+def reference_nucleus_sample(logits, top_p: float, uniform: float) -> int:
+    """The textbook way: full sort, keep the smallest prefix reaching top_p, inverse CDF."""
+    values, order = torch.sort(logits, descending=True)
+    probs = values.softmax(-1)
+    cumulative = probs.cumsum(-1)
+    kept = probs[(cumulative - probs) < top_p]
+    target = uniform * kept.sum()
+    return int(order[int(torch.searchsorted(kept.cumsum(-1), target.reshape(1)).clamp(max=len(kept) - 1))])
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 3.0, 8.0])  # flat to peaked: exercises every top-k escalation
+def test_nucleus_by_top_k_matches_a_full_sort(sharpness):
+    from synthforge.backends.transformers_llm import _sample_in_nucleus
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5000, generator=generator) * sharpness
+    uniforms = torch.rand(6, 1, generator=generator)
+    top_p = torch.full((6, 1), 0.9)
+    ours = _sample_in_nucleus(logits, top_p, uniforms)[:, 0].tolist()
+    assert ours == [reference_nucleus_sample(logits[i], 0.9, uniforms[i, 0]) for i in range(6)]
+
+
+def test_an_interrupted_generation_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny_model, monkeypatch):
+    from synthforge.generation.response_cache import ResponseCache
+
+    params = tiny_params(tiny_model, 6, batch_size=2)
+    original_put = ResponseCache.put
+    stored = []
+
+    def put_then_die(self, key, response):
+        if len(stored) == 3:
+            raise KeyboardInterrupt  # the user hits Ctrl-C while row 4 arrives
+        stored.append(key)
+        original_put(self, key, response)
+
+    monkeypatch.setattr(ResponseCache, "put", put_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_step(tmp_path / "interrupted", params)
+    monkeypatch.setattr(ResponseCache, "put", original_put)
+    resumed = run_step(tmp_path / "interrupted", params)
+    assert resumed.meta["responses_cached"] == 3 and resumed.meta["responses_generated"] == 3
+    uninterrupted = run_step(tmp_path / "clean", params)
+    assert resumed.data.equals(uninterrupted.data)
