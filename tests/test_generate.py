@@ -19,7 +19,7 @@ from synthforge.errors import UserError
 from synthforge.keys import key_of
 from synthforge.steps.generate import GenerateStep
 from tests.fake_openai_server import FakeOpenAIServer
-from tests.generate_helpers import make_ctx, openai_params, run_step, write_entry
+from tests.generate_helpers import openai_params, run_step, write_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -351,3 +351,10 @@ def test_paraphrase_layout_is_exact_and_independent_of_n(fraction):
         assert sum(marks[:n]) == int(n * r)
     topics = [i for i, mark in enumerate(marks) if not mark]
     assert [topic_row_index(g, r) for g in range(len(topics))] == topics
+
+
+def test_importing_the_step_loads_no_heavy_library():
+    code = ("import sys, synthforge.steps.generate, synthforge.backends.llm; "
+            "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'jinja2', 'polars') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

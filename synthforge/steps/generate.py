@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -95,8 +95,6 @@ class RowPlan:
     request: GenerationRequest | None = None
     paraphrase_of: str | None = None
     response: GenerationResponse | None = None
-    cached: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- seeded, n-independent draws ----------------------------------------------
@@ -279,7 +277,7 @@ class _Generation:
         missing = []
         for plan, key in zip(plans, keys):
             if key in hits:
-                plan.response, plan.cached = hits[key], True
+                plan.response = hits[key]
             else:
                 missing.append((plan, key))
         self.stats["responses_cached"] += len(plans) - len(missing)
