@@ -30,6 +30,7 @@ from synthforge.keys import hash_file, key_of
 SMOLLM2 = "smollm2"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old cached responses stop matching
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
 
 _LOADED: dict[tuple, tuple[Any, Any]] = {}  # (folder, gguf, device) -> (tokenizer, model), one load per process
@@ -226,7 +227,8 @@ class TransformersLLM:
         if self._identity is None:
             files = identity_files(self.model_name, self.gguf_file)
             name = SMOLLM2_DIRNAME if self.model_name == SMOLLM2 else Path(self.model_name).name
-            self._identity = {"model": name, "files": key_of({p.name: hash_file(p) for p in files})}
+            self._identity = {"model": name, "files": key_of([[p.name, hash_file(p)] for p in files]),
+                              "sampler": SAMPLER_VERSION}
         return self._identity
 
     # loading
