@@ -358,3 +358,21 @@ def test_importing_the_step_loads_no_heavy_library():
             "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'jinja2', 'polars') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_documented_example_is_a_valid_step():
+    import re
+
+    import yaml
+
+    doc = (REPO / "docs" / "steps" / "generate.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
+    step = yaml.safe_load(blocks[0])["steps"]["gen"]
+    assert step.pop("kind") == "generate"
+    params = GenerateStep.Params.model_validate(step)
+    assert params.paraphrase.per_seed == 4 and params.num_topics == 3
+    first_cells = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `")]
+    documented_fields = {name.split(".")[0] for cell in first_cells for name in re.findall(r"`([a-z_.]+)`", cell)}
+    assert set(GenerateStep.Params.model_fields) <= documented_fields
+    openai_backend = yaml.safe_load("backend:\n" + blocks[1])["backend"]
+    assert GenerateStep.Params.model_validate({**step, "backend": openai_backend}).backend.type == "openai"
