@@ -362,6 +362,7 @@ def test_importing_the_step_loads_no_heavy_library():
 
 def test_the_documented_example_is_a_valid_step():
     import re
+    import textwrap
 
     import yaml
 
@@ -374,5 +375,5 @@ def test_the_documented_example_is_a_valid_step():
     first_cells = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `")]
     documented_fields = {name.split(".")[0] for cell in first_cells for name in re.findall(r"`([a-z_.]+)`", cell)}
     assert set(GenerateStep.Params.model_fields) <= documented_fields
-    openai_backend = yaml.safe_load("backend:\n" + blocks[1])["backend"]
+    openai_backend = yaml.safe_load(textwrap.dedent(blocks[1]))["backend"]
     assert GenerateStep.Params.model_validate({**step, "backend": openai_backend}).backend.type == "openai"
