@@ -19,7 +19,7 @@ from typing import Any
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
 from synthforge.errors import UserError
 
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
 
 
 class RetryableError(Exception):
@@ -115,7 +115,7 @@ class OpenAILLM:
                             hint="is the server running?") from None
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}") from None
-        if reply.status_code in RETRY_STATUSES:
+        if reply.status_code in RETRY_STATUSES or reply.status_code >= 500:
             raise RetryableError(f"HTTP {reply.status_code}")
         if reply.status_code >= 400:
             raise UserError(f"{self.url} answered HTTP {reply.status_code}: {reply.text[:200]}", field="backend")
