@@ -377,3 +377,16 @@ def test_the_documented_example_is_a_valid_step():
     assert set(GenerateStep.Params.model_fields) <= documented_fields
     openai_backend = yaml.safe_load(textwrap.dedent(blocks[1]))["backend"]
     assert GenerateStep.Params.model_validate({**step, "backend": openai_backend}).backend.type == "openai"
+
+
+def test_many_concurrent_requests_with_scattered_faults_keep_every_row_once(tmp_path, server):
+    import random
+
+    rng = random.Random(3)
+    server.fail_plan = [rng.choice(["ok", "ok", "429", "500", "malformed", "drop"]) for _ in range(80)]
+    faults = sum(b != "ok" for b in server.fail_plan)
+    result = run_step(tmp_path, openai_params(server.base_url, 60, concurrency=32, backend={"max_retries": 8}))
+    assert sorted(result.data["id"]) == sorted(f"gen-{i}" for i in range(60))
+    assert result.meta["retries"] == faults and result.meta["responses_generated"] == 60
+    for row in result.data.iter_rows(named=True):
+        assert f"seed {row['row_seed']}" in row["text"]
