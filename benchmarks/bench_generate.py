@@ -7,7 +7,7 @@ next to a plain hand-written batched `model.generate` loop (sampling, left paddi
 in the same process. Both are forced to full-length rows (min_new_tokens) so they
 do the same work; runs alternate (ABBA...) and the best of `reps` is kept, which
 matters on a shared machine.
-openai: requests/s against the local fake server (tests/fake_openai_server.py),
+openai: requests/s against the local fake server (tests/fake_openai_server.py, in a subprocess),
 with a fixed per-request latency standing in for a real server, at concurrency 1 and 64.
 """
 
@@ -89,17 +89,25 @@ def bench_transformers(max_new_tokens: int, reps: int) -> list[tuple[str, str, s
 
 
 def bench_openai(latency_s: float) -> list[tuple[str, str, str, str]]:
-    from synthforge.backends.openai_llm import OpenAILLM
-    from tests.fake_openai_server import FakeOpenAIServer
+    """The server runs in its own process, so its threads do not share our GIL."""
+    import subprocess
 
-    rows = []
-    with FakeOpenAIServer(latency_s=latency_s) as server:
-        for concurrency, count in [(1, 100), (64, 640)]:
-            backend = OpenAILLM(server.base_url, "fake-model", concurrency=concurrency)
+    from synthforge.backends.openai_llm import OpenAILLM
+
+    server_script = Path(__file__).resolve().parents[1] / "tests" / "fake_openai_server.py"
+    server = subprocess.Popen([sys.executable, str(server_script), str(latency_s * 1000)], stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = server.stdout.readline().strip()
+        rows = []
+        for concurrency, count in [(1, 100), (64, 1280)]:
+            backend = OpenAILLM(base_url, "fake-model", concurrency=concurrency)
             seconds, _ = timed(lambda: backend.generate(requests_for(count, 32)))
             rows.append(("openai (fake server)", f"concurrency {concurrency}", f"{count / seconds:.1f} req/s",
                          f"{count} requests, {latency_s * 1000:.0f} ms server latency"))
-    return rows
+        return rows
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

@@ -127,7 +127,9 @@ class FakeOpenAIServer:
         return Handler
 
 
-if __name__ == "__main__":  # a server for manual runs: python tests/fake_openai_server.py
-    with FakeOpenAIServer() as fake:
+if __name__ == "__main__":  # a server for manual runs: python tests/fake_openai_server.py [latency_ms]
+    import sys
+
+    with FakeOpenAIServer(latency_s=float(sys.argv[1]) / 1000 if len(sys.argv) > 1 else 0.0) as fake:
         print(fake.base_url, flush=True)
         threading.Event().wait()

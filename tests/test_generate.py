@@ -199,11 +199,12 @@ def test_retries_are_bounded(tmp_path, server):
     assert "after 3 attempts" in str(caught.value) and "HTTP 500" in str(caught.value)
 
 
-def test_concurrency_is_bounded(tmp_path):
+@pytest.mark.parametrize("concurrency", [3, 12])  # 12 spans two connection pools
+def test_concurrency_is_bounded(tmp_path, concurrency):
     with FakeOpenAIServer(latency_s=0.05) as fake:
-        run_step(tmp_path, openai_params(fake.base_url, 24, concurrency=3))
-        assert 1 < fake.max_in_flight <= 3
-        assert len(fake.requests) == 24
+        result = run_step(tmp_path, openai_params(fake.base_url, 36, concurrency=concurrency))
+        assert concurrency // 2 < fake.max_in_flight <= concurrency
+        assert len(fake.requests) == 36 and result.data["id"].n_unique() == 36
 
 
 def test_a_down_endpoint_is_a_clear_user_error(tmp_path):

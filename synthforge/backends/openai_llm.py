@@ -19,6 +19,7 @@ from typing import Any
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
 from synthforge.errors import UserError
 
+CONNECTIONS_PER_POOL = 8
 RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
 
 
@@ -62,25 +63,31 @@ class OpenAILLM:
         import httpx
 
         results: list[GenerationResponse | None] = [None] * len(requests)
-        semaphore = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        pending = iter(range(len(requests)))
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        # httpx's pool costs CPU per request in proportion to its size, so high concurrency
+        # uses several small pools (measured: one 64-connection pool is ~6x slower than 8 of 8).
+        pools = [
+            httpx.AsyncClient(timeout=self.timeout_s, headers=headers,
+                              limits=httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL))
+            for _ in range(-(-self.concurrency // CONNECTIONS_PER_POOL))
+        ]
 
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=headers) as client:
-
-            async def one(index: int) -> None:
-                async with semaphore:
-                    results[index] = await self._with_retries(client, requests[index])
+        async def worker(client) -> None:
+            for index in pending:  # workers share one iterator: each request is taken once
+                results[index] = await self._with_retries(client, requests[index])
                 if on_response is not None:
                     on_response(index, results[index])
 
-            tasks = [asyncio.create_task(one(i)) for i in range(len(requests))]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:  # one failure stops the rest; finished responses were already reported
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        workers = [asyncio.create_task(worker(pools[w // CONNECTIONS_PER_POOL])) for w in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:  # one failure stops the rest; finished responses were already reported
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            for client in pools:
+                await client.aclose()
         return results  # type: ignore[return-value]
 
     async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
