@@ -1,0 +1,1 @@
+"""Model backends: LLM generation (transformers, OpenAI-compatible HTTP)."""

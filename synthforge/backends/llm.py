@@ -1,0 +1,107 @@
+"""The LLM backend interface and the factory that builds one from a recipe's `backend:` block.
+
+A backend turns chat requests into responses. It reports each response as soon
+as it exists (`on_response`), so the caller can commit it to the response cache
+and an interrupted run loses at most the requests in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import Field
+
+from synthforge.errors import UserError
+from synthforge.steps.base import StepParams
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass(frozen=True)
+class GenerationResponse:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+OnResponse = Callable[[int, GenerationResponse], None]
+
+
+class LLMBackend(Protocol):
+    type: str
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this model this model (enters every response's cache key)."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+        """One response per request, in request order; `on_response(i, r)` fires as each arrives."""
+        ...
+
+
+class TransformersBackendConfig(StepParams):
+    type: Literal["transformers"]
+    model: str = "smollm2"  # "smollm2" (the packaged SmolLM2-135M-Instruct) or a local model folder
+    gguf_file: str | None = None  # a GGUF file inside `model` to load instead of safetensors
+    # runtime-only: excluded from dumps, so never in a key
+    batch_size: int = Field(default=8, ge=1, exclude=True)
+    device: str = Field(default="auto", exclude=True)
+
+
+class OpenAIBackendConfig(StepParams):
+    type: Literal["openai"]
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    model: str
+    # runtime-only: excluded from dumps, so never in a key
+    api_key_env: str | None = Field(default=None, exclude=True)  # the NAME of the variable holding the key
+    concurrency: int = Field(default=8, ge=1, exclude=True)
+    timeout_s: float = Field(default=60.0, gt=0, exclude=True)
+    max_retries: int = Field(default=5, ge=0, exclude=True)
+    backoff_s: float = Field(default=0.5, ge=0, exclude=True)
+
+
+BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]
+
+
+def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str | None = None,
+                 batch_size: int | None = None, concurrency: int | None = None, log: Callable[[str], None] = print) -> LLMBackend:
+    """Build the backend a recipe asked for; explicit runtime overrides win over the recipe's."""
+    if config.type == "transformers":
+        from synthforge.backends.transformers_llm import TransformersLLM
+
+        return TransformersLLM(
+            config.model,
+            gguf_file=config.gguf_file,
+            models_dir=models_dir,
+            device=device if device not in (None, "auto") else config.device,
+            batch_size=batch_size or config.batch_size,
+            log=log,
+        )
+    if config.type == "openai":
+        from synthforge.backends.openai_llm import OpenAILLM
+
+        return OpenAILLM(
+            config.base_url,
+            config.model,
+            api_key_env=config.api_key_env,
+            concurrency=concurrency or config.concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
+        )
+    raise UserError(f"unknown backend type '{config.type}'", field="backend.type", hint="use transformers or openai")

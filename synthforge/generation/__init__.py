@@ -1,0 +1,1 @@
+"""Generation helpers: prompt templating, output hygiene, per-response cache."""

@@ -1,0 +1,405 @@
+"""`generate`: labelled synthetic rows from an LLM, driven by prompt templates.
+
+Row i's plan (mode, label, variables, few-shot examples, seed) depends only on
+(ctx.seed, i), never on n: raising n adds rows and reuses every cached response.
+
+Layout of the n rows with `paraphrase: {fraction: r, per_seed: m}`: row i is a
+paraphrase row when floor((i+1)·r) > floor(i·r) (exactly floor(n·r) of the first
+n rows). The j-th paraphrase row paraphrases seed item j // m: the (j // m)-th
+topic row (source `generated`, generated even if its index is ≥ n) or a
+few-shot example picked by a seeded draw (source `few_shot`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import xxhash
+from pydantic import Field, field_validator
+
+from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
+from synthforge.errors import UserError
+from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
+from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+
+DEFAULT_PARAPHRASE_TEMPLATE = (
+    "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
+    "Reply with the paraphrase only.\n\n{{ text }}"
+)
+RESERVED_COLUMNS = frozenset({
+    "id", "text", "label", "source", "mode", "row_seed", "temperature", "top_p", "max_new_tokens",
+    "paraphrase_of", "model", "label_description", "labels", "examples", "reason", "raw", "index",
+})
+
+
+class ValuesFile(StepParams):
+    file: str  # one value per line; blank lines and lines starting with # are skipped
+
+
+class ParaphraseConfig(StepParams):
+    fraction: float = Field(ge=0, lt=1)  # share of the n rows that are paraphrases
+    per_seed: int = Field(default=3, ge=1)  # paraphrases of each seed item
+    source: Literal["generated", "few_shot"] = "generated"
+    template: str = DEFAULT_PARAPHRASE_TEMPLATE
+
+
+class GenerateParams(StepParams):
+    n: int = Field(ge=0)
+    labels: list[str] | dict[str, str]  # a list, or label -> description used in the prompt
+    template: str  # jinja2 (sandboxed)
+    system: str | None = None  # optional system message, also a template
+    variables: dict[str, list[str] | ValuesFile] = Field(default_factory=dict)
+    num_topics: int | None = Field(default=None, ge=1)  # draw from the first k values of each variable list
+    few_shot_from: Ref | None = None
+    few_shot_k: int = Field(default=0, ge=0)
+    paraphrase: ParaphraseConfig | None = None
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    backend: BackendConfig = Field(default_factory=lambda: TransformersBackendConfig(type="transformers"))
+    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
+    # runtime-only
+    batch_size: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    device: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_not_empty(cls, value):
+        if not value:
+            raise ValueError("declare at least one label")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _no_reserved_names(cls, value):
+        clash = sorted(set(value) & RESERVED_COLUMNS)
+        if clash:
+            raise ValueError(f"variable names {clash} are reserved (they are output columns)")
+        return value
+
+
+@dataclass
+class RowPlan:
+    index: int
+    mode: str  # "topic" | "paraphrase"
+    label: str
+    variables: dict[str, str]
+    seed: int
+    request: GenerationRequest | None = None
+    paraphrase_of: str | None = None
+    response: GenerationResponse | None = None
+
+
+# -- seeded, n-independent draws ----------------------------------------------
+def row_rng(seed: int, purpose: str, index: int) -> random.Random:
+    return random.Random(xxhash.xxh3_64_intdigest(f"{seed}:{purpose}:{index}".encode()))
+
+
+def row_seed(seed: int, index: int) -> int:
+    return xxhash.xxh3_64_intdigest(f"{seed}:row-seed:{index}".encode()) & 0x7FFFFFFF
+
+
+def is_paraphrase_row(index: int, fraction: Fraction) -> bool:
+    return (index + 1) * fraction // 1 > index * fraction // 1
+
+
+def paraphrase_ordinal(index: int, fraction: Fraction) -> int:
+    """How many paraphrase rows come before row `index`."""
+    return int(index * fraction // 1)
+
+
+def topic_rows_before(index: int, fraction: Fraction) -> int:
+    return index - paraphrase_ordinal(index, fraction)
+
+
+def topic_row_index(ordinal: int, fraction: Fraction) -> int:
+    """The row index of the `ordinal`-th topic (non-paraphrase) row: the first index with ordinal+1 topic rows up to it."""
+    low, high = ordinal, int((ordinal + 1) / (1 - fraction)) + 2
+    while low < high:  # topic_rows_before is non-decreasing in the index
+        middle = (low + high) // 2
+        if topic_rows_before(middle + 1, fraction) >= ordinal + 1:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+# -- the step -------------------------------------------------------------------
+class GenerateStep(Step):
+    kind = "generate"
+    version = "1"
+    Params = GenerateParams
+    runtime_fields = frozenset({"batch_size", "concurrency", "device"})
+    tables = ("rejects",)
+
+    def files_read(self, params: GenerateParams) -> list[Path]:
+        files = [Path(v.file) for v in params.variables.values() if isinstance(v, ValuesFile)]
+        if params.backend.type == "transformers":
+            from synthforge.backends.transformers_llm import identity_files
+
+            files += identity_files(params.backend.model, params.backend.gguf_file)
+        return files
+
+    def plan_note(self, params: GenerateParams) -> str | None:
+        prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
+        prompt_tokens = prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
+        total = params.n * (prompt_tokens + params.max_new_tokens)
+        return (f"~{total:,} tokens ({params.n:,} rows × (~{prompt_tokens:,} prompt + "
+                f"{params.max_new_tokens:,} new)), before response-cache hits")
+
+    def run(self, ctx: StepContext) -> StepResult:
+        return _Generation(ctx).run()
+
+
+class _Generation:
+    """One run of the step; holds what every phase needs."""
+
+    def __init__(self, ctx: StepContext):
+        self.ctx = ctx
+        self.params: GenerateParams = ctx.params  # type: ignore[assignment]
+        self.labels = _label_descriptions(self.params.labels)
+        self.values = {name: _values(name, spec, self.params.num_topics) for name, spec in sorted(self.params.variables.items())}
+        self.template = _template(self.params.template, "template")
+        self.system = _template(self.params.system, "system") if self.params.system else None
+        self.paraphrase_template = (
+            _template(self.params.paraphrase.template, "paraphrase.template") if self.params.paraphrase else None
+        )
+        self.few_shot = _few_shot_rows(ctx.inputs.get("few_shot_from"))
+        self.fraction = Fraction(repr(self.params.paraphrase.fraction)) if self.params.paraphrase else Fraction(0)
+        self.stats = Counter()
+
+    # plans
+    def topic_plan(self, index: int) -> RowPlan:
+        rng = row_rng(self.ctx.seed, "topic", index)
+        label = list(self.labels)[index % len(self.labels)]
+        variables = {name: rng.choice(values) for name, values in self.values.items()}
+        examples = self._examples(rng)
+        context = {**variables, "label": label, "label_description": self.labels[label],
+                   "labels": list(self.labels), "examples": examples}
+        plan = RowPlan(index, "topic", label, variables, row_seed(self.ctx.seed, index))
+        plan.request = self._request(self.template, context, plan.seed)
+        return plan
+
+    def _examples(self, rng: random.Random) -> list[dict[str, str]]:
+        if not self.few_shot or not self.params.few_shot_k:
+            return []
+        picks = rng.sample(range(len(self.few_shot)), min(self.params.few_shot_k, len(self.few_shot)))
+        return [self.few_shot[i] for i in picks]
+
+    def paraphrase_plan(self, index: int, seed_item: dict[str, Any]) -> RowPlan:
+        label = seed_item["label"]
+        variables = dict(seed_item.get("variables", {}))
+        context = {**variables, "text": seed_item["text"], "label": label,
+                   "label_description": self.labels.get(label, ""), "labels": list(self.labels)}
+        plan = RowPlan(index, "paraphrase", label, variables, row_seed(self.ctx.seed, index),
+                       paraphrase_of=seed_item["id"])
+        plan.request = self._request(self.paraphrase_template, context, plan.seed)
+        return plan
+
+    def _request(self, template, context: dict[str, Any], seed: int) -> GenerationRequest:
+        messages = []
+        if self.system:
+            messages.append(("system", self.system.render(context)))
+        messages.append(("user", template.render(context)))
+        return GenerationRequest(tuple(messages), self.params.temperature, self.params.top_p, self.params.max_new_tokens, seed)
+
+    # running
+    def run(self) -> StepResult:
+        started = time.perf_counter()
+        n = self.params.n
+        topic_indices = [i for i in range(n) if not is_paraphrase_row(i, self.fraction)]
+        paraphrase_indices = [i for i in range(n) if is_paraphrase_row(i, self.fraction)]
+        topic = {i: self.topic_plan(i) for i in topic_indices}
+        seeds_needed = self._paraphrase_seed_ids(paraphrase_indices)
+        for i in seeds_needed:  # seed rows past n are generated (and cached) but not output
+            topic.setdefault(i, self.topic_plan(i))
+
+        from synthforge.generation.response_cache import ResponseCache
+
+        self.backend = self._backend()
+        with ResponseCache(self.ctx.cache.shared_dir("responses")) as cache:
+            self._fetch(list(topic.values()), cache, "topic")
+            paraphrases = [self.paraphrase_plan(i, self._seed_item(i, topic)) for i in paraphrase_indices]
+            self._fetch(paraphrases, cache, "paraphrase")
+
+        plans = sorted([p for i, p in topic.items() if i < n] + paraphrases, key=lambda p: p.index)
+        data, rejects = self._tables(plans)
+        meta = self._meta(plans, data, rejects, time.perf_counter() - started)
+        return StepResult(data=data, tables={"rejects": rejects}, meta=meta)
+
+    def _backend(self):
+        from synthforge.backends.llm import make_backend
+
+        runtime = self.ctx.runtime
+        return make_backend(
+            self.params.backend,
+            models_dir=self.ctx.cache.shared_dir("models"),
+            device=self.params.device or runtime.device,
+            batch_size=self.params.batch_size or runtime.batch_size,
+            concurrency=self.params.concurrency or runtime.concurrency,
+            log=self.ctx.log,
+        )
+
+    def _paraphrase_seed_ids(self, paraphrase_indices: list[int]) -> list[int]:
+        if not paraphrase_indices or self.params.paraphrase.source != "generated":
+            return []
+        groups = {paraphrase_ordinal(i, self.fraction) // self.params.paraphrase.per_seed for i in paraphrase_indices}
+        return [topic_row_index(g, self.fraction) for g in sorted(groups)]
+
+    def _seed_item(self, index: int, topic: dict[int, RowPlan]) -> dict[str, Any]:
+        group = paraphrase_ordinal(index, self.fraction) // self.params.paraphrase.per_seed
+        if self.params.paraphrase.source == "few_shot":
+            if not self.few_shot:
+                raise UserError("paraphrase.source few_shot needs a non-empty few_shot_from input", field="paraphrase.source")
+            pick = row_rng(self.ctx.seed, "paraphrase-seed", group).randrange(len(self.few_shot))
+            return {**self.few_shot[pick], "variables": {}}
+        seed_plan = topic[topic_row_index(group, self.fraction)]
+        return {"id": self._row_id(seed_plan.index), "label": seed_plan.label, "variables": seed_plan.variables,
+                "text": clean(seed_plan.response.text, self.params.hygiene).text}
+
+    def _fetch(self, plans: list[RowPlan], cache, phase: str) -> None:
+        """Fill in every plan's response: from the cache, else from the backend (cached as it arrives)."""
+        from synthforge.generation.response_cache import response_key
+        from synthforge.progress import progress
+
+        if not plans:
+            return
+        identity = self.backend.identity()
+        keys = [response_key(self.backend.type, identity, p.request) for p in plans]
+        hits = cache.get_many(keys)
+        missing = []
+        for plan, key in zip(plans, keys):
+            if key in hits:
+                plan.response = hits[key]
+            else:
+                missing.append((plan, key))
+        self.stats["responses_cached"] += len(plans) - len(missing)
+        if not missing:
+            return
+        with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
+
+            def arrived(i: int, response: GenerationResponse) -> None:
+                plan, key = missing[i]
+                cache.put(key, response)  # committed now: a killed run resumes from here
+                plan.response = response
+                self.stats["responses_generated"] += 1
+                self.stats["generated_prompt_tokens"] += response.prompt_tokens
+                self.stats["generated_completion_tokens"] += response.completion_tokens
+                bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
+
+            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived)
+        self.stats["retries"] += getattr(self.backend, "retries", 0)
+
+    # output
+    def _row_id(self, index: int) -> str:
+        return f"{self.ctx.step}-{index}"
+
+    def _row(self, plan: RowPlan, text: str) -> dict[str, Any]:
+        request = plan.request
+        return {
+            "id": self._row_id(plan.index),
+            "text": text,
+            "label": plan.label,
+            "source": "synthetic",
+            **{name: plan.variables.get(name) for name in self.values},
+            "mode": plan.mode,
+            "paraphrase_of": plan.paraphrase_of,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_new_tokens": request.max_new_tokens,
+            "row_seed": plan.seed,
+            "model": self.backend.identity().get("model"),
+        }
+
+    def _tables(self, plans: list[RowPlan]):
+        import polars as pl
+
+        cleaned = apply_hygiene([p.response.text for p in plans], self.params.hygiene)
+        kept, rejected = [], []
+        for plan, result in zip(plans, cleaned):
+            row = self._row(plan, result.text)
+            if result.reason is None:
+                kept.append(row)
+            else:
+                rejected.append({**row, "reason": result.reason, "raw": plan.response.text})
+        schema = self._schema()
+        data = pl.DataFrame(kept, schema=schema, orient="row")
+        rejects = pl.DataFrame(rejected, schema={**schema, "reason": pl.String, "raw": pl.String}, orient="row")
+        return data, rejects
+
+    def _schema(self) -> dict[str, Any]:
+        import polars as pl
+
+        return {
+            "id": pl.String, "text": pl.String, "label": pl.String, "source": pl.String,
+            **{name: pl.String for name in self.values},
+            "mode": pl.String, "paraphrase_of": pl.String, "temperature": pl.Float64, "top_p": pl.Float64,
+            "max_new_tokens": pl.Int64, "row_seed": pl.Int64, "model": pl.String,
+        }
+
+    def _meta(self, plans: list[RowPlan], data, rejects, seconds: float) -> dict[str, Any]:
+        return {
+            "rows_requested": self.params.n,
+            "rows": data.height,
+            "rejected": rejects.height,
+            "reject_reasons": dict(Counter(rejects["reason"].to_list())),
+            "modes": dict(Counter(p.mode for p in plans)),
+            "backend": {"type": self.backend.type, **self.backend.identity()},
+            "prompt_tokens": sum(p.response.prompt_tokens for p in plans),
+            "completion_tokens": sum(p.response.completion_tokens for p in plans),
+            "responses_cached": self.stats["responses_cached"],
+            "responses_generated": self.stats["responses_generated"],
+            "generated_prompt_tokens": self.stats["generated_prompt_tokens"],
+            "generated_completion_tokens": self.stats["generated_completion_tokens"],
+            "retries": self.stats["retries"],
+            "seconds": round(seconds, 3),
+        }
+
+
+# -- helpers --------------------------------------------------------------------
+def _template(source: str, field: str):
+    from synthforge.generation.prompts import PromptTemplate
+
+    return PromptTemplate(source, field)
+
+
+def _label_descriptions(labels: list[str] | dict[str, str]) -> dict[str, str]:
+    if isinstance(labels, dict):
+        return {str(k): str(v) for k, v in labels.items()}
+    if len(set(labels)) != len(labels):
+        raise UserError("labels are repeated", field="labels")
+    return {str(label): "" for label in labels}
+
+
+def _values(name: str, spec: list[str] | ValuesFile, num_topics: int | None) -> list[str]:
+    """The values a variable draws from: its list (or file lines), cut to the first `num_topics`."""
+    if isinstance(spec, ValuesFile):
+        path = Path(spec.file)
+        if not path.is_file():
+            raise UserError(f"values file {path} does not exist", field=f"variables.{name}.file")
+        values = [line.strip() for line in path.read_text().splitlines()]
+        values = [v for v in values if v and not v.startswith("#")]
+    else:
+        values = [str(v) for v in spec]
+    if not values:
+        raise UserError("no values to draw from", field=f"variables.{name}")
+    return values[:num_topics] if num_topics else values
+
+
+def _few_shot_rows(source) -> list[dict[str, str]]:
+    if source is None:
+        return []
+    import polars as pl
+
+    try:
+        frame = source.frame(columns=["id", "text", "label"])
+    except pl.exceptions.ColumnNotFoundError as exc:
+        raise UserError(f"few-shot rows need id, text and label columns: {exc}", field="few_shot_from") from None
+    return [{"id": str(r["id"]), "text": str(r["text"]), "label": str(r["label"])} for r in frame.iter_rows(named=True)]

@@ -1,0 +1,54 @@
+"""Helpers for generate-step tests: contexts built directly, fixture entries, params."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from synthforge.cache import Cache
+from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.steps.generate import GenerateStep
+
+
+def write_entry(folder: Path, rows: list[dict[str, Any]], key: str = "fixture", table: str = "data") -> InputTable:
+    """A tiny cached entry (parquet + manifest) to feed a step as input."""
+    import polars as pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_parquet(folder / f"{table}.parquet")
+    (folder / "manifest.json").write_text(json.dumps({"key": key, "tables": {table: {}}}))
+    return InputTable(folder, table)
+
+
+def make_ctx(root: Path, params: dict[str, Any], *, seed: int = 0, inputs: dict[str, Any] | None = None,
+             step: str = "gen", runtime: Runtime | None = None) -> StepContext:
+    return StepContext(
+        step=step,
+        recipe="test",
+        params=GenerateStep.Params.model_validate(params),
+        seed=seed,
+        key="test-key",
+        inputs=inputs or {},
+        workdir=root / "work",
+        cache=Cache(root / "cache"),
+        runtime=runtime or Runtime(progress=False),
+        log=lambda message: None,
+    )
+
+
+def run_step(root: Path, params: dict[str, Any], **kwargs):
+    return GenerateStep().run(make_ctx(root, params, **kwargs))
+
+
+def openai_params(base_url: str, n: int, **overrides: Any) -> dict[str, Any]:
+    backend = {"type": "openai", "base_url": base_url, "model": "fake-model", "backoff_s": 0.01, "max_retries": 4,
+               "timeout_s": 5, **overrides.pop("backend", {})}
+    return {
+        "n": n,
+        "labels": {"positive": "a happy review", "negative": "an unhappy review"},
+        "variables": {"topic": ["food", "travel", "music", "sports", "books"], "style": ["short", "formal"]},
+        "template": "Write a {{ style }} {{ label }} review ({{ label_description }}) about {{ topic }}.",
+        "backend": backend,
+        **overrides,
+    }
