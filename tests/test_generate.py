@@ -153,8 +153,26 @@ def test_values_from_a_file_and_its_hash_in_files_read(tmp_path, server):
                            template="Write a {{ label }} text about {{ topic }}.")
     result = run_step(tmp_path, params)
     assert set(result.data["topic"]) == {"astronomy", "gardening"}
-    step = GenerateStep()
-    assert topics in step.files_read(GenerateStep.Params.model_validate(params))
+
+
+
+def test_values_file_is_relative_to_the_recipe_and_its_content_in_the_key(tmp_path, server):
+    from synthforge.builder import build_graph
+    from synthforge.recipe.resolve import load_recipe
+
+    (tmp_path / "topics.txt").write_text("astronomy\ngardening\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: t\nsteps:\n  gen:\n    kind: generate\n    n: 2\n    labels: [a]\n"
+        "    template: 'about {{ topic }}'\n    variables:\n      topic: {file: topics.txt}\n"
+        f"    backend: {{type: openai, base_url: '{server.base_url}', model: m}}\n"
+    )
+    resolved = load_recipe(recipe).variants[0].steps["gen"]
+    assert resolved.run_params.variables["topic"].file == str(tmp_path / "topics.txt")
+    assert resolved.params.variables["topic"].file == "topics.txt"
+    key = build_graph(load_recipe(recipe)).keys["default"]["gen"]
+    (tmp_path / "topics.txt").write_text("astronomy\n")
+    assert build_graph(load_recipe(recipe)).keys["default"]["gen"] != key
 
 
 # -- templates ---------------------------------------------------------------------

@@ -53,3 +53,39 @@ def map_strings(value: Any, fn: typing.Callable[[str], Any]) -> Any:
     if isinstance(value, dict):
         return {k: map_strings(v, fn) for k, v in value.items()}
     return value
+
+
+def file_locations(params: BaseModel, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(path, value) of every FilePath string in `params`, nested models included."""
+    found = []
+    for name, info in type(params).model_fields.items():
+        value = getattr(params, name)
+        if any(m is FILE for m in info.metadata) or _mentions(info.annotation, FILE):
+            found += [(path + (name,) + sub, text) for sub, text in strings_in(value)]
+        else:
+            found += _nested_file_locations(value, path + (name,))
+    return found
+
+
+def _nested_file_locations(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    if isinstance(value, BaseModel):
+        return file_locations(value, path)
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _nested_file_locations(v, path + (k,))]
+    if isinstance(value, (list, tuple)):
+        return [item for i, v in enumerate(value) for item in _nested_file_locations(v, path + (i,))]
+    return []
+
+
+def set_at(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of nested dicts/lists `data` with `value` at `path`."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(data, list):
+        copy = list(data)
+        copy[head] = set_at(copy[head], rest, value)
+        return copy
+    copy = dict(data)
+    copy[head] = set_at(copy[head], rest, value)
+    return copy

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
-from synthforge.recipe.fields import file_fields, map_strings, ref_fields, strings_in
+from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate
 from synthforge.recipe.model import RecipeModel
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
@@ -198,12 +198,13 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
         exc.field = ".".join(map(str, path))
         raise exc.located(filename, recipe.line(*path)) from None
     refs = {f: _parse_refs(getattr(params, f)) for f in ref_fields(cls.Params)}
-    files = _resolve_files(recipe, name, cls, params)
+    files = _resolve_files(recipe, name, params)
     run_params = params
-    if files:
-        base = recipe.path.parent
-        updates = {f: map_strings(getattr(params, f), lambda p: str((base / p).resolve())) for f in file_fields(cls.Params)}
-        run_params = params.model_copy(update=updates)
+    if files:  # the step runs with absolute paths; the key keeps them as written
+        absolute = fields
+        for label, path in files.items():
+            absolute = set_at(absolute, tuple(_path_of(label)), str(path))
+        run_params = cls.Params.model_validate(absolute)
     return ResolvedStep(name, kind, cls(), params, run_params, refs, files)
 
 
@@ -218,21 +219,20 @@ def _parse_refs(value: Any) -> Any:
     return map_strings(value, parse)
 
 
-def _resolve_files(recipe: Recipe, name: str, cls: type[Step], params: StepParams) -> dict[str, Path]:
+def _resolve_files(recipe: Recipe, name: str, params: StepParams) -> dict[str, Path]:
     files = {}
-    for field_name in file_fields(cls.Params):
-        for sub, text in strings_in(getattr(params, field_name)):
-            path = (recipe.path.parent / text).resolve()
-            label = ".".join(map(str, (field_name,) + sub))
-            if not path.is_file():
-                raise UserError(
-                    f"file not found: {text}",
-                    file=str(recipe.path),
-                    line=recipe.line("steps", name, field_name, *sub),
-                    field=f"steps.{name}.{label}",
-                    hint=f"paths are relative to the recipe's folder ({recipe.path.parent.resolve()})",
-                )
-            files[label] = path
+    for sub, text in file_locations(params):
+        path = (recipe.path.parent / text).resolve()
+        label = ".".join(map(str, sub))
+        if not path.is_file():
+            raise UserError(
+                f"file not found: {text}",
+                file=str(recipe.path),
+                line=recipe.line("steps", name, *sub),
+                field=f"steps.{name}.{label}",
+                hint=f"paths are relative to the recipe's folder ({recipe.path.parent.resolve()})",
+            )
+        files[label] = path
     return files
 
 

@@ -12,6 +12,7 @@ from synthforge.steps.base import Step
 STEP_KINDS: dict[str, str] = {
     "load": "synthforge.steps.load:LoadStep",
     "split": "synthforge.steps.split:SplitStep",
+    "generate": "synthforge.steps.generate:GenerateStep",
     "embed": "synthforge.steps.embed:EmbedStep",
     "select": "synthforge.steps.select:SelectStep",
     "mix": "synthforge.steps.mix:MixStep",

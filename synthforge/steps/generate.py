@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.steps.base import FilePath, Ref, Step, StepContext, StepParams, StepResult
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
@@ -39,7 +39,7 @@ RESERVED_COLUMNS = frozenset({
 
 
 class ValuesFile(StepParams):
-    file: str  # one value per line; blank lines and lines starting with # are skipped
+    file: FilePath  # one value per line, relative to the recipe; blank lines and lines starting with # are skipped
 
 
 class ParaphraseConfig(StepParams):
@@ -140,7 +140,7 @@ class GenerateStep(Step):
     tables = ("rejects",)
 
     def files_read(self, params: GenerateParams) -> list[Path]:
-        files = [Path(v.file) for v in params.variables.values() if isinstance(v, ValuesFile)]
+        files: list[Path] = []  # value files are FilePath fields: the builder hashes them
         if params.backend.type == "transformers":
             from synthforge.backends.transformers_llm import identity_files
 
