@@ -219,3 +219,23 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
                          diversity_metric=metric)
     table = format_table(records, diversity_metric=metric)
     return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
+               device: str) -> str:
+    from synthforge.stats import entry_stats, format_stats
+    from synthforge.steps.base import InputTable
+
+    entry = entry_for(graph, cache, step, variant)
+    _table_path(entry, table)
+    target = InputTable(entry.path, table)
+    ref = None
+    if reference:
+        ref_step, _, ref_table = reference.partition(".")
+        ref_entry = entry_for(graph, cache, ref_step, variant)
+        _table_path(ref_entry, ref_table or "data")
+        ref = InputTable(ref_entry.path, ref_table or "data")
+    stats = entry_stats(target, ref, seed=graph.recipe.seed, device=device)
+    title = f"{step}.{table}" if table != "data" else step
+    against = f" vs {reference}" if reference else ""
+    return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"

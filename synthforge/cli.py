@@ -118,6 +118,24 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
     click.echo(app.export_table(entry, to, table))
 
 
+@main.command("stats")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("step")
+@click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real data to measure the shift against.")
+@variant_option
+@table_option
+@click.option("--device", default="auto", show_default=True)
+@set_option
+@cache_option
+@user_errors
+def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
+    """Diversity metrics of STEP's output (and its distance to --reference); cached in the entry."""
+    from synthforge import app
+
+    graph = app.open_graph(recipe, sets)
+    click.echo(app.stats_text(graph, _cache(cache_dir), step, variant, table, reference, device))
+
+
 @main.command("report")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", default=None, help="Output folder (default: reports/<recipe name>).")

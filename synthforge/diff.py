@@ -137,7 +137,9 @@ def diff_sides(a: Side, b: Side, cache: Cache) -> Diff:
     for variant, step, key_a, key_b in pairs:
         grouped.setdefault((step, key_a, key_b), []).append(variant)
     steps = [_compare(step, variants, key_a, key_b, a, b, cache) for (step, key_a, key_b), variants in grouped.items()]
-    return Diff(a, b, steps, sorted(set(b.keys) - set(a.keys)), sorted(set(a.keys) - set(b.keys)))
+    paired_a = {name_a for name_a, _ in variant_pairs(a, b)}
+    paired_b = {name_b for _, name_b in variant_pairs(a, b)}
+    return Diff(a, b, steps, sorted(set(b.keys) - paired_b), sorted(set(a.keys) - paired_a))
 
 
 def _pairs(a: Side, b: Side) -> list[tuple[str, str, str | None, str | None]]:
@@ -146,13 +148,22 @@ def _pairs(a: Side, b: Side) -> list[tuple[str, str, str | None, str | None]]:
         key_b = next(iter(b.keys.values()))[b.only_step]
         return [("default", f"{a.only_step} vs {b.only_step}", key_a, key_b)]
     pairs = []
-    for variant in [v for v in a.keys if v in b.keys]:
-        steps_a, steps_b = a.keys[variant], b.keys[variant]
+    for name_a, name_b in variant_pairs(a, b):
+        steps_a, steps_b = a.keys[name_a], b.keys[name_b]
+        label = name_a if name_a == name_b else f"{name_a} vs {name_b}"
         for step in list(steps_a) + [s for s in steps_b if s not in steps_a]:
             if (a.only_step or b.only_step) and step not in (a.only_step, b.only_step):
                 continue
-            pairs.append((variant, step, steps_a.get(step), steps_b.get(step)))
+            pairs.append((label, step, steps_a.get(step), steps_b.get(step)))
     return pairs
+
+
+def variant_pairs(a: Side, b: Side) -> list[tuple[str, str]]:
+    """Variants paired by name; when a matrix change renamed every variant, paired by position."""
+    common = [(v, v) for v in a.keys if v in b.keys]
+    if not common and len(a.keys) == len(b.keys):
+        return list(zip(a.keys, b.keys))
+    return common
 
 
 def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | None, a: Side, b: Side, cache: Cache) -> StepDiff:
@@ -181,6 +192,8 @@ def compare_rows(path_a: Path, path_b: Path) -> dict[str, Any]:
         return frame.with_columns(digest.alias("_digest"))
 
     a, b = rows(path_a), rows(path_b)
+    if "id" not in a.columns or "id" not in b.columns:  # e.g. a table of scores: counts only
+        return {"rows_a": a.height, "rows_b": b.height}
     ids_a, ids_b = set(a["id"]), set(b["id"])
     joined = a.join(b, on="id", suffix="_b")
     changed = joined.filter(pl.col("_digest") != pl.col("_digest_b"))
@@ -242,8 +255,6 @@ def compare_metrics(meta_a: dict[str, Any], meta_b: dict[str, Any]) -> dict[str,
     out = {}
     for name in sorted(set(flat_a) & set(flat_b)):
         va, vb = flat_a[name]["value"], flat_b[name]["value"]
-        if va == vb:
-            continue
         out[name] = {
             "a": va, "b": vb, "delta": vb - va, "relative": (vb - va) / abs(va) if va else None,
             "a_ci": flat_a[name]["ci"], "b_ci": flat_b[name]["ci"],
@@ -289,7 +300,7 @@ def _gate_values(step: StepDiff, name: str, relative: bool) -> list[tuple[float 
         if name == "rows":
             delta = step.outputs["rows_b"] - step.outputs["rows_a"]
             return [(delta / step.outputs["rows_a"] if relative and step.outputs["rows_a"] else delta, "rows")]
-        return [(step.outputs[name], name)]
+        return [(step.outputs[name], name)] if name in step.outputs else []
     return [
         (m["relative"] if relative else m["delta"], path)
         for path, m in step.metrics.items()
@@ -304,6 +315,11 @@ def _signed(value: float, relative: bool) -> str:
 # -- rendering ------------------------------------------------------------
 
 
+def _changed(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Metrics that moved (the JSON keeps all; people read the ones that changed)."""
+    return {name: m for name, m in metrics.items() if m["delta"] != 0}
+
+
 def _fmt_metric(name: str, m: dict[str, Any]) -> str:
     def one(value: float, ci: list[float] | None) -> str:
         return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
@@ -313,6 +329,8 @@ def _fmt_metric(name: str, m: dict[str, Any]) -> str:
 
 
 def _fmt_rows(o: dict[str, Any]) -> str:
+    if "rows_added" not in o:
+        return f"rows: {o['rows_a']} -> {o['rows_b']}"
     return (f"rows: {o['rows_a']} -> {o['rows_b']} (+{o['rows_added']} added, -{o['rows_removed']} removed, "
             f"{o['rows_changed']} changed)")
 
@@ -350,8 +368,9 @@ def render_text(diff: Diff) -> str:
             lines.append(f"    {_fmt_rows(o)}")
             if o.get("labels"):
                 lines.append(f"    {_fmt_labels(o)}")
-            lines += [f"    + {t}" for t in o["examples"]["added"]] + [f"    - {t}" for t in o["examples"]["removed"]]
-        lines += [f"    {_fmt_metric(n, m)}" for n, m in step.metrics.items()]
+            examples = o.get("examples", {"added": [], "removed": []})
+            lines += [f"    + {t}" for t in examples["added"]] + [f"    - {t}" for t in examples["removed"]]
+        lines += [f"    {_fmt_metric(n, m)}" for n, m in _changed(step.metrics).items()]
     lines += [""] + _gate_lines(diff) if diff.gates else []
     return "\n".join(lines)
 
@@ -386,9 +405,9 @@ def render_markdown(diff: Diff) -> str:
             lines.append(f"- {_fmt_rows(step.outputs)}")
             if step.outputs.get("labels"):
                 lines.append(f"- {_fmt_labels(step.outputs)}")
-        if step.metrics:
+        if _changed(step.metrics):
             lines += ["", "| metric | A | B | Δ |", "|---|---|---|---|"]
-            for name, m in step.metrics.items():
+            for name, m in _changed(step.metrics).items():
                 rel = f" ({m['relative'] * 100:+.1f}%)" if m["relative"] is not None else ""
                 ci_a = f" [{m['a_ci'][0]:.3g}, {m['a_ci'][1]:.3g}]" if m["a_ci"] else ""
                 ci_b = f" [{m['b_ci'][0]:.3g}, {m['b_ci'][1]:.3g}]" if m["b_ci"] else ""

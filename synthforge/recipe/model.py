@@ -23,6 +23,11 @@ class RecipeModel(BaseModel):
     )
     steps: dict[str, dict[str, Any]] = Field(description="a mapping of step names to step configs, each with a 'kind'")
 
+    @field_validator("vars", "matrix", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return {} if value is None else value  # `matrix:` with nothing under it
+
     @field_validator("vars", "matrix")
     @classmethod
     def _var_names(cls, value: dict[str, Any]) -> dict[str, Any]:

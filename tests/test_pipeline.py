@@ -1,0 +1,120 @@
+"""The whole tool from the command line on tiny models: a small diversity study, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from tests.tiny_encoder import tiny_encoder  # noqa: F401  (fixture)
+from tests.tiny_models import tiny_chat_model_dir
+
+STUDY = """
+name: tiny-study
+seed: 3
+vars: {diversity: 0.5, synthetic_fraction: 0.5}
+matrix:
+  diversity: [0.0, 1.0]
+  synthetic_fraction: [0.0, 0.5]
+steps:
+  rows:
+    kind: load
+    path: reviews.csv
+    text_column: review
+    label_column: stars
+    labels: [good, bad]
+  split:
+    kind: split
+    input: rows
+    test: 60
+    train_per_label: 12
+  generated:
+    kind: generate
+    n: 40
+    labels: [good, bad]
+    variables: {topic: [plot, acting, music, pace]}
+    few_shot_from: split.train
+    few_shot_k: 1
+    template: "Example: {{ examples[0].text }} Write a {{ label }} review about {{ topic }}."
+    max_new_tokens: 12
+    backend: {type: transformers, model: "MODEL", batch_size: 8}
+    hygiene: {min_chars: 1, dedupe: true}
+  real_emb: {kind: embed, input: split.train, model: "ENCODER"}
+  test_emb: {kind: embed, input: split.test, model: "ENCODER"}
+  synth_emb: {kind: embed, input: generated, model: "ENCODER"}
+  selected:
+    kind: select
+    input: synth_emb
+    n: 12
+    diversity: ${diversity}
+    reference: real_emb
+  mixed:
+    kind: mix
+    real: real_emb
+    synthetic: selected
+    synthetic_fraction: ${synthetic_fraction}
+    on_shortage: take_available
+  scores:
+    kind: train
+    method: linear-probe
+    train: mixed
+    test: test_emb
+    num_seeds: 3
+"""
+
+
+@pytest.fixture
+def study(write_recipe, data_csv, tiny_encoder, tmp_path_factory):
+    model = tiny_chat_model_dir()
+    return write_recipe(STUDY.replace("MODEL", str(model)).replace("ENCODER", str(tiny_encoder)), "study.yaml")
+
+
+def test_study_builds_reports_and_rebuilds_nothing(cli, study, tmp_path):
+    first = cli("build", study, "--no-progress")
+    assert first.exit_code == 0, first.output
+    lock = json.loads(study.with_suffix(".lock").read_text())
+    assert len(lock["variants"]) == 4
+    steps = [node["step"] for node in lock["nodes"].values()]
+    # shared work runs once: one generation, one embedding per input, a selection per level, training per variant
+    assert steps.count("generated") == 1 and steps.count("synth_emb") == 1
+    assert steps.count("selected") == 2 and steps.count("mixed") == 4 and steps.count("scores") == 4
+
+    again = cli("build", study, "--no-progress")
+    assert "built 0, cached" in again.output
+
+    report = cli("report", study, "--out", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    table = pl.read_csv(tmp_path / "report" / "sweep.csv")
+    assert table.height == 4
+    assert any(p.suffix == ".png" for p in (tmp_path / "report").iterdir())
+
+    stats = cli("stats", study, "synth_emb", "--reference", "real_emb")
+    assert stats.exit_code == 0, stats.output
+    assert "Vendi" in stats.output and "MMD" in stats.output and "nearest-real similarity" in stats.output
+
+    shown = cli("show", study, "generated", "--table", "rejects")
+    assert shown.exit_code == 0 and "table rejects" in shown.output
+
+
+def test_batch_size_and_device_never_change_keys(cli, study):
+    from synthforge.builder import build_graph
+    from synthforge.recipe.resolve import load_recipe
+
+    before = build_graph(load_recipe(study)).keys
+    study.write_text(study.read_text().replace("batch_size: 8", "batch_size: 2"))
+    assert build_graph(load_recipe(study)).keys == before
+
+
+def test_raising_synthetic_fraction_shows_in_diff_with_a_score_gate(cli, study, write_recipe):
+    text = study.read_text()
+    single = text.replace("  diversity: [0.0, 1.0]\n", "").replace("  synthetic_fraction: [0.0, 0.5]\n", "")
+    a = write_recipe(single.replace("synthetic_fraction: 0.5}", "synthetic_fraction: 0.25}"), "a.yaml")
+    b = write_recipe(single, "b.yaml")
+    result = cli("diff", a, b, "--build", "--format", "json", "--fail-on", "accuracy < 1")
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    mixed = [s for s in data["steps"] if s["step"] == "mixed"]
+    assert mixed and all("field synthetic_fraction: 0.25 -> 0.5" in s["reasons"] for s in mixed)
+    assert all(s["outputs"]["rows_added"] > 0 for s in mixed)
+    assert data["gates"][0]["tripped"]
