@@ -15,7 +15,7 @@ from synthforge.cache import Cache
 from synthforge.errors import UserError
 from synthforge.keys import hash_file, key_of
 from synthforge.lockfile import Lock, read_lock, write_lock
-from synthforge.recipe.fields import map_strings
+from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
 from synthforge.steps.base import InputTable, Runtime, StepContext
 
@@ -100,7 +100,7 @@ def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, 
     step = resolved.step
     params = resolved.params.model_dump(mode="json", exclude=set(step.runtime_fields))
     inputs = {
-        name: map_strings_targets(value, lambda t: f"{variant_keys[t.step]}:{t.table}")
+        name: map_leaves(value, lambda t: f"{variant_keys[t.step]}:{t.table}", RefTarget)
         for name, value in resolved.refs.items()
     }
     extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
@@ -114,18 +114,6 @@ def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, 
         "identity": step.identity(resolved.run_params),
         "seed": recipe.seed,
     }
-
-
-def map_strings_targets(value: Any, fn: Callable[[RefTarget], Any]) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, RefTarget):
-        return fn(value)
-    if isinstance(value, (list, tuple)):
-        return [map_strings_targets(v, fn) for v in value]
-    if isinstance(value, dict):
-        return {k: map_strings_targets(v, fn) for k, v in value.items()}
-    return value
 
 
 # -- plan -----------------------------------------------------------------
@@ -289,7 +277,7 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
 def _inputs(graph: Graph, node: Node, cache: Cache) -> dict[str, Any]:
     variant_keys = graph.keys[node.variants[0]]
     return {
-        name: map_strings_targets(value, lambda t: InputTable(cache.entry_path(variant_keys[t.step]), t.table))
+        name: map_leaves(value, lambda t: InputTable(cache.entry_path(variant_keys[t.step]), t.table), RefTarget)
         for name, value in node.resolved.refs.items()
     }
 

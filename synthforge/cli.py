@@ -15,6 +15,13 @@ variant_option = click.option("--variant", default=None, help="Which matrix vari
 table_option = click.option("--table", default="data", show_default=True, help="Which table of the step (e.g. test, rejects).")
 
 
+def step_output_options(command):
+    """The options that pick one step output of a recipe: variant, table, --set, cache."""
+    for option in reversed((variant_option, table_option, set_option, cache_option, user_errors)):
+        command = option(command)
+    return command
+
+
 def user_errors(command):
     """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume."""
 
@@ -87,12 +94,8 @@ def plan_cmd(recipe, only, force, sets, cache_dir):
 @main.command("show")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("step")
-@variant_option
-@table_option
 @click.option("--rows", default=5, show_default=True, help="How many rows to print.")
-@set_option
-@cache_option
-@user_errors
+@step_output_options
 def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
@@ -105,11 +108,7 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("step")
 @click.option("--to", "to", required=True, help="Output file: .parquet, .jsonl or .csv.")
-@variant_option
-@table_option
-@set_option
-@cache_option
-@user_errors
+@step_output_options
 def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
     """Write STEP's output to a file."""
     from synthforge import app
@@ -122,12 +121,8 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("step")
 @click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real data to measure the shift against.")
-@variant_option
-@table_option
 @click.option("--device", default="auto", show_default=True)
-@set_option
-@cache_option
-@user_errors
+@step_output_options
 def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     """Diversity metrics of STEP's output (and its distance to --reference); cached in the entry."""
     from synthforge import app

@@ -44,15 +44,19 @@ def strings_in(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, 
     return []
 
 
-def map_strings(value: Any, fn: typing.Callable[[str], Any]) -> Any:
-    """`value` with every string replaced by fn(string), shape kept."""
-    if isinstance(value, str):
+def map_leaves(value: Any, fn: typing.Callable[[Any], Any], leaf: type = str) -> Any:
+    """`value` with every `leaf`-typed item inside lists and dicts replaced by fn(item), shape kept."""
+    if isinstance(value, leaf):
         return fn(value)
     if isinstance(value, (list, tuple)):
-        return [map_strings(v, fn) for v in value]
+        return [map_leaves(v, fn, leaf) for v in value]
     if isinstance(value, dict):
-        return {k: map_strings(v, fn) for k, v in value.items()}
+        return {k: map_leaves(v, fn, leaf) for k, v in value.items()}
     return value
+
+
+def map_strings(value: Any, fn: typing.Callable[[str], Any]) -> Any:
+    return map_leaves(value, fn, str)
 
 
 def file_locations(params: BaseModel, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:

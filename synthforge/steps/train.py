@@ -121,9 +121,9 @@ def resolve_seeds(params: TrainParams, base_seed: int) -> list[int]:
 
 
 def _default_model() -> str:
-    from synthforge.training.embedding import default_model_path
+    from synthforge.backends.embedder import DEFAULT_MODEL, model_path
 
-    return default_model_path()
+    return str(model_path(DEFAULT_MODEL))
 
 
 def _check_model(params: TrainParams) -> None:
@@ -174,10 +174,10 @@ def _source_counts(frame) -> dict[str, int]:
 
 # -- methods -----------------------------------------------------------------
 def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
-    from synthforge.training.embedding import resolve_device
+    from synthforge.backends.embedder import pick_device
 
     device = params.device if params.device != "auto" else ctx.runtime.device
-    return resolve_device(device), params.batch_size or ctx.runtime.batch_size or 64
+    return pick_device(device), params.batch_size or ctx.runtime.batch_size or 64
 
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -193,14 +193,15 @@ def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> 
                 hint="embed both with the same model",
             )
         return features, "embedding column"
-    from synthforge.training.embedding import embed_texts
+    from synthforge.backends.embedder import DEFAULT_MODEL, get_embedder
+    from synthforge.progress import progress
 
     device, batch_size = _runtime(ctx, params)
-    model = params.model or _default_model()
-    features = {
-        n: embed_texts(frames[n]["text"].to_list(), model, device, batch_size, show_progress=ctx.runtime.progress)
-        for n in ("train", "test")
-    }
+    embedder = get_embedder(params.model or DEFAULT_MODEL, device)
+    features = {}
+    for n in ("train", "test"):
+        with progress(frames[n].height, f"{ctx.step}: embed {n}", enabled=ctx.runtime.progress) as bar:
+            features[n] = embedder.embed(frames[n]["text"].to_list(), batch_size, bar)
     return features, f"text embedded with {params.model or 'all-MiniLM-L6-v2'}"
 
 
