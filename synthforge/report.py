@@ -257,7 +257,10 @@ class _Plots:
     def points(self, rows, x_var: str, column: str) -> list[_Point]:
         usable = [r for r in rows if r.get(x_var) is not None and _number(r.get(column)) is not None]
         # A line per combination of the other vars that vary among the plotted rows.
-        others = [v for v in self.sweep.var_names if v != x_var and len({_hashable(r.get(v)) for r in usable}) > 1]
+        others = [
+            v for v in self.sweep.var_names
+            if v != x_var and len({_hashable(r.get(v)) for r in usable}) > 1 and _depends_on(usable, v, column, self.sweep.var_names)
+        ]
         return [
             _Point(r[x_var], float(r[column]), _number(r.get(f"{column}.lo")), _number(r.get(f"{column}.hi")),
                    tuple((v, r.get(v)) for v in others))
@@ -308,6 +311,15 @@ class _Plots:
         fig.savefig(path, dpi=self.dpi)
         plt.close(fig)
         return path
+
+
+def _depends_on(rows: list[dict[str, Any]], var: str, column: str, var_names: list[str]) -> bool:
+    """Whether `column` changes with `var` when every other var is held fixed (else one line suffices)."""
+    groups: dict[tuple, set] = {}
+    for row in rows:
+        fixed = tuple(_hashable(row.get(v)) for v in var_names if v != var)
+        groups.setdefault(fixed, set()).add(_hashable(row.get(column)))
+    return any(len(values) > 1 for values in groups.values())
 
 
 def _line(members: list[_Point], positions: dict) -> tuple[list[float], list[float], list[list[float]]]:
