@@ -134,7 +134,7 @@ def topic_row_index(ordinal: int, fraction: Fraction) -> int:
 # -- the step -------------------------------------------------------------------
 class GenerateStep(Step):
     kind = "generate"
-    version = "1"
+    version = "2"  # 2: labels cycle over topic rows (balanced with paraphrases)
     Params = GenerateParams
     runtime_fields = frozenset({"batch_size", "concurrency", "device"})
     tables = ("rejects",)
@@ -178,7 +178,10 @@ class _Generation:
     # plans
     def topic_plan(self, index: int) -> RowPlan:
         rng = row_rng(self.ctx.seed, "topic", index)
-        label = list(self.labels)[index % len(self.labels)]
+        # Labels cycle over topic rows, not all rows: paraphrase rows inherit their seed's label,
+        # so cycling over every index would give every seed the same label at fraction 1/2.
+        topic_ordinal = index - paraphrase_ordinal(index, self.fraction)
+        label = list(self.labels)[topic_ordinal % len(self.labels)]
         variables = {name: rng.choice(values) for name, values in self.values.items()}
         examples = self._examples(rng)
         context = {**variables, "label": label, "label_description": self.labels[label],
