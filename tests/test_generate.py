@@ -115,9 +115,9 @@ def test_paraphrase_fraction_gives_the_expected_paraphrase_rows(tmp_path, server
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.75])
 def test_labels_stay_balanced_with_paraphrases(tmp_path, server, fraction):
     paraphrase = {"fraction": fraction, "per_seed": 1} if fraction else None
-    result = run_step(tmp_path, openai_params(server.base_url, 40, paraphrase=paraphrase))
+    result = run_step(tmp_path, openai_params(server.base_url, 40, labels=["pos", "neg"], paraphrase=paraphrase))
     counts = Counter(result.data["label"]) + Counter(result.tables["rejects"]["label"])
-    assert max(counts.values()) - min(counts.values()) <= 2, counts
+    assert abs(counts["pos"] - counts["neg"]) <= 2, counts
 
 
 def test_paraphrases_of_few_shot_examples(tmp_path, server):
