@@ -185,7 +185,8 @@ def compare_rows(path_a: Path, path_b: Path) -> dict[str, Any]:
     import polars as pl
 
     def rows(path: Path) -> pl.DataFrame:
-        frame = pl.read_parquet(path, columns=[c for c in ("id", "text", "label") if c in pl.read_parquet_schema(path)])
+        columns = [c for c in ("id", "text", "label") if c in pl.read_parquet_schema(path)]
+        frame = pl.read_parquet(path, columns=columns) if columns else pl.read_parquet(path)
         text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
         label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
         digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)

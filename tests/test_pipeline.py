@@ -118,3 +118,5 @@ def test_raising_synthetic_fraction_shows_in_diff_with_a_score_gate(cli, study, 
     assert mixed and all("field synthetic_fraction: 0.25 -> 0.5" in s["reasons"] for s in mixed)
     assert all(s["outputs"]["rows_added"] > 0 for s in mixed)
     assert data["gates"][0]["tripped"]
+    scores = next(s for s in data["steps"] if s["step"] == "scores")
+    assert scores["outputs"]["rows_a"] == scores["outputs"]["rows_b"] == 3  # one row per seed
