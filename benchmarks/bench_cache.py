@@ -1,7 +1,8 @@
 """Cache and builder speed: a fully cached 20-variant build (vs `dvc repro` on an equivalent
 no-op pipeline) and content hashing throughput. Prints a table.
 
-    .venv/bin/python benchmarks/bench_cache.py
+    .venv/bin/pip install dvc   # optional: the dvc row is skipped without it
+    PATH=.venv/bin:$PATH .venv/bin/python benchmarks/bench_cache.py
 """
 
 from __future__ import annotations
