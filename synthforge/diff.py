@@ -20,6 +20,7 @@ from synthforge.errors import UserError
 from synthforge.lockfile import read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.steps.base import Runtime
+from synthforge.tables import render_markdown as markdown_table
 
 SCHEMA = "synthforge.diff/1"
 EXAMPLES = 3
@@ -384,6 +385,13 @@ def _gate_lines(diff: Diff) -> list[str]:
     return lines
 
 
+def _markdown_metric_row(name: str, m: dict[str, Any]) -> list[str]:
+    rel = f" ({m['relative'] * 100:+.1f}%)" if m["relative"] is not None else ""
+    ci_a = f" [{m['a_ci'][0]:.3g}, {m['a_ci'][1]:.3g}]" if m["a_ci"] else ""
+    ci_b = f" [{m['b_ci'][0]:.3g}, {m['b_ci'][1]:.3g}]" if m["b_ci"] else ""
+    return [name, f"{m['a']:.4g}{ci_a}", f"{m['b']:.4g}{ci_b}", f"{m['delta']:+.4g}{rel}"]
+
+
 def render_markdown(diff: Diff) -> str:
     data = diff.to_json()
     s = data["summary"]
@@ -393,8 +401,8 @@ def render_markdown(diff: Diff) -> str:
         f"**{s['changed']} changed**, {s['unchanged']} unchanged, {s['added']} added, {s['removed']} removed step outputs.",
     ]
     if diff.gates:
-        lines += ["", "| gate | result |", "|---|---|"]
-        lines += [f"| `{g['expr']}` | {'❌ failed: ' + '; '.join(g['hits']) if g['tripped'] else '✅ passed'} |" for g in diff.gates]
+        rows = [[f"`{g['expr']}`", "❌ failed: " + "; ".join(g["hits"]) if g["tripped"] else "✅ passed"] for g in diff.gates]
+        lines += ["", markdown_table(["gate", "result"], rows).rstrip("\n")]
     for step in diff.steps:
         if step.status == "unchanged":
             continue
@@ -407,12 +415,8 @@ def render_markdown(diff: Diff) -> str:
             if step.outputs.get("labels"):
                 lines.append(f"- {_fmt_labels(step.outputs)}")
         if _changed(step.metrics):
-            lines += ["", "| metric | A | B | Δ |", "|---|---|---|---|"]
-            for name, m in _changed(step.metrics).items():
-                rel = f" ({m['relative'] * 100:+.1f}%)" if m["relative"] is not None else ""
-                ci_a = f" [{m['a_ci'][0]:.3g}, {m['a_ci'][1]:.3g}]" if m["a_ci"] else ""
-                ci_b = f" [{m['b_ci'][0]:.3g}, {m['b_ci'][1]:.3g}]" if m["b_ci"] else ""
-                lines.append(f"| {name} | {m['a']:.4g}{ci_a} | {m['b']:.4g}{ci_b} | {m['delta']:+.4g}{rel} |")
+            rows = [_markdown_metric_row(name, m) for name, m in _changed(step.metrics).items()]
+            lines += ["", markdown_table(["metric", "A", "B", "Δ"], rows).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

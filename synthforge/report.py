@@ -53,14 +53,11 @@ def format_table(
     markdown: bool = False,
 ) -> str:
     """A compact view for the terminal: settings, diversity metrics and scores as `mean [lo, hi]`."""
+    from synthforge.tables import render_markdown, render_table
+
     sweep = _collect(records, interval)
     headers, body = _compact(sweep, diversity_metric, digits)
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
-    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in body])
+    return render_markdown(headers, body) if markdown else render_table(headers, body)
 
 
 def write_report(

@@ -110,14 +110,14 @@ _LABELS = {
 
 def format_stats(stats: dict[str, Any]) -> str:
     """A plain-text table of the metrics in `stats` (as returned by `entry_stats`)."""
+    from synthforge.tables import render_table
+
     metrics = stats.get("metrics", stats)
+    order = list(_LABELS)
+    metrics = dict(sorted(metrics.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     rows = [(_LABELS.get(k, (k, ""))[0], _format_value(v), _LABELS.get(k, (k, ""))[1]) for k, v in metrics.items()]
-    widths = [max(len(r[i]) for r in rows + [("metric", "value", "meaning")]) for i in range(3)]
-    lines = [_line(("metric", "value", "meaning"), widths), _line(tuple("-" * w for w in widths), widths)]
-    lines += [_line(row, widths) for row in rows]
-    if stats.get("reference"):
-        lines.append(f"reference: {stats['reference']}")
-    return "\n".join(line.rstrip() for line in lines)
+    table = render_table(("metric", "value", "meaning"), rows, align_right=(1,))
+    return table + (f"\nreference: {stats['reference']}" if stats.get("reference") else "")
 
 
 def _format_value(value: Any) -> str:
@@ -126,7 +126,3 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _line(cells: tuple[str, ...], widths: list[int]) -> str:
-    return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:<{widths[2]}}"

@@ -20,3 +20,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align_ri
         return "  ".join(v.rjust(w) if i in align_right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]) + "\n"
