@@ -111,13 +111,9 @@ def bench_openai(latency_s: float) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
-    header = ("backend", "setting", "ours", "reference")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
+    from synthforge.tables import render_markdown
+
+    print(render_markdown(("backend", "setting", "ours", "reference"), rows), end="")
 
 
 def main() -> None:

@@ -154,13 +154,10 @@ def real_levels(rows: int = 2000, n: int = 200) -> None:
 
 
 def print_table(rows: list[dict[str, str]]) -> None:
-    if not rows:
-        return
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---" for _ in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(r[c] for c in cols) + " |")
+    from synthforge.tables import render_markdown
+
+    if rows:
+        print(render_markdown(list(rows[0]), [list(r.values()) for r in rows]), end="")
 
 
 def machine() -> str:

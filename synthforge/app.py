@@ -10,7 +10,7 @@ from typing import Any, Callable
 from synthforge.builder import Graph, build, build_graph, plan
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
-from synthforge.recipe.resolve import Recipe, load_recipe, parse_overrides
+from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from synthforge.cli import main
+from tests.tiny_encoder import tiny_encoder  # noqa: F401  (session fixture: a tiny BERT folder)
 
 LABELS = ["good", "bad", "meh"]
 

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import BASIC, make_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from synthforge.backends.embedder import Embedder, get_embedder, model_identity, pick_device
+from synthforge.backends.devices import pick_device
+from synthforge.backends.embedder import Embedder, get_embedder, model_identity
 from synthforge.errors import UserError
 from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep, embeddings_of
-from tests.tiny_encoder import build_tiny_encoder, tiny_encoder  # noqa: F401  (fixture)
+from tests.tiny_encoder import build_tiny_encoder
 
 TEXTS = [
     "the movie was great",

@@ -160,4 +160,3 @@ def test_format_stats_table():
     assert lines[-1] == "reference: rrr"
 
 
-from tests.tiny_encoder import tiny_encoder  # noqa: E402,F401  (fixture)

@@ -7,7 +7,6 @@ import json
 import polars as pl
 import pytest
 
-from tests.tiny_encoder import tiny_encoder  # noqa: F401  (fixture)
 from tests.tiny_models import tiny_chat_model_dir
 
 STUDY = """

@@ -3,7 +3,7 @@
 Built once per test session (about a second) and saved with `save_pretrained`,
 so it loads like any local model folder:
 
-    from tests.tiny_encoder import tiny_encoder  # noqa: F401  (the fixture)
+    # the fixture is registered for every test in tests/conftest.py
 
     def test_something(tiny_encoder):            # a Path to the model folder
         ...

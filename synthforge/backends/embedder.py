@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthforge.backends.devices import pick_device  
 from synthforge.errors import UserError
 from synthforge.keys import hash_file, key_of
 
@@ -62,16 +63,6 @@ def _files_hash(files: tuple[tuple[str, str], ...]) -> str:
 def _cached_files_hash(files: tuple[tuple[str, str], ...], stats: tuple) -> str:
     # `stats` is only part of the lru key: a rewritten file is hashed again.
     return key_of([[name, hash_file(path)] for name, path in files])
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' requested but CUDA is not available", field="device")
-    return device
 
 
 def _cpu_threads() -> int:

@@ -13,8 +13,6 @@ two tokens, so rare rows may differ; the response cache makes reruns exact anywa
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
@@ -23,7 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from synthforge.backends.devices import pick_device
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
+from synthforge.cache import file_lock
 from synthforge.errors import UserError
 from synthforge.keys import hash_file, key_of
 
@@ -67,16 +67,6 @@ def identity_files(model: str, gguf_file: str | None = None) -> list[Path]:
     return model_files(folder)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path:
     """Convert the packaged GGUF to a safetensors folder once (temp dir + rename, under a lock)."""
     models_dir = Path(models_dir)
@@ -84,7 +74,7 @@ def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path
     target = models_dir / SMOLLM2_DIRNAME
     if (target / "config.json").is_file():
         return target
-    with _file_lock(models_dir / f"{SMOLLM2_DIRNAME}.lock"):
+    with file_lock(models_dir / f"{SMOLLM2_DIRNAME}.lock"):
         if (target / "config.json").is_file():  # another process converted it while we waited
             return target
         log(f"converting {SMOLLM2_GGUF} to safetensors under {target} (once)")
@@ -200,14 +190,6 @@ def _sample_in_nucleus(logits, top_p, uniforms):
 
 
 # -- the backend -----------------------------------------------------------
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class TransformersLLM:
     type = "transformers"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import FilePath, Step, StepContext, StepParams, StepResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
 
 READERS = {
     ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",

@@ -174,7 +174,7 @@ def _source_counts(frame) -> dict[str, int]:
 
 # -- methods -----------------------------------------------------------------
 def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
-    from synthforge.backends.embedder import pick_device
+    from synthforge.backends.devices import pick_device
 
     device = params.device if params.device != "auto" else ctx.runtime.device
     return pick_device(device), params.batch_size or ctx.runtime.batch_size or 64
