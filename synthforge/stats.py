@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from synthforge.cache import atomic_write_text
 from synthforge.errors import UserError
 from synthforge.steps.base import InputTable
+from synthforge.steps.embed import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-EMBEDDING_COLUMN = "embedding"
 
 
 def stats_path(entry: InputTable, reference: InputTable | None = None) -> Path:

@@ -182,10 +182,10 @@ def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Embeddings for train and test: the `embedding` column when both have a complete one, else embedded text."""
-    import numpy as np
+    from synthforge.steps.embed import EMBEDDING_COLUMN, embeddings_of
 
-    if all("embedding" in frames[n].columns and frames[n]["embedding"].null_count() == 0 for n in ("train", "test")):
-        features = {n: np.asarray(frames[n]["embedding"].to_list(), dtype=np.float32) for n in ("train", "test")}
+    if all(EMBEDDING_COLUMN in frames[n].columns and frames[n][EMBEDDING_COLUMN].null_count() == 0 for n in ("train", "test")):
+        features = {n: embeddings_of(frames[n]) for n in ("train", "test")}
         if features["train"].shape[1] != features["test"].shape[1]:
             raise UserError(
                 f"train embeddings have {features['train'].shape[1]} dims but test embeddings {features['test'].shape[1]}",
