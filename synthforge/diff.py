@@ -133,23 +133,24 @@ class Diff:
 
 
 def diff_sides(a: Side, b: Side, cache: Cache) -> Diff:
-    pairs = _pairs(a, b)
+    variants = variant_pairs(a, b)
+    pairs = _pairs(a, b, variants)
     grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
     for variant, step, key_a, key_b in pairs:
         grouped.setdefault((step, key_a, key_b), []).append(variant)
     steps = [_compare(step, variants, key_a, key_b, a, b, cache) for (step, key_a, key_b), variants in grouped.items()]
-    paired_a = {name_a for name_a, _ in variant_pairs(a, b)}
-    paired_b = {name_b for _, name_b in variant_pairs(a, b)}
+    paired_a = {name_a for name_a, _ in variants}
+    paired_b = {name_b for _, name_b in variants}
     return Diff(a, b, steps, sorted(set(b.keys) - paired_b), sorted(set(a.keys) - paired_a))
 
 
-def _pairs(a: Side, b: Side) -> list[tuple[str, str, str | None, str | None]]:
+def _pairs(a: Side, b: Side, variants: list[tuple[str, str]]) -> list[tuple[str, str, str | None, str | None]]:
     if a.only_step and b.only_step:  # two steps' outputs, whatever their names
         key_a = next(iter(a.keys.values()))[a.only_step]
         key_b = next(iter(b.keys.values()))[b.only_step]
         return [("default", f"{a.only_step} vs {b.only_step}", key_a, key_b)]
     pairs = []
-    for name_a, name_b in variant_pairs(a, b):
+    for name_a, name_b in variants:
         steps_a, steps_b = a.keys[name_a], b.keys[name_b]
         label = name_a if name_a == name_b else f"{name_a} vs {name_b}"
         for step in list(steps_a) + [s for s in steps_b if s not in steps_a]:
