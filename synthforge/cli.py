@@ -16,8 +16,10 @@ table_option = click.option("--table", default="data", show_default=True, help="
 
 
 def step_output_options(command):
-    """The options that pick one step output of a recipe: variant, table, --set, cache."""
-    for option in reversed((variant_option, table_option, set_option, cache_option, user_errors)):
+    """RECIPE STEP and the options that pick one step output: variant, table, --set, cache."""
+    recipe_argument = click.argument("recipe", type=click.Path(dir_okay=False))
+    step_argument = click.argument("step")
+    for option in reversed((recipe_argument, step_argument, variant_option, table_option, set_option, cache_option, user_errors)):
         command = option(command)
     return command
 
@@ -92,8 +94,6 @@ def plan_cmd(recipe, only, force, sets, cache_dir):
 
 
 @main.command("show")
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("step")
 @click.option("--rows", default=5, show_default=True, help="How many rows to print.")
 @step_output_options
 def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
@@ -105,8 +105,6 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 
 
 @main.command("export")
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("step")
 @click.option("--to", "to", required=True, help="Output file: .parquet, .jsonl or .csv.")
 @step_output_options
 def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
@@ -118,8 +116,6 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
 
 
 @main.command("stats")
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.argument("step")
 @click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real data to measure the shift against.")
 @click.option("--device", default="auto", show_default=True)
 @step_output_options
