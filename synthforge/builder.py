@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -334,6 +333,3 @@ def library_versions() -> dict[str, str]:
             versions[name] = module.__version__
     return versions
 
-
-def cache_from_option(cache_dir: str | os.PathLike | None) -> Cache:
-    return Cache(cache_dir)

@@ -37,10 +37,6 @@ def key_of(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(encode(value))
 
 
-def hash_bytes(data: bytes | memoryview) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def hash_file(path: str | os.PathLike) -> str:
     """xxh3-128 of a file's bytes; mmap lets xxhash read the page cache directly."""
     with open(path, "rb") as fh:

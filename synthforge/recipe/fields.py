@@ -29,10 +29,6 @@ def ref_fields(params_model: type[BaseModel]) -> list[str]:
     return marked_fields(params_model, REF)
 
 
-def file_fields(params_model: type[BaseModel]) -> list[str]:
-    return marked_fields(params_model, FILE)
-
-
 def strings_in(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
     """Every string inside a field's value with its sub-path (str, list or dict of str)."""
     if isinstance(value, str):
