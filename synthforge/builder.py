@@ -83,7 +83,7 @@ def build_graph(recipe: Recipe) -> Graph:
         variant_keys: dict[str, str] = {}
         for step_name in variant.order:
             resolved = variant.steps[step_name]
-            components = _components(recipe, resolved, variant_keys)
+            components = _components(resolved, variant_keys, step_seed(variant, resolved))
             key = key_of(components)
             variant_keys[step_name] = key
             if key not in nodes:
@@ -94,7 +94,12 @@ def build_graph(recipe: Recipe) -> Graph:
     return Graph(recipe, nodes, keys)
 
 
-def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, str]) -> dict[str, Any]:
+def step_seed(variant: Variant, resolved: ResolvedStep) -> int:
+    """The replicate's seed for seeded steps; the recipe seed for steps whose output ignores it."""
+    return variant.seed if resolved.step.seeded else variant.base_seed
+
+
+def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int) -> dict[str, Any]:
     """Everything a step's output depends on; its key is the hash of this."""
     step = resolved.step
     params = resolved.params.model_dump(mode="json", exclude=set(step.runtime_fields))
@@ -111,7 +116,7 @@ def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, 
         "inputs": inputs,
         "files": files,
         "identity": step.identity(resolved.run_params),
-        "seed": recipe.seed,
+        "seed": seed,
     }
 
 
@@ -257,7 +262,7 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
                 step=node.step,
                 recipe=graph.recipe.name,
                 params=node.resolved.run_params,
-                seed=graph.recipe.seed,
+                seed=node.components["seed"],
                 key=node.key,
                 inputs=_inputs(graph, node, cache),
                 workdir=work,

@@ -117,11 +117,20 @@ def test_unknown_method_and_bad_level_are_user_errors():
 
 
 # -- diversity level --------------------------------------------------------------------
-def test_level_plan_spans_one_cluster_to_pure_kcenter():
-    assert selection.diversity_plan(0.0, 64) == selection.DiversityPlan(1, 0.0)
-    assert selection.diversity_plan(0.4, 64) == selection.DiversityPlan(8, 0.0)
-    assert selection.diversity_plan(0.8, 64) == selection.DiversityPlan(64, 0.0)
-    assert selection.diversity_plan(1.0, 64) == selection.DiversityPlan(64, 1.0)
+def test_ball_grows_geometrically_from_n_to_the_pool():
+    assert [selection.ball_size(100, 10000, level) for level in (0.0, 0.5, 1.0)] == [100, 1000, 10000]
+    assert selection.ball_size(100, 50, 0.3) == 50
+    with pytest.raises(UserError):
+        selection.ball_size(10, 100, 1.5)
+
+
+def test_level_zero_is_the_anchor_ball_and_level_one_is_kcenter_from_it():
+    x, _ = topics(n=600)
+    low = selection.by_level(x, 40, 0.0, seed=3)
+    anchor = selection.densest_anchor(x, 40, seed=3)
+    assert low[0] == anchor and set(low.tolist()) == set(selection.nearest_rows(x, anchor, 40).tolist())
+    high = selection.by_level(x, 40, 1.0, seed=3)
+    assert high.tolist() == selection.kcenter(x, 40, initial=[anchor]).tolist()
 
 
 LEVELS = [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0]
@@ -131,11 +140,19 @@ def vendi_by_level(x: np.ndarray, n: int, seed: int = 0) -> list[float]:
     return [vendi(x[selection.select(x, n, level=level, seed=seed)]) for level in LEVELS]
 
 
-def test_vendi_rises_with_level_on_topics():
+def test_vendi_rises_strictly_with_level_on_topics_and_every_level_is_distinct():
     x, _ = topics(n=2000, n_topics=20)
     scores = vendi_by_level(x, 150)
-    assert all(b >= a - 1e-6 for a, b in zip(scores, scores[1:])), scores
+    assert all(b > a for a, b in zip(scores, scores[1:])), scores
     assert scores[-1] > 2 * scores[0]
+    subsets = {frozenset(selection.select(x, 150, level=level).tolist()) for level in LEVELS}
+    assert len(subsets) == len(LEVELS)
+
+
+def test_shift_band_keeps_rows_between_the_quantiles():
+    similarity = np.linspace(0.0, 1.0, 101)
+    rows, bounds = selection.within_shift_band(similarity, (0.25, 0.75))
+    assert bounds == pytest.approx([0.25, 0.75]) and rows.tolist() == list(range(25, 76))
 
 
 
@@ -166,7 +183,7 @@ def test_vendi_rises_with_level_on_real_reviews(real_embeddings):
     n = REAL_ROWS // 10
     for seed in (0, 1):
         scores = vendi_by_level(real_embeddings, n, seed=seed)
-        assert all(b >= a - 1e-6 for a, b in zip(scores, scores[1:])), scores
+        assert all(b > a for a, b in zip(scores, scores[1:])), scores
         random_score = vendi(real_embeddings[selection.random_rows(REAL_ROWS, n, seed)])
         assert scores[0] < random_score < scores[-1]
 

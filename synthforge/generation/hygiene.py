@@ -30,6 +30,11 @@ class HygieneConfig(StepParams):
     min_chars: int = Field(default=1, ge=0)
     max_chars: int | None = Field(default=None, ge=1)
     dedupe: bool = True  # drop exact duplicates after cleaning (the first occurrence stays)
+    max_copied_share: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="reject a text when at least this share of its word 4-grams occurs in a few-shot "
+        "(few_shot_from) text, e.g. 0.5; default: no copy check",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,20 @@ def clean(raw: str, config: HygieneConfig) -> Cleaned:
     return Cleaned(text, None)
 
 
-def apply_hygiene(raws: list[str], config: HygieneConfig) -> list[Cleaned]:
-    """Clean every text; later exact duplicates of an accepted text are rejected."""
+COPY_REASON = "copies a few-shot text"
+
+
+def apply_hygiene(raws: list[str], config: HygieneConfig, sources: list[str] = ()) -> list[Cleaned]:
+    """Clean every text; copies of a source text and later exact duplicates of an accepted text are rejected."""
+    from synthforge.fidelity import copied_ngram_share, source_ngrams
+
+    source_grams = source_ngrams(list(sources)) if config.max_copied_share is not None else set()
     seen: set[str] = set()
     results = []
     for raw in raws:
         cleaned = clean(raw, config)
+        if cleaned.reason is None and source_grams and copied_ngram_share(cleaned.text, source_grams) >= config.max_copied_share:
+            cleaned = Cleaned(cleaned.text, COPY_REASON)
         if cleaned.reason is None and config.dedupe:
             if cleaned.text in seen:
                 cleaned = Cleaned(cleaned.text, "duplicate")

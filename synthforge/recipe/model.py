@@ -15,13 +15,34 @@ class RecipeModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a name for the recipe, e.g. 'rt-demo'")
-    seed: int = Field(0, description="an integer seed; it enters every step's key")
+    seed: int | str = Field(
+        0,
+        description="an integer seed, or a `${var}` placeholder resolved per variant; it enters every seeded step's key",
+    )
+    replicates: int = Field(
+        1,
+        ge=1,
+        description="rerun the whole design over N independent draws: each variant gets a `replicate` var (0..N-1) "
+        "and replicate-specific seeds for its seeded steps (split's training rows, generate, select, mix, train)",
+    )
+    vary_test: bool = Field(
+        False, description="with replicates: also redraw split's test and validation rows per replicate (default: fixed)"
+    )
     description: str = Field("", description="free text")
     vars: dict[str, Any] = Field(default_factory=dict, description="a mapping of variable names to default values")
     matrix: dict[str, list[Any]] = Field(
         default_factory=dict, description="a mapping of variable names to lists of values, one variant per combination"
     )
     steps: dict[str, dict[str, Any]] = Field(description="a mapping of step names to step configs, each with a 'kind'")
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_int_or_placeholder(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError("seed must be a valid integer or a ${var} placeholder")
+        if isinstance(value, str) and not re.fullmatch(r"-?\d+|\$\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}", value.strip()):
+            raise ValueError("seed must be a valid integer or a ${var} placeholder")
+        return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
 
     @field_validator("vars", "matrix", mode="before")
     @classmethod

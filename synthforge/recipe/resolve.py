@@ -20,6 +20,7 @@ from synthforge.steps import step_class
 from synthforge.steps.base import Step, StepParams
 
 DEFAULT_VARIANT = "default"
+REPLICATE_VAR = "replicate"  # the variable `replicates: N` adds (0..N-1)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Variant:
     variables: dict[str, Any]
     steps: dict[str, ResolvedStep]
     order: list[str]  # dependency order
+    seed: int = 0  # the seed of seeded steps (replicate-specific under `replicates:`)
+    base_seed: int = 0  # the recipe seed before the replicate: unseeded steps and fixed test rows use it
 
 
 @dataclass
@@ -67,7 +70,8 @@ class Recipe:
 
     @property
     def seed(self) -> int:
-        return self.model.seed
+        """The recipe seed (of the first variant when `seed:` is a placeholder)."""
+        return self.variants[0].base_seed if self.variants else 0
 
     @property
     def lock_path(self) -> Path:
@@ -115,10 +119,47 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     except ValidationError as exc:
         raise validation_error(exc, RecipeModel, filename, lines, ()) from None
     recipe = Recipe(path=path, model=model, lines=lines)
+    _check_replicate_var(recipe, overrides or {})
     for matrix_values in _matrix_combinations(model.matrix):
-        variables = {**model.vars, **(overrides or {}), **matrix_values}
-        recipe.variants.append(_resolve_variant(recipe, matrix_values, variables))
+        for replicate in range(model.replicates):
+            values = {**matrix_values, REPLICATE_VAR: replicate} if model.replicates > 1 else matrix_values
+            variables = {**model.vars, **(overrides or {}), **values}
+            recipe.variants.append(_resolve_variant(recipe, values, variables))
     return recipe
+
+
+def _check_replicate_var(recipe: Recipe, overrides: dict[str, Any]) -> None:
+    if recipe.model.replicates > 1 and any(REPLICATE_VAR in names for names in (recipe.model.vars, recipe.model.matrix, overrides)):
+        section = "matrix" if REPLICATE_VAR in recipe.model.matrix else "vars"
+        raise UserError(
+            f"'{REPLICATE_VAR}' is set by replicates: and cannot be declared", file=str(recipe.path),
+            line=recipe.line(section, REPLICATE_VAR) or recipe.line("replicates"), field=f"{section}.{REPLICATE_VAR}",
+            hint=f"rename the variable, or drop it and use ${{{REPLICATE_VAR}}} from replicates:",
+        )
+
+
+def replicate_seed(base_seed: int, replicate: int) -> int:
+    """Replicate 0 keeps the recipe seed (its cache is the unreplicated study's); others get an independent one."""
+    import numpy as np
+
+    if replicate == 0:
+        return base_seed
+    return int(np.random.SeedSequence([base_seed & 0xFFFFFFFF, replicate]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def _variant_seed(recipe: Recipe, variables: dict[str, Any]) -> int:
+    raw = recipe.model.seed
+    if isinstance(raw, str):
+        try:
+            raw = interpolate(raw, variables, ("seed",))
+        except UserError as exc:
+            raise exc.located(str(recipe.path), recipe.line("seed"), "seed") from None
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise UserError(
+                f"seed must resolve to an integer, got {raw!r}", file=str(recipe.path), line=recipe.line("seed"),
+                field="seed", hint="give the variable integer values",
+            )
+    return raw
 
 
 def read_recipe_text(path: Path) -> str:
@@ -153,6 +194,9 @@ def variant_name(matrix_values: dict[str, Any]) -> str:
 
 
 def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any]) -> Variant:
+    base_seed = _variant_seed(recipe, variables)
+    replicated = recipe.model.replicates > 1
+    seed = replicate_seed(base_seed, variables[REPLICATE_VAR]) if replicated else base_seed
     steps = {}
     for name, raw in recipe.model.steps.items():
         try:
@@ -160,11 +204,26 @@ def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: d
         except UserError as exc:
             path = ("steps", name) + tuple(_path_of(exc.field))
             raise exc.located(str(recipe.path), recipe.line(*path), ".".join(map(str, path))) from None
+        if replicated and not recipe.model.vary_test:
+            config = _fix_held_out_seed(config, base_seed)
         steps[name] = _resolve_step(recipe, name, config)
     for resolved in steps.values():
         _check_refs(recipe, resolved, steps)
     order = _topological_order(recipe, steps)
-    return Variant(variant_name(matrix_values), matrix_values, variables, steps, order)
+    return Variant(variant_name(matrix_values), matrix_values, variables, steps, order, seed, base_seed)
+
+
+def _fix_held_out_seed(config: Any, base_seed: int) -> Any:
+    """Steps that draw held-out rows (split) keep them fixed across replicates: their seed field gets the recipe seed."""
+    if not isinstance(config, dict) or "kind" not in config:
+        return config
+    try:
+        field_name = step_class(str(config["kind"])).held_out_seed_field
+    except UserError:
+        return config  # reported with its location by _resolve_step
+    if field_name is None or config.get(field_name) is not None:
+        return config
+    return {**config, field_name: base_seed}
 
 
 def _path_of(field_path: str | None) -> list[Any]:

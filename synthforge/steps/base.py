@@ -137,6 +137,12 @@ class Step:
     Params: ClassVar[type[StepParams]]
     runtime_fields: ClassVar[frozenset[str]] = frozenset()
     tables: ClassVar[tuple[str, ...]] = ()
+    # Whether the output depends on the seed: an unseeded step (load, embed) keys on the recipe
+    # seed, so replicates share it; a seeded one gets the replicate's seed.
+    seeded: ClassVar[bool] = True
+    # A Params field holding the seed of held-out rows (split's test rows): under `replicates:`
+    # without `vary_test` the resolver sets it to the recipe seed so those rows stay fixed.
+    held_out_seed_field: ClassVar[str | None] = None
 
     def files_read(self, params: StepParams) -> list[Path]:
         """Files whose content enters the key (a changed file rebuilds the step)."""

@@ -27,6 +27,7 @@ class EmbedParams(StepParams):
 
 
 class EmbedStep(Step):
+    seeded = False
     kind = "embed"
     version = "1"
     Params = EmbedParams

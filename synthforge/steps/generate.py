@@ -324,7 +324,8 @@ class _Generation:
     def _tables(self, plans: list[RowPlan]):
         import polars as pl
 
-        cleaned = apply_hygiene([p.response.text for p in plans], self.params.hygiene)
+        sources = [row["text"] for row in self.few_shot]
+        cleaned = apply_hygiene([p.response.text for p in plans], self.params.hygiene, sources)
         kept, rejected = [], []
         for plan, result in zip(plans, cleaned):
             row = self._row(plan, result.text)

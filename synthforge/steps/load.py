@@ -41,6 +41,7 @@ class LoadParams(StepParams):
 
 
 class LoadStep(Step):
+    seeded = False  # `limit` samples the population, which replicates share
     kind = "load"
     version = "1"
     Params = LoadParams

@@ -26,7 +26,19 @@ class SelectParams(StepParams):
     threshold: float = Field(0.95, gt=-1.0, le=1.0, description="cosine similarity that marks a duplicate (semdedup)")
     per_label: bool = False
     label_column: str = "label"
-    reference: Ref | None = None
+    reference: Ref | None = Field(
+        None, description="real rows with embeddings (and labels): the basis of shift metrics, shift_band and label checks"
+    )
+    shift_band: tuple[float, float] | None = Field(
+        None,
+        description="[low, high] quantiles (0..1) of the pool's nearest-reference similarity: select only among rows "
+        "inside the band, so every diversity level has about the same shift to the reference (needs reference)",
+    )
+    label_filter: bool = Field(
+        False,
+        description="drop rows whose label a linear probe trained on the reference rows disagrees with "
+        "(needs a labelled reference); dropped rows land in the `rejects` table",
+    )
 
     @model_validator(mode="after")
     def _one_way_to_select(self) -> "SelectParams":
@@ -38,39 +50,88 @@ class SelectParams(StepParams):
             )
         if self.n is None and self.method != "semdedup":
             raise UserError("`n` (rows to select) is required", field="n", hint="only semdedup may omit it")
+        if (self.shift_band is not None or self.label_filter) and self.reference is None:
+            field = "shift_band" if self.shift_band is not None else "label_filter"
+            raise UserError(f"{field} needs a `reference`", field=field, hint="reference: the real rows' embed step")
+        if self.shift_band is not None and not 0.0 <= self.shift_band[0] < self.shift_band[1] <= 1.0:
+            raise UserError(
+                f"shift_band must be [low, high] quantiles with 0 <= low < high <= 1, got {list(self.shift_band)}",
+                field="shift_band", hint="e.g. [0.25, 0.75]",
+            )
         return self
 
 
 class SelectStep(Step):
     kind = "select"
-    version = "1"
+    version = "2"
     Params = SelectParams
+    tables = ("rejects",)
 
     def run(self, ctx: StepContext) -> StepResult:
+        import numpy as np
         import polars as pl
 
+        from synthforge.keys import key_of
         from synthforge.metrics import diversity_metrics
         from synthforge.steps.embed import embeddings_of
 
         params: SelectParams = ctx.params  # type: ignore[assignment]
         frame = ctx.inputs["input"].frame()
         emb = embeddings_of(frame)
-        rows = choose_rows(emb, frame, params, ctx.seed)
+        reference = ctx.inputs.get("reference")
+        ref_frame = reference.frame() if reference is not None else None
+        ref_emb = embeddings_of(ref_frame) if ref_frame is not None else None
+        meta: dict = {"method": params.method or "diversity", "level": params.diversity, "rows_in": frame.height}
+        eligible, rejects = np.arange(frame.height), []
+        if ref_frame is not None:
+            eligible, rejects = _screen(emb, frame, ref_emb, ref_frame, params, ctx.seed, meta)
+        rows = eligible[choose_rows(emb[eligible], frame[eligible.tolist()], params, ctx.seed)]
         chosen = frame[rows.tolist()].with_columns(pl.Series(RANK_COLUMN, range(len(rows)), dtype=pl.Int64))
         texts = chosen["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in chosen.columns else None
-        reference = ctx.inputs.get("reference")
-        ref_emb = embeddings_of(reference.frame(["embedding"])) if reference is not None else None
-        metrics = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb)
-        meta = {
-            "method": params.method or "diversity",
-            "level": params.diversity,
-            "rows_in": frame.height,
-            "rows_out": len(rows),
-            "metrics": metrics,
-        }
+        meta["rows_out"] = len(rows)
+        meta["selection_hash"] = key_of(sorted(chosen["id"].cast(pl.Utf8).to_list())) if "id" in chosen.columns else None
+        meta["metrics"] = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb)
         if ref_emb is not None:
             meta["reference"] = reference.key
-        return StepResult(chosen, meta=meta)
+        rejected = pl.concat(rejects) if rejects else frame.head(0).with_columns(pl.lit(None, pl.Utf8).alias("reason"))
+        return StepResult(chosen, tables={"rejects": rejected}, meta=meta)
+
+
+LABEL_REASON = "label disagrees with a probe trained on the reference"
+SHIFT_REASON = "nearest-reference similarity outside shift_band"
+
+
+def _screen(emb, frame, ref_emb, ref_frame, params: SelectParams, seed: int, meta: dict):
+    """Rows eligible for selection after the label check and the shift band; rejected rows with reasons."""
+    import numpy as np
+    import polars as pl
+
+    from synthforge.fidelity import label_agreement
+    from synthforge.selection import as_unit_float32, max_similarity, within_shift_band
+
+    keep = np.ones(frame.height, dtype=bool)
+    rejects = []
+    labelled = params.label_column in frame.columns and params.label_column in ref_frame.columns
+    agreement = (
+        label_agreement(emb, frame[params.label_column].to_list(), ref_emb, ref_frame[params.label_column].to_list(), seed)
+        if labelled else None
+    )
+    if agreement is not None:
+        meta["label_agreement"] = agreement.summary(frame[params.label_column].to_list())
+        if params.label_filter:
+            rejects.append(frame.filter(pl.Series(~agreement.agrees)).with_columns(pl.lit(LABEL_REASON).alias("reason")))
+            keep &= agreement.agrees
+    elif params.label_filter:
+        raise UserError(f"label_filter needs a '{params.label_column}' column in the input and the reference", field="label_filter")
+    if params.shift_band is not None:
+        similarity = max_similarity(as_unit_float32(emb), as_unit_float32(ref_emb))
+        band_rows, bounds = within_shift_band(similarity[keep], params.shift_band)
+        in_band = np.zeros(frame.height, dtype=bool)
+        in_band[np.flatnonzero(keep)[band_rows]] = True
+        rejects.append(frame.filter(pl.Series(keep & ~in_band)).with_columns(pl.lit(SHIFT_REASON).alias("reason")))
+        keep = in_band
+        meta["shift_band"] = {"quantiles": list(params.shift_band), "similarity": bounds, "rows": int(keep.sum())}
+    return np.flatnonzero(keep), rejects
 
 
 def choose_rows(emb: "np.ndarray", frame: "pl.DataFrame", params: SelectParams, seed: int) -> "np.ndarray":

@@ -25,6 +25,11 @@ class SplitParams(StepParams):
         None, gt=0, description="a positive integer k: scarce labels, k training rows per label"
     )
     stratify: bool = Field(True, description="keep label proportions in test and validation")
+    seed: int | None = Field(
+        None,
+        description="an integer seed for the test and validation draw (default: the step's seed); the training rows "
+        "are drawn with the step's seed, so under `replicates:` they vary while the test rows stay fixed",
+    )
 
     @field_validator("test", "validation", "train")
     @classmethod
@@ -43,6 +48,7 @@ class SplitStep(Step):
     version = "1"
     Params = SplitParams
     tables = ("train", "test", "validation")
+    held_out_seed_field = "seed"
 
     def run(self, ctx: StepContext) -> StepResult:
         import numpy as np
@@ -50,11 +56,14 @@ class SplitStep(Step):
 
         params: SplitParams = ctx.params
         frame = ctx.inputs["input"].frame().sort("id")
-        rng = np.random.default_rng([ctx.seed, 0x5B117])
+        held_out_seed = ctx.seed if params.seed is None else params.seed
+        rng = np.random.default_rng([held_out_seed, 0x5B117])
         labels = frame["label"].to_numpy()
         pool = rng.permutation(frame.height)  # test, then validation, then train are drawn in this order
         test, pool = _take(pool, _count(params.test, frame.height), labels, params.stratify, "test")
         validation, pool = _take(pool, _count(params.validation, frame.height), labels, params.stratify, "validation")
+        if held_out_seed != ctx.seed:  # the training rows get their own draw from what is left
+            pool = np.random.default_rng([ctx.seed, 0x5B117, 1]).permutation(pool)
         if params.train_per_label is not None:
             train = _per_label(pool, labels, params.train_per_label)
         elif params.train is not None:
