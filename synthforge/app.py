@@ -57,7 +57,15 @@ def build_text(
     ]
     table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
     summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
-    return f"{table}\n{summary}"
+    warnings = "".join(f"\nwarning: {w}" for w in selection_warnings(graph, cache))
+    return f"{table}\n{summary}{warnings}"
+
+
+def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
+    """Diversity levels that select identical rows or do not raise measured Vendi (see report.level_warnings)."""
+    from synthforge.report import level_warnings
+
+    return level_warnings(variant_records(graph, cache), level_var)
 
 
 def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
@@ -208,17 +216,69 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
-                metric: str | None) -> str:
-    from synthforge.report import format_table, write_report
+                metric: str | None, correction: str = "holm") -> str:
+    from synthforge.report import format_table, heading, write_report
 
     records = variant_records(graph, cache)
     if not any(r["steps"] for r in records):
         raise UserError(f"nothing of {graph.recipe.path} is built yet", hint=f"run: synthforge build {graph.recipe.path}")
+    study = study_of(graph, cache, records, level_var, fraction_var, score, correction)
     out_dir = Path(out) if out else Path("reports") / graph.recipe.name
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
-                         diversity_metric=metric)
-    table = format_table(records, diversity_metric=metric)
-    return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+                         diversity_metric=metric, study=study)
+    table = format_table(records, diversity_metric=metric, study=study)
+    top = heading(study, records) if study else ""
+    return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_var: str, fraction_var: str, score: str,
+             correction: str):
+    """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""
+    from synthforge.report import Study, level_warnings
+    from synthforge.study_stats import study_statistics
+
+    train_steps = [name for name, step in graph.recipe.variants[0].steps.items() if step.kind == "train"]
+    if not train_steps:
+        return None
+    train_step = train_steps[0]
+    runs, n_test, confidence = prediction_runs(graph, cache, train_step)
+    if not runs:
+        return None
+    variants = [(v.name, v.matrix_values) for v in graph.recipe.variants]
+    cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
+                                     confidence=confidence, seed=graph.recipe.seed)
+    return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
+                 level_warnings(records, level_var))
+
+
+def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[str, Any], int | None, float]:
+    """Per built variant: its test truth and the predictions of each seed with distinct predictions."""
+    import numpy as np
+    import polars as pl
+
+    from synthforge.study_stats import Run
+
+    runs, n_test, confidence = {}, None, 0.95
+    for variant in graph.recipe.variants:
+        entry = cache.get(graph.keys[variant.name][train_step])
+        if entry is None:
+            continue
+        meta = entry.manifest.get("meta") or {}
+        labels = list(meta.get("labels") or [])
+        index = {label: i for i, label in enumerate(labels)}
+        frame = pl.read_parquet(entry.table_path("predictions"), columns=["seed", "id", "label", "prediction"])
+        per_seed = frame.partition_by("seed", maintain_order=True)
+        first = per_seed[0]
+        truth = np.array([index[v] for v in first["label"].to_list()], dtype=np.int64)
+        predictions, seen = [], set()
+        for part in per_seed:
+            pred = np.array([index[v] for v in part["prediction"].to_list()], dtype=np.int64)
+            if pred.tobytes() not in seen:  # identical seeds count once
+                seen.add(pred.tobytes())
+                predictions.append(pred)
+        runs[variant.name] = Run(tuple(first["id"].to_list()), truth, predictions)
+        n_test, confidence = meta.get("n_test", n_test), meta.get("confidence", confidence)
+    return runs, n_test, confidence
 
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,

@@ -134,14 +134,17 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
 @click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
 @click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
+@click.option("--correction", type=click.Choice(["holm", "bh"]), default="holm", show_default=True,
+              help="Multiple-comparison correction of the paired tests across cells (Holm or Benjamini-Hochberg).")
 @set_option
 @cache_option
 @user_errors
-def report_cmd(recipe, out, level_var, fraction_var, score, metric, sets, cache_dir):
-    """Table (parquet, CSV, markdown) and plots of every variant of RECIPE's matrix."""
+def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, sets, cache_dir):
+    """Table (parquet, CSV, markdown) and plots of every cell of RECIPE's matrix (replicates pooled)."""
     from synthforge import app
 
-    click.echo(app.report_text(app.open_graph(recipe, sets), _cache(cache_dir), out, level_var, fraction_var, score, metric))
+    click.echo(app.report_text(app.open_graph(recipe, sets), _cache(cache_dir), out, level_var, fraction_var, score, metric,
+                               correction))
 
 
 @main.command("diff")

@@ -6,7 +6,10 @@ Diversity (higher = more diverse unless noted):
   vendi                 exp(entropy of the eigenvalues of K/n), in [1, n]: the
                         "effective number" of distinct items (Friedman & Dieng 2023);
   dcscore               trace of the row-wise softmax of K / tau, in [1, n]
-                        (Zhu et al. 2025), tau = 1;
+                        (Zhu et al. 2025); tau = DCSCORE_TAU = 0.1 by default: at
+                        tau = 1 every row's softmax is nearly flat over n rows of
+                        cosine similarity in [-1, 1], so the score sits near 1-3
+                        whatever the set; at 0.1 it spreads over the range;
   mean_cosine_distance  mean over pairs i != j of 1 - cos(x_i, x_j);
   distinct_1/2          distinct unigrams/bigrams over all n-grams of the texts;
   cluster_entropy       entropy of the shares over k-means clusters / log k, in [0, 1];
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"  # 2: DCScore at tau 0.1
+DCSCORE_TAU = 0.1
 MMD_MAX_ROWS = 2000  # per side; the kernel matrices are (2 * MMD_MAX_ROWS)^2
 CLUSTER_ENTROPY_MAX_K = 50
 
@@ -52,7 +56,7 @@ def vendi(x: Any) -> float:
     return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
-def dcscore(x: Any, tau: float = 1.0, chunk: int | None = None) -> float:
+def dcscore(x: Any, tau: float = DCSCORE_TAU, chunk: int | None = None) -> float:
     """sum_i softmax(K_i / tau)_i, computed a block of rows at a time (never the n x n kernel)."""
     import numpy as np
 
@@ -186,11 +190,12 @@ def nn_real_similarity(x: Any, reference: Any) -> float:
 
 # -- all together --------------------------------------------------------------
 def diversity_metrics(
-    emb: Any, texts: list[str] | None = None, reference_emb: Any = None, seed: int = 0, pool_emb: Any = None
+    emb: Any, texts: list[str] | None = None, reference_emb: Any = None, seed: int = 0, pool_emb: Any = None,
+    tau: float = DCSCORE_TAU,
 ) -> dict[str, float]:
     """Every diversity metric (text ones when texts are given), plus shift when a reference is given.
 
-    `pool_emb`: the rows a selection was drawn from (the basis for cluster entropy).
+    `pool_emb`: the rows a selection was drawn from (the basis for cluster entropy); `tau`: DCScore's temperature.
     """
     x = _unit(emb)
     basis = pool_emb if pool_emb is not None else reference_emb
@@ -198,7 +203,7 @@ def diversity_metrics(
     if len(x):
         out.update(
             vendi=vendi(x),
-            dcscore=dcscore(x),
+            dcscore=dcscore(x, tau=tau),
             mean_cosine_distance=mean_cosine_distance(x),
             cluster_entropy=cluster_entropy(x, seed=seed, basis=basis),
         )

@@ -13,12 +13,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Meta keys shown in the compact view (terminal, markdown) when a step reports them.
-DIVERSITY_METRICS = ("vendi", "dcscore", "mmd", "mauve", "fid", "kl", "energy", "coverage", "self_bleu", "distinct_2", "shift")
+from synthforge.metric_registry import label as metric_label
+from synthforge.metric_registry import names as metric_names
+
+# Meta keys shown in the compact view (terminal, markdown) when a step reports them: the registry's
+# diversity, shift and fidelity metrics (`label_agreement.overall` for the last).
+DIVERSITY_METRICS = ("vendi", "dcscore")
+SHIFT_METRICS = metric_names("shift")
+COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, "overall")
+PAIRED_COLUMNS = ("delta_lo", "delta_hi", "p_mcnemar", "p_adj")
+
+
+@dataclass
+class Study:
+    """Cell statistics over replicates (see study_stats) and what the report heading states."""
+
+    recipe: str
+    cells: list[Any]  # study_stats.CellStats
+    method: str  # how the intervals were computed
+    score: str  # the metric the cells' intervals and deltas are about
+    train_step: str
+    n_test: int | None
+    correction: str = "holm"
+    confidence: float = 0.95
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -30,15 +52,17 @@ class _Sweep:
 
 
 # -- table -------------------------------------------------------------------
-def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci"):
+def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", study: Study | None = None):
     """The full table (polars): variant, vars, every step's scalar meta, scores with intervals.
 
     `interval` picks which of a score's intervals becomes `.lo`/`.hi`: `ci` (the train
     step's headline), `seed_ci` (t over seeds) or `bootstrap_ci` (over the test set).
+    With a `study`, one row per cell (replicates pooled): the score interval and the paired
+    columns `delta_<score>`, `delta_lo`, `delta_hi`, `p_mcnemar`, `p_adj` come from it.
     """
     import polars as pl
 
-    sweep = _collect(records, interval)
+    sweep = _collect(records, interval, study)
     columns = ["variant", *sweep.var_names, *sweep.metric_columns, *_score_columns(sweep)]
     data = {name: _column([row.get(name) for row in sweep.rows]) for name in columns}
     return pl.DataFrame(data, strict=False)
@@ -51,13 +75,32 @@ def format_table(
     interval: str = "ci",
     digits: int = 3,
     markdown: bool = False,
+    study: Study | None = None,
 ) -> str:
     """A compact view for the terminal: settings, diversity metrics and scores as `mean [lo, hi]`."""
     from synthforge.tables import render_markdown, render_table
 
-    sweep = _collect(records, interval)
+    sweep = _collect(records, interval, study)
     headers, body = _compact(sweep, diversity_metric, digits)
     return render_markdown(headers, body) if markdown else render_table(headers, body)
+
+
+def heading(study: Study, records: Sequence[dict[str, Any]]) -> str:
+    """What the sweep table is: recipe, test rows, replicates, interval method, paired tests, warnings."""
+    replicates = max((len(c.variants) for c in study.cells), default=1)
+    tested = sum(1 for c in study.cells if c.p_mcnemar is not None)
+    correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}.get(study.correction, study.correction)
+    lines = [
+        f"# {study.recipe}: {metric_label(study.score)} by cell",
+        "",
+        f"n_test = {study.n_test} held-out real rows; {replicates} replicate(s) per cell; "
+        f"{study.confidence:.0%} intervals: {study.method}.",
+        f"Δ = {metric_label(study.score)} minus the real-only baseline (synthetic fraction 0) of the same replicate "
+        f"on the same test rows; p_mcnemar: exact McNemar test on accuracy, pooled over replicates; "
+        f"p_adj: {correction}-adjusted over {tested} cells.",
+    ]
+    lines += [f"", *(f"> warning: {w}" for w in study.warnings)] if study.warnings else []
+    return "\n".join(lines) + "\n\n"
 
 
 def write_report(
@@ -71,6 +114,7 @@ def write_report(
     train_step: str | None = None,
     interval: str = "ci",
     dpi: int = 150,
+    study: Study | None = None,
 ) -> list[Path]:
     """Write sweep.parquet/.csv/.md and the plots the vars allow; return the paths written.
 
@@ -78,19 +122,28 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = build_table(records, interval=interval)
+    table = build_table(records, interval=interval, study=study)
     written = [out / "sweep.parquet", out / "sweep.csv", out / "sweep.md"]
     table.write_parquet(written[0])
     table.write_csv(written[1])
-    written[2].write_text(format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True))
-    sweep = _collect(records, interval)
-    plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out)
-    written += [path for path in (plots.score_vs_level(), plots.score_vs_fraction(), plots.diversity_vs_level()) if path]
+    top = heading(study, records) if study else ""
+    written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study))
+    sweep = _collect(records, interval, study)
+    caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None
+    plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption)
+    drawn = [plots.score_vs_level(), plots.score_vs_fraction(), plots.diversity_vs_level()]
+    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS)]
+    written += [path for path in drawn if path]
     return written
 
 
 # -- collecting ----------------------------------------------------------------
-def _collect(records: Sequence[dict[str, Any]], interval: str = "ci") -> _Sweep:
+def _collect(records: Sequence[dict[str, Any]], interval: str = "ci", study: Study | None = None) -> _Sweep:
+    sweep = _collect_variants(records, interval)
+    return _pool_cells(sweep, study) if study is not None else sweep
+
+
+def _collect_variants(records: Sequence[dict[str, Any]], interval: str) -> _Sweep:
     rows, var_names, train_steps, metric_columns = [], [], [], []
     for record in records:
         row: dict[str, Any] = {"variant": str(record.get("variant", ""))}
@@ -106,8 +159,51 @@ def _collect(records: Sequence[dict[str, Any]], interval: str = "ci") -> _Sweep:
                 for name, value in _flatten(meta, step):
                     _append_new(metric_columns, name)
                     row[name] = value
+        for step in _unused_selections(record):
+            for name in [n for n in row if n.startswith(f"{step}.")]:
+                row[name] = None  # real-only rows do not use the selection their mix step read
         rows.append(row)
     return _Sweep(rows, var_names, train_steps, metric_columns)
+
+
+def _unused_selections(record: dict[str, Any]) -> list[str]:
+    """Steps whose rows the variant's training set does not contain (a mix that took no synthetic rows)."""
+    steps = record.get("steps") or {}
+    metas = {step: (manifest or {}).get("meta") or {} for step, manifest in steps.items()}
+    if not any(meta.get("n_synthetic") == 0 for meta in metas.values()):
+        return []
+    return [step for step, meta in metas.items() if isinstance(meta.get("metrics"), dict)]
+
+
+def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
+    """One row per cell: numbers averaged over its replicates, scores and paired columns from the study."""
+    from synthforge.study_stats import REPLICATE_VAR
+
+    by_variant = {row["variant"]: row for row in sweep.rows}
+    var_names = [v for v in sweep.var_names if v != REPLICATE_VAR]
+    rows = []
+    for cell in study.cells:
+        members = [by_variant[v] for v in cell.variants if v in by_variant]
+        row: dict[str, Any] = {"variant": ",".join(f"{k}={v}" for k, v in cell.values.items()) or "default"}
+        row.update(cell.values)
+        for name in {n for m in members for n in m} - {"variant", *sweep.var_names}:
+            row[name] = _pooled([m.get(name) for m in members])
+        column = f"{study.train_step}.{study.score}"
+        row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
+        row[f"{study.train_step}.n_replicates"] = len(members)
+        row[f"delta_{study.score}"] = cell.delta.get("mean")
+        row["delta_lo"], row["delta_hi"] = cell.delta.get("lo"), cell.delta.get("hi")
+        row["p_mcnemar"], row["p_adj"] = cell.p_mcnemar, cell.p_adj
+        rows.append(row)
+    return _Sweep(rows, var_names, sweep.train_steps, sweep.metric_columns)
+
+
+def _pooled(values: list[Any]) -> Any:
+    """Mean of the numbers; a text value when every replicate agrees; else None."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return sum(present) / len(present)
+    return present[0] if present and all(v == present[0] for v in present) else None
 
 
 def _train_columns(step: str, meta: dict[str, Any], interval: str) -> dict[str, Any]:
@@ -120,7 +216,7 @@ def _train_columns(step: str, meta: dict[str, Any], interval: str) -> dict[str, 
         columns[f"{step}.{metric}.lo"] = ci[0]
         columns[f"{step}.{metric}.hi"] = ci[1]
         columns[f"{step}.{metric}.std"] = summary.get("std")
-    columns[f"{step}.n_seeds"] = len(meta.get("seeds") or [])
+    columns[f"{step}.n_seeds"] = meta.get("n_distinct_seeds", len(meta.get("seeds") or []))
     for name in ("method", "n_train", "n_test"):
         if name in meta:
             columns[f"{step}.{name}"] = meta[name]
@@ -131,7 +227,7 @@ def _score_columns(sweep: _Sweep) -> list[str]:
     names: list[str] = []
     for row in sweep.rows:
         for name in row:
-            if any(name.startswith(f"{step}.") for step in sweep.train_steps):
+            if any(name.startswith(f"{step}.") for step in sweep.train_steps) or name.startswith("delta_") or name in PAIRED_COLUMNS:
                 _append_new(names, name)
     return names
 
@@ -162,21 +258,35 @@ def _column(values: list[Any]) -> list[Any]:
 
 # -- compact view --------------------------------------------------------------
 def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[list[str], list[list[str]]]:
-    wanted = set(DIVERSITY_METRICS) | ({diversity_metric} if diversity_metric else set())
+    wanted = set(COMPACT_METRICS) | ({diversity_metric} if diversity_metric else set())
     shown_metrics = [c for c in sweep.metric_columns if c.rsplit(".", 1)[-1] in wanted or c == diversity_metric]
+    sizes = [f"{step}.{name}" for step in sweep.train_steps for name in ("n_train", "n_replicates")
+             if any(row.get(f"{step}.{name}") is not None for row in sweep.rows)]
     scores = [
         f"{step}.{metric}"
         for step in sweep.train_steps
         for metric in _metrics_of(sweep, step)
     ]
-    headers = ["variant", *sweep.var_names, *shown_metrics, *scores]
+    deltas = [n for n in (sweep.rows[0] if sweep.rows else {}) if n.startswith("delta_") and n not in PAIRED_COLUMNS]
+    headers = ["variant", *sweep.var_names, *(_header(c) for c in sizes + shown_metrics + scores)]
+    headers += [f"Δ {metric_label(d[len('delta_'):])}" for d in deltas] + (["p_mcnemar", "p_adj"] if deltas else [])
     body = []
     for row in sweep.rows:
         cells = [row["variant"], *(_fmt(row.get(v), digits) for v in sweep.var_names)]
-        cells += [_fmt(row.get(c), digits) for c in shown_metrics]
+        cells += [_fmt(row.get(c), 0 if c.endswith(("n_train", "n_replicates")) else digits) for c in sizes + shown_metrics]
         cells += [_fmt_interval(row.get(c), row.get(f"{c}.lo"), row.get(f"{c}.hi"), digits) for c in scores]
+        cells += [_fmt_interval(row.get(d), row.get("delta_lo"), row.get("delta_hi"), digits, signed=True) for d in deltas]
+        cells += [_fmt(row.get(p), digits) for p in (("p_mcnemar", "p_adj") if deltas else ())]
         body.append(cells)
     return headers, body
+
+
+def _header(column: str) -> str:
+    """`selected.metrics.vendi` -> `Vendi score`; `selected.label_agreement.overall` -> `label agreement`."""
+    if column.endswith("label_agreement.overall"):
+        return metric_label("label_agreement")
+    name = column.rsplit(".", 1)[-1]
+    return metric_label(name) if name not in ("n_replicates",) else "replicates"
 
 
 def _metrics_of(sweep: _Sweep, step: str) -> list[str]:
@@ -196,12 +306,13 @@ def _fmt(value: Any, digits: int) -> str:
     return str(value)
 
 
-def _fmt_interval(mean: Any, low: Any, high: Any, digits: int) -> str:
+def _fmt_interval(mean: Any, low: Any, high: Any, digits: int, signed: bool = False) -> str:
     if mean is None:
         return "-"
+    sign = "+" if signed else ""
     if low is None or high is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return f"{mean:{sign}.{digits}f}"
+    return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
 # -- plots -------------------------------------------------------------------
@@ -215,8 +326,9 @@ class _Point:
 
 
 class _Plots:
-    def __init__(self, sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out):
+    def __init__(self, sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption=None):
         self.sweep, self.level, self.fraction, self.dpi, self.out = sweep, level_var, fraction_var, dpi, out
+        self.caption = caption
         self.score_column = _pick_score(sweep, score, train_step)
         self.diversity_column = _pick_diversity(sweep, diversity_metric)
 
@@ -251,6 +363,21 @@ class _Plots:
         title = f"{_nice(self.diversity_column)} vs {self.level}"
         return self.draw(points, self.level, self.diversity_column, title, f"{_slug(_nice(self.diversity_column))}_vs_{_slug(self.level)}.png", baseline=False)
 
+    def score_vs_measured(self, metric: str) -> Path | None:
+        """Score against a measured diversity or shift metric of the selection (not the knob), one line per fraction."""
+        x_column = next((c for c in self.sweep.metric_columns if c.rsplit(".", 1)[-1] == metric), None)
+        if not (self.score_column and x_column):
+            return None
+        rows = [r for r in self.sweep.rows if not _is_baseline(r, self.fraction) and _number(r.get(x_column)) is not None]
+        points = [
+            _Point(float(r[x_column]), float(r[self.score_column]), _number(r.get(f"{self.score_column}.lo")),
+                   _number(r.get(f"{self.score_column}.hi")), ((self.fraction, r.get(self.fraction)),) if self.has_var(self.fraction) else ())
+            for r in rows if _number(r.get(self.score_column)) is not None
+        ]
+        title = f"{_nice(self.score_column)} vs measured {metric_label(metric)}"
+        return self.draw(points, metric_label(metric), self.score_column, title,
+                         f"{_slug(_nice(self.score_column))}_vs_{_slug(metric)}.png", baseline=True, numeric_x=True)
+
     def points(self, rows, x_var: str, column: str) -> list[_Point]:
         usable = [r for r in rows if r.get(x_var) is not None and _number(r.get(column)) is not None]
         # A line per combination of the other vars that vary among the plotted rows.
@@ -275,7 +402,8 @@ class _Plots:
         high = sum(highs) / len(highs) if None not in highs else None
         return mean, low, high
 
-    def draw(self, points: list[_Point], x_var: str, column: str, title: str, filename: str, baseline: bool) -> Path | None:
+    def draw(self, points: list[_Point], x_var: str, column: str, title: str, filename: str, baseline: bool,
+             numeric_x: bool = False) -> Path | None:
         if not points:
             return None
         import matplotlib
@@ -284,6 +412,8 @@ class _Plots:
         import matplotlib.pyplot as plt
 
         positions, ticks = _x_positions([p.x for p in points])
+        if numeric_x:  # measured values: every point where it lies, lines in x order
+            positions, ticks = {_hashable(p.x): float(p.x) for p in points}, None
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         groups: dict[tuple, list[_Point]] = {}
         for point in points:
@@ -297,13 +427,15 @@ class _Plots:
             _draw_baseline(ax, reference)
         if ticks:
             ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+        if self.caption:
+            fig.text(0.01, 0.01, self.caption, fontsize=7, color="dimgray")
         ax.set_xlabel(x_var.replace("_", " "))
         ax.set_ylabel(_nice(column).replace("_", " "))
         ax.set_title(title.replace("_", " "))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, frameon=False)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.04, 1, 1) if self.caption else None)
         path = self.out / filename
         fig.savefig(path, dpi=self.dpi)
         plt.close(fig)
@@ -339,7 +471,7 @@ def _line(members: list[_Point], positions: dict) -> tuple[list[float], list[flo
 
 def _draw_baseline(ax, reference: tuple[float, float | None, float | None]) -> None:
     mean, low, high = reference
-    ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label="real only (baseline)")
+    ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label="real only (baseline; band: its interval)")
     if low is not None and high is not None:
         ax.axhspan(low, high, color="grey", alpha=0.2, linewidth=0)
 
@@ -398,6 +530,34 @@ def _hashable(value: Any) -> Any:
 def _nice(column: str) -> str:
     """`train.macro_f1` -> `macro_f1`: the metric name without its step."""
     return column.rsplit(".", 1)[-1]
+
+
+def level_warnings(records: Sequence[dict[str, Any]], level_var: str, select_step: str | None = None) -> list[str]:
+    """Levels that pick identical rows, and measured Vendi that does not rise with the level (other vars fixed)."""
+    groups: dict[tuple, list[tuple[Any, dict[str, Any]]]] = {}
+    for record in records:
+        values = record.get("vars") or {}
+        if level_var not in values:
+            continue
+        for step, manifest in (record.get("steps") or {}).items():
+            meta = (manifest or {}).get("meta") or {}
+            if "selection_hash" in meta and (select_step in (None, step)):
+                fixed = tuple((k, _hashable(v)) for k, v in values.items() if k != level_var)
+                groups.setdefault((step, fixed), []).append((values[level_var], meta))
+    found = []
+    for (step, fixed), members in groups.items():
+        by_level = {}
+        for level, meta in members:
+            by_level.setdefault(_hashable(level), meta)
+        ordered = sorted(by_level.items(), key=lambda kv: (_number(kv[0]) is None, _number(kv[0]) or 0.0, str(kv[0])))
+        where = ", ".join(f"{k}={v}" for k, v in fixed) or "all variants"
+        for (level_a, a), (level_b, b) in zip(ordered, ordered[1:]):
+            if a["selection_hash"] == b["selection_hash"]:
+                found.append(f"{step}: {level_var} {level_a} and {level_b} select identical rows ({where})")
+            vendi_a, vendi_b = ((m.get("metrics") or {}).get("vendi") for m in (a, b))
+            if vendi_a is not None and vendi_b is not None and vendi_b <= vendi_a:
+                found.append(f"{step}: measured Vendi does not rise from {level_var} {level_a} to {level_b} ({vendi_a:.2f} -> {vendi_b:.2f}; {where})")
+    return list(dict.fromkeys(found))
 
 
 def _slug(text: str) -> str:

@@ -48,8 +48,8 @@ def entry_stats(
     cached = _read(path)
     if cached is not None and not force and all(cached.get(k) == v for k, v in wanted.items()):
         return cached
-    emb, texts = _embeddings_and_texts(entry, model, device)
-    ref_emb = _embeddings_and_texts(reference, model, device)[0] if reference is not None else None
+    emb, texts, labels = _embeddings_and_texts(entry, model, device)
+    ref_emb, _, ref_labels = _embeddings_and_texts(reference, model, device) if reference is not None else (None, None, None)
     if ref_emb is not None and len(ref_emb) and len(emb) and ref_emb.shape[1] != emb.shape[1]:
         raise UserError(
             f"embedding sizes differ: {emb.shape[1]} vs reference {ref_emb.shape[1]}",
@@ -61,6 +61,7 @@ def entry_stats(
         "table": entry.table,
         "reference": reference.key if reference is not None else None,
         "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed),
+        "label_agreement": _agreement(emb, labels, ref_emb, ref_labels, seed),
     }
     atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True))
     return stats
@@ -77,47 +78,60 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", list[str] | None]:
+def _agreement(emb, labels, ref_emb, ref_labels, seed: int) -> dict[str, Any] | None:
+    """Label agreement of the rows with a probe trained on the reference (both need labels)."""
+    if ref_emb is None or labels is None or ref_labels is None:
+        return None
+    from synthforge.fidelity import label_agreement
+
+    found = label_agreement(emb, labels, ref_emb, ref_labels, seed)
+    return found.summary(labels) if found is not None else None
+
+
+def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", list[str] | None, list[str] | None]:
     import polars as pl
 
     from synthforge.steps.embed import embeddings_of
 
     frame = table.frame()
     texts = frame["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in frame.columns else None
+    labels = frame["label"].cast(pl.Utf8).to_list() if "label" in frame.columns else None
     if EMBEDDING_COLUMN in frame.columns:
-        return embeddings_of(frame), texts
+        return embeddings_of(frame), texts, labels
     if texts is None:
         raise UserError(f"{table} has neither an '{EMBEDDING_COLUMN}' nor a 'text' column")
     from synthforge.backends.embedder import get_embedder
 
-    return get_embedder(model, device).embed(texts), texts
+    return get_embedder(model, device).embed(texts), texts, labels
 
 
 # -- display -------------------------------------------------------------------
-_LABELS = {
-    "rows": ("rows", "rows in the table"),
-    "vendi": ("Vendi score", "effective number of distinct rows (higher = more diverse)"),
-    "dcscore": ("DCScore", "softmax-kernel diversity (higher = more diverse)"),
-    "mean_cosine_distance": ("mean cosine distance", "average over pairs"),
-    "cluster_entropy": ("cluster entropy", "k-means shares, 0..1"),
-    "distinct_1": ("distinct-1", "unique unigrams / unigrams"),
-    "distinct_2": ("distinct-2", "unique bigrams / bigrams"),
-    "mmd_rbf": ("MMD^2 (RBF)", "vs reference (lower = closer)"),
-    "frechet": ("Frechet distance", "vs reference (lower = closer)"),
-    "nn_real_similarity": ("nearest-real similarity", "vs reference (higher = closer)"),
-}
-
-
 def format_stats(stats: dict[str, Any]) -> str:
     """A plain-text table of the metrics in `stats` (as returned by `entry_stats`)."""
     from synthforge.tables import render_table
 
+    from synthforge.metric_registry import METRICS
+
     metrics = stats.get("metrics", stats)
-    order = list(_LABELS)
+    order = list(METRICS)
     metrics = dict(sorted(metrics.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    rows = [(_LABELS.get(k, (k, ""))[0], _format_value(v), _LABELS.get(k, (k, ""))[1]) for k, v in metrics.items()]
+    rows = [(_label_and_meaning(k)[0], _format_value(v), _label_and_meaning(k)[1]) for k, v in metrics.items()]
+    agreement = stats.get("label_agreement")
+    if agreement:
+        rows += [(f"label agreement: {name}", _format_value(rate), "probe trained on the reference agrees")
+                 for name, rate in {"all": agreement["overall"], **agreement["per_label"]}.items()]
     table = render_table(("metric", "value", "meaning"), rows, align_right=(1,))
     return table + (f"\nreference: {stats['reference']}" if stats.get("reference") else "")
+
+
+def _label_and_meaning(name: str) -> tuple[str, str]:
+    from synthforge.metric_registry import info
+
+    found = info(name)
+    if found is None:
+        return name, ""
+    direction = f" ({found.better} = {'more diverse' if found.group == 'diversity' else 'closer' if found.group == 'shift' else 'better'})" if found.better else ""
+    return found.label, found.meaning + direction
 
 
 def _format_value(value: Any) -> str:

@@ -119,3 +119,29 @@ def test_raising_synthetic_fraction_shows_in_diff_with_a_score_gate(cli, study, 
     assert data["gates"][0]["tripped"]
     scores = next(s for s in data["steps"] if s["step"] == "scores")
     assert scores["outputs"]["rows_a"] == scores["outputs"]["rows_b"] == 3  # one row per seed
+
+
+@pytest.mark.integration
+def test_replicated_study_reports_cells_with_paired_tests(cli, study, tmp_path):
+    study.write_text(study.read_text().replace("seed: 3\n", "seed: 3\nreplicates: 2\n"))
+    built = cli("build", study, "--no-progress")
+    assert built.exit_code == 0, built.output
+    steps = [n["step"] for n in json.loads(study.with_suffix(".lock").read_text())["nodes"].values()]
+    # load ignores the seed (shared); the test rows are the same, but test_emb keys on its replicate's split entry
+    assert steps.count("rows") == 1 and steps.count("generated") == 2 and steps.count("test_emb") == 2
+
+    report = cli("report", study, "--out", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    table = pl.read_csv(tmp_path / "report" / "sweep.csv")
+    assert table.height == 4 and "replicate" not in table.columns
+    assert {"delta_macro_f1", "delta_lo", "delta_hi", "p_mcnemar", "p_adj", "scores.n_replicates"} <= set(table.columns)
+    baseline = table.filter(pl.col("synthetic_fraction") == 0.0)
+    mixed = table.filter(pl.col("synthetic_fraction") == 0.5)
+    assert baseline["delta_macro_f1"].is_null().all() and baseline["selected.metrics.vendi"].is_null().all()
+    assert mixed["p_adj"].is_not_null().all() and (mixed["p_adj"] >= mixed["p_mcnemar"]).all()
+    assert (mixed["delta_lo"] <= mixed["delta_macro_f1"]).all() and (mixed["delta_macro_f1"] <= mixed["delta_hi"]).all()
+    assert set(table["scores.n_replicates"].to_list()) == {2}
+    markdown = (tmp_path / "report" / "sweep.md").read_text()
+    assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "t over replicates" in markdown
+    assert "Holm-adjusted over 2 cells" in markdown
+    assert (tmp_path / "report" / "macro_f1_vs_vendi.png").is_file()

@@ -99,7 +99,8 @@ def test_format_table_shows_scores_with_intervals(records):
     text = format_table(records)
     lines = text.splitlines()
     assert len(lines) == len(records) + 2
-    assert "train.macro_f1" in lines[0] and "select.vendi" in lines[0] and "diversity" in lines[0]
+    # columns are labelled through the metric registry
+    assert "macro-F1" in lines[0] and "Vendi score" in lines[0] and "diversity" in lines[0] and "n_train" in lines[0]
     assert "0.625 [0.605, 0.645]" in lines[2]
     assert "div=low,frac=0.0" in text
 

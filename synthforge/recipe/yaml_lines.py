@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -22,11 +23,12 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int
         if mark is not None and mark.line >= len(text.splitlines()):  # failed at end of file: point where it began
             mark = exc.context_mark or mark
         problem = exc.problem or exc.context or "invalid YAML"
+        line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
         raise UserError(
             f"YAML syntax error: {problem}",
             file=filename,
             line=mark.line + 1 if mark else None,
-            hint="check indentation, colons and quotes on this line or the one above",
+            hint=_flow_placeholder_hint(line) or "check indentation, colons and quotes on this line or the one above",
         ) from None
     except yaml.YAMLError as exc:
         raise UserError(f"YAML error: {exc}", file=filename) from None
@@ -36,6 +38,13 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, dict[Path_, int
     if node is not None:
         _record_lines(node, (), lines, filename)
     return data, lines
+
+
+def _flow_placeholder_hint(line: str) -> str | None:
+    """`{fraction: ${r}}`: inside [..] or {..} YAML reads `{` as a mapping; a quoted placeholder keeps its type."""
+    if re.search(r"[\[{].*\$\{", line):
+        return 'quote placeholders inside [..] or {..}, e.g. {fraction: "${r}"} (a quoted "${r}" keeps the value\'s type)'
+    return None
 
 
 def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], filename: str) -> None:

@@ -34,6 +34,7 @@ class SelectParams(StepParams):
         description="[low, high] quantiles (0..1) of the pool's nearest-reference similarity: select only among rows "
         "inside the band, so every diversity level has about the same shift to the reference (needs reference)",
     )
+    dcscore_tau: float = Field(0.1, gt=0.0, description="DCScore's softmax temperature for the reported metrics")
     label_filter: bool = Field(
         False,
         description="drop rows whose label a linear probe trained on the reference rows disagrees with "
@@ -90,7 +91,9 @@ class SelectStep(Step):
         texts = chosen["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in chosen.columns else None
         meta["rows_out"] = len(rows)
         meta["selection_hash"] = key_of(sorted(chosen["id"].cast(pl.Utf8).to_list())) if "id" in chosen.columns else None
-        meta["metrics"] = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb)
+        meta["metrics"] = diversity_metrics(
+            emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb, tau=params.dcscore_tau
+        )
         if ref_emb is not None:
             meta["reference"] = reference.key
         rejected = pl.concat(rejects) if rejects else frame.head(0).with_columns(pl.lit(None, pl.Utf8).alias("reason"))

@@ -5,6 +5,8 @@ embeddings (the `embedding` column when train and test both have one, else the
 text embedded with `model`). `method: finetune` fine-tunes `model` end to end.
 Both run once per seed and report accuracy and macro-F1 with a t-interval over
 seeds and a bootstrap interval over the test set (see `training/scoring.py`).
+Seeds whose predictions are identical (a linear probe is deterministic) count
+once: `n_distinct_seeds` says how many differ, and only those enter the intervals.
 
 Main table: one row per seed. Side table `predictions`: one row per (seed, test row).
 """
@@ -62,7 +64,7 @@ class TrainParams(StepParams):
 
 class TrainStep(Step):
     kind = "train"
-    version = "1"
+    version = "2"  # 2: seeds with identical predictions count once
     Params = TrainParams
     runtime_fields = frozenset({"batch_size", "device"})
     tables = ("predictions",)
@@ -90,15 +92,22 @@ class TrainStep(Step):
         seeds = resolve_seeds(params, ctx.seed)
         runner = _run_linear_probe if params.method == "linear-probe" else _run_finetune
         runs = runner(ctx, params, frames, targets, labels, seeds)
+        distinct = distinct_runs(runs)
+        if len(distinct) < len(runs):
+            ctx.log(f"train: {len(runs)} seeds gave {len(distinct)} distinct prediction set(s); each counts once")
         summary = summarize(
-            targets["test"], [r["pred"] for r in runs], labels, resamples=params.bootstrap, confidence=params.confidence, seed=ctx.seed
+            targets["test"], [r["pred"] for r in distinct], labels, resamples=params.bootstrap, confidence=params.confidence, seed=ctx.seed
         )
-        per_seed = [{"seed": r["seed"], **score, **r["info"]} for r, score in zip(runs, summary.pop("per_seed_scores"))]
+        scores_by_seed = dict(zip((r["seed"] for r in distinct), summary.pop("per_seed_scores")))
+        per_seed = [
+            {"seed": r["seed"], **scores_by_seed.get(r["seed"], scores_by_seed[_twin(r, distinct)]), **r["info"]} for r in runs
+        ]
         meta = {
             "method": params.method,
             "model": params.model or "all-MiniLM-L6-v2 (packaged)",
             "labels": labels,
             "seeds": seeds,
+            "n_distinct_seeds": len(distinct),
             "n_train": frames["train"].height,
             "n_test": frames["test"].height,
             "n_validation": frames["validation"].height if frames["validation"] is not None else 0,
@@ -110,6 +119,22 @@ class TrainStep(Step):
         ctx.log(f"train: accuracy {acc['mean']:.4f} ({acc['ci_method']} ci {acc['ci']}), macro-F1 {meta['scores']['macro_f1']['mean']:.4f}")
         predictions = pl.concat([_predictions(frames["test"], r, labels) for r in runs])
         return StepResult(data=_seed_table(per_seed), tables={"predictions": predictions}, meta=_jsonable(meta))
+
+
+def distinct_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first run of each set of identical predictions: seeds that change nothing are not replication."""
+    seen: set[bytes] = set()
+    kept = []
+    for run in runs:
+        fingerprint = run["pred"].tobytes()
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            kept.append(run)
+    return kept
+
+
+def _twin(run: dict[str, Any], distinct: list[dict[str, Any]]) -> int:
+    return next(d["seed"] for d in distinct if d["pred"].tobytes() == run["pred"].tobytes())
 
 
 # -- inputs ------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Every metric synthforge reports, once: its name, display label, meaning and which direction is better.
+
+`stats`, `report` and `diff` read this table, so a metric a step produces shows up
+under the same label everywhere, and a report's columns say what they measure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str  # the key in a step's meta (the last part of a flattened column)
+    label: str
+    meaning: str
+    better: Literal["higher", "lower"] | None  # None: neither (a count, a setting)
+    group: Literal["diversity", "shift", "fidelity", "score", "size"]
+
+
+_ALL = (
+    MetricInfo("rows", "rows", "rows in the table", None, "size"),
+    MetricInfo("vendi", "Vendi score", "effective number of distinct rows (cosine kernel)", "higher", "diversity"),
+    MetricInfo("dcscore", "DCScore", "softmax-kernel diversity at temperature tau, in [1, n]", "higher", "diversity"),
+    MetricInfo("mean_cosine_distance", "mean cosine distance", "average over pairs", "higher", "diversity"),
+    MetricInfo("cluster_entropy", "cluster entropy", "k-means shares, 0..1", "higher", "diversity"),
+    MetricInfo("distinct_1", "distinct-1", "unique unigrams / unigrams", "higher", "diversity"),
+    MetricInfo("distinct_2", "distinct-2", "unique bigrams / bigrams", "higher", "diversity"),
+    MetricInfo("nn_real_similarity", "nearest-real similarity", "mean cosine to the nearest reference row", "higher", "shift"),
+    MetricInfo("mmd_rbf", "MMD^2 (RBF)", "squared MMD to the reference", "lower", "shift"),
+    MetricInfo("frechet", "Frechet distance", "between Gaussians fitted to rows and reference", "lower", "shift"),
+    MetricInfo("label_agreement", "label agreement", "share of rows whose label a probe trained on real rows agrees with", "higher", "fidelity"),
+    MetricInfo("accuracy", "accuracy", "share of test rows classified correctly", "higher", "score"),
+    MetricInfo("macro_f1", "macro-F1", "F1 averaged over labels", "higher", "score"),
+    MetricInfo("n_train", "n_train", "training rows", None, "size"),
+    MetricInfo("n_test", "n_test", "test rows", None, "size"),
+)
+
+METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
+
+
+def info(name: str) -> MetricInfo | None:
+    """The entry for a metric name or a flattened column ending in it (`selected.metrics.vendi`)."""
+    return METRICS.get(name) or METRICS.get(name.rsplit(".", 1)[-1])
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    return tuple(m.name for m in _ALL if m.group in groups)
+
+
+def label(name: str) -> str:
+    found = info(name)
+    return found.label if found else name
+
+
+def verdict(name: str, delta: float) -> str | None:
+    """'better' / 'worse' for a change of a metric with a direction, else None."""
+    found = info(name)
+    if found is None or found.better is None or delta == 0:
+        return None
+    return "better" if (delta > 0) == (found.better == "higher") else "worse"
