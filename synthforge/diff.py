@@ -328,7 +328,15 @@ def _fmt_metric(name: str, m: dict[str, Any]) -> str:
         return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
 
     rel = f", {m['relative'] * 100:+.1f}%" if m["relative"] is not None else ""
-    return f"{name}: {one(m['a'], m['a_ci'])} -> {one(m['b'], m['b_ci'])} ({m['delta']:+.4g}{rel})"
+    return f"{name}: {one(m['a'], m['a_ci'])} -> {one(m['b'], m['b_ci'])} ({m['delta']:+.4g}{rel}{_verdict(name, m)})"
+
+
+def _verdict(name: str, m: dict[str, Any]) -> str:
+    """', better' / ', worse' from the metric registry's direction (nothing for metrics without one)."""
+    from synthforge.metric_registry import verdict
+
+    found = verdict(name, m["delta"])
+    return f", {found}" if found else ""
 
 
 def _fmt_rows(o: dict[str, Any]) -> str:
@@ -390,7 +398,7 @@ def _markdown_metric_row(name: str, m: dict[str, Any]) -> list[str]:
     rel = f" ({m['relative'] * 100:+.1f}%)" if m["relative"] is not None else ""
     ci_a = f" [{m['a_ci'][0]:.3g}, {m['a_ci'][1]:.3g}]" if m["a_ci"] else ""
     ci_b = f" [{m['b_ci'][0]:.3g}, {m['b_ci'][1]:.3g}]" if m["b_ci"] else ""
-    return [name, f"{m['a']:.4g}{ci_a}", f"{m['b']:.4g}{ci_b}", f"{m['delta']:+.4g}{rel}"]
+    return [name, f"{m['a']:.4g}{ci_a}", f"{m['b']:.4g}{ci_b}", f"{m['delta']:+.4g}{rel}{_verdict(name, m)}"]
 
 
 def render_markdown(diff: Diff) -> str:

@@ -313,3 +313,28 @@ def test_select_step_without_embeddings_says_what_to_do(tmp_path):
     (path / "manifest.json").write_text(json.dumps({"key": "raw"}))
     with pytest.raises(UserError, match="embed"):
         run_select(tmp_path, SelectParams(input="e", n=1, method="random"), {"input": InputTable(path)})
+
+
+def test_select_step_shift_band_and_label_filter_reject_rows_with_reasons(tmp_path):
+    from synthforge.steps.select import LABEL_REASON, SHIFT_REASON
+
+    rng = np.random.default_rng(0)
+    centers = np.eye(16)[:2] * 3
+    real = np.concatenate([centers[0] + rng.normal(0, 0.5, (40, 16)), centers[1] + rng.normal(0, 0.5, (40, 16))])
+    reference = write_entry(tmp_path, "real", real.astype(np.float32), ["pos"] * 40 + ["neg"] * 40)
+    synth = np.concatenate([centers[0] + rng.normal(0, 0.8, (60, 16)), centers[1] + rng.normal(0, 0.8, (60, 16))])
+    labels = ["pos"] * 50 + ["neg"] * 10 + ["neg"] * 60  # ten positive-looking rows claim to be negative
+    table = write_entry(tmp_path, "syn", synth.astype(np.float32), labels)
+    params = SelectParams(input="e", n=20, diversity=0.5, reference="r", label_filter=True, shift_band=(0.2, 0.8))
+    result = run_select(tmp_path, params, {"input": table, "reference": reference})
+    rejects = result.tables["rejects"]
+    reasons = Counter(rejects["reason"].to_list())
+    assert reasons[LABEL_REASON] >= 8 and reasons[SHIFT_REASON] > 0
+    assert not set(rejects["id"].to_list()) & set(result.data["id"].to_list())
+    assert result.meta["label_agreement"]["overall"] < 0.95 and result.meta["shift_band"]["rows"] + rejects.height == 120
+    low, high = result.meta["shift_band"]["similarity"]
+    assert low < high
+    with pytest.raises(UserError, match="needs a `reference`"):
+        SelectParams(input="e", n=5, diversity=0.5, shift_band=(0.2, 0.8))
+    with pytest.raises(UserError, match="quantiles"):
+        SelectParams(input="e", n=5, diversity=0.5, reference="r", shift_band=(0.8, 0.2))
