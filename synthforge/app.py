@@ -227,7 +227,7 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric, study=study)
     table = format_table(records, diversity_metric=metric, study=study)
-    top = heading(study, records) if study else ""
+    top = heading(study) if study else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
 
 

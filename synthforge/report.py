@@ -85,7 +85,7 @@ def format_table(
     return render_markdown(headers, body) if markdown else render_table(headers, body)
 
 
-def heading(study: Study, records: Sequence[dict[str, Any]]) -> str:
+def heading(study: Study) -> str:
     """What the sweep table is: recipe, test rows, replicates, interval method, paired tests, warnings."""
     replicates = max((len(c.variants) for c in study.cells), default=1)
     tested = sum(1 for c in study.cells if c.p_mcnemar is not None)
@@ -126,7 +126,7 @@ def write_report(
     written = [out / "sweep.parquet", out / "sweep.csv", out / "sweep.md"]
     table.write_parquet(written[0])
     table.write_csv(written[1])
-    top = heading(study, records) if study else ""
+    top = heading(study) if study else ""
     written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study))
     sweep = _collect(records, interval, study)
     caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None

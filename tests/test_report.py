@@ -111,3 +111,16 @@ def test_interval_choice_sets_the_bounds(records):
     table = build_table(records, interval="bootstrap_ci")
     assert table["train.macro_f1.lo"].to_list() == [0.1] * len(records)
     assert "[0.100, 0.900]" in format_table(records, interval="bootstrap_ci")
+
+
+def test_level_warnings_name_coinciding_levels_and_falling_vendi():
+    from synthforge.report import level_warnings
+
+    def rec(level, selection, vendi):
+        meta = {"selection_hash": selection, "metrics": {"vendi": vendi}}
+        return {"variant": f"d={level}", "vars": {"diversity": level, "synthetic_fraction": 0.5}, "steps": {"sel": {"meta": meta}}}
+
+    warnings = level_warnings([rec(0.0, "a", 2.0), rec(0.25, "a", 2.0), rec(0.5, "b", 3.0), rec(1.0, "c", 2.5)], "diversity")
+    assert any("0.0 and 0.25 select identical rows" in w for w in warnings)
+    assert any("does not rise from diversity 0.5 to 1.0" in w for w in warnings)
+    assert level_warnings([rec(0.0, "a", 2.0), rec(0.5, "b", 3.0)], "diversity") == []
