@@ -77,3 +77,14 @@ def test_bad_seeds_and_replicate_vars_are_one_line_errors(write_recipe, data_csv
     with pytest.raises(UserError) as info:
         load_recipe(write_recipe(text))
     assert message in str(info.value) and "recipe.yaml" in str(info.value)
+
+
+def test_shipped_studies_resolve_with_replicates_and_quoted_flow_placeholders():
+    root = Path(__file__).parent.parent / "recipes"
+    para = load_recipe(root / "paraphrase_study.yaml")
+    assert {v.variables["replicate"] for v in para.variants} == {0, 1}
+    fractions = {v.steps["generated"].params.paraphrase.fraction for v in para.variants}
+    assert fractions == {0.0, 0.5}  # "${r}" inside {..} keeps the float
+    diversity = load_recipe(root / "diversity_study.yaml")
+    assert {v.variables["replicate"] for v in diversity.variants} == {0, 1, 2}
+    assert {v.steps["mixed"].params.total for v in diversity.variants} == {64}
