@@ -188,6 +188,8 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         row.update(cell.values)
         for name in {n for m in members for n in m} - {"variant", *sweep.var_names}:
             row[name] = _pooled([m.get(name) for m in members])
+        for name in [n for n in row if n.startswith(f"{study.train_step}.") and n.endswith((".lo", ".hi"))]:
+            row[name] = None  # averaged per-replicate intervals are no interval: only the study's score has one
         column = f"{study.train_step}.{study.score}"
         row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
         row[f"{study.train_step}.n_replicates"] = len(members)
@@ -260,6 +262,8 @@ def _column(values: list[Any]) -> list[Any]:
 def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[list[str], list[list[str]]]:
     wanted = set(COMPACT_METRICS) | ({diversity_metric} if diversity_metric else set())
     shown_metrics = [c for c in sweep.metric_columns if c.rsplit(".", 1)[-1] in wanted or c == diversity_metric]
+    order = list(COMPACT_METRICS)
+    shown_metrics.sort(key=lambda c: order.index(c.rsplit(".", 1)[-1]) if c.rsplit(".", 1)[-1] in order else len(order))
     sizes = [f"{step}.{name}" for step in sweep.train_steps for name in ("n_train", "n_replicates")
              if any(row.get(f"{step}.{name}") is not None for row in sweep.rows)]
     scores = [
