@@ -64,7 +64,8 @@ def test_finetune_learns_and_reports_seed_intervals(tmp_path, tiny_bert):
     result, ctx = finetune(tmp_path, tiny_bert)
     accuracy = result.meta["scores"]["accuracy"]
     assert accuracy["mean"] >= 0.8
-    assert len(accuracy["values"]) == 2
+    # both seeds ran; seeds with identical predictions (likely on this easy task) are scored once
+    assert len(result.meta["per_seed"]) == 2 and len(accuracy["values"]) == result.meta["n_distinct_seeds"] in (1, 2)
     if accuracy["seed_ci"] is not None:
         assert accuracy["seed_ci"][0] <= accuracy["mean"] <= accuracy["seed_ci"][1]
     assert accuracy["bootstrap_ci"][0] <= accuracy["mean"] <= accuracy["bootstrap_ci"][1]
