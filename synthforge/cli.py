@@ -120,7 +120,7 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
 @click.option("--device", default="auto", show_default=True)
 @step_output_options
 def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
-    """Diversity metrics of STEP's output (and its distance to --reference); cached in the entry."""
+    """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
     from synthforge import app
 
     graph = app.open_graph(recipe, sets)

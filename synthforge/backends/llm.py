@@ -78,6 +78,19 @@ class OpenAIBackendConfig(StepParams):
 BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]
 
 
+def backend_identity(config: TransformersBackendConfig | OpenAIBackendConfig) -> dict[str, Any]:
+    """What decides a backend's outputs, without loading it: enters the generate step's key.
+
+    The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type."""
+    if config.type == "transformers":
+        from synthforge.backends.transformers_llm import model_identity
+
+        return {"type": config.type, **model_identity(config.model, config.gguf_file)}
+    from synthforge.backends.openai_llm import endpoint_identity
+
+    return {"type": config.type, **endpoint_identity(config.base_url, config.model)}
+
+
 def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str | None = None,
                  batch_size: int | None = None, concurrency: int | None = None, log: Callable[[str], None] = print) -> LLMBackend:
     """Build the backend a recipe asked for; explicit runtime overrides win over the recipe's."""

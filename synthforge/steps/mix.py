@@ -144,8 +144,7 @@ def _load_pool(table: Any, role: str) -> "pl.DataFrame | None":
     missing = {"id", "label"} - set(frame.columns)
     if missing:
         raise UserError(f"input '{role}' lacks column(s) {sorted(missing)}", field=role)
-    step_name = table.manifest.get("step") or role
-    origin = f"{step_name}@{str(table.manifest.get('key', ''))[:12]}"
+    origin = f"{table.step}@{table.key[:12]}"
     if "source" not in frame.columns:
         frame = frame.with_columns(pl.lit(role).alias("source"))
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,11 @@ class SelectStep(Step):
     kind = "select"
     version = "1"
     Params = SelectParams
+
+    def identity(self, params: SelectParams) -> dict[str, Any]:
+        from synthforge.metrics import METRICS_VERSION
+
+        return {"metrics version": METRICS_VERSION}  # the metrics in meta come from that code
 
     def run(self, ctx: StepContext) -> StepResult:
         import polars as pl
