@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_serializer
 
 from synthforge.errors import UserError
 from synthforge.steps.base import StepParams
@@ -73,6 +73,13 @@ class OpenAIBackendConfig(StepParams):
     timeout_s: float = Field(default=60.0, gt=0, exclude=True)
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
+
+    @field_serializer("base_url")
+    def _without_credentials(self, url: str) -> str:
+        """Dumps feed keys and lockfiles: never a user:password@ or a secret query parameter."""
+        from synthforge.keys import credential_free_url
+
+        return credential_free_url(url)
 
 
 BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]

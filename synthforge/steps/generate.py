@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
@@ -50,6 +50,12 @@ class ParaphraseConfig(StepParams):
 
 
 class GenerateParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"n": 100, "labels": ["positive", "negative"], "template": "Write a {{ label }} review about {{ topic }}.",
+         "variables": {"topic": ["food", "travel"]}, "paraphrase": {"fraction": 0.25}},
+        {"n": 100, "labels": {"positive": "a happy review"}, "template": "Write a {{ label }} review.",
+         "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
+
     n: int = Field(ge=0)
     labels: list[str] | dict[str, str]  # a list, or label -> description used in the prompt
     template: str  # jinja2 (sandboxed)
