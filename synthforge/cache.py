@@ -347,6 +347,9 @@ class Entry:
 
 
 class Cache:
+    read_manifest = staticmethod(read_manifest)  # for pulling entries from elsewhere: check, then `install`
+    verify_folder = staticmethod(verify_folder)
+
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 

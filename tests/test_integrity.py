@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from synthforge.cache import Cache, Manifest, read_manifest
+from synthforge.cache import Cache, DamagedEntry, Manifest, read_manifest
 from tests.conftest import BASIC
 from tests.fake_openai_server import FakeOpenAIServer
 
@@ -157,7 +157,8 @@ def test_install_verifies_before_renaming(tmp_path):
     bad = cache.staging_dir(key)
     shutil.copytree(good, bad, dirs_exist_ok=True)
     (bad / "data.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(Exception, match="content hash mismatch"):
+    assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
+    with pytest.raises(DamagedEntry, match="content hash mismatch"):
         cache.install(key, bad)
     assert cache.get(key) is None
     assert cache.install(key, good) and cache.problems(key) == []
