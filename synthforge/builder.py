@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import time
@@ -202,6 +203,20 @@ class BuildReport:
     built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
 
 
+def _holding_leases(build_fn):
+    """Sweep dead writers' tmp folders, then hold a lease on every key of the graph while building:
+    `cache gc` leaves alone what the build writes and reads."""
+
+    @functools.wraps(build_fn)
+    def leased(graph: Graph, cache: Cache, **kwargs: Any) -> BuildReport:
+        cache.sweep_tmp()
+        with cache.lease(graph.nodes):
+            return build_fn(graph, cache, **kwargs)
+
+    return leased
+
+
+@_holding_leases
 def build(
     graph: Graph,
     cache: Cache,
@@ -212,28 +227,26 @@ def build(
     log: Callable[[str], None] = print,
     write_lockfile: bool = True,
 ) -> BuildReport:
-    cache.sweep_tmp()
-    with cache.lease(graph.nodes):  # `cache gc` leaves alone what this build writes and reads
-        items = plan(graph, cache, only, force)
-        report = BuildReport(items)
-        to_run = [item for item in items if item.action == "run"]
-        for index, item in enumerate(to_run, 1):
-            node = item.node
-            where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
-            log(f"▶ {where}: {'; '.join(item.reasons)}")
-            start = time.perf_counter()
-            outcome = run_node(graph, node, cache, runtime, log, force=node.step in force)
-            report.seconds[node.key] = time.perf_counter() - start
-            if not outcome.built:
-                report.built_elsewhere.add(node.key)
-            done = "rows" if outcome.built else "rows, built by another process"
-            log(f"✓ {where}: {outcome.manifest.rows} {done} in {report.seconds[node.key]:.1f}s")
-        for item in items:
-            entry = cache.get(item.node.key)
-            if entry is not None:
-                report.rows[item.node.key] = entry.manifest.rows
-        if write_lockfile:
-            write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
+    items = plan(graph, cache, only, force)
+    report = BuildReport(items)
+    to_run = [item for item in items if item.action == "run"]
+    for index, item in enumerate(to_run, 1):
+        node = item.node
+        where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
+        log(f"▶ {where}: {'; '.join(item.reasons)}")
+        start = time.perf_counter()
+        outcome = run_node(graph, node, cache, runtime, log, force=node.step in force)
+        report.seconds[node.key] = time.perf_counter() - start
+        if not outcome.built:
+            report.built_elsewhere.add(node.key)
+        done = "rows" if outcome.built else "rows, built by another process"
+        log(f"✓ {where}: {outcome.manifest.rows} {done} in {report.seconds[node.key]:.1f}s")
+    for item in items:
+        entry = cache.get(item.node.key)
+        if entry is not None:
+            report.rows[item.node.key] = entry.manifest.rows
+    if write_lockfile:
+        write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
 
 

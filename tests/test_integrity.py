@@ -262,12 +262,18 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(write_recipe, data_csv
 
 def test_a_build_that_waited_for_another_reports_cached(write_recipe, data_csv, cache_dir, tmp_path):
     recipe = write_recipe(SLOW)
-    first = _build(recipe, cache_dir, SF_TEST_SLEEP="2")
+    release = tmp_path / "release"
+    first = _build(recipe, cache_dir, SF_TEST_RELEASE=str(release))
     while not (cache_dir / "tmp").exists() or not list((cache_dir / "tmp").glob("*/started")):
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
     second = _build(recipe, cache_dir)
-    out, err = second.communicate(timeout=120)
+    for line in second.stderr:  # the second plans to run `slow`, then waits for the first's lock
+        if line.startswith("▶") and " slow " in line:
+            break
+    release.touch()
+    out, rest = second.communicate(timeout=120)
+    err = line + rest
     first.communicate(timeout=120)
     assert second.returncode == 0, err
     slow_row = next(line for line in out.splitlines() if line.startswith("slow"))
