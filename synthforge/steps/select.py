@@ -18,7 +18,8 @@ RANK_COLUMN = "selection_rank"
 
 class SelectParams(StepParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5}]})
+        {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5},
+        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "shift_band": [0.2, 0.8], "label_filter": True}]})
 
     input: Ref
     n: int | None = Field(None, ge=1)
