@@ -295,7 +295,7 @@ def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[s
         entry = cache.get(graph.keys[variant.name][train_step])
         if entry is None:
             continue
-        meta = entry.manifest.get("meta") or {}
+        meta = entry.manifest.meta or {}
         labels = list(meta.get("labels") or [])
         index = {label: i for i, label in enumerate(labels)}
         frame = pl.read_parquet(entry.table_path("predictions"), columns=["seed", "id", "label", "prediction"])
