@@ -36,6 +36,7 @@ from synthforge.keys import hash_file
 
 RECORD_FORMAT = 1
 DEFAULT_JOBS = 16
+LIST_ABOVE = 32  # asking about more names than this lists their folder once instead
 GC_GRACE_S = 3600  # objects younger than this may belong to a push in flight: gc keeps them
 _BACKEND_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
 _MERGED_SNAPSHOTS = "merged_snapshots.txt"
@@ -163,9 +164,19 @@ class Remote:
         return self.fs.exists(self.record_path(key))
 
     def available(self, keys: Iterable[str]) -> set[str]:
-        keys = list(dict.fromkeys(keys))
         with self._reachable():
-            return {key for key, found in zip(keys, self._map(self.has, keys)) if found}
+            return self._present(f"{self.root}/entries", list(dict.fromkeys(keys)), self.record_path)
+
+    def _present(self, folder: str, names: list[str], path_of: Callable[[str], str]) -> set[str]:
+        """Which of `names` exist under `folder`: one request each for a few, one listing for many."""
+        if len(names) <= LIST_ABOVE:
+            return {name for name, found in zip(names, self._map(lambda n: self.fs.exists(path_of(n)), names)) if found}
+        self.fs.invalidate_cache()
+        try:
+            listed = {path.rsplit("/", 1)[-1] for path in self.fs.find(folder)}
+        except FileNotFoundError:
+            return set()
+        return {name for name in names if path_of(name).rsplit("/", 1)[-1] in listed}
 
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
@@ -212,8 +223,13 @@ class Remote:
                     records[key]["responses"] = snapshot
         uploads = {info["hash"]: (cache.entry_path(key) / rel, info["bytes"])
                    for key, record in records.items() for rel, info in record["files"].items()}
+        with self._reachable():
+            there = self._present(f"{self.root}/objects", list(uploads), self.object_path)
         commit = self._committer(records, done)
-        errors, done.objects, done.bytes = self._transfer("push", uploads, self._upload_object, on_done=commit)
+        for digest in there:  # from an earlier, interrupted push or another entry
+            commit(digest)
+        missing = {digest: item for digest, item in uploads.items() if digest not in there}
+        errors, done.objects, done.bytes = self._transfer("push", missing, self._upload_object, on_done=commit)
         for key, record in records.items():
             lost = [errors[info["hash"]] for info in record["files"].values() if info["hash"] in errors]
             if lost:
@@ -245,10 +261,7 @@ class Remote:
 
     def _upload_object(self, digest: str, source: tuple[Path, int]) -> int:
         path, size = source
-        target = self.object_path(digest)
-        if self.fs.exists(target):
-            return 0
-        self._put_atomic(path, target)
+        self._put_atomic(path, self.object_path(digest))
         return size
 
     def _put_atomic(self, source: Path, target: str) -> None:
