@@ -93,7 +93,7 @@ def lockfile_of(cache: Path, path: Path) -> Path:
 
 
 def source_bytes(cache: Path) -> int:
-    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and "tmp" not in p.parts)
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and "tmp" not in p.relative_to(cache).parts)
 
 
 def commands(tool: str, cache: Path, lock: Path, url: str, dest: Path, jobs: int, env: dict[str, str],

@@ -36,7 +36,7 @@ from synthforge.keys import hash_file
 
 RECORD_FORMAT = 1
 DEFAULT_JOBS = 16
-LIST_ABOVE = 32  # asking about more names than this lists their folder once instead
+LIST_PAGE = 1000  # names one listing request returns (S3, GCS, Azure)
 GC_GRACE_S = 3600  # objects younger than this may belong to a push in flight: gc keeps them
 _BACKEND_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
 _MERGED_SNAPSHOTS = "merged_snapshots.txt"
@@ -168,10 +168,17 @@ class Remote:
             return self._present(f"{self.root}/entries", list(dict.fromkeys(keys)), self.record_path)
 
     def _present(self, folder: str, names: list[str], path_of: Callable[[str], str]) -> set[str]:
-        """Which of `names` exist under `folder`: one request each for a few, one listing for many."""
-        if len(names) <= LIST_ABOVE:
-            return {name for name, found in zip(names, self._map(lambda n: self.fs.exists(path_of(n)), names)) if found}
+        """Which of `names` exist under `folder`: one request each when the folder is much larger than the
+        question (its size estimated from one shard, as DVC does), else one listing of the folder."""
+        if not names:
+            return set()
         self.fs.invalidate_cache()
+        try:
+            in_shard = len(self.fs.ls(path_of(names[0]).rsplit("/", 1)[0], detail=False)) if len(names) > 1 else 0
+        except FileNotFoundError:
+            in_shard = 0
+        if len(names) == 1 or in_shard * 256 > LIST_PAGE * len(names):
+            return {name for name, found in zip(names, self._map(lambda n: self.fs.exists(path_of(n)), names)) if found}
         try:
             listed = {path.rsplit("/", 1)[-1] for path in self.fs.find(folder)}
         except FileNotFoundError:
@@ -225,7 +232,8 @@ class Remote:
                    for key, record in records.items() for rel, info in record["files"].items()}
         with self._reachable():
             there = self._present(f"{self.root}/objects", list(uploads), self.object_path)
-        commit = self._committer(records, done)
+        commit = _when_complete({key: {i["hash"] for i in record["files"].values()} for key, record in records.items()},
+                                lambda key: self._write_record(key, records[key], done))
         for digest in there:  # from an earlier, interrupted push or another entry
             commit(digest)
         missing = {digest: item for digest, item in uploads.items() if digest not in there}
@@ -237,27 +245,13 @@ class Remote:
         done.seconds = time.perf_counter() - start
         return done
 
-    def _committer(self, records: dict[str, dict[str, Any]], done: Transfer) -> Callable[[str], None]:
-        """Called as each object lands: writes an entry's record once all its objects are there."""
-        waiting = {key: {info["hash"] for info in record["files"].values()} for key, record in records.items()}
-        lock = threading.Lock()
-
-        def landed(digest: str) -> None:
-            with lock:
-                ready = []
-                for key, digests in waiting.items():
-                    if digest in digests:
-                        digests.discard(digest)
-                        ready += [key] if not digests else []
-            for key in ready:
-                try:
-                    self._write_atomic(self.record_path(key), json.dumps(records[key], indent=1, sort_keys=True).encode())
-                except Exception as exc:  # noqa: BLE001  (reported per entry; a rerun resumes)
-                    done.failed[key] = _one_line(exc)
-                else:
-                    done.entries.append(key)
-
-        return landed
+    def _write_record(self, key: str, record: dict[str, Any], done: Transfer) -> None:
+        try:
+            self._write_atomic(self.record_path(key), json.dumps(record, indent=1, sort_keys=True).encode())
+        except Exception as exc:  # noqa: BLE001  (reported per entry; a rerun resumes)
+            done.failed[key] = _one_line(exc)
+        else:
+            done.entries.append(key)
 
     def _upload_object(self, digest: str, source: tuple[Path, int]) -> int:
         path, size = source
@@ -306,29 +300,32 @@ class Remote:
             staging = _staging(cache, key)
             for rel, info in record["files"].items():
                 downloads[(key, rel)] = (staging / rel, info["hash"], info["bytes"])
-        errors, done.objects, done.bytes = self._transfer("pull", downloads, self._download_object)
-        snapshots = set()
+        install = _when_complete({key: {(key, rel) for rel in record["files"]} for key, record in records.items()},
+                                 lambda key: self._install(cache, key, done))
+        errors, done.objects, done.bytes = self._transfer("pull", downloads, self._download_object, on_done=install)
         for key, record in records.items():
             problems = [errors[(key, rel)] for rel in record["files"] if (key, rel) in errors]
-            staging = _staging(cache, key)
-            if problems:
-                (done.refused if problems[0].startswith("damaged") else done.failed)[key] = problems[0]
-                if problems[0].startswith("damaged"):
-                    shutil.rmtree(staging, ignore_errors=True)
+            if not problems:
                 continue
-            refusal = _install_verified(cache, key, staging)
-            if refusal:
-                done.refused[key] = refusal
-                continue
-            done.entries.append(key)
-            if record.get("responses"):
-                snapshots.add(record["responses"])
+            damaged = problems[0].startswith("damaged")
+            (done.refused if damaged else done.failed)[key] = problems[0]
+            if damaged:
+                shutil.rmtree(_staging(cache, key), ignore_errors=True)
+        snapshots = {records[key]["responses"] for key in done.entries if records[key].get("responses")}
         for key, why in done.refused.items():
             log(f"remote: refused entry {key[:12]}: {why} (not installed; a build recomputes it)")
         if snapshots:
             self.pull_responses(cache, sorted(snapshots), log)
         done.seconds = time.perf_counter() - start
         return done
+
+    @staticmethod
+    def _install(cache: Cache, key: str, done: Transfer) -> None:
+        refusal = _install_verified(cache, key, _staging(cache, key))
+        if refusal:
+            done.refused[key] = refusal
+        else:
+            done.entries.append(key)
 
     def _read_record(self, key: str) -> dict[str, Any] | str | None:
         """The record of `key`, None when absent, or why it is unusable."""
@@ -511,6 +508,29 @@ def _one_line(exc: Exception) -> str:
         return str(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _when_complete(groups: dict[str, set[Any]], then: Callable[[str], None]) -> Callable[[Any], None]:
+    """A callback for each finished item; runs `then(group)` once every item of a group has finished."""
+    waiting = {group: set(items) for group, items in groups.items()}
+    owners: dict[Any, list[str]] = {}
+    for group, items in waiting.items():
+        for item in items:
+            owners.setdefault(item, []).append(group)
+    lock = threading.Lock()
+
+    def finished(item: Any) -> None:
+        ready = []
+        with lock:
+            for group in owners.get(item, []):
+                waiting[group].discard(item)
+                if not waiting[group]:
+                    ready.append(group)
+                    del waiting[group]
+        for group in ready:
+            then(group)
+
+    return finished
 
 
 def _modified(info: dict[str, Any]) -> float:

@@ -173,7 +173,7 @@ def test_a_connection_dropped_mid_upload_leaves_no_entry_and_push_resumes(
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
         done = Remote(s3_url, jobs=1, progress=False).push_many(keys, Cache(a))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3_env}")
-    monkeypatch.setattr("synthforge.remote.LIST_ABOVE", 0)  # the resume finds what is there by one listing
+    monkeypatch.setattr("synthforge.remote.LIST_PAGE", 0)  # as on a huge remote: the resume asks per object
     assert proxy.sent > total // 2 and done.failed and done.entries, "the line was cut in the middle of the push"
     remote = Remote(s3_url, progress=False)
     for key in done.failed:
