@@ -107,7 +107,7 @@ class Tool:
             self._dvc_repos()
 
     def aim(self, url: str) -> tuple[list[str], list[str]]:
-        shutil.rmtree(self.dest, ignore_errors=True)
+        shutil.rmtree(self.pulled(), ignore_errors=True)
         endpoint = self.env["AWS_ENDPOINT_URL"]
         if self.name == "synthforge":
             sf = [sys.executable, "-m", "synthforge", "cache"]
@@ -124,7 +124,6 @@ class Tool:
             self._dvc(["remote", "add", "-f", "-d", "bench", url], repo)
             self._dvc(["remote", "modify", "bench", "endpointurl", endpoint], repo)
         shutil.rmtree(self.dest / ".dvc" / "cache", ignore_errors=True)
-        shutil.rmtree(self.dest / "data", ignore_errors=True)
         dvc = [str(self.ref_bin / "dvc")]
         return ([*dvc, "--cd", str(self.work / "push"), "push", "-q", "-j", str(self.jobs)],
                 [*dvc, "--cd", str(self.dest), "pull", "-q", "-j", str(self.jobs)])
@@ -182,7 +181,7 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("bench")
-    datasets = {"study cache": entries_copy(args.cache, work / "study")}
+    datasets = {f"entries of {args.cache}": entries_copy(args.cache, work / "study")}
     if args.large_mb:
         datasets[f"large ({args.large_mb} MB)"] = synthetic_cache(work, args.large_mb)
     loads = [os.getloadavg()[0]]

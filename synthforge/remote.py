@@ -221,7 +221,7 @@ class Remote:
         generated = [key for key, record in records.items() if record["kind"] == "generate"]
         if generated:
             try:
-                snapshot = self._push_responses(cache)
+                snapshot = self._push_responses(cache, done)
             except Exception as exc:  # noqa: BLE001  (a generate entry goes up only with its responses)
                 done.failed.update({key: _one_line(exc) for key in generated})
                 records = {key: record for key, record in records.items() if key not in generated}
@@ -237,7 +237,8 @@ class Remote:
         for digest in there:  # from an earlier, interrupted push or another entry
             commit(digest)
         missing = {digest: item for digest, item in uploads.items() if digest not in there}
-        errors, done.objects, done.bytes = self._transfer("push", missing, self._upload_object, on_done=commit)
+        errors, objects, nbytes = self._transfer("push", missing, self._upload_object, on_done=commit)
+        done.objects, done.bytes = done.objects + objects, done.bytes + nbytes
         for key, record in records.items():
             lost = [errors[info["hash"]] for info in record["files"].values() if info["hash"] in errors]
             if lost:
@@ -315,7 +316,7 @@ class Remote:
         for key, why in done.refused.items():
             log(f"remote: refused entry {key[:12]}: {why} (not installed; a build recomputes it)")
         if snapshots:
-            self.pull_responses(cache, sorted(snapshots), log)
+            self.pull_responses(cache, sorted(snapshots), log, done)
         done.seconds = time.perf_counter() - start
         return done
 
@@ -402,7 +403,7 @@ class Remote:
                             hint="check the connection and credentials, then rerun: finished objects are kept")
 
     # -- the per-response LLM cache -----------------------------------------
-    def _push_responses(self, cache: Cache) -> str | None:
+    def _push_responses(self, cache: Cache, done: Transfer) -> str | None:
         """Upload a snapshot of the local response cache (if new); its name, or None when there is none."""
         db = _responses_db(cache)
         if not db.is_file():
@@ -421,11 +422,13 @@ class Remote:
             path = self.snapshot_path(name)
             if not self.fs.exists(path):
                 self._put_atomic(snapshot, path)
+                done.objects, done.bytes = done.objects + 1, done.bytes + snapshot.stat().st_size
             return name
         finally:
             snapshot.unlink(missing_ok=True)
 
-    def pull_responses(self, cache: Cache, names: list[str] | None = None, log: Callable[[str], None] = lambda m: None) -> int:
+    def pull_responses(self, cache: Cache, names: list[str] | None = None, log: Callable[[str], None] = lambda m: None,
+                       done: Transfer | None = None) -> int:
         """Merge response snapshots (all on the remote when `names` is None) into the local cache; rows added."""
         folder = cache.shared_dir("responses")
         merged_file = folder / _MERGED_SNAPSHOTS
@@ -441,6 +444,8 @@ class Remote:
             try:
                 with self._reachable():
                     self.fs.get_file(self.snapshot_path(name), str(local))
+                if done is not None:
+                    done.objects, done.bytes = done.objects + 1, done.bytes + local.stat().st_size
                 if _keyset_name(local) != name:
                     log(f"remote: refused response snapshot {name[:12]}: its rows do not match its name")
                     continue
