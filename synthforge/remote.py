@@ -336,12 +336,12 @@ class Remote:
             return None
         try:
             record = json.loads(raw)
-            ok = record.get("key") == key and all({"hash", "bytes"} <= set(i) for i in record["files"].values())
+            files = record["files"]
+            ok = (record.get("key") == key and "manifest.json" in files
+                  and all({"hash", "bytes"} <= set(info) and _inside(rel) for rel, info in files.items()))
         except (ValueError, AttributeError, KeyError, TypeError):
             ok = False
-        if not ok or "manifest.json" not in record["files"]:
-            return "damaged record (unreadable or for another key)"
-        return record
+        return record if ok else "damaged record (unreadable, for another key, or naming files outside the entry)"
 
     def _download_object(self, item: tuple[str, str], target: tuple[Path, str, int]) -> int:
         path, digest, size = target
@@ -536,6 +536,14 @@ def _when_complete(groups: dict[str, set[Any]], then: Callable[[str], None]) -> 
             then(group)
 
     return finished
+
+
+def _inside(relative: str) -> bool:
+    """A record's file name stays inside the entry folder (no absolute path, no '..')."""
+    from pathlib import PurePosixPath
+
+    path = PurePosixPath(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts
 
 
 def _modified(info: dict[str, Any]) -> float:

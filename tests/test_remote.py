@@ -153,6 +153,12 @@ def test_a_truncated_record_is_refused(cli, write_recipe, data_csv, tmp_path, s3
     pulled = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", s3_url, "--no-progress")
     assert pulled.exit_code == 1 and "damaged record" in pulled.output
     assert Cache(b).has(graph_keys(recipe)["split"]) and not Cache(b).has(graph_keys(recipe)["rows"])
+    escaping = record(s3_url, graph_keys(recipe)["split"])
+    escaping["files"]["../../../escaped.parquet"] = escaping["files"].pop("data.parquet")
+    remote.fs.pipe_file(path, json.dumps({**escaping, "key": graph_keys(recipe)["rows"]}).encode())
+    again = cli("cache", "pull", recipe, "--cache-dir", tmp_path / "c", "--remote", s3_url, "--no-progress")
+    assert again.exit_code == 1 and "outside the entry" in again.output
+    assert not list(tmp_path.rglob("escaped.parquet"))
 
 
 @pytest.mark.integration
