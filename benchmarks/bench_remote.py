@@ -190,7 +190,7 @@ def main() -> None:
         for name, cache in datasets.items():
             lock = lockfile_of(cache, work / f"{cache.name}.lock")
             nbytes, nfiles = source_bytes(cache), sum(1 for p in cache.rglob("*") if p.is_file())
-            runners = {tool: Tool(tool, cache, lock, work / cache.name, args.jobs, env, args.ref_bin) for tool in tools}
+            runners = {tool: Tool(tool, cache, lock, work / "tools" / cache.name, args.jobs, env, args.ref_bin) for tool in tools}
             times = {(tool, d): [] for tool in tools for d in ("push", "pull")}
             for rep in range(args.repeat):
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)]
