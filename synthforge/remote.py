@@ -30,7 +30,7 @@ from typing import Any
 
 import xxhash
 
-from synthforge.cache import Cache, Entry, atomic_write_text
+from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
 from synthforge.errors import UserError
 from synthforge.keys import hash_file
 
@@ -206,14 +206,14 @@ class Remote:
         """Download entry `key` into `cache` (verified); True once the local cache has it."""
         done = self.pull_many([key], cache)
         self.raise_failures(done)
-        return cache.has(key)
+        return _sound(cache, key)
 
     # -- push --------------------------------------------------------------
     def push_many(self, keys: Iterable[str], cache: Cache) -> Transfer:
         start = time.perf_counter()
         done = Transfer()
         wanted = list(dict.fromkeys(keys))
-        done.missing = [key for key in wanted if not cache.has(key)]
+        done.missing = [key for key in wanted if not _sound(cache, key)]
         local = [key for key in wanted if key not in done.missing]
         on_remote = self.available(local)
         done.present = [key for key in local if key in on_remote]
@@ -284,7 +284,7 @@ class Remote:
         start = time.perf_counter()
         done = Transfer()
         wanted = list(dict.fromkeys(keys))
-        done.present = [key for key in wanted if cache.has(key)]
+        done.present = [key for key in wanted if _sound(cache, key)]
         records: dict[str, dict[str, Any]] = {}
         fetch = [key for key in wanted if key not in done.present]
         with self._reachable():
@@ -569,11 +569,15 @@ def _record_of(entry: Entry) -> dict[str, Any]:
     files = {}
     for path in sorted(p for p in entry.path.rglob("*") if p.is_file()):
         files[path.relative_to(entry.path).as_posix()] = {"hash": hash_file(path), "bytes": path.stat().st_size}
-    return {"synthforge_remote": RECORD_FORMAT, "key": entry.key, "step": manifest.get("step"),
-            "kind": manifest.get("kind"), "files": files}
+    return {"synthforge_remote": RECORD_FORMAT, "key": entry.key, "step": manifest.step, "kind": manifest.kind,
+            "files": files}
 
 
-# -- local install: an adapter over today's cache.py (to become Cache.verify_folder / Cache.install) --
+# -- local install (verification and the atomic rename are cache.py's) --------------------
+
+
+def _sound(cache: Cache, key: str) -> bool:
+    return cache.problems(key) == []
 
 
 def _staging(cache: Cache, key: str) -> Path:
@@ -582,28 +586,15 @@ def _staging(cache: Cache, key: str) -> Path:
 
 
 def _install_verified(cache: Cache, key: str, staging: Path) -> str | None:
-    """Rename a downloaded entry into place if it is sound; why not, otherwise."""
-    with cache.lock(key):
-        if cache.has(key):
-            shutil.rmtree(staging, ignore_errors=True)
-            return None
-        problems = _verify_folder(cache, key, staging)
-        if problems:
-            shutil.rmtree(staging, ignore_errors=True)
-            return "; ".join(problems)
-        final = cache.entry_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        Cache._fsync_tree(staging)
-        os.rename(staging, final)
+    """Install a downloaded entry if it is sound (Cache.install verifies it); why not, otherwise."""
+    try:
+        with cache.lock(key):
+            cache.install(key, staging)
+    except DamagedEntry as exc:
+        return exc.problem
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return None
-
-
-def _verify_folder(cache: Cache, key: str, folder: Path) -> list[str]:
-    entry = Entry(key, folder)
-    problems = cache.verify(entry)
-    if not problems and entry.manifest.get("key") != key:
-        problems.append("manifest names another key")
-    return problems
 
 
 # -- response snapshots --------------------------------------------------------

@@ -109,7 +109,7 @@ def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_
     pulled = cli("cache", "pull", recipe, "--step", "split", "--variant", "default", "--cache-dir", b,
                  "--remote", remote_url, "--no-progress")
     assert pulled.exit_code == 0 and "pulled 1 entries" in pulled.output
-    assert Cache(b).has(keys["split"]) and not Cache(b).has(keys["rows"])
+    assert Cache(b).problems(keys["split"]) == [] and Cache(b).problems(keys["rows"]) is None
     assert not remote.fetch(keys["rows"], Cache(b))
     remote.push(keys["rows"], Cache(a))
     assert remote.fetch(keys["rows"], Cache(b)) and Cache(b).verify(Cache(b).get(keys["rows"])) == []
@@ -152,7 +152,7 @@ def test_a_truncated_record_is_refused(cli, write_recipe, data_csv, tmp_path, s3
     remote.fs.pipe_file(path, remote.fs.cat_file(path)[:50])
     pulled = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", s3_url, "--no-progress")
     assert pulled.exit_code == 1 and "damaged record" in pulled.output
-    assert Cache(b).has(graph_keys(recipe)["split"]) and not Cache(b).has(graph_keys(recipe)["rows"])
+    assert Cache(b).problems(graph_keys(recipe)["split"]) == [] and Cache(b).problems(graph_keys(recipe)["rows"]) is None
     escaping = record(s3_url, graph_keys(recipe)["split"])
     escaping["files"]["../../../escaped.parquet"] = escaping["files"].pop("data.parquet")
     remote.fs.pipe_file(path, json.dumps({**escaping, "key": graph_keys(recipe)["rows"]}).encode())
@@ -195,7 +195,7 @@ def test_a_connection_dropped_mid_upload_leaves_no_entry_and_push_resumes(
     resumed = remote.push_many(keys, Cache(a))
     assert sorted(resumed.entries) == sorted(done.failed) and not resumed.failed
     assert resumed.objects < sum(len(record(s3_url, k)["files"]) for k in keys), "finished objects are not sent again"
-    assert remote.pull_many(keys, Cache(b)).entries and all(Cache(b).has(k) for k in keys)
+    assert remote.pull_many(keys, Cache(b)).entries and all(Cache(b).problems(k) == [] for k in keys)
 
 
 @pytest.mark.integration
