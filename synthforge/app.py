@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from synthforge.builder import Graph, build, build_graph, plan
+from synthforge.builder import Graph, as_sentence, build, build_graph, plan, variant_label
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe, parse_overrides
@@ -20,7 +20,7 @@ def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("synthforge").info(message)
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:
@@ -33,9 +33,9 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
     ]
     rows = []
     for item in items:
-        why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
-        rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
-    lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
+        why = as_sentence(item.reasons) + (f"  [{item.note}]" if item.note else "")
+        rows.append([item.action, item.node.step, variant_label(graph, item.node), item.node.key[:12], why])
+    lines.append(render_table(["action", "step", "for", "key", "why"], rows))
     return "\n".join(lines)
 
 
@@ -61,40 +61,22 @@ def build_text(
 
 
 def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
-    recipe = graph.recipe
-    if step not in recipe.model.steps:
-        steps = list(recipe.model.steps)
-        raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, steps) or f"steps: {', '.join(steps)}")
-    keys = {graph.keys[v.name][step] for v in recipe.variants}
-    if variant is None and len(keys) > 1:
-        names = [v.name for v in recipe.variants]
-        raise UserError(
-            f"step '{step}' differs across {len(names)} variants", hint=f"pass --variant, one of: {'; '.join(names)}"
-        )
-    key = graph.keys[recipe.variant(variant).name][step]
-    entry = cache.get(key)
-    if entry is None:
-        raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {recipe.path}")
-    return entry
+    from synthforge.api import OpenRecipe
 
-
-def _table_path(entry: Entry, table: str) -> Path:
-    tables = entry.manifest.get("tables", {})
-    if table not in tables:
-        raise UserError(f"step '{entry.manifest['step']}' has no table '{table}'", hint=f"tables: {', '.join(tables)}")
-    return entry.table_path(table)
+    return OpenRecipe(graph, cache).entry(step, variant)
 
 
 def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
     import polars as pl
 
+    from synthforge.api import read_table
+
     manifest = entry.manifest
-    info = manifest["tables"][table] if table in manifest.get("tables", {}) else None
-    frame = pl.read_parquet(_table_path(entry, table))
+    frame = read_table(entry, table)
     lines = [
         f"step {manifest['step']} ({manifest['kind']}), table {table}: {frame.height} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
-        "schema: " + ", ".join(f"{c}: {t}" for c, t in (info or {}).get("schema", {}).items()),
+        "schema: " + ", ".join(f"{c}: {t}" for c, t in manifest["tables"][table].get("schema", {}).items()),
     ]
     if "label" in frame.columns and frame.height:
         counts = frame.group_by("label").len().sort("label")
@@ -103,25 +85,6 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)
-
-
-def export_table(entry: Entry, to: str, table: str = "data") -> str:
-    import polars as pl
-
-    frame = pl.read_parquet(_table_path(entry, table))
-    target = Path(to)
-    suffix = target.suffix.lower()
-    writers = {".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson, ".csv": None}
-    if suffix not in writers:
-        raise UserError(f"cannot export to '{target.name}'", field="--to", hint="use a .parquet, .jsonl or .csv file name")
-    if suffix == ".csv":
-        frame = frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
-                                   for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    (frame.write_csv if suffix == ".csv" else writers[suffix])(tmp)
-    tmp.replace(target)
-    return f"wrote {frame.height} rows to {target}"
 
 
 def cache_ls_text(cache: Cache) -> str:
@@ -208,7 +171,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
-                metric: str | None) -> str:
+                metric: str | None, html: bool = False) -> str:
     from synthforge.report import format_table, write_report
 
     records = variant_records(graph, cache)
@@ -217,23 +180,37 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     out_dir = Path(out) if out else Path("reports") / graph.recipe.name
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric)
+    if html:
+        paths.append(_html_report(graph, cache, out_dir, level_var))
     table = format_table(records, diversity_metric=metric)
     return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
 
 
+def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str) -> Path:
+    from synthforge.api import OpenRecipe
+    from synthforge.report_html import subset_samples, write_html
+
+    sweep_md = (out_dir / "sweep.md").read_text().splitlines()
+    heading = sweep_md[0].lstrip("# ").strip() if sweep_md and sweep_md[0].startswith("#") else ""
+    subtitle = " ".join(part for part in (heading, graph.recipe.model.description.strip()) if part)
+    samples = subset_samples(OpenRecipe(graph, cache), level_var)
+    return write_html(out_dir, f"{graph.recipe.name}: sweep report", subtitle, samples)
+
+
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
                device: str) -> str:
+    from synthforge.api import table_path
     from synthforge.stats import entry_stats, format_stats
     from synthforge.steps.base import InputTable
 
     entry = entry_for(graph, cache, step, variant)
-    _table_path(entry, table)
+    table_path(entry, table)
     target = InputTable(entry.path, table)
     ref = None
     if reference:
         ref_step, _, ref_table = reference.partition(".")
         ref_entry = entry_for(graph, cache, ref_step, variant)
-        _table_path(ref_entry, ref_table or "data")
+        table_path(ref_entry, ref_table or "data")
         ref = InputTable(ref_entry.path, ref_table or "data")
     stats = entry_stats(target, ref, seed=graph.recipe.seed, device=device)
     title = f"{step}.{table}" if table != "data" else step
