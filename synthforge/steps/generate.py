@@ -287,6 +287,11 @@ class _Generation:
         if not missing:
             return
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
+            streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
+
+            def decoded(new_tokens: int, finished_rows: int) -> None:
+                streaming["on"] = True
+                bar.update(finished_rows, tokens=new_tokens)
 
             def arrived(i: int, response: GenerationResponse) -> None:
                 plan, key = missing[i]
@@ -295,9 +300,10 @@ class _Generation:
                 self.stats["responses_generated"] += 1
                 self.stats["generated_prompt_tokens"] += response.prompt_tokens
                 self.stats["generated_completion_tokens"] += response.completion_tokens
-                bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
+                if not streaming["on"]:
+                    bar.update(1, tokens=response.completion_tokens)
 
-            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived)
+            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived, on_tokens=decoded)
         self.stats["retries"] += getattr(self.backend, "retries", 0)
 
     # output
