@@ -36,7 +36,21 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
         why = as_sentence(item.reasons) + (f"  [{item.note}]" if item.note else "")
         rows.append([item.action, item.node.step, variant_label(graph, item.node), item.node.key[:12], why])
     lines.append(render_table(["action", "step", "for", "key", "why"], rows))
+    lines += _generation_estimates(cache, [item.node for item in items if item.action == "run"])
     return "\n".join(lines)
+
+
+def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
+    """Expected generation time of the generate steps that will run, from the speed measured on this machine."""
+    from synthforge.generation.speed import estimate
+
+    lines = []
+    for node in nodes:
+        if node.kind == "generate":
+            params = node.resolved.run_params
+            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, str(params.backend.model),
+                                                                params.n, params.max_new_tokens))
+    return lines
 
 
 def build_text(

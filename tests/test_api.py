@@ -190,3 +190,16 @@ def test_a_fresh_clone_says_the_lockfile_records_a_build_elsewhere(built, tmp_pa
     r = sf.open(built.path, cache_dir=tmp_path / "empty-cache")
     reasons = {reason for item in r.plan() for reason in item.reasons}
     assert reasons == {"not built here yet (the lockfile records a build elsewhere)"}
+
+
+def test_plan_states_the_expected_generation_time_from_the_measured_speed(built, tmp_path):
+    from synthforge import app
+
+    changed = tmp_path / "study.yaml"
+    changed.write_text(built.path.read_text().replace("n: 40\n", "n: 30\n"))
+    (tmp_path / "reviews.csv").write_bytes((built.path.parent / "reviews.csv").read_bytes())
+    text = app.plan_text(sf.open(changed, cache_dir=built.cache.root).graph, built.cache)
+    line = next(line for line in text.splitlines() if line.startswith("expected generation time"))
+    assert "generated: at most 360 new tokens" in line and "new tokens/s measured here" in line
+    fresh = app.plan_text(sf.open(changed, cache_dir=tmp_path / "empty").graph, sf.api.Cache(tmp_path / "empty"))
+    assert "no speed recorded on this machine yet" in fresh

@@ -303,8 +303,15 @@ class _Generation:
                 if not streaming["on"]:
                     bar.update(1, tokens=response.completion_tokens)
 
+            started = time.perf_counter()
             self.backend.generate([plan.request for plan, _ in missing], on_response=arrived, on_tokens=decoded)
+            self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
         self.stats["retries"] += getattr(self.backend, "retries", 0)
+
+    def _record_speed(self, new_tokens: int, seconds: float) -> None:
+        from synthforge.generation import speed
+
+        speed.record(self.ctx.cache, self.backend.type, str(self.params.backend.model), new_tokens, seconds)
 
     # output
     def _row_id(self, index: int) -> str:
