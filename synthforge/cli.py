@@ -90,6 +90,21 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     click.echo(app.build_text(r.graph, r.cache, only, force, runtime))
 
 
+@main.command("new")
+@click.argument("name")
+@click.option("--from", "starter", type=click.Choice(["demo", "generate", "study"]), default="demo", show_default=True,
+              help="demo: load and split (seconds); generate: + SmolLM2 rows and embeddings (minutes on a CPU); "
+                   "study: + select, mix and train over a small matrix.")
+@click.option("--dir", "folder", default=".", show_default=True, help="Folder to write NAME.yaml in.")
+@user_errors
+def new_cmd(name, starter, folder):
+    """Write a commented starter recipe NAME.yaml that builds as it is."""
+    from synthforge.starters import write_starter
+
+    path = write_starter(name, starter, folder)
+    click.echo(f"wrote {path}\nnext: synthforge plan {path} && synthforge build {path}")
+
+
 @main.command("plan")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--only", multiple=True, metavar="STEP")
