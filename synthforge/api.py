@@ -93,8 +93,11 @@ class OpenRecipe:
         """Build what is missing (in dependency order) and write the recipe's lockfile."""
         import logging
 
+        from synthforge.progress import LOGGER, ensure_logging
+
+        ensure_logging()
         runtime = Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
-        log = logging.getLogger("synthforge").info
+        log = logging.getLogger(LOGGER).info
         return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log)
 
     # -- reading ------------------------------------------------------------
