@@ -80,15 +80,17 @@ def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None)
     return OpenRecipe(graph, cache).entry(step, variant)
 
 
-def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
+def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None = None) -> str:
     import polars as pl
 
     from synthforge.api import read_table
 
     manifest = entry.manifest
     frame = read_table(entry, table)
+    name = step or manifest["step"]
+    built_as = f", built as step '{manifest['step']}' (its ids keep that name)" if name != manifest["step"] else ""
     lines = [
-        f"step {manifest['step']} ({manifest['kind']}), table {table}: {frame.height} rows, key {entry.key}",
+        f"step {name} ({manifest['kind']}){built_as}, table {table}: {frame.height} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in manifest["tables"][table].get("schema", {}).items()),
     ]

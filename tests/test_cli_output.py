@@ -22,3 +22,12 @@ def test_verbose_enables_debug_lines(cli, write_recipe, data_csv):
     assert logging.getLogger("synthforge").isEnabledFor(logging.DEBUG)
     cli("plan", write_recipe(BASIC), "--quiet")
     assert not logging.getLogger("synthforge").isEnabledFor(logging.INFO)
+
+
+def test_show_names_the_step_as_asked_and_the_name_it_was_built_under(cli, write_recipe, data_csv):
+    recipe = write_recipe(BASIC)
+    cli("build", recipe, "-q")
+    recipe.write_text(recipe.read_text().replace("split:", "held_out:"))
+    shown = cli("show", recipe, "held_out")
+    assert shown.exit_code == 0
+    assert shown.output.startswith("step held_out (split), built as step 'split' (its ids keep that name), table data")
