@@ -92,8 +92,11 @@ def _data_uri(path: Path) -> str:
 
 
 def _cells(table: "pl.DataFrame") -> dict[str, Any]:
-    numeric = [table.schema[c].is_numeric() for c in table.columns]
-    return {"columns": list(zip(table.columns, numeric)), "rows": table.rows()}
+    """Columns that differ between variants, sortable; the ones equal in every variant listed once, apart."""
+    varying = [c for c in table.columns if c == "variant" or table.height < 2 or table[c].n_unique() > 1]
+    constant = [(c, table[c][0]) for c in table.columns if c not in varying]
+    numeric = [table.schema[c].is_numeric() for c in varying]
+    return {"columns": list(zip(varying, numeric)), "rows": table.select(varying).rows(), "constant": constant}
 
 
 def _delta_view(table: "pl.DataFrame") -> dict[str, Any] | None:
@@ -171,11 +174,14 @@ table.samples td { max-width: 260px; font-size: 13px } .wide { overflow-x: auto 
 {% if subtitle %}<p class="subtitle">{{ subtitle }}</p>{% endif %}
 
 <h2 id="sweep">Sweep table</h2>
-<p>One row per variant; click a column header to sort.</p>
+<p>One row per variant, the columns that differ between variants; click a column header to sort.</p>
 <div class="wide"><table class="sortable" id="sweep-table">
 <thead><tr>{% for name, numeric in table.columns %}<th data-numeric="{{ 1 if numeric else 0 }}">{{ name }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in table.rows %}<tr>{% for value in row %}{% set numeric = table.columns[loop.index0][1] %}<td{% if numeric %} class="num" data-value="{{ value if value is not none else '' }}"{% endif %}>{{ fmt(value) }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table></div>
+{% if table.constant %}<details><summary>{{ table.constant | length }} columns are the same in every variant</summary>
+<table id="constant-table">{% for name, value in table.constant %}<tr><th>{{ name }}</th><td>{{ fmt(value) }}</td></tr>{% endfor %}</table>
+</details>{% endif %}
 
 {% if deltas %}<h2 id="paired">Paired differences</h2>
 <p>{{ deltas.estimate }} per row with its interval; the dashed line is no difference.</p>

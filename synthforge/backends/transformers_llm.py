@@ -13,6 +13,7 @@ two tokens, so rare rows may differ; the response cache makes reruns exact anywa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -93,14 +94,32 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from synthforge.progress import quiet_libraries
 
     quiet_libraries()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _quiet_gguf_reader():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already de-quantized to float32; drop the GGUF quantizer so it can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws a plain tqdm bar that its logging switches do not reach: disable it here."""
+    from functools import partial
+    from unittest import mock
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from synthforge.progress import verbose
+
+    if verbose() or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", partial(gguf_utils.tqdm, disable=True)):
+        yield
 
 
 # -- sampling --------------------------------------------------------------
@@ -341,8 +360,9 @@ def _load(folder: Path, gguf_file: str | None, device: str):
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+        with _quiet_gguf_reader():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
     except OSError as exc:
         raise UserError(f"cannot load model from {folder}: {exc}", field="backend.model") from None
     tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly
