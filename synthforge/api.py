@@ -144,13 +144,18 @@ def to_hf_dataset(frame: "pl.DataFrame", labels: Sequence[str] | None = None, de
     except ImportError:
         raise UserError("reading into Hugging Face datasets needs the 'datasets' package",
                         hint="pip install 'synthforge[hf]' (scripts/setup.sh installs it)") from None
-    info = datasets.DatasetInfo(description=description)
-    dataset = datasets.Dataset(frame.to_arrow(), info=info)
     if "label" not in frame.columns:
-        return dataset
+        return datasets.Dataset(frame.to_arrow(), info=datasets.DatasetInfo(description=description))
+    import polars as pl
+
     present = sorted(set(frame["label"].drop_nulls().to_list()))
     names = list(labels) if labels is not None else present
     unknown = sorted(set(present) - set(names))
     if unknown:
         raise UserError(f"labels {unknown} are not in the given label names {names}", field="labels")
-    return dataset.cast_column("label", datasets.ClassLabel(names=names))
+    # Labels become ClassLabel ids here, not by Dataset.cast_column (which draws a progress bar per call).
+    codes = frame.with_columns(pl.col("label").replace_strict(names, list(range(len(names))), return_dtype=pl.Int64))
+    table = codes.to_arrow()
+    features = datasets.Features.from_arrow_schema(table.schema)
+    features["label"] = datasets.ClassLabel(names=names)
+    return datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(description=description, features=features))

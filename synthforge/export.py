@@ -116,7 +116,13 @@ def write_file(frame: "pl.DataFrame", target: Path, fmt: str, facts: dict[str, A
 
 def write_hf_folder(frame: "pl.DataFrame", target: Path, facts: dict[str, Any]) -> None:
     """A `datasets.save_to_disk` folder plus README.md, written beside and renamed into place."""
+    import datasets
+
+    from synthforge.progress import verbose
+
     dataset = to_hf_dataset(frame, description=json.dumps({k: v for k, v in facts.items() if k != "recipe_text"}))
+    if not verbose():
+        datasets.disable_progress_bars()  # one status line is enough for a small folder
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

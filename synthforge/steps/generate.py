@@ -286,6 +286,9 @@ class _Generation:
         self.stats["responses_cached"] += len(plans) - len(missing)
         if not missing:
             return
+        load = getattr(self.backend, "load", None)
+        if load is not None:
+            load()  # before the bar opens, so the model's status lines come first
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
             streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
 
