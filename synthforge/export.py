@@ -71,8 +71,9 @@ def _generator(recipe: "OpenRecipe", node) -> dict[str, Any]:
     backend = {k: v for k, v in params.get("backend", {}).items() if k in ("type", "model", "base_url", "gguf_file")}
     entry = recipe.cache.get(node.key)
     identity = (entry.manifest.get("meta") or {}).get("backend", {}) if entry else {}
-    return {"step": node.step, "backend": {**backend, **identity},
-            "sampling": {k: params[k] for k in SAMPLING_FIELDS if k in params}}
+    merged = {**backend, **{("model_files_hash" if k == "files" else k): v for k, v in identity.items()}}
+    return {"step": node.step, "backend": {k: v for k, v in merged.items() if v is not None},
+            "sampling": {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}}
 
 
 # -- writing ---------------------------------------------------------------------
