@@ -7,20 +7,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from synthforge.builder import Graph, as_sentence, build, build_graph, plan, variant_label
+from synthforge.builder import Graph, as_sentence, build, plan, variant_label
 from synthforge.cache import Cache, Entry
-from synthforge.errors import UserError, did_you_mean
-from synthforge.recipe.resolve import load_recipe, parse_overrides
+from synthforge.errors import UserError
+from synthforge.progress import LOGGER
+from synthforge.recipe.resolve import parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
 
 
-def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
-    return build_graph(load_recipe(recipe_path, parse_overrides(sets)))
-
-
 def _log(message: str) -> None:
-    logging.getLogger("synthforge").info(message)
+    logging.getLogger(LOGGER).info(message)
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:

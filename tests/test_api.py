@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import polars as pl
 import pytest
