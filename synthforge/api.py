@@ -56,6 +56,17 @@ def read_table(entry: Entry, table: str = "data", columns: Sequence[str] | None 
     return pl.read_parquet(table_path(entry, table), columns=list(columns) if columns is not None else None)
 
 
+class Plan(list):
+    """The plan's items (`PlanItem`: .action, .node.step, .reasons), shown as the table `synthforge plan` prints."""
+
+    def __init__(self, items: list[PlanItem], text: str):
+        super().__init__(items)
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 class OpenRecipe:
     """A resolved recipe bound to a cache: plan, build, and read step outputs per variant."""
 
@@ -84,9 +95,12 @@ class OpenRecipe:
         return [v.name for v in self.graph.recipe.variants]
 
     # -- plan and build ---------------------------------------------------
-    def plan(self, only: Sequence[str] = (), force: Sequence[str] = ()) -> list[PlanItem]:
+    def plan(self, only: Sequence[str] = (), force: Sequence[str] = ()) -> "Plan":
         """What is cached and what would run, with the reasons (nothing is built)."""
-        return plan(self.graph, self.cache, list(only), list(force))
+        from synthforge.app import format_plan
+
+        items = plan(self.graph, self.cache, list(only), list(force))
+        return Plan(items, format_plan(self.graph, self.cache, items))
 
     def build(self, only: Sequence[str] = (), force: Sequence[str] = (), *, device: str = "auto",
               progress: bool = True, concurrency: int | None = None, batch_size: int | None = None) -> BuildReport:

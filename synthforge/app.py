@@ -21,7 +21,10 @@ def _log(message: str) -> None:
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:
-    items = plan(graph, cache, only, force)
+    return format_plan(graph, cache, plan(graph, cache, only, force))
+
+
+def format_plan(graph: Graph, cache: Cache, items: list) -> str:
     runs = sum(item.action == "run" for item in items)
     recipe = graph.recipe
     lines = [

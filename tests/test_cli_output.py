@@ -31,3 +31,12 @@ def test_show_names_the_step_as_asked_and_the_name_it_was_built_under(cli, write
     shown = cli("show", recipe, "held_out")
     assert shown.exit_code == 0
     assert shown.output.startswith("step held_out (split), built as step 'split' (its ids keep that name), table data")
+
+
+def test_the_api_plan_reads_like_the_cli_plan(cli, write_recipe, data_csv, cache_dir):
+    import synthforge as sf
+
+    recipe = write_recipe(BASIC)
+    plan = sf.open(recipe, cache_dir=cache_dir).plan()
+    assert [item.action for item in plan] == ["run", "run"]
+    assert repr(plan) == cli("plan", recipe).output.rstrip("\n")
