@@ -42,18 +42,17 @@ def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str 
 
 def table_path(entry: Entry, table: str = "data") -> Path:
     """The parquet file of one table of an entry; a clear error when the step has no such table."""
-    tables = entry.manifest.get("tables", {})
-    if table not in tables:
-        raise UserError(f"step '{entry.manifest['step']}' has no table '{table}'", field="--table",
-                        hint=f"tables: {', '.join(tables)}")
+    manifest = entry.manifest
+    if table not in manifest.tables:
+        raise UserError(f"step '{manifest.step}' has no table '{table}'", field="--table",
+                        hint=f"tables: {', '.join(manifest.tables)}")
     return entry.table_path(table)
 
 
 def read_table(entry: Entry, table: str = "data", columns: Sequence[str] | None = None) -> "pl.DataFrame":
-    """One table of a cache entry as polars (the one place tables are read for users)."""
-    import polars as pl
-
-    return pl.read_parquet(table_path(entry, table), columns=list(columns) if columns is not None else None)
+    """One table of a cache entry as polars, its bytes checked against the manifest (the one place tables are read for users)."""
+    table_path(entry, table)
+    return entry.read_table(table, columns=list(columns) if columns is not None else None)
 
 
 class Plan(list):

@@ -30,13 +30,13 @@ SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "n", "few_shot_k", 
 def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
     entry = recipe.entry(step, variant)
     manifest = entry.manifest
-    frame = read_table(entry, table, columns=["label"] if "label" in manifest["tables"][table]["schema"] else [])
+    frame = read_table(entry, table, columns=["label"] if "label" in manifest.tables[table].columns else [])
     lineage = _lineage(recipe, entry.key)
     return {
         "recipe": recipe.name,
         "recipe_path": str(recipe.path),
         "step": step,
-        "kind": manifest["kind"],
+        "kind": manifest.kind,
         "table": table,
         "variant": variant or (recipe.variants[0] if len(recipe.variants) == 1 else "shared by every variant"),
         "key": entry.key,
@@ -44,7 +44,7 @@ def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str)
         "label_counts": dict(sorted(frame["label"].value_counts().iter_rows())) if "label" in frame.columns else {},
         "generators": [_generator(recipe, node) for node in lineage if node.kind == "generate"],
         "metrics": _metrics(recipe, lineage),
-        "synthforge_version": manifest.get("versions", {}).get("synthforge"),
+        "synthforge_version": manifest.versions.get("synthforge"),
         "recipe_text": recipe.path.read_text(),
     }
 
@@ -60,7 +60,7 @@ def _metrics(recipe: "OpenRecipe", lineage: list) -> dict[str, dict[str, Any]]:
     found = {}
     for node in lineage:
         entry = recipe.cache.get(node.key)
-        meta = (entry.manifest.get("meta") or {}) if entry else {}
+        meta = entry.manifest.meta if entry else {}
         if isinstance(meta.get("metrics"), dict):
             found[node.step] = meta["metrics"]
     return found
@@ -70,7 +70,7 @@ def _generator(recipe: "OpenRecipe", node) -> dict[str, Any]:
     params = node.resolved.params.model_dump(mode="json")
     backend = {k: v for k, v in params.get("backend", {}).items() if k in ("type", "model", "base_url", "gguf_file")}
     entry = recipe.cache.get(node.key)
-    identity = (entry.manifest.get("meta") or {}).get("backend", {}) if entry else {}
+    identity = entry.manifest.meta.get("backend", {}) if entry else {}
     merged = {**backend, **{("model_files_hash" if k == "files" else k): v for k, v in identity.items()}}
     return {"step": node.step, "backend": {k: v for k, v in merged.items() if v is not None},
             "sampling": {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}}

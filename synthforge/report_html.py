@@ -57,7 +57,7 @@ def subset_samples(recipe: "OpenRecipe", level_var: str, per_label: int = 4) -> 
         samples = SubsetSamples(step, level_var, sorted(by_level))
         for level in samples.levels:
             entry = by_level[level]
-            samples.metrics[level] = (entry.manifest.get("meta") or {}).get("metrics", {})
+            samples.metrics[level] = entry.manifest.meta.get("metrics", {})
             frame = read_table(entry, columns=["text", "label"])
             for label in sorted(frame["label"].unique().to_list()):
                 rows = frame.filter(pl.col("label") == label)
