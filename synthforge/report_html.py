@@ -148,7 +148,7 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value + 0.0:.4g}"  # + 0.0 turns -0.0 into 0.0
     return str(value)
 
 
