@@ -72,19 +72,25 @@ def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     }
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one command: CPU time stays honest on a loaded machine."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     if " built " in f" {proc.stdout} " and "built 0," not in proc.stdout:
         raise SystemExit(f"not fully cached: {proc.stdout[-500:]}")
-    return seconds
+    return seconds, cpu
 
 
-def interleaved(cases: dict[str, tuple[list[str], dict[str, str], Path]], args: list[str], repeats: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in cases}
+def interleaved(cases: dict[str, tuple[list[str], dict[str, str], Path]], args: list[str], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     names = list(cases)
     for rep in range(repeats):
         for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate who goes first
@@ -112,9 +118,13 @@ def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work:
     """The study's fully cached build, timed: on `cache` as built, or built here with a local fake endpoint."""
     recipe = work / "diversity_study.yaml"  # a copy: its lockfile lands beside it, not over the committed one
     text = (ROOT / "recipes" / "diversity_study.yaml").read_text()
+    if cache is not None:
+        recipe.write_text(text)
     overrides = [a for s in sets for a in ("--set", s)]
     how = "as built in " + str(cache)
-    if cache is None:  # same DAG and table sizes; SmolLM2 swapped for a local fake endpoint (instant answers)
+    if cache is None and recipe.exists():  # kept from an earlier run (--keep): time it as it is
+        cache, how = work / "study-cache", "generate via a local fake endpoint"
+    elif cache is None:  # same DAG and table sizes; SmolLM2 swapped for a local fake endpoint (instant answers)
         cache, how = work / "study-cache", "generate via a local fake endpoint"
         server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_openai_server.py"), "0"],
                                   stdout=subprocess.PIPE, text=True)
@@ -127,8 +137,6 @@ def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work:
                            env={**os.environ, "SYNTHFORGE_CACHE": str(cache)}, check=True, capture_output=True)
         finally:
             server.terminate()
-    else:
-        recipe.write_text(text)
     env_cache = {"SYNTHFORGE_CACHE": str(cache.resolve())}
     plan = subprocess.run([sys.executable, "-m", "synthforge", "plan", str(recipe), *overrides], cwd=work,
                           env={**os.environ, **env_cache}, capture_output=True, text=True)
@@ -167,8 +175,13 @@ def hashing_throughput(size: int = 1 << 30) -> float:
         path.unlink()
 
 
-def summary(times: list[float]) -> str:
-    return f"{statistics.median(times):.3f} s ({min(times):.3f}-{max(times):.3f})"
+def summary(times: list[tuple[float, float]], which: int) -> str:
+    values = [t[which] for t in times]
+    return f"{statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
+
+
+def ratio(times: dict[str, list[tuple[float, float]]], name: str, which: int) -> str:
+    return f"{statistics.median(t[which] for t in times[name]) / statistics.median(t[which] for t in times['unchecked']):.2f}x"
 
 
 def main() -> None:
@@ -179,6 +192,8 @@ def main() -> None:
     parser.add_argument("--before", default=None, help="git revision of the code before verify-on-read")
     parser.add_argument("--study-cache", default=None,
                         help="a cache holding the diversity study, built (default: build it here with a fake endpoint)")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="build the fake-endpoint study in DIR and keep it (a rerun only times the cached builds)")
     parser.add_argument("--study-set", nargs="*", default=[], metavar="NAME=VALUE", help="--set values it was built with")
     args = parser.parse_args()
     rev = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
@@ -190,20 +205,22 @@ def main() -> None:
         before = before_tree(rev, Path(old))
         twenty = twenty_variants(Path(work), before, args.repeats)
         heavy = imports_torch(Path(work))
+        study_work = Path(args.keep) if args.keep else Path(work)
+        study_work.mkdir(parents=True, exist_ok=True)
         studied, how = study(Path(args.study_cache) if args.study_cache else None, args.study_set, before, args.repeats,
-                             Path(work))
+                             study_work)
     for name, label in (("before", f"before ({rev[:10]})"), ("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
-        rows.append([f"20 variants (21 outputs), fully cached: {label}", summary(twenty[name]),
-                     f"{statistics.median(twenty[name]) / statistics.median(twenty['unchecked']):.2f}x"])
+        rows.append([f"20 variants (21 outputs), fully cached: {label}", summary(twenty[name], 0), ratio(twenty, name, 0),
+                     summary(twenty[name], 1), ratio(twenty, name, 1)])
     if studied:
         for name, label in (("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
-            rows.append([f"diversity study, 25 variants (61 outputs), fully cached: {label}", summary(studied[name]),
-                         f"{statistics.median(studied[name]) / statistics.median(studied['unchecked']):.2f}x"])
+            rows.append([f"diversity study, 25 variants (61 outputs), fully cached: {label}", summary(studied[name], 0),
+                         ratio(studied, name, 0), summary(studied[name], 1), ratio(studied, name, 1)])
     else:
-        rows.append(["diversity study, 25 variants", f"not fully built ({how}): skipped", ""])
-    rows.append(["fully cached build imports torch/transformers", "yes" if heavy else "no", ""])
-    rows.append(["xxh3-128 of a 1 GiB file (page cache, best of 3)", f"{hashing_throughput():.1f} GiB/s", ""])
-    print(render_table(["benchmark", "median (min-max)", "vs unchecked"], rows))
+        rows.append(["diversity study, 25 variants", f"not fully built ({how}): skipped", "", "", ""])
+    rows.append(["fully cached build imports torch/transformers", "yes" if heavy else "no", "", "", ""])
+    rows.append(["xxh3-128 of a 1 GiB file (page cache, best of 3)", f"{hashing_throughput():.1f} GiB/s", "", "", ""])
+    print(render_table(["benchmark", "wall: median (min-max)", "vs unchecked", "CPU: median (min-max)", "vs unchecked"], rows))
     print(f"study: {how}")
     print(f"{args.repeats} interleaved repeats each; load average {load_start} at start, {load()} at end "
           f"(shared machine); goal: checked < 0.3 s and within 1.15x of unchecked")
