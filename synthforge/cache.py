@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_CACHE = "cache"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 2: typed, self-checksummed, per-table rows/columns/hash, hashed artifacts
+MANIFEST_FORMAT = 3  # 2: typed, self-checksummed, per-table rows/columns/hash, hashed artifacts; 3: checksum over sorted JSON
 ARTIFACTS = "artifacts"
 
 
@@ -159,7 +159,7 @@ class Timings(_Frozen):
 class Manifest(_Frozen):
     """What an entry holds and what it was made of. Written once by the builder, read by everyone."""
 
-    format: Literal[2] = Field(MANIFEST_FORMAT, description="manifest format version (older formats are cache misses)")
+    format: Literal[3] = Field(MANIFEST_FORMAT, description="manifest format version (older formats are cache misses)")
     key: str = Field(description="the entry's key: key_of(components)")
     step: str = Field(description="the step's name in the recipe that built it")
     kind: str = Field(description="the step kind")
