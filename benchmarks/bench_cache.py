@@ -47,7 +47,7 @@ steps:
 
 UNCHECKED = (
     "import sys; import synthforge.cache as c; "
-    "c.table_problems = lambda *a, **k: []; c.Manifest.problems = lambda self, key=None: []; "
+    "c.table_problems = lambda *a, **k: []; c.Manifest.problems = lambda self, key=None, full=False: []; "
     "from synthforge.cli import main; sys.argv[0] = 'synthforge'; main()"
 )
 
