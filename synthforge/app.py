@@ -10,6 +10,7 @@ from typing import Any, Callable
 from synthforge.builder import Graph, build, build_graph, plan
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
+from synthforge.executors import Executor
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
@@ -46,9 +47,10 @@ def build_text(
     force: tuple[str, ...] = (),
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = _log,
+    executor: Executor | None = None,
 ) -> str:
     start = time.perf_counter()
-    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log)
+    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor)
     ran = [i for i in report.items if i.action == "run"]
     rows = [
         [item.node.step, len(item.node.variants), item.node.key[:12], item.action if item.action == "cached" else "built",
@@ -170,8 +172,25 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     return f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {len(doomed)} entries ({freed / 1e6:.1f} MB)"
 
 
-def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None) -> Runtime:
-    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
+def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None,
+                 shard_rows: int | None = None) -> Runtime:
+    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size, shard_rows=shard_rows)
+
+
+def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs: int | None, address: str | None,
+                  models: int) -> Executor | None:
+    """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build."""
+    from synthforge.backends.devices import usable_cpus
+    from synthforge.executors.local import ProcessExecutor
+
+    if kind == "ray":
+        from synthforge.executors.ray_executor import RayExecutor
+
+        return RayExecutor(graph, cache, runtime, address=address, cpus=jobs)
+    if address:
+        raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
+    jobs = jobs or usable_cpus()
+    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None
 
 
 

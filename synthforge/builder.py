@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 from synthforge import __version__
 from synthforge.cache import Cache
+from synthforge.executors.base import Executor, NodeOutcome, run_ready
+from synthforge.executors.local import InlineExecutor
 from synthforge.errors import UserError
 from synthforge.keys import hash_file, key_of
 from synthforge.lockfile import Lock, read_lock, write_lock
@@ -225,18 +227,32 @@ def build(
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = print,
     write_lockfile: bool = True,
+    executor: Executor | None = None,
 ) -> BuildReport:
+    """Build what is missing; `executor` runs the nodes (default: one after another in this process)."""
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
-    for index, item in enumerate(to_run, 1):
-        node = item.node
-        where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
-        log(f"▶ {where}: {'; '.join(item.reasons)}")
-        start = time.perf_counter()
-        manifest = run_node(graph, node, cache, runtime, log, force=node.step in force)
-        report.seconds[node.key] = time.perf_counter() - start
-        log(f"✓ {where}: {manifest['rows']} rows in {report.seconds[node.key]:.1f}s")
+    position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+
+    def where(node: Node) -> str:
+        variants = node.variants[0] if len(node.variants) == 1 else f"{len(node.variants)} variants"
+        return f"[{position[node.key][0]}/{len(to_run)}] {node.step} ({variants})"
+
+    def started(node: Node) -> None:
+        log(f"▶ {where(node)}: {'; '.join(position[node.key][1].reasons)}")
+
+    def finished(node: Node, outcome: NodeOutcome) -> None:
+        for line in outcome.log:
+            log(f"  {node.step}: {line}")
+        report.seconds[node.key] = outcome.seconds
+        log(f"✓ {where(node)}: {outcome.rows} rows in {outcome.seconds:.1f}s")
+
+    executor = executor or InlineExecutor(graph, cache, runtime, log)
+    try:
+        run_ready([item.node for item in to_run], executor, forced=set(force), on_start=started, on_done=finished)
+    finally:
+        executor.close()
     for item in items:
         entry = cache.get(item.node.key)
         if entry is not None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.backends.devices import pick_device  
+from synthforge.backends.devices import pick_device, usable_cpus
 from synthforge.errors import UserError
 from synthforge.keys import hash_file, key_of
 
@@ -54,6 +54,13 @@ def model_identity(model: str) -> dict[str, str]:
     return {"name": model, "hash": _files_hash(tuple((str(p.relative_to(root)), str(p)) for p in files))}
 
 
+def model_dim(model: str) -> int:
+    """The embedding width, from the model's config (no weights loaded)."""
+    import json
+
+    return int(json.loads((model_path(model) / "config.json").read_text())["hidden_size"])
+
+
 def _files_hash(files: tuple[tuple[str, str], ...]) -> str:
     stats = tuple((name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for name, path in files)
     return _cached_files_hash(files, stats)
@@ -63,13 +70,6 @@ def _files_hash(files: tuple[tuple[str, str], ...]) -> str:
 def _cached_files_hash(files: tuple[tuple[str, str], ...], stats: tuple) -> str:
     # `stats` is only part of the lru key: a rewritten file is hashed again.
     return key_of([[name, hash_file(path)] for name, path in files])
-
-
-def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Embedder:
@@ -85,7 +85,7 @@ class Embedder:
         self.max_length = max_length
         if self.device == "cpu":
             # torch defaults to every core it sees, even outside our affinity mask.
-            torch.set_num_threads(_cpu_threads())
+            torch.set_num_threads(usable_cpus())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
 

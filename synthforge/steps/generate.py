@@ -138,6 +138,10 @@ class GenerateStep(Step):
     Params = GenerateParams
     runtime_fields = frozenset({"batch_size", "concurrency", "device"})
     tables = ("rejects",)
+    row_parallel = True
+
+    def loads_model(self, params: GenerateParams) -> bool:
+        return params.backend.type == "transformers"
 
     def files_read(self, params: GenerateParams) -> list[Path]:
         files: list[Path] = []  # value files are FilePath fields: the builder hashes them
@@ -241,14 +245,15 @@ class _Generation:
         from synthforge.backends.llm import make_backend
 
         runtime = self.ctx.runtime
-        return make_backend(
-            self.params.backend,
-            models_dir=self.ctx.cache.shared_dir("models"),
-            device=self.params.device or runtime.device,
-            batch_size=self.params.batch_size or runtime.batch_size,
-            concurrency=self.params.concurrency or runtime.concurrency,
-            log=self.ctx.log,
-        )
+        self.backend_options = {
+            "config": self.params.backend,
+            "models_dir": self.ctx.cache.shared_dir("models"),
+            "device": self.params.device or runtime.device,
+            "batch_size": self.params.batch_size or runtime.batch_size,
+            "concurrency": self.params.concurrency or runtime.concurrency,
+            "log": self.ctx.log,
+        }
+        return make_backend(**self.backend_options)
 
     def _paraphrase_seed_ids(self, paraphrase_indices: list[int]) -> list[int]:
         if not paraphrase_indices or self.params.paraphrase.source != "generated":
@@ -271,6 +276,7 @@ class _Generation:
         """Fill in every plan's response: from the cache, else from the backend (cached as it arrives)."""
         from synthforge.generation.response_cache import response_key
         from synthforge.progress import progress
+        from synthforge.sharding import run_shards, shard_ranges, shard_rows
 
         if not plans:
             return
@@ -286,6 +292,8 @@ class _Generation:
         self.stats["responses_cached"] += len(plans) - len(missing)
         if not missing:
             return
+        shards = shard_ranges(len(missing), shard_rows(self.ctx.runtime))
+        worker = GenerateWorker(self.backend_options, self.backend)
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
 
             def arrived(i: int, response: GenerationResponse) -> None:
@@ -297,8 +305,17 @@ class _Generation:
                 self.stats["generated_completion_tokens"] += response.completion_tokens
                 bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
 
-            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived)
-        self.stats["retries"] += getattr(self.backend, "retries", 0)
+            def shard_done(shard: int, result: tuple[list[GenerationResponse], int]) -> None:
+                responses, retries = result
+                self.stats["retries"] += retries
+                if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
+                    for j, response in enumerate(responses):
+                        arrived(shards[shard].start + j, response)
+
+            payloads = [[missing[i][0].request for i in rows] for rows in shards]
+            run_shards(self.ctx.runtime, worker, payloads, shard_done,
+                       on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
+
 
     # output
     def _row_id(self, index: int) -> str:
@@ -364,6 +381,27 @@ class _Generation:
             "retries": self.stats["retries"],
             "seconds": round(seconds, 3),
         }
+
+
+class GenerateWorker:
+    """Generates one shard of requests; builds its backend (and loads the model) on first use in a process."""
+
+    def __init__(self, backend_options: dict[str, Any], backend=None):
+        self.backend_options = backend_options
+        self.backend = backend  # the step's own backend, when the shards run in its process
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Another process (a Ray actor) builds its own backend and logs to its own output.
+        return {"backend_options": {**self.backend_options, "log": print}, "backend": None}
+
+    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int]:
+        """The shard's responses in request order, and the retries they took."""
+        from synthforge.backends.llm import make_backend
+
+        if self.backend is None:
+            self.backend = make_backend(**self.backend_options)
+        responses = self.backend.generate(requests, on_response=on_item)
+        return responses, getattr(self.backend, "retries", 0)
 
 
 # -- helpers --------------------------------------------------------------------
