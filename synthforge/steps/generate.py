@@ -316,7 +316,6 @@ class _Generation:
             run_shards(self.ctx.runtime, worker, payloads, shard_done,
                        on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
 
-
     # output
     def _row_id(self, index: int) -> str:
         return f"{self.ctx.step}-{index}"
