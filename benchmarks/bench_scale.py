@@ -5,8 +5,8 @@ and sharded vs unsharded generate and embed. Prints tables.
     .venv/bin/python benchmarks/bench_scale.py study --source-cache cache --runs 1
     # shards: packaged MiniLM on Rotten Tomatoes texts, packaged SmolLM2 (fresh response caches)
     .venv/bin/python benchmarks/bench_scale.py shards --repeats 3
-    # projection of the GPU-sized study from the per-step times of a built study cache
-    .venv/bin/python benchmarks/bench_scale.py project --cache cache
+    # projection of the GPU-sized study's wall time on 1, 4 and 16 devices from measured per-step rates
+    .venv/bin/python benchmarks/bench_scale.py project
 
 The machine may be shared: every row carries the load average before it ran and the CPU time it used
 (user+sys of the build's process tree as reaped by its parents; Ray's daemons are partly missed).
@@ -110,7 +110,8 @@ def parquet_bytes(frame) -> bytes:
     return buffer.getvalue()
 
 
-def run_step(step, params, inputs, root: Path, shard_rows: int | None, models: Path | None = None):
+def run_step(step, params, inputs, root: Path, shard_rows: int | None, models: Path | None = None,
+             batch_size: int | None = None):
     from synthforge.cache import Cache
     from synthforge.steps.base import Runtime, StepContext
 
@@ -119,7 +120,8 @@ def run_step(step, params, inputs, root: Path, shard_rows: int | None, models: P
         cache.shared_dir("models").rmdir()
         os.symlink(models, root / "shared" / "models")
     ctx = StepContext(step="bench", recipe="bench", params=params, seed=7, key="bench-key", inputs=inputs,
-                      workdir=root / "work", cache=cache, runtime=Runtime(device="cpu", progress=False, shard_rows=shard_rows))
+                      workdir=root / "work", cache=cache, runtime=Runtime(device="cpu", progress=False, shard_rows=shard_rows,
+                                                                batch_size=batch_size))
     start = time.perf_counter()
     result = step.run(ctx)
     return time.perf_counter() - start, parquet_bytes(result.data)
@@ -142,7 +144,8 @@ def compare(name: str, settings: dict[str, int | None], repeats: int, run) -> li
              f"{min(loads):.1f}-{max(loads):.1f}"] for label, t in times.items()]
 
 
-def shards(repeats: int, embed_rows: int, generate_rows: int, models: Path | None) -> None:
+def shards(repeats: int, embed_rows: int, generate_rows: int, generate_batch: int, models: Path | None,
+           steps: list[str]) -> None:
     import polars as pl
 
     from synthforge.datasets import PACKAGED
@@ -164,86 +167,80 @@ def shards(repeats: int, embed_rows: int, generate_rows: int, models: Path | Non
         **{k: v for k, v in study_step.items() if k not in ("kind", "few_shot_from", "few_shot_k")}, "n": generate_rows})
 
     def generate(shard_rows):
-        return run_step(GenerateStep(), params, {}, work / f"g{next(counter)}", shard_rows, models)
+        return run_step(GenerateStep(), params, {}, work / f"g{next(counter)}", shard_rows, models, generate_batch)
 
-    rows = compare(f"embed MiniLM, {embed_rows} rows", {"unsharded": None, "shards of 1024": 1024}, repeats, embed)
-    rows += compare(f"generate SmolLM2, {generate_rows} rows, batch 32", {"unsharded": None, "shards of 32": 32},
-                    repeats, generate)
+    rows = []
+    if "embed" in steps:
+        rows += compare(f"embed MiniLM, {embed_rows} rows", {"unsharded": None, "shards of 1024": 1024}, repeats, embed)
+    if "generate" in steps:
+        rows += compare(f"generate SmolLM2, {generate_rows} rows, batch {generate_batch}",
+                        {"unsharded": None, f"shards of {generate_batch}": generate_batch}, repeats, generate)
     print(render_table(["step", "setting", "median s", "range s", "vs unsharded", "identical output", "load"], rows,
                        align_right=(2, 3, 4)))
     shutil.rmtree(work, ignore_errors=True)
 
 
 # -- projection ------------------------------------------------------------------
-GPU_SIZED = {"pool": 20000, "select_n": 2000, "per_label": 64}
+GPU_SIZED = ("pool=20000", "select_n=2000", "per_label=64", "method=finetune")
 SHARDED = ("generate", "embed")
+# Rates measured on this machine (benchmarks/RESULTS.md): SmolLM2 at batch 32 writes 117.8 tokens/s,
+# MiniLM embeds 565 rows/s, a diversity-level selection of 1k rows from 100k takes 5.7 s.
+GENERATE_TOKENS_PER_S = 117.8
+EMBED_ROWS_PER_S = 565.0
+SELECT_S_PER_100K = 5.7
+LIGHT_STEP_S = {"load": 2.0, "split": 1.1, "mix": 0.2}  # measured single steps of the study's seed build
 
 
-def measured_steps(cache: Path, sets: tuple[str, ...]) -> dict[str, dict]:
-    """Per node of the study: step, kind, seconds, rows, upstream keys, from the manifests of a built cache."""
-    from synthforge.app import open_graph
-    from synthforge.cache import Cache
-
-    graph = open_graph(str(STUDY), sets)
-    nodes = {}
-    for key, node in graph.nodes.items():
-        entry = Cache(cache).get(key)
-        if entry is None:
-            raise SystemExit(f"{cache} lacks {node.step} ({key[:12]}): build the study there first")
-        manifest = entry.manifest
-        nodes[key] = {"step": node.step, "kind": node.kind, "seconds": manifest["timings"]["seconds"],
-                      "rows": manifest["rows"], "upstream": node.upstream}
-    return nodes
-
-
-def scaled_seconds(node: dict, study_vars: dict) -> float:
-    """Seconds at the GPU-sized settings, scaled linearly in the rows each step processes."""
-    pool, select_n, per_label = (GPU_SIZED[v] / study_vars[v] for v in ("pool", "select_n", "per_label"))
-    factor = {"generated": pool, "synth_emb": pool, "real_emb": per_label, "selected": pool * select_n,
-              "mixed": select_n, "scores": select_n}.get(node["step"], 1.0)
-    return node["seconds"] * factor
+def node_seconds(node, graph, finetune_s: float) -> float:
+    """One device's seconds for a node of the GPU-sized study, from the measured rates above."""
+    params = node.resolved.run_params
+    if node.kind == "generate":
+        return params.n * params.max_new_tokens / GENERATE_TOKENS_PER_S
+    if node.kind == "embed":
+        upstream = graph.nodes[node.upstream[0]]
+        rows = upstream.resolved.run_params.n if upstream.kind == "generate" else 2 * 64 + 1000
+        return rows / EMBED_ROWS_PER_S
+    if node.kind == "select":
+        return SELECT_S_PER_100K * 20000 / 100_000
+    if node.kind == "train":
+        return finetune_s
+    return LIGHT_STEP_S[node.kind]
 
 
-def simulate(nodes: dict[str, dict], seconds: dict[str, float], devices: int, shard_count: int) -> float:
-    """Wall time of list scheduling on `devices` workers: a node starts when its upstream is done,
-    row-parallel nodes split into `shard_count` equal shards; every unit takes one device."""
+def simulate(graph, seconds: dict[str, float], devices: int, shards: int) -> float:
+    """Wall time of list scheduling on `devices` workers, as the executors run a build: a node starts when
+    its upstream is done; a row-parallel node splits into `shards` equal shards; every unit takes one device."""
     import heapq
 
     done_at: dict[str, float] = {}
     free = [0.0] * devices
-    for key, node in nodes.items():  # dependency order
-        ready = max((done_at[u] for u in node["upstream"]), default=0.0)
-        units = shard_count if node["kind"] in SHARDED else 1
+    for key, node in graph.nodes.items():  # dependency order
+        ready = max((done_at[u] for u in node.upstream), default=0.0)
+        units = shards if node.kind in SHARDED else 1
         finish = ready
         for _ in range(units):
             start = max(ready, heapq.heappop(free))
-            end = start + seconds[key] / units
-            heapq.heappush(free, end)
-            finish = max(finish, end)
+            heapq.heappush(free, start + seconds[key] / units)
+            finish = max(finish, start + seconds[key] / units)
         done_at[key] = finish
     return max(done_at.values())
 
 
-def project(cache: Path, sets: tuple[str, ...]) -> None:
-    import yaml
+def project(finetune_s: list[float]) -> None:
+    from synthforge.app import open_graph
 
-    study_vars = {**yaml.safe_load(STUDY.read_text())["vars"], **{k: int(v) for k, v in (s.split("=") for s in sets)}}
-    nodes = measured_steps(cache, sets)
-    seconds = {key: scaled_seconds(node, study_vars) for key, node in nodes.items()}
-    by_step: dict[str, list[float]] = {}
-    for key, node in nodes.items():
-        by_step.setdefault(node["step"], []).append(node["seconds"])
-    rows = [[step, len(t), f"{sum(t):.1f}", f"{sum(seconds[k] for k, n in nodes.items() if n['step'] == step):.0f}"]
-            for step, t in by_step.items()]
-    print(render_table(["step", "nodes", "measured s (this machine)", "scaled to GPU-sized s"], rows, align_right=(1, 2, 3)))
-    total = sum(seconds.values())
-    one = simulate(nodes, seconds, 1, 1)
-    table = []
-    for devices in (1, 4, 16):
-        wall = simulate(nodes, seconds, devices, shard_count=max(1, GPU_SIZED["pool"] // 4096 + 1) if devices > 1 else 1)
-        table.append([devices, f"{wall:.0f}", f"{one / wall:.1f}x", f"{total / devices:.0f}"])
-    print()
-    print(render_table(["devices", "projected wall (scaled s)", "speed-up", "perfect split"], table, align_right=(0, 1, 2, 3)))
+    graph = open_graph(str(STUDY), GPU_SIZED)
+    rows = []
+    for fine in finetune_s:
+        seconds = {key: node_seconds(node, graph, fine) for key, node in graph.nodes.items()}
+        one = simulate(graph, seconds, 1, 1)
+        for devices in (1, 4, 16):
+            wall = simulate(graph, seconds, devices, shards=devices)  # --shard-rows = pool / devices
+            rows.append([f"{fine:.0f}", devices, f"{wall / 60:.1f}", f"{one / wall:.1f}x", f"{sum(seconds.values()) / devices / 60:.1f}"])
+    print(f"GPU-sized study ({' '.join(GPU_SIZED)}): {len(graph.nodes)} nodes; times in minutes of this machine's "
+          "device-seconds (a GPU divides every model step by its own speed-up)")
+    print(render_table(["finetune s/variant", "devices", "projected wall min", "speed-up", "perfect split min"], rows,
+                       align_right=(0, 1, 2, 3, 4)))
 
 
 def main() -> None:
@@ -258,18 +255,20 @@ def main() -> None:
     shard_parser.add_argument("--repeats", type=int, default=3)
     shard_parser.add_argument("--embed-rows", type=int, default=3072)
     shard_parser.add_argument("--generate-rows", type=int, default=96)
+    shard_parser.add_argument("--generate-batch", type=int, default=32, help="batch size, and the rows of a generate shard")
+    shard_parser.add_argument("--steps", nargs="+", choices=["embed", "generate"], default=["embed", "generate"])
     shard_parser.add_argument("--models", type=Path, default=None,
                               help="a cache's shared/models holding the converted SmolLM2 (saves converting it per run)")
     project_parser = sub.add_parser("project")
-    project_parser.add_argument("--cache", type=Path, default=ROOT / "cache")
-    project_parser.add_argument("--set", dest="sets", action="append", default=[], help="the variables the cache was built with")
+    project_parser.add_argument("--finetune-s", type=float, nargs="+", default=[60.0, 600.0],
+                                help="one device's seconds to fine-tune one variant (3 seeds): not measured here")
     args = parser.parse_args()
     if args.part == "project":
-        project(args.cache, tuple(args.sets))
+        project(args.finetune_s)
     elif args.part == "study":
         study(args.source_cache, args.runs, tuple(args.sets), args.keep)
     else:
-        shards(args.repeats, args.embed_rows, args.generate_rows, args.models)
+        shards(args.repeats, args.embed_rows, args.generate_rows, args.generate_batch, args.models, args.steps)
 
 
 if __name__ == "__main__":
