@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from synthforge.steps import register
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
@@ -16,7 +18,7 @@ class SlowParams(StepParams):
 
 
 class SlowStep(Step):
-    """Copies its input after sleeping $SF_TEST_SLEEP seconds; logs each run to $SF_TEST_RUNLOG."""
+    """Copies its input after sleeping $SF_TEST_SLEEP seconds (and until $SF_TEST_RELEASE exists); logs each run to $SF_TEST_RUNLOG."""
 
     kind = "slow"
     Params = SlowParams
@@ -30,6 +32,10 @@ class SlowStep(Step):
                 fh.write(f"{ctx.key} {os.getpid()}\n")
         Path(ctx.workdir / "started").touch()
         time.sleep(float(os.environ.get("SF_TEST_SLEEP", "0")))
+        release = os.environ.get("SF_TEST_RELEASE")  # a file: finish only once the test creates it
+        deadline = time.time() + 120
+        while release and not Path(release).exists() and time.time() < deadline:
+            time.sleep(0.05)
         return StepResult(frame)
 
 
@@ -38,7 +44,7 @@ register("slow", "tests.plugin_steps:SlowStep")
 
 class CrashOnceParams(StepParams):
     input: Ref
-    marker: str  # a file path: absent on the first run, which then kills its own process
+    marker: str = Field(exclude=True)  # a file path: absent on the first run, which then kills its own process
 
 
 class CrashOnceStep(Step):
@@ -46,7 +52,6 @@ class CrashOnceStep(Step):
 
     kind = "crash_once"
     Params = CrashOnceParams
-    runtime_fields = frozenset({"marker"})
 
     def run(self, ctx: StepContext) -> StepResult:
         import signal

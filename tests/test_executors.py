@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synthforge.executors.base import NodeOutcome, run_ready
+from synthforge.executors.base import NodeRun, run_ready
 from tests.conftest import BASIC
 
 MATRIX = BASIC + "matrix:\n  k: [5, 10, 20]\n"
@@ -67,7 +67,7 @@ class _RecordingExecutor:
 
     def wait(self):
         node = self.running.pop(0)
-        return [(node.key, NodeOutcome(node.key, 0, 0.0))]
+        return [(node.key, NodeRun(node.key, 0, 0.0))]
 
     def close(self) -> None:
         pass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import polars as pl
 import pytest
@@ -14,6 +13,7 @@ from synthforge.steps import embed as embed_module
 from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep
 from tests.generate_helpers import run_step
+from tests.helpers import write_entry
 from tests.test_generate_transformers import tiny_params
 from tests.tiny_models import tiny_chat_model_dir
 
@@ -34,11 +34,7 @@ def test_shard_ranges_cover_the_rows_in_order_and_align_to_blocks():
 
 def embed_input(tmp_path, rows: int) -> InputTable:
     texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(1 + i % 9)) for i in range(rows)]
-    folder = tmp_path / "in"
-    folder.mkdir(exist_ok=True)
-    pl.DataFrame({"id": [str(i) for i in range(rows)], "text": texts}).write_parquet(folder / "data.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"key": "in-key"}))
-    return InputTable(folder)
+    return write_entry(tmp_path, "in", pl.DataFrame({"id": [str(i) for i in range(rows)], "text": texts}))
 
 
 def run_embed(tmp_path, model, table, shard_rows: int | None, cache: Cache | None = None):

@@ -7,6 +7,6 @@ somewhere and hands back what came of it.
 
 from __future__ import annotations
 
-from synthforge.executors.base import Executor, NodeOutcome, run_ready
+from synthforge.executors.base import Executor, NodeRun, run_ready
 
-__all__ = ["Executor", "NodeOutcome", "run_ready"]
+__all__ = ["Executor", "NodeRun", "run_ready"]

@@ -14,12 +14,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @dataclass
-class NodeOutcome:
-    """What came of running one node: its manifest's row count, wall time, and what the step logged."""
+class NodeRun:
+    """What came of running one node: its rows, wall time, whether this run built it (False: another
+    process did while it waited for the key's lock), and what the step logged."""
 
     key: str
     rows: int
     seconds: float
+    built: bool = True
     log: list[str] = field(default_factory=list)
 
 
@@ -31,22 +33,22 @@ class Executor(Protocol):
         """Start running `node` (its upstream entries exist)."""
         ...
 
-    def wait(self) -> list[tuple[str, NodeOutcome | BaseException]]:
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         """Block until at least one submitted node finished; each finished key with its outcome or error."""
         ...
 
     def close(self) -> None: ...
 
 
-def execute_node(graph: "Graph", key: str, cache_root: str | Path, runtime: "Runtime", force: bool) -> NodeOutcome:
+def execute_node(graph: "Graph", key: str, cache_root: str | Path, runtime: "Runtime", force: bool) -> NodeRun:
     """Run one node in a worker (a spawned process or a Ray task); its log lines travel back with the outcome."""
     from synthforge.builder import run_node
     from synthforge.cache import Cache
 
     lines: list[str] = []
     start = time.perf_counter()
-    manifest = run_node(graph, graph.nodes[key], Cache(cache_root), runtime, lines.append, force=force)
-    return NodeOutcome(key, manifest["rows"], time.perf_counter() - start, lines)
+    outcome = run_node(graph, graph.nodes[key], Cache(cache_root), runtime, lines.append, force=force)
+    return NodeRun(key, outcome.manifest.rows, time.perf_counter() - start, outcome.built, lines)
 
 
 def run_ready(
@@ -55,7 +57,7 @@ def run_ready(
     *,
     forced: set[str],
     on_start: Callable[["Node"], None],
-    on_done: Callable[["Node", NodeOutcome], None],
+    on_done: Callable[["Node", NodeRun], None],
 ) -> None:
     """Run `nodes` (in dependency order) on `executor`, each once everything upstream of it is built.
 

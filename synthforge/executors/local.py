@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from synthforge.executors.base import NodeOutcome, execute_node
+from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.builder import Graph, Node
@@ -34,16 +34,16 @@ class InlineExecutor:
     def submit(self, node: "Node", force: bool) -> None:
         self._queued.append((node, force))
 
-    def wait(self) -> list[tuple[str, NodeOutcome | BaseException]]:
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         from synthforge.builder import run_node
 
         node, force = self._queued.pop(0)
         start = time.perf_counter()
         try:
-            manifest = run_node(self.graph, node, self.cache, self.runtime, self.log, force=force)
+            outcome = run_node(self.graph, node, self.cache, self.runtime, self.log, force=force)
         except Exception as exc:  # handed to the loop, which lets running nodes finish, then raises it
             return [(node.key, exc)]
-        return [(node.key, NodeOutcome(node.key, manifest["rows"], time.perf_counter() - start))]
+        return [(node.key, NodeRun(node.key, outcome.manifest.rows, time.perf_counter() - start, outcome.built))]
 
     def close(self) -> None:
         pass
@@ -56,7 +56,7 @@ def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime") -> None:
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
 
-def _run_in_worker(key: str, force: bool) -> NodeOutcome:
+def _run_in_worker(key: str, force: bool) -> NodeRun:
     return execute_node(_WORKER["graph"], key, _WORKER["cache_root"], _WORKER["runtime"], force)
 
 
@@ -77,7 +77,7 @@ class ProcessExecutor:
     def submit(self, node: "Node", force: bool) -> None:
         self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
 
-    def wait(self) -> list[tuple[str, NodeOutcome | BaseException]]:
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
         finished = []
         for future in done:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from synthforge.errors import UserError
-from synthforge.executors.base import NodeOutcome, execute_node
+from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.builder import Graph, Node
@@ -76,7 +76,7 @@ class RayExecutor:
                                   name=f"synthforge {node.step} {node.key[:12]}")
         self._refs[task.remote(self._graph, node.key, self._cache_root, self._runtime, force)] = node.key
 
-    def wait(self) -> list[tuple[str, NodeOutcome | BaseException]]:
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         ready, _ = self.ray.wait(list(self._refs), num_returns=1)
         finished = []
         for ref in ready:

@@ -23,7 +23,7 @@ class EmbedParams(StepParams):
     model: str = "minilm"
     max_length: int = Field(256, ge=8, le=8192)
     text_column: str = "text"
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, exclude=True)  # runtime-only: never in a key
 
 
 # Rows are embedded in blocks of this many, each sorted by length into batches, whatever the
@@ -35,7 +35,6 @@ class EmbedStep(Step):
     kind = "embed"
     version = "2"  # 2: batches are formed within blocks of BLOCK_ROWS rows (was: across all rows)
     Params = EmbedParams
-    runtime_fields = frozenset({"batch_size"})
     row_parallel = True
 
     def files_read(self, params: EmbedParams) -> list[Path]:
