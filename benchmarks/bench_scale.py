@@ -169,14 +169,14 @@ def shards(repeats: int, embed_rows: int, generate_rows: int, generate_batch: in
     def generate(shard_rows):
         return run_step(GenerateStep(), params, {}, work / f"g{next(counter)}", shard_rows, models, generate_batch)
 
-    rows = []
-    if "embed" in steps:
-        rows += compare(f"embed MiniLM, {embed_rows} rows", {"unsharded": None, "shards of 1024": 1024}, repeats, embed)
+    headers = ["step", "setting", "median s", "range s", "vs unsharded", "identical output", "load"]
+    if "embed" in steps:  # each table as soon as it is measured: a loaded machine may not reach the next
+        print(render_table(headers, compare(f"embed MiniLM, {embed_rows} rows", {"unsharded": None, "shards of 1024": 1024},
+                                            repeats, embed), align_right=(2, 3, 4)), flush=True)
     if "generate" in steps:
-        rows += compare(f"generate SmolLM2, {generate_rows} rows, batch {generate_batch}",
-                        {"unsharded": None, f"shards of {generate_batch}": generate_batch}, repeats, generate)
-    print(render_table(["step", "setting", "median s", "range s", "vs unsharded", "identical output", "load"], rows,
-                       align_right=(2, 3, 4)))
+        print(render_table(headers, compare(f"generate SmolLM2, {generate_rows} rows, batch {generate_batch}",
+                                            {"unsharded": None, f"shards of {generate_batch}": generate_batch},
+                                            repeats, generate), align_right=(2, 3, 4)), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
