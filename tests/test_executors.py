@@ -111,7 +111,11 @@ CRASH = BASIC + "  copy:\n    kind: crash_once\n    input: split.train\n    mark
 @pytest.mark.integration
 def test_ray_build_matches_local_bytes_and_retries_a_killed_worker(ray_local, cli, write_recipe, data_csv, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setenv("SYNTHFORGE_PLUGINS", "tests.plugin_steps")
+    import synthforge.steps as steps_module
+
+    # Register the test kind in a copy of the registry: later tests see only the real kinds.
+    monkeypatch.setattr(steps_module, "STEP_KINDS", dict(steps_module.STEP_KINDS))
+    steps_module.register("crash_once", "tests.plugin_steps:CrashOnceStep")
     marker = tmp_path / "killed-once"
     recipe = write_recipe(CRASH.replace("{marker}", str(marker)))
     on_ray = cli("build", recipe, "--executor", "ray", "--cache-dir", tmp_path / "ray")
