@@ -2,42 +2,70 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.builder import Graph, build, build_graph, plan
+from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, variant_label
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
+from synthforge.progress import LOGGER
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
 
-
-def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
-    return build_graph(load_recipe(recipe_path, parse_overrides(sets)))
+if TYPE_CHECKING:
+    from synthforge.remote import Remote
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger(LOGGER).info(message)
 
 
-def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:
+def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:
     items = plan(graph, cache, only, force)
+    unreachable = ""
+    if remote is not None:
+        try:
+            on_remote = remote.available(i.node.key for i in items if i.action == "run" and i.node.step not in force)
+        except UserError as exc:
+            on_remote, unreachable = set(), f"\n(not marking remote steps: {exc})"
+        for item in items:
+            if item.node.key in on_remote:
+                item.action, item.reasons = "pull", [f"on the remote {remote.url}"]
+    return format_plan(graph, cache, items, remote) + unreachable
+
+
+def format_plan(graph: Graph, cache: Cache, items: list, remote: Remote | None = None) -> str:
     runs = sum(item.action == "run" for item in items)
     recipe = graph.recipe
     lines = [
         f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
         f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
+        + (f" ({sum(i.action == 'pull' for i in items)} cached on the remote)" if remote is not None else "")
     ]
     rows = []
     for item in items:
-        why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
-        rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
-    lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
+        why = as_sentence(item.reasons) + (f"  [{item.note}]" if item.note else "")
+        rows.append([item.action, item.node.step, variant_label(graph, item.node), item.node.key[:12], why])
+    lines.append(render_table(["action", "step", "for", "key", "why"], rows))
+    lines += _generation_estimates(cache, [item.node for item in items if item.action == "run"])
     return "\n".join(lines)
+
+
+def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
+    """Expected generation time of the generate steps that will run, from the speed measured on this machine."""
+    from synthforge.generation.speed import estimate
+
+    lines = []
+    for node in nodes:
+        if node.kind == "generate":
+            params = node.resolved.run_params
+            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, str(params.backend.model),
+                                                                params.n, params.max_new_tokens))
+    return lines
 
 
 def build_text(
@@ -47,52 +75,75 @@ def build_text(
     force: tuple[str, ...] = (),
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = _log,
+    remote: Remote | None = None,
+    pull: bool = True,
+    push: bool = False,
     executor: Executor | None = None,
 ) -> str:
     start = time.perf_counter()
+    pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
     report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor)
     ran = [i for i in report.items if i.action == "run"]
+    pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [
-        [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report),
+        [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report, pulled),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
         for item in report.items
     ]
     table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
     summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
+    if pulled:
+        summary += f"; {len(pulled)} pulled from {remote.url}"
+    if pushed is not None:
+        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
+        remote.raise_failures(pushed)
     return f"{table}\n{summary}"
 
 
-def _status(item, report) -> str:
+def read_through(graph: Graph, cache: Cache, remote: Remote, only: tuple[str, ...], force: tuple[str, ...],
+                 log: Callable[[str], None]) -> set[str]:
+    """Before building, fetch every step the remote has; before generating, merge its LLM responses."""
+    items = plan(graph, cache, only, force)
+    wanted = [i.node.key for i in items if i.action == "run" and i.node.step not in force]
+    try:
+        done = remote.pull_many(wanted, cache, log)
+        still_to_run = [i for i in items if i.action == "run" and cache.problems(i.node.key) != []]
+        added = remote.pull_responses(cache, log=log) if any(i.node.kind == "generate" for i in still_to_run) else 0
+    except UserError as exc:
+        log(f"{exc}; building without it")
+        return set()
+    if done.entries:
+        log(done.summary("pulled") + f" from {remote.url}")
+    for key, why in done.failed.items():
+        log(f"remote: could not fetch {key[:12]} ({why}); building it here")
+    if added:
+        log(f"remote: merged {added} LLM responses from {remote.url}")
+    return set(done.entries)
+
+
+def _status(item, report, pulled: set[str]) -> str:
     if item.action == "cached":
-        return "cached"
+        return "pulled" if item.node.key in pulled else "cached"
     return "cached (built by another process)" if item.node.key in report.built_elsewhere else "built"
 
 
 def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
-    recipe = graph.recipe
-    if step not in recipe.model.steps:
-        steps = list(recipe.model.steps)
-        raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, steps) or f"steps: {', '.join(steps)}")
-    keys = {graph.keys[v.name][step] for v in recipe.variants}
-    if variant is None and len(keys) > 1:
-        names = [v.name for v in recipe.variants]
-        raise UserError(
-            f"step '{step}' differs across {len(names)} variants", hint=f"pass --variant, one of: {'; '.join(names)}"
-        )
-    key = graph.keys[recipe.variant(variant).name][step]
-    entry = cache.get(key)
-    if entry is None:
-        raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {recipe.path}")
-    return entry
+    from synthforge.api import OpenRecipe
+
+    return OpenRecipe(graph, cache).entry(step, variant)
 
 
-def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
+def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None = None) -> str:
     import polars as pl
 
+    from synthforge.api import read_table
+
     manifest = entry.manifest
-    frame = entry.read_table(table)
+    frame = read_table(entry, table)
+    name = step or manifest.step
+    built_as = f", built as step '{manifest.step}' (its ids keep that name)" if name != manifest.step else ""
     lines = [
-        f"step {manifest.step} ({manifest.kind}), table {table}: {frame.height} rows, key {entry.key}",
+        f"step {name} ({manifest.kind}){built_as}, table {table}: {frame.height} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in manifest.tables[table].columns.items()),
     ]
@@ -105,30 +156,11 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
     return "\n".join(lines)
 
 
-def export_table(entry: Entry, to: str, table: str = "data") -> str:
-    import polars as pl
-
-    frame = entry.read_table(table)
-    target = Path(to)
-    suffix = target.suffix.lower()
-    writers = {".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson, ".csv": None}
-    if suffix not in writers:
-        raise UserError(f"cannot export to '{target.name}'", field="--to", hint="use a .parquet, .jsonl or .csv file name")
-    if suffix == ".csv":
-        frame = frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
-                                   for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    (frame.write_csv if suffix == ".csv" else writers[suffix])(tmp)
-    tmp.replace(target)
-    return f"wrote {frame.height} rows to {target}"
-
-
 def _input_table(entry: Entry, table: str):
+    from synthforge.api import table_path
     from synthforge.steps.base import InputTable
 
-    if table not in entry.manifest.tables:
-        raise UserError(f"step '{entry.manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(entry.manifest.tables)}")
+    table_path(entry, table)
     return InputTable(entry.path, table)
 
 
@@ -259,7 +291,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
-                metric: str | None) -> str:
+                metric: str | None, html: bool = False) -> str:
     from synthforge.report import format_table, write_report
 
     records = variant_records(graph, cache)
@@ -268,8 +300,21 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     out_dir = Path(out) if out else Path("reports") / graph.recipe.name
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric)
+    if html:
+        paths.append(_html_report(graph, cache, out_dir, level_var))
     table = format_table(records, diversity_metric=metric)
     return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str) -> Path:
+    from synthforge.api import OpenRecipe
+    from synthforge.report_html import subset_samples, write_html
+
+    sweep_md = (out_dir / "sweep.md").read_text().splitlines()
+    heading = sweep_md[0].lstrip("# ").strip() if sweep_md and sweep_md[0].startswith("#") else ""
+    subtitle = " ".join(part for part in (heading, graph.recipe.model.description.strip()) if part)
+    samples = subset_samples(OpenRecipe(graph, cache), level_var)
+    return write_html(out_dir, f"{graph.recipe.name}: sweep report", subtitle, samples)
 
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
@@ -286,3 +331,59 @@ def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table
     title = f"{step}.{table}" if table != "data" else step
     against = f" vs {reference}" if reference else ""
     return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"
+
+
+def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | None = None,
+                steps: tuple[str, ...] = ()) -> list[str]:
+    """The keys of RECIPEs' (or lockfiles') steps (every variant unless one is named; every step unless some are)."""
+    keys: list[str] = []
+    for recipe_path in recipes:
+        if recipe_path.endswith(".lock"):
+            keys += _lock_keys(Path(recipe_path), variant, steps)
+            continue
+        graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
+        _check_step_names(graph, list(steps))
+        variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
+        for v in variants:
+            keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
+    return list(dict.fromkeys(keys))
+
+
+def _lock_keys(path: Path, variant: str | None, steps: tuple[str, ...]) -> list[str]:
+    from synthforge.lockfile import read_lock
+
+    lock = read_lock(path)
+    if lock is None:
+        raise UserError(f"{path} is not a synthforge lockfile", hint="pass a recipe, or the RECIPE.lock that build wrote")
+    if variant is not None and variant not in lock.variants:
+        raise UserError(f"no variant '{variant}' in {path}", field="--variant", hint=did_you_mean(variant, lock.variants) or "")
+    chosen = [lock.variants[variant]] if variant is not None else list(lock.variants.values())
+    return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
+
+
+def cache_push_text(cache: Cache, remote: Remote, recipes: tuple[str, ...], sets: tuple[str, ...]) -> str:
+    keys = remote_keys(recipes, sets) if recipes else [entry.key for entry in cache.entries()]
+    done = remote.push_many(keys, cache)
+    remote.raise_failures(done)
+    return f"{done.summary('pushed')} to {remote.url}"
+
+
+def cache_pull_text(cache: Cache, remote: Remote, recipe: str, variant: str | None, steps: tuple[str, ...],
+                    sets: tuple[str, ...]) -> tuple[str, bool]:
+    done = remote.pull_many(remote_keys((recipe,), sets, variant, steps), cache, _log)
+    remote.raise_failures(done)
+    text = f"{done.summary('pulled')} from {remote.url}"
+    if done.refused:
+        text += f"; refused {len(done.refused)} damaged entries (a build recomputes them)"
+    return text, not done.refused
+
+
+def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str:
+    from synthforge.lockfile import find_locks, referenced_keys
+
+    locks = find_locks([Path(r) for r in (roots or (".",))])
+    keep = referenced_keys(locks)
+    entries, objects, freed = remote.gc(keep, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {entries} remote entries and "
+            f"{objects} unreferenced objects ({freed / 1e6:.1f} MB) from {remote.url}")

@@ -12,6 +12,12 @@ cache_option = click.option(
 )
 set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a recipe variable.")
 variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
+remote_option = click.option(
+    "--remote", "remote_url", envvar="SYNTHFORGE_REMOTE", default=None, metavar="URL",
+    help="Remote cache: s3://bucket/prefix, gs://..., az://... or a shared folder (or $SYNTHFORGE_REMOTE, "
+         "or remote = \"...\" under [tool.synthforge] in pyproject.toml). Credentials come from the backend's own config.",
+)
+jobs_option = click.option("--jobs", type=int, default=16, show_default=True, help="Objects transferred at once.")
 table_option = click.option("--table", default="data", show_default=True, help="Which table of the step (e.g. test, rejects).")
 
 
@@ -25,12 +31,14 @@ def step_output_options(command):
 
 
 def user_errors(command):
-    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume."""
+    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume. Adds -q/-v."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
         from synthforge.errors import UserError
+        from synthforge.progress import configure_logging
 
+        configure_logging(-1 if quiet else 1 if verbose else 0)
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -40,13 +48,30 @@ def user_errors(command):
             click.echo("interrupted: finished steps are cached; run the same command to resume", err=True)
             sys.exit(130)
 
-    return wrapper
+    wrapper = click.option("-v", "--verbose", is_flag=True, help="Also print debug lines and the libraries' own messages.")(wrapper)
+    return click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")(wrapper)
+
+
+def _open(recipe: str, sets: tuple[str, ...], cache_dir: str):
+    """The recipe through the Python API (synthforge.api), with --set pairs parsed as YAML scalars."""
+    from synthforge import api
+    from synthforge.recipe.resolve import parse_overrides
+
+    return api.open(recipe, set=parse_overrides(sets), cache_dir=cache_dir)
 
 
 def _cache(cache_dir: str):
     from synthforge.cache import Cache
 
     return Cache(cache_dir)
+
+
+def _remote(url: str | None, jobs: int = 16, progress: bool = True, required: bool = True):
+    """The configured remote (--remote, $SYNTHFORGE_REMOTE, pyproject.toml); None when optional and unset."""
+    from synthforge import remote
+
+    url = remote.remote_url(url)
+    return remote.open_remote(url, jobs, progress) if url or required else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +89,10 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
 @click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--use-remote/--no-remote", default=True, show_default=True,
+              help="Read through the configured remote: fetch a step's entry from it before running the step.")
+@click.option("--push", is_flag=True, help="Upload the build's entries the remote lacks (needs a remote).")
+@remote_option
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="SYNTHFORGE_JOBS",
               help="Steps run at once (local: spawned worker processes; ray: CPUs of a local Ray instance). "
                    "Default: the CPUs this process may use.")
@@ -77,33 +106,53 @@ def main() -> None:
 @set_option
 @cache_option
 @user_errors
-def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, jobs, executor, address,
-              models_per_device, shard_rows, sets, cache_dir):
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, use_remote, push, remote_url, jobs,
+              executor, address, models_per_device, shard_rows, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
-    graph = app.open_graph(recipe, sets)
+    r = _open(recipe, sets, cache_dir)
+    remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
     if dry_run:
-        click.echo(app.plan_text(graph, _cache(cache_dir), only, force))
+        click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
         return
     runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows)
-    cache = _cache(cache_dir)
-    runner = app.executor_from(executor, graph, cache, runtime, jobs, address, models_per_device)
-    click.echo(app.build_text(graph, cache, only, force, runtime, executor=runner))
+    runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
+    click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
+                              executor=runner))
+
+
+@main.command("new")
+@click.argument("name")
+@click.option("--from", "starter", type=click.Choice(["demo", "generate", "study"]), default="demo", show_default=True,
+              help="demo: load and split (seconds); generate: + SmolLM2 rows and embeddings (minutes on a CPU); "
+                   "study: + select, mix and train over a small matrix.")
+@click.option("--dir", "folder", default=".", show_default=True, help="Folder to write NAME.yaml in.")
+@user_errors
+def new_cmd(name, starter, folder):
+    """Write a commented starter recipe NAME.yaml that builds as it is."""
+    from synthforge.starters import write_starter
+
+    path = write_starter(name, starter, folder)
+    click.echo(f"wrote {path}\nnext: synthforge plan {path} && synthforge build {path}")
 
 
 @main.command("plan")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--only", multiple=True, metavar="STEP")
 @click.option("--force", multiple=True, metavar="STEP")
+@click.option("--use-remote/--no-remote", default=True, show_default=True, help="Mark steps the configured remote has as 'pull'.")
+@remote_option
 @set_option
 @cache_option
 @user_errors
-def plan_cmd(recipe, only, force, sets, cache_dir):
-    """For every step: cached, or will run and why (against RECIPE.lock)."""
+def plan_cmd(recipe, only, force, use_remote, remote_url, sets, cache_dir):
+    """For every step: cached, on the remote, or will run and why (against RECIPE.lock)."""
     from synthforge import app
 
-    click.echo(app.plan_text(app.open_graph(recipe, sets), _cache(cache_dir), only, force))
+    r = _open(recipe, sets, cache_dir)
+    remote = _remote(remote_url, required=False) if use_remote else None
+    click.echo(app.plan_text(r.graph, r.cache, only, force, remote))
 
 
 @main.command("show")
@@ -113,19 +162,19 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
 
-    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
-    click.echo(app.show_text(entry, table, rows))
+    click.echo(app.show_text(_open(recipe, sets, cache_dir).entry(step, variant), table, rows, step))
 
 
 @main.command("export")
-@click.option("--to", "to", required=True, help="Output file: .parquet, .jsonl or .csv.")
+@click.option("--to", "to", required=True, help="Output file (.parquet, .jsonl, .csv) or, with --format hf, a folder.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf"]), default=None,
+              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card.")
 @step_output_options
-def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
-    """Write STEP's output to a file."""
-    from synthforge import app
+def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
+    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
+    from synthforge.export import export
 
-    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
-    click.echo(app.export_table(entry, to, table))
+    click.echo(export(_open(recipe, sets, cache_dir), step, to, variant, table, fmt))
 
 
 @main.command("stats")
@@ -136,8 +185,8 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
     from synthforge import app
 
-    graph = app.open_graph(recipe, sets)
-    click.echo(app.stats_text(graph, _cache(cache_dir), step, variant, table, reference, device))
+    r = _open(recipe, sets, cache_dir)
+    click.echo(app.stats_text(r.graph, r.cache, step, variant, table, reference, device))
 
 
 @main.command("report")
@@ -147,14 +196,16 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
 @click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
 @click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
+@click.option("--html", is_flag=True, help="Also write report.html: sortable table, plots, rows side by side per level.")
 @set_option
 @cache_option
 @user_errors
-def report_cmd(recipe, out, level_var, fraction_var, score, metric, sets, cache_dir):
+def report_cmd(recipe, out, level_var, fraction_var, score, metric, html, sets, cache_dir):
     """Table (parquet, CSV, markdown) and plots of every variant of RECIPE's matrix."""
     from synthforge import app
 
-    click.echo(app.report_text(app.open_graph(recipe, sets), _cache(cache_dir), out, level_var, fraction_var, score, metric))
+    r = _open(recipe, sets, cache_dir)
+    click.echo(app.report_text(r.graph, r.cache, out, level_var, fraction_var, score, metric, html))
 
 
 @main.command("diff")
@@ -210,13 +261,55 @@ def cache_verify(repair, cache_dir):
 @cache_group.command("gc")
 @click.argument("locks", nargs=-1, type=click.Path(exists=True))
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--remote", "remote_url", default=None, metavar="URL",
+              help="Collect this remote cache instead of the local one (named explicitly, never taken from the environment).")
 @cache_option
 @user_errors
-def cache_gc(locks, dry_run, cache_dir):
+def cache_gc(locks, dry_run, remote_url, cache_dir):
     """Remove entries no lockfile references (lockfiles found under LOCKS, default '.')."""
     from synthforge import app
 
+    if remote_url is not None:
+        click.echo(app.remote_gc_text(_remote(remote_url), locks, dry_run))
+        return
     click.echo(app.cache_gc_text(_cache(cache_dir), locks, dry_run))
+
+
+@cache_group.command("push")
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@remote_option
+@jobs_option
+@set_option
+@cache_option
+@user_errors
+def cache_push(recipes, progress, remote_url, jobs, sets, cache_dir):
+    """Upload the entries of RECIPES or lockfiles (all variants; every local entry when none is given) and their LLM responses."""
+    from synthforge import app
+
+    click.echo(app.cache_push_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipes, sets))
+
+
+@cache_group.command("pull")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--step", "steps", multiple=True, metavar="STEP", help="Only these steps (default: all).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@variant_option
+@remote_option
+@jobs_option
+@set_option
+@cache_option
+@user_errors
+def cache_pull(recipe, steps, progress, variant, remote_url, jobs, sets, cache_dir):
+    """Download RECIPE's entries from the remote, each verified before it appears; exit 1 if any was refused.
+
+    RECIPE may also be a lockfile (e.g. the base branch's, from `git show`): its keys are pulled.
+    """
+    from synthforge import app
+
+    text, ok = app.cache_pull_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipe, variant, steps, sets)
+    click.echo(text)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,9 @@ class EndpointPool:
     def identity(self) -> dict[str, Any]:
         return self.endpoints[0].identity()
 
-    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens=None) -> list[GenerationResponse]:
+        """`on_tokens` is ignored: these backends report whole responses."""
         results: list[GenerationResponse | None] = [None] * len(requests)
         queue = deque(range(len(requests)))
         changed = threading.Condition()  # guards everything below; signalled when a chunk ends

@@ -313,9 +313,16 @@ class _Generation:
 
         if not missing:
             return
+        load = getattr(self.backend, "load", None)
+        if load is not None and not self.ctx.runtime.ray:  # on Ray the shard actors load the model
+            load()  # before the bar opens, so the model's status lines come first
         shards = shard_ranges(len(missing), shard_rows(self.ctx.runtime))
-        worker = GenerateWorker(self.backend_options, self.backend)
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
+            streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
+
+            def decoded(new_tokens: int, finished_rows: int) -> None:
+                streaming["on"] = True
+                bar.update(finished_rows, tokens=new_tokens)
 
             def arrived(i: int, response: GenerationResponse) -> None:
                 plan, key = missing[i]
@@ -324,7 +331,8 @@ class _Generation:
                 self.stats["responses_generated"] += 1
                 self.stats["generated_prompt_tokens"] += response.prompt_tokens
                 self.stats["generated_completion_tokens"] += response.completion_tokens
-                bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
+                if not streaming["on"]:
+                    bar.update(1, tokens=response.completion_tokens)
 
             def shard_done(shard: int, result: tuple[list[GenerationResponse], int]) -> None:
                 responses, retries = result
@@ -333,9 +341,17 @@ class _Generation:
                     for j, response in enumerate(responses):
                         arrived(shards[shard].start + j, response)
 
+            started = time.perf_counter()
+            worker = GenerateWorker(self.backend_options, self.backend, on_tokens=decoded)
             payloads = [[missing[i][0].request for i in rows] for rows in shards]
             run_shards(self.ctx.runtime, worker, payloads, shard_done,
                        on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
+            self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
+
+    def _record_speed(self, new_tokens: int, seconds: float) -> None:
+        from synthforge.generation import speed
+
+        speed.record(self.ctx.cache, self.backend.type, str(self.params.backend.model), new_tokens, seconds)
 
     # output
     def _row_id(self, index: int) -> str:
@@ -407,13 +423,14 @@ class _Generation:
 class GenerateWorker:
     """Generates one shard of requests; builds its backend (and loads the model) on first use in a process."""
 
-    def __init__(self, backend_options: dict[str, Any], backend=None):
+    def __init__(self, backend_options: dict[str, Any], backend=None, on_tokens=None):
         self.backend_options = backend_options
         self.backend = backend  # the step's own backend, when the shards run in its process
+        self.on_tokens = on_tokens  # the step's progress bar, likewise
 
     def __getstate__(self) -> dict[str, Any]:
         # Another process (a Ray actor) builds its own backend and logs to its own output.
-        return {"backend_options": {**self.backend_options, "log": print}, "backend": None}
+        return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
 
     def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int]:
         """The shard's responses in request order, and the retries they took."""
@@ -421,7 +438,7 @@ class GenerateWorker:
 
         if self.backend is None:
             self.backend = make_backend(**self.backend_options)
-        responses = self.backend.generate(requests, on_response=on_item)
+        responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
         return responses, getattr(self.backend, "retries", 0)
 
 
