@@ -7,11 +7,12 @@ and an interrupted run loses at most the requests in flight.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import StepParams
@@ -37,6 +38,7 @@ class GenerationResponse:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    rejected: str | None = None  # why there is no usable text (e.g. an oversized reply); never cached
 
 
 OnResponse = Callable[[int, GenerationResponse], None]
@@ -65,14 +67,37 @@ class TransformersBackendConfig(StepParams):
 
 class OpenAIBackendConfig(StepParams):
     type: Literal["openai"]
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    base_url: str  # e.g. http://127.0.0.1:8000/v1; no user:password@ (keys go in api_key_env)
     model: str
     # runtime-only: excluded from dumps, so never in a key
     api_key_env: str | None = Field(default=None, exclude=True)  # the NAME of the variable holding the key
-    concurrency: int = Field(default=8, ge=1, exclude=True)
-    timeout_s: float = Field(default=60.0, gt=0, exclude=True)
+    concurrency: int = Field(default=8, ge=1, exclude=True)  # the most requests in flight (fewer while rate limited)
+    timeout_s: float = Field(default=60.0, gt=0, exclude=True)  # bounds one whole attempt, not each read
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
+    max_retry_after_s: float = Field(default=60.0, ge=0, exclude=True)  # cap on a server's Retry-After
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:  # never echo the URL: it holds a secret
+            raise UserError("credentials in base_url are refused", field="backend.base_url",
+                            hint="remove user:password@ and name the variable holding the key in api_key_env")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"base_url must be an http(s) URL, got '{value}'", field="backend.base_url",
+                            hint="e.g. http://127.0.0.1:8000/v1")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):  # never echo it: may be a key
+            raise UserError("api_key_env must be the NAME of an environment variable, not a key",
+                            field="backend.api_key_env", hint="e.g. api_key_env: OPENAI_API_KEY")
+        return value
 
 
 BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]
@@ -103,5 +128,7 @@ def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, mod
             timeout_s=config.timeout_s,
             max_retries=config.max_retries,
             backoff_s=config.backoff_s,
+            max_retry_after_s=config.max_retry_after_s,
+            log=log,
         )
     raise UserError(f"unknown backend type '{config.type}'", field="backend.type", hint="use transformers or openai")

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import FilePath, Ref, Step, StepContext, StepParams, StepResult
+from synthforge.steps.base import FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
@@ -36,6 +36,11 @@ RESERVED_COLUMNS = frozenset({
     "id", "text", "label", "source", "mode", "row_seed", "temperature", "top_p", "max_new_tokens",
     "paraphrase_of", "model", "label_description", "labels", "examples", "reason", "raw", "index",
 })
+
+
+# What templates get besides the step's variables: topic rows (template, system) and paraphrase rows.
+TOPIC_CONTEXT = frozenset({"label", "label_description", "labels", "examples"})
+PARAPHRASE_CONTEXT = frozenset({"text", "label", "label_description", "labels"})
 
 
 class ValuesFile(StepParams):
@@ -51,7 +56,7 @@ class ParaphraseConfig(StepParams):
 
 class GenerateParams(StepParams):
     n: int = Field(ge=0)
-    labels: list[str] | dict[str, str]  # a list, or label -> description used in the prompt
+    labels: Labels  # a list, or label -> description used in the prompt
     template: str  # jinja2 (sandboxed)
     system: str | None = None  # optional system message, also a template
     variables: dict[str, list[str] | ValuesFile] = Field(default_factory=dict)
@@ -83,6 +88,19 @@ class GenerateParams(StepParams):
         if clash:
             raise ValueError(f"variable names {clash} are reserved (they are output columns)")
         return value
+
+    @model_validator(mode="after")
+    def _templates_use_what_the_step_provides(self) -> "GenerateParams":
+        from synthforge.generation.prompts import check_template
+
+        topic = set(self.variables) | TOPIC_CONTEXT
+        check_template(self.template, "template", topic)
+        if self.system:
+            check_template(self.system, "system", topic)
+        if self.paraphrase:  # paraphrases of few-shot rows have no topic variables
+            seed_variables = set(self.variables) if self.paraphrase.source == "generated" else set()
+            check_template(self.paraphrase.template, "paraphrase.template", seed_variables | PARAPHRASE_CONTEXT)
+        return self
 
 
 @dataclass
@@ -288,17 +306,21 @@ class _Generation:
             return
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
 
+            backend_status = getattr(self.backend, "status", dict)  # e.g. the HTTP backend's current concurrency
+
             def arrived(i: int, response: GenerationResponse) -> None:
                 plan, key = missing[i]
-                cache.put(key, response)  # committed now: a killed run resumes from here
+                if response.rejected is None:
+                    cache.put(key, response)  # committed now: a killed run resumes from here
                 plan.response = response
                 self.stats["responses_generated"] += 1
                 self.stats["generated_prompt_tokens"] += response.prompt_tokens
                 self.stats["generated_completion_tokens"] += response.completion_tokens
-                bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
+                bar.update(1, status=backend_status(), tokens=response.prompt_tokens + response.completion_tokens)
 
             self.backend.generate([plan.request for plan, _ in missing], on_response=arrived)
         self.stats["retries"] += getattr(self.backend, "retries", 0)
+        self.stats["rate_limited"] += getattr(self.backend, "rate_limited", 0)
 
     # output
     def _row_id(self, index: int) -> str:
@@ -328,10 +350,11 @@ class _Generation:
         kept, rejected = [], []
         for plan, result in zip(plans, cleaned):
             row = self._row(plan, result.text)
-            if result.reason is None:
+            reason = plan.response.rejected or result.reason
+            if reason is None:
                 kept.append(row)
             else:
-                rejected.append({**row, "reason": result.reason, "raw": plan.response.text})
+                rejected.append({**row, "reason": reason, "raw": plan.response.text})
         schema = self._schema()
         data = pl.DataFrame(kept, schema=schema, orient="row")
         rejects = pl.DataFrame(rejected, schema={**schema, "reason": pl.String, "raw": pl.String}, orient="row")
@@ -362,6 +385,7 @@ class _Generation:
             "generated_prompt_tokens": self.stats["generated_prompt_tokens"],
             "generated_completion_tokens": self.stats["generated_completion_tokens"],
             "retries": self.stats["retries"],
+            "rate_limited": self.stats["rate_limited"],
             "seconds": round(seconds, 3),
         }
 
