@@ -31,6 +31,9 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
         f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
         f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
     ]
+    if recipe.narrowed:
+        narrowed = ", ".join(f"{name}={value}" for name, value in recipe.narrowed.items())
+        lines.append(f"--set {narrowed} narrows the matrix to: {'; '.join(v.name for v in recipe.variants)}")
     rows = []
     for item in items:
         why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
@@ -96,6 +99,11 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
         "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in (info or {}).get("schema", {}).items()),
     ]
+    dropped = manifest.get("meta", {}).get("dropped")
+    if table == "data" and dropped:
+        from synthforge.steps.rows import describe_dropped
+
+        lines.append(describe_dropped(dropped))
     if "label" in frame.columns and frame.height:
         counts = frame.group_by("label").len().sort("label")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
@@ -209,12 +217,12 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
                 metric: str | None) -> str:
-    from synthforge.report import format_table, write_report
+    from synthforge.report import format_table, slug, write_report
 
     records = variant_records(graph, cache)
     if not any(r["steps"] for r in records):
         raise UserError(f"nothing of {graph.recipe.path} is built yet", hint=f"run: synthforge build {graph.recipe.path}")
-    out_dir = Path(out) if out else Path("reports") / graph.recipe.name
+    out_dir = Path(out) if out else Path("reports") / slug(graph.recipe.name)
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric)
     table = format_table(records, diversity_metric=metric)

@@ -236,7 +236,7 @@ def build(
         start = time.perf_counter()
         manifest = run_node(graph, node, cache, runtime, log, force=node.step in force)
         report.seconds[node.key] = time.perf_counter() - start
-        log(f"✓ {where}: {manifest['rows']} rows in {report.seconds[node.key]:.1f}s")
+        log(f"✓ {where}: {manifest['rows']} rows in {report.seconds[node.key]:.1f}s{_dropped_note(manifest)}")
     for item in items:
         entry = cache.get(item.node.key)
         if entry is not None:
@@ -244,6 +244,13 @@ def build(
     if write_lockfile:
         write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
+
+
+def _dropped_note(manifest: dict[str, Any]) -> str:
+    from synthforge.steps.rows import describe_dropped
+
+    dropped = manifest.get("meta", {}).get("dropped")
+    return f" ({describe_dropped(dropped)})" if dropped else ""
 
 
 def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Callable[[str], None], force: bool = False) -> dict[str, Any]:

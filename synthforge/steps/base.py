@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -49,6 +49,21 @@ class _FileMarker:
     def __repr__(self) -> str:
         return "FilePath"
 
+
+def _labels_as_strings(value: Any) -> Any:
+    """Labels are strings: YAML's `{5: positive}` or `[1, 2]` (star ratings) mean "5", "1", "2"."""
+    def text(item: Any) -> Any:
+        return str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+
+    if isinstance(value, dict):
+        return {text(k): text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [text(v) for v in value]
+    return value
+
+
+# A list of labels, or a mapping from a label to a description or new name; numbers become strings.
+Labels = Annotated[list[str] | dict[str, str], BeforeValidator(_labels_as_strings)]
 
 REF = _RefMarker()
 Ref = Annotated[str, REF]
