@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from synthforge.builder import Graph, build, build_graph, plan
+from synthforge.builder import Graph, build, build_graph, plan, planned_usage
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe, parse_overrides
@@ -39,6 +39,12 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
         why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
         rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
     lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
+    usage = planned_usage(items)
+    if usage:
+        budget = recipe.model.budget
+        requests, tokens = (sum(getattr(e, what) for _, e in usage) for what in ("requests", "tokens"))
+        lines.append(f"LLM budget: ~{requests:,} of {budget.max_requests:,} requests, ~{tokens:,} of "
+                     f"{budget.max_tokens:,} tokens (before response-cache hits)")
     return "\n".join(lines)
 
 
@@ -178,8 +184,10 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     return f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {len(doomed)} entries ({freed / 1e6:.1f} MB)"
 
 
-def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None) -> Runtime:
-    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
+def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None,
+                 max_requests: int | None = None, max_tokens: int | None = None) -> Runtime:
+    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size,
+                   max_requests=max_requests, max_tokens=max_tokens)
 
 
 

@@ -16,7 +16,7 @@ from synthforge.keys import hash_file, key_of
 from synthforge.lockfile import Lock, read_lock, write_lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.steps.base import Estimate, InputTable, Runtime, StepContext
 
 _file_hashes: dict[tuple[str, int, int], str] = {}
 
@@ -229,6 +229,7 @@ def build(
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
+    check_budget(graph, to_run, runtime)
     for index, item in enumerate(to_run, 1):
         node = item.node
         where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
@@ -244,6 +245,29 @@ def build(
     if write_lockfile:
         write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
+
+
+def planned_usage(items: list[PlanItem]) -> list[tuple[PlanItem, Estimate]]:
+    """The LLM estimate of every item that will run and asks an LLM."""
+    estimates = [(item, item.node.resolved.step.estimate(item.node.resolved.run_params)) for item in items]
+    return [(item, estimate) for item, estimate in estimates if item.action == "run" and estimate is not None]
+
+
+def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
+    """Refuse, before any work, a build that plans more LLM requests or tokens than its budget."""
+    usage = planned_usage(items)
+    budget = graph.recipe.model.budget
+    limits = {"requests": (runtime.max_requests, budget.max_requests), "tokens": (runtime.max_tokens, budget.max_tokens)}
+    for what, (override, recipe_limit) in limits.items():
+        limit = recipe_limit if override is None else override
+        total = sum(getattr(estimate, what) for _, estimate in usage)
+        if total <= limit:
+            continue
+        item, biggest = max(usage, key=lambda pair: getattr(pair[1], what))
+        raise UserError(
+            f"the build plans ~{total:,} LLM {what} (this step ~{getattr(biggest, what):,}), over the budget of {limit:,}",
+            file=str(graph.recipe.path), line=graph.recipe.line("steps", item.node.step), field=f"steps.{item.node.step}",
+            hint=f"lower n, or raise budget.max_{what} in the recipe or --max-{what} on the command line")
 
 
 def _dropped_note(manifest: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ import click
 cache_option = click.option(
     "--cache-dir", envvar="SYNTHFORGE_CACHE", default="cache", show_default=True, help="Cache folder (or $SYNTHFORGE_CACHE)."
 )
-set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a recipe variable.")
+set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                          help="Set a recipe variable, or `seed`; a matrix variable narrows the matrix to VALUE.")
 variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
 table_option = click.option("--table", default="data", show_default=True, help="Which table of the step (e.g. test, rejects).")
 
@@ -64,10 +65,15 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
 @click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--max-requests", type=click.IntRange(min=0), default=None,
+              help="LLM requests this build may plan (default: the recipe's budget.max_requests, 100000).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=None,
+              help="LLM tokens this build may plan (default: the recipe's budget.max_tokens, 50000000).")
 @set_option
 @cache_option
 @user_errors
-def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, sets, cache_dir):
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, max_requests, max_tokens, sets,
+              cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
@@ -75,7 +81,7 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     if dry_run:
         click.echo(app.plan_text(graph, _cache(cache_dir), only, force))
         return
-    runtime = app.runtime_from(device, progress, concurrency, batch_size)
+    runtime = app.runtime_from(device, progress, concurrency, batch_size, max_requests, max_tokens)
     click.echo(app.build_text(graph, _cache(cache_dir), only, force, runtime))
 
 

@@ -85,6 +85,8 @@ class Runtime:
     progress: bool = True
     concurrency: int | None = None
     batch_size: int | None = None
+    max_requests: int | None = None  # budget overrides; None: the recipe's budget
+    max_tokens: int | None = None
 
 
 class InputTable:
@@ -139,6 +141,14 @@ class StepContext:
         return path
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """What a step will ask of an LLM at most (before response-cache hits): checked against the budget."""
+
+    requests: int
+    tokens: int
+
+
 @dataclass
 class StepResult:
     data: "pl.DataFrame"
@@ -163,6 +173,10 @@ class Step:
 
     def plan_note(self, params: StepParams) -> str | None:
         """A short estimate shown by `synthforge plan` (e.g. tokens needed)."""
+        return None
+
+    def estimate(self, params: StepParams) -> Estimate | None:
+        """LLM requests and tokens a run needs at most; None for steps that ask no LLM."""
         return None
 
     def run(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract

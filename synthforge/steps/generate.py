@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
+from synthforge.steps.base import Estimate, FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
@@ -166,11 +166,12 @@ class GenerateStep(Step):
         return files
 
     def plan_note(self, params: GenerateParams) -> str | None:
-        prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
-        prompt_tokens = prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
-        total = params.n * (prompt_tokens + params.max_new_tokens)
-        return (f"~{total:,} tokens ({params.n:,} rows × (~{prompt_tokens:,} prompt + "
+        total = self.estimate(params).tokens
+        return (f"~{total:,} tokens ({params.n:,} rows × (~{_prompt_tokens(params):,} prompt + "
                 f"{params.max_new_tokens:,} new)), before response-cache hits")
+
+    def estimate(self, params: GenerateParams) -> Estimate:
+        return Estimate(requests=params.n, tokens=params.n * (_prompt_tokens(params) + params.max_new_tokens))
 
     def run(self, ctx: StepContext) -> StepResult:
         return _Generation(ctx).run()
@@ -391,6 +392,12 @@ class _Generation:
 
 
 # -- helpers --------------------------------------------------------------------
+def _prompt_tokens(params: GenerateParams) -> int:
+    """A rough prompt size: ~4 characters a token, ~40 characters a variable, few-shot examples as long as replies."""
+    prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
+    return prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
+
+
 def _template(source: str, field: str):
     from synthforge.generation.prompts import PromptTemplate
 
