@@ -176,7 +176,8 @@ def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: d
             config = interpolate(raw, variables)
         except UserError as exc:
             path = ("steps", name) + tuple(_path_of(exc.field))
-            raise exc.located(str(recipe.path), recipe.line(*path), ".".join(map(str, path))) from None
+            exc.field = ".".join(map(str, path))
+            raise exc.located(str(recipe.path), recipe.line(*path)) from None
         steps[name] = _resolve_step(recipe, name, config)
     for resolved in steps.values():
         _check_refs(recipe, resolved, steps)
@@ -305,7 +306,7 @@ def validation_error(
     `data` is what was validated: the location keeps only the keys and indices that occur in it,
     so pydantic's internal union tags (`list[str]`, `int`...) never reach the user.
     """
-    error = exc.errors()[0]
+    error = _deepest_of_first_field(exc.errors())
     loc = _user_loc(tuple(error["loc"]), data, error["type"])
     full = prefix + loc
     field = ".".join(map(str, full))
@@ -319,10 +320,16 @@ def validation_error(
     hint = f"expected {description}" if description else None
     if error["type"] == "missing":
         return UserError("required field is missing", file=filename, line=line, field=field, hint=hint)
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
     return UserError(message, file=filename, line=line, field=field, hint=hint)
+
+
+def _deepest_of_first_field(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first field's most specific error: for a union, the member that got furthest into the input."""
+    first = errors[0]["loc"][:1]
+    return max((e for e in errors if e["loc"][:1] == first), key=lambda e: len(e["loc"]))
 
 
 def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ...]:
