@@ -35,5 +35,5 @@ def standard_first(frame: "pl.DataFrame") -> "pl.DataFrame":
 
 def describe_dropped(dropped: dict[str, int]) -> str:
     """`{"duplicates": 3, "blank_text": 2}` as "dropped 3 duplicates, 2 blank text" ("dropped none" when all zero)."""
-    parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items() if n]
+    parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items()) if n]
     return "dropped " + (", ".join(parts) if parts else "none")
