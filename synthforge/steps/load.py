@@ -139,9 +139,7 @@ def _as_utf8(data: bytes | Path, path: Path, encoding: str) -> bytes:
     try:
         return raw.decode(encoding).encode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path.name} line {line} is not {encoding} text (byte 0x{raw[exc.start]:02x})",
-                        field="encoding", hint="set the file's real encoding") from None
+        raise _not_text(raw, exc, path, encoding, "set the file's real encoding") from None
 
 
 def _check_utf8(data: bytes | Path, path: Path) -> None:
@@ -150,9 +148,13 @@ def _check_utf8(data: bytes | Path, path: Path) -> None:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path.name} line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x})", field="encoding",
-                        hint=ENCODING_HINT) from None
+        raise _not_text(raw, exc, path, "UTF-8", ENCODING_HINT) from None
+
+
+def _not_text(raw: bytes, exc: UnicodeDecodeError, path: Path, encoding: str, hint: str) -> UserError:
+    line = raw.count(b"\n", 0, exc.start) + 1
+    return UserError(f"{path.name} line {line} is not {encoding} text (byte 0x{raw[exc.start]:02x})", field="encoding",
+                     hint=hint)
 
 
 def _decompressed(path: Path) -> bytes:
