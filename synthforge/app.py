@@ -43,8 +43,10 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
     if usage:
         budget = recipe.model.budget
         requests, tokens = (sum(getattr(e, what) for _, e in usage) for what in ("requests", "tokens"))
+        over = requests > budget.max_requests or tokens > budget.max_tokens
         lines.append(f"LLM budget: ~{requests:,} of {budget.max_requests:,} requests, ~{tokens:,} of "
-                     f"{budget.max_tokens:,} tokens (before response-cache hits)")
+                     f"{budget.max_tokens:,} tokens (before response-cache hits)"
+                     + ("; OVER BUDGET: build will refuse (raise budget: or pass --max-requests/--max-tokens)" if over else ""))
     return "\n".join(lines)
 
 

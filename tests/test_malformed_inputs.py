@@ -81,7 +81,10 @@ CASES = [
     recipe(BOMB, id="alias-bomb", message="r.yaml:7: YAML expands to more than 100,000 values (through aliases *name) (an alias repeats a block: repeat fewer, or keep long lists in files)"),
     recipe(HEAD + "description: '" + "x" * 1_100_000 + "'\nsteps:\n" + LOAD, id="oversized-recipe", message="r.yaml: recipe is 1,100,134 characters, over the limit of 1,000,000 (keep long value lists in values files: variables: {NAME: {file: values.txt}})"),
     recipe(HEAD + "steps: " + "[" * 100 + "]" * 100 + "\n", id="nested-too-deep", message="r.yaml:3: YAML nests deeper than 64 levels (simplify the structure)"),
-    recipe(HEAD + "vars: &v\n  self: *v\nsteps:\n" + LOAD, id="undefined-alias", message="r.yaml:3: YAML refers to itself through an alias (simplify the structure)"),
+    recipe(HEAD + "matrix:\n" + "".join(f"  {v}: [{', '.join(map(str, range(30)))}]\n" for v in "abc") + "steps:\n" + LOAD
+           + SPLIT + "    train_per_label: ${a}\n    test: ${b}\n    validation: ${c}\n", id="matrix-too-large",
+           message="r.yaml:3: matrix: the matrix makes 27,000 variants (30 x 30 x 30), over the limit of 10,000 (fewer values per variable, or split the study)"),
+    recipe(HEAD + "vars: &v\n  self: *v\nsteps:\n" + LOAD, id="recursive-alias", message="r.yaml:3: YAML refers to itself through an alias (simplify the structure)"),
     # -- labels ----------------------------------------------------------------------------------------------
     recipe(HEAD + "steps:\n" + LOAD + "    labels: 5\n", id="labels-not-a-list", message="r.yaml:9: steps.rows.labels: Input should be a valid list (got 5) (expected labels to keep (a list), or a mapping from old to new label names (keeps only those))"),
     recipe(HEAD + "steps:\n" + LOAD + "    labels: {good: }\n", id="label-without-new-name", message="r.yaml:9: steps.rows.labels.good: Input should be a valid string (got None) (expected labels to keep (a list), or a mapping from old to new label names (keeps only those))"),

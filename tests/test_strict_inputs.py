@@ -47,6 +47,16 @@ def test_set_of_a_plain_variable_overrides_it(write_recipe, data_csv):
     assert recipe.variants[0].steps["split"].params.train_per_label == 4
 
 
+def test_plan_warns_and_build_refuses_over_budget(cli, write_recipe, tmp_path):
+    from tests.test_malformed_inputs import gen
+
+    recipe = write_recipe("name: big\nbudget: {max_requests: 3}\nsteps:\n" + gen(n=4))
+    plan = cli("plan", recipe)
+    assert plan.exit_code == 0 and "LLM budget: ~4 of 3 requests" in plan.output and "OVER BUDGET" in plan.output
+    assert cli("build", recipe, "--max-requests", "3").exit_code == 2
+    assert "over the budget of 3" in cli("build", recipe).output
+
+
 # -- labels -----------------------------------------------------------------------------------------------
 def test_numeric_labels_map_star_ratings(cli, write_recipe, tmp_path, cache_dir):
     (tmp_path / "stars.csv").write_text("text,stars\n" + "".join(f"review {i},{i % 5 + 1}\n" for i in range(20)))

@@ -225,7 +225,7 @@ class OpenAILLM:
         except TimeoutError:
             raise RetryableError(f"no complete answer within timeout_s={self.timeout_s:g}s") from None
         except httpx.ConnectError as exc:
-            raise RetryableError(_reason(exc), unreachable=True) from None
+            raise RetryableError(self._server_text(_reason(exc)), unreachable=True) from None
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise RetryableError(f"{type(exc).__name__}: {self._server_text(str(exc))}") from None
 

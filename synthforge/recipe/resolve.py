@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from synthforge.steps import step_class
 from synthforge.steps.base import Step, StepParams
 
 DEFAULT_VARIANT = "default"
+MAX_VARIANTS = 10_000  # resolving is per variant: a typo'd range must not hang `plan`
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,20 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
         raise validation_error(exc, RecipeModel, filename, lines, (), data) from None
     _check_matrix_axes(written, data, filename, lines)
     model = apply_overrides(written, overrides or {}, filename)
+    _check_variant_count(model, filename, lines)
     recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed_axes(written, overrides or {}))
     for matrix_values in _matrix_combinations(model.matrix):
         variables = {**model.vars, **matrix_values}
         recipe.variants.append(_resolve_variant(recipe, matrix_values, variables))
     return recipe
+
+
+def _check_variant_count(model: RecipeModel, filename: str, lines: dict[tuple[Any, ...], int]) -> None:
+    count = math.prod(len(values) for values in model.matrix.values())
+    if count > MAX_VARIANTS:
+        sizes = " x ".join(str(len(values)) for values in model.matrix.values())
+        raise UserError(f"the matrix makes {count:,} variants ({sizes}), over the limit of {MAX_VARIANTS:,}", file=filename,
+                        line=line_for(lines, ("matrix",)), field="matrix", hint="fewer values per variable, or split the study")
 
 
 def _check_matrix_axes(model: RecipeModel, data: dict[str, Any], filename: str, lines: dict[tuple[Any, ...], int]) -> None:
