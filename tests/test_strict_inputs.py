@@ -99,6 +99,15 @@ def test_an_encoding_field_reads_legacy_files(cli, write_recipe, tmp_path, cache
     assert text in [r["text"] for r in rows]
 
 
+def test_utf8_leaves_load_keys_as_they_were_and_another_encoding_enters_them():
+    from synthforge.keys import key_of
+    from synthforge.steps.load import LoadParams
+
+    plain = LoadParams(path="reviews.csv")
+    assert "encoding" not in plain.model_dump() and key_of(plain) == key_of(LoadParams(path="reviews.csv", encoding="UTF8"))
+    assert LoadParams(path="reviews.csv", encoding="latin-1").model_dump()["encoding"] == "iso8859-1"
+
+
 # -- diff gates ------------------------------------------------------------------------------------------------
 def test_a_gate_on_a_metric_both_sides_have_is_applied(cli, write_recipe, tmp_path, data_csv):
     a = write_recipe(BASIC, "a.yaml")

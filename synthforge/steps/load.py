@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import FilePath, Labels, Step, StepContext, StepParams, StepResult
@@ -44,6 +44,13 @@ class LoadParams(StepParams):
         except LookupError:
             raise UserError(f"unknown encoding '{value}'", field="encoding",
                             hint="e.g. utf-8, latin-1, cp1252, utf-16") from None
+
+    @model_serializer(mode="wrap")
+    def _utf8_is_implicit(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("encoding") == "utf-8":  # absent means utf-8: keys from before `encoding:` existed stay valid
+            del data["encoding"]
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> "LoadParams":
