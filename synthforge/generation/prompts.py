@@ -31,7 +31,24 @@ def _environment():
             return super().call(__context, __obj, *args, **kwargs)
 
     # Recipes may come from anyone: the sandbox blocks attribute access to internals.
-    return BoundedSandbox(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    environment = BoundedSandbox(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    environment.filters = {name: _bounded_filter(f, SecurityError) for name, f in environment.filters.items()}
+    return environment
+
+
+def _bounded_filter(filter_function, error: type[Exception]):
+    """A filter refusing huge size arguments (`center(10**9)`, `indent(10**9)`): filters bypass the sandbox's call()."""
+    import functools
+
+    skip = 2 if hasattr(filter_function, "jinja_pass_arg") else 1  # (context or environment,) value
+
+    @functools.wraps(filter_function)  # keeps jinja's pass_context / pass_environment marker
+    def bounded(*args, **kwargs):
+        if any(isinstance(a, int) and abs(a) > MAX_PROMPT_CHARS for a in (*args[skip:], *kwargs.values())):
+            raise error(f"a filter argument over {MAX_PROMPT_CHARS:,}")
+        return filter_function(*args, **kwargs)
+
+    return bounded
 
 
 def _repeat_size(left: Any, right: Any) -> int:
