@@ -87,13 +87,9 @@ def check_template(source: str, field: str, provided: set[str]) -> None:
 
 class PromptTemplate:
     def __init__(self, source: str, field: str):
-        from jinja2 import TemplateSyntaxError
-
         self.field = field
-        try:
-            self._template = _environment().from_string(source)
-        except TemplateSyntaxError as exc:
-            raise UserError(f"template syntax error on line {exc.lineno}: {exc.message}", field=field) from None
+        environment, ast = _parse(source, field)
+        self._template = environment.from_string(ast)
 
     def render(self, variables: dict[str, Any]) -> str:
         from jinja2 import UndefinedError
