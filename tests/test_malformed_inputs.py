@@ -90,6 +90,8 @@ CASES = [
     # -- labels ----------------------------------------------------------------------------------------------
     recipe(HEAD + "steps:\n" + LOAD + "    labels: 5\n", id="labels-not-a-list", message="r.yaml:9: steps.rows.labels: Input should be a valid list (got 5) (expected labels to keep (a list), or a mapping from old to new label names (keeps only those))"),
     recipe(HEAD + "steps:\n" + LOAD + "    labels: {good: }\n", id="label-without-new-name", message="r.yaml:9: steps.rows.labels.good: Input should be a valid string (got None) (expected labels to keep (a list), or a mapping from old to new label names (keeps only those))"),
+    recipe(HEAD + "steps:\n" + LOAD + "    labels: [yes, no]\n", id="boolean-label",
+           message="r.yaml:9: steps.rows.labels: YAML reads an unquoted yes/no/true/false/on/off as True: quote the label, e.g. 'yes' (expected labels to keep (a list), or a mapping from old to new label names (keeps only those))"),
     recipe(HEAD + "steps:\n" + LOAD + "    labels: {5: positive}\n", command="build", id="numeric-label-absent", message="r.yaml:9: steps.rows.labels: label '5' does not occur in the data (labels in the data: bad, good, meh)"),
     recipe(HEAD + "steps:\n" + LOAD + "    labels: [god]\n", command="build", id="unknown-label", message="r.yaml:9: steps.rows.labels: label 'god' does not occur in the data (did you mean 'good'?)"),
     # -- generate: templates, backend, limits ------------------------------------------------------------------

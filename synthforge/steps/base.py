@@ -53,7 +53,9 @@ class _FileMarker:
 def _labels_as_strings(value: Any) -> Any:
     """Labels are strings: YAML's `{5: positive}` or `[1, 2]` (star ratings) mean "5", "1", "2"."""
     def text(item: Any) -> Any:
-        return str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+        if isinstance(item, bool):
+            raise ValueError(f"YAML reads an unquoted yes/no/true/false/on/off as {item}: quote the label, e.g. 'yes'")
+        return str(item) if isinstance(item, (int, float)) else item
 
     if isinstance(value, dict):
         return {text(k): text(v) for k, v in value.items()}
