@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.builder import Graph, build, build_graph, describe_changes
-from synthforge.cache import Cache
+from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
@@ -178,23 +178,24 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
     entry_a, entry_b = cache.get(key_a), cache.get(key_b)
     result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
     if entry_a and entry_b:
-        result.outputs.update(compare_rows(entry_a.table_path(), entry_b.table_path()))
-        result.metrics = compare_metrics(entry_a.manifest.get("meta", {}), entry_b.manifest.get("meta", {}))
+        result.outputs.update(compare_rows(entry_a, entry_b))
+        result.metrics = compare_metrics(entry_a.manifest.meta, entry_b.manifest.meta)
     return result
 
 
-def compare_rows(path_a: Path, path_b: Path) -> dict[str, Any]:
+def compare_rows(entry_a: Entry, entry_b: Entry) -> dict[str, Any]:
+    """Rows added, removed and changed (by id) between two entries' main tables (each read checked)."""
     import polars as pl
 
-    def rows(path: Path) -> pl.DataFrame:
-        columns = [c for c in ("id", "text", "label") if c in pl.read_parquet_schema(path)]
-        frame = pl.read_parquet(path, columns=columns) if columns else pl.read_parquet(path)
+    def rows(entry: Entry) -> pl.DataFrame:
+        columns = [c for c in ("id", "text", "label") if c in entry.manifest.tables["data"].columns]
+        frame = entry.read_table("data", columns or None)
         text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
         label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
         digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)
         return frame.with_columns(digest.alias("_digest"))
 
-    a, b = rows(path_a), rows(path_b)
+    a, b = rows(entry_a), rows(entry_b)
     if "id" not in a.columns or "id" not in b.columns:  # e.g. a table of scores: counts only
         return {"rows_a": a.height, "rows_b": b.height}
     ids_a, ids_b = set(a["id"]), set(b["id"])
@@ -447,7 +448,7 @@ def side_metric_names(side: Side, cache: Cache) -> set[str]:
     for key in {key for steps in side.keys.values() for key in steps.values()}:
         entry = cache.get(key)
         if entry is not None:
-            names |= set(flatten_metrics(entry.manifest.get("meta", {})))
+            names |= set(flatten_metrics(entry.manifest.meta))
     return names
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
 from synthforge.errors import UserError
+from synthforge.keys import credential_free_url
 
 CONNECTIONS_PER_POOL = 8
 RETRY_STATUSES = frozenset({408, 409, 425, 429})  # plus every 5xx
@@ -122,7 +123,7 @@ class OpenAILLM:
         return f"{self.base_url}/chat/completions"
 
     def identity(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model}
+        return endpoint_identity(self.base_url, self.model)
 
     def status(self) -> dict[str, Any]:
         """What the progress line shows: the requests allowed in flight now."""
@@ -283,6 +284,11 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def endpoint_identity(base_url: str, model: str) -> dict[str, str]:
+    """The model name and the endpoint without credentials: what keys an HTTP backend's outputs."""
+    return {"base_url": credential_free_url(base_url), "model": model}
 
 
 def _run_coroutine(coroutine):
