@@ -29,7 +29,7 @@ def test_set_seed_sets_the_recipe_seed(cli, write_recipe, data_csv):
     assert load_recipe(recipe, {"seed": 9}).seed == 9
     cli("build", recipe)
     plan = cli("plan", recipe, "--set", "seed=9").output
-    assert "0 cached, 2 to run" in plan and "seed: 7 -> 9" in plan
+    assert "0 cached, 2 to run" in plan and "seed changed from 7 to 9" in plan
 
 
 def test_set_of_a_matrix_variable_narrows_the_matrix(cli, write_recipe, data_csv):

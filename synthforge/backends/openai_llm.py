@@ -129,7 +129,9 @@ class OpenAILLM:
         """What the progress line shows: the requests allowed in flight now."""
         return {"concurrency": self.limiter.limit} if self.limiter else {}
 
-    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens=None) -> list[GenerationResponse]:
+        """Responses arrive one by one under concurrency: `on_response` is the progress (`on_tokens` is not used)."""
         self.retries = self.rate_limited = 0
         try:
             return _run_coroutine(self._generate_all(requests, on_response))
