@@ -314,12 +314,13 @@ class _Generation:
             if not others:
                 break
             self.ctx.log(f"{self.ctx.step}: waiting for {len(others)} {phase} responses another process is requesting")
-            arrived, orphaned = cache.wait_for(key for _, key in others)
+            arrived, _ = cache.wait_for(key for _, key in others)
             for plan, key in others:
                 if key in arrived:
                     plan.response = arrived[key]
                     self.stats["responses_from_other_process"] += 1
-            missing = [(plan, key) for plan, key in others if key in orphaned]
+            # wait_for returns as soon as some claims are orphaned: keys still claimed by a live process go round again
+            missing = [(plan, key) for plan, key in others if key not in arrived]
 
     def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
         from synthforge.progress import progress
