@@ -125,8 +125,8 @@ def candidates(annotation: Any, value: Any) -> list[Any]:
     if origin is list:
         value = value if isinstance(value, list) else None
         item = args[0] if args else str
-        fresh = [c for c in candidates(item, None) if c is not None][:2]
-        return [value + fresh[:1], value[:-1]] if value else [fresh]
+        fresh = [c for c in candidates(item, None) if c is not None]
+        return [value + fresh[:1], value[:-1]] if value else [fresh[:2], *([c] for c in fresh)]
     if origin is dict:
         value = value if isinstance(value, dict) else None
         extra = [c for c in candidates(args[1] if args else str, None) if c is not None][:1]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import ConfigDict, Field, field_serializer, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import StepParams
@@ -70,6 +70,31 @@ class TransformersBackendConfig(StepParams):
     device: str = Field(default="auto", exclude=True)
 
 
+def checked_base_url(value: str, field: str) -> str:
+    """An http(s) URL without user:password@ (refused, never echoed: credentials belong in api_key_env)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise UserError("credentials in base_url are refused", field=field,
+                        hint="remove user:password@ and name the variable holding the key in api_key_env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"base_url must be an http(s) URL, got '{value}'", field=field, hint="e.g. http://127.0.0.1:8000/v1")
+    return value
+
+
+class EndpointConfig(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"base_url": "http://127.0.0.1:8001/v1", "concurrency": 4}]})
+
+    base_url: str = Field(description="Another server of the same deployment, e.g. http://gpu2:8000/v1.")
+    concurrency: int | None = Field(default=None, ge=1, description="Its concurrent requests (default: the backend's).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return checked_base_url(value, "backend.endpoints.base_url")
+
+
 class OpenAIBackendConfig(StepParams):
     type: Literal["openai"]
     base_url: str  # e.g. http://127.0.0.1:8000/v1; no user:password@ (keys go in api_key_env)
@@ -81,19 +106,24 @@ class OpenAIBackendConfig(StepParams):
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
     max_retry_after_s: float = Field(default=60.0, ge=0, exclude=True)  # cap on a server's Retry-After
+    endpoints: list[str | EndpointConfig] = Field(
+        default_factory=list, exclude=True,
+        description="More servers of the same deployment (URLs, or {base_url, concurrency}): requests are balanced "
+                    "over base_url and these, and move to the others when one is down. Runtime-only: they serve "
+                    "the same model, so keys and cached responses name base_url alone.",
+    )
 
     @field_validator("base_url")
     @classmethod
     def _no_credentials(cls, value: str) -> str:
-        from urllib.parse import urlsplit
+        return checked_base_url(value, "backend.base_url")
 
-        parts = urlsplit(value)
-        if parts.username is not None or parts.password is not None:  # never echo the URL: it holds a secret
-            raise UserError("credentials in base_url are refused", field="backend.base_url",
-                            hint="remove user:password@ and name the variable holding the key in api_key_env")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"base_url must be an http(s) URL, got '{value}'", field="backend.base_url",
-                            hint="e.g. http://127.0.0.1:8000/v1")
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_without_credentials(cls, value: list) -> list:
+        for index, endpoint in enumerate(value):
+            if isinstance(endpoint, str):
+                checked_base_url(endpoint, f"backend.endpoints.{index}")
         return value
 
     @field_validator("api_key_env")
@@ -143,6 +173,10 @@ def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, mod
             log=log,
         )
     if config.type == "openai":
+        if config.endpoints:
+            from synthforge.backends.endpoint_pool import pool_from_config
+
+            return pool_from_config(config, concurrency)
         from synthforge.backends.openai_llm import OpenAILLM
 
         return OpenAILLM(
