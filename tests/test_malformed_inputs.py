@@ -53,7 +53,7 @@ CASES = [
     recipe("", id="empty-file", message="r.yaml:1: a recipe must be a YAML mapping (start with 'name:' and 'steps:')"),
     recipe(HEAD, id="missing-steps", message="r.yaml:1: steps: required field is missing (expected a mapping of step names to step configs, each with a 'kind')"),
     recipe(HEAD + "stepz: {}\nsteps:\n" + LOAD, id="unknown-top-field", message="r.yaml:3: stepz: unknown field 'stepz' (did you mean 'steps'?)"),
-    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: Input should be a valid integer, unable to parse string as an integer (got 'lots') (expected an integer seed; it enters every step's key)"),
+    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: seed must be a valid integer or a ${var} placeholder (got 'lots') (expected an integer seed, or a `${var}` placeholder resolved per variant; it enters every seeded step's key)"),
     recipe(HEAD + "steps:\n  rows:\n    kind: lod\n", id="unknown-kind", message="r.yaml:5: steps.rows.kind: unknown step kind 'lod' (did you mean 'load'?)"),
     recipe(HEAD + "steps:\n  rows:\n    path: reviews.csv\n", id="missing-kind", message="r.yaml:4: steps.rows: missing 'kind' (add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train))"),
     recipe(HEAD + "steps:\n  rows: 3\n", id="step-not-mapping", message="r.yaml:4: steps.rows: Input should be a valid dictionary (got 3) (expected a mapping of step names to step configs, each with a 'kind')"),
