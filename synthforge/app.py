@@ -78,50 +78,54 @@ def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None)
     return entry
 
 
-def _table_path(entry: Entry, table: str) -> Path:
+def _table_info(entry: Entry, table: str) -> dict[str, Any]:
     tables = entry.manifest.get("tables", {})
     if table not in tables:
         raise UserError(f"step '{entry.manifest['step']}' has no table '{table}'", hint=f"tables: {', '.join(tables)}")
-    return entry.table_path(table)
+    return tables[table]
 
 
 def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
+    """Rows, schema, label counts and head, read lazily: the head and the label column only."""
     import polars as pl
 
     manifest = entry.manifest
-    info = manifest["tables"][table] if table in manifest.get("tables", {}) else None
-    frame = pl.read_parquet(_table_path(entry, table))
+    info = _table_info(entry, table)
+    scan = entry.scan(table)
+    columns = list(info.get("schema", {})) or scan.collect_schema().names()
     lines = [
-        f"step {manifest['step']} ({manifest['kind']}), table {table}: {frame.height} rows, key {entry.key}",
+        f"step {manifest['step']} ({manifest['kind']}), table {table}: {info['rows']} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
-        "schema: " + ", ".join(f"{c}: {t}" for c, t in (info or {}).get("schema", {}).items()),
+        "schema: " + ", ".join(f"{c}: {t}" for c, t in info.get("schema", {}).items()),
     ]
-    if "label" in frame.columns and frame.height:
-        counts = frame.group_by("label").len().sort("label")
+    if "label" in columns and info["rows"]:
+        counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
-    head = frame.select([c for c in frame.columns if c != "embedding"]).head(rows)
+    head = scan.select([c for c in columns if c != "embedding"]).head(rows).collect()
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)
 
 
 def export_table(entry: Entry, to: str, table: str = "data") -> str:
+    """Stream the table to a .parquet, .jsonl or .csv file (never whole in memory)."""
     import polars as pl
 
-    frame = pl.read_parquet(_table_path(entry, table))
+    info = _table_info(entry, table)
     target = Path(to)
     suffix = target.suffix.lower()
-    writers = {".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson, ".csv": None}
-    if suffix not in writers:
+    if suffix not in (".parquet", ".jsonl", ".csv"):
         raise UserError(f"cannot export to '{target.name}'", field="--to", hint="use a .parquet, .jsonl or .csv file name")
+    scan = entry.scan(table)
     if suffix == ".csv":
-        frame = frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
-                                   for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List)))
+        scan = scan.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
+                                 for c, t in scan.collect_schema().items() if isinstance(t, (pl.Array, pl.List)))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    (frame.write_csv if suffix == ".csv" else writers[suffix])(tmp)
+    sink = {".parquet": scan.sink_parquet, ".jsonl": scan.sink_ndjson, ".csv": scan.sink_csv}[suffix]
+    sink(tmp)
     tmp.replace(target)
-    return f"wrote {frame.height} rows to {target}"
+    return f"wrote {info['rows']} rows to {target}"
 
 
 def cache_ls_text(cache: Cache) -> str:
@@ -227,13 +231,13 @@ def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table
     from synthforge.steps.base import InputTable
 
     entry = entry_for(graph, cache, step, variant)
-    _table_path(entry, table)
+    _table_info(entry, table)
     target = InputTable(entry.path, table)
     ref = None
     if reference:
         ref_step, _, ref_table = reference.partition(".")
         ref_entry = entry_for(graph, cache, ref_step, variant)
-        _table_path(ref_entry, ref_table or "data")
+        _table_info(ref_entry, ref_table or "data")
         ref = InputTable(ref_entry.path, ref_table or "data")
     stats = entry_stats(target, ref, seed=graph.recipe.seed, device=device)
     title = f"{step}.{table}" if table != "data" else step

@@ -293,7 +293,7 @@ def _locate(exc: UserError, recipe: Recipe, node: Node) -> UserError:
 def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: float) -> dict[str, Any]:
     import json
 
-    tables = {"data": result.data, **result.tables}
+    tables = {"data": result.data, **result.tables} if result.data is not None else dict(result.tables)
     table_info = {}
     for name, frame in tables.items():
         path = work / f"{name}.parquet"
@@ -304,6 +304,8 @@ def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: fl
             "content_hash": hash_file(path),
             "bytes": path.stat().st_size,
         }
+    if result.data is None:
+        table_info = {"data": union_info(table_info), **table_info}
     manifest = {
         "key": node.key,
         "step": node.step,
@@ -313,7 +315,7 @@ def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: fl
         "variants": node.variants,
         "components": node.components,
         "upstream": node.upstream,
-        "rows": result.data.height,
+        "rows": table_info["data"]["rows"],
         "schema": table_info["data"]["schema"],
         "content_hash": table_info["data"]["content_hash"],
         "tables": table_info,
@@ -323,6 +325,18 @@ def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: fl
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
     return manifest
+
+
+def union_info(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Manifest info of a main table that is the union of side tables (read through their files)."""
+    first = next(iter(parts.values()))
+    return {
+        "rows": sum(info["rows"] for info in parts.values()),
+        "schema": first["schema"],
+        "union": list(parts),
+        "content_hash": key_of([info["content_hash"] for info in parts.values()]),
+        "bytes": 0,
+    }
 
 
 def library_versions() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Layout under the cache root:
   entries/<kk>/<key>/manifest.json    what, from what, how long, which versions
-  entries/<kk>/<key>/<table>.parquet  the main table `data` and any side tables
+  entries/<kk>/<key>/<table>.parquet  the main table `data` and any side tables; a table the
+                                      manifest marks as a `union` of others has no file of its own
   entries/<kk>/<key>/artifacts/       files a step keeps (models, plots...)
   locks/<key>.lock                    one flock per key: a key is computed once
   tmp/                                entries being written (renamed when done)
@@ -24,9 +25,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthforge.keys import hash_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
 
 DEFAULT_CACHE = "cache"
 
@@ -73,8 +77,31 @@ class Entry:
     def table_path(self, table: str = "data") -> Path:
         return self.path / f"{table}.parquet"
 
+    def scan(self, table: str = "data") -> "pl.LazyFrame":
+        return scan_table(self.path, table)
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def table_files(entry_dir: Path, table: str = "data") -> list[Path]:
+    """The parquet files holding `table`, in row order: its own file, or those of the tables it is the union of."""
+    manifest_path = Path(entry_dir) / "manifest.json"
+    info = json.loads(manifest_path.read_text()).get("tables", {}).get(table, {}) if manifest_path.is_file() else {}
+    parts = info.get("union") or [table]
+    return [Path(entry_dir) / f"{part}.parquet" for part in parts]
+
+
+def scan_table(entry_dir: Path, table: str = "data") -> "pl.LazyFrame":
+    """The one way a cached table is read: lazily, so a head or a column costs only what it touches."""
+    import polars as pl
+
+    return pl.scan_parquet(table_files(entry_dir, table))
+
+
+def read_table(entry_dir: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
+    frame = scan_table(entry_dir, table)
+    return (frame.select(columns) if columns is not None else frame).collect()
 
 
 class Cache:
@@ -155,6 +182,8 @@ class Cache:
             return [f"unreadable manifest: {exc}"]
         problems = []
         for table, info in manifest.get("tables", {}).items():
+            if "union" in info:
+                continue  # no file of its own: its parts are checked
             path = entry.table_path(table)
             if not path.is_file():
                 problems.append(f"{table}: file missing")

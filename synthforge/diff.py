@@ -178,23 +178,27 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
     entry_a, entry_b = cache.get(key_a), cache.get(key_b)
     result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
     if entry_a and entry_b:
-        result.outputs.update(compare_rows(entry_a.table_path(), entry_b.table_path()))
+        result.outputs.update(compare_rows(entry_a.path, entry_b.path))
         result.metrics = compare_metrics(entry_a.manifest.get("meta", {}), entry_b.manifest.get("meta", {}))
     return result
 
 
-def compare_rows(path_a: Path, path_b: Path) -> dict[str, Any]:
+def compare_rows(entry_a: Path, entry_b: Path) -> dict[str, Any]:
+    """Rows added, removed and changed between the main tables of two entries (folders)."""
     import polars as pl
 
-    def rows(path: Path) -> pl.DataFrame:
-        columns = [c for c in ("id", "text", "label") if c in pl.read_parquet_schema(path)]
-        frame = pl.read_parquet(path, columns=columns) if columns else pl.read_parquet(path)
+    from synthforge.cache import scan_table
+
+    def rows(entry_dir: Path) -> pl.DataFrame:
+        scan = scan_table(entry_dir)
+        columns = [c for c in ("id", "text", "label") if c in scan.collect_schema().names()]
+        frame = (scan.select(columns) if columns else scan).collect()
         text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
         label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
         digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)
         return frame.with_columns(digest.alias("_digest"))
 
-    a, b = rows(path_a), rows(path_b)
+    a, b = rows(entry_a), rows(entry_b)
     if "id" not in a.columns or "id" not in b.columns:  # e.g. a table of scores: counts only
         return {"rows_a": a.height, "rows_b": b.height}
     ids_a, ids_b = set(a["id"]), set(b["id"])

@@ -68,6 +68,18 @@ def as_unit_float32(x: Any) -> "np.ndarray":
     return x
 
 
+def as_unit_rows(x: Any) -> "np.ndarray":
+    """`x` itself when it already is C-contiguous float32 with unit (or zero) rows, else `as_unit_float32(x)`:
+    a big embedding matrix is not copied again."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous:
+        norms = np.einsum("ij,ij->i", x, x)  # no full-size temporary
+        if np.all((np.abs(norms - 1.0) < 1e-4) | (norms == 0)):
+            return x
+    return as_unit_float32(x)
+
+
 def max_similarity(x: "np.ndarray", centers: "np.ndarray", gpu: bool | None = None, chunk: int = 65536) -> "np.ndarray":
     """For each row of x, its largest inner product with any row of `centers`."""
     import numpy as np

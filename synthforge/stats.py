@@ -21,6 +21,7 @@ from synthforge.steps.embed import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import polars as pl
 
 
 
@@ -40,7 +41,7 @@ def entry_stats(
     force: bool = False,
 ) -> dict[str, Any]:
     """Metrics of one cached table (and its shift to `reference`), from the stats cache when possible."""
-    from synthforge.metrics import METRICS_VERSION, diversity_metrics
+    from synthforge.metrics import METRICS_VERSION, diversity_metrics, metric_methods
 
     entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
     path = stats_path(entry, reference)
@@ -61,6 +62,7 @@ def entry_stats(
         "table": entry.table,
         "reference": reference.key if reference is not None else None,
         "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed),
+        "metric_methods": metric_methods(len(emb), len(ref_emb) if ref_emb is not None else None),
     }
     atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True))
     return stats
@@ -77,20 +79,20 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", list[str] | None]:
+def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", "pl.Series | None"]:
     import polars as pl
 
     from synthforge.steps.embed import embeddings_of
 
     frame = table.frame()
-    texts = frame["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in frame.columns else None
+    texts = frame["text"].cast(pl.Utf8).fill_null("") if "text" in frame.columns else None
     if EMBEDDING_COLUMN in frame.columns:
         return embeddings_of(frame), texts
     if texts is None:
         raise UserError(f"{table} has neither an '{EMBEDDING_COLUMN}' nor a 'text' column")
     from synthforge.backends.embedder import get_embedder
 
-    return get_embedder(model, device).embed(texts), texts
+    return get_embedder(model, device).embed(texts.to_list()), texts
 
 
 # -- display -------------------------------------------------------------------

@@ -87,14 +87,15 @@ class InputTable:
     def key(self) -> str:
         return self.manifest["key"]
 
-    @property
-    def path(self) -> Path:
-        return self.entry_dir / f"{self.table}.parquet"
-
     def frame(self, columns: list[str] | None = None) -> "pl.DataFrame":
-        import polars as pl
+        from synthforge.cache import read_table
 
-        return pl.read_parquet(self.path, columns=columns)
+        return read_table(self.entry_dir, self.table, columns)
+
+    def scan(self) -> "pl.LazyFrame":
+        from synthforge.cache import scan_table
+
+        return scan_table(self.entry_dir, self.table)
 
     def artifact(self, name: str) -> Path:
         """A file or folder the upstream step left under its `artifacts/`."""
@@ -126,7 +127,8 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    data: "pl.DataFrame"
+    # None: the main table is the union of `tables` in their order, stored once (no file of its own)
+    data: "pl.DataFrame | None"
     tables: dict[str, "pl.DataFrame"] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able; lands in manifest["meta"]
 

@@ -70,7 +70,7 @@ class LoadStep(Step):
         if frame.height == 0:
             raise UserError("no rows left after loading and label filtering", field="labels", hint="check the label names")
         frame = frame.with_columns(
-            pl.Series("id", stable_ids(frame["text"].to_list(), frame["label"].to_list())),
+            stable_ids(frame["text"], frame["label"]),
             pl.lit("real").alias("source"),
         )
         counts = dict(frame.group_by("label").len().sort("label").iter_rows())

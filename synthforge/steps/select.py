@@ -43,13 +43,13 @@ class SelectParams(StepParams):
 
 class SelectStep(Step):
     kind = "select"
-    version = "1"
+    version = "2"  # 2: big selections' DCScore is a sampled estimate; meta records metric_methods
     Params = SelectParams
 
     def run(self, ctx: StepContext) -> StepResult:
         import polars as pl
 
-        from synthforge.metrics import diversity_metrics
+        from synthforge.metrics import diversity_metrics, metric_methods
         from synthforge.steps.embed import embeddings_of
 
         params: SelectParams = ctx.params  # type: ignore[assignment]
@@ -57,7 +57,7 @@ class SelectStep(Step):
         emb = embeddings_of(frame)
         rows = choose_rows(emb, frame, params, ctx.seed)
         chosen = frame[rows.tolist()].with_columns(pl.Series(RANK_COLUMN, range(len(rows)), dtype=pl.Int64))
-        texts = chosen["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in chosen.columns else None
+        texts = chosen["text"].cast(pl.Utf8).fill_null("") if "text" in chosen.columns else None
         reference = ctx.inputs.get("reference")
         ref_emb = embeddings_of(reference.frame(["embedding"])) if reference is not None else None
         metrics = diversity_metrics(emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb)
@@ -67,6 +67,7 @@ class SelectStep(Step):
             "rows_in": frame.height,
             "rows_out": len(rows),
             "metrics": metrics,
+            "metric_methods": metric_methods(len(rows), len(ref_emb) if ref_emb is not None else None),
         }
         if ref_emb is not None:
             meta["reference"] = reference.key
@@ -74,9 +75,9 @@ class SelectStep(Step):
 
 
 def choose_rows(emb: "np.ndarray", frame: "pl.DataFrame", params: SelectParams, seed: int) -> "np.ndarray":
-    from synthforge.selection import as_unit_float32, select, select_per_label
+    from synthforge.selection import as_unit_rows, select, select_per_label
 
-    x = as_unit_float32(emb)
+    x = as_unit_rows(emb)
     options = dict(
         method=params.method or "random", level=params.diversity, k=params.k,
         n_clusters_used=params.n_clusters, threshold=params.threshold, seed=seed,
