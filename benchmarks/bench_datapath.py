@@ -40,6 +40,15 @@ WORDS = ("the a movie film great dull plot story actor scene music funny boring 
 LABELS = ("positive", "negative", "neutral", "mixed")
 
 
+HEADER = ["work", "synthforge (median ± half-range)", "reference", "ratio", "load avg"]
+
+
+def emit(rows: list[list[str]], row: list[str]) -> None:
+    """Keep a finished row and print it at once (a long run shows its progress)."""
+    rows.append(row)
+    print("| " + " | ".join(row) + " |", flush=True)
+
+
 def run_child(code: str, tree: Path, env_extra: dict[str, str] | None = None) -> dict[str, float]:
     """Run `code` in a fresh python with `tree` first on the path; its wall time, CPU seconds and max RSS."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
@@ -223,39 +232,41 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- tasks ---------------------------------------------------------------------------
-def task_load(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
+def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big: int) -> list[list[str]]:
     rows, growth = [], []
     for n in sizes:
+        times = repeat if n < BIG else repeat_big
         csv = make_csv(work / f"texts_{n}.csv", n)
         folder = work / f"load_{n}"
         folder.mkdir(exist_ok=True)
         rp = recipe(folder, csv)
-        res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")}, tree, repeat)
+        res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")}, tree, times)
         sf, ref = res["synthforge"], res["polars"]
         ratio = summary(sf, "cpu")[0] / summary(ref, "cpu")[0]
         mem = summary(sf, "rss")[0] / summary(ref, "rss")[0]
         growth.append((n, summary(sf, "cpu")[0], summary(ref, "cpu")[0]))
-        rows.append([f"load + split, {n:,} rows", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
+        emit(rows, [f"load + split, {n:,} rows", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
                      f"{fmt(ref, 'cpu')} cpu, {fmt(ref, 'wall')} wall, {fmt(ref, 'rss', 'MiB')}", f"{ratio:.2f}x cpu, {mem:.2f}x mem", loadavg()])
     if len(growth) > 1:
         ns = [g[0] for g in growth]
-        rows.append([f"growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}", f"n^{exponent(ns, [g[2] for g in growth]):.2f}", "", loadavg()])
+        emit(rows, [f"growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}", f"n^{exponent(ns, [g[2] for g in growth]):.2f}", "", loadavg()])
     return rows
 
 
-def task_show(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
+def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
     rows = []
     for n in sizes:
         csv = make_csv(work / f"texts_{n}.csv", n)
-        folder = work / f"show_{n}"
+        folder = work / f"load_{n}"  # the load task's last build, when it ran in this invocation
         folder.mkdir(exist_ok=True)
         rp = recipe(folder, csv)
         cache = folder / "cache"
-        run_child(build_code(rp, cache), tree)
+        if not reuse or not cache.is_dir():
+            run_child(build_code(rp, cache), tree)
         parquet = next(cache.glob("entries/*/*/data.parquet"))  # any: the load's and split's tables are alike in size
         res = interleave({"synthforge": show_code(rp, cache), "head": head_code(parquet)}, tree, repeat)
         sf, ref = res["synthforge"], res["head"]
-        rows.append([f"show of a {n:,}-row table", f"{fmt(sf, 'wall')} wall, {fmt(sf, 'cpu')} cpu, {fmt(sf, 'rss', 'MiB')}",
+        emit(rows, [f"show of a {n:,}-row table", f"{fmt(sf, 'wall')} wall, {fmt(sf, 'cpu')} cpu, {fmt(sf, 'rss', 'MiB')}",
                      f"{fmt(ref, 'wall')} wall, {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
                      f"{summary(sf, 'cpu')[0] / summary(ref, 'cpu')[0]:.2f}x cpu", loadavg()])
     return rows
@@ -270,15 +281,16 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
         res = interleave({name: matrix_code(npy, n, body, csv), ref_name: matrix_code(npy, n, ref_body)}, tree, repeat)
         sf, ref = res[name], res[ref_name]
         growth.append((n, summary(sf, "inner")[0], summary(ref, "inner")[0]))
-        rows.append([f"{name}, {n:,} x 384", f"{fmt(sf, 'inner')}, {fmt(sf, 'rss', 'MiB')}", f"{ref_name} {fmt(ref, 'inner')}, {fmt(ref, 'rss', 'MiB')}",
+        emit(rows, [f"{name}, {n:,} x 384", f"{fmt(sf, 'inner')}, {fmt(sf, 'rss', 'MiB')}", f"{ref_name} {fmt(ref, 'inner')}, {fmt(ref, 'rss', 'MiB')}",
                      f"{summary(sf, 'inner')[0] / summary(ref, 'inner')[0]:.2f}x", loadavg()])
     if len(growth) > 1:
         ns = [g[0] for g in growth]
-        rows.append([f"{name} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}",
+        emit(rows, [f"{name} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}",
                      f"n^{exponent(ns, [g[2] for g in growth]):.2f}", "", loadavg()])
     return rows
 
 
+BIG = 5_000_000
 TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels")
 
 
@@ -288,6 +300,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "synthforge_bench_datapath")
     parser.add_argument("--rows", default="1000000", help="comma-separated row counts (e.g. 10000,100000,1000000)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat-big", type=int, default=3, help="repeats of load + split at 5M rows and more")
     parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks: {', '.join(TASKS)}")
     parser.add_argument("--clean", action="store_true", help="delete the generated data afterwards")
     args = parser.parse_args()
@@ -296,11 +309,12 @@ def main() -> None:
     tree = args.tree.resolve()
     print(f"tree {tree}; rows {sizes}; repeat {args.repeat}; load average at start {Path('/proc/loadavg').read_text().strip()}")
     out: list[list[str]] = []
-    for task in args.only.split(","):
+    tasks = args.only.split(",")
+    for task in tasks:
         if task == "load":
-            out += task_load(tree, args.work, sizes, args.repeat)
+            out += task_load(tree, args.work, sizes, args.repeat, args.repeat_big)
         elif task == "show":
-            out += task_show(tree, args.work, sizes, args.repeat)
+            out += task_show(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
         elif task == "metrics":
             out += task_matrix(tree, args.work, sizes, args.repeat, "metrics", METRICS_BODY, "vendi", VENDI_BODY)
         elif task == "dcscore":
@@ -311,7 +325,7 @@ def main() -> None:
             out += task_matrix(tree, args.work, sizes, args.repeat, "level 0.9, 1k", LEVEL_BODY, "k-center", KCENTER_BODY)
         else:
             raise SystemExit(f"unknown task {task!r}; one of {', '.join(TASKS)}")
-        print(table(["work", "synthforge (median ± half-range)", "reference", "ratio", "load avg"], out), flush=True)
+    print("\n" + table(HEADER, out))
     print(f"load average at end {Path('/proc/loadavg').read_text().strip()}; machine shared with other jobs")
     if args.clean:
         shutil.rmtree(args.work, ignore_errors=True)

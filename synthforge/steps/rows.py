@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from synthforge.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
@@ -51,6 +53,18 @@ def _hex64(values: "np.ndarray") -> "pl.Series":
     big_endian = np.ascontiguousarray(values, dtype=">u8")
     raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(big_endian), [None, pa.py_buffer(big_endian)])
     return pl.from_arrow(raw).cast(pl.Binary).bin.encode("hex")
+
+
+def label_codes(labels: "pl.Series") -> tuple[list[str], "np.ndarray"]:
+    """The sorted distinct labels and each row's index into them (int64 codes, no per-row Python)."""
+    import polars as pl
+
+    labels = labels.cast(pl.String)
+    if labels.null_count():
+        raise UserError(f"{labels.null_count()} rows have no label", field="input", hint="drop or label them upstream")
+    names = labels.unique().sort()
+    codes = labels.cast(pl.Enum(names.to_list())).to_physical().to_numpy().astype("int64")
+    return names.to_list(), codes
 
 
 def standard_first(frame: "pl.DataFrame") -> "pl.DataFrame":

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
-from synthforge.steps.rows import rank_within_groups
+from synthforge.steps.rows import label_codes, rank_within_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -67,18 +67,6 @@ class SplitStep(Step):
         meta = {name: _label_counts(labels[rows], names) for name, rows in parts.items()}
         # The main table is the union of the three (stored once, see StepResult.data).
         return StepResult(None, tables=tables, meta={"label_counts": meta})
-
-
-def label_codes(labels: "pl.Series") -> tuple[list[str], "np.ndarray"]:
-    """The sorted distinct labels and each row's index into them (int64 codes, no per-row Python)."""
-    import polars as pl
-
-    labels = labels.cast(pl.String)
-    if labels.null_count():
-        raise UserError(f"{labels.null_count()} rows have no label", field="input", hint="drop or label them upstream")
-    names = labels.unique().sort()
-    codes = labels.cast(pl.Enum(names.to_list())).to_physical().to_numpy().astype("int64")
-    return names.to_list(), codes
 
 
 def _count(size: int | float, total: int) -> int:
