@@ -7,7 +7,8 @@ task's alone, read with `os.wait4`); the synthforge task and its reference run
 on the same data, interleaved, the same number of times, with no tracing.
 `--tree` picks the synthforge source to time (default: this checkout), so the
 same script measures the code before and after a change in one run each.
-`--growth` fits the growth exponent (slope of log time over log rows).
+With several --rows, a growth row gives the exponent (slope of log CPU seconds over log rows).
+CPU seconds are the measure that survives a shared machine best; wall times are printed beside them.
 
 Tasks:
   load     synthforge build of a load + split recipe on a CSV of short texts
@@ -177,9 +178,9 @@ if {str(csv) if csv else ''!r}:
     import polars as pl
     texts = pl.read_csv({str(csv)!r}, n_rows={rows})['text'].to_list()
 {body[0]}
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 {body[1]}
-print('@@ ' + json.dumps({{'inner': time.perf_counter() - t}}))
+print('@@ ' + json.dumps({{'inner': time.perf_counter() - t, 'inner_cpu': time.process_time() - c}}))
 """
 
 
@@ -280,9 +281,10 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
     for n in sizes:
         res = interleave({name: matrix_code(npy, n, body, csv), ref_name: matrix_code(npy, n, ref_body)}, tree, repeat)
         sf, ref = res[name], res[ref_name]
-        growth.append((n, summary(sf, "inner")[0], summary(ref, "inner")[0]))
-        emit(rows, [f"{name}, {n:,} x 384", f"{fmt(sf, 'inner')}, {fmt(sf, 'rss', 'MiB')}", f"{ref_name} {fmt(ref, 'inner')}, {fmt(ref, 'rss', 'MiB')}",
-                     f"{summary(sf, 'inner')[0] / summary(ref, 'inner')[0]:.2f}x", loadavg()])
+        growth.append((n, summary(sf, "inner_cpu")[0], summary(ref, "inner_cpu")[0]))
+        emit(rows, [f"{name}, {n:,} x 384", f"{fmt(sf, 'inner_cpu')} cpu, {fmt(sf, 'inner')} wall, {fmt(sf, 'rss', 'MiB')}",
+                    f"{ref_name} {fmt(ref, 'inner_cpu')} cpu, {fmt(ref, 'inner')} wall, {fmt(ref, 'rss', 'MiB')}",
+                    f"{summary(sf, 'inner_cpu')[0] / summary(ref, 'inner_cpu')[0]:.2f}x cpu", loadavg()])
     if len(growth) > 1:
         ns = [g[0] for g in growth]
         emit(rows, [f"{name} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}",
