@@ -52,9 +52,13 @@ def emit(rows: list[list[str]], row: list[str]) -> None:
     print("| " + " | ".join(row) + " |", flush=True)
 
 
-def run_child(code: str, tree: Path, env_extra: dict[str, str] | None = None) -> dict[str, float]:
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+CHILD_ENV: dict[str, str] = {}
+
+
+def run_child(code: str, tree: Path) -> dict[str, float]:
     """Run `code` in a fresh python with `tree` first on the path; its wall time, CPU seconds and max RSS."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_WAIT_POLICY": "PASSIVE", **(env_extra or {})}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_WAIT_POLICY": "PASSIVE", **CHILD_ENV}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -343,12 +347,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--repeat-big", type=int, default=3, help="repeats of load + split at 5M rows and more")
     parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks: {', '.join(TASKS)}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for BLAS, OpenMP and polars in every child (default: the libraries' own); on a busy "
+                             "machine 1 keeps CPU seconds free of the time threads spend spinning for descheduled peers")
     parser.add_argument("--clean", action="store_true", help="delete the generated data afterwards")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [int(v) for v in args.rows.split(",")]
     tree = args.tree.resolve()
-    print(f"tree {tree}; rows {sizes}; repeat {args.repeat}; load average at start {Path('/proc/loadavg').read_text().strip()}")
+    if args.threads:
+        CHILD_ENV.update({name: str(args.threads) for name in THREAD_VARIABLES})
+    print(f"tree {tree}; rows {sizes}; repeat {args.repeat}; threads {args.threads or 'default'}; load average at start {Path('/proc/loadavg').read_text().strip()}")
     out: list[list[str]] = []
     tasks = args.only.split(",")
     for task in tasks:
