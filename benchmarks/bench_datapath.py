@@ -120,6 +120,14 @@ def make_embeddings(path: Path, rows: int, dim: int = 384, seed: int = 0) -> Pat
     return path
 
 
+def data(kind: str, path: Path, rows: int) -> Path:
+    """Make `path` in a child process: the parent stays small, and a child's max RSS, which Linux
+    carries over from the parent at fork, then measures the child's own work."""
+    if not path.exists():
+        subprocess.run([sys.executable, __file__, "--make", kind, str(path), str(rows)], check=True)
+    return path
+
+
 def recipe(folder: Path, csv: Path) -> Path:
     text = f"""name: bench
 seed: 0
@@ -243,7 +251,7 @@ def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big:
     rows, growth = [], []
     for n in sizes:
         times = repeat if n < BIG else repeat_big
-        csv = make_csv(work / f"texts_{n}.csv", n)
+        csv = data("csv", work / f"texts_{n}.csv", n)
         folder = work / f"load_{n}"
         folder.mkdir(exist_ok=True)
         rp = recipe(folder, csv)
@@ -263,7 +271,7 @@ def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big:
 def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
     rows = []
     for n in sizes:
-        csv = make_csv(work / f"texts_{n}.csv", n)
+        csv = data("csv", work / f"texts_{n}.csv", n)
         folder = work / f"load_{n}"  # the load task's last build, when it ran in this invocation
         folder.mkdir(exist_ok=True)
         rp = recipe(folder, csv)
@@ -304,7 +312,7 @@ print('@@ ' + json.dumps({{'inner': time.perf_counter() - t, 'inner_cpu': time.p
 def task_embed(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
     rows = []
     for n in sizes:
-        csv = make_csv(work / f"texts_{n}.csv", n)
+        csv = data("csv", work / f"texts_{n}.csv", n)
         res = interleave({"synthforge": embed_code(csv, n, SYNTHFORGE_EMBED), "st": embed_code(csv, n, ST_EMBED)}, tree, repeat)
         sf, ref = res["synthforge"], res["st"]
         rate = n / summary(sf, "inner")[0]
@@ -319,8 +327,8 @@ def task_embed(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[li
 def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str, body: tuple[str, str], ref_name: str,
                 ref_body: tuple[str, str]) -> list[list[str]]:
     rows, growth = [], []
-    npy = make_embeddings(work / f"emb_{max(sizes)}.npy", max(sizes))
-    csv = make_csv(work / f"texts_{max(sizes)}.csv", max(sizes)) if "texts" in body[1] else None
+    npy = data("npy", work / f"emb_{max(sizes)}.npy", max(sizes))
+    csv = data("csv", work / f"texts_{max(sizes)}.csv", max(sizes)) if "texts" in body[1] else None
     for n in sizes:
         res = interleave({name: matrix_code(npy, n, body, csv), ref_name: matrix_code(npy, n, ref_body)}, tree, repeat)
         sf, ref = res[name], res[ref_name]
@@ -340,6 +348,10 @@ TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels", "embed")
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--make"]:  # a data-making child (see `data`)
+        kind, path, rows = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+        (make_csv if kind == "csv" else make_embeddings)(path, rows)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, default=HERE.parent, help="synthforge source folder to time (holds synthforge/)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "synthforge_bench_datapath")

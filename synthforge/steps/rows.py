@@ -19,13 +19,17 @@ def stable_ids(texts: "pl.Series | list[str]", labels: "pl.Series | list[str]", 
     An id is the hex xxh3-64 of `label \\x1f text` (polars-hash, no Python loop per row);
     repeats of the same (text, label) get a `~n` suffix in order of appearance.
     """
+    import numpy as np
     import polars as pl
     import polars_hash as plh
 
     frame = pl.DataFrame({"text": pl.Series(texts, dtype=pl.String), "label": pl.Series(labels, dtype=pl.String)})
     digests = frame.select(plh.concat_str("label", pl.lit("\x1f"), "text").nchash.xxh3_64())
     digest_values = digests.to_series().to_numpy()
-    base = pl.DataFrame({"base": prefix + _hex64(digest_values), "repeat": rank_within_groups(digest_values)})
+    repeats = np.zeros(len(digest_values), dtype=np.int64)
+    repeated = np.flatnonzero(digests.to_series().is_duplicated().to_numpy())  # usually few: rank only those
+    repeats[repeated] = rank_within_groups(digest_values[repeated])
+    base = pl.DataFrame({"base": prefix + _hex64(digest_values), "repeat": repeats})
     repeat = pl.col("repeat")
     ids = base.select(pl.when(repeat == 0).then("base").otherwise(pl.col("base") + "~" + repeat.cast(pl.String)).alias("id"))
     return ids.to_series()

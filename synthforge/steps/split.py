@@ -50,9 +50,12 @@ class SplitStep(Step):
         import polars as pl
 
         params: SplitParams = ctx.params
-        frame = ctx.inputs["input"].frame().sort("id")
+        frame = ctx.inputs["input"].frame()
+        # Rows are drawn in id order, so the split does not depend on the upstream row order;
+        # `by_id` maps id-order positions to rows (no full sort of every column).
+        by_id = frame["id"].arg_sort().to_numpy()
         rng = np.random.default_rng([ctx.seed, 0x5B117])
-        names, labels = label_codes(frame["label"])
+        names, labels = label_codes(frame["label"][by_id])
         pool = rng.permutation(frame.height)  # test, then validation, then train are drawn in this order
         test, pool = _take(pool, _count(params.test, frame.height), labels, params.stratify, "test")
         validation, pool = _take(pool, _count(params.validation, frame.height), labels, params.stratify, "validation")
@@ -63,7 +66,7 @@ class SplitStep(Step):
         else:
             train = pool
         parts = {"train": train, "test": test, "validation": validation}
-        tables = {name: frame[np.sort(rows)].with_columns(pl.lit(name).alias("split")) for name, rows in parts.items()}
+        tables = {name: frame[by_id[np.sort(rows)]].with_columns(pl.lit(name).alias("split")) for name, rows in parts.items()}
         meta = {name: _label_counts(labels[rows], names) for name, rows in parts.items()}
         # The main table is the union of the three (stored once, see StepResult.data).
         return StepResult(None, tables=tables, meta={"label_counts": meta})
