@@ -174,6 +174,17 @@ with contextlib.redirect_stdout(io.StringIO()):
 """
 
 
+def show_entry_code(cache: Path) -> str:
+    """`show` of the load step's entry through the API: the table reading alone, without the recipe's
+    key computation (which hashes the input CSV through mmap: its page-cache pages count in max RSS)."""
+    return f"""
+from synthforge.app import show_text
+from synthforge.cache import Cache
+entry = next(e for e in Cache({str(cache)!r}).entries() if e.manifest['step'] == 'real')
+show_text(entry)
+"""
+
+
 def head_code(parquet: Path) -> str:
     return f"""
 import polars as pl
@@ -208,13 +219,26 @@ LEVEL_BODY = ("from synthforge.selection import by_level; import faiss", "by_lev
 
 
 # -- measuring ----------------------------------------------------------------------
-def interleave(pairs: dict[str, str], tree: Path, repeat: int) -> dict[str, list[dict[str, float]]]:
-    """Run each named child `repeat` times, round-robin (A B A B ...), so load drifts hit both alike."""
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in pairs}
+BASELINE: list[Path] = []  # --baseline: another synthforge tree timed beside the candidate
+
+
+def interleave(pairs: dict[str, str], tree: Path, repeat: int, candidates: tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
+    """Run each named child `repeat` times, round-robin (A B A B ...), so load drifts hit all alike.
+
+    With --baseline, each of `candidates` also runs from the baseline tree, as `NAME (baseline)`.
+    """
+    runs = [(name, code, tree) for name, code in pairs.items()]
+    runs += [(f"{name} (baseline)", pairs[name], BASELINE[0]) for name in candidates if BASELINE]
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
     for _ in range(repeat):
-        for name, code in pairs.items():
-            results[name].append(run_child(code, tree))
+        for name, code, source in runs:
+            results[name].append(run_child(code, source))
     return results
+
+
+def versions(name: str, res: dict[str, list[dict[str, float]]]) -> list[str]:
+    """The candidate's result name, then its baseline twin when one ran."""
+    return [n for n in (name, f"{name} (baseline)") if n in res]
 
 
 def summary(runs: list[dict[str, float]], field: str) -> tuple[float, float]:
@@ -255,17 +279,28 @@ def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big:
         folder = work / f"load_{n}"
         folder.mkdir(exist_ok=True)
         rp = recipe(folder, csv)
-        res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")}, tree, times)
-        sf, ref = res["synthforge"], res["polars"]
-        ratio = summary(sf, "cpu")[0] / summary(ref, "cpu")[0]
-        mem = summary(sf, "rss")[0] / summary(ref, "rss")[0]
-        growth.append((n, summary(sf, "cpu")[0], summary(ref, "cpu")[0]))
-        emit(rows, [f"load + split, {n:,} rows", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
-                     f"{fmt(ref, 'cpu')} cpu, {fmt(ref, 'wall')} wall, {fmt(ref, 'rss', 'MiB')}", f"{ratio:.2f}x cpu, {mem:.2f}x mem", loadavg()])
-    if len(growth) > 1:
-        ns = [g[0] for g in growth]
-        emit(rows, [f"growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}", f"n^{exponent(ns, [g[2] for g in growth]):.2f}", "", loadavg()])
+        res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")},
+                         tree, times, ("synthforge",))
+        ref = res["polars"]
+        for name in versions("synthforge", res):
+            sf = res[name]
+            ratio = summary(sf, "cpu")[0] / summary(ref, "cpu")[0]
+            mem = summary(sf, "rss")[0] / summary(ref, "rss")[0]
+            growth.append((name, n, summary(sf, "cpu")[0], summary(ref, "cpu")[0]))
+            emit(rows, [f"{name}: load + split, {n:,} rows", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
+                        f"{fmt(ref, 'cpu')} cpu, {fmt(ref, 'wall')} wall, {fmt(ref, 'rss', 'MiB')}", f"{ratio:.2f}x cpu, {mem:.2f}x mem", loadavg()])
+    growth_rows(rows, "load + split", growth)
     return rows
+
+
+def growth_rows(rows: list[list[str]], task: str, growth: list[tuple[str, int, float, float]]) -> None:
+    """Per candidate: the growth exponent of its CPU seconds, beside the reference's."""
+    for name in dict.fromkeys(g[0] for g in growth):
+        points = [g for g in growth if g[0] == name]
+        if len(points) > 1:
+            ns = [p[1] for p in points]
+            emit(rows, [f"{name}{": " + task if task else ""} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [p[2] for p in points]):.2f}",
+                        f"n^{exponent(ns, [p[3] for p in points]):.2f}", "", loadavg()])
 
 
 def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
@@ -278,12 +313,15 @@ def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool
         cache = folder / "cache"
         if not reuse or not cache.is_dir():
             run_child(build_code(rp, cache), tree)
-        parquet = next(cache.glob("entries/*/*/data.parquet"))  # any: the load's and split's tables are alike in size
-        res = interleave({"synthforge": show_code(rp, cache), "head": head_code(parquet)}, tree, repeat)
-        sf, ref = res["synthforge"], res["head"]
-        emit(rows, [f"show of a {n:,}-row table", f"{fmt(sf, 'wall')} wall, {fmt(sf, 'cpu')} cpu, {fmt(sf, 'rss', 'MiB')}",
-                     f"{fmt(ref, 'wall')} wall, {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
-                     f"{summary(sf, 'cpu')[0] / summary(ref, 'cpu')[0]:.2f}x cpu", loadavg()])
+        parquet = next(cache.glob("entries/*/*/data.parquet"))  # the load step's table (split's has no data.parquet)
+        res = interleave({"synthforge show": show_code(rp, cache), "show_text(entry)": show_entry_code(cache),
+                          "head": head_code(parquet)}, tree, repeat, ("synthforge show", "show_text(entry)"))
+        ref = res["head"]
+        for name in versions("synthforge show", res) + versions("show_text(entry)", res):
+            sf = res[name]
+            emit(rows, [f"{name}, {n:,}-row table", f"{fmt(sf, 'wall')} wall, {fmt(sf, 'cpu')} cpu, {fmt(sf, 'rss', 'MiB')}",
+                        f"{fmt(ref, 'wall')} wall, {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
+                        f"{summary(sf, 'cpu')[0] / summary(ref, 'cpu')[0]:.2f}x cpu", loadavg()])
     return rows
 
 
@@ -313,14 +351,17 @@ def task_embed(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[li
     rows = []
     for n in sizes:
         csv = data("csv", work / f"texts_{n}.csv", n)
-        res = interleave({"synthforge": embed_code(csv, n, SYNTHFORGE_EMBED), "st": embed_code(csv, n, ST_EMBED)}, tree, repeat)
-        sf, ref = res["synthforge"], res["st"]
-        rate = n / summary(sf, "inner")[0]
+        res = interleave({"synthforge": embed_code(csv, n, SYNTHFORGE_EMBED), "st": embed_code(csv, n, ST_EMBED)}, tree, repeat,
+                         ("synthforge",))
+        ref = res["st"]
         ref_rate = n / summary(ref, "inner")[0]
-        emit(rows, [f"embed {n:,} texts (MiniLM, cpu, batch 64)",
-                    f"{rate:.0f} rows/s ({fmt(sf, 'inner')} wall, {fmt(sf, 'inner_cpu')} cpu), {fmt(sf, 'rss', 'MiB')}",
-                    f"sentence-transformers {ref_rate:.0f} rows/s ({fmt(ref, 'inner')} wall, {fmt(ref, 'inner_cpu')} cpu), {fmt(ref, 'rss', 'MiB')}",
-                    f"{rate / ref_rate:.2f}x speed, {summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
+        for name in versions("synthforge", res):
+            sf = res[name]
+            rate = n / summary(sf, "inner")[0]
+            emit(rows, [f"{name}: embed {n:,} texts (MiniLM, cpu, batch 64)",
+                        f"{rate:.0f} rows/s ({fmt(sf, 'inner')} wall, {fmt(sf, 'inner_cpu')} cpu), {fmt(sf, 'rss', 'MiB')}",
+                        f"sentence-transformers {ref_rate:.0f} rows/s ({fmt(ref, 'inner')} wall, {fmt(ref, 'inner_cpu')} cpu), {fmt(ref, 'rss', 'MiB')}",
+                        f"{rate / ref_rate:.2f}x speed, {summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
     return rows
 
 
@@ -330,16 +371,15 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
     npy = data("npy", work / f"emb_{max(sizes)}.npy", max(sizes))
     csv = data("csv", work / f"texts_{max(sizes)}.csv", max(sizes)) if "texts" in body[1] else None
     for n in sizes:
-        res = interleave({name: matrix_code(npy, n, body, csv), ref_name: matrix_code(npy, n, ref_body)}, tree, repeat)
-        sf, ref = res[name], res[ref_name]
-        growth.append((n, summary(sf, "inner_cpu")[0], summary(ref, "inner_cpu")[0]))
-        emit(rows, [f"{name}, {n:,} x 384", f"{fmt(sf, 'inner_cpu')} cpu, {fmt(sf, 'inner')} wall, {fmt(sf, 'rss', 'MiB')}",
-                    f"{ref_name} {fmt(ref, 'inner_cpu')} cpu, {fmt(ref, 'inner')} wall, {fmt(ref, 'rss', 'MiB')}",
-                    f"{summary(sf, 'inner_cpu')[0] / summary(ref, 'inner_cpu')[0]:.2f}x cpu", loadavg()])
-    if len(growth) > 1:
-        ns = [g[0] for g in growth]
-        emit(rows, [f"{name} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [g[1] for g in growth]):.2f}",
-                     f"n^{exponent(ns, [g[2] for g in growth]):.2f}", "", loadavg()])
+        res = interleave({name: matrix_code(npy, n, body, csv), ref_name: matrix_code(npy, n, ref_body)}, tree, repeat, (name,))
+        ref = res[ref_name]
+        for version in versions(name, res):
+            sf = res[version]
+            growth.append((version, n, summary(sf, "inner_cpu")[0], summary(ref, "inner_cpu")[0]))
+            emit(rows, [f"{version}, {n:,} x 384", f"{fmt(sf, 'inner_cpu')} cpu, {fmt(sf, 'inner')} wall, {fmt(sf, 'rss', 'MiB')}",
+                        f"{ref_name} {fmt(ref, 'inner_cpu')} cpu, {fmt(ref, 'inner')} wall, {fmt(ref, 'rss', 'MiB')}",
+                        f"{summary(sf, 'inner_cpu')[0] / summary(ref, 'inner_cpu')[0]:.2f}x cpu", loadavg()])
+    growth_rows(rows, "", growth)
     return rows
 
 
@@ -359,6 +399,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--repeat-big", type=int, default=3, help="repeats of load + split at 5M rows and more")
     parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated tasks: {', '.join(TASKS)}")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another synthforge source folder (e.g. the code before a change), run interleaved with --tree")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for BLAS, OpenMP and polars in every child (default: the libraries' own); on a busy "
                              "machine 1 keeps CPU seconds free of the time threads spend spinning for descheduled peers")
@@ -367,9 +409,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [int(v) for v in args.rows.split(",")]
     tree = args.tree.resolve()
+    if args.baseline:
+        BASELINE.append(args.baseline.resolve())
     if args.threads:
         CHILD_ENV.update({name: str(args.threads) for name in THREAD_VARIABLES})
-    print(f"tree {tree}; rows {sizes}; repeat {args.repeat}; threads {args.threads or 'default'}; load average at start {Path('/proc/loadavg').read_text().strip()}")
+    print(f"tree {tree}; baseline {BASELINE[0] if BASELINE else 'none'}; rows {sizes}; repeat {args.repeat}; threads {args.threads or 'default'}; load average at start {Path('/proc/loadavg').read_text().strip()}")
     out: list[list[str]] = []
     tasks = args.only.split(",")
     for task in tasks:
