@@ -299,7 +299,7 @@ def growth_rows(rows: list[list[str]], task: str, growth: list[tuple[str, int, f
         points = [g for g in growth if g[0] == name]
         if len(points) > 1:
             ns = [p[1] for p in points]
-            emit(rows, [f"{name}{": " + task if task else ""} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [p[2] for p in points]):.2f}",
+            emit(rows, [f"{name}{': ' + task if task else ''} growth {ns[0]:,}..{ns[-1]:,}", f"n^{exponent(ns, [p[2] for p in points]):.2f}",
                         f"n^{exponent(ns, [p[3] for p in points]):.2f}", "", loadavg()])
 
 
