@@ -1,14 +1,20 @@
-"""Cache and builder speed: a fully cached 20-variant build (vs `dvc repro` on an equivalent
-no-op pipeline) and content hashing throughput. Prints a table.
+"""Cache and builder speed: fully cached builds with and without verify-on-read, and hashing throughput.
 
-    .venv/bin/pip install dvc   # optional: the dvc row is skipped without it
-    PATH=.venv/bin:$PATH .venv/bin/python benchmarks/bench_cache.py
+Three ways to run the same fully cached `synthforge build`, interleaved (same repeats, same order rotation):
+  - before:    the code before verify-on-read (`--before REV`, default: the merge base with main), on its own cache;
+  - unchecked: this code with the checks patched out (no manifest checksum, no table hashes): the read cost alone;
+  - checked:   this code as shipped (every manifest checksummed, every table hashed before it counts as cached).
+Recipes: a 20-variant load/split matrix (built here), and the 25-variant diversity study when `--study-cache`
+holds it fully built (`--study-set` passes the --set values it was built with). Prints a table with the median
+and the min-max spread of each, the load average, and xxh3 throughput.
+
+    .venv/bin/python benchmarks/bench_cache.py [--repeats 9] [--study-cache cache] [--study-set pool=400 ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,51 +44,87 @@ steps:
     train_per_label: ${k}
 """
 
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str], repeat: int = 7) -> tuple[float, str]:
-    times, out = [], ""
-    for _ in range(repeat):
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-        out = proc.stdout + proc.stderr
-    return statistics.median(times), out
+UNCHECKED = (
+    "import sys; import synthforge.cache as c; "
+    "c.table_problems = lambda *a, **k: []; c.Manifest.problems = lambda self, key=None: []; "
+    "from synthforge.cli import main; sys.argv[0] = 'synthforge'; main()"
+)
 
 
-def synthforge_cached(work: Path) -> tuple[float, bool]:
+def load() -> str:
+    return Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+
+
+def before_tree(rev: str, into: Path) -> Path:
+    """The synthforge package as of `rev`, extracted (imported ahead of the installed one via PYTHONPATH)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "synthforge"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    env = dict(os.environ)
+    return {
+        "before": ([sys.executable, "-m", "synthforge"], {**env, "PYTHONPATH": str(before)}),
+        "unchecked": ([sys.executable, "-c", UNCHECKED], env),
+        "checked": ([sys.executable, "-m", "synthforge"], env),
+    }
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    if " built " in f" {proc.stdout} " and "built 0," not in proc.stdout:
+        raise SystemExit(f"not fully cached: {proc.stdout[-500:]}")
+    return seconds
+
+
+def interleaved(cases: dict[str, tuple[list[str], dict[str, str], Path]], args: list[str], repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate who goes first
+            cmd, env, cwd = cases[name]
+            times[name].append(run(cmd + args, env, cwd))
+    return times
+
+
+def twenty_variants(work: Path, before: Path, repeats: int) -> dict[str, list[float]]:
     import polars as pl
 
     labels = ["a", "b", "c"]
     pl.DataFrame({"text": [f"row {i}" for i in range(3000)], "label": [labels[i % 3] for i in range(3000)]}).write_csv(work / "rows.csv")
     (work / "recipe.yaml").write_text(textwrap.dedent(RECIPE))
-    env = {**os.environ, "SYNTHFORGE_CACHE": str(work / "cache")}
-    cmd = [sys.executable, "-m", "synthforge", "build", "recipe.yaml", "--no-progress"]
-    subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
-    seconds, _ = timed(cmd, work, env)
-    _, imports = timed([sys.executable, "-X", "importtime", *cmd[1:]], work, env, repeat=1)
-    heavy = any(f"| {m}" in imports for m in ("torch", "transformers"))
-    return seconds, heavy
+    cases = {}
+    for name, (cmd, env) in commands(before).items():
+        cache = work / ("cache-before" if name == "before" else "cache")  # each format on its own cache
+        env = {**env, "SYNTHFORGE_CACHE": str(cache)}
+        subprocess.run(cmd + ["build", "recipe.yaml", "--no-progress"], cwd=work, env=env, check=True, capture_output=True)
+        cases[name] = (cmd, env, work)
+    return interleaved(cases, ["build", "recipe.yaml", "--no-progress"], repeats)
 
 
-def dvc_noop(work: Path) -> float | None:
-    if shutil.which("dvc") is None and not (Path(sys.executable).parent / "dvc").exists():
+def study(cache: Path, sets: list[str], before: Path, repeats: int, work: Path) -> dict[str, list[float]] | None:
+    recipe = work / "diversity_study.yaml"  # a copy: its lockfile lands beside it, not over the committed one
+    recipe.write_text((ROOT / "recipes" / "diversity_study.yaml").read_text())
+    overrides = [a for s in sets for a in ("--set", s)]
+    env_cache = {"SYNTHFORGE_CACHE": str(cache.resolve())}
+    plan = subprocess.run([sys.executable, "-m", "synthforge", "plan", str(recipe), *overrides], cwd=work,
+                          env={**os.environ, **env_cache}, capture_output=True, text=True)
+    if plan.returncode != 0 or " 0 to run" not in plan.stdout:
         return None
-    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run([dvc, "init", "-q"], cwd=work, check=True)
-    (work / "in.txt").write_text("x\n")
-    stages = "\n".join(
-        f"  s{i}:\n    cmd: cp {'in.txt' if i == 0 else f'out{i - 1}.txt'} out{i}.txt\n"
-        f"    deps: [{'in.txt' if i == 0 else f'out{i - 1}.txt'}]\n    outs: [out{i}.txt]"
-        for i in range(20)
-    )
-    (work / "dvc.yaml").write_text("stages:\n" + stages + "\n")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run([dvc, "repro", "-q"], cwd=work, env=env, check=True, capture_output=True)
-    seconds, _ = timed([dvc, "repro", "-q"], work, env, repeat=3)
-    return seconds
+    cases = {name: (cmd, {**env, **env_cache}, work) for name, (cmd, env) in commands(before).items() if name != "before"}
+    return interleaved(cases, ["build", str(recipe), "--no-progress", *overrides], repeats)
+
+
+def imports_torch(work: Path) -> bool:
+    env = {**os.environ, "SYNTHFORGE_CACHE": str(work / "cache")}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "synthforge", "build", "recipe.yaml", "--no-progress"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    return any(f"| {m}" in proc.stderr for m in ("torch", "transformers"))
 
 
 def hashing_throughput(size: int = 1 << 30) -> float:
@@ -97,28 +139,53 @@ def hashing_throughput(size: int = 1 << 30) -> float:
             fh.write(chunk)
     try:
         hash_file(path)  # warm the page cache: we measure hashing, not the disk
-        start = time.perf_counter()
-        hash_file(path)
-        return size / (time.perf_counter() - start) / (1 << 30)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            hash_file(path)
+            best = min(best, time.perf_counter() - start)
+        return size / best / (1 << 30)
     finally:
         path.unlink()
+
+
+def summary(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} s ({min(times):.3f}-{max(times):.3f})"
 
 
 def main() -> None:
     from synthforge.tables import render_table
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--before", default=None, help="git revision of the code before verify-on-read")
+    parser.add_argument("--study-cache", default=str(ROOT / "cache"), help="a cache holding the diversity study, built")
+    parser.add_argument("--study-set", nargs="*", default=[], metavar="NAME=VALUE", help="--set values it was built with")
+    args = parser.parse_args()
+    rev = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
+                                        capture_output=True, text=True).stdout.strip()
     (ROOT / "cache").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        cached, heavy = synthforge_cached(Path(a))
-        dvc = dvc_noop(Path(b))
-    gib_s = hashing_throughput()
-    rows = [
-        ["synthforge build, 20 variants, fully cached", f"{cached:.3f} s", "< 0.3 s", "yes" if cached < 0.3 else "NO"],
-        ["  imports torch/transformers", "yes" if heavy else "no", "no", "yes" if not heavy else "NO"],
-        ["dvc repro, 20-stage no-op pipeline", f"{dvc:.3f} s" if dvc else "dvc not installed", "(reference)", ""],
-        ["xxh3-128 of a 1 GiB file (page cache)", f"{gib_s:.1f} GiB/s", ">= 5 GiB/s", "yes" if gib_s >= 5 else "NO"],
-    ]
-    print(render_table(["benchmark", "measured", "target", "met"], rows))
+    load_start = load()
+    rows = []
+    with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as old:
+        before = before_tree(rev, Path(old))
+        twenty = twenty_variants(Path(work), before, args.repeats)
+        heavy = imports_torch(Path(work))
+        studied = study(Path(args.study_cache), args.study_set, before, args.repeats, Path(work))
+    for name, label in (("before", f"before ({rev[:10]})"), ("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
+        rows.append([f"20 variants (21 outputs), fully cached: {label}", summary(twenty[name]),
+                     f"{statistics.median(twenty[name]) / statistics.median(twenty['unchecked']):.2f}x"])
+    if studied:
+        for name, label in (("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
+            rows.append([f"diversity study, 25 variants, fully cached: {label}", summary(studied[name]),
+                         f"{statistics.median(studied[name]) / statistics.median(studied['unchecked']):.2f}x"])
+    else:
+        rows.append(["diversity study, 25 variants", f"not fully built in {args.study_cache}: skipped", ""])
+    rows.append(["fully cached build imports torch/transformers", "yes" if heavy else "no", ""])
+    rows.append(["xxh3-128 of a 1 GiB file (page cache, best of 3)", f"{hashing_throughput():.1f} GiB/s", ""])
+    print(render_table(["benchmark", "median (min-max)", "vs unchecked"], rows))
+    print(f"{args.repeats} interleaved repeats each; load average {load_start} at start, {load()} at end "
+          f"(shared machine); goal: checked < 0.3 s and within 1.15x of unchecked")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def run_child(code: str, tree: Path) -> dict[str, float]:
     """Run `code` in a fresh python with `tree` first on the path; its wall time, CPU seconds and max RSS."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_WAIT_POLICY": "PASSIVE", **CHILD_ENV}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # cwd=tree: `python -c` puts the working folder first on sys.path, ahead of PYTHONPATH
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     out, err = proc.stdout.read().decode(), proc.stderr.read().decode()

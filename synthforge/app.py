@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthforge.builder import Graph, build, build_graph, plan
-from synthforge.cache import Cache, Entry
+from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
@@ -51,13 +51,19 @@ def build_text(
     report = build(graph, cache, only=only, force=force, runtime=runtime, log=log)
     ran = [i for i in report.items if i.action == "run"]
     rows = [
-        [item.node.step, len(item.node.variants), item.node.key[:12], item.action if item.action == "cached" else "built",
+        [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
         for item in report.items
     ]
     table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
     summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
     return f"{table}\n{summary}"
+
+
+def _status(item, report) -> str:
+    if item.action == "cached":
+        return "cached"
+    return "cached (built by another process)" if item.node.key in report.built_elsewhere else "built"
 
 
 def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
@@ -78,30 +84,22 @@ def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None)
     return entry
 
 
-def _table_info(entry: Entry, table: str) -> dict[str, Any]:
-    tables = entry.manifest.get("tables", {})
-    if table not in tables:
-        raise UserError(f"step '{entry.manifest['step']}' has no table '{table}'", hint=f"tables: {', '.join(tables)}")
-    return tables[table]
-
-
 def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
     """Rows, schema, label counts and head, read lazily: the head and the label column only."""
     import polars as pl
 
     manifest = entry.manifest
-    info = _table_info(entry, table)
-    scan = entry.scan(table)
-    columns = list(info.get("schema", {})) or scan.collect_schema().names()
+    scan = entry.scan(table)  # checks the table's files against the manifest
+    info = manifest.tables[table]
     lines = [
-        f"step {manifest['step']} ({manifest['kind']}), table {table}: {info['rows']} rows, key {entry.key}",
-        "tables: " + ", ".join(f"{n} ({i['rows']} rows)" for n, i in manifest["tables"].items()),
-        "schema: " + ", ".join(f"{c}: {t}" for c, t in info.get("schema", {}).items()),
+        f"step {manifest.step} ({manifest.kind}), table {table}: {info.rows} rows, key {entry.key}",
+        "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
+        "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
-    if "label" in columns and info["rows"]:
+    if "label" in info.columns and info.rows:
         counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
-    head = scan.select([c for c in columns if c != "embedding"]).head(rows).collect()
+    head = scan.select([c for c in info.columns if c != "embedding"]).head(rows).collect()
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)
@@ -111,7 +109,6 @@ def export_table(entry: Entry, to: str, table: str = "data") -> str:
     """Stream the table to a .parquet, .jsonl or .csv file (never whole in memory)."""
     import polars as pl
 
-    info = _table_info(entry, table)
     target = Path(to)
     suffix = target.suffix.lower()
     if suffix not in (".parquet", ".jsonl", ".csv"):
@@ -125,38 +122,64 @@ def export_table(entry: Entry, to: str, table: str = "data") -> str:
     sink = {".parquet": scan.sink_parquet, ".jsonl": scan.sink_ndjson, ".csv": scan.sink_csv}[suffix]
     sink(tmp)
     tmp.replace(target)
-    return f"wrote {info['rows']} rows to {target}"
+    return f"wrote {entry.manifest.tables[table].rows} rows to {target}"
+
+
+def _input_table(entry: Entry, table: str):
+    from synthforge.steps.base import InputTable
+
+    if table not in entry.manifest.tables:
+        raise UserError(f"step '{entry.manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(entry.manifest.tables)}")
+    return InputTable(entry.path, table)
 
 
 def cache_ls_text(cache: Cache) -> str:
     rows = []
     for entry in cache.entries():
-        m = entry.manifest
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["timings"]["started"]))
-        rows.append([entry.key[:12], m["recipe"], m["step"], m["kind"], m["rows"], f"{entry.size_bytes() / 1e6:.2f}", when])
+        try:
+            m = entry.manifest
+        except DamagedEntry as exc:
+            rows.append([entry.key[:12], "?", "?", "?", "?", f"{entry.size_bytes() / 1e6:.2f}", f"DAMAGED: {exc.problem}"])
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.timings.started))
+        rows.append([entry.key[:12], m.recipe, m.step, m.kind, m.rows, f"{entry.size_bytes() / 1e6:.2f}", when])
     if not rows:
         return f"cache {cache.root} is empty"
     return render_table(["key", "recipe", "step", "kind", "rows", "MB", "built"], rows, align_right=(4, 5))
 
 
 def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
+    from synthforge.generation.response_cache import move_aside, response_db_problems
+
     bad, corrupt = [], []
     entries = list(cache.entries())
     for entry in entries:
         problems = cache.verify(entry)
-        bad += [[entry.key[:12], entry.manifest.get("step", "?"), problem] for problem in problems]
+        bad += [[entry.key[:12], _step_of(entry), problem] for problem in problems]
         if problems:
             corrupt.append(entry)
+    responses = response_db_problems(cache.root / "shared" / "responses")
+    bad += [["responses", "-", problem] for problem in responses]
     if not bad:
         return f"{len(entries)} entries verified, all sound", True
     text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
     if repair:
-        for entry in corrupt:
-            cache.remove(entry)
-        text += f"; removed {len(corrupt)} corrupt entries (the next build recomputes them)"
+        removed = sum(cache.remove(entry) for entry in corrupt)
+        text += f"; removed {removed} damaged entries (the next build recomputes them)"
+        if removed < len(corrupt):
+            text += f"; {len(corrupt) - removed} in use by a running build, left for now"
+        if responses:
+            text += f"; moved the damaged response cache aside to {move_aside(cache.root / 'shared' / 'responses')}"
     else:
         text += "; run 'synthforge cache verify --repair' to remove them"
     return text, False
+
+
+def _step_of(entry: Entry) -> str:
+    try:
+        return entry.manifest.step
+    except DamagedEntry:
+        return "?"
 
 
 def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
@@ -165,13 +188,21 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     locks = find_locks([Path(r) for r in (roots or (".",))])
     keep = referenced_keys(locks)
     doomed = [e for e in cache.entries() if e.key not in keep]
-    freed = sum(e.size_bytes() for e in doomed)
-    if not dry_run:
-        for entry in doomed:
-            cache.remove(entry)
-        cache.sweep_tmp()
-    verb = "would remove" if dry_run else "removed"
-    return f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {len(doomed)} entries ({freed / 1e6:.1f} MB)"
+    if dry_run:
+        freed = sum(e.size_bytes() for e in doomed)
+        return f"{len(locks)} lockfile(s) reference {len(keep)} keys; would remove {len(doomed)} entries ({freed / 1e6:.1f} MB)"
+    freed, removed, in_use = 0, 0, 0
+    for entry in doomed:
+        size = entry.size_bytes()
+        if cache.remove(entry):  # refused while a running build holds a lease on it
+            freed, removed = freed + size, removed + 1
+        else:
+            in_use += 1
+    swept = cache.sweep_tmp() + cache.sweep_partial_models()
+    cache.sweep_derived({e.key for e in cache.entries()})
+    busy = f"; kept {in_use} in use by a running build" if in_use else ""
+    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; removed {removed} entries ({freed / 1e6:.1f} MB){busy}; "
+            f"swept {swept} leftover folder(s)")
 
 
 def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None) -> Runtime:
@@ -206,7 +237,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
         for step, key in graph.keys[variant.name].items():
             entry = cache.get(key)
             if entry is not None:
-                steps[step] = entry.manifest
+                steps[step] = entry.manifest.model_dump(mode="json")
         records.append({"variant": variant.name, "vars": variant.matrix_values, "steps": steps})
     return records
 
@@ -228,18 +259,14 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
                device: str) -> str:
     from synthforge.stats import entry_stats, format_stats
-    from synthforge.steps.base import InputTable
 
     entry = entry_for(graph, cache, step, variant)
-    _table_info(entry, table)
-    target = InputTable(entry.path, table)
+    target = _input_table(entry, table)
     ref = None
     if reference:
         ref_step, _, ref_table = reference.partition(".")
-        ref_entry = entry_for(graph, cache, ref_step, variant)
-        _table_info(ref_entry, ref_table or "data")
-        ref = InputTable(ref_entry.path, ref_table or "data")
-    stats = entry_stats(target, ref, seed=graph.recipe.seed, device=device)
+        ref = _input_table(entry_for(graph, cache, ref_step, variant), ref_table or "data")
+    stats = entry_stats(target, ref, cache=cache, seed=graph.recipe.seed, device=device)
     title = f"{step}.{table}" if table != "data" else step
     against = f" vs {reference}" if reference else ""
     return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import time
@@ -10,25 +11,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthforge import __version__
-from synthforge.cache import Cache
+from synthforge.cache import Cache, Manifest, write_entry_files
 from synthforge.errors import UserError
-from synthforge.keys import hash_file, key_of
+from synthforge.keys import key_of, step_components
 from synthforge.lockfile import Lock, read_lock, write_lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
 from synthforge.steps.base import InputTable, Runtime, StepContext
-
-_file_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def file_hash(path: Path) -> str:
-    """Content hash of a file, memoized per (path, mtime, size) within the process."""
-    stat = path.stat()
-    memo = (str(path), stat.st_mtime_ns, stat.st_size)
-    if memo not in _file_hashes:
-        _file_hashes[memo] = hash_file(path)
-    return _file_hashes[memo]
-
 
 @dataclass
 class Node:
@@ -95,24 +84,15 @@ def build_graph(recipe: Recipe) -> Graph:
 
 
 def _components(recipe: Recipe, resolved: ResolvedStep, variant_keys: dict[str, str]) -> dict[str, Any]:
-    """Everything a step's output depends on; its key is the hash of this."""
+    """Everything a step's output depends on (see `keys.step_components`); its key is the hash of this."""
     step = resolved.step
-    params = resolved.params.model_dump(mode="json", exclude=set(step.runtime_fields))
     inputs = {
         name: map_leaves(value, lambda t: f"{variant_keys[t.step]}:{t.table}", RefTarget)
         for name, value in resolved.refs.items()
     }
     extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
-    files = {label: file_hash(path) for label, path in {**resolved.files, **extra_files}.items()}
-    return {
-        "kind": resolved.kind,
-        "version": step.version,
-        "params": params,
-        "inputs": inputs,
-        "files": files,
-        "identity": step.identity(resolved.run_params),
-        "seed": recipe.seed,
-    }
+    return step_components(resolved.kind, step.version, resolved.params, inputs, {**resolved.files, **extra_files},
+                           step.identity(resolved.run_params), recipe.seed)
 
 
 # -- plan -----------------------------------------------------------------
@@ -138,10 +118,16 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
         if key not in wanted:
             continue
         forced = node.step in force
-        if cache.has(key) and not forced:
+        problems = cache.problems(key)
+        if problems == [] and not forced:
             items.append(PlanItem(node, "cached", []))
             continue
-        reasons = ["forced with --force"] if forced else why_rebuild(node, graph, lock, will_run)
+        if forced:
+            reasons = ["forced with --force"]
+        elif problems:
+            reasons = [f"cached entry is damaged ({problems[0]}): rebuilding it"]
+        else:
+            reasons = why_rebuild(node, graph, lock, will_run)
         will_run.add(key)
         items.append(PlanItem(node, "run", reasons, node.resolved.step.plan_note(node.resolved.run_params)))
     return items
@@ -214,8 +200,23 @@ class BuildReport:
     items: list[PlanItem]
     seconds: dict[str, float] = field(default_factory=dict)  # key -> seconds spent running
     rows: dict[str, int] = field(default_factory=dict)
+    built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
 
 
+def _holding_leases(build_fn):
+    """Sweep dead writers' tmp folders, then hold a lease on every key of the graph while building:
+    `cache gc` leaves alone what the build writes and reads."""
+
+    @functools.wraps(build_fn)
+    def leased(graph: Graph, cache: Cache, **kwargs: Any) -> BuildReport:
+        cache.sweep_tmp()
+        with cache.lease(graph.nodes):
+            return build_fn(graph, cache, **kwargs)
+
+    return leased
+
+
+@_holding_leases
 def build(
     graph: Graph,
     cache: Cache,
@@ -234,24 +235,34 @@ def build(
         where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
         log(f"▶ {where}: {'; '.join(item.reasons)}")
         start = time.perf_counter()
-        manifest = run_node(graph, node, cache, runtime, log, force=node.step in force)
+        outcome = run_node(graph, node, cache, runtime, log, force=node.step in force)
         report.seconds[node.key] = time.perf_counter() - start
-        log(f"✓ {where}: {manifest['rows']} rows in {report.seconds[node.key]:.1f}s")
+        if not outcome.built:
+            report.built_elsewhere.add(node.key)
+        done = "rows" if outcome.built else "rows, built by another process"
+        log(f"✓ {where}: {outcome.manifest.rows} {done} in {report.seconds[node.key]:.1f}s")
     for item in items:
         entry = cache.get(item.node.key)
         if entry is not None:
-            report.rows[item.node.key] = entry.manifest["rows"]
+            report.rows[item.node.key] = entry.manifest.rows
     if write_lockfile:
         write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
 
 
-def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Callable[[str], None], force: bool = False) -> dict[str, Any]:
-    """Compute one node into the cache, unless another process did while we waited for its lock."""
+@dataclass
+class NodeOutcome:
+    manifest: Manifest
+    built: bool  # False: another process built it while we waited for its lock
+
+
+def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Callable[[str], None], force: bool = False) -> NodeOutcome:
+    """Compute one node into the cache, unless another process did while we waited for its lock.
+
+    A damaged entry counts as missing: it is rebuilt and replaced."""
     with cache.lock(node.key):
-        entry = cache.get(node.key)
-        if entry is not None and not force:
-            return entry.manifest
+        if not force and cache.problems(node.key) == []:
+            return NodeOutcome(cache.get(node.key).manifest, built=False)
         with cache.writing(node.key) as work:
             ctx = StepContext(
                 step=node.step,
@@ -270,7 +281,8 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
                 result = node.resolved.step.run(ctx)
             except UserError as exc:
                 raise _locate(exc, graph.recipe, node) from None
-            return write_entry(work, node, graph.recipe, result, started)
+            manifest = write_entry(work, node, graph.recipe, result, started)
+    return NodeOutcome(manifest, built=True)
 
 
 def _inputs(graph: Graph, node: Node, cache: Cache) -> dict[str, Any]:
@@ -290,53 +302,23 @@ def _locate(exc: UserError, recipe: Recipe, node: Node) -> UserError:
     return exc.located(str(recipe.path), recipe.line(*path))
 
 
-def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: float) -> dict[str, Any]:
-    import json
-
-    tables = {"data": result.data, **result.tables} if result.data is not None else dict(result.tables)
-    table_info = {}
-    for name, frame in tables.items():
-        path = work / f"{name}.parquet"
-        frame.write_parquet(path, statistics=False)
-        table_info[name] = {
-            "rows": frame.height,
-            "schema": {col: str(dtype) for col, dtype in frame.schema.items()},
-            "content_hash": hash_file(path),
-            "bytes": path.stat().st_size,
-        }
-    if result.data is None:
-        table_info = {"data": union_info(table_info), **table_info}
-    manifest = {
-        "key": node.key,
-        "step": node.step,
-        "kind": node.kind,
-        "recipe": recipe.name,
-        "recipe_path": str(recipe.path),
-        "variants": node.variants,
-        "components": node.components,
-        "upstream": node.upstream,
-        "rows": table_info["data"]["rows"],
-        "schema": table_info["data"]["schema"],
-        "content_hash": table_info["data"]["content_hash"],
-        "tables": table_info,
-        "timings": {"started": started, "seconds": round(time.time() - started, 3)},
-        "versions": library_versions(),
-        "meta": result.meta,
-    }
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    return manifest
-
-
-def union_info(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Manifest info of a main table that is the union of side tables (read through their files)."""
-    first = next(iter(parts.values()))
-    return {
-        "rows": sum(info["rows"] for info in parts.values()),
-        "schema": first["schema"],
-        "union": list(parts),
-        "content_hash": key_of([info["content_hash"] for info in parts.values()]),
-        "bytes": 0,
-    }
+def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: float) -> Manifest:
+    """The step's tables and its manifest, written into the scratch folder `work` (cache.py owns the format)."""
+    return write_entry_files(
+        work,
+        {"data": result.data, **result.tables} if result.data is not None else dict(result.tables),
+        key=node.key,
+        step=node.step,
+        kind=node.kind,
+        recipe=recipe.name,
+        recipe_path=str(recipe.path),
+        variants=node.variants,
+        components=node.components,
+        upstream=node.upstream,
+        timings={"started": started, "seconds": round(time.time() - started, 3)},
+        versions=library_versions(),
+        meta=result.meta,
+    )
 
 
 def library_versions() -> dict[str, str]:

@@ -1,68 +1,376 @@
-"""The content-addressed cache.
+"""The content-addressed cache and the one owner of its entry manifest.
 
 Layout under the cache root:
-  entries/<kk>/<key>/manifest.json    what, from what, how long, which versions
+  entries/<kk>/<key>/manifest.json    what, from what, which tables (with content hashes); see `Manifest`
   entries/<kk>/<key>/<table>.parquet  the main table `data` and any side tables; a table the
                                       manifest marks as a `union` of others has no file of its own
-  entries/<kk>/<key>/artifacts/       files a step keeps (models, plots...)
+  entries/<kk>/<key>/artifacts/       files a step keeps (models, plots...), hashed in the manifest
+  derived/<kk>/<key>.json             results computed later from entries (stats), under their own key
   locks/<key>.lock                    one flock per key: a key is computed once
+  locks/<key>.lease                   shared flocks of running builds on what they use: gc skips those
   tmp/                                entries being written (renamed when done)
   shared/                             caches below step level (responses, models)
 
-An entry appears by an atomic rename of a finished folder, so a reader sees a
-whole entry or none; a build killed mid-write leaves only a tmp folder, which
-`gc` sweeps.
+An entry appears by an atomic rename of a finished, verified folder, so a reader sees a
+whole entry or none, and never changes afterwards. Every read checks what it reads:
+the manifest against its own checksum, a table against the content hash in the manifest.
+Damage is a `DamagedEntry` (a one-line user error), never wrong rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
+import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from synthforge.keys import hash_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synthforge.errors import UserError
+from synthforge.keys import hash_file, key_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 DEFAULT_CACHE = "cache"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 2  # 2: typed, self-checksummed, per-table rows/columns/hash, hashed artifacts
+ARTIFACTS = "artifacts"
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SYNTHFORGE_CACHE") or DEFAULT_CACHE)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+# -- storage errors --------------------------------------------------------------
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: BaseException, path: Path | str) -> UserError | None:
+    """A one-line error for a full disk or a read-only folder (None for any other failure)."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code is None:  # polars and sqlite report the OS error in their message
+        match = re.search(r"os error (\d+)", text)
+        code = int(match.group(1)) if match else None
+    if code is None and isinstance(exc, sqlite3.OperationalError):
+        if "disk is full" in text or "disk I/O error" in text:
+            code = errno.ENOSPC
+        elif "readonly" in text or "unable to open" in text:
+            code = errno.EROFS
+    if code in _NO_SPACE:
+        return UserError(f"cannot write to {path}: {os.strerror(code)}",
+                         hint="free some space (or point --cache-dir / SYNTHFORGE_CACHE elsewhere), then run the same "
+                              "command again: finished steps are kept")
+    if code in _READ_ONLY:
+        return UserError(f"cannot write to {path}: {os.strerror(code)}",
+                         hint="use a writable cache folder: --cache-dir or SYNTHFORGE_CACHE")
+    return None
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` across processes; the OS releases it if the holder dies."""
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+def storage_errors(path: Path | str) -> Iterator[None]:
+    """Turn a full disk or a read-only folder under `path` into a one-line UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # OSError, sqlite3.OperationalError, polars errors naming an OS error
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with storage_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+# -- locks -------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """An flock on `path` across processes (exclusive unless `shared`); the OS releases it if the holder dies."""
+    with storage_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """An exclusive flock on `path` if nobody holds it now: yields whether we got it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# -- the manifest ----------------------------------------------------------------
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableInfo(_Frozen):
+    rows: int = Field(ge=0, description="row count (checked against the parquet footer by verify)")
+    columns: dict[str, str] = Field(description="column -> polars dtype")
+    content_hash: str = Field(description="xxh3-128 of the parquet file's bytes, checked on every read")
+    bytes: int = Field(ge=0, description="file size (0 for a union)")
+    union: list[str] | None = Field(
+        None, description="the tables this one is the union of, in row order: it has no file, its rows are stored once"
+    )
+
+
+class Timings(_Frozen):
+    started: float = Field(description="unix time the step started")
+    seconds: float = Field(ge=0, description="how long it ran")
+
+
+class Manifest(_Frozen):
+    """What an entry holds and what it was made of. Written once by the builder, read by everyone."""
+
+    format: Literal[2] = Field(MANIFEST_FORMAT, description="manifest format version (older formats are cache misses)")
+    key: str = Field(description="the entry's key: key_of(components)")
+    step: str = Field(description="the step's name in the recipe that built it")
+    kind: str = Field(description="the step kind")
+    recipe: str = Field("", description="the recipe's name")
+    recipe_path: str = Field("", description="the recipe file that built it")
+    variants: list[str] = Field(default_factory=list, description="matrix variants sharing the entry when it was built")
+    components: dict[str, Any] = Field(description="everything the key was computed from (see keys.step_components)")
+    upstream: list[str] = Field(default_factory=list, description="keys of the entries it read")
+    tables: dict[str, TableInfo] = Field(description="table name -> its rows, columns and content hash; always has 'data'")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="artifacts/ file path -> xxh3-128 content hash")
+    timings: Timings
+    versions: dict[str, str] = Field(default_factory=dict, description="library versions that built it (not in the key)")
+    meta: dict[str, Any] = Field(default_factory=dict, description="what the step reports (metrics, counts...)")
+    checksum: str = Field(description="xxh3-128 of every other field: any edit to the manifest is detected")
+
+    @property
+    def rows(self) -> int:
+        return self.tables["data"].rows
+
+    @classmethod
+    def seal(cls, **fields: Any) -> "Manifest":
+        """A manifest with its checksum filled in (fields are made JSON-plain first)."""
+        plain = json.loads(json.dumps({"format": MANIFEST_FORMAT, **fields, "checksum": ""}, default=str))
+        draft = cls.model_validate(plain)
+        return draft.model_copy(update={"checksum": draft.computed_checksum()})
+
+    def computed_checksum(self) -> str:
+        data = self.model_dump(mode="json")
+        data.pop("checksum")
+        for info in data["tables"].values():  # manifests from before unions existed keep their checksum
+            if info.get("union") is None:
+                info.pop("union", None)
+        return key_of(data)
+
+    def problems(self, key: str | None = None) -> list[str]:
+        """Inconsistencies inside the manifest itself (empty when sound)."""
+        found = []
+        if self.computed_checksum() != self.checksum:
+            found.append("manifest checksum mismatch (edited or damaged)")
+        if "data" not in self.tables:
+            found.append("manifest lists no 'data' table")
+        if key is not None and self.key != key:
+            found.append(f"manifest is for key {self.key[:12]}, not this entry")
+        if key_of(self.components) != self.key:
+            found.append("manifest components do not hash to its key")
+        return found
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
+
+
+class DamagedEntry(UserError):
+    """A cache entry that cannot be trusted: reading it is an error, building over it a cache miss."""
+
+    def __init__(self, folder: Path, problem: str, step: str | None = None):
+        self.folder = Path(folder)
+        self.problem = problem
+        name = f"cache entry {self.folder.name[:12]}" + (f" (step {step})" if step else "")
+        super().__init__(f"{name} is damaged: {problem}",
+                         hint="`synthforge build` of its recipe rebuilds it; `synthforge cache verify --repair` removes it")
+
+
+def read_manifest(folder: Path, key: str | None = None) -> Manifest:
+    """The checked manifest of an entry folder, or DamagedEntry naming what is wrong."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedEntry(folder, "no manifest.json") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedEntry(folder, f"unreadable manifest ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        found = data.get("format", 1) if isinstance(data, dict) else "?"
+        raise DamagedEntry(folder, f"manifest format {found}, expected {MANIFEST_FORMAT} (written by another synthforge version)")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DamagedEntry(folder, f"invalid manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    problems = manifest.problems(key)
+    if problems:
+        raise DamagedEntry(folder, problems[0], manifest.step)
+    return manifest
+
+
+def describe_table(path: Path) -> TableInfo:
+    """Rows, columns and content hash of a parquet file, from the file itself."""
+    import polars as pl
+
+    columns = {name: str(dtype) for name, dtype in pl.read_parquet_schema(path).items()}
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+    return TableInfo(rows=rows, columns=columns, content_hash=hash_file(path), bytes=path.stat().st_size)
+
+
+def hash_artifacts(folder: Path) -> dict[str, str]:
+    root = Path(folder) / ARTIFACTS
+    if not root.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): hash_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_entry_files(folder: Path, tables: dict[str, "pl.DataFrame"], **fields: Any) -> Manifest:
+    """Write an entry's tables and its sealed manifest into `folder` (not yet in the cache).
+
+    Without a `data` table, the main table is the union of `tables` in their order (each row stored once).
+    """
+    folder = Path(folder)
+    infos = {}
+    for name, frame in tables.items():
+        path = folder / f"{name}.parquet"
+        with storage_errors(folder):
+            frame.write_parquet(path, statistics=False)
+        infos[name] = TableInfo(rows=frame.height, columns={c: str(t) for c, t in frame.schema.items()},
+                                content_hash=hash_file(path), bytes=path.stat().st_size).model_dump()
+    if "data" not in infos:
+        infos = {"data": union_info(infos), **infos}
+    manifest = Manifest.seal(**fields, tables=infos, artifacts=hash_artifacts(folder))
+    with storage_errors(folder):
+        (folder / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def union_info(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Manifest info of a main table that is the union of side tables (read through their files)."""
+    first = next(iter(parts.values()))
+    return TableInfo(rows=sum(info["rows"] for info in parts.values()), columns=first["columns"],
+                     content_hash=key_of([info["content_hash"] for info in parts.values()]), bytes=0,
+                     union=list(parts)).model_dump()
+
+
+def _union_problems(name: str, info: TableInfo, tables: dict[str, TableInfo]) -> list[str]:
+    """A union table's rows, columns and hash against its parts' (which are checked against their files)."""
+    missing = [part for part in info.union or [] if part not in tables]
+    if missing:
+        return [f"table {name}: its part {part} is not in the manifest" for part in missing]
+    parts = [tables[part] for part in info.union or []]
+    rows = sum(part.rows for part in parts)
+    problems = [f"table {name}: {rows} rows, manifest says {info.rows}"] if rows != info.rows else []
+    if any(part.columns != info.columns for part in parts):
+        problems.append(f"table {name}: columns differ from its parts'")
+    if key_of([part.content_hash for part in parts]) != info.content_hash:
+        problems.append(f"table {name}: content hash differs from its parts'")
+    return problems
+
+
+def table_problems(folder: Path, manifest: Manifest, full: bool) -> list[str]:
+    """Tables (and, when `full`, rows, columns, the table list and artifacts) against the manifest."""
+    folder = Path(folder)
+    problems = []
+    for name, info in manifest.tables.items():
+        path = folder / f"{name}.parquet"
+        if info.union is not None:  # no file of its own: its parts are checked as tables
+            problems += _union_problems(name, info, manifest.tables) if full else []
+            continue
+        if not path.is_file():
+            problems.append(f"table {name}: file missing")
+        elif path.stat().st_size != info.bytes or hash_file(path) != info.content_hash:
+            problems.append(f"table {name}: content hash mismatch")
+        elif full:
+            try:
+                actual = describe_table(path)
+            except Exception as exc:  # an unreadable parquet footer
+                problems.append(f"table {name}: unreadable ({type(exc).__name__})")
+                continue
+            if actual.rows != info.rows:
+                problems.append(f"table {name}: {actual.rows} rows, manifest says {info.rows}")
+            if actual.columns != info.columns:
+                problems.append(f"table {name}: columns differ from the manifest")
+    if full:
+        extra = sorted(p.stem for p in folder.glob("*.parquet") if p.stem not in manifest.tables)
+        problems += [f"table {name}: not listed in the manifest" for name in extra]
+        found = hash_artifacts(folder)
+        for rel in sorted(set(found) | set(manifest.artifacts)):
+            if found.get(rel) != manifest.artifacts.get(rel):
+                problems.append(f"{rel}: " + ("missing" if rel not in found else "not listed" if rel not in manifest.artifacts
+                                               else "content hash mismatch"))
+    return problems
+
+
+def verify_folder(folder: Path, key: str | None = None, full: bool = True) -> list[str]:
+    """Every problem of an entry folder (empty when sound): manifest, tables, rows, columns, artifacts."""
+    try:
+        manifest = read_manifest(folder, key)
+    except DamagedEntry as exc:
+        return [exc.problem]
+    return table_problems(folder, manifest, full)
+
+
+def scan_table(folder: Path, table: str = "data") -> "pl.LazyFrame":
+    """The one way a cached table is read: its files' bytes are checked against the manifest's
+    content hashes (DamagedEntry otherwise), then scanned lazily, so a head or a column reads only that."""
+    import polars as pl
+
+    manifest = read_manifest(folder)
+    if table not in manifest.tables:
+        raise UserError(f"step '{manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(manifest.tables)}")
+    parts = manifest.tables[table].union or [table]
+    checked = manifest.model_copy(update={"tables": {part: manifest.tables[part] for part in parts if part in manifest.tables}})
+    problems = table_problems(folder, checked, full=False)
+    if problems:
+        raise DamagedEntry(folder, problems[0], manifest.step)
+    return pl.scan_parquet([Path(folder) / f"{part}.parquet" for part in parts])
+
+
+def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
+    """A table of an entry folder, checked (see `scan_table`)."""
+    frame = scan_table(folder, table)
+    return (frame.select(columns) if columns is not None else frame).collect()
 
 
 @dataclass
@@ -71,8 +379,9 @@ class Entry:
     path: Path
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+    def manifest(self) -> Manifest:
+        """The checked manifest (DamagedEntry when it cannot be trusted)."""
+        return read_manifest(self.path, self.key)
 
     def table_path(self, table: str = "data") -> Path:
         return self.path / f"{table}.parquet"
@@ -80,31 +389,17 @@ class Entry:
     def scan(self, table: str = "data") -> "pl.LazyFrame":
         return scan_table(self.path, table)
 
+    def read_table(self, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
+        return read_table(self.path, table, columns)
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
-def table_files(entry_dir: Path, table: str = "data") -> list[Path]:
-    """The parquet files holding `table`, in row order: its own file, or those of the tables it is the union of."""
-    manifest_path = Path(entry_dir) / "manifest.json"
-    info = json.loads(manifest_path.read_text()).get("tables", {}).get(table, {}) if manifest_path.is_file() else {}
-    parts = info.get("union") or [table]
-    return [Path(entry_dir) / f"{part}.parquet" for part in parts]
-
-
-def scan_table(entry_dir: Path, table: str = "data") -> "pl.LazyFrame":
-    """The one way a cached table is read: lazily, so a head or a column costs only what it touches."""
-    import polars as pl
-
-    return pl.scan_parquet(table_files(entry_dir, table))
-
-
-def read_table(entry_dir: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
-    frame = scan_table(entry_dir, table)
-    return (frame.select(columns) if columns is not None else frame).collect()
-
-
 class Cache:
+    read_manifest = staticmethod(read_manifest)  # for pulling entries from elsewhere: check, then `install`
+    verify_folder = staticmethod(verify_folder)
+
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 
@@ -115,56 +410,94 @@ class Cache:
     def shared_dir(self, name: str) -> Path:
         """A folder for caches below step level (per-response, converted models)."""
         path = self.root / "shared" / name
-        path.mkdir(parents=True, exist_ok=True)
+        with storage_errors(path):
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _tmp_root(self) -> Path:
+        tmp_root = self.root / "tmp"
+        with storage_errors(self.root):
+            tmp_root.mkdir(parents=True, exist_ok=True)
+        return tmp_root
 
     # -- reading --------------------------------------------------------
     def get(self, key: str) -> Entry | None:
+        """The entry of `key` if its folder exists (its manifest is checked when read)."""
         path = self.entry_path(key)
-        return Entry(key, path) if (path / "manifest.json").is_file() else None
+        return Entry(key, path) if path.is_dir() else None
 
-    def has(self, key: str) -> bool:
-        return (self.entry_path(key) / "manifest.json").is_file()
+    def problems(self, key: str) -> list[str] | None:
+        """None when `key` is not cached; else what is wrong with its entry (empty: sound).
+
+        Checks the manifest and the content hash of every table: what every read checks."""
+        path = self.entry_path(key)
+        if not path.is_dir():
+            return None
+        return verify_folder(path, key, full=False)
 
     def entries(self) -> Iterator[Entry]:
+        """Every entry folder, sound or not."""
         base = self.root / "entries"
         if not base.is_dir():
             return
         for shard in sorted(base.iterdir()):
             for path in sorted(shard.iterdir()):
-                if (path / "manifest.json").is_file():
+                if path.is_dir():
                     yield Entry(path.name, path)
 
     # -- writing --------------------------------------------------------
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
         """Exclusive per-key lock across processes; released if the holder dies."""
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return file_lock(locks / f"{key}.lock")
+        return file_lock(self.root / "locks" / f"{key}.lock")
+
+    @contextlib.contextmanager
+    def lease(self, keys: Iterable[str]) -> Iterator[None]:
+        """Protect entries a build writes or reads from `gc` while the block runs (shared, many holders)."""
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(keys)):
+                stack.enter_context(file_lock(self.root / "locks" / f"{key}.lease", shared=True))
+            yield
 
     @contextlib.contextmanager
     def writing(self, key: str) -> Iterator[Path]:
-        """A scratch folder that becomes entry `key` if the block succeeds."""
-        tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{key}."))
+        """A scratch folder that becomes entry `key` (verified, replacing any old one) if the block succeeds."""
+        work = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}."))
         try:
-            yield work
-            if not (work / "manifest.json").is_file():
-                raise RuntimeError("entry written without a manifest")
-            self._fsync_tree(work)
-            final = self.entry_path(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # --force: replace the old entry whole
-                trash = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{key}.old."))
-                os.rename(final, trash / "entry")
-                os.rename(work, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(work, final)
+            with storage_errors(self.root):
+                yield work
+            self.install(key, work, replace=True)
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
+
+    def install(self, key: str, folder: Path, replace: bool = False) -> bool:
+        """Verify an entry folder (manifest, hashes, rows, columns, table list), then rename it into place.
+
+        `folder` must be on the cache's file system (e.g. under `staging_dir()`). An existing sound
+        entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
+        installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound."""
+        folder = Path(folder)
+        problems = verify_folder(folder, key)
+        if problems:
+            raise DamagedEntry(folder, problems[0])
+        with storage_errors(self.root):
+            self._fsync_tree(folder)
+            final = self.entry_path(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.exists():
+                os.rename(folder, final)
+                return True
+            if not replace and not verify_folder(final, key, full=False):
+                return False
+            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))
+            os.rename(final, trash / "entry")
+            os.rename(folder, final)
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+
+    def staging_dir(self, key: str) -> Path:
+        """A fresh folder on the cache's file system to assemble entry `key` in before `install`."""
+        return Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}."))
 
     @staticmethod
     def _fsync_tree(path: Path) -> None:
@@ -173,46 +506,82 @@ class Cache:
                 with open(file, "rb") as fh:
                     os.fsync(fh.fileno())
 
+    # -- derived results (computed later from entries, never written into them) --------
+    def derived_path(self, key: str) -> Path:
+        return self.root / "derived" / key[:2] / f"{key}.json"
+
+    def read_derived(self, key: str) -> dict[str, Any] | None:
+        """A derived record, or None when missing or not intact (it is then recomputed)."""
+        try:
+            record = json.loads(self.derived_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("checksum") != key_of({k: v for k, v in record.items() if k != "checksum"}):
+            return None
+        return record
+
+    def write_derived(self, key: str, record: dict[str, Any], entries: list[str]) -> dict[str, Any]:
+        """Store `record` (JSON-plain) under `key`; `entries` are the keys it was computed from (gc drops it with them)."""
+        plain = json.loads(json.dumps({**record, "derived_from": sorted(entries)}))
+        plain["checksum"] = key_of(plain)
+        atomic_write_text(self.derived_path(key), json.dumps(plain, indent=1, sort_keys=True))
+        return plain
+
     # -- maintenance ----------------------------------------------------
     def verify(self, entry: Entry) -> list[str]:
-        """Problems found by re-hashing an entry's tables (empty when sound)."""
-        try:
-            manifest = entry.manifest
-        except (OSError, ValueError) as exc:
-            return [f"unreadable manifest: {exc}"]
-        problems = []
-        for table, info in manifest.get("tables", {}).items():
-            if "union" in info:
-                continue  # no file of its own: its parts are checked
-            path = entry.table_path(table)
-            if not path.is_file():
-                problems.append(f"{table}: file missing")
-            elif hash_file(path) != info.get("content_hash"):
-                problems.append(f"{table}: content hash mismatch")
-        return problems
+        """Problems of an entry (empty when sound): manifest, table hashes, rows, columns, table list, artifacts."""
+        return verify_folder(entry.path, entry.key)
 
-    def remove(self, entry: Entry) -> None:
-        tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        trash = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{entry.key}.gc."))
-        os.rename(entry.path, trash / "entry")  # vanish atomically, then delete
+    def remove(self, entry: Entry) -> bool:
+        """Remove an entry unless a running build holds a lease on it; returns whether it was removed."""
+        with try_file_lock(self.root / "locks" / f"{entry.key}.lease") as free:
+            if not free:
+                return False
+            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{entry.key}.gc."))
+            os.rename(entry.path, trash / "entry")  # vanish atomically, then delete
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def sweep_tmp(self) -> int:
-        """Delete leftovers of killed builds: tmp folders whose key nobody holds the lock of."""
+        """Delete leftovers of dead builds: tmp folders whose key nobody holds the lock of."""
         tmp_root = self.root / "tmp"
         if not tmp_root.is_dir():
             return 0
         swept = 0
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        for path in tmp_root.iterdir():
+        for path in list(tmp_root.iterdir()):
             key = path.name.split(".")[0]
-            with open(self.root / "locks" / f"{key}.lock", "a+") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live build is writing it
-                shutil.rmtree(path, ignore_errors=True)
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            with try_file_lock(self.root / "locks" / f"{key}.lock") as free:
+                if free:  # else a live build is writing it
+                    shutil.rmtree(path, ignore_errors=True)
+                    swept += 1
+        return swept
+
+    def sweep_partial_models(self) -> int:
+        """Delete dead partial model conversions (shared/models/.<name>.*) whose converter's lock is free."""
+        models = self.root / "shared" / "models"
+        if not models.is_dir():
+            return 0
+        swept = 0
+        for path in list(models.glob(".*")):
+            name = path.name[1:].split(".")[0]
+            if not path.is_dir() or not name:
+                continue
+            with try_file_lock(models / f"{name}.lock") as free:
+                if free:
+                    shutil.rmtree(path, ignore_errors=True)
+                    swept += 1
+        return swept
+
+    def sweep_derived(self, keep: set[str]) -> int:
+        """Delete derived records computed from an entry that is no longer kept."""
+        swept = 0
+        for path in list((self.root / "derived").glob("*/*.json")):
+            try:
+                sources = json.loads(path.read_text()).get("derived_from", [])
+            except (OSError, ValueError, AttributeError):
+                sources = [None]
+            if not set(sources) <= keep:
+                path.unlink(missing_ok=True)
                 swept += 1
         return swept
+

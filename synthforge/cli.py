@@ -120,7 +120,7 @@ def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
 @click.option("--device", default="auto", show_default=True)
 @step_output_options
 def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
-    """Diversity metrics of STEP's output (and its distance to --reference); cached in the entry."""
+    """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
     from synthforge import app
 
     graph = app.open_graph(recipe, sets)
@@ -182,11 +182,11 @@ def cache_ls(cache_dir):
 
 
 @cache_group.command("verify")
-@click.option("--repair", is_flag=True, help="Remove corrupt entries so the next build recomputes them.")
+@click.option("--repair", is_flag=True, help="Remove damaged entries (the next build recomputes them); move a damaged response cache aside.")
 @cache_option
 @user_errors
 def cache_verify(repair, cache_dir):
-    """Recompute content hashes; exit 1 if any entry is corrupt."""
+    """Check every entry (manifest, content hashes, rows, columns, tables, artifacts) and the response cache; exit 1 if any is damaged."""
     from synthforge import app
 
     text, ok = app.cache_verify_text(_cache(cache_dir), repair)

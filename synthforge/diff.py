@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.builder import Graph, build, build_graph, describe_changes
-from synthforge.cache import Cache
+from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError
 from synthforge.lockfile import read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
@@ -178,21 +178,18 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
     entry_a, entry_b = cache.get(key_a), cache.get(key_b)
     result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
     if entry_a and entry_b:
-        result.outputs.update(compare_rows(entry_a.path, entry_b.path))
-        result.metrics = compare_metrics(entry_a.manifest.get("meta", {}), entry_b.manifest.get("meta", {}))
+        result.outputs.update(compare_rows(entry_a, entry_b))
+        result.metrics = compare_metrics(entry_a.manifest.meta, entry_b.manifest.meta)
     return result
 
 
-def compare_rows(entry_a: Path, entry_b: Path) -> dict[str, Any]:
-    """Rows added, removed and changed between the main tables of two entries (folders)."""
+def compare_rows(entry_a: Entry, entry_b: Entry) -> dict[str, Any]:
+    """Rows added, removed and changed (by id) between two entries' main tables (each read checked)."""
     import polars as pl
 
-    from synthforge.cache import scan_table
-
-    def rows(entry_dir: Path) -> pl.DataFrame:
-        scan = scan_table(entry_dir)
-        columns = [c for c in ("id", "text", "label") if c in scan.collect_schema().names()]
-        frame = (scan.select(columns) if columns else scan).collect()
+    def rows(entry: Entry) -> pl.DataFrame:
+        columns = [c for c in ("id", "text", "label") if c in entry.manifest.tables["data"].columns]
+        frame = entry.read_table("data", columns or None)
         text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
         label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
         digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)

@@ -1,4 +1,19 @@
-"""Content addressing: canonical encoding of a step's config and xxh3-128 keys."""
+"""Content addressing: the one owner of what enters a key, and of what never does.
+
+A step's key is `key_of(step_components(...))`. Its ingredients:
+  kind, version  the step kind and its code version (`Step.version`)
+  params         the recipe fields as written, minus runtime-only fields
+  inputs         the key (and table) of every upstream output a `Ref` field names
+  files          content hashes of `FilePath` fields and of `Step.files_read` (e.g. model files)
+  identity       `Step.identity`: what else decides the output: a backend's model identity,
+                 declared versions (LLM sampler, metrics code), packaged dataset versions
+  seed           the recipe's seed
+
+Declared ignores: a field that changes how, not what, a step computes (batch size, device,
+concurrency, timeouts, the NAME of an API key variable) is declared `Field(exclude=True)`:
+the one mechanism, honoured at every depth (backend blocks too). Library versions, absolute
+paths and credentials never enter a key.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +22,18 @@ import math
 import mmap
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import xxhash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
+
+# Files whose content defines what a model computes (config, tokenizer, weights, chat template);
+# READMEs, licences and the like do not.
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
+_SECRET_QUERY_WORDS = ("key", "token", "secret", "signature", "sig", "password", "auth", "credential")
 
 
 def canonical(value: Any) -> Any:
@@ -45,3 +69,83 @@ def hash_file(path: str | os.PathLike) -> str:
             return xxhash.xxh3_128_hexdigest(b"")
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return xxhash.xxh3_128_hexdigest(mm)
+
+
+_file_hashes: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """Content hash of an input file, memoized per (path, inode, mtime, size) within the process."""
+    stat = os.stat(path)
+    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if memo not in _file_hashes:
+        _file_hashes[memo] = hash_file(path)
+    return _file_hashes[memo]
+
+
+# -- models ---------------------------------------------------------------------
+def model_files(folder: Path) -> list[Path]:
+    """The files of a model folder whose content defines the model: every user of a model keys on these."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
+
+
+def files_key(files: list[Path], root: Path | None = None) -> str:
+    """One hash over named files' contents (names relative to `root`, else bare file names)."""
+    return key_of([[str(p.relative_to(root)) if root else p.name, file_hash(p)] for p in files])
+
+
+def credential_free_url(url: str) -> str:
+    """An endpoint as it may enter a key or a manifest: no user:password@, no secret query parameters."""
+    parts = urlsplit(url.rstrip("/"))
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if not any(word in k.lower() for word in _SECRET_QUERY_WORDS)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+# -- runtime-only fields --------------------------------------------------------
+def key_params(params: "BaseModel") -> dict[str, Any]:
+    """A step's params as they enter its key: every field but the runtime-only (`exclude=True`) ones."""
+    return params.model_dump(mode="json")
+
+
+def runtime_fields(model: type["BaseModel"], prefix: str = "") -> list[str]:
+    """Dotted names of the runtime-only fields of a params model, nested models included."""
+    from pydantic import BaseModel
+
+    found = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        if info.exclude:
+            found.append(path)
+            continue
+        for sub in _model_types(info.annotation):
+            found += [f for f in runtime_fields(sub, f"{path}.") if f not in found]
+    return found
+
+
+def _model_types(annotation: Any) -> list[type]:
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [t for arg in get_args(annotation) for t in _model_types(arg)]
+
+
+# -- a step's key -----------------------------------------------------------------
+def step_components(kind: str, version: str, params: "BaseModel", inputs: dict[str, Any],
+                    files: dict[str, Path], identity: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Everything a step's output depends on; its key is `key_of` of this."""
+    return {
+        "kind": kind,
+        "version": version,
+        "params": key_params(params),
+        "inputs": inputs,
+        "files": {label: file_hash(path) for label, path in files.items()},
+        "identity": identity,
+        "seed": seed,
+    }

@@ -1,20 +1,18 @@
-"""Diversity (and shift) statistics of any step output, cached beside the entry.
+"""Diversity (and shift) statistics of any step output, cached as a derived result.
 
 `entry_stats` reads a cached table, uses its `embedding` column or embeds its
 `text` column with the default embedder, computes `metrics.diversity_metrics`
-and stores the result as `<entry>/stats/<reference key or 'none'>.json`
-(`<table>.<...>.json` for side tables). Tables in an entry never change, so the
-file stays valid until the metrics code, the model or the seed changes; those
-are recorded in the file and checked on read.
+and stores the result in the cache's derived records (never inside the entry:
+entries are immutable) under `stats_key`: the entry, table, reference, metrics
+code version, seed and (when it embeds) the model's identity.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.cache import atomic_write_text
+from synthforge.cache import Cache
 from synthforge.errors import UserError
 from synthforge.steps.base import InputTable
 from synthforge.steps.embed import EMBEDDING_COLUMN
@@ -25,29 +23,42 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
-def stats_path(entry: InputTable, reference: InputTable | None = None) -> Path:
-    name = reference.key if reference is not None else "none"
-    prefix = "" if entry.table == "data" else f"{entry.table}."
-    return entry.entry_dir / "stats" / f"{prefix}{name}.json"
+def stats_key(entry: InputTable, reference: InputTable | None, model: str, seed: int) -> str:
+    """Everything the stats of `entry` depend on."""
+    from synthforge.keys import key_of
+    from synthforge.metrics import METRICS_VERSION
+
+    def identity(table: InputTable) -> dict[str, Any]:
+        embeds = EMBEDDING_COLUMN not in table.manifest.tables[table.table].columns
+        return {"entry": table.key, "table": table.table, "model": _model_identity(model) if embeds else None}
+
+    return key_of({"derived": "stats", "metrics version": METRICS_VERSION, "seed": seed, "of": identity(entry),
+                   "reference": identity(reference) if reference is not None else None})
+
+
+def _model_identity(model: str) -> dict[str, str]:
+    from synthforge.backends.embedder import model_identity
+
+    return model_identity(model)
 
 
 def entry_stats(
     entry: InputTable | Path | str,
     reference: InputTable | Path | str | None = None,
     *,
+    cache: Cache,
     model: str = "minilm",
     seed: int = 0,
     device: str = "auto",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of one cached table (and its shift to `reference`), from the stats cache when possible."""
-    from synthforge.metrics import METRICS_VERSION, diversity_metrics, metric_methods
+    """Metrics of one cached table (and its shift to `reference`), from the cache's derived records when possible."""
+    from synthforge.metrics import diversity_metrics, metric_methods
 
     entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
-    path = stats_path(entry, reference)
-    wanted = {"version": METRICS_VERSION, "model": model, "seed": seed}
-    cached = _read(path)
-    if cached is not None and not force and all(cached.get(k) == v for k, v in wanted.items()):
+    key = stats_key(entry, reference, model, seed)
+    cached = cache.read_derived(key)
+    if cached is not None and not force:
         return cached
     emb, texts = _embeddings_and_texts(entry, model, device)
     ref_emb = _embeddings_and_texts(reference, model, device)[0] if reference is not None else None
@@ -57,26 +68,21 @@ def entry_stats(
             hint="embed both with the same model",
         )
     stats = {
-        **wanted,
+        "version": METRICS_VERSION,
+        "model": model,
+        "seed": seed,
         "entry": entry.key,
         "table": entry.table,
         "reference": reference.key if reference is not None else None,
         "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed),
         "metric_methods": metric_methods(len(emb), len(ref_emb) if ref_emb is not None else None),
     }
-    atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True))
-    return stats
+    sources = [entry.key] + ([reference.key] if reference is not None else [])
+    return cache.write_derived(key, stats, sources)
 
 
 def _as_table(value: InputTable | Path | str) -> InputTable:
     return value if isinstance(value, InputTable) else InputTable(Path(value))
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", "pl.Series | None"]:

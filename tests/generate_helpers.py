@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,13 @@ from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.generate import GenerateStep
 
 
-def write_entry(folder: Path, rows: list[dict[str, Any]], key: str = "fixture", table: str = "data") -> InputTable:
-    """A tiny cached entry (parquet + manifest) to feed a step as input."""
+def write_entry(folder: Path, rows: list[dict[str, Any]]) -> InputTable:
+    """A tiny fixture entry holding `rows` to feed a step as input."""
     import polars as pl
 
-    folder.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(rows).write_parquet(folder / f"{table}.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"key": key, "tables": {table: {}}}))
-    return InputTable(folder, table)
+    from tests.helpers import fixture_entry
+
+    return InputTable(fixture_entry(folder, {"data": pl.DataFrame(rows)}))
 
 
 def make_ctx(root: Path, params: dict[str, Any], *, seed: int = 0, inputs: dict[str, Any] | None = None,

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from synthforge.cache import Cache
+from synthforge.cache import Cache, write_entry_files
+from synthforge.keys import key_of
 from synthforge.steps.base import InputTable, Runtime, StepContext
 
 
-def write_entry(root: Path, name: str, frame: pl.DataFrame, key: str | None = None) -> InputTable:
-    """A cache-entry-like folder with data.parquet and a manifest, as an InputTable."""
-    entry = root / name
-    entry.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(entry / "data.parquet")
-    manifest = {"key": key or f"{name}-key-0123456789abcdef", "step": name, "meta": {}}
-    (entry / "manifest.json").write_text(json.dumps(manifest))
-    return InputTable(entry)
+def fixture_entry(folder: Path, tables: dict[str, pl.DataFrame], step: str = "fixture") -> Path:
+    """An entry folder written the way the builder writes one (tables + sealed manifest), outside any cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    components = {"fixture": step, "folder": folder.name}
+    write_entry_files(folder, tables, key=key_of(components), step=step, kind="fixture", components=components,
+                      timings={"started": 0.0, "seconds": 0.0})
+    return folder
+
+
+def write_entry(root: Path, name: str, frame: pl.DataFrame) -> InputTable:
+    """A fixture entry `root/name` holding `frame` as its data table, as an InputTable."""
+    return InputTable(fixture_entry(root / name, {"data": frame}, step=name))
 
 
 def rows(prefix: str, labels: dict[str, int], source: str) -> pl.DataFrame:

@@ -16,7 +16,7 @@ class SlowParams(StepParams):
 
 
 class SlowStep(Step):
-    """Copies its input after sleeping $SF_TEST_SLEEP seconds; logs each run to $SF_TEST_RUNLOG."""
+    """Copies its input after sleeping $SF_TEST_SLEEP seconds (and until $SF_TEST_RELEASE exists); logs each run to $SF_TEST_RUNLOG."""
 
     kind = "slow"
     Params = SlowParams
@@ -30,6 +30,10 @@ class SlowStep(Step):
                 fh.write(f"{ctx.key} {os.getpid()}\n")
         Path(ctx.workdir / "started").touch()
         time.sleep(float(os.environ.get("SF_TEST_SLEEP", "0")))
+        release = os.environ.get("SF_TEST_RELEASE")  # a file: finish only once the test creates it
+        deadline = time.time() + 120
+        while release and not Path(release).exists() and time.time() < deadline:
+            time.sleep(0.05)
         return StepResult(frame)
 
 

@@ -149,7 +149,7 @@ def test_verify_detects_corruption_and_gc_keeps_locked_entries(cli, write_recipe
     bad = cli("cache", "verify")
     assert bad.exit_code == 1 and "content hash mismatch" in bad.output
     repaired = cli("cache", "verify", "--repair")
-    assert repaired.exit_code == 1 and "removed 1 corrupt" in repaired.output
+    assert repaired.exit_code == 1 and "removed 1 damaged" in repaired.output
     assert cli("cache", "verify").exit_code == 0
     assert statuses(cli("build", recipe).output)["rows"] == "built"
     # an entry from a variant no lockfile mentions any more is garbage

@@ -10,7 +10,7 @@ import pytest
 import xxhash
 
 from synthforge import metrics
-from synthforge.cache import Cache, read_table, table_files
+from synthforge.cache import Cache, read_table
 from synthforge.steps.rows import rank_within_groups, stable_ids
 from synthforge.steps.split import SplitStep
 from tests.conftest import BASIC
@@ -82,19 +82,34 @@ def test_split_matches_the_per_label_loop_and_stores_rows_once(tmp_path, stratif
 def test_split_entry_has_no_duplicated_main_table(cli, write_recipe, data_csv, cache_dir, tmp_path):
     recipe = write_recipe(BASIC)
     cli("build", recipe)
-    entry = next(e for e in Cache(cache_dir).entries() if e.manifest["kind"] == "split")
+    entry = next(e for e in Cache(cache_dir).entries() if e.manifest.kind == "split")
     manifest = entry.manifest
-    assert manifest["tables"]["data"]["union"] == ["train", "test", "validation"]
+    assert manifest.tables["data"].union == ["train", "test", "validation"] and manifest.tables["data"].bytes == 0
     assert not (entry.path / "data.parquet").exists()
-    assert table_files(entry.path) == [entry.path / f"{t}.parquet" for t in ("train", "test", "validation")]
     whole = read_table(entry.path)
     parts = [read_table(entry.path, t) for t in ("train", "test", "validation")]
-    assert whole.equals(pl.concat(parts)) and whole.height == manifest["rows"] == manifest["tables"]["data"]["rows"]
+    assert whole.equals(pl.concat(parts)) and whole.height == manifest.rows
+    assert entry.scan().head(3).collect().equals(whole.head(3))
     assert f"table data: {whole.height} rows" in cli("show", recipe, "split").output
     cli("export", recipe, "split", "--to", tmp_path / "all.jsonl")
     exported = pl.read_ndjson(tmp_path / "all.jsonl")
     assert exported["id"].to_list() == whole["id"].to_list()
     assert "all sound" in cli("cache", "verify").output
+
+
+def test_a_damaged_part_of_a_union_is_never_read(cli, write_recipe, data_csv, cache_dir):
+    from synthforge.cache import DamagedEntry
+
+    cli("build", write_recipe(BASIC))
+    entry = next(e for e in Cache(cache_dir).entries() if e.manifest.kind == "split")
+    part = entry.path / "test.parquet"
+    part.chmod(0o644)
+    part.write_bytes(part.read_bytes()[:-9] + b"012345678")
+    with pytest.raises(DamagedEntry, match="table test: content hash mismatch"):
+        read_table(entry.path)
+    with pytest.raises(DamagedEntry):
+        entry.scan("test")
+    assert any("test" in problem for problem in Cache(cache_dir).verify(entry))
 
 
 def test_show_reads_head_and_labels_of_a_table(cli, write_recipe, data_csv):

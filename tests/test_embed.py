@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -14,6 +13,7 @@ from synthforge.backends.embedder import Embedder, get_embedder, model_identity
 from synthforge.errors import UserError
 from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep, embeddings_of
+from tests.helpers import fixture_entry
 from tests.tiny_encoder import build_tiny_encoder
 
 TEXTS = [
@@ -74,15 +74,11 @@ def test_device_auto_is_cpu_without_cuda(monkeypatch):
 
 # -- the step -------------------------------------------------------------------
 def make_input(tmp_path, texts=TEXTS) -> InputTable:
-    entry = tmp_path / "in"
-    entry.mkdir()
     frame = pl.DataFrame({
         "id": [f"r{i}" for i in range(len(texts))], "text": texts,
         "label": ["a", "b"] * (len(texts) // 2) + ["a"] * (len(texts) % 2), "source": ["real"] * len(texts),
     })
-    frame.write_parquet(entry / "data.parquet")
-    (entry / "manifest.json").write_text(json.dumps({"key": "in-key"}))
-    return InputTable(entry)
+    return InputTable(fixture_entry(tmp_path / "in", {"data": frame}))
 
 
 def run_embed(tmp_path, params: EmbedParams, table: InputTable, batch_size: int | None = None):
@@ -107,8 +103,10 @@ def test_embed_step_adds_fixed_size_float32_column(tmp_path, tiny_encoder):
 
 
 def test_embed_step_key_inputs(tiny_encoder):
+    from synthforge.keys import runtime_fields
+
     step = EmbedStep()
-    assert "batch_size" in step.runtime_fields
+    assert runtime_fields(EmbedParams) == ["batch_size"]
     files = {p.name for p in step.files_read(EmbedParams(input="x", model=str(tiny_encoder)))}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
 

@@ -104,9 +104,12 @@ def test_step_with_the_transformers_backend(tmp_path, tiny_model):
 def test_model_identity_follows_the_weights(tmp_path, tiny_model):
     copy = tmp_path / "tiny-gpt2"
     shutil.copytree(tiny_model, copy)
-    step = GenerateStep()
-    files = step.files_read(GenerateStep.Params.model_validate(tiny_params(copy, 1)))
+    from synthforge.backends.transformers_llm import identity_files
+
+    files = identity_files(str(copy))
     assert copy / "model.safetensors" in files and copy / "config.json" in files
+    step_identity = GenerateStep().identity(GenerateStep.Params.model_validate(tiny_params(copy, 1)))
+    assert step_identity["backend"] == {"type": "transformers", **TransformersLLM(str(copy)).identity()}
     before = TransformersLLM(str(copy)).identity()
     state = {k: v.clone() for k, v in TransformersLLM(str(copy)).load()[1].state_dict().items()}
     from safetensors.torch import save_file
@@ -120,7 +123,7 @@ def test_a_missing_model_folder_is_a_user_error(tmp_path):
     from synthforge.errors import UserError
 
     with pytest.raises(UserError) as caught:
-        GenerateStep().files_read(GenerateStep.Params.model_validate(tiny_params(tmp_path / "nope", 1)))
+        GenerateStep().identity(GenerateStep.Params.model_validate(tiny_params(tmp_path / "nope", 1)))
     assert caught.value.field == "backend.model" and "does not exist" in str(caught.value)
 
 

@@ -11,8 +11,10 @@ import pytest
 import scipy.linalg
 
 from synthforge import metrics
-from synthforge.stats import entry_stats, format_stats, stats_path
+from synthforge.cache import Cache
+from synthforge.stats import entry_stats, format_stats
 from synthforge.steps.base import InputTable
+from tests.helpers import fixture_entry
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -113,12 +115,8 @@ def test_diversity_metrics_keys():
 
 
 # -- entry stats -----------------------------------------------------------------
-def write_entry(root, key: str, frame: pl.DataFrame) -> InputTable:
-    path = root / key
-    path.mkdir(parents=True)
-    frame.write_parquet(path / "data.parquet")
-    (path / "manifest.json").write_text(json.dumps({"key": key}))
-    return InputTable(path)
+def write_entry(root, name: str, frame: pl.DataFrame) -> InputTable:
+    return InputTable(fixture_entry(root / name, {"data": frame}))
 
 
 def with_embeddings(x: np.ndarray) -> pl.DataFrame:
@@ -127,27 +125,34 @@ def with_embeddings(x: np.ndarray) -> pl.DataFrame:
     )
 
 
-def test_entry_stats_cached_per_reference(tmp_path, monkeypatch):
+def test_entry_stats_cached_per_reference_outside_the_entry(tmp_path, monkeypatch):
     entry = write_entry(tmp_path, "aaa", with_embeddings(unit_rows(40, 8)))
     ref = write_entry(tmp_path, "rrr", with_embeddings(unit_rows(30, 8, seed=1)))
-    plain = entry_stats(entry)
-    shifted = entry_stats(entry, ref)
-    assert stats_path(entry).name == "none.json" and stats_path(entry, ref).name == "rrr.json"
-    assert json.loads((entry.entry_dir / "stats" / "rrr.json").read_text())["metrics"] == shifted["metrics"]
+    before = sorted(p.name for p in entry.entry_dir.rglob("*"))
+    cache = Cache(tmp_path / "cache")
+    plain = entry_stats(entry, cache=cache)
+    shifted = entry_stats(entry, ref, cache=cache)
+    assert sorted(p.name for p in entry.entry_dir.rglob("*")) == before  # entries never change
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "derived").rglob("*.json")]
+    assert sorted(s["derived_from"] for s in stored) == sorted([[entry.key], sorted([entry.key, ref.key])])
     assert "frechet" in shifted["metrics"] and "frechet" not in plain["metrics"]
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed although cached")
 
     monkeypatch.setattr(metrics, "diversity_metrics", boom)
-    assert entry_stats(entry, ref) == shifted
+    assert entry_stats(entry, ref, cache=cache) == shifted
     with pytest.raises(AssertionError):
-        entry_stats(entry, ref, seed=1)  # another seed is another result
+        entry_stats(entry, ref, cache=cache, seed=1)  # another seed is another result
+    with pytest.raises(AssertionError):
+        monkeypatch.setattr(metrics, "METRICS_VERSION", "changed")
+        entry_stats(entry, ref, cache=cache)  # other metrics code is another result
 
 
 def test_entry_stats_embeds_text_when_no_embedding(tmp_path, tiny_encoder):
     frame = pl.DataFrame({"id": ["1", "2", "3"], "text": ["a good film", "a bad film", "rain in the north"]})
-    stats = entry_stats(write_entry(tmp_path, "ttt", frame), model=str(tiny_encoder), device="cpu")
+    stats = entry_stats(write_entry(tmp_path, "ttt", frame), cache=Cache(tmp_path / "cache"), model=str(tiny_encoder),
+                        device="cpu")
     assert stats["metrics"]["rows"] == 3 and 1.0 < stats["metrics"]["vendi"] <= 3.0
 
 

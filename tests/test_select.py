@@ -17,6 +17,7 @@ from synthforge.errors import UserError
 from synthforge.metrics import vendi
 from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.select import SelectParams, SelectStep
+from tests.helpers import fixture_entry
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -229,18 +230,15 @@ def test_gpu_path_is_used_when_faiss_sees_a_gpu(monkeypatch):
 
 
 # -- the step -------------------------------------------------------------------------------
-def write_entry(root: Path, key: str, x: np.ndarray, labels: list[str] | None = None) -> InputTable:
-    path = root / key
-    path.mkdir(parents=True)
+def write_entry(root: Path, name: str, x: np.ndarray, labels: list[str] | None = None) -> InputTable:
     n = len(x)
-    pl.DataFrame({
-        "id": [f"{key}-{i}" for i in range(n)],
+    frame = pl.DataFrame({
+        "id": [f"{name}-{i}" for i in range(n)],
         "text": [f"review number {i} about topic {i % 7}" for i in range(n)],
         "label": labels or ["pos", "neg"] * (n // 2),
         "source": ["synthetic"] * n,
-    }).with_columns(pl.Series("embedding", x, dtype=pl.Array(pl.Float32, x.shape[1]))).write_parquet(path / "data.parquet")
-    (path / "manifest.json").write_text(json.dumps({"key": key}))
-    return InputTable(path)
+    }).with_columns(pl.Series("embedding", x, dtype=pl.Array(pl.Float32, x.shape[1])))
+    return InputTable(fixture_entry(root / name, {"data": frame}))
 
 
 def run_select(tmp_path: Path, params: SelectParams, inputs: dict, seed: int = 0):
@@ -263,7 +261,7 @@ def test_select_step_outputs_ranked_rows_and_metrics(tmp_path):
     source = table.frame().filter(pl.col("id").is_in(data["id"].to_list()))
     assert source.sort("id")["text"].to_list() == data.sort("id")["text"].to_list()
     meta = result.meta
-    assert meta["method"] == "diversity" and meta["level"] == 0.9 and meta["reference"] == "real"
+    assert meta["method"] == "diversity" and meta["level"] == 0.9 and meta["reference"] == reference.key
     assert {"vendi", "dcscore", "mmd_rbf", "frechet", "nn_real_similarity", "distinct_2"} <= set(meta["metrics"])
     json.dumps(meta)  # lands in the manifest
     again = run_select(tmp_path, params, {"input": table, "reference": reference})
@@ -290,9 +288,6 @@ def test_select_params_need_one_method_and_n():
 
 
 def test_select_step_without_embeddings_says_what_to_do(tmp_path):
-    path = tmp_path / "raw"
-    path.mkdir()
-    pl.DataFrame({"id": ["1"], "text": ["x"]}).write_parquet(path / "data.parquet")
-    (path / "manifest.json").write_text(json.dumps({"key": "raw"}))
+    path = fixture_entry(tmp_path / "raw", {"data": pl.DataFrame({"id": ["1"], "text": ["x"]})})
     with pytest.raises(UserError, match="embed"):
         run_select(tmp_path, SelectParams(input="e", n=1, method="random"), {"input": InputTable(path)})

@@ -7,13 +7,12 @@ saved with `save_pretrained` (config, tokenizer, weights).
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthforge.backends.devices import pick_device  
 from synthforge.errors import UserError
-from synthforge.keys import hash_file, key_of
+from synthforge.keys import files_key, model_files as folder_model_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -21,8 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthforge.progress import Progress
 
 DEFAULT_MODEL = "minilm"
-# Files that decide what a model computes; READMEs and the like do not.
-_IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 
 
 def model_path(model: str) -> Path:
@@ -42,27 +39,13 @@ def model_path(model: str) -> Path:
 
 
 def model_files(model: str) -> list[Path]:
-    """The files whose content defines the model (they enter cache keys)."""
-    root = model_path(model)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(_IDENTITY_SUFFIXES))
+    """The files whose content defines the model (`keys.model_files` of its folder; they enter cache keys)."""
+    return folder_model_files(model_path(model))
 
 
 def model_identity(model: str) -> dict[str, str]:
     """Name plus a hash over the model's config, tokenizer and weight files."""
-    files = model_files(model)
-    root = model_path(model)
-    return {"name": model, "hash": _files_hash(tuple((str(p.relative_to(root)), str(p)) for p in files))}
-
-
-def _files_hash(files: tuple[tuple[str, str], ...]) -> str:
-    stats = tuple((name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for name, path in files)
-    return _cached_files_hash(files, stats)
-
-
-@lru_cache(maxsize=32)
-def _cached_files_hash(files: tuple[tuple[str, str], ...], stats: tuple) -> str:
-    # `stats` is only part of the lru key: a rewritten file is hashed again.
-    return key_of([[name, hash_file(path)] for name, path in files])
+    return {"name": model, "hash": files_key(model_files(model), root=model_path(model))}
 
 
 def _cpu_threads() -> int:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_serializer
 
 from synthforge.errors import UserError
 from synthforge.steps.base import StepParams
@@ -74,8 +74,28 @@ class OpenAIBackendConfig(StepParams):
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
 
+    @field_serializer("base_url")
+    def _without_credentials(self, url: str) -> str:
+        """Dumps feed keys and lockfiles: never a user:password@ or a secret query parameter."""
+        from synthforge.keys import credential_free_url
+
+        return credential_free_url(url)
+
 
 BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]
+
+
+def backend_identity(config: TransformersBackendConfig | OpenAIBackendConfig) -> dict[str, Any]:
+    """What decides a backend's outputs, without loading it: enters the generate step's key.
+
+    The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type."""
+    if config.type == "transformers":
+        from synthforge.backends.transformers_llm import model_identity
+
+        return {"type": config.type, **model_identity(config.model, config.gguf_file)}
+    from synthforge.backends.openai_llm import endpoint_identity
+
+    return {"type": config.type, **endpoint_identity(config.base_url, config.model)}
 
 
 def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str | None = None,

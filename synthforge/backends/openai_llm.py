@@ -18,6 +18,7 @@ from typing import Any
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
 from synthforge.errors import UserError
+from synthforge.keys import credential_free_url
 
 CONNECTIONS_PER_POOL = 8
 RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
@@ -46,7 +47,7 @@ class OpenAILLM:
         return f"{self.base_url}/chat/completions"
 
     def identity(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "model": self.model}
+        return endpoint_identity(self.base_url, self.model)
 
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
         self.retries = 0
@@ -127,6 +128,11 @@ class OpenAILLM:
         if reply.status_code >= 400:
             raise UserError(f"{self.url} answered HTTP {reply.status_code}: {reply.text[:200]}", field="backend")
         return _parse(reply.content)
+
+
+def endpoint_identity(base_url: str, model: str) -> dict[str, str]:
+    """The model name and the endpoint without credentials: what keys an HTTP backend's outputs."""
+    return {"base_url": credential_free_url(base_url), "model": model}
 
 
 def _run_coroutine(coroutine):

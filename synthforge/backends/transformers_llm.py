@@ -25,13 +25,12 @@ from synthforge.backends.devices import pick_device
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
 from synthforge.cache import file_lock
 from synthforge.errors import UserError
-from synthforge.keys import hash_file, key_of
+from synthforge.keys import files_key, model_files
 
 SMOLLM2 = "smollm2"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old cached responses stop matching
-MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
+SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old responses and outputs stop matching
 
 _LOADED: dict[tuple, tuple[Any, Any]] = {}  # (folder, gguf, device) -> (tokenizer, model), one load per process
 
@@ -49,22 +48,25 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def model_files(folder: Path) -> list[Path]:
-    """The files of a local model folder whose content defines the model."""
-    if not folder.is_dir():
-        raise UserError(f"model folder {folder} does not exist", field="backend.model",
-                        hint="give a local folder saved with save_pretrained, or 'smollm2'")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES)
-
-
 def identity_files(model: str, gguf_file: str | None = None) -> list[Path]:
-    """Files whose content is the model's identity (also the step's `files_read`)."""
+    """Files whose content is the model's identity (`keys.model_files`; one GGUF when `gguf_file` picks it)."""
     if model == SMOLLM2:
         return [smollm2_gguf_path()]
     folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist", field="backend.model",
+                        hint="give a local folder saved with save_pretrained, or 'smollm2'")
     if gguf_file:
         return [folder / gguf_file] + [p for p in model_files(folder) if p.suffix != ".gguf"]
     return model_files(folder)
+
+
+def model_identity(model: str, gguf_file: str | None = None) -> dict[str, Any]:
+    """What makes this model sample what it samples: its files and the sampler's version.
+
+    Enters the generate step's key and every response's key."""
+    name = SMOLLM2_DIRNAME if model == SMOLLM2 else Path(model).name
+    return {"model": name, "files": files_key(identity_files(model, gguf_file)), "sampler": SAMPLER_VERSION}
 
 
 def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path:
@@ -207,10 +209,7 @@ class TransformersLLM:
 
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
-            files = identity_files(self.model_name, self.gguf_file)
-            name = SMOLLM2_DIRNAME if self.model_name == SMOLLM2 else Path(self.model_name).name
-            self._identity = {"model": name, "files": key_of([[p.name, hash_file(p)] for p in files]),
-                              "sampler": SAMPLER_VERSION}
+            self._identity = model_identity(self.model_name, self.gguf_file)
         return self._identity
 
     # loading

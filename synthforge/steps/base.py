@@ -7,8 +7,9 @@ A step kind is a subclass of `Step` with:
   - `Params`: a pydantic model (subclass `StepParams`) of the recipe fields.
     Fields typed `Ref` (or `Ref | None`, `list[Ref]`, `dict[str, Ref]`) name
     other steps (`train_split` or `split.train` for a named table);
-    `runtime_fields` lists fields that never enter the cache key
-    (batch size, device, concurrency, API key variable names...);
+    fields that change how, not what, a step computes (batch size, device,
+    concurrency, API key variable names...) are declared `Field(exclude=True)`:
+    they never enter the cache key (see `synthforge.keys`);
   - `tables`: names of side tables the step writes beside its main table;
   - `run(ctx) -> StepResult`.
 
@@ -18,7 +19,6 @@ friends inside `run`, never at module level (a cached build must not load them).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-    from synthforge.cache import Cache
+    from synthforge.cache import Cache, Manifest
 
 
 class _RefMarker:
@@ -73,26 +73,34 @@ class Runtime:
 
 
 class InputTable:
-    """A cached output handed to a downstream step (read lazily)."""
+    """A cached output handed to a downstream step (read lazily, checked on every read)."""
 
     def __init__(self, entry_dir: Path, table: str = "data"):
         self.entry_dir = Path(entry_dir)
         self.table = table
 
     @cached_property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.entry_dir / "manifest.json").read_text())
+    def manifest(self) -> "Manifest":
+        from synthforge.cache import read_manifest
+
+        return read_manifest(self.entry_dir)
 
     @property
     def key(self) -> str:
-        return self.manifest["key"]
+        return self.manifest.key
+
+    @property
+    def step(self) -> str:
+        return self.manifest.step
 
     def frame(self, columns: list[str] | None = None) -> "pl.DataFrame":
+        """The table, after its bytes matched the manifest's content hash (DamagedEntry otherwise)."""
         from synthforge.cache import read_table
 
         return read_table(self.entry_dir, self.table, columns)
 
     def scan(self) -> "pl.LazyFrame":
+        """The table as a lazy scan, checked like `frame`: a head or a column reads only that."""
         from synthforge.cache import scan_table
 
         return scan_table(self.entry_dir, self.table)
@@ -137,7 +145,6 @@ class Step:
     kind: ClassVar[str]
     version: ClassVar[str] = "1"
     Params: ClassVar[type[StepParams]]
-    runtime_fields: ClassVar[frozenset[str]] = frozenset()
     tables: ClassVar[tuple[str, ...]] = ()
 
     def files_read(self, params: StepParams) -> list[Path]:
@@ -145,7 +152,7 @@ class Step:
         return []
 
     def identity(self, params: StepParams) -> dict[str, Any]:
-        """Extra facts that enter the key: e.g. the version of a packaged dataset or model."""
+        """Extra facts that enter the key: a backend's or packaged dataset's identity, versions of code it calls."""
         return {}
 
     def plan_note(self, params: StepParams) -> str | None:

@@ -23,14 +23,13 @@ class EmbedParams(StepParams):
     model: str = "minilm"
     max_length: int = Field(256, ge=8, le=8192)
     text_column: str = "text"
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, exclude=True)  # runtime-only: never in a key
 
 
 class EmbedStep(Step):
     kind = "embed"
     version = "1"
     Params = EmbedParams
-    runtime_fields = frozenset({"batch_size"})
 
     def files_read(self, params: EmbedParams) -> list[Path]:
         # The weights' content, not the model's name, decides the embeddings.

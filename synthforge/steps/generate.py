@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
@@ -50,6 +50,12 @@ class ParaphraseConfig(StepParams):
 
 
 class GenerateParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"n": 100, "labels": ["positive", "negative"], "template": "Write a {{ label }} review about {{ topic }}.",
+         "variables": {"topic": ["food", "travel"]}, "paraphrase": {"fraction": 0.25}},
+        {"n": 100, "labels": {"positive": "a happy review"}, "template": "Write a {{ label }} review.",
+         "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
+
     n: int = Field(ge=0)
     labels: list[str] | dict[str, str]  # a list, or label -> description used in the prompt
     template: str  # jinja2 (sandboxed)
@@ -64,10 +70,10 @@ class GenerateParams(StepParams):
     max_new_tokens: int = Field(default=128, ge=1)
     backend: BackendConfig = Field(default_factory=lambda: TransformersBackendConfig(type="transformers"))
     hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
-    # runtime-only
-    batch_size: int | None = Field(default=None, ge=1)
-    concurrency: int | None = Field(default=None, ge=1)
-    device: str | None = None
+    # runtime-only (exclude=True: never in a key)
+    batch_size: int | None = Field(default=None, ge=1, exclude=True)
+    concurrency: int | None = Field(default=None, ge=1, exclude=True)
+    device: str | None = Field(default=None, exclude=True)
 
     @field_validator("labels")
     @classmethod
@@ -136,16 +142,13 @@ class GenerateStep(Step):
     kind = "generate"
     version = "2"  # 2: labels cycle over topic rows (balanced with paraphrases)
     Params = GenerateParams
-    runtime_fields = frozenset({"batch_size", "concurrency", "device"})
     tables = ("rejects",)
 
-    def files_read(self, params: GenerateParams) -> list[Path]:
-        files: list[Path] = []  # value files are FilePath fields: the builder hashes them
-        if params.backend.type == "transformers":
-            from synthforge.backends.transformers_llm import identity_files
+    def identity(self, params: GenerateParams) -> dict[str, Any]:
+        """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
+        from synthforge.backends.llm import backend_identity
 
-            files += identity_files(params.backend.model, params.backend.gguf_file)
-        return files
+        return {"backend": backend_identity(params.backend)}
 
     def plan_note(self, params: GenerateParams) -> str | None:
         prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
@@ -227,7 +230,7 @@ class _Generation:
         from synthforge.generation.response_cache import ResponseCache
 
         self.backend = self._backend()
-        with ResponseCache(self.ctx.cache.shared_dir("responses")) as cache:
+        with ResponseCache(self.ctx.cache.shared_dir("responses"), log=self.ctx.log) as cache:
             self._fetch(list(topic.values()), cache, "topic")
             paraphrases = [self.paraphrase_plan(i, self._seed_item(i, topic)) for i in paraphrase_indices]
             self._fetch(paraphrases, cache, "paraphrase")
@@ -268,9 +271,10 @@ class _Generation:
                 "text": clean(seed_plan.response.text, self.params.hygiene).text}
 
     def _fetch(self, plans: list[RowPlan], cache, phase: str) -> None:
-        """Fill in every plan's response: from the cache, else from the backend (cached as it arrives)."""
+        """Fill in every plan's response: from the cache, else from the backend (cached as it arrives).
+
+        Prompts another process is already requesting are waited for, not requested again."""
         from synthforge.generation.response_cache import response_key
-        from synthforge.progress import progress
 
         if not plans:
             return
@@ -284,6 +288,23 @@ class _Generation:
             else:
                 missing.append((plan, key))
         self.stats["responses_cached"] += len(plans) - len(missing)
+        while missing:
+            mine = cache.claim(key for _, key in missing)
+            self._generate_missing([(plan, key) for plan, key in missing if key in mine], cache, phase)
+            others = [(plan, key) for plan, key in missing if key not in mine]
+            if not others:
+                break
+            self.ctx.log(f"{self.ctx.step}: waiting for {len(others)} {phase} responses another process is requesting")
+            arrived, orphaned = cache.wait_for(key for _, key in others)
+            for plan, key in others:
+                if key in arrived:
+                    plan.response = arrived[key]
+                    self.stats["responses_from_other_process"] += 1
+            missing = [(plan, key) for plan, key in others if key in orphaned]
+
+    def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
+        from synthforge.progress import progress
+
         if not missing:
             return
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
@@ -359,6 +380,7 @@ class _Generation:
             "completion_tokens": sum(p.response.completion_tokens for p in plans),
             "responses_cached": self.stats["responses_cached"],
             "responses_generated": self.stats["responses_generated"],
+            "responses_from_other_process": self.stats["responses_from_other_process"],
             "generated_prompt_tokens": self.stats["generated_prompt_tokens"],
             "generated_completion_tokens": self.stats["generated_completion_tokens"],
             "retries": self.stats["retries"],

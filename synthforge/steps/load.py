@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import FilePath, Step, StepContext, StepParams, StepResult
@@ -20,6 +20,8 @@ COMPRESSIONS = {".bz2", ".gz", ".xz", ".zst"}
 
 
 class LoadParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"path": "rows.csv"}, {"dataset": "rotten_tomatoes"}]})
+
     dataset: Literal["rotten_tomatoes", "bbc_news"] | None = Field(
         None, description="a packaged dataset: 'rotten_tomatoes' or 'bbc_news'"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
@@ -30,6 +30,10 @@ ROLE_COLUMN = "__mix_role"  # which input a row came from; dropped before output
 
 
 class MixParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"real": "real_split", "synthetic": "generated", "synthetic_fraction": 0.5, "total": 100},
+        {"real": "real_split", "synthetic": "generated", "real_count": 50, "synthetic_count": "all"}]})
+
     real: Ref | None = None
     synthetic: Ref | None = None
     synthetic_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -144,8 +148,7 @@ def _load_pool(table: Any, role: str) -> "pl.DataFrame | None":
     missing = {"id", "label"} - set(frame.columns)
     if missing:
         raise UserError(f"input '{role}' lacks column(s) {sorted(missing)}", field=role)
-    step_name = table.manifest.get("step") or role
-    origin = f"{step_name}@{str(table.manifest.get('key', ''))[:12]}"
+    origin = f"{table.step}@{table.key[:12]}"
     if "source" not in frame.columns:
         frame = frame.with_columns(pl.lit(role).alias("source"))
     else:

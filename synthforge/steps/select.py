@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
@@ -17,6 +17,9 @@ RANK_COLUMN = "selection_rank"
 
 
 class SelectParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5}]})
+
     input: Ref
     n: int | None = Field(None, ge=1)
     method: Literal["kcenter", "clusters", "semdedup", "random"] | None = None
@@ -45,6 +48,11 @@ class SelectStep(Step):
     kind = "select"
     version = "2"  # 2: big selections' DCScore is a sampled estimate; meta records metric_methods
     Params = SelectParams
+
+    def identity(self, params: SelectParams) -> dict[str, Any]:
+        from synthforge.metrics import METRICS_VERSION
+
+        return {"metrics version": METRICS_VERSION}  # the metrics in meta come from that code
 
     def run(self, ctx: StepContext) -> StepResult:
         import polars as pl

@@ -21,7 +21,6 @@ from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
 DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
-MODEL_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 class TrainParams(StepParams):
@@ -47,9 +46,9 @@ class TrainParams(StepParams):
     # scoring
     bootstrap: int = Field(default=1000, ge=0)
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
-    # runtime only (never in the key)
-    batch_size: int | None = Field(default=None, ge=1)
-    device: str = "auto"
+    # runtime only (exclude=True: never in the key)
+    batch_size: int | None = Field(default=None, ge=1, exclude=True)
+    device: str = Field(default="auto", exclude=True)
 
     @model_validator(mode="after")
     def _seeds(self) -> "TrainParams":
@@ -64,15 +63,13 @@ class TrainStep(Step):
     kind = "train"
     version = "1"
     Params = TrainParams
-    runtime_fields = frozenset({"batch_size", "device"})
     tables = ("predictions",)
 
     def files_read(self, params: TrainParams) -> list[Path]:  # type: ignore[override]
+        from synthforge.keys import model_files
+
         folder = Path(params.model) if params.model else Path(_default_model())
-        if not folder.is_dir():
-            return []
-        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-        return [folder / name for name in MODEL_FILES if (folder / name).exists()] + weights
+        return model_files(folder) if folder.is_dir() else []
 
     def plan_note(self, params: TrainParams) -> str | None:  # type: ignore[override]
         return f"{params.method}, {len(resolve_seeds(params, 0))} seed(s)"
