@@ -53,7 +53,7 @@ def entry_stats(
     force: bool = False,
 ) -> dict[str, Any]:
     """Metrics of one cached table (and its shift to `reference`), from the cache's derived records when possible."""
-    from synthforge.metrics import diversity_metrics, metric_methods
+    from synthforge.metrics import METRICS_VERSION, diversity_metrics, metric_methods
 
     entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
     key = stats_key(entry, reference, model, seed)
