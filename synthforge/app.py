@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.builder import Graph, build, build_graph, plan
+from synthforge.builder import Graph, _check_step_names, build, build_graph, plan
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
+
+if TYPE_CHECKING:
+    from synthforge.remote import Remote
 
 
 def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
@@ -23,20 +26,30 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> str:
+def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:
     items = plan(graph, cache, only, force)
+    unreachable = ""
+    if remote is not None:
+        try:
+            on_remote = remote.available(i.node.key for i in items if i.action == "run" and i.node.step not in force)
+        except UserError as exc:
+            on_remote, unreachable = set(), f"\n(not marking remote steps: {exc})"
+        for item in items:
+            if item.node.key in on_remote:
+                item.action, item.reasons = "pull", [f"on the remote {remote.url}"]
     runs = sum(item.action == "run" for item in items)
     recipe = graph.recipe
     lines = [
         f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
         f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
+        + (f" ({sum(i.action == 'pull' for i in items)} cached on the remote)" if remote is not None else "")
     ]
     rows = []
     for item in items:
         why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
         rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
     lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
-    return "\n".join(lines)
+    return "\n".join(lines) + unreachable
 
 
 def build_text(
@@ -46,23 +59,54 @@ def build_text(
     force: tuple[str, ...] = (),
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = _log,
+    remote: Remote | None = None,
+    pull: bool = True,
+    push: bool = False,
 ) -> str:
     start = time.perf_counter()
+    pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
     report = build(graph, cache, only=only, force=force, runtime=runtime, log=log)
     ran = [i for i in report.items if i.action == "run"]
+    pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [
-        [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report),
+        [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report, pulled),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
         for item in report.items
     ]
     table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
     summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
+    if pulled:
+        summary += f"; {len(pulled)} pulled from {remote.url}"
+    if pushed is not None:
+        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
+        remote.raise_failures(pushed)
     return f"{table}\n{summary}"
 
 
-def _status(item, report) -> str:
+def read_through(graph: Graph, cache: Cache, remote: Remote, only: tuple[str, ...], force: tuple[str, ...],
+                 log: Callable[[str], None]) -> set[str]:
+    """Before building, fetch every step the remote has; before generating, merge its LLM responses."""
+    items = plan(graph, cache, only, force)
+    wanted = [i.node.key for i in items if i.action == "run" and i.node.step not in force]
+    try:
+        done = remote.pull_many(wanted, cache, log)
+        still_to_run = [i for i in items if i.action == "run" and cache.problems(i.node.key) != []]
+        added = remote.pull_responses(cache, log=log) if any(i.node.kind == "generate" for i in still_to_run) else 0
+    except UserError as exc:
+        log(f"{exc}; building without it")
+        return set()
+    if done.entries:
+        log(done.summary("pulled") + f" from {remote.url}")
+    for key, why in done.failed.items():
+        log(f"remote: could not fetch {key[:12]} ({why}); building it here")
+    if added:
+        log(f"remote: merged {added} LLM responses from {remote.url}")
+    return set(done.entries)
+
+
+def _status(item, report, pulled: set[str]) -> str:
     if item.action == "cached":
-        return "cached"
+        return "pulled" if item.node.key in pulled else "cached"
     return "cached (built by another process)" if item.node.key in report.built_elsewhere else "built"
 
 
@@ -270,3 +314,59 @@ def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table
     title = f"{step}.{table}" if table != "data" else step
     against = f" vs {reference}" if reference else ""
     return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"
+
+
+def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | None = None,
+                steps: tuple[str, ...] = ()) -> list[str]:
+    """The keys of RECIPEs' (or lockfiles') steps (every variant unless one is named; every step unless some are)."""
+    keys: list[str] = []
+    for recipe_path in recipes:
+        if recipe_path.endswith(".lock"):
+            keys += _lock_keys(Path(recipe_path), variant, steps)
+            continue
+        graph = open_graph(recipe_path, sets)
+        _check_step_names(graph, list(steps))
+        variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
+        for v in variants:
+            keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
+    return list(dict.fromkeys(keys))
+
+
+def _lock_keys(path: Path, variant: str | None, steps: tuple[str, ...]) -> list[str]:
+    from synthforge.lockfile import read_lock
+
+    lock = read_lock(path)
+    if lock is None:
+        raise UserError(f"{path} is not a synthforge lockfile", hint="pass a recipe, or the RECIPE.lock that build wrote")
+    if variant is not None and variant not in lock.variants:
+        raise UserError(f"no variant '{variant}' in {path}", field="--variant", hint=did_you_mean(variant, lock.variants) or "")
+    chosen = [lock.variants[variant]] if variant is not None else list(lock.variants.values())
+    return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
+
+
+def cache_push_text(cache: Cache, remote: Remote, recipes: tuple[str, ...], sets: tuple[str, ...]) -> str:
+    keys = remote_keys(recipes, sets) if recipes else [entry.key for entry in cache.entries()]
+    done = remote.push_many(keys, cache)
+    remote.raise_failures(done)
+    return f"{done.summary('pushed')} to {remote.url}"
+
+
+def cache_pull_text(cache: Cache, remote: Remote, recipe: str, variant: str | None, steps: tuple[str, ...],
+                    sets: tuple[str, ...]) -> tuple[str, bool]:
+    done = remote.pull_many(remote_keys((recipe,), sets, variant, steps), cache, _log)
+    remote.raise_failures(done)
+    text = f"{done.summary('pulled')} from {remote.url}"
+    if done.refused:
+        text += f"; refused {len(done.refused)} damaged entries (a build recomputes them)"
+    return text, not done.refused
+
+
+def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str:
+    from synthforge.lockfile import find_locks, referenced_keys
+
+    locks = find_locks([Path(r) for r in (roots or (".",))])
+    keep = referenced_keys(locks)
+    entries, objects, freed = remote.gc(keep, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {entries} remote entries and "
+            f"{objects} unreferenced objects ({freed / 1e6:.1f} MB) from {remote.url}")

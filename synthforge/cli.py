@@ -12,6 +12,12 @@ cache_option = click.option(
 )
 set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a recipe variable.")
 variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
+remote_option = click.option(
+    "--remote", "remote_url", envvar="SYNTHFORGE_REMOTE", default=None, metavar="URL",
+    help="Remote cache: s3://bucket/prefix, gs://..., az://... or a shared folder (or $SYNTHFORGE_REMOTE, "
+         "or remote = \"...\" under [tool.synthforge] in pyproject.toml). Credentials come from the backend's own config.",
+)
+jobs_option = click.option("--jobs", type=int, default=16, show_default=True, help="Objects transferred at once.")
 table_option = click.option("--table", default="data", show_default=True, help="Which table of the step (e.g. test, rejects).")
 
 
@@ -49,6 +55,14 @@ def _cache(cache_dir: str):
     return Cache(cache_dir)
 
 
+def _remote(url: str | None, jobs: int = 16, progress: bool = True, required: bool = True):
+    """The configured remote (--remote, $SYNTHFORGE_REMOTE, pyproject.toml); None when optional and unset."""
+    from synthforge import remote
+
+    url = remote.remote_url(url)
+    return remote.open_remote(url, jobs, progress) if url or required else None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="synthforge")
 def main() -> None:
@@ -64,33 +78,42 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
 @click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--use-remote/--no-remote", default=True, show_default=True,
+              help="Read through the configured remote: fetch a step's entry from it before running the step.")
+@click.option("--push", is_flag=True, help="Upload the build's entries the remote lacks (needs a remote).")
+@remote_option
 @set_option
 @cache_option
 @user_errors
-def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, sets, cache_dir):
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, use_remote, push, remote_url, sets,
+              cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
     graph = app.open_graph(recipe, sets)
+    remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
     if dry_run:
-        click.echo(app.plan_text(graph, _cache(cache_dir), only, force))
+        click.echo(app.plan_text(graph, _cache(cache_dir), only, force, remote if use_remote else None))
         return
     runtime = app.runtime_from(device, progress, concurrency, batch_size)
-    click.echo(app.build_text(graph, _cache(cache_dir), only, force, runtime))
+    click.echo(app.build_text(graph, _cache(cache_dir), only, force, runtime, remote=remote, pull=use_remote, push=push))
 
 
 @main.command("plan")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--only", multiple=True, metavar="STEP")
 @click.option("--force", multiple=True, metavar="STEP")
+@click.option("--use-remote/--no-remote", default=True, show_default=True, help="Mark steps the configured remote has as 'pull'.")
+@remote_option
 @set_option
 @cache_option
 @user_errors
-def plan_cmd(recipe, only, force, sets, cache_dir):
-    """For every step: cached, or will run and why (against RECIPE.lock)."""
+def plan_cmd(recipe, only, force, use_remote, remote_url, sets, cache_dir):
+    """For every step: cached, on the remote, or will run and why (against RECIPE.lock)."""
     from synthforge import app
 
-    click.echo(app.plan_text(app.open_graph(recipe, sets), _cache(cache_dir), only, force))
+    remote = _remote(remote_url, required=False) if use_remote else None
+    click.echo(app.plan_text(app.open_graph(recipe, sets), _cache(cache_dir), only, force, remote))
 
 
 @main.command("show")
@@ -197,13 +220,55 @@ def cache_verify(repair, cache_dir):
 @cache_group.command("gc")
 @click.argument("locks", nargs=-1, type=click.Path(exists=True))
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--remote", "remote_url", default=None, metavar="URL",
+              help="Collect this remote cache instead of the local one (named explicitly, never taken from the environment).")
 @cache_option
 @user_errors
-def cache_gc(locks, dry_run, cache_dir):
+def cache_gc(locks, dry_run, remote_url, cache_dir):
     """Remove entries no lockfile references (lockfiles found under LOCKS, default '.')."""
     from synthforge import app
 
+    if remote_url is not None:
+        click.echo(app.remote_gc_text(_remote(remote_url), locks, dry_run))
+        return
     click.echo(app.cache_gc_text(_cache(cache_dir), locks, dry_run))
+
+
+@cache_group.command("push")
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@remote_option
+@jobs_option
+@set_option
+@cache_option
+@user_errors
+def cache_push(recipes, progress, remote_url, jobs, sets, cache_dir):
+    """Upload the entries of RECIPES or lockfiles (all variants; every local entry when none is given) and their LLM responses."""
+    from synthforge import app
+
+    click.echo(app.cache_push_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipes, sets))
+
+
+@cache_group.command("pull")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--step", "steps", multiple=True, metavar="STEP", help="Only these steps (default: all).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@variant_option
+@remote_option
+@jobs_option
+@set_option
+@cache_option
+@user_errors
+def cache_pull(recipe, steps, progress, variant, remote_url, jobs, sets, cache_dir):
+    """Download RECIPE's entries from the remote, each verified before it appears; exit 1 if any was refused.
+
+    RECIPE may also be a lockfile (e.g. the base branch's, from `git show`): its keys are pulled.
+    """
+    from synthforge import app
+
+    text, ok = app.cache_pull_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipe, variant, steps, sets)
+    click.echo(text)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,639 @@
+"""A shared remote cache: entries as content-addressed objects in object storage or a shared folder.
+
+Layout under the remote URL (s3://bucket/prefix, gs://..., az://..., or a folder path):
+  objects/<hh>/<hash>           one file of an entry, named by the xxh3-128 of its bytes (immutable)
+  entries/<kk>/<key>.json       the commit record of entry <key>: its files and their hashes
+  responses/<keyset>.sqlite     snapshots of the per-response LLM cache, named by their set of keys
+
+A push uploads the objects first and the record last, so an entry exists on the remote only once
+all its bytes do; two pushes of one key write complete objects and either record, both sound. A pull
+downloads into the local cache's tmp/ folder, checks every file against its hash and the tables
+against the manifest, and only then renames the folder into place. Storage goes through fsspec;
+credentials and endpoints come from each backend's own configuration and never reach a record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
+from synthforge.errors import UserError
+from synthforge.keys import hash_file
+
+RECORD_FORMAT = 1
+DEFAULT_JOBS = 16
+LIST_PAGE = 1000  # names one listing request returns (S3, GCS, Azure)
+GC_GRACE_S = 3600  # objects younger than this may belong to a push in flight: gc keeps them
+_BACKEND_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+_MERGED_SNAPSHOTS = "merged_snapshots.txt"
+
+
+# -- where the remote is ---------------------------------------------------
+
+
+def remote_url(option: str | None, start: Path | None = None) -> str | None:
+    """--remote (or $SYNTHFORGE_REMOTE, which click folds into it), else [tool.synthforge] remote."""
+    if option:
+        return option
+    import tomllib
+
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        pyproject = candidate / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                config = tomllib.loads(pyproject.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise UserError(f"cannot read [tool.synthforge]: {exc}", file=str(pyproject)) from None
+            url = config.get("tool", {}).get("synthforge", {}).get("remote")
+            if url:
+                return url
+    return None
+
+
+def open_remote(url: str | None, jobs: int = DEFAULT_JOBS, progress: bool = True) -> "Remote":
+    if not url:
+        raise UserError("no remote configured", field="--remote",
+                        hint="pass --remote URL, set SYNTHFORGE_REMOTE, or add remote = \"...\" under [tool.synthforge] in pyproject.toml")
+    return Remote(url, jobs=jobs, progress=progress)
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    from urllib.parse import urlsplit
+
+    from fsspec.core import url_to_fs
+
+    parts = urlsplit(url)
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if "@" in authority or ":" in authority:  # user:secret@bucket (a secret may hold '/': look before the first one)
+        raise UserError(f"the remote URL carries credentials ({parts.scheme}://...)", field="--remote",
+                        hint="give credentials through the backend's own configuration (AWS env vars or profile, gcloud, az login)")
+    try:
+        fs, root = url_to_fs(url, skip_instance_cache=True)  # fresh listings; endpoint from the current env
+    except ImportError:
+        extra = _BACKEND_EXTRAS.get(parts.scheme, parts.scheme)
+        raise UserError(f"no storage backend installed for {parts.scheme}:// remotes", field="--remote",
+                        hint=f"pip install 'synthforge[{extra}]'") from None
+    except ValueError as exc:
+        raise UserError(f"cannot use remote {url!r}: {exc}", field="--remote") from None
+    return fs, root.rstrip("/")
+
+
+# -- transfers -------------------------------------------------------------
+
+
+@dataclass
+class Transfer:
+    """What one push or pull did."""
+
+    entries: list[str] = field(default_factory=list)  # keys moved
+    present: list[str] = field(default_factory=list)  # keys already there
+    missing: list[str] = field(default_factory=list)  # keys neither side has
+    refused: dict[str, str] = field(default_factory=dict)  # key -> why (damaged or partial on the remote)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> error (connection, permissions)
+    objects: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def summary(self, verb: str) -> str:
+        rate = self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+        text = (f"{verb} {len(self.entries)} entries ({self.objects} objects, {self.bytes / 1e6:.1f} MB in "
+                f"{self.seconds:.1f}s, {rate:.1f} MB/s); {len(self.present)} already there")
+        if self.missing:
+            text += f"; {len(self.missing)} not {'built in this cache' if verb == 'pushed' else 'on the remote'}"
+        return text
+
+
+class _Bar:
+    """A progress bar over bytes (MB/s) that also counts objects; thread safe."""
+
+    def __init__(self, desc: str, objects: int, total_bytes: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self._lock = threading.Lock()
+        self._objects, self._done = objects, 0
+        self._bar = tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1000,
+                         disable=not enabled or objects == 0, dynamic_ncols=True, leave=True)
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self._done += 1
+            self._bar.set_postfix_str(f"objects {self._done}/{self._objects}", refresh=False)
+            self._bar.update(nbytes)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Remote:
+    """A remote cache at `url`; all transfers are parallel (`jobs` objects at once) and resumable."""
+
+    def __init__(self, url: str, jobs: int = DEFAULT_JOBS, progress: bool = True):
+        self.url = url
+        self.fs, self.root = _filesystem(url)
+        self.jobs = max(1, jobs)
+        self.progress = progress
+        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    # -- layout ------------------------------------------------------------
+    def record_path(self, key: str) -> str:
+        return f"{self.root}/entries/{key[:2]}/{key}.json"
+
+    def object_path(self, digest: str) -> str:
+        return f"{self.root}/objects/{digest[:2]}/{digest}"
+
+    def snapshot_path(self, name: str) -> str:
+        return f"{self.root}/responses/{name}.sqlite"
+
+    # -- the small API (also for executors that build on several machines) -----
+    def has(self, key: str) -> bool:
+        return self.fs.exists(self.record_path(key))
+
+    def available(self, keys: Iterable[str]) -> set[str]:
+        with self._reachable():
+            return self._present(f"{self.root}/entries", list(dict.fromkeys(keys)), self.record_path)
+
+    def _present(self, folder: str, names: list[str], path_of: Callable[[str], str]) -> set[str]:
+        """Which of `names` exist under `folder`: one request each when the folder is much larger than the
+        question (its size estimated from one shard, as DVC does), else one listing of the folder."""
+        if not names:
+            return set()
+        self.fs.invalidate_cache()
+        try:
+            in_shard = len(self.fs.ls(path_of(names[0]).rsplit("/", 1)[0], detail=False)) if len(names) > 1 else 0
+        except FileNotFoundError:
+            in_shard = 0
+        if len(names) == 1 or in_shard * 256 > LIST_PAGE * len(names):
+            return {name for name, found in zip(names, self._map(lambda n: self.fs.exists(path_of(n)), names)) if found}
+        try:
+            listed = {path.rsplit("/", 1)[-1] for path in self.fs.find(folder)}
+        except FileNotFoundError:
+            return set()
+        return {name for name in names if path_of(name).rsplit("/", 1)[-1] in listed}
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Storage that cannot be reached or read (endpoint, credentials, bucket) is one line, not a traceback."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"remote {self.url}: {_one_line(exc)}",
+                            hint="check the endpoint and credentials in the backend's own configuration") from None
+
+    def push(self, key: str, cache: Cache) -> bool:
+        """Upload entry `key` of `cache`; True once the remote has it."""
+        done = self.push_many([key], cache)
+        self.raise_failures(done)
+        return key in done.entries or key in done.present
+
+    def fetch(self, key: str, cache: Cache) -> bool:
+        """Download entry `key` into `cache` (verified); True once the local cache has it."""
+        done = self.pull_many([key], cache)
+        self.raise_failures(done)
+        return _sound(cache, key)
+
+    # -- push --------------------------------------------------------------
+    def push_many(self, keys: Iterable[str], cache: Cache) -> Transfer:
+        start = time.perf_counter()
+        done = Transfer()
+        wanted = list(dict.fromkeys(keys))
+        done.missing = [key for key in wanted if not _sound(cache, key)]
+        local = [key for key in wanted if key not in done.missing]
+        on_remote = self.available(local)
+        done.present = [key for key in local if key in on_remote]
+        records = {key: _record_of(cache.get(key)) for key in local if key not in on_remote}
+        generated = [key for key, record in records.items() if record["kind"] == "generate"]
+        if generated:
+            try:
+                snapshot = self._push_responses(cache, done)
+            except Exception as exc:  # noqa: BLE001  (a generate entry goes up only with its responses)
+                done.failed.update({key: _one_line(exc) for key in generated})
+                records = {key: record for key, record in records.items() if key not in generated}
+            else:
+                for key in generated:
+                    records[key]["responses"] = snapshot
+        uploads = {info["hash"]: (cache.entry_path(key) / rel, info["bytes"])
+                   for key, record in records.items() for rel, info in record["files"].items()}
+        with self._reachable():
+            there = self._present(f"{self.root}/objects", list(uploads), self.object_path)
+        commit = _when_complete({key: {i["hash"] for i in record["files"].values()} for key, record in records.items()},
+                                lambda key: self._write_record(key, records[key], done))
+        for digest in there:  # from an earlier, interrupted push or another entry
+            commit(digest)
+        missing = {digest: item for digest, item in uploads.items() if digest not in there}
+        errors, objects, nbytes = self._transfer("push", missing, self._upload_object, on_done=commit)
+        done.objects, done.bytes = done.objects + objects, done.bytes + nbytes
+        for key, record in records.items():
+            lost = [errors[info["hash"]] for info in record["files"].values() if info["hash"] in errors]
+            if lost:
+                done.failed[key] = lost[0]
+        done.seconds = time.perf_counter() - start
+        return done
+
+    def _write_record(self, key: str, record: dict[str, Any], done: Transfer) -> None:
+        try:
+            self._write_atomic(self.record_path(key), json.dumps(record, indent=1, sort_keys=True).encode())
+        except Exception as exc:  # noqa: BLE001  (reported per entry; a rerun resumes)
+            done.failed[key] = _one_line(exc)
+        else:
+            done.entries.append(key)
+
+    def _upload_object(self, digest: str, source: tuple[Path, int]) -> int:
+        path, size = source
+        self._put_atomic(path, self.object_path(digest))
+        return size
+
+    def _put_atomic(self, source: Path, target: str) -> None:
+        """Object stores publish an upload only when it completes; a folder needs temp + rename."""
+        if not self._local:
+            self.fs.put_file(str(source), target)
+            return
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        partial = f"{target}.{uuid.uuid4().hex}.partial"
+        try:
+            self.fs.put_file(str(source), partial)
+            self.fs.mv(partial, target)
+        finally:
+            if self.fs.exists(partial):
+                self.fs.rm_file(partial)
+
+    def _write_atomic(self, target: str, data: bytes) -> None:
+        if not self._local:
+            self.fs.pipe_file(target, data)
+            return
+        atomic_write_text(Path(target), data.decode())
+
+    # -- pull --------------------------------------------------------------
+    def pull_many(self, keys: Iterable[str], cache: Cache, log: Callable[[str], None] = lambda m: None) -> Transfer:
+        start = time.perf_counter()
+        done = Transfer()
+        wanted = list(dict.fromkeys(keys))
+        done.present = [key for key in wanted if _sound(cache, key)]
+        records: dict[str, dict[str, Any]] = {}
+        fetch = [key for key in wanted if key not in done.present]
+        with self._reachable():
+            found = self._map(self._read_record, fetch)
+        for key, record in zip(fetch, found):
+            if record is None:
+                done.missing.append(key)
+            elif isinstance(record, str):
+                done.refused[key] = record
+            else:
+                records[key] = record
+        downloads = {}
+        for key, record in records.items():
+            staging = _staging(cache, key)
+            for rel, info in record["files"].items():
+                downloads[(key, rel)] = (staging / rel, info["hash"], info["bytes"])
+        install = _when_complete({key: {(key, rel) for rel in record["files"]} for key, record in records.items()},
+                                 lambda key: self._install(cache, key, done))
+        errors, done.objects, done.bytes = self._transfer("pull", downloads, self._download_object, on_done=install)
+        for key, record in records.items():
+            problems = [errors[(key, rel)] for rel in record["files"] if (key, rel) in errors]
+            if not problems:
+                continue
+            damaged = problems[0].startswith("damaged")
+            (done.refused if damaged else done.failed)[key] = problems[0]
+            if damaged:
+                shutil.rmtree(_staging(cache, key), ignore_errors=True)
+        snapshots = {records[key]["responses"] for key in done.entries if records[key].get("responses")}
+        for key, why in done.refused.items():
+            log(f"remote: refused entry {key[:12]}: {why} (not installed; a build recomputes it)")
+        if snapshots:
+            self.pull_responses(cache, sorted(snapshots), log, done)
+        done.seconds = time.perf_counter() - start
+        return done
+
+    @staticmethod
+    def _install(cache: Cache, key: str, done: Transfer) -> None:
+        refusal = _install_verified(cache, key, _staging(cache, key))
+        if refusal:
+            done.refused[key] = refusal
+        else:
+            done.entries.append(key)
+
+    def _read_record(self, key: str) -> dict[str, Any] | str | None:
+        """The record of `key`, None when absent, or why it is unusable."""
+        try:
+            raw = self.fs.cat_file(self.record_path(key))
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(raw)
+            files = record["files"]
+            ok = (record.get("key") == key and "manifest.json" in files
+                  and all({"hash", "bytes"} <= set(info) and _inside(rel) for rel, info in files.items()))
+        except (ValueError, AttributeError, KeyError, TypeError):
+            ok = False
+        return record if ok else "damaged record (unreadable, for another key, or naming files outside the entry)"
+
+    def _download_object(self, item: tuple[str, str], target: tuple[Path, str, int]) -> int:
+        path, digest, size = target
+        if path.is_file() and hash_file(path) == digest:
+            return 0  # fetched by an earlier, interrupted pull
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            self.fs.get_file(self.object_path(digest), str(partial))
+        except FileNotFoundError:
+            raise _Damaged(f"damaged: object {item[1]} is missing on the remote") from None
+        if hash_file(partial) != digest:
+            partial.unlink()
+            raise _Damaged(f"damaged: {item[1]} does not match its hash")
+        os.replace(partial, path)
+        return size
+
+    # -- shared machinery ----------------------------------------------------
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            return list(pool.map(fn, items))
+
+    def _transfer(self, desc: str, items: dict[Any, Any], move: Callable[[Any, Any], int],
+                  on_done: Callable[[Any], None] = lambda ident: None) -> tuple[dict[Any, str], int, int]:
+        """Run `move(id, item)` on every item in parallel: errors by id (one line each), objects and bytes moved."""
+        total = sum(item[-1] for item in items.values())
+        bar = _Bar(desc, len(items), total, self.progress)
+        errors: dict[Any, str] = {}
+        moved = [0, 0]
+        lock = threading.Lock()
+
+        def one(pair: tuple[Any, Any]) -> None:
+            ident, item = pair
+            try:
+                nbytes = move(ident, item)
+            except Exception as exc:  # noqa: BLE001  (connection, permission, damage: reported per object)
+                errors[ident] = _one_line(exc)
+                return
+            with lock:
+                moved[0] += nbytes > 0
+                moved[1] += nbytes
+            bar.advance(item[-1])
+            on_done(ident)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                list(pool.map(one, items.items()))
+        finally:
+            bar.close()
+        return errors, moved[0], moved[1]
+
+    @staticmethod
+    def raise_failures(done: Transfer) -> None:
+        if done.failed:
+            key, why = next(iter(done.failed.items()))
+            raise UserError(f"remote transfer of {len(done.failed)} entries failed ({key[:12]}: {why})",
+                            hint="check the connection and credentials, then rerun: finished objects are kept")
+
+    # -- the per-response LLM cache -----------------------------------------
+    def _push_responses(self, cache: Cache, done: Transfer) -> str | None:
+        """Upload a snapshot of the local response cache (if new); its name, or None when there is none."""
+        db = _responses_db(cache)
+        if not db.is_file():
+            return None
+        tmp_root = cache.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        snapshot = tmp_root / f"responses.{uuid.uuid4().hex}.sqlite"
+        try:
+            source = sqlite3.connect(db, timeout=60)
+            target = sqlite3.connect(snapshot)
+            with source, target:
+                source.backup(target)
+            source.close()
+            target.close()
+            name = _keyset_name(snapshot)
+            path = self.snapshot_path(name)
+            if not self.fs.exists(path):
+                self._put_atomic(snapshot, path)
+                done.objects, done.bytes = done.objects + 1, done.bytes + snapshot.stat().st_size
+            return name
+        finally:
+            snapshot.unlink(missing_ok=True)
+
+    def pull_responses(self, cache: Cache, names: list[str] | None = None, log: Callable[[str], None] = lambda m: None,
+                       done: Transfer | None = None) -> int:
+        """Merge response snapshots (all on the remote when `names` is None) into the local cache; rows added."""
+        folder = cache.shared_dir("responses")
+        merged_file = folder / _MERGED_SNAPSHOTS
+        merged = set(merged_file.read_text().split()) if merged_file.is_file() else set()
+        if names is None:
+            names = self._snapshot_names()
+        added = 0
+        for name in names:
+            if name in merged:
+                continue
+            local = cache.root / "tmp" / f"responses.{uuid.uuid4().hex}.sqlite"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with self._reachable():
+                    self.fs.get_file(self.snapshot_path(name), str(local))
+                if done is not None:
+                    done.objects, done.bytes = done.objects + 1, done.bytes + local.stat().st_size
+                if _keyset_name(local) != name:
+                    log(f"remote: refused response snapshot {name[:12]}: its rows do not match its name")
+                    continue
+                added += _merge_responses(folder, local)
+            except (FileNotFoundError, sqlite3.DatabaseError) as exc:
+                log(f"remote: refused response snapshot {name[:12]}: {type(exc).__name__}")
+                continue
+            finally:
+                local.unlink(missing_ok=True)
+            with open(merged_file, "a") as fh:
+                fh.write(name + "\n")
+        return added
+
+    def _snapshot_names(self) -> list[str]:
+        with self._reachable():
+            try:
+                paths = self.fs.ls(f"{self.root}/responses", detail=False)
+            except FileNotFoundError:
+                return []
+        names = [p.rsplit("/", 1)[-1].removesuffix(".sqlite") for p in paths]
+        return [n for n in names if len(n) == 32]
+
+    # -- gc ------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        self.fs.invalidate_cache()
+        try:
+            paths = self.fs.find(f"{self.root}/entries")
+        except FileNotFoundError:
+            return []
+        return sorted(p.rsplit("/", 1)[-1].removesuffix(".json") for p in paths if p.endswith(".json"))
+
+    def gc(self, keep: set[str], dry_run: bool) -> tuple[int, int, int]:
+        """Remove records not in `keep`, then objects and snapshots no kept record names; (entries, objects, bytes)."""
+        with self._reachable():
+            return self._collect(keep, dry_run)
+
+    def _collect(self, keep: set[str], dry_run: bool) -> tuple[int, int, int]:
+        doomed = [key for key in self.keys() if key not in keep]
+        kept = [r for r in self._map(self._read_record, [k for k in self.keys() if k in keep]) if isinstance(r, dict)]
+        if not dry_run:
+            self._map(lambda key: self.fs.rm_file(self.record_path(key)), doomed)
+        live = {info["hash"] for record in kept for info in record["files"].values()}
+        live_snapshots = {record["responses"] for record in kept if record.get("responses")}
+        now = time.time()
+        stale = []
+        for folder, alive in ((f"{self.root}/objects", lambda p: p.rsplit("/", 1)[-1] in live),
+                              (f"{self.root}/responses", lambda p: p.rsplit("/", 1)[-1].removesuffix(".sqlite") in live_snapshots)):
+            try:
+                listing = self.fs.find(folder, detail=True)
+            except FileNotFoundError:
+                continue
+            stale += [(p, info.get("size", 0)) for p, info in listing.items()
+                      if not alive(p) and now - _modified(info) > GC_GRACE_S]
+        if not dry_run:
+            self._map(lambda item: self.fs.rm_file(item[0]), stale)
+        return len(doomed), len(stale), sum(size for _, size in stale)
+
+
+class _Damaged(Exception):
+    """A remote object that is missing or does not hash to its name."""
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, _Damaged):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _when_complete(groups: dict[str, set[Any]], then: Callable[[str], None]) -> Callable[[Any], None]:
+    """A callback for each finished item; runs `then(group)` once every item of a group has finished."""
+    waiting = {group: set(items) for group, items in groups.items()}
+    owners: dict[Any, list[str]] = {}
+    for group, items in waiting.items():
+        for item in items:
+            owners.setdefault(item, []).append(group)
+    lock = threading.Lock()
+
+    def finished(item: Any) -> None:
+        ready = []
+        with lock:
+            for group in owners.get(item, []):
+                waiting[group].discard(item)
+                if not waiting[group]:
+                    ready.append(group)
+                    del waiting[group]
+        for group in ready:
+            then(group)
+
+    return finished
+
+
+def _inside(relative: str) -> bool:
+    """A record's file name stays inside the entry folder (no absolute path, no '..')."""
+    from pathlib import PurePosixPath
+
+    path = PurePosixPath(relative)
+    return bool(relative) and not path.is_absolute() and ".." not in path.parts
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """Modification time (epoch seconds) from an fsspec listing; now when the backend gives none."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("updated")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if hasattr(value, "timestamp"):
+        return value.timestamp()
+    if isinstance(value, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+def _record_of(entry: Entry) -> dict[str, Any]:
+    """The commit record of a local entry: every file with its hash and size."""
+    manifest = entry.manifest
+    files = {}
+    for path in sorted(p for p in entry.path.rglob("*") if p.is_file()):
+        files[path.relative_to(entry.path).as_posix()] = {"hash": hash_file(path), "bytes": path.stat().st_size}
+    return {"synthforge_remote": RECORD_FORMAT, "key": entry.key, "step": manifest.step, "kind": manifest.kind,
+            "files": files}
+
+
+# -- local install (verification and the atomic rename are cache.py's) --------------------
+
+
+def _sound(cache: Cache, key: str) -> bool:
+    return cache.problems(key) == []
+
+
+def _staging(cache: Cache, key: str) -> Path:
+    """A fixed folder per key under tmp/, so an interrupted pull resumes; gc sweeps it when unlocked."""
+    return cache.root / "tmp" / f"{key}.pull"
+
+
+def _install_verified(cache: Cache, key: str, staging: Path) -> str | None:
+    """Install a downloaded entry if it is sound (Cache.install verifies it); why not, otherwise."""
+    try:
+        with cache.lock(key):
+            cache.install(key, staging)
+    except DamagedEntry as exc:
+        return exc.problem
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return None
+
+
+# -- response snapshots --------------------------------------------------------
+
+
+def _responses_db(cache: Cache) -> Path:
+    from synthforge.generation.response_cache import DB_NAME
+
+    return cache.root / "shared" / "responses" / DB_NAME
+
+
+def _keyset_name(snapshot: Path) -> str:
+    """A snapshot's name: the hash of its sorted response keys (responses are immutable per key)."""
+    db = sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)
+    try:
+        if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("integrity check failed")
+        digest = xxhash.xxh3_128()
+        for (key,) in db.execute("SELECT key FROM responses ORDER BY key"):
+            digest.update(key.encode() + b"\n")
+        return digest.hexdigest()
+    finally:
+        db.close()
+
+
+def _merge_responses(folder: Path, snapshot: Path) -> int:
+    """INSERT OR IGNORE the snapshot's rows into the local response cache; rows added."""
+    from synthforge.generation.response_cache import DB_NAME, ResponseCache
+
+    ResponseCache(folder).close()  # creates the database and its schema if absent
+    db = sqlite3.connect(folder / DB_NAME, timeout=60, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=60000")
+        db.execute("ATTACH DATABASE ? AS snap", (str(snapshot),))
+        ours = [row[1] for row in db.execute("PRAGMA main.table_info(responses)")]
+        theirs = {row[1] for row in db.execute("PRAGMA snap.table_info(responses)")}
+        columns = ", ".join(c for c in ours if c in theirs)
+        before = db.total_changes
+        db.execute(f"INSERT OR IGNORE INTO main.responses ({columns}) SELECT {columns} FROM snap.responses")
+        return db.total_changes - before
+    finally:
+        db.close()

@@ -1,0 +1,341 @@
+"""The shared remote cache against a real S3-protocol server on 127.0.0.1 (moto) and a shared folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from synthforge.cache import Cache
+from synthforge.remote import Remote
+from tests.conftest import BASIC, make_rows
+from tests.dropping_proxy import DroppingProxy
+from tests.test_build import statuses
+
+KEY_ID = "AKIASYNTHFORGETEST7Q"
+SECRET = "sfSecret/9f2c7e1d-never-write-me"
+
+
+@pytest.fixture(scope="module")
+def moto_port():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    yield server.get_host_and_port()[1]
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_port, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{moto_port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return moto_port
+
+
+def new_bucket() -> str:
+    import s3fs
+
+    bucket = f"team-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+    return bucket
+
+
+@pytest.fixture(params=["s3", "folder"])
+def remote_url(request, tmp_path) -> str:
+    if request.param == "folder":
+        return str(tmp_path / "shared" / "remote")
+    request.getfixturevalue("s3_env")
+    return f"s3://{new_bucket()}/synthforge"
+
+
+@pytest.fixture
+def s3_url(s3_env) -> str:
+    return f"s3://{new_bucket()}/synthforge"
+
+
+def remote_files(url: str) -> dict[str, bytes]:
+    remote = Remote(url, progress=False)
+    return {path: remote.fs.cat_file(path) for path in remote.fs.find(remote.root)}
+
+
+def record(url: str, key: str) -> dict:
+    remote = Remote(url, progress=False)
+    return json.loads(remote.fs.cat_file(remote.record_path(key)))
+
+
+def graph_keys(recipe: Path) -> dict[str, str]:
+    return json.loads(recipe.with_suffix(".lock").read_text())["variants"]["default"]
+
+
+def test_push_then_pull_into_an_empty_cache_builds_nothing(cli, write_recipe, data_csv, tmp_path, remote_url):
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert statuses(cli("build", recipe, "--cache-dir", a).output) == {"rows": "built", "split": "built"}
+    pushed = cli("cache", "push", recipe, "--cache-dir", a, "--remote", remote_url, "--no-progress")
+    assert pushed.exit_code == 0, pushed.output
+    assert "pushed 2 entries" in pushed.output
+
+    plan = cli("plan", recipe, "--cache-dir", b, "--remote", remote_url)
+    assert [line.split()[0] for line in plan.output.splitlines()[3:]] == ["pull", "pull"]
+    first = cli("build", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+    assert statuses(first.output) == {} and "2 pulled from" in first.output, first.output
+    second = cli("build", recipe, "--cache-dir", b, "--no-remote")
+    assert statuses(second.output) == {"rows": "cached", "split": "cached"}
+    for key in graph_keys(recipe).values():
+        assert (a / "entries" / key[:2] / key / "data.parquet").read_bytes() == \
+            (b / "entries" / key[:2] / key / "data.parquet").read_bytes()
+    again = cli("cache", "push", recipe, "--cache-dir", a, "--remote", remote_url, "--no-progress")
+    assert "pushed 0 entries" in again.output and "2 already there" in again.output
+
+
+def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_csv, tmp_path, remote_url):
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("build", recipe, "--cache-dir", a)
+    keys = graph_keys(recipe)
+    remote = Remote(remote_url, progress=False)
+    assert not remote.has(keys["split"])
+    assert remote.push(keys["split"], Cache(a)) and remote.has(keys["split"]) and not remote.has(keys["rows"])
+    pulled = cli("cache", "pull", recipe, "--step", "split", "--variant", "default", "--cache-dir", b,
+                 "--remote", remote_url, "--no-progress")
+    assert pulled.exit_code == 0 and "pulled 1 entries" in pulled.output
+    assert Cache(b).problems(keys["split"]) == [] and Cache(b).problems(keys["rows"]) is None
+    assert not remote.fetch(keys["rows"], Cache(b))
+    remote.push(keys["rows"], Cache(a))
+    assert remote.fetch(keys["rows"], Cache(b)) and Cache(b).verify(Cache(b).get(keys["rows"])) == []
+    by_lock = cli("cache", "pull", recipe.with_suffix(".lock"), "--cache-dir", tmp_path / "c", "--remote", remote_url,
+                  "--no-progress")
+    assert by_lock.exit_code == 0 and "pulled 2 entries" in by_lock.output
+
+
+def test_a_damaged_or_partial_remote_entry_is_refused_and_rebuilt(cli, write_recipe, data_csv, tmp_path, remote_url):
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("build", recipe, "--cache-dir", a)
+    cli("cache", "push", recipe, "--cache-dir", a, "--remote", remote_url, "--no-progress")
+    keys = graph_keys(recipe)
+    remote = Remote(remote_url, progress=False)
+    rows_object = remote.object_path(record(remote_url, keys["rows"])["files"]["data.parquet"]["hash"])
+    data = remote.fs.cat_file(rows_object)
+    remote.fs.pipe_file(rows_object, data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # one flipped byte
+    remote.fs.rm_file(remote.object_path(record(remote_url, keys["split"])["files"]["manifest.json"]["hash"]))
+
+    pulled = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+    assert pulled.exit_code == 1 and "refused 2 damaged entries" in pulled.output
+    refusals = [line for line in pulled.output.splitlines() if line.startswith("remote: refused")]
+    assert len(refusals) == 2 and "does not match its hash" in " ".join(refusals) and "missing" in " ".join(refusals)
+    assert list(Cache(b).entries()) == [] and not any((b / "tmp").iterdir())
+
+    built = cli("build", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+    assert built.exit_code == 0 and statuses(built.output) == {"rows": "built", "split": "built"}
+    assert "refused entry" in built.output
+    assert cli("cache", "verify", "--cache-dir", b).exit_code == 0
+
+
+def test_a_truncated_record_is_refused(cli, write_recipe, data_csv, tmp_path, s3_url):
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("build", recipe, "--cache-dir", a)
+    cli("cache", "push", recipe, "--cache-dir", a, "--remote", s3_url, "--no-progress")
+    remote = Remote(s3_url, progress=False)
+    path = remote.record_path(graph_keys(recipe)["rows"])
+    remote.fs.pipe_file(path, remote.fs.cat_file(path)[:50])
+    pulled = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", s3_url, "--no-progress")
+    assert pulled.exit_code == 1 and "damaged record" in pulled.output
+    assert Cache(b).problems(graph_keys(recipe)["split"]) == [] and Cache(b).problems(graph_keys(recipe)["rows"]) is None
+    escaping = record(s3_url, graph_keys(recipe)["split"])
+    escaping["files"]["../../../escaped.parquet"] = escaping["files"].pop("data.parquet")
+    remote.fs.pipe_file(path, json.dumps({**escaping, "key": graph_keys(recipe)["rows"]}).encode())
+    again = cli("cache", "pull", recipe, "--cache-dir", tmp_path / "c", "--remote", s3_url, "--no-progress")
+    assert again.exit_code == 1 and "outside the entry" in again.output
+    assert not list(tmp_path.rglob("escaped.parquet"))
+
+
+@pytest.mark.integration
+def test_a_connection_dropped_mid_upload_leaves_no_entry_and_push_resumes(
+        cli, write_recipe, tmp_path, s3_url, s3_env, monkeypatch):
+    import fsspec.config
+    import s3fs
+
+    make_rows(20000).write_csv(tmp_path / "reviews.csv")
+    recipe = write_recipe(BASIC)
+    a = tmp_path / "a"
+    cli("build", recipe, "--cache-dir", a)
+    keys = [graph_keys(recipe)["split"], graph_keys(recipe)["rows"]]  # small files first, then one of 280 kB
+    total = sum(p.stat().st_size for p in a.joinpath("entries").rglob("*") if p.is_file())
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # fail fast: the test is about what a failure leaves
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"config_kwargs": {"retries": {"max_attempts": 1}}})
+    with DroppingProxy(s3_env, budget=total // 2) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        done = Remote(s3_url, jobs=1, progress=False).push_many(keys, Cache(a))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3_env}")
+    monkeypatch.setattr("synthforge.remote.LIST_PAGE", 0)  # as on a huge remote: the resume asks per object
+    assert proxy.sent > total // 2 and done.failed and done.entries, "the line was cut in the middle of the push"
+    remote = Remote(s3_url, progress=False)
+    for key in done.failed:
+        assert not remote.has(key)
+    for path, data in remote_files(s3_url).items():
+        if "/objects/" in path:
+            from xxhash import xxh3_128_hexdigest
+
+            assert xxh3_128_hexdigest(data) == path.rsplit("/", 1)[-1], "no partial object is visible"
+    b = tmp_path / "b"
+    assert remote.pull_many(done.failed, Cache(b)).missing == list(done.failed)
+
+    resumed = remote.push_many(keys, Cache(a))
+    assert sorted(resumed.entries) == sorted(done.failed) and not resumed.failed
+    assert resumed.objects < sum(len(record(s3_url, k)["files"]) for k in keys), "finished objects are not sent again"
+    assert remote.pull_many(keys, Cache(b)).entries and all(Cache(b).problems(k) == [] for k in keys)
+
+
+@pytest.mark.integration
+def test_two_concurrent_pushes_of_one_key_are_harmless(cli, write_recipe, data_csv, tmp_path, remote_url):
+    recipe = write_recipe(BASIC)
+    caches = [tmp_path / "a1", tmp_path / "a2"]
+    for cache in caches:
+        cli("build", recipe, "--cache-dir", cache)
+    manifests = {(c / "entries").joinpath(*[k[:2], k, "manifest.json"]).read_bytes()
+                 for c in caches for k in graph_keys(recipe).values()}
+    assert len(manifests) == 4, "the two builds differ in bytes (timings), so the race is real"
+    command = [sys.executable, "-m", "synthforge", "cache", "push", str(recipe), "--remote", remote_url, "--no-progress"]
+    procs = [subprocess.Popen(command + ["--cache-dir", str(c)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=os.environ.copy()) for c in caches]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    b = tmp_path / "b"
+    pulled = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+    assert pulled.exit_code == 0 and "pulled 2 entries" in pulled.output
+    for key in graph_keys(recipe).values():
+        assert Cache(b).verify(Cache(b).get(key)) == []
+        assert (b / "entries" / key[:2] / key / "manifest.json").read_bytes() in manifests
+
+
+def test_credentials_never_reach_a_written_file_or_the_output(cli, write_recipe, data_csv, tmp_path, s3_url):
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    outputs = [cli("build", recipe, "--cache-dir", a, "--push", "--remote", s3_url).output,
+               cli("build", recipe, "--cache-dir", b, "--remote", s3_url).output,
+               cli("plan", recipe, "--cache-dir", b, "--remote", s3_url).output,
+               cli("cache", "gc", "--remote", s3_url, "--dry-run", str(tmp_path)).output]
+    assert "pushed 2 entries" in outputs[0] and "2 pulled" in outputs[1]
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()] + list(remote_files(s3_url).values())
+    for secret in (KEY_ID, SECRET):
+        assert not any(secret.encode() in blob for blob in written)
+        assert not any(secret in text for text in outputs)
+    leaky = cli("cache", "push", recipe, "--cache-dir", a, "--remote", f"s3://{KEY_ID}:{SECRET}@bucket/x")
+    assert leaky.exit_code == 2 and "carries credentials" in leaky.output
+    assert KEY_ID not in leaky.output and SECRET not in leaky.output
+
+
+def test_remote_from_pyproject_and_a_clear_error_without_one(cli, write_recipe, data_csv, tmp_path, monkeypatch):
+    recipe = write_recipe(BASIC)
+    monkeypatch.delenv("SYNTHFORGE_REMOTE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cli("build", recipe, "--cache-dir", "a")
+    missing = cli("cache", "push", recipe, "--cache-dir", "a")
+    assert missing.exit_code == 2 and "no remote configured" in missing.output and "[tool.synthforge]" in missing.output
+    (tmp_path / "pyproject.toml").write_text('[tool.synthforge]\nremote = "team-remote"\n')
+    assert "pushed 2 entries" in cli("cache", "push", recipe, "--cache-dir", "a", "--no-progress").output
+    assert (tmp_path / "team-remote" / "entries").is_dir()
+    monkeypatch.setenv("SYNTHFORGE_REMOTE", str(tmp_path / "other"))
+    assert "pushed 2 entries" in cli("cache", "push", recipe, "--cache-dir", "a", "--no-progress").output
+
+
+@pytest.mark.integration
+def test_gc_removes_what_no_lockfile_references(cli, write_recipe, data_csv, tmp_path, remote_url, monkeypatch):
+    keep = write_recipe(BASIC, "keep.yaml")
+    drop = write_recipe(BASIC.replace("k: 10", "k: 5"), "drop.yaml")
+    for recipe in (keep, drop):
+        cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote_url)
+    drop_split = graph_keys(drop)["split"]
+    kept_hashes = {i["hash"] for k in graph_keys(keep).values() for i in record(remote_url, k)["files"].values()}
+    drop_objects = len({i["hash"] for i in record(remote_url, drop_split)["files"].values()} - kept_hashes)
+    drop.with_suffix(".lock").unlink()
+    remote = Remote(remote_url, progress=False)
+    before = remote_files(remote_url)
+    dry = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url, "--dry-run")
+    assert "would remove 1 remote entries" in dry.output and remote_files(remote_url) == before
+    young = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url)
+    assert "removed 1 remote entries and 0 unreferenced objects" in young.output  # in-flight grace period
+    monkeypatch.setattr("synthforge.remote.GC_GRACE_S", -1)
+    old = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url)
+    assert f"removed 0 remote entries and {drop_objects} unreferenced objects" in old.output
+    assert remote.keys() == sorted(graph_keys(keep).values()) and not remote.has(drop_split)
+    pulled = cli("cache", "pull", keep, "--cache-dir", tmp_path / "b", "--remote", remote_url, "--no-progress")
+    assert pulled.exit_code == 0 and "pulled 2 entries" in pulled.output
+
+
+# -- the per-response LLM cache travels with generate steps ----------------------------------------
+
+
+GENERATE = """
+name: gen
+steps:
+  gen:
+    kind: generate
+    n: {n}
+    labels: [good, bad]
+    template: 'a {{{{ label }}}} line about {{{{ topic }}}}'
+    variables: {{topic: [tea, trains, tides]}}
+    backend: {{type: openai, base_url: '{url}', model: fake-model, backoff_s: 0.01}}
+"""
+
+
+@pytest.mark.integration
+def test_pushing_generate_shares_responses_so_raising_n_generates_only_new_rows(
+        cli, write_recipe, tmp_path, remote_url):
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    with FakeOpenAIServer(slow_s=1.0) as server:
+        recipe = write_recipe(GENERATE.format(n=6, url=server.base_url))
+        cli("build", recipe, "--cache-dir", a, "--push", "--remote", remote_url, "--no-progress")
+        assert len(server.requests) == 6
+        local_b = b / "shared" / "responses"
+        recipe.write_text(GENERATE.format(n=10, url=server.base_url))
+        raised = cli("build", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+        assert raised.exit_code == 0 and "merged 6 LLM responses" in raised.output, raised.output
+        assert len(server.requests) == 10, "only the 4 new rows reached the model"
+        assert (local_b / "merged_snapshots.txt").is_file()
+        cli("cache", "push", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+        recipe.write_text(GENERATE.format(n=6, url=server.base_url))
+        back = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
+        assert back.exit_code == 0 and "pulled 1 entries" in back.output
+        import sqlite3
+
+        rows = sqlite3.connect(local_b / "responses.sqlite").execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        assert rows == 10, "merging an older snapshot adds nothing and removes nothing"
+
+
+def test_an_unreachable_remote_is_one_line_and_a_build_goes_on_without_it(
+        cli, write_recipe, data_csv, tmp_path, s3_env, monkeypatch):
+    import socket
+
+    import fsspec.config
+    import s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"config_kwargs": {"retries": {"max_attempts": 1}}})
+    recipe = write_recipe(BASIC)
+    built = cli("build", recipe, "--cache-dir", tmp_path / "a", "--remote", "s3://nowhere/x", "--no-progress")
+    assert built.exit_code == 0 and statuses(built.output) == {"rows": "built", "split": "built"}
+    assert "remote s3://nowhere/x:" in built.output and "building without it" in built.output
+    plan = cli("plan", recipe, "--cache-dir", tmp_path / "b", "--remote", "s3://nowhere/x")
+    assert plan.exit_code == 0 and "not marking remote steps: remote s3://nowhere/x:" in plan.output
+    pushed = cli("cache", "push", recipe, "--cache-dir", tmp_path / "a", "--remote", "s3://nowhere/x")
+    assert pushed.exit_code == 2 and pushed.output.startswith("error: remote s3://nowhere/x:")
+    assert len(pushed.output.strip().splitlines()) == 1 and "Traceback" not in pushed.output
