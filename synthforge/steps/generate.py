@@ -300,7 +300,8 @@ class _Generation:
                 if key in arrived:
                     plan.response = arrived[key]
                     self.stats["responses_from_other_process"] += 1
-            missing = [(plan, key) for plan, key in others if key in orphaned]
+            # everything still unanswered: orphans are claimed next round, the rest waited for again
+            missing = [(plan, key) for plan, key in others if key not in arrived]
 
     def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
         from synthforge.progress import progress
