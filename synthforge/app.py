@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.builder import Graph, _check_step_names, build, build_graph, plan
+from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, variant_label
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
+from synthforge.progress import LOGGER
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_table
@@ -18,12 +19,8 @@ if TYPE_CHECKING:
     from synthforge.remote import Remote
 
 
-def open_graph(recipe_path: str, sets: tuple[str, ...] = ()) -> Graph:
-    return build_graph(load_recipe(recipe_path, parse_overrides(sets)))
-
-
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger(LOGGER).info(message)
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:
@@ -37,6 +34,10 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
         for item in items:
             if item.node.key in on_remote:
                 item.action, item.reasons = "pull", [f"on the remote {remote.url}"]
+    return format_plan(graph, cache, items, remote) + unreachable
+
+
+def format_plan(graph: Graph, cache: Cache, items: list, remote: Remote | None = None) -> str:
     runs = sum(item.action == "run" for item in items)
     recipe = graph.recipe
     lines = [
@@ -46,10 +47,24 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
     ]
     rows = []
     for item in items:
-        why = "; ".join(item.reasons) + (f"  [{item.note}]" if item.note else "")
-        rows.append([item.action, item.node.step, len(item.node.variants), item.node.key[:12], why])
-    lines.append(render_table(["action", "step", "variants", "key", "why"], rows, align_right=(2,)))
-    return "\n".join(lines) + unreachable
+        why = as_sentence(item.reasons) + (f"  [{item.note}]" if item.note else "")
+        rows.append([item.action, item.node.step, variant_label(graph, item.node), item.node.key[:12], why])
+    lines.append(render_table(["action", "step", "for", "key", "why"], rows))
+    lines += _generation_estimates(cache, [item.node for item in items if item.action == "run"])
+    return "\n".join(lines)
+
+
+def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
+    """Expected generation time of the generate steps that will run, from the speed measured on this machine."""
+    from synthforge.generation.speed import estimate
+
+    lines = []
+    for node in nodes:
+        if node.kind == "generate":
+            params = node.resolved.run_params
+            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, str(params.backend.model),
+                                                                params.n, params.max_new_tokens))
+    return lines
 
 
 def build_text(
@@ -111,32 +126,25 @@ def _status(item, report, pulled: set[str]) -> str:
 
 
 def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None) -> Entry:
-    recipe = graph.recipe
-    if step not in recipe.model.steps:
-        steps = list(recipe.model.steps)
-        raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, steps) or f"steps: {', '.join(steps)}")
-    keys = {graph.keys[v.name][step] for v in recipe.variants}
-    if variant is None and len(keys) > 1:
-        names = [v.name for v in recipe.variants]
-        raise UserError(
-            f"step '{step}' differs across {len(names)} variants", hint=f"pass --variant, one of: {'; '.join(names)}"
-        )
-    key = graph.keys[recipe.variant(variant).name][step]
-    entry = cache.get(key)
-    if entry is None:
-        raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {recipe.path}")
-    return entry
+    from synthforge.api import OpenRecipe
+
+    return OpenRecipe(graph, cache).entry(step, variant)
 
 
-def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
+def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None = None) -> str:
     """Rows, schema, label counts and head, read lazily: the head and the label column only."""
     import polars as pl
 
+    from synthforge.api import table_path
+
+    table_path(entry, table)  # a clear error for a table the step does not have
     manifest = entry.manifest
     scan = entry.scan(table)  # checks the table's files against the manifest
     info = manifest.tables[table]
+    name = step or manifest.step
+    built_as = f", built as step '{manifest.step}' (its ids keep that name)" if name != manifest.step else ""
     lines = [
-        f"step {manifest.step} ({manifest.kind}), table {table}: {info.rows} rows, key {entry.key}",
+        f"step {name} ({manifest.kind}){built_as}, table {table}: {info.rows} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
@@ -149,31 +157,11 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5) -> str:
     return "\n".join(lines)
 
 
-def export_table(entry: Entry, to: str, table: str = "data") -> str:
-    """Stream the table to a .parquet, .jsonl or .csv file (never whole in memory)."""
-    import polars as pl
-
-    target = Path(to)
-    suffix = target.suffix.lower()
-    if suffix not in (".parquet", ".jsonl", ".csv"):
-        raise UserError(f"cannot export to '{target.name}'", field="--to", hint="use a .parquet, .jsonl or .csv file name")
-    scan = entry.scan(table)
-    if suffix == ".csv":
-        scan = scan.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
-                                 for c, t in scan.collect_schema().items() if isinstance(t, (pl.Array, pl.List)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    sink = {".parquet": scan.sink_parquet, ".jsonl": scan.sink_ndjson, ".csv": scan.sink_csv}[suffix]
-    sink(tmp)
-    tmp.replace(target)
-    return f"wrote {entry.manifest.tables[table].rows} rows to {target}"
-
-
 def _input_table(entry: Entry, table: str):
+    from synthforge.api import table_path
     from synthforge.steps.base import InputTable
 
-    if table not in entry.manifest.tables:
-        raise UserError(f"step '{entry.manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(entry.manifest.tables)}")
+    table_path(entry, table)
     return InputTable(entry.path, table)
 
 
@@ -287,7 +275,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
-                metric: str | None) -> str:
+                metric: str | None, html: bool = False) -> str:
     from synthforge.report import format_table, write_report
 
     records = variant_records(graph, cache)
@@ -296,8 +284,21 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     out_dir = Path(out) if out else Path("reports") / graph.recipe.name
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric)
+    if html:
+        paths.append(_html_report(graph, cache, out_dir, level_var))
     table = format_table(records, diversity_metric=metric)
     return table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str) -> Path:
+    from synthforge.api import OpenRecipe
+    from synthforge.report_html import subset_samples, write_html
+
+    sweep_md = (out_dir / "sweep.md").read_text().splitlines()
+    heading = sweep_md[0].lstrip("# ").strip() if sweep_md and sweep_md[0].startswith("#") else ""
+    subtitle = " ".join(part for part in (heading, graph.recipe.model.description.strip()) if part)
+    samples = subset_samples(OpenRecipe(graph, cache), level_var)
+    return write_html(out_dir, f"{graph.recipe.name}: sweep report", subtitle, samples)
 
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
@@ -324,7 +325,7 @@ def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | 
         if recipe_path.endswith(".lock"):
             keys += _lock_keys(Path(recipe_path), variant, steps)
             continue
-        graph = open_graph(recipe_path, sets)
+        graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
         _check_step_names(graph, list(steps))
         variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
         for v in variants:

@@ -144,33 +144,74 @@ def _check_step_names(graph: Graph, names: list[str]) -> None:
 
 def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str]) -> list[str]:
     if lock is None:
-        return [f"not in cache; no lockfile yet ({graph.recipe.lock_path.name} is written by build)"]
+        return [f"never built here, and there is no lockfile yet (build writes {graph.recipe.lock_path.name})"]
     before = lock.components_for(node.variants[0], node.step)
     if before is None:
-        return ["new step (not in the lockfile)"]
-    reasons = describe_changes(before, node.components)
+        return ["the step is new (the lockfile does not have it)"]
+    changed_inputs = {name.split(".")[0] for name, _, _ in dict_changes(before.get("inputs", {}), node.components.get("inputs", {}))}
+    reasons = [r for r in describe_changes(before, node.components) if not r.startswith("input ")]
+    reasons += [_input_reason(node, graph, name, will_run) for name in sorted(changed_inputs)]
     if not reasons:
-        return ["not in cache (built elsewhere, or removed by gc)"]
-    upstream_runs = [graph.nodes[k].step for k in node.upstream if k in will_run]
-    return [r + (f" ({', '.join(sorted(set(upstream_runs)))} will rebuild)" if r.startswith("input") and upstream_runs else "") for r in reasons]
+        return ["not built here yet (the lockfile records a build elsewhere)"]
+    return reasons
+
+
+def _input_reason(node: Node, graph: Graph, field_name: str, will_run: set[str]) -> str:
+    """Why input `field_name` changed, naming only the upstream steps that this input reads."""
+    variant_keys = graph.keys[node.variants[0]]
+    targets = sorted({t.step for t in _ref_targets(node.resolved.refs.get(field_name))})
+    rebuilding = [step for step in targets if variant_keys[step] in will_run]
+    which = "its input" if field_name == "input" else f"its input '{field_name}'"
+    if rebuilding:
+        return f"{' and '.join(rebuilding)} will rebuild, which changes {which}"
+    return f"{which} ({', '.join(targets) or 'none'}) changed"
+
+
+def as_sentence(reasons: list[str]) -> str:
+    """Reasons joined into one sentence: 'Field n changed from 8 to 4; its input changed.'"""
+    text = "; ".join(reasons)
+    return (text[:1].upper() + text[1:] + ".") if text else ""
+
+
+def _ref_targets(value: Any) -> list[RefTarget]:
+    if isinstance(value, RefTarget):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _ref_targets(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _ref_targets(v)]
+    return []
+
+
+def variant_label(graph: Graph, node: Node) -> str:
+    """Which variants a node serves, in words: 'all 25 variants', 'diversity=0.5 (5 variants)' or one name."""
+    variants = graph.recipe.variants
+    if len(node.variants) == len(variants):
+        return "all variants" if len(variants) > 1 else variants[0].name
+    if len(node.variants) == 1:
+        return node.variants[0]
+    mine = [v.matrix_values for v in variants if v.name in set(node.variants)]
+    shared = {k: v for k, v in mine[0].items() if all(m.get(k) == v for m in mine)}
+    common = ",".join(f"{k}={v}" for k, v in shared.items())
+    return f"{common or 'several'} ({len(node.variants)} variants)"
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """Human reasons why two sets of key components differ, most specific first."""
     reasons = []
     if before.get("kind") != after.get("kind"):
-        return [f"kind changed: {before.get('kind')} -> {after.get('kind')}"]
+        return [f"its kind changed from {before.get('kind')} to {after.get('kind')}"]
     if before.get("version") != after.get("version"):
-        reasons.append(f"code version of '{after['kind']}' changed: {before.get('version')} -> {after.get('version')}")
-    reasons += [f"field {path}: {old} -> {new}" for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
+        reasons.append(f"the code of '{after['kind']}' changed (version {before.get('version')} to {after.get('version')})")
+    reasons += [f"field {path} changed from {old} to {new}" for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
     for name, old, new in dict_changes(before.get("inputs", {}), after.get("inputs", {})):
         reasons.append(f"input {name.split('.')[0]} changed")
     for name, old, new in dict_changes(before.get("files", {}), after.get("files", {})):
-        reasons.append(f"file {name} content changed")
+        reasons.append(f"the content of file {name} changed")
     for name, old, new in dict_changes(before.get("identity", {}), after.get("identity", {})):
-        reasons.append(f"{name}: {old} -> {new}")
+        reasons.append(f"{name} changed from {old} to {new}")
     if before.get("seed") != after.get("seed"):
-        reasons.append(f"seed: {before.get('seed')} -> {after.get('seed')}")
+        reasons.append(f"the recipe seed changed from {before.get('seed')} to {after.get('seed')}")
     return list(dict.fromkeys(reasons))
 
 
@@ -232,8 +273,8 @@ def build(
     to_run = [item for item in items if item.action == "run"]
     for index, item in enumerate(to_run, 1):
         node = item.node
-        where = f"[{index}/{len(to_run)}] {node.step} ({len(node.variants)} variant{'s' * (len(node.variants) > 1)})"
-        log(f"▶ {where}: {'; '.join(item.reasons)}")
+        where = f"[{index}/{len(to_run)}] {node.step} for {variant_label(graph, node)}"
+        log(f"▶ {where}: {as_sentence(item.reasons)}")
         start = time.perf_counter()
         outcome = run_node(graph, node, cache, runtime, log, force=node.step in force)
         report.seconds[node.key] = time.perf_counter() - start

@@ -31,12 +31,14 @@ def step_output_options(command):
 
 
 def user_errors(command):
-    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume."""
+    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume. Adds -q/-v."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
         from synthforge.errors import UserError
+        from synthforge.progress import configure_logging
 
+        configure_logging(-1 if quiet else 1 if verbose else 0)
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -46,7 +48,16 @@ def user_errors(command):
             click.echo("interrupted: finished steps are cached; run the same command to resume", err=True)
             sys.exit(130)
 
-    return wrapper
+    wrapper = click.option("-v", "--verbose", is_flag=True, help="Also print debug lines and the libraries' own messages.")(wrapper)
+    return click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")(wrapper)
+
+
+def _open(recipe: str, sets: tuple[str, ...], cache_dir: str):
+    """The recipe through the Python API (synthforge.api), with --set pairs parsed as YAML scalars."""
+    from synthforge import api
+    from synthforge.recipe.resolve import parse_overrides
+
+    return api.open(recipe, set=parse_overrides(sets), cache_dir=cache_dir)
 
 
 def _cache(cache_dir: str):
@@ -90,13 +101,28 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
-    graph = app.open_graph(recipe, sets)
+    r = _open(recipe, sets, cache_dir)
     remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
     if dry_run:
-        click.echo(app.plan_text(graph, _cache(cache_dir), only, force, remote if use_remote else None))
+        click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
         return
     runtime = app.runtime_from(device, progress, concurrency, batch_size)
-    click.echo(app.build_text(graph, _cache(cache_dir), only, force, runtime, remote=remote, pull=use_remote, push=push))
+    click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push))
+
+
+@main.command("new")
+@click.argument("name")
+@click.option("--from", "starter", type=click.Choice(["demo", "generate", "study"]), default="demo", show_default=True,
+              help="demo: load and split (seconds); generate: + SmolLM2 rows and embeddings (minutes on a CPU); "
+                   "study: + select, mix and train over a small matrix.")
+@click.option("--dir", "folder", default=".", show_default=True, help="Folder to write NAME.yaml in.")
+@user_errors
+def new_cmd(name, starter, folder):
+    """Write a commented starter recipe NAME.yaml that builds as it is."""
+    from synthforge.starters import write_starter
+
+    path = write_starter(name, starter, folder)
+    click.echo(f"wrote {path}\nnext: synthforge plan {path} && synthforge build {path}")
 
 
 @main.command("plan")
@@ -112,8 +138,9 @@ def plan_cmd(recipe, only, force, use_remote, remote_url, sets, cache_dir):
     """For every step: cached, on the remote, or will run and why (against RECIPE.lock)."""
     from synthforge import app
 
+    r = _open(recipe, sets, cache_dir)
     remote = _remote(remote_url, required=False) if use_remote else None
-    click.echo(app.plan_text(app.open_graph(recipe, sets), _cache(cache_dir), only, force, remote))
+    click.echo(app.plan_text(r.graph, r.cache, only, force, remote))
 
 
 @main.command("show")
@@ -123,19 +150,19 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
 
-    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
-    click.echo(app.show_text(entry, table, rows))
+    click.echo(app.show_text(_open(recipe, sets, cache_dir).entry(step, variant), table, rows, step))
 
 
 @main.command("export")
-@click.option("--to", "to", required=True, help="Output file: .parquet, .jsonl or .csv.")
+@click.option("--to", "to", required=True, help="Output file (.parquet, .jsonl, .csv) or, with --format hf, a folder.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf"]), default=None,
+              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card.")
 @step_output_options
-def export_cmd(recipe, step, to, variant, table, sets, cache_dir):
-    """Write STEP's output to a file."""
-    from synthforge import app
+def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
+    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
+    from synthforge.export import export
 
-    entry = app.entry_for(app.open_graph(recipe, sets), _cache(cache_dir), step, variant)
-    click.echo(app.export_table(entry, to, table))
+    click.echo(export(_open(recipe, sets, cache_dir), step, to, variant, table, fmt))
 
 
 @main.command("stats")
@@ -146,8 +173,8 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
     from synthforge import app
 
-    graph = app.open_graph(recipe, sets)
-    click.echo(app.stats_text(graph, _cache(cache_dir), step, variant, table, reference, device))
+    r = _open(recipe, sets, cache_dir)
+    click.echo(app.stats_text(r.graph, r.cache, step, variant, table, reference, device))
 
 
 @main.command("report")
@@ -157,14 +184,16 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
 @click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
 @click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
+@click.option("--html", is_flag=True, help="Also write report.html: sortable table, plots, rows side by side per level.")
 @set_option
 @cache_option
 @user_errors
-def report_cmd(recipe, out, level_var, fraction_var, score, metric, sets, cache_dir):
+def report_cmd(recipe, out, level_var, fraction_var, score, metric, html, sets, cache_dir):
     """Table (parquet, CSV, markdown) and plots of every variant of RECIPE's matrix."""
     from synthforge import app
 
-    click.echo(app.report_text(app.open_graph(recipe, sets), _cache(cache_dir), out, level_var, fraction_var, score, metric))
+    r = _open(recipe, sets, cache_dir)
+    click.echo(app.report_text(r.graph, r.cache, out, level_var, fraction_var, score, metric, html))
 
 
 @main.command("diff")

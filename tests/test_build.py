@@ -44,7 +44,7 @@ def test_changing_a_field_rebuilds_only_that_step_and_plan_says_why(cli, write_r
     plan = cli("plan", recipe)
     assert plan.exit_code == 0
     split_line = next(line for line in plan.output.splitlines() if " split " in line)
-    assert split_line.startswith("run") and "field train_per_label: 10 -> 5" in split_line
+    assert split_line.startswith("run") and "train_per_label changed from 10 to 5" in split_line
     assert next(line for line in plan.output.splitlines() if " rows " in line).startswith("cached")
     assert statuses(cli("build", recipe).output) == {"rows": "cached", "split": "built"}
 
@@ -54,7 +54,7 @@ def test_edited_data_file_rebuilds_everything_downstream(cli, write_recipe, data
     cli("build", recipe)
     make_rows(301).write_csv(data_csv)
     plan = cli("plan", recipe).output
-    assert "file path content changed" in plan
+    assert "content of file path changed" in plan
     assert statuses(cli("build", recipe).output) == {"rows": "built", "split": "built"}
 
 

@@ -18,7 +18,7 @@ def test_diff_two_recipes_reports_field_rows_labels(cli, write_recipe, data_csv)
     b = write_recipe(BASIC.replace("k: 10", "k: 4"), "b.yaml")
     result = cli("diff", a, b, "--build")
     assert result.exit_code == 0, result.output
-    assert "field train_per_label: 10 -> 4" in result.output
+    assert "field train_per_label changed from 10 to 4" in result.output
     assert "rows: 90 -> 72 (+0 added, -18 removed, 0 changed)" in result.output
     assert "bad 30 -> 24 (-6)" in result.output
 
@@ -90,7 +90,7 @@ def test_ci_flow_on_a_git_repo_with_two_commits(tmp_path):
               "--output", "diff.md", "--fail-on", "rows_removed > 5")
     assert diff.returncode == 1, diff.stderr
     markdown = (repo / "diff.md").read_text()
-    assert "field train_per_label: 10 -> 6" in markdown and "rows: 90 -> 78" in markdown
+    assert "field train_per_label changed from 10 to 6" in markdown and "rows: 90 -> 78" in markdown
     assert "❌ failed" in markdown
     missing = sf("diff", "HEAD~5:recipes/x.yaml", "HEAD:recipes/x.yaml")
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr

@@ -192,3 +192,16 @@ def test_an_interrupted_generation_resumes_and_matches_an_uninterrupted_one(tmp_
     assert resumed.meta["responses_cached"] == 3 and resumed.meta["responses_generated"] == 3
     uninterrupted = run_step(tmp_path / "clean", params)
     assert resumed.data.equals(uninterrupted.data)
+
+
+def test_progress_moves_within_a_batch_and_counts_every_row_and_token(tiny_model):
+    requests = [request(f"review {i}", seed=i, max_new_tokens=12) for i in range(8)]
+    steps: list[tuple[int, int]] = []
+    arrived: list[int] = []
+    responses = TransformersLLM(str(tiny_model), batch_size=8).generate(
+        requests, on_response=lambda i, r: arrived.append(i), on_tokens=lambda new, done: steps.append((new, done)))
+    assert len(arrived) == 8
+    # one report per decoding step of the single batch, not one per batch
+    assert len(steps) > 2
+    assert sum(new for new, _ in steps) == sum(r.completion_tokens for r in responses)
+    assert sum(done for _, done in steps) == 8

@@ -99,7 +99,7 @@ def test_a_damaged_entry_is_rebuilt_by_build_and_an_error_elsewhere(cli, write_r
     assert "cache verify --repair" in shown.output
     assert one_line_error(cli("export", recipe, "split", "--table", "train", "--to", tmp_path / "x.csv"))
     plan = cli("plan", recipe).output
-    assert "cached entry is damaged (table train: content hash mismatch): rebuilding it" in plan
+    assert "Cached entry is damaged (table train: content hash mismatch): rebuilding it." in plan
     built = cli("build", recipe)
     assert built.exit_code == 0 and "rebuilding it" in built.output
     assert cli("cache", "verify").exit_code == 0

@@ -114,7 +114,7 @@ def test_raising_synthetic_fraction_shows_in_diff_with_a_score_gate(cli, study, 
     assert result.exit_code == 1, result.output
     data = json.loads(result.output[result.output.index("{"):])
     mixed = [s for s in data["steps"] if s["step"] == "mixed"]
-    assert mixed and all("field synthetic_fraction: 0.25 -> 0.5" in s["reasons"] for s in mixed)
+    assert mixed and all("field synthetic_fraction changed from 0.25 to 0.5" in s["reasons"] for s in mixed)
     assert all(s["outputs"]["rows_added"] > 0 for s in mixed)
     assert data["gates"][0]["tripped"]
     scores = next(s for s in data["steps"] if s["step"] == "scores")

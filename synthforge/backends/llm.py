@@ -40,6 +40,7 @@ class GenerationResponse:
 
 
 OnResponse = Callable[[int, GenerationResponse], None]
+OnTokens = Callable[[int, int], None]  # (new tokens, rows finished) at a decoding step: progress within a batch
 
 
 class LLMBackend(Protocol):
@@ -49,8 +50,12 @@ class LLMBackend(Protocol):
         """What makes this model this model (enters every response's cache key)."""
         ...
 
-    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
-        """One response per request, in request order; `on_response(i, r)` fires as each arrives."""
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
+        """One response per request, in request order; `on_response(i, r)` fires as each arrives.
+
+        A backend that decodes rows in batches also reports `on_tokens` as tokens appear (others may ignore it).
+        """
         ...
 
 

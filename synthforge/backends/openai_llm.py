@@ -49,7 +49,9 @@ class OpenAILLM:
     def identity(self) -> dict[str, Any]:
         return endpoint_identity(self.base_url, self.model)
 
-    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens=None) -> list[GenerationResponse]:
+        """Responses arrive one by one under concurrency: `on_response` is the progress (`on_tokens` is not used)."""
         self.retries = 0
         try:
             return _run_coroutine(self._generate_all(requests, on_response))

@@ -13,6 +13,7 @@ two tokens, so rare rows may differ; the response cache makes reruns exact anywa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.backends.devices import pick_device
-from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
+from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse, OnTokens
 from synthforge.cache import file_lock
 from synthforge.errors import UserError
 from synthforge.keys import files_key, model_files
@@ -79,7 +80,7 @@ def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path
     with file_lock(models_dir / f"{SMOLLM2_DIRNAME}.lock"):
         if (target / "config.json").is_file():  # another process converted it while we waited
             return target
-        log(f"converting {SMOLLM2_GGUF} to safetensors under {target} (once)")
+        log(f"converting {SMOLLM2_GGUF} to safetensors under {target} (once per cache, about a minute)")
         work = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".{SMOLLM2_DIRNAME}."))
         try:
             _convert_gguf(smollm2_gguf_path(), work)
@@ -92,14 +93,35 @@ def ensure_smollm2(models_dir: Path, log: Callable[[str], None] = print) -> Path
 def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    from synthforge.progress import quiet_libraries
+
+    quiet_libraries()
+    with _quiet_gguf_reader():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are already de-quantized to float32; drop the GGUF quantizer so it can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws a plain tqdm bar that its logging switches do not reach: disable it here."""
+    from functools import partial
+    from unittest import mock
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from synthforge.progress import verbose
+
+    if verbose() or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", partial(gguf_utils.tqdm, disable=True)):
+        yield
 
 
 # -- sampling --------------------------------------------------------------
@@ -223,6 +245,7 @@ class TransformersLLM:
         device = pick_device(self.device)
         cache_key = (str(folder.resolve()), self.gguf_file, device)
         if cache_key not in _LOADED:
+            self.log(f"loading {folder.name} on {device}")
             _LOADED[cache_key] = _load(folder, self.gguf_file, device)
         return _LOADED[cache_key]
 
@@ -232,14 +255,17 @@ class TransformersLLM:
             return tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
         return "\n\n".join(content for _, content in request.messages) + "\n"
 
-    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None) -> list[GenerationResponse]:
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
+        """`on_tokens(new, finished)` fires at every decoding step of a batch, so progress moves within a batch."""
         tokenizer, model = self.load()
         prompts = [self.prompt_text(tokenizer, r) for r in requests]
         lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         results: list[GenerationResponse | None] = [None] * len(requests)
         for batch in self._batches(requests, lengths):
             texts = [prompts[i] for i in batch]
-            for i, response in zip(batch, self._generate_batch(tokenizer, model, texts, [requests[i] for i in batch])):
+            responses = self._generate_batch(tokenizer, model, texts, [requests[i] for i in batch], on_tokens)
+            for i, response in zip(batch, responses):
                 results[i] = response
                 if on_response is not None:
                     on_response(i, response)
@@ -256,7 +282,8 @@ class TransformersLLM:
                 batches.append([i])
         return batches
 
-    def _generate_batch(self, tokenizer, model, texts: list[str], requests: list[GenerationRequest]) -> list[GenerationResponse]:
+    def _generate_batch(self, tokenizer, model, texts: list[str], requests: list[GenerationRequest],
+                        on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -268,13 +295,43 @@ class TransformersLLM:
                                   do_sample=False, num_beams=1,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=_eos_ids(tokenizer, model),
                                   bos_token_id=model.generation_config.bos_token_id)
+        streamer = _TokenCounter(len(requests), config.eos_token_id, on_tokens) if on_tokens is not None else None
         with torch.inference_mode():
-            output = model.generate(**encoded, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+            output = model.generate(**encoded, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
+                                    streamer=streamer)
         prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
         return [
             _response(tokenizer, output[row, prompt_len:], config.eos_token_id, prompt_tokens[row])
             for row in range(len(requests))
         ]
+
+
+class _TokenCounter:
+    """A `generate` streamer that reports each step's new tokens and the rows that just ended (EOS or length)."""
+
+    def __init__(self, rows: int, eos_ids: list[int], on_tokens: OnTokens):
+        self.rows, self.eos, self.on_tokens = rows, set(eos_ids), on_tokens
+        self.done = [False] * rows
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompts
+            self.prompt_seen = True
+            return
+        new = finished = 0
+        for row, tokens in enumerate(value.reshape(self.rows, -1).tolist()):
+            for token in tokens:
+                if self.done[row]:
+                    break
+                new += 1
+                if token in self.eos:
+                    self.done[row] = True
+                    finished += 1
+        self.on_tokens(new, finished)
+
+    def end(self) -> None:
+        self.on_tokens(0, self.done.count(False))  # rows that ran to max_new_tokens
+        self.done = [True] * self.rows
 
 
 def _eos_ids(tokenizer, model) -> list[int]:
@@ -295,14 +352,16 @@ def _response(tokenizer, new_tokens, eos_ids: list[int], prompt_tokens: int) -> 
 def _load(folder: Path, gguf_file: str | None, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from synthforge.progress import quiet_libraries
+
+    quiet_libraries()
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+        with _quiet_gguf_reader():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
     except OSError as exc:
         raise UserError(f"cannot load model from {folder}: {exc}", field="backend.model") from None
     tokenizer.padding_side = "left"  # decoder-only: new tokens must follow every prompt directly

@@ -308,7 +308,15 @@ class _Generation:
 
         if not missing:
             return
+        load = getattr(self.backend, "load", None)
+        if load is not None:
+            load()  # before the bar opens, so the model's status lines come first
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
+            streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
+
+            def decoded(new_tokens: int, finished_rows: int) -> None:
+                streaming["on"] = True
+                bar.update(finished_rows, tokens=new_tokens)
 
             def arrived(i: int, response: GenerationResponse) -> None:
                 plan, key = missing[i]
@@ -317,10 +325,18 @@ class _Generation:
                 self.stats["responses_generated"] += 1
                 self.stats["generated_prompt_tokens"] += response.prompt_tokens
                 self.stats["generated_completion_tokens"] += response.completion_tokens
-                bar.update(1, tokens=response.prompt_tokens + response.completion_tokens)
+                if not streaming["on"]:
+                    bar.update(1, tokens=response.completion_tokens)
 
-            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived)
+            started = time.perf_counter()
+            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived, on_tokens=decoded)
+            self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
         self.stats["retries"] += getattr(self.backend, "retries", 0)
+
+    def _record_speed(self, new_tokens: int, seconds: float) -> None:
+        from synthforge.generation import speed
+
+        speed.record(self.ctx.cache, self.backend.type, str(self.params.backend.model), new_tokens, seconds)
 
     # output
     def _row_id(self, index: int) -> str:

@@ -1,0 +1,174 @@
+"""The Python API: open a recipe, plan and build it, read any step's table.
+
+    import synthforge as sf
+    r = sf.open("recipes/diversity_study.yaml", set={"pool": 800})
+    r.plan(); r.build()
+    df = r.table("selected", variant="diversity=0.5,synthetic_fraction=0.5")   # polars
+    ds = r.to_hf("selected", variant=...)                                       # datasets.Dataset, label as ClassLabel
+
+The CLI is a client of this module. Reading a built table imports polars only
+(no torch); `to_hf` imports `datasets` (the `hf` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthforge.builder import BuildReport, Graph, PlanItem, build, build_graph, plan
+from synthforge.cache import Cache, Entry
+from synthforge.errors import UserError, did_you_mean
+from synthforge.recipe.resolve import load_recipe
+from synthforge.steps.base import Runtime
+
+if TYPE_CHECKING:  # pragma: no cover
+    import datasets
+    import pandas as pd
+    import polars as pl
+
+PROVENANCE_KEY = "synthforge"  # parquet key-value metadata key holding the provenance JSON
+
+
+def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> "OpenRecipe":  # noqa: A001
+    """Load and resolve the recipe at `path`; `set` overrides its variables (typed values, like `--set`).
+
+    `cache_dir=None` uses the CLI's default: `$SYNTHFORGE_CACHE`, else `cache/` in the current folder.
+    """
+    graph = build_graph(load_recipe(path, dict(set or {})))
+    return OpenRecipe(graph, Cache(cache_dir))
+
+
+def table_path(entry: Entry, table: str = "data") -> Path:
+    """The parquet file of one table of an entry; a clear error when the step has no such table."""
+    manifest = entry.manifest
+    if table not in manifest.tables:
+        raise UserError(f"step '{manifest.step}' has no table '{table}'", field="--table",
+                        hint=f"tables: {', '.join(manifest.tables)}")
+    return entry.table_path(table)
+
+
+def read_table(entry: Entry, table: str = "data", columns: Sequence[str] | None = None) -> "pl.DataFrame":
+    """One table of a cache entry as polars, its bytes checked against the manifest (the one place tables are read for users)."""
+    table_path(entry, table)
+    return entry.read_table(table, columns=list(columns) if columns is not None else None)
+
+
+class Plan(list):
+    """The plan's items (`PlanItem`: .action, .node.step, .reasons), shown as the table `synthforge plan` prints."""
+
+    def __init__(self, items: list[PlanItem], text: str):
+        super().__init__(items)
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class OpenRecipe:
+    """A resolved recipe bound to a cache: plan, build, and read step outputs per variant."""
+
+    def __init__(self, graph: Graph, cache: Cache):
+        self.graph = graph
+        self.cache = cache
+
+    def __repr__(self) -> str:
+        return f"<synthforge recipe {self.name!r}: {len(self.steps)} steps x {len(self.variants)} variants, cache {self.cache.root}>"
+
+    @property
+    def name(self) -> str:
+        return self.graph.recipe.name
+
+    @property
+    def path(self) -> Path:
+        return self.graph.recipe.path
+
+    @property
+    def steps(self) -> list[str]:
+        return list(self.graph.recipe.model.steps)
+
+    @property
+    def variants(self) -> list[str]:
+        """Variant names, e.g. 'diversity=0.5,synthetic_fraction=0.25' ('default' without a matrix)."""
+        return [v.name for v in self.graph.recipe.variants]
+
+    # -- plan and build ---------------------------------------------------
+    def plan(self, only: Sequence[str] = (), force: Sequence[str] = ()) -> "Plan":
+        """What is cached and what would run, with the reasons (nothing is built)."""
+        from synthforge.app import format_plan
+
+        items = plan(self.graph, self.cache, list(only), list(force))
+        return Plan(items, format_plan(self.graph, self.cache, items))
+
+    def build(self, only: Sequence[str] = (), force: Sequence[str] = (), *, device: str = "auto",
+              progress: bool = True, concurrency: int | None = None, batch_size: int | None = None) -> BuildReport:
+        """Build what is missing (in dependency order) and write the recipe's lockfile."""
+        import logging
+
+        from synthforge.progress import LOGGER, ensure_logging
+
+        ensure_logging()
+        runtime = Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
+        log = logging.getLogger(LOGGER).info
+        return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log)
+
+    # -- reading ------------------------------------------------------------
+    def key(self, step: str, variant: str | None = None) -> str:
+        """The cache key of `step` in `variant` (may be omitted when every variant shares the step)."""
+        recipe = self.graph.recipe
+        if step not in recipe.model.steps:
+            raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, self.steps) or f"steps: {', '.join(self.steps)}")
+        if variant is None and len({self.graph.keys[v][step] for v in self.variants}) > 1:
+            raise UserError(f"step '{step}' differs across {len(self.variants)} variants",
+                            hint=f"pass --variant, one of: {'; '.join(self.variants)}")
+        return self.graph.keys[recipe.variant(variant).name][step]
+
+    def entry(self, step: str, variant: str | None = None) -> Entry:
+        key = self.key(step, variant)
+        entry = self.cache.get(key)
+        if entry is None:
+            raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {self.path}")
+        return entry
+
+    def table(self, step: str, variant: str | None = None, table: str = "data") -> "pl.DataFrame":
+        """A built step's table as a polars DataFrame."""
+        return read_table(self.entry(step, variant), table)
+
+    def to_pandas(self, step: str, variant: str | None = None, table: str = "data") -> "pd.DataFrame":
+        return self.table(step, variant, table).to_pandas()
+
+    def to_hf(self, step: str, variant: str | None = None, table: str = "data",
+              labels: Sequence[str] | None = None) -> "datasets.Dataset":
+        """A `datasets.Dataset` whose `label` column is a `ClassLabel` (names sorted, or `labels` in that order)."""
+        frame = self.table(step, variant, table)
+        return to_hf_dataset(frame, labels, description=json.dumps(self.provenance(step, variant, table)))
+
+    def provenance(self, step: str, variant: str | None = None, table: str = "data") -> dict[str, Any]:
+        """Where a table comes from: recipe, step, variant, key and what made it (see `synthforge.export`)."""
+        from synthforge.export import provenance
+
+        return provenance(self, step, variant, table)
+
+
+def to_hf_dataset(frame: "pl.DataFrame", labels: Sequence[str] | None = None, description: str = "") -> "datasets.Dataset":
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("reading into Hugging Face datasets needs the 'datasets' package",
+                        hint="pip install 'synthforge[hf]' (scripts/setup.sh installs it)") from None
+    if "label" not in frame.columns:
+        return datasets.Dataset(frame.to_arrow(), info=datasets.DatasetInfo(description=description))
+    import polars as pl
+
+    present = sorted(set(frame["label"].drop_nulls().to_list()))
+    names = list(labels) if labels is not None else present
+    unknown = sorted(set(present) - set(names))
+    if unknown:
+        raise UserError(f"labels {unknown} are not in the given label names {names}", field="labels")
+    # Labels become ClassLabel ids here, not by Dataset.cast_column (which draws a progress bar per call).
+    codes = frame.with_columns(pl.col("label").replace_strict(names, list(range(len(names))), return_dtype=pl.Int64))
+    table = codes.to_arrow()
+    features = datasets.Features.from_arrow_schema(table.schema)
+    features["label"] = datasets.ClassLabel(names=names)
+    return datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(description=description, features=features))

@@ -1,0 +1,184 @@
+"""Exports that carry their provenance: files (parquet, jsonl, csv) and Hugging Face dataset folders.
+
+Provenance = recipe, step, variant, key, rows and labels, the generator model and its
+sampling settings, the diversity and shift metrics of the steps upstream, and the
+recipe's text. Parquet files carry it as key-value metadata (key `synthforge`); a
+Hugging Face folder (`datasets.load_from_disk`) carries it in its dataset card,
+`README.md` in the Hub's card format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthforge.api import PROVENANCE_KEY, read_table, to_hf_dataset
+from synthforge.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from synthforge.api import OpenRecipe
+
+FORMATS = ("parquet", "jsonl", "csv", "hf")
+SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "n", "few_shot_k", "num_topics")
+
+
+def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
+    entry = recipe.entry(step, variant)
+    manifest = entry.manifest
+    frame = read_table(entry, table, columns=["label"] if "label" in manifest.tables[table].columns else [])
+    lineage = _lineage(recipe, entry.key)
+    return {
+        "recipe": recipe.name,
+        "recipe_path": str(recipe.path),
+        "step": step,
+        "kind": manifest.kind,
+        "table": table,
+        "variant": variant or (recipe.variants[0] if len(recipe.variants) == 1 else "shared by every variant"),
+        "key": entry.key,
+        "rows": frame.height,
+        "label_counts": dict(sorted(frame["label"].value_counts().iter_rows())) if "label" in frame.columns else {},
+        "generators": [_generator(recipe, node) for node in lineage if node.kind == "generate"],
+        "metrics": _metrics(recipe, lineage),
+        "synthforge_version": manifest.versions.get("synthforge"),
+        "recipe_text": recipe.path.read_text(),
+    }
+
+
+def _lineage(recipe: "OpenRecipe", key: str) -> list:
+    """The nodes that `key` was built from, itself included, in dependency order."""
+    ancestors = recipe.graph.ancestors({key})
+    return [node for k, node in recipe.graph.nodes.items() if k in ancestors]
+
+
+def _metrics(recipe: "OpenRecipe", lineage: list) -> dict[str, dict[str, Any]]:
+    """The diversity and shift metrics that steps of the lineage recorded (e.g. `select`)."""
+    found = {}
+    for node in lineage:
+        entry = recipe.cache.get(node.key)
+        meta = entry.manifest.meta if entry else {}
+        if isinstance(meta.get("metrics"), dict):
+            found[node.step] = meta["metrics"]
+    return found
+
+
+def _generator(recipe: "OpenRecipe", node) -> dict[str, Any]:
+    params = node.resolved.params.model_dump(mode="json")
+    backend = {k: v for k, v in params.get("backend", {}).items() if k in ("type", "model", "base_url", "gguf_file")}
+    entry = recipe.cache.get(node.key)
+    identity = entry.manifest.meta.get("backend", {}) if entry else {}
+    merged = {**backend, **{("model_files_hash" if k == "files" else k): v for k, v in identity.items()}}
+    return {"step": node.step, "backend": {k: v for k, v in merged.items() if v is not None},
+            "sampling": {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}}
+
+
+# -- writing ---------------------------------------------------------------------
+def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None = None, table: str = "data",
+           fmt: str | None = None) -> str:
+    """Write a step's table to `to` with its provenance; returns a one-line summary."""
+    target = Path(to)
+    fmt = fmt or _format_from_name(target)
+    frame = recipe.table(step, variant, table)
+    facts = provenance(recipe, step, variant, table)
+    if fmt == "hf":
+        write_hf_folder(frame, target, facts)
+        return f"wrote {frame.height} rows to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
+    write_file(frame, target, fmt, facts)
+    return f"wrote {frame.height} rows to {target}"
+
+
+def _format_from_name(target: Path) -> str:
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix in ("parquet", "jsonl", "csv"):
+        return suffix
+    raise UserError(f"cannot tell the format of '{target.name}'", field="--to",
+                    hint="use a .parquet, .jsonl or .csv file name, or --format hf with a folder")
+
+
+def write_file(frame: "pl.DataFrame", target: Path, fmt: str, facts: dict[str, Any]) -> None:
+    import polars as pl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if fmt == "parquet":
+        frame.write_parquet(tmp, metadata={PROVENANCE_KEY: json.dumps(facts, sort_keys=True)})
+    elif fmt == "jsonl":
+        frame.write_ndjson(tmp)
+    else:
+        vectors = [c for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List))]
+        frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
+                           for c in vectors).write_csv(tmp)
+    tmp.replace(target)
+
+
+def write_hf_folder(frame: "pl.DataFrame", target: Path, facts: dict[str, Any]) -> None:
+    """A `datasets.save_to_disk` folder plus README.md, written beside and renamed into place."""
+    import datasets
+
+    from synthforge.progress import verbose
+
+    dataset = to_hf_dataset(frame, description=json.dumps({k: v for k, v in facts.items() if k != "recipe_text"}))
+    if not verbose():
+        datasets.disable_progress_bars()  # one status line is enough for a small folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        dataset.save_to_disk(str(work / "dataset"))
+        (work / "dataset" / "README.md").write_text(dataset_card(facts, dataset.features))
+        if target.exists():
+            if not (target / "dataset_info.json").is_file():
+                raise UserError(f"{target} exists and is not an exported dataset", field="--to", hint="pick a new folder")
+            shutil.rmtree(target)
+        (work / "dataset").rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def dataset_card(facts: dict[str, Any], features: Any = None) -> str:
+    """A Hub dataset card: YAML metadata, then what the data is and how it was made."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    rows = facts["rows"]
+    size = "n<1K" if rows < 1_000 else "1K<n<10K" if rows < 10_000 else "10K<n<100K" if rows < 100_000 else "n>100K"
+    synthetic = bool(facts["generators"])
+    data = DatasetCardData(
+        pretty_name=f"{facts['recipe']}: {facts['step']} ({facts['variant']})",
+        task_categories=["text-classification"] if facts["label_counts"] else None,
+        size_categories=[size],
+        tags=["synthforge"] + (["synthetic"] if synthetic else []),
+    )
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts, features)}")
+    return str(card)
+
+
+def _card_body(facts: dict[str, Any], features: Any) -> str:
+    from synthforge.tables import render_markdown
+
+    lines = [
+        f"# {facts['recipe']}: step `{facts['step']}`",
+        "",
+        f"Built by synthforge {facts.get('synthforge_version') or ''} from the recipe `{facts['recipe_path']}` "
+        "(its full text is at the end of this card).",
+        "",
+        render_markdown(["field", "value"], [
+            ["recipe", facts["recipe"]], ["step", f"{facts['step']} ({facts['kind']})"], ["table", facts["table"]],
+            ["variant", facts["variant"]], ["cache key", f"`{facts['key']}`"], ["rows", facts["rows"]],
+        ]),
+    ]
+    if facts["label_counts"]:
+        lines += ["## Labels", "", render_markdown(["label", "rows"], list(facts["label_counts"].items()))]
+    if features is not None:
+        lines += ["## Columns", "", render_markdown(["column", "type"], [[n, str(f)] for n, f in features.items()])]
+    for generator in facts["generators"]:
+        backend = ", ".join(f"{k}: {v}" for k, v in generator["backend"].items())
+        sampling = ", ".join(f"{k}={v}" for k, v in generator["sampling"].items())
+        lines += [f"## Generator (step `{generator['step']}`)", "", f"- model: {backend}", f"- sampling: {sampling}", ""]
+    for step, metrics in facts["metrics"].items():
+        rows = [[name, f"{value:.4g}" if isinstance(value, float) else value] for name, value in metrics.items()]
+        lines += [f"## Diversity and shift metrics (step `{step}`)", "", render_markdown(["metric", "value"], rows)]
+    lines += ["## Recipe", "", "```yaml", facts["recipe_text"].rstrip(), "```", ""]
+    return "\n".join(lines)
