@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, variant_label
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
+from synthforge.executors import Executor
 from synthforge.progress import LOGGER
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.steps.base import Runtime
@@ -77,10 +78,11 @@ def build_text(
     remote: Remote | None = None,
     pull: bool = True,
     push: bool = False,
+    executor: Executor | None = None,
 ) -> str:
     start = time.perf_counter()
     pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
-    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log)
+    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor)
     ran = [i for i in report.items if i.action == "run"]
     pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [
@@ -237,8 +239,25 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
             f"swept {swept} leftover folder(s)")
 
 
-def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None) -> Runtime:
-    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
+def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None,
+                 shard_rows: int | None = None) -> Runtime:
+    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size, shard_rows=shard_rows)
+
+
+def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs: int | None, address: str | None,
+                  models: int) -> Executor | None:
+    """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build."""
+    from synthforge.backends.devices import usable_cpus
+    from synthforge.executors.local import ProcessExecutor
+
+    if kind == "ray":
+        from synthforge.executors.ray_executor import RayExecutor
+
+        return RayExecutor(graph, cache, runtime, address=address, cpus=jobs)
+    if address:
+        raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
+    jobs = jobs or usable_cpus()
+    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None
 
 
 

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from synthforge import __version__
 from synthforge.cache import Cache, Manifest, write_entry_files
+from synthforge.executors.base import Executor, NodeRun, run_ready
+from synthforge.executors.local import InlineExecutor
 from synthforge.errors import UserError
 from synthforge.keys import key_of, step_components
 from synthforge.lockfile import Lock, read_lock, write_lock
@@ -267,21 +269,34 @@ def build(
     runtime: Runtime = Runtime(),
     log: Callable[[str], None] = print,
     write_lockfile: bool = True,
+    executor: Executor | None = None,
 ) -> BuildReport:
+    """Build what is missing; `executor` runs the nodes (default: one after another in this process)."""
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
-    for index, item in enumerate(to_run, 1):
-        node = item.node
-        where = f"[{index}/{len(to_run)}] {node.step} for {variant_label(graph, node)}"
-        log(f"▶ {where}: {as_sentence(item.reasons)}")
-        start = time.perf_counter()
-        outcome = run_node(graph, node, cache, runtime, log, force=node.step in force)
-        report.seconds[node.key] = time.perf_counter() - start
-        if not outcome.built:
+    position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+
+    def where(node: Node) -> str:
+        return f"[{position[node.key][0]}/{len(to_run)}] {node.step} for {variant_label(graph, node)}"
+
+    def started(node: Node) -> None:
+        log(f"▶ {where(node)}: {as_sentence(position[node.key][1].reasons)}")
+
+    def finished(node: Node, run: NodeRun) -> None:
+        for line in run.log:
+            log(f"  {node.step}: {line}")
+        report.seconds[node.key] = run.seconds
+        if not run.built:
             report.built_elsewhere.add(node.key)
-        done = "rows" if outcome.built else "rows, built by another process"
-        log(f"✓ {where}: {outcome.manifest.rows} {done} in {report.seconds[node.key]:.1f}s")
+        done = "rows" if run.built else "rows, built by another process"
+        log(f"✓ {where(node)}: {run.rows} {done} in {run.seconds:.1f}s")
+
+    executor = executor or InlineExecutor(graph, cache, runtime, log)
+    try:
+        run_ready([item.node for item in to_run], executor, forced=set(force), on_start=started, on_done=finished)
+    finally:
+        executor.close()
     for item in items:
         entry = cache.get(item.node.key)
         if entry is not None:

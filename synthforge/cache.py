@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthforge.errors import UserError
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_CACHE = "cache"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 2: typed, self-checksummed, per-table rows/columns/hash, hashed artifacts
+MANIFEST_FORMAT = 3  # 2: typed, self-checksummed, per-table rows/columns/hash, hashed artifacts; 3: checksum over sorted JSON
 ARTIFACTS = "artifacts"
 
 
@@ -162,7 +163,7 @@ class Timings(_Frozen):
 class Manifest(_Frozen):
     """What an entry holds and what it was made of. Written once by the builder, read by everyone."""
 
-    format: Literal[2] = Field(MANIFEST_FORMAT, description="manifest format version (older formats are cache misses)")
+    format: Literal[3] = Field(MANIFEST_FORMAT, description="manifest format version (older formats are cache misses)")
     key: str = Field(description="the entry's key: key_of(components)")
     step: str = Field(description="the step's name in the recipe that built it")
     kind: str = Field(description="the step kind")
@@ -195,10 +196,11 @@ class Manifest(_Frozen):
         for info in data["tables"].values():  # manifests from before unions existed keep their checksum
             if info.get("union") is None:
                 info.pop("union", None)
-        return key_of(data)
+        # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
+        return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
-    def problems(self, key: str | None = None) -> list[str]:
-        """Inconsistencies inside the manifest itself (empty when sound)."""
+    def problems(self, key: str | None = None, full: bool = False) -> list[str]:
+        """Inconsistencies inside the manifest itself (empty when sound); `full` also re-derives the key."""
         found = []
         if self.computed_checksum() != self.checksum:
             found.append("manifest checksum mismatch (edited or damaged)")
@@ -206,7 +208,7 @@ class Manifest(_Frozen):
             found.append("manifest lists no 'data' table")
         if key is not None and self.key != key:
             found.append(f"manifest is for key {self.key[:12]}, not this entry")
-        if key_of(self.components) != self.key:
+        if full and key_of(self.components) != self.key:
             found.append("manifest components do not hash to its key")
         return found
 
@@ -225,9 +227,28 @@ class DamagedEntry(UserError):
                          hint="`synthforge build` of its recipe rebuilds it; `synthforge cache verify --repair` removes it")
 
 
-def read_manifest(folder: Path, key: str | None = None) -> Manifest:
-    """The checked manifest of an entry folder, or DamagedEntry naming what is wrong."""
+_checked: dict[tuple, Manifest] = {}  # (path, inode, mtime, size) -> manifest checked in this process
+
+
+def read_manifest(folder: Path, key: str | None = None, full: bool = False) -> Manifest:
+    """The checked manifest of an entry folder, or DamagedEntry naming what is wrong.
+
+    A manifest checked once is not checked again in this process while its file is unchanged
+    (same inode, mtime and size): a build reads each several times."""
     path = Path(folder) / MANIFEST
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise DamagedEntry(folder, "no manifest.json") from None
+    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size, key, full)
+    if memo not in _checked:
+        if len(_checked) > 4096:
+            _checked.clear()
+        _checked[memo] = _read_manifest(path, folder, key, full)
+    return _checked[memo]
+
+
+def _read_manifest(path: Path, folder: Path, key: str | None, full: bool) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -242,7 +263,7 @@ def read_manifest(folder: Path, key: str | None = None) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DamagedEntry(folder, f"invalid manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    problems = manifest.problems(key)
+    problems = manifest.problems(key, full)
     if problems:
         raise DamagedEntry(folder, problems[0], manifest.step)
     return manifest
@@ -345,7 +366,7 @@ def table_problems(folder: Path, manifest: Manifest, full: bool) -> list[str]:
 def verify_folder(folder: Path, key: str | None = None, full: bool = True) -> list[str]:
     """Every problem of an entry folder (empty when sound): manifest, tables, rows, columns, artifacts."""
     try:
-        manifest = read_manifest(folder, key)
+        manifest = read_manifest(folder, key, full)
     except DamagedEntry as exc:
         return [exc.problem]
     return table_problems(folder, manifest, full)

@@ -93,11 +93,21 @@ def main() -> None:
               help="Read through the configured remote: fetch a step's entry from it before running the step.")
 @click.option("--push", is_flag=True, help="Upload the build's entries the remote lacks (needs a remote).")
 @remote_option
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="SYNTHFORGE_JOBS",
+              help="Steps run at once (local: spawned worker processes; ray: CPUs of a local Ray instance). "
+                   "Default: the CPUs this process may use.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where steps run: this machine, or Ray (pip install 'synthforge[ray]').")
+@click.option("--address", default=None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.")
+@click.option("--models-per-device", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local executor: steps holding a heavy model (LLM, encoder) at once.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per shard of generate and embed (default 4096); never changes the output.")
 @set_option
 @cache_option
 @user_errors
-def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, use_remote, push, remote_url, sets,
-              cache_dir):
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, use_remote, push, remote_url, jobs,
+              executor, address, models_per_device, shard_rows, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
@@ -106,8 +116,10 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     if dry_run:
         click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
         return
-    runtime = app.runtime_from(device, progress, concurrency, batch_size)
-    click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push))
+    runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows)
+    runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
+    click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
+                              executor=runner))
 
 
 @main.command("new")

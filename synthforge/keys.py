@@ -113,8 +113,6 @@ def key_params(params: "BaseModel") -> dict[str, Any]:
 
 def runtime_fields(model: type["BaseModel"], prefix: str = "") -> list[str]:
     """Dotted names of the runtime-only fields of a params model, nested models included."""
-    from pydantic import BaseModel
-
     found = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"

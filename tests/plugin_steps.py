@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from synthforge.steps import register
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
@@ -38,3 +40,27 @@ class SlowStep(Step):
 
 
 register("slow", "tests.plugin_steps:SlowStep")
+
+
+class CrashOnceParams(StepParams):
+    input: Ref
+    marker: str = Field(exclude=True)  # a file path: absent on the first run, which then kills its own process
+
+
+class CrashOnceStep(Step):
+    """Copies its input; the first run (no marker file yet) SIGKILLs its worker process mid-task."""
+
+    kind = "crash_once"
+    Params = CrashOnceParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import signal
+
+        marker = Path(ctx.params.marker)
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return StepResult(ctx.inputs["input"].frame())
+
+
+register("crash_once", "tests.plugin_steps:CrashOnceStep")

@@ -10,6 +10,7 @@ import pytest
 
 from synthforge.backends.devices import pick_device
 from synthforge.backends.embedder import Embedder, get_embedder, model_identity
+from synthforge.cache import Cache
 from synthforge.errors import UserError
 from synthforge.steps.base import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep, embeddings_of
@@ -84,7 +85,7 @@ def make_input(tmp_path, texts=TEXTS) -> InputTable:
 def run_embed(tmp_path, params: EmbedParams, table: InputTable, batch_size: int | None = None):
     ctx = StepContext(
         step="emb", recipe="r", params=params, seed=0, key="k", inputs={"input": table},
-        workdir=tmp_path / "work", cache=None, runtime=Runtime(device="cpu", progress=False, batch_size=batch_size),
+        workdir=tmp_path / "work", cache=Cache(tmp_path / "cache"), runtime=Runtime(device="cpu", progress=False, batch_size=batch_size),
     )
     return EmbedStep().run(ctx)
 

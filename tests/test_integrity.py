@@ -343,3 +343,19 @@ def test_a_read_only_cache_gives_one_line(write_recipe, data_csv, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot write to {cache_dir}") and "writable cache folder" in last
     assert "Traceback" not in result.stderr
+
+
+def test_claims_wait_for_live_owners_and_take_over_from_dead_ones(tmp_path):
+    from synthforge.backends.llm import GenerationResponse
+    from synthforge.generation.response_cache import ResponseCache
+
+    first, second = ResponseCache(tmp_path, log=print), ResponseCache(tmp_path, log=print)
+    assert first.claim(["a", "b", "c"]) == {"a", "b", "c"}
+    assert second.claim(["a", "b", "c", "d"]) == {"d"}  # a live owner holds a, b, c
+    first.put("a", GenerationResponse("answer a", 1, 1))
+    first.put("b", GenerationResponse("", 1, 0))  # empty: not kept, claim dropped
+    assert set(second.wait_for(["a", "b", "c"])) == {"a"}  # b lost its owner: returns so it can be claimed
+    assert second.claim(["b", "c"]) == {"b"}
+    first._owner_lock.close()  # the owner dies without releasing its claims
+    assert second.claim(["c"]) == {"c"}
+    second.close()

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 from synthforge.errors import UserError
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def pick_device(device: str = "auto") -> str:

@@ -6,11 +6,10 @@ saved with `save_pretrained` (config, tokenizer, weights).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.backends.devices import pick_device  
+from synthforge.backends.devices import pick_device, usable_cpus
 from synthforge.errors import UserError
 from synthforge.keys import files_key, model_files as folder_model_files
 
@@ -48,11 +47,11 @@ def model_identity(model: str) -> dict[str, str]:
     return {"name": model, "hash": files_key(model_files(model), root=model_path(model))}
 
 
-def _cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+def model_dim(model: str) -> int:
+    """The embedding width, from the model's config (no weights loaded)."""
+    import json
+
+    return int(json.loads((model_path(model) / "config.json").read_text())["hidden_size"])
 
 
 class Embedder:
@@ -68,7 +67,7 @@ class Embedder:
         self.max_length = max_length
         if self.device == "cpu":
             # torch defaults to every core it sees, even outside our affinity mask.
-            torch.set_num_threads(_cpu_threads())
+            torch.set_num_threads(usable_cpus())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token is None:  # padded positions are masked out: any token will do
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token or self.tokenizer.convert_ids_to_tokens(0)

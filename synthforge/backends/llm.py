@@ -68,6 +68,11 @@ class TransformersBackendConfig(StepParams):
     device: str = Field(default="auto", exclude=True)
 
 
+class EndpointConfig(StepParams):
+    base_url: str = Field(description="Another server of the same deployment, e.g. http://gpu2:8000/v1.")
+    concurrency: int | None = Field(default=None, ge=1, description="Its concurrent requests (default: the backend's).")
+
+
 class OpenAIBackendConfig(StepParams):
     type: Literal["openai"]
     base_url: str  # e.g. http://127.0.0.1:8000/v1
@@ -78,6 +83,12 @@ class OpenAIBackendConfig(StepParams):
     timeout_s: float = Field(default=60.0, gt=0, exclude=True)
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
+    endpoints: list[str | EndpointConfig] = Field(
+        default_factory=list, exclude=True,
+        description="More servers of the same deployment (URLs, or {base_url, concurrency}): requests are balanced "
+                    "over base_url and these, and move to the others when one is down. Runtime-only: they serve "
+                    "the same model, so keys and cached responses name base_url alone.",
+    )
 
     @field_serializer("base_url")
     def _without_credentials(self, url: str) -> str:
@@ -118,6 +129,10 @@ def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, mod
             log=log,
         )
     if config.type == "openai":
+        if config.endpoints:
+            from synthforge.backends.endpoint_pool import pool_from_config
+
+            return pool_from_config(config, concurrency)
         from synthforge.backends.openai_llm import OpenAILLM
 
         return OpenAILLM(

@@ -164,8 +164,8 @@ class ResponseCache:
             return {key for chunk in _chunks(keys) for (key,) in self._db.execute(
                 f"SELECT key FROM claims WHERE owner = ? AND key IN ({_marks(chunk)})", [self.owner, *chunk])}
 
-    def wait_for(self, keys: Iterable[str]) -> tuple[dict[str, GenerationResponse], set[str]]:
-        """Wait while live owners answer `keys`: (responses that arrived, keys left unclaimed to take over)."""
+    def wait_for(self, keys: Iterable[str]) -> dict[str, GenerationResponse]:
+        """The responses to `keys` that live owners answer; returns early when a key loses its owner (claim it then)."""
         waiting = set(keys)
         found: dict[str, GenerationResponse] = {}
         while waiting:
@@ -179,9 +179,9 @@ class ResponseCache:
             orphans = {key for key in waiting if key not in claimed or not alive[claimed[key]]}
             if orphans:
                 found.update(self.get_many(orphans))  # answered just before its claim went away
-                return found, orphans - set(found)
+                return found
             time.sleep(WAIT_POLL_S)
-        return found, set()
+        return found
 
     def release(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -70,6 +70,8 @@ class Runtime:
     progress: bool = True
     concurrency: int | None = None
     batch_size: int | None = None
+    shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
+    ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
 
 
 class InputTable:
@@ -146,6 +148,7 @@ class Step:
     version: ClassVar[str] = "1"
     Params: ClassVar[type[StepParams]]
     tables: ClassVar[tuple[str, ...]] = ()
+    row_parallel: ClassVar[bool] = False  # splits its rows into shards (synthforge.sharding) that workers share
 
     def files_read(self, params: StepParams) -> list[Path]:
         """Files whose content enters the key (a changed file rebuilds the step)."""
@@ -154,6 +157,10 @@ class Step:
     def identity(self, params: StepParams) -> dict[str, Any]:
         """Extra facts that enter the key: a backend's or packaged dataset's identity, versions of code it calls."""
         return {}
+
+    def loads_model(self, params: StepParams) -> bool:
+        """Whether a run holds a heavy model (LLM, encoder) on its device: executors run few of these at once."""
+        return False
 
     def plan_note(self, params: StepParams) -> str | None:
         """A short estimate shown by `synthforge plan` (e.g. tokens needed)."""

@@ -26,10 +26,16 @@ class EmbedParams(StepParams):
     batch_size: int = Field(64, ge=1, exclude=True)  # runtime-only: never in a key
 
 
+# Rows are embedded in blocks of this many, each sorted by length into batches, whatever the
+# shard size: shards are whole blocks, so a sharded run computes exactly the unsharded batches.
+BLOCK_ROWS = 1024
+
+
 class EmbedStep(Step):
     kind = "embed"
-    version = "1"
+    version = "2"  # 2: batches are formed within blocks of BLOCK_ROWS rows (was: across all rows)
     Params = EmbedParams
+    row_parallel = True
 
     def files_read(self, params: EmbedParams) -> list[Path]:
         # The weights' content, not the model's name, decides the embeddings.
@@ -37,34 +43,88 @@ class EmbedStep(Step):
 
         return model_files(params.model)
 
+    def loads_model(self, params: EmbedParams) -> bool:
+        return True
+
     def run(self, ctx: StepContext) -> StepResult:
+        import numpy as np
         import polars as pl
 
-        from synthforge.backends.embedder import get_embedder
+        from synthforge.backends.embedder import model_dim, model_identity
         from synthforge.progress import progress
+        from synthforge.sharding import ShardStore, run_shards, shard_ranges, shard_rows
 
         params: EmbedParams = ctx.params  # type: ignore[assignment]
         frame = ctx.inputs["input"].frame()
         if params.text_column not in frame.columns:
             raise UserError(f"input has no '{params.text_column}' column", field="text_column")
-        embedder = get_embedder(params.model, ctx.runtime.device, params.max_length)
         texts = frame[params.text_column].cast(pl.Utf8).fill_null("").to_list()
-        batch_size = ctx.runtime.batch_size or params.batch_size
+        store = ShardStore(ctx.cache, ctx.key)
+        shards = shard_ranges(len(texts), shard_rows(ctx.runtime), align=BLOCK_ROWS)
+        vectors = {i: store.load(rows) for i, rows in enumerate(shards)}
+        todo = [i for i, array in vectors.items() if array is None]
+        worker = EmbedWorker(params.model, ctx.runtime.device, params.max_length, ctx.runtime.batch_size or params.batch_size)
+        devices = set()
         start = time.perf_counter()
-        with progress(len(texts), f"{ctx.step}: embed", enabled=ctx.runtime.progress) as bar:
-            vectors = embedder.embed(texts, batch_size=batch_size, progress=bar)
+        with progress(sum(len(shards[i]) for i in todo), f"{ctx.step}: embed", enabled=ctx.runtime.progress) as bar:
+
+            def finished(position: int, result: tuple[str, "np.ndarray"]) -> None:
+                shard = todo[position]
+                devices.add(result[0])
+                vectors[shard] = result[1]
+                store.save(shards[shard], result[1])  # a rerun after a failure starts from here
+                if ctx.runtime.ray:  # in-process shards count their rows as they go
+                    bar.update(len(shards[shard]))
+
+            payloads = [texts[shards[i].start:shards[i].stop] for i in todo]
+            run_shards(ctx.runtime, worker, payloads, finished, on_item=lambda shard, j, rows: bar.update(rows))
         seconds = time.perf_counter() - start
-        column = pl.Series(EMBEDDING_COLUMN, vectors, dtype=pl.Array(pl.Float32, embedder.dim))
-        identity = embedder.identity()
+        dim = model_dim(params.model)
+        merged = np.concatenate([vectors[i] for i in range(len(shards))]) if shards else np.zeros((0, dim), np.float32)
+        column = pl.Series(EMBEDDING_COLUMN, merged, dtype=pl.Array(pl.Float32, dim))
+        identity = model_identity(params.model)
         meta = {
             "model": identity["name"],
             "model_hash": identity["hash"],
-            "dim": embedder.dim,
-            "device": embedder.device,
+            "dim": dim,
+            "device": ",".join(sorted(devices)) or "(all shards resumed)",
             "rows": len(texts),
-            "rows_per_s": round(len(texts) / seconds, 1) if seconds > 0 else None,
+            "shards": len(shards),
+            "shards_resumed": len(shards) - len(todo),
+            "rows_per_s": round(len(texts) / seconds, 1) if seconds > 0 and todo else None,
         }
-        return StepResult(frame.with_columns(column), meta=meta)
+        result = StepResult(frame.with_columns(column), meta=meta)
+        store.discard()
+        return result
+
+
+class EmbedWorker:
+    """Embeds one shard of texts, block by block; loads the model on first use (once per process)."""
+
+    def __init__(self, model: str, device: str, max_length: int, batch_size: int):
+        self.model, self.device, self.max_length, self.batch_size = model, device, max_length, batch_size
+
+    def __call__(self, texts: list[str], on_item=None) -> tuple[str, "np.ndarray"]:
+        """(device, vectors); `on_item(0, rows)` counts rows as batches finish."""
+        import numpy as np
+
+        from synthforge.backends.embedder import get_embedder
+
+        embedder = get_embedder(self.model, self.device, self.max_length)
+        counter = _RowCounter(on_item) if on_item else None
+        blocks = [embedder.embed(texts[b:b + BLOCK_ROWS], batch_size=self.batch_size, progress=counter)
+                  for b in range(0, len(texts), BLOCK_ROWS)]
+        return embedder.device, np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), np.float32)
+
+
+class _RowCounter:
+    """The `progress.update(n)` an embedder calls, turned into `on_item` calls."""
+
+    def __init__(self, on_item):
+        self.on_item = on_item
+
+    def update(self, rows: int) -> None:
+        self.on_item(0, rows)
 
 
 def embeddings_of(frame: "pl.DataFrame", column: str = EMBEDDING_COLUMN) -> "np.ndarray":

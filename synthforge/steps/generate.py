@@ -143,6 +143,10 @@ class GenerateStep(Step):
     version = "2"  # 2: labels cycle over topic rows (balanced with paraphrases)
     Params = GenerateParams
     tables = ("rejects",)
+    row_parallel = True
+
+    def loads_model(self, params: GenerateParams) -> bool:
+        return params.backend.type == "transformers"
 
     def identity(self, params: GenerateParams) -> dict[str, Any]:
         """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
@@ -244,14 +248,15 @@ class _Generation:
         from synthforge.backends.llm import make_backend
 
         runtime = self.ctx.runtime
-        return make_backend(
-            self.params.backend,
-            models_dir=self.ctx.cache.shared_dir("models"),
-            device=self.params.device or runtime.device,
-            batch_size=self.params.batch_size or runtime.batch_size,
-            concurrency=self.params.concurrency or runtime.concurrency,
-            log=self.ctx.log,
-        )
+        self.backend_options = {
+            "config": self.params.backend,
+            "models_dir": self.ctx.cache.shared_dir("models"),
+            "device": self.params.device or runtime.device,
+            "batch_size": self.params.batch_size or runtime.batch_size,
+            "concurrency": self.params.concurrency or runtime.concurrency,
+            "log": self.ctx.log,
+        }
+        return make_backend(**self.backend_options)
 
     def _paraphrase_seed_ids(self, paraphrase_indices: list[int]) -> list[int]:
         if not paraphrase_indices or self.params.paraphrase.source != "generated":
@@ -295,22 +300,23 @@ class _Generation:
             if not others:
                 break
             self.ctx.log(f"{self.ctx.step}: waiting for {len(others)} {phase} responses another process is requesting")
-            arrived, orphaned = cache.wait_for(key for _, key in others)
+            arrived = cache.wait_for(key for _, key in others)
             for plan, key in others:
                 if key in arrived:
                     plan.response = arrived[key]
                     self.stats["responses_from_other_process"] += 1
-            # everything still unanswered: orphans are claimed next round, the rest waited for again
-            missing = [(plan, key) for plan, key in others if key not in arrived]
+            missing = [(plan, key) for plan, key in others if key not in arrived]  # claimed again next round
 
     def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
         from synthforge.progress import progress
+        from synthforge.sharding import run_shards, shard_ranges, shard_rows
 
         if not missing:
             return
         load = getattr(self.backend, "load", None)
-        if load is not None:
+        if load is not None and not self.ctx.runtime.ray:  # on Ray the shard actors load the model
             load()  # before the bar opens, so the model's status lines come first
+        shards = shard_ranges(len(missing), shard_rows(self.ctx.runtime))
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
             streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
 
@@ -328,10 +334,19 @@ class _Generation:
                 if not streaming["on"]:
                     bar.update(1, tokens=response.completion_tokens)
 
+            def shard_done(shard: int, result: tuple[list[GenerationResponse], int]) -> None:
+                responses, retries = result
+                self.stats["retries"] += retries
+                if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
+                    for j, response in enumerate(responses):
+                        arrived(shards[shard].start + j, response)
+
             started = time.perf_counter()
-            self.backend.generate([plan.request for plan, _ in missing], on_response=arrived, on_tokens=decoded)
+            worker = GenerateWorker(self.backend_options, self.backend, on_tokens=decoded)
+            payloads = [[missing[i][0].request for i in rows] for rows in shards]
+            run_shards(self.ctx.runtime, worker, payloads, shard_done,
+                       on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
             self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
-        self.stats["retries"] += getattr(self.backend, "retries", 0)
 
     def _record_speed(self, new_tokens: int, seconds: float) -> None:
         from synthforge.generation import speed
@@ -403,6 +418,28 @@ class _Generation:
             "retries": self.stats["retries"],
             "seconds": round(seconds, 3),
         }
+
+
+class GenerateWorker:
+    """Generates one shard of requests; builds its backend (and loads the model) on first use in a process."""
+
+    def __init__(self, backend_options: dict[str, Any], backend=None, on_tokens=None):
+        self.backend_options = backend_options
+        self.backend = backend  # the step's own backend, when the shards run in its process
+        self.on_tokens = on_tokens  # the step's progress bar, likewise
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Another process (a Ray actor) builds its own backend and logs to its own output.
+        return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
+
+    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int]:
+        """The shard's responses in request order, and the retries they took."""
+        from synthforge.backends.llm import make_backend
+
+        if self.backend is None:
+            self.backend = make_backend(**self.backend_options)
+        responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
+        return responses, getattr(self.backend, "retries", 0)
 
 
 # -- helpers --------------------------------------------------------------------

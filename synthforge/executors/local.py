@@ -1,0 +1,92 @@
+"""Executors on this machine: in the calling process (sequential), or a pool of spawned worker processes.
+
+Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
+Each worker receives the graph once (pool initializer), then only node keys.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from synthforge.executors.base import NodeRun, execute_node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.builder import Graph, Node
+    from synthforge.cache import Cache
+    from synthforge.steps.base import Runtime
+
+
+class InlineExecutor:
+    """Runs each node in this process when asked for its result: the sequential build, logs streamed live."""
+
+    slots = 1
+    model_slots = 1
+
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", log: Callable[[str], None]):
+        self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
+        self._queued: list[tuple["Node", bool]] = []
+
+    def submit(self, node: "Node", force: bool) -> None:
+        self._queued.append((node, force))
+
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
+        from synthforge.builder import run_node
+
+        node, force = self._queued.pop(0)
+        start = time.perf_counter()
+        try:
+            outcome = run_node(self.graph, node, self.cache, self.runtime, self.log, force=force)
+        except Exception as exc:  # handed to the loop, which lets running nodes finish, then raises it
+            return [(node.key, exc)]
+        return [(node.key, NodeRun(node.key, outcome.manifest.rows, time.perf_counter() - start, outcome.built))]
+
+    def close(self) -> None:
+        pass
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime") -> None:
+    _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
+
+
+def _run_in_worker(key: str, force: bool) -> NodeRun:
+    return execute_node(_WORKER["graph"], key, _WORKER["cache_root"], _WORKER["runtime"], force)
+
+
+class ProcessExecutor:
+    """Up to `jobs` nodes at once, each in a spawned worker process, at most `models` of them holding a model."""
+
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int = 1):
+        self.slots = jobs
+        self.model_slots = models
+        # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
+        worker_runtime = replace(runtime, progress=False)
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime),
+        )
+        self._futures: dict[concurrent.futures.Future, str] = {}
+
+    def submit(self, node: "Node", force: bool) -> None:
+        self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
+
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
+        done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
+        finished = []
+        for future in done:
+            key = self._futures.pop(future)
+            error = future.exception()
+            if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                error = RuntimeError(f"a worker process died while building {key[:12]} (killed, or out of memory)")
+            finished.append((key, error if error is not None else future.result()))
+        return finished
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,161 @@
+"""Parallel builds: spawned local workers and Ray give the sequential build's bytes; the ready loop's limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from synthforge.executors.base import NodeRun, run_ready
+from tests.conftest import BASIC
+
+MATRIX = BASIC + "matrix:\n  k: [5, 10, 20]\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def table_digests(cache: Path) -> dict[str, str]:
+    """Every table file of every entry, by path: what must match byte for byte across executors."""
+    return {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((cache / "entries").rglob("*.parquet"))}
+
+
+def finished_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("✓")]
+
+
+def test_jobs_2_builds_the_bytes_of_a_sequential_build(cli, write_recipe, data_csv, tmp_path):
+    recipe = write_recipe(MATRIX)
+    sequential = cli("build", recipe, "--jobs", "1", "--cache-dir", tmp_path / "seq")
+    parallel = cli("build", recipe, "--jobs", "2", "--cache-dir", tmp_path / "par")
+    assert sequential.exit_code == 0 and parallel.exit_code == 0, parallel.output
+    assert table_digests(tmp_path / "par") == table_digests(tmp_path / "seq") != {}
+    lines = finished_lines(parallel.output)
+    assert len(lines) == 4 and sum("split for k=" in line for line in lines) == 3
+    assert any("rows for all variants" in line for line in lines)
+
+
+def test_a_failing_step_in_a_parallel_build_is_one_line_and_the_rest_stays_cached(cli, write_recipe, data_csv, tmp_path):
+    recipe = write_recipe(MATRIX.replace("test: 60", "test: ${k}${k}"))  # k=10: 1010 test rows of 300
+    result = cli("build", recipe, "--jobs", "2")
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in result.output
+    again = cli("build", recipe, "--jobs", "2", "--only", "rows")
+    assert "cached" in again.output
+
+
+def test_address_without_ray_executor_is_a_user_error(cli, write_recipe, data_csv):
+    result = cli("build", write_recipe(BASIC), "--address", "auto")
+    assert result.exit_code == 2 and "--executor ray" in result.output
+
+
+class _RecordingExecutor:
+    """Finishes nodes in submission order and records how many models ran at once."""
+
+    def __init__(self, slots: int, model_slots: int | None):
+        self.slots, self.model_slots = slots, model_slots
+        self.running: list = []
+        self.most_models = 0
+
+    def submit(self, node, force: bool) -> None:
+        self.running.append(node)
+        self.most_models = max(self.most_models, sum(n.heavy for n in self.running))
+
+    def wait(self):
+        node = self.running.pop(0)
+        return [(node.key, NodeRun(node.key, 0, 0.0))]
+
+    def close(self) -> None:
+        pass
+
+
+def _node(key: str, upstream: list[str], heavy: bool):
+    step = SimpleNamespace(loads_model=lambda params: heavy)
+    return SimpleNamespace(key=key, step=key, upstream=upstream, heavy=heavy, resolved=SimpleNamespace(step=step, run_params=None))
+
+
+@pytest.mark.parametrize("model_slots, expected", [(1, 1), (2, 2), (None, 3)])
+def test_ready_loop_keeps_upstream_order_and_the_model_limit(model_slots, expected):
+    nodes = [_node("a", [], False)] + [_node(f"emb{i}", ["a"], True) for i in range(3)] + [_node("mix", ["emb0", "emb2"], False)]
+    executor = _RecordingExecutor(slots=8, model_slots=model_slots)
+    order: list[str] = []
+    run_ready(nodes, executor, forced=set(), on_start=lambda n: order.append(n.key), on_done=lambda n, o: None)
+    assert executor.most_models == expected
+    assert order[0] == "a" and order[-1] == "mix" and sorted(order) == sorted(n.key for n in nodes)
+
+
+def test_executor_ray_without_ray_says_how_to_install(cli, write_recipe, data_csv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = cli("build", write_recipe(BASIC), "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --executor: --executor ray needs Ray, which is not installed (pip install 'synthforge[ray]')"
+
+
+# -- Ray: one local instance for the module (its start-up costs seconds) -------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "SYNTHFORGE_PLUGINS": "tests.plugin_steps"}})
+    yield ray
+    ray.shutdown()
+
+
+CRASH = BASIC + "  copy:\n    kind: crash_once\n    input: split.train\n    marker: {marker}\nmatrix:\n  k: [5, 10, 20]\n"
+
+
+@pytest.mark.integration
+def test_ray_build_matches_local_bytes_and_retries_a_killed_worker(ray_local, cli, write_recipe, data_csv, tmp_path,
+                                                                   monkeypatch):
+    import synthforge.steps as steps_module
+
+    # Register the test kind in a copy of the registry: later tests see only the real kinds.
+    monkeypatch.setattr(steps_module, "STEP_KINDS", dict(steps_module.STEP_KINDS))
+    steps_module.register("crash_once", "tests.plugin_steps:CrashOnceStep")
+    marker = tmp_path / "killed-once"
+    recipe = write_recipe(CRASH.replace("{marker}", str(marker)))
+    on_ray = cli("build", recipe, "--executor", "ray", "--cache-dir", tmp_path / "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    assert marker.exists()  # the first attempt of the first `copy` node killed its worker
+    local = cli("build", recipe, "--jobs", "1", "--cache-dir", tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    assert table_digests(tmp_path / "ray") == table_digests(tmp_path / "local")
+    assert len(table_digests(tmp_path / "ray")) == 1 + 3 * 4 + 3  # rows; split's 4 tables per k; copy per k
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "entries").rglob("manifest.json")]
+    assert sorted(m["step"] for m in manifests).count("copy") == 3
+
+
+ROW_PARALLEL = BASIC + """
+  emb:
+    kind: embed
+    input: rows
+    model: ENCODER
+  gen:
+    kind: generate
+    n: 8
+    labels: [positive, negative]
+    variables: {topic: [food, music, travel]}
+    template: write a {{ label }} review about {{ topic }}
+    max_new_tokens: 6
+    hygiene: {dedupe: false, min_chars: 0}
+    backend: {type: transformers, model: LLM, batch_size: 4}
+"""
+
+
+@pytest.mark.integration
+def test_shards_on_a_ray_actor_pool_merge_to_the_local_bytes(ray_local, cli, write_recipe, data_csv, tmp_path, tiny_encoder):
+    from tests.tiny_models import tiny_chat_model_dir
+
+    recipe = write_recipe(ROW_PARALLEL.replace("ENCODER", str(tiny_encoder)).replace("LLM", str(tiny_chat_model_dir())))
+    on_ray = cli("build", recipe, "--executor", "ray", "--shard-rows", "3", "--device", "cpu", "--cache-dir", tmp_path / "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    local = cli("build", recipe, "--jobs", "1", "--device", "cpu", "--cache-dir", tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    assert table_digests(tmp_path / "ray") == table_digests(tmp_path / "local")
+    gen = next(json.loads(p.read_text()) for p in (tmp_path / "ray" / "entries").rglob("manifest.json")
+               if json.loads(p.read_text())["step"] == "gen")
+    assert gen["meta"]["responses_generated"] == 8  # on the actors, in 3 shards
