@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, variant_label
+from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, planned_usage, variant_label
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
@@ -46,12 +46,23 @@ def format_plan(graph: Graph, cache: Cache, items: list, remote: Remote | None =
         f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
         + (f" ({sum(i.action == 'pull' for i in items)} cached on the remote)" if remote is not None else "")
     ]
+    if recipe.narrowed:
+        narrowed = ", ".join(f"{name}={value}" for name, value in recipe.narrowed.items())
+        lines.append(f"--set {narrowed} narrows the matrix to: {'; '.join(v.name for v in recipe.variants)}")
     rows = []
     for item in items:
         why = as_sentence(item.reasons) + (f"  [{item.note}]" if item.note else "")
         rows.append([item.action, item.node.step, variant_label(graph, item.node), item.node.key[:12], why])
     lines.append(render_table(["action", "step", "for", "key", "why"], rows))
     lines += _generation_estimates(cache, [item.node for item in items if item.action == "run"])
+    usage = planned_usage(items)
+    if usage:
+        budget = recipe.model.budget
+        requests, tokens = (sum(getattr(e, what) for _, e in usage) for what in ("requests", "tokens"))
+        over = requests > budget.max_requests or tokens > budget.max_tokens
+        lines.append(f"LLM budget: ~{requests:,} of {budget.max_requests:,} requests, ~{tokens:,} of "
+                     f"{budget.max_tokens:,} tokens (before response-cache hits)"
+                     + ("; OVER BUDGET: build will refuse (raise budget: or pass --max-requests/--max-tokens)" if over else ""))
     return "\n".join(lines)
 
 
@@ -150,6 +161,11 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
         "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
+    dropped = manifest.meta.get("dropped")
+    if table == "data" and dropped and any(dropped.values()):
+        from synthforge.steps.rows import describe_dropped
+
+        lines.append(describe_dropped(dropped))
     if "label" in info.columns and info.rows:
         counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
@@ -240,8 +256,9 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
 
 
 def runtime_from(device: str, progress: bool, concurrency: int | None, batch_size: int | None,
-                 shard_rows: int | None = None) -> Runtime:
-    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size, shard_rows=shard_rows)
+                 shard_rows: int | None = None, max_requests: int | None = None, max_tokens: int | None = None) -> Runtime:
+    return Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size, shard_rows=shard_rows,
+                   max_requests=max_requests, max_tokens=max_tokens)
 
 
 def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs: int | None, address: str | None,
@@ -295,12 +312,12 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
                 metric: str | None, html: bool = False) -> str:
-    from synthforge.report import format_table, write_report
+    from synthforge.report import format_table, slug, write_report
 
     records = variant_records(graph, cache)
     if not any(r["steps"] for r in records):
         raise UserError(f"nothing of {graph.recipe.path} is built yet", hint=f"run: synthforge build {graph.recipe.path}")
-    out_dir = Path(out) if out else Path("reports") / graph.recipe.name
+    out_dir = Path(out) if out else Path("reports") / slug(graph.recipe.name)
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric)
     if html:

@@ -19,7 +19,7 @@ from synthforge.keys import key_of, step_components
 from synthforge.lockfile import Lock, read_lock, write_lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.steps.base import Estimate, InputTable, Runtime, StepContext
 
 @dataclass
 class Node:
@@ -275,6 +275,7 @@ def build(
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
+    check_budget(graph, to_run, runtime)
     position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
 
     def where(node: Node) -> str:
@@ -290,7 +291,7 @@ def build(
         if not run.built:
             report.built_elsewhere.add(node.key)
         done = "rows" if run.built else "rows, built by another process"
-        log(f"✓ {where(node)}: {run.rows} {done} in {run.seconds:.1f}s")
+        log(f"✓ {where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(cache, node.key)}")
 
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
@@ -304,6 +305,38 @@ def build(
     if write_lockfile:
         write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
+
+
+def planned_usage(items: list[PlanItem]) -> list[tuple[PlanItem, Estimate]]:
+    """The LLM estimate of every item that will run and asks an LLM."""
+    estimates = [(item, item.node.resolved.step.estimate(item.node.resolved.run_params)) for item in items]
+    return [(item, estimate) for item, estimate in estimates if item.action == "run" and estimate is not None]
+
+
+def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
+    """Refuse, before any work, a build that plans more LLM requests or tokens than its budget."""
+    usage = planned_usage(items)
+    budget = graph.recipe.model.budget
+    limits = {"requests": (runtime.max_requests, budget.max_requests), "tokens": (runtime.max_tokens, budget.max_tokens)}
+    for what, (override, recipe_limit) in limits.items():
+        limit = recipe_limit if override is None else override
+        total = sum(getattr(estimate, what) for _, estimate in usage)
+        if total <= limit:
+            continue
+        item, biggest = max(usage, key=lambda pair: getattr(pair[1], what))
+        raise UserError(
+            f"the build plans ~{total:,} LLM {what} (this step ~{getattr(biggest, what):,}), over the budget of {limit:,}",
+            file=str(graph.recipe.path), line=graph.recipe.line("steps", item.node.step), field=f"steps.{item.node.step}",
+            hint=f"lower n, or raise budget.max_{what} in the recipe or --max-{what} on the command line")
+
+
+def _dropped_note(cache: Cache, key: str) -> str:
+    """Rows a step dropped (blank texts, duplicates...), for its build line."""
+    from synthforge.steps.rows import describe_dropped
+
+    entry = cache.get(key)
+    dropped = entry.manifest.meta.get("dropped") if entry is not None else None
+    return f" ({describe_dropped(dropped)})" if dropped and any(dropped.values()) else ""
 
 
 @dataclass

@@ -10,7 +10,8 @@ import click
 cache_option = click.option(
     "--cache-dir", envvar="SYNTHFORGE_CACHE", default="cache", show_default=True, help="Cache folder (or $SYNTHFORGE_CACHE)."
 )
-set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a recipe variable.")
+set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                          help="Set a recipe variable, or `seed`; a matrix variable narrows the matrix to VALUE.")
 variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
 remote_option = click.option(
     "--remote", "remote_url", envvar="SYNTHFORGE_REMOTE", default=None, metavar="URL",
@@ -89,6 +90,10 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
 @click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--max-requests", type=click.IntRange(min=0), default=None,
+              help="LLM requests this build may plan (default: the recipe's budget.max_requests, 100000).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=None,
+              help="LLM tokens this build may plan (default: the recipe's budget.max_tokens, 50000000).")
 @click.option("--use-remote/--no-remote", default=True, show_default=True,
               help="Read through the configured remote: fetch a step's entry from it before running the step.")
 @click.option("--push", is_flag=True, help="Upload the build's entries the remote lacks (needs a remote).")
@@ -106,8 +111,8 @@ def main() -> None:
 @set_option
 @cache_option
 @user_errors
-def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, use_remote, push, remote_url, jobs,
-              executor, address, models_per_device, shard_rows, sets, cache_dir):
+def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, max_requests, max_tokens, use_remote,
+              push, remote_url, jobs, executor, address, models_per_device, shard_rows, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
@@ -116,7 +121,7 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     if dry_run:
         click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
         return
-    runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows)
+    runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows, max_requests, max_tokens)
     runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
     click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
                               executor=runner))

@@ -16,7 +16,7 @@ from typing import Any
 
 from synthforge.builder import Graph, build, build_graph, describe_changes
 from synthforge.cache import Cache, Entry
-from synthforge.errors import UserError
+from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.steps.base import Runtime
@@ -436,6 +436,31 @@ def run_diff(spec_a: str, spec_b: str, cache: Cache, *, fail_on: list[str] = (),
                 raise UserError(f"cannot build from a lockfile: {side.spec}", field="--build", hint="pass the recipe instead")
             only = [side.only_step] if side.only_step else []
             build(side.graph, cache, only=only, runtime=runtime, log=log or (lambda m: None), write_lockfile=False)
+    check_gate_metrics(list(fail_on), side_metric_names(a, cache) | side_metric_names(b, cache))
     diff = diff_sides(a, b, cache)
     apply_gates(diff, list(fail_on))
     return diff
+
+
+def side_metric_names(side: Side, cache: Cache) -> set[str]:
+    """Dotted names of every metric in the built outputs of a side (what a gate may name)."""
+    names: set[str] = set()
+    for key in {key for steps in side.keys.values() for key in steps.values()}:
+        entry = cache.get(key)
+        if entry is not None:
+            names |= set(flatten_metrics(entry.manifest.meta))
+    return names
+
+
+def check_gate_metrics(expressions: list[str], names: set[str]) -> None:
+    """A gate on a metric neither side has could never trip: a usage error, not a pass."""
+    suffixes = {".".join(path.split(".")[i:]) for path in names for i in range(path.count(".") + 1)}
+    known = suffixes | ROW_GATES | {"rows"}
+    for expression in expressions:
+        name = parse_gate(expression)[0]
+        if name in known:
+            continue
+        hint = did_you_mean(name, known) or (
+            f"metrics: {', '.join(sorted(suffixes))[:300]}" if names else "nothing is built on either side: add --build")
+        raise UserError(f"gate '{expression}' names metric '{name}', which occurs on neither side", field="--fail-on",
+                        hint=hint)

@@ -76,13 +76,17 @@ class Progress:
                          dynamic_ncols=True, leave=True, file=sys.stderr)
         self._start = time.perf_counter()
         self._extra: dict[str, float] = {}
+        self._status: dict[str, object] = {}
 
-    def update(self, n: float = 1, **counters: float) -> None:
+    def update(self, n: float = 1, status: dict[str, object] | None = None, **counters: float) -> None:
+        """Count `n` units; `counters` add to per-second rates, `status` values are shown as they are."""
         for name, value in counters.items():
             self._extra[name] = self._extra.get(name, 0) + value
-        if self._extra:
+        self._status.update(status or {})
+        if self._extra or self._status:
             elapsed = max(time.perf_counter() - self._start, 1e-9)
-            self._bar.set_postfix({f"{k}/s": f"{v / elapsed:.1f}" for k, v in self._extra.items()}, refresh=False)
+            rates = {f"{k}/s": f"{v / elapsed:.1f}" for k, v in self._extra.items()}
+            self._bar.set_postfix({**rates, **self._status}, refresh=False)
         self._bar.update(n)
 
     @property

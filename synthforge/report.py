@@ -229,7 +229,7 @@ class _Plots:
         rows = [r for r in self.sweep.rows if not _is_baseline(r, self.fraction)]
         points = self.points(rows, self.level, self.score_column)
         title = f"{_nice(self.score_column)} vs {self.level}"
-        return self.draw(points, self.level, self.score_column, title, f"{_slug(_nice(self.score_column))}_vs_{_slug(self.level)}.png", baseline=True)
+        return self.draw(points, self.level, self.score_column, title, f"{slug(_nice(self.score_column))}_vs_{slug(self.level)}.png", baseline=True)
 
     def score_vs_fraction(self) -> Path | None:
         if not (self.score_column and self.has_var(self.fraction)):
@@ -242,14 +242,14 @@ class _Plots:
             groups = list(dict.fromkeys(p.group for p in points)) or [()]
             points += [_Point(0.0, *reference, group) for group in groups]
         title = f"{_nice(self.score_column)} vs {self.fraction}"
-        return self.draw(points, self.fraction, self.score_column, title, f"{_slug(_nice(self.score_column))}_vs_{_slug(self.fraction)}.png", baseline=True)
+        return self.draw(points, self.fraction, self.score_column, title, f"{slug(_nice(self.score_column))}_vs_{slug(self.fraction)}.png", baseline=True)
 
     def diversity_vs_level(self) -> Path | None:
         if not (self.diversity_column and self.has_var(self.level)):
             return None
         points = self.points(self.sweep.rows, self.level, self.diversity_column)
         title = f"{_nice(self.diversity_column)} vs {self.level}"
-        return self.draw(points, self.level, self.diversity_column, title, f"{_slug(_nice(self.diversity_column))}_vs_{_slug(self.level)}.png", baseline=False)
+        return self.draw(points, self.level, self.diversity_column, title, f"{slug(_nice(self.diversity_column))}_vs_{slug(self.level)}.png", baseline=False)
 
     def points(self, rows, x_var: str, column: str) -> list[_Point]:
         usable = [r for r in rows if r.get(x_var) is not None and _number(r.get(column)) is not None]
@@ -400,5 +400,6 @@ def _nice(column: str) -> str:
     return column.rsplit(".", 1)[-1]
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+def slug(text: str) -> str:
+    """A safe file or folder name: letters, digits, '-' and '_' only (no '/', no '..')."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "_"

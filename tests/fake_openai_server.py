@@ -2,16 +2,22 @@
 
 It answers deterministically (a reply built from the last user message and the
 seed) and can be told to misbehave: `fail_plan` is a list consumed one request
-at a time, each item one of "ok", "429", "500", "slow", "malformed", "drop", "echo_auth_400";
-after the plan runs out, `default` applies ("ok" unless changed). It records
-every request body and Authorization header it saw.
+at a time, each item one of "ok", "429", "500", "slow", "malformed", "drop", "echo_auth_400",
+"retry_after:S" (429 with Retry-After: S), "503_retry_after:S", "trickle" (the body one byte every
+`trickle_s`), "echo_key_401" (a 401 quoting the bearer key in a long body), "key_500" (a 500 with the
+key in its body), "huge" (a `huge_bytes` reply); after the plan runs out, `default` applies ("ok"
+unless changed). `capacity` answers 429 to requests beyond that many in flight; `restart(down_s)`
+closes the port and every open connection for `down_s` seconds, then listens again on the same port.
+It records every request body and Authorization header it saw and counts answers by status.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -40,9 +46,18 @@ class FakeOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.reply = reply_text
+        self.trickle_s = 0.25
+        self.huge_bytes = 5_000_000
+        self.capacity: int | None = None
+        self.statuses: Counter = Counter()  # answers sent, by HTTP status
+        self.restarts = 0
+        self._connections: set = set()
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._handler_class = self._handler()
+        self._listen(("127.0.0.1", 0))
+
+    def _listen(self, address) -> None:
+        self._server = _Server(address, self._handler_class)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -57,6 +72,21 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def restart(self, down_s: float) -> None:
+        """Go away like a restarting server: refuse connections, reset open ones; back after `down_s`."""
+        address = self._server.server_address[:2]
+        self.stop()
+        with self._lock:
+            for connection in list(self._connections):
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        time.sleep(down_s)
+        self._listen(address)
+        self._thread.start()
+        self.restarts += 1
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
@@ -78,6 +108,19 @@ class FakeOpenAIServer:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._connections.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 behaviour = server._next_behaviour()
@@ -86,6 +129,8 @@ class FakeOpenAIServer:
                     server.auth_headers.append(self.headers.get("Authorization"))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    if server.capacity is not None and server.in_flight > server.capacity:
+                        behaviour = "429"
                 try:
                     self._answer(body, behaviour)
                 finally:
@@ -95,10 +140,22 @@ class FakeOpenAIServer:
             def _answer(self, body: dict, behaviour: str) -> None:
                 if server.latency_s:
                     time.sleep(server.latency_s)
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                name, _, argument = behaviour.partition(":")
                 if behaviour in ("429", "500"):
                     self._send(int(behaviour), b'{"error": {"message": "try again"}}')
+                elif name in ("retry_after", "503_retry_after"):
+                    status = 503 if name.startswith("503") else 429
+                    self._send(status, b'{"error": {"message": "slow down"}}', {"Retry-After": argument})
                 elif behaviour == "echo_auth_400":  # a careless server quoting the key back
                     self._send(400, json.dumps({"error": f"bad key {self.headers.get('Authorization')}"}).encode())
+                elif behaviour == "echo_key_401":  # the key first, then a long explanation: cutting first leaks it
+                    message = f"Incorrect API key provided: {key}. You can find your API key at https://example.invalid/keys."
+                    self._send(401, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode())
+                elif behaviour == "key_500":
+                    self._send(500, f"internal error while checking {key} against the quota table".encode())
+                elif behaviour == "huge":
+                    self._send_reply(body, "x" * server.huge_bytes)
                 elif behaviour == "malformed":
                     self._send(200, b'{"choices": [{"message": ')
                 elif behaviour == "drop":
@@ -108,21 +165,34 @@ class FakeOpenAIServer:
                     if behaviour == "slow":
                         time.sleep(server.slow_s)
                     text = server.reply(body.get("messages", []), body.get("seed"))
-                    with server._lock:
-                        server.ok_count += 1
-                    payload = {
-                        "id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10 + len(text.split())},
-                    }
-                    self._send(200, json.dumps(payload).encode())
+                    self._send_reply(body, text, trickle=behaviour == "trickle")
 
-            def _send(self, status: int, data: bytes) -> None:
+            def _send_reply(self, body: dict, text: str, trickle: bool = False) -> None:
+                with server._lock:
+                    server.ok_count += 1
+                payload = {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()), "total_tokens": 10 + len(text.split())},
+                }
+                self._send(200, json.dumps(payload).encode(), trickle=trickle)
+
+            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None, trickle: bool = False) -> None:
+                with server._lock:
+                    server.statuses[status] += 1
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle:
+                    self.wfile.write(data)
+                    return
+                for index in range(len(data)):  # a server that never quite answers
+                    self.wfile.write(data[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(server.trickle_s)
 
         return Handler
 

@@ -120,13 +120,13 @@ def candidates(annotation: Any, value: Any) -> list[Any]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return [v for v in (value / 2, value + 0.05, value * 0.9, 0.5) if v != value]
         return [0.5, 0.25, 1.0]
-    if annotation is str:
-        return [f"{value} changed" if value else "changed", str(tiny_chat_model_dir()), "changed"]
+    if annotation is str:  # latin-1: a valid value for string fields that must name something (load.encoding)
+        return [f"{value} changed" if value else "changed", str(tiny_chat_model_dir()), "changed", "latin-1"]
     if origin is list:
         value = value if isinstance(value, list) else None
         item = args[0] if args else str
-        fresh = [c for c in candidates(item, None) if c is not None][:2]
-        return [value + fresh[:1], value[:-1]] if value else [fresh]
+        fresh = [c for c in candidates(item, None) if c is not None]
+        return [value + fresh[:1], value[:-1]] if value else [fresh[:2], *([c] for c in fresh)]
     if origin is dict:
         value = value if isinstance(value, dict) else None
         extra = [c for c in candidates(args[1] if args else str, None) if c is not None][:1]
@@ -271,12 +271,15 @@ def test_endpoint_credentials_stay_out_of_keys_and_lockfiles(tmp_path):
     bench = StepBench(tmp_path, "generate")
     example = examples(bench.cls.Params)[1]
     assert example["backend"]["type"] == "openai"
-    secret = set_at(example, ("backend", "base_url"), "http://user:hunter2@127.0.0.1:8000/v1?api_key=hunter3")
+    secret = set_at(example, ("backend", "base_url"), "http://127.0.0.1:8000/v1?api_key=hunter3")
     plain_key = bench.key(example)
     assert bench.key(secret) == plain_key
     recipe = json.loads((tmp_path / "recipe.yaml").read_text())
     graph = build_graph(load_recipe(tmp_path / "recipe.yaml"))
     assert "hunter" in json.dumps(recipe) and "hunter" not in json.dumps(graph.to_lock({}).to_json())
+    with pytest.raises(UserError) as refused:  # user:password@ is refused outright (keys go in api_key_env), unechoed
+        bench.key(set_at(example, ("backend", "base_url"), "http://user:hunter2@127.0.0.1:8000/v1"))
+    assert "credentials in base_url are refused" in str(refused.value) and "hunter" not in str(refused.value)
 
 
 def test_model_files_are_one_set_for_every_model_user(tmp_path, tiny_encoder):

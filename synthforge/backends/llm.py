@@ -7,11 +7,12 @@ and an interrupted run loses at most the requests in flight.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, field_serializer
+from pydantic import ConfigDict, Field, field_serializer, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import StepParams
@@ -37,6 +38,7 @@ class GenerationResponse:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    rejected: str | None = None  # why there is no usable text (e.g. an oversized reply); never cached
 
 
 OnResponse = Callable[[int, GenerationResponse], None]
@@ -68,27 +70,69 @@ class TransformersBackendConfig(StepParams):
     device: str = Field(default="auto", exclude=True)
 
 
+def checked_base_url(value: str, field: str) -> str:
+    """An http(s) URL without user:password@ (refused, never echoed: credentials belong in api_key_env)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise UserError("credentials in base_url are refused", field=field,
+                        hint="remove user:password@ and name the variable holding the key in api_key_env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"base_url must be an http(s) URL, got '{value}'", field=field, hint="e.g. http://127.0.0.1:8000/v1")
+    return value
+
+
 class EndpointConfig(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"base_url": "http://127.0.0.1:8001/v1", "concurrency": 4}]})
+
     base_url: str = Field(description="Another server of the same deployment, e.g. http://gpu2:8000/v1.")
     concurrency: int | None = Field(default=None, ge=1, description="Its concurrent requests (default: the backend's).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return checked_base_url(value, "backend.endpoints.base_url")
 
 
 class OpenAIBackendConfig(StepParams):
     type: Literal["openai"]
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    base_url: str  # e.g. http://127.0.0.1:8000/v1; no user:password@ (keys go in api_key_env)
     model: str
     # runtime-only: excluded from dumps, so never in a key
     api_key_env: str | None = Field(default=None, exclude=True)  # the NAME of the variable holding the key
-    concurrency: int = Field(default=8, ge=1, exclude=True)
-    timeout_s: float = Field(default=60.0, gt=0, exclude=True)
+    concurrency: int = Field(default=8, ge=1, exclude=True)  # the most requests in flight (fewer while rate limited)
+    timeout_s: float = Field(default=60.0, gt=0, exclude=True)  # bounds one whole attempt, not each read
     max_retries: int = Field(default=5, ge=0, exclude=True)
     backoff_s: float = Field(default=0.5, ge=0, exclude=True)
+    max_retry_after_s: float = Field(default=60.0, ge=0, exclude=True)  # cap on a server's Retry-After
     endpoints: list[str | EndpointConfig] = Field(
         default_factory=list, exclude=True,
         description="More servers of the same deployment (URLs, or {base_url, concurrency}): requests are balanced "
                     "over base_url and these, and move to the others when one is down. Runtime-only: they serve "
                     "the same model, so keys and cached responses name base_url alone.",
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return checked_base_url(value, "backend.base_url")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_without_credentials(cls, value: list) -> list:
+        for index, endpoint in enumerate(value):
+            if isinstance(endpoint, str):
+                checked_base_url(endpoint, f"backend.endpoints.{index}")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):  # never echo it: may be a key
+            raise UserError("api_key_env must be the NAME of an environment variable, not a key",
+                            field="backend.api_key_env", hint="e.g. api_key_env: OPENAI_API_KEY")
+        return value
 
     @field_serializer("base_url")
     def _without_credentials(self, url: str) -> str:
@@ -143,5 +187,7 @@ def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, mod
             timeout_s=config.timeout_s,
             max_retries=config.max_retries,
             backoff_s=config.backoff_s,
+            max_retry_after_s=config.max_retry_after_s,
+            log=log,
         )
     raise UserError(f"unknown backend type '{config.type}'", field="backend.type", hint="use transformers or openai")

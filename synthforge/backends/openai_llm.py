@@ -1,19 +1,27 @@
 """Generation through any OpenAI-compatible `/v1/chat/completions` endpoint.
 
-Requests run concurrently (bounded by a semaphore) on httpx's async client.
-429, 5xx, timeouts, dropped connections and malformed JSON are retried with
-exponential backoff, at most `max_retries` times per request. The API key is
-read from the environment variable the recipe names; its value is sent only in
-the Authorization header and is scrubbed from every message we raise.
+Requests run concurrently on httpx's async client. One attempt is bounded as a whole by
+`timeout_s` (a server trickling bytes cannot stretch it) and reads at most MAX_RESPONSE_BYTES.
+429, 5xx, timeouts, refused or dropped connections and malformed JSON are retried, at most
+`max_retries` times per request: after the server's `Retry-After` (capped at `max_retry_after_s`)
+when it sends one, else after a jittered exponential backoff. `AdaptiveConcurrency` halves the
+requests in flight on rate limits and raises them again as requests succeed.
+
+The API key is read from the environment variable the recipe names (stripped; refused if it
+holds whitespace or non-ASCII inside), sent only in the Authorization header, and every error
+text that may carry server output goes through `scrub` before it is cut short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
 import random
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
@@ -21,26 +29,94 @@ from synthforge.errors import UserError
 from synthforge.keys import credential_free_url
 
 CONNECTIONS_PER_POOL = 8
-RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
+RETRY_STATUSES = frozenset({408, 409, 425, 429})  # plus every 5xx
+RATE_LIMIT_STATUSES = frozenset({429, 503})  # the ones that may carry Retry-After
+MAX_RESPONSE_BYTES = 1_000_000  # a chat reply is kilobytes; more is a broken server, not a row
+ERROR_BODY_CHARS = 200  # of a server's error body quoted in a message (after scrubbing)
+MAX_BACKOFF_S = 60.0
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;}]+")
+
+
+def scrub(text: str, secrets: Sequence[str | None]) -> str:
+    """`text` without any of `secrets` (nor their JSON-escaped forms) and without any bearer token."""
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(json.dumps(secret)[1:-1], "***")
+    return _BEARER.sub(r"\1***", text)
 
 
 class RetryableError(Exception):
-    """A failure worth another try (rate limit, server error, timeout, garbage)."""
+    """A failure worth another try (rate limit, server error, timeout, lost connection, garbage)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, rate_limited: bool = False,
+                 unreachable: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+        self.unreachable = unreachable
+
+
+class AdaptiveConcurrency:
+    """The one place that decides how many requests are in flight.
+
+    A rate limit halves the limit, once per round (answers to requests sent before the cut do
+    not cut again); `limit` successes in a row raise it by one, up to `maximum`.
+    """
+
+    def __init__(self, maximum: int, on_change: Callable[[int, int], None] | None = None):
+        self.maximum = maximum
+        self.limit = maximum
+        self.in_flight = 0
+        self.trace = [maximum]  # every limit taken, in order
+        self._round = 0
+        self._successes = 0
+        self._on_change = on_change
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> int:
+        """Wait for a free slot; returns the round the request was sent in."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+            return self._round
+
+    async def release(self, sent_in_round: int, outcome: str) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            if outcome == "rate_limited" and sent_in_round == self._round:
+                self._set(max(1, self.limit // 2))
+            elif outcome == "ok":
+                self._successes += 1
+                if self._successes >= self.limit and self.limit < self.maximum:
+                    self._set(self.limit + 1)
+            self._changed.notify_all()
+
+    def _set(self, limit: int) -> None:
+        if self._on_change is not None:
+            self._on_change(self.limit, limit)
+        self.limit, self._successes, self._round = limit, 0, self._round + 1
+        self.trace.append(limit)
 
 
 class OpenAILLM:
     type = "openai"
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, concurrency: int = 8,
-                 timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5):
+                 timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, max_retry_after_s: float = 60.0,
+                 log: Callable[[str], None] | None = None):
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = _read_api_key(api_key_env)
+        self.api_key_env = api_key_env
+        self.api_key = read_api_key(api_key_env)
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.log = log or (lambda message: None)
         self.retries = 0  # retries spent in the last generate() call
+        self.rate_limited = 0  # 429/503 answers in the last generate() call
+        self.limiter: AdaptiveConcurrency | None = None
 
     @property
     def url(self) -> str:
@@ -49,24 +125,35 @@ class OpenAILLM:
     def identity(self) -> dict[str, Any]:
         return endpoint_identity(self.base_url, self.model)
 
+    def status(self) -> dict[str, Any]:
+        """What the progress line shows: the requests allowed in flight now."""
+        return {"concurrency": self.limiter.limit} if self.limiter else {}
+
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
                  on_tokens=None) -> list[GenerationResponse]:
         """Responses arrive one by one under concurrency: `on_response` is the progress (`on_tokens` is not used)."""
-        self.retries = 0
+        self.retries = self.rate_limited = 0
         try:
             return _run_coroutine(self._generate_all(requests, on_response))
         except UserError as exc:
-            exc.message = self.redact(exc.message)
+            exc.message = self.scrub(exc.message)
+            exc.hint = self.scrub(exc.hint) if exc.hint else exc.hint
             raise
 
-    def redact(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
+    def scrub(self, text: str) -> str:
+        return scrub(text, [self.api_key])
+
+    def _server_text(self, body: str) -> str:
+        """Server output fit for a message: scrubbed first, then cut (cutting first could split a key)."""
+        text = " ".join(self.scrub(body).split())
+        return text if len(text) <= ERROR_BODY_CHARS else text[:ERROR_BODY_CHARS] + "..."
 
     async def _generate_all(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None) -> list[GenerationResponse]:
         import httpx
 
         results: list[GenerationResponse | None] = [None] * len(requests)
         pending = iter(range(len(requests)))
+        self.limiter = AdaptiveConcurrency(self.concurrency, self._log_concurrency)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # httpx's pool costs CPU per request in proportion to its size, so high concurrency
         # uses several small pools (measured: one 64-connection pool is ~6x slower than 8 of 8).
@@ -93,24 +180,60 @@ class OpenAILLM:
                 await client.aclose()
         return results  # type: ignore[return-value]
 
-    async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
-        attempt = 0
-        while True:
-            try:
-                return await self._post(client, request)
-            except RetryableError as exc:
-                if attempt >= self.max_retries:
-                    raise UserError(f"{self.url} still failing after {attempt + 1} attempts: {exc}",
-                                    field="backend", hint="raise backend.max_retries or check the server") from None
-                attempt += 1
-                self.retries += 1
-                # jittered exponential backoff; randomness here only spaces out retries, never output
-                await asyncio.sleep(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
+    def _log_concurrency(self, old: int, new: int) -> None:
+        why = "rate limited" if new < old else "requests succeed"
+        self.log(f"{self.base_url}: {why}, concurrency {old} -> {new}")
 
-    async def _post(self, client, request: GenerationRequest) -> GenerationResponse:
+    async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
+        """One request: attempts within the concurrency limit, waits between them outside it."""
+        started = time.monotonic()
+        for attempt in range(self.max_retries + 1):
+            sent_in = await self.limiter.acquire()
+            outcome = "ok"
+            try:
+                return await self._attempt(client, request)
+            except RetryableError as exc:
+                outcome = "rate_limited" if exc.rate_limited else "failed"
+                self.rate_limited += exc.rate_limited
+                if attempt >= self.max_retries:
+                    raise self._gave_up(exc, attempt + 1, time.monotonic() - started) from None
+                retry_after = exc.retry_after
+            finally:
+                await self.limiter.release(sent_in, outcome)
+            self.retries += 1
+            await asyncio.sleep(self._delay(attempt + 1, retry_after))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s)
+        # jittered exponential backoff; randomness here only spaces out retries, never output
+        return min(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()), MAX_BACKOFF_S)
+
+    def _gave_up(self, exc: RetryableError, attempts: int, seconds: float) -> UserError:
+        if exc.unreachable:
+            return UserError(f"cannot reach {self.url}: {exc} ({attempts} attempts in {seconds:.1f}s)",
+                             field="backend.base_url", hint="is the server running?")
+        return UserError(f"{self.url} still failing after {attempts} attempts: {exc}", field="backend",
+                         hint="raise backend.max_retries or check the server")
+
+    async def _attempt(self, client, request: GenerationRequest) -> GenerationResponse:
+        """One HTTP attempt, bounded as a whole by timeout_s."""
         import httpx
 
-        payload = {
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with client.stream("POST", self.url, json=self._payload(request)) as reply:
+                    return await self._read(reply)
+        except TimeoutError:
+            raise RetryableError(f"no complete answer within timeout_s={self.timeout_s:g}s") from None
+        except httpx.ConnectError as exc:
+            raise RetryableError(self._server_text(_reason(exc)), unreachable=True) from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {self._server_text(str(exc))}") from None
+
+    def _payload(self, request: GenerationRequest) -> dict[str, Any]:
+        return {
             "model": self.model,
             "messages": request.chat(),
             "temperature": request.temperature,
@@ -118,18 +241,51 @@ class OpenAILLM:
             "max_tokens": request.max_new_tokens,
             "seed": request.seed,
         }
-        try:
-            reply = await client.post(self.url, json=payload)
-        except httpx.ConnectError as exc:
-            raise UserError(f"cannot reach {self.url}: {_reason(exc)}", field="backend.base_url",
-                            hint="is the server running?") from None
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}") from None
-        if reply.status_code in RETRY_STATUSES or reply.status_code >= 500:
-            raise RetryableError(f"HTTP {reply.status_code}")
-        if reply.status_code >= 400:
-            raise UserError(f"{self.url} answered HTTP {reply.status_code}: {reply.text[:200]}", field="backend")
-        return _parse(reply.content)
+
+    async def _read(self, reply) -> GenerationResponse:
+        status = reply.status_code
+        if status >= 400:
+            body = self._server_text((await _read_capped(reply, 64_000))[0].decode("utf-8", "replace"))
+            if status in RETRY_STATUSES or status >= 500:
+                retry_after = parse_retry_after(reply.headers.get("retry-after")) if status in RATE_LIMIT_STATUSES else None
+                raise RetryableError(f"HTTP {status}: {body}", retry_after=retry_after,
+                                     rate_limited=status in RATE_LIMIT_STATUSES)
+            hint = f"check the key in ${self.api_key_env}" if status in (401, 403) and self.api_key_env else None
+            raise UserError(f"{self.url} answered HTTP {status}: {body}", field="backend", hint=hint)
+        content, complete = await _read_capped(reply, MAX_RESPONSE_BYTES)
+        if not complete:
+            return GenerationResponse("", 0, 0, rejected=f"response larger than {MAX_RESPONSE_BYTES:,} bytes")
+        return _parse(content)
+
+
+async def _read_capped(reply, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether that was all of it."""
+    declared = reply.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return b"", False
+    chunks, size = [], 0
+    async for chunk in reply.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+    return b"".join(chunks), True
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def endpoint_identity(base_url: str, model: str) -> dict[str, str]:
@@ -172,11 +328,17 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _read_api_key(api_key_env: str | None) -> str | None:
+def read_api_key(api_key_env: str | None) -> str | None:
+    """The key in $api_key_env, stripped (keys read from files end in a newline); never echoed in an error."""
     if not api_key_env:
         return None
-    value = os.environ.get(api_key_env)
-    if not value:
-        raise UserError(f"environment variable {api_key_env} is not set", field="backend.api_key_env",
+    key = os.environ.get(api_key_env, "").strip()
+    if not key:
+        raise UserError(f"environment variable {api_key_env} is not set (or blank)", field="backend.api_key_env",
                         hint=f"export {api_key_env}=<your key>")
-    return value
+    bad = next((i for i, c in enumerate(key) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = "whitespace" if key[bad].isspace() else "a non-ASCII or control character"
+        raise UserError(f"the value of {api_key_env} has {what} at position {bad + 1} of {len(key)}",
+                        field="backend.api_key_env", hint=f"set {api_key_env} to the key alone")
+    return key

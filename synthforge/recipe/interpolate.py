@@ -29,6 +29,17 @@ def interpolate(value: Any, variables: dict[str, Any], path: tuple[Any, ...] = (
     return "${".join(PLACEHOLDER.sub(lambda m: str(_lookup(m.group(1), variables, path)), part) for part in parts)
 
 
+def placeholder_names(value: Any) -> set[str]:
+    """Every variable name a `${name}` inside `value` (nested lists and dicts) refers to."""
+    if isinstance(value, dict):
+        return set().union(*(placeholder_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(placeholder_names(v) for v in value))
+    if not isinstance(value, str):
+        return set()
+    return {m.group(1).strip() for part in value.split(ESCAPED) for m in PLACEHOLDER.finditer(part)}
+
+
 def _lookup(name: str, variables: dict[str, Any], path: tuple[Any, ...]) -> Any:
     name = name.strip()
     if name in variables:

@@ -11,6 +11,17 @@ STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+DEFAULT_MAX_REQUESTS = 100_000  # the GPU-sized study (pool=20000) fits, with replicates
+DEFAULT_MAX_TOKENS = 50_000_000
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests: int = Field(DEFAULT_MAX_REQUESTS, ge=0, description="the most LLM requests one build may plan")
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=0, description="the most LLM tokens (prompt + new) one build may plan")
+
+
 class RecipeModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -22,6 +33,7 @@ class RecipeModel(BaseModel):
         default_factory=dict, description="a mapping of variable names to lists of values, one variant per combination"
     )
     steps: dict[str, dict[str, Any]] = Field(description="a mapping of step names to step configs, each with a 'kind'")
+    budget: Budget = Field(default_factory=Budget, description="max_requests and max_tokens a build may plan (never in a key)")
 
     @field_validator("vars", "matrix", mode="before")
     @classmethod

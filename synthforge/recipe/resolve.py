@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,15 @@ from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
-from synthforge.recipe.interpolate import interpolate
+from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
+from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
 from synthforge.steps import step_class
 from synthforge.steps.base import Step, StepParams
 
 DEFAULT_VARIANT = "default"
+MAX_VARIANTS = 10_000  # resolving is per variant: a typo'd range must not hang `plan`
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Recipe:
     model: RecipeModel
     lines: dict[tuple[Any, ...], int]
     variants: list[Variant] = field(default_factory=list)
+    narrowed: dict[str, Any] = field(default_factory=dict)  # matrix variables `--set` narrowed to one value
 
     @property
     def name(self) -> str:
@@ -111,14 +115,35 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     if not isinstance(data, dict):
         raise UserError("a recipe must be a YAML mapping", file=filename, line=1, hint="start with 'name:' and 'steps:'")
     try:
-        model = RecipeModel.model_validate(data)
+        written = RecipeModel.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, RecipeModel, filename, lines, ()) from None
-    recipe = Recipe(path=path, model=model, lines=lines)
+        raise validation_error(exc, RecipeModel, filename, lines, (), data) from None
+    _check_matrix_axes(written, data, filename, lines)
+    model = apply_overrides(written, overrides or {}, filename)
+    _check_variant_count(model, filename, lines)
+    recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed_axes(written, overrides or {}))
     for matrix_values in _matrix_combinations(model.matrix):
-        variables = {**model.vars, **(overrides or {}), **matrix_values}
+        variables = {**model.vars, **matrix_values}
         recipe.variants.append(_resolve_variant(recipe, matrix_values, variables))
     return recipe
+
+
+def _check_variant_count(model: RecipeModel, filename: str, lines: dict[tuple[Any, ...], int]) -> None:
+    count = math.prod(len(values) for values in model.matrix.values())
+    if count > MAX_VARIANTS:
+        sizes = " x ".join(str(len(values)) for values in model.matrix.values())
+        raise UserError(f"the matrix makes {count:,} variants ({sizes}), over the limit of {MAX_VARIANTS:,}", file=filename,
+                        line=line_for(lines, ("matrix",)), field="matrix", hint="fewer values per variable, or split the study")
+
+
+def _check_matrix_axes(model: RecipeModel, data: dict[str, Any], filename: str, lines: dict[tuple[Any, ...], int]) -> None:
+    """A matrix variable no `${...}` uses would build identical variants: an error, not a silent success."""
+    used = placeholder_names({k: v for k, v in data.items() if k not in ("vars", "matrix")})
+    for name in model.matrix:
+        if name not in used:
+            hint = did_you_mean(name, used | set(model.vars)) or f"use it as ${{{name}}} in a step, or remove it"
+            raise UserError(f"matrix variable '{name}' is not used by any ${{...}} in the recipe", file=filename,
+                            line=line_for(lines, ("matrix", name)), field=f"matrix.{name}", hint=hint)
 
 
 def read_recipe_text(path: Path) -> str:
@@ -131,7 +156,10 @@ def read_recipe_text(path: Path) -> str:
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
-    """`--set name=value` pairs; values are parsed as YAML scalars (numbers stay numbers)."""
+    """`--set name=value` pairs; values are parsed as YAML scalars (numbers stay numbers).
+
+    NAME is a variable from vars: or matrix: (a matrix variable narrows the matrix to VALUE) or `seed`.
+    """
     result = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -159,7 +187,8 @@ def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: d
             config = interpolate(raw, variables)
         except UserError as exc:
             path = ("steps", name) + tuple(_path_of(exc.field))
-            raise exc.located(str(recipe.path), recipe.line(*path), ".".join(map(str, path))) from None
+            exc.field = ".".join(map(str, path))
+            raise exc.located(str(recipe.path), recipe.line(*path)) from None
         steps[name] = _resolve_step(recipe, name, config)
     for resolved in steps.values():
         _check_refs(recipe, resolved, steps)
@@ -192,7 +221,7 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
     try:
         params = cls.Params.model_validate(fields)
     except ValidationError as exc:
-        raise validation_error(exc, cls.Params, filename, recipe.lines, where) from None
+        raise validation_error(exc, cls.Params, filename, recipe.lines, where, fields) from None
     except UserError as exc:  # raised by a Params validator that knew the field
         path = where + tuple(_path_of(exc.field))
         exc.field = ".".join(map(str, path))
@@ -280,11 +309,16 @@ def _topological_order(recipe: Recipe, steps: dict[str, ResolvedStep]) -> list[s
 
 
 def validation_error(
-    exc: ValidationError, model: type[BaseModel], filename: str, lines: dict[tuple[Any, ...], int], prefix: tuple
+    exc: ValidationError, model: type[BaseModel], filename: str, lines: dict[tuple[Any, ...], int], prefix: tuple,
+    data: Any = None,
 ) -> UserError:
-    """The first pydantic error as a one-line UserError with file, line, field and a fix."""
-    error = exc.errors()[0]
-    loc = tuple(error["loc"])
+    """The first pydantic error as a one-line UserError with file, line, field and a fix.
+
+    `data` is what was validated: the location keeps only the keys and indices that occur in it,
+    so pydantic's internal union tags (`list[str]`, `int`...) never reach the user.
+    """
+    error = _deepest_of_first_field(exc.errors())
+    loc = _user_loc(tuple(error["loc"]), data, error["type"])
     full = prefix + loc
     field = ".".join(map(str, full))
     line = line_for(lines, full)
@@ -297,10 +331,34 @@ def validation_error(
     hint = f"expected {description}" if description else None
     if error["type"] == "missing":
         return UserError("required field is missing", file=filename, line=line, field=field, hint=hint)
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if "input" in error and not isinstance(error["input"], (dict, list)):
         message += f" (got {error['input']!r})"
     return UserError(message, file=filename, line=line, field=field, hint=hint)
+
+
+def _deepest_of_first_field(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first field's most specific error: for a union, the member that got furthest into the input."""
+    first = errors[0]["loc"][:1]
+    return max((e for e in errors if e["loc"][:1] == first), key=lambda e: len(e["loc"]))
+
+
+def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ...]:
+    if data is None:
+        return loc
+    kept: list[Any] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif error_type == "missing" and index == len(loc) - 1 and isinstance(node, dict):
+            pass  # the missing field itself
+        else:
+            continue  # a union member's tag, a '[key]' marker: pydantic's, not the recipe's
+        kept.append(part)
+    return tuple(kept)
 
 
 def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:

@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -50,6 +50,23 @@ class _FileMarker:
         return "FilePath"
 
 
+def _labels_as_strings(value: Any) -> Any:
+    """Labels are strings: YAML's `{5: positive}` or `[1, 2]` (star ratings) mean "5", "1", "2"."""
+    def text(item: Any) -> Any:
+        if isinstance(item, bool):
+            raise ValueError(f"YAML reads an unquoted yes/no/true/false/on/off as {item}: quote the label, e.g. 'yes'")
+        return str(item) if isinstance(item, (int, float)) else item
+
+    if isinstance(value, dict):
+        return {text(k): text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [text(v) for v in value]
+    return value
+
+
+# A list of labels, or a mapping from a label to a description or new name; numbers become strings.
+Labels = Annotated[list[str] | dict[str, str], BeforeValidator(_labels_as_strings)]
+
 REF = _RefMarker()
 Ref = Annotated[str, REF]
 FILE = _FileMarker()
@@ -70,6 +87,8 @@ class Runtime:
     progress: bool = True
     concurrency: int | None = None
     batch_size: int | None = None
+    max_requests: int | None = None  # budget overrides; None: the recipe's budget
+    max_tokens: int | None = None
     shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
     ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
 
@@ -135,6 +154,14 @@ class StepContext:
         return path
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """What a step will ask of an LLM at most (before response-cache hits): checked against the budget."""
+
+    requests: int
+    tokens: int
+
+
 @dataclass
 class StepResult:
     # None: the main table is the union of `tables` in their order, stored once (no file of its own)
@@ -164,6 +191,10 @@ class Step:
 
     def plan_note(self, params: StepParams) -> str | None:
         """A short estimate shown by `synthforge plan` (e.g. tokens needed)."""
+        return None
+
+    def estimate(self, params: StepParams) -> Estimate | None:
+        """LLM requests and tokens a run needs at most; None for steps that ask no LLM."""
         return None
 
     def run(self, ctx: StepContext) -> StepResult:  # pragma: no cover - abstract

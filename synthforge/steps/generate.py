@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import FilePath, Ref, Step, StepContext, StepParams, StepResult
+from synthforge.steps.base import Estimate, FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
@@ -36,6 +36,11 @@ RESERVED_COLUMNS = frozenset({
     "id", "text", "label", "source", "mode", "row_seed", "temperature", "top_p", "max_new_tokens",
     "paraphrase_of", "model", "label_description", "labels", "examples", "reason", "raw", "index",
 })
+
+
+# What templates get besides the step's variables: topic rows (template, system) and paraphrase rows.
+TOPIC_CONTEXT = frozenset({"label", "label_description", "labels", "examples"})
+PARAPHRASE_CONTEXT = frozenset({"text", "label", "label_description", "labels"})
 
 
 class ValuesFile(StepParams):
@@ -57,7 +62,7 @@ class GenerateParams(StepParams):
          "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
 
     n: int = Field(ge=0)
-    labels: list[str] | dict[str, str]  # a list, or label -> description used in the prompt
+    labels: Labels  # a list, or label -> description used in the prompt
     template: str  # jinja2 (sandboxed)
     system: str | None = None  # optional system message, also a template
     variables: dict[str, list[str] | ValuesFile] = Field(default_factory=dict)
@@ -89,6 +94,19 @@ class GenerateParams(StepParams):
         if clash:
             raise ValueError(f"variable names {clash} are reserved (they are output columns)")
         return value
+
+    @model_validator(mode="after")
+    def _templates_use_what_the_step_provides(self) -> "GenerateParams":
+        from synthforge.generation.prompts import check_template
+
+        topic = set(self.variables) | TOPIC_CONTEXT
+        check_template(self.template, "template", topic)
+        if self.system:
+            check_template(self.system, "system", topic)
+        if self.paraphrase:  # paraphrases of few-shot rows have no topic variables
+            seed_variables = set(self.variables) if self.paraphrase.source == "generated" else set()
+            check_template(self.paraphrase.template, "paraphrase.template", seed_variables | PARAPHRASE_CONTEXT)
+        return self
 
 
 @dataclass
@@ -155,11 +173,12 @@ class GenerateStep(Step):
         return {"backend": backend_identity(params.backend)}
 
     def plan_note(self, params: GenerateParams) -> str | None:
-        prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
-        prompt_tokens = prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
-        total = params.n * (prompt_tokens + params.max_new_tokens)
-        return (f"~{total:,} tokens ({params.n:,} rows × (~{prompt_tokens:,} prompt + "
+        total = self.estimate(params).tokens
+        return (f"~{total:,} tokens ({params.n:,} rows × (~{_prompt_tokens(params):,} prompt + "
                 f"{params.max_new_tokens:,} new)), before response-cache hits")
+
+    def estimate(self, params: GenerateParams) -> Estimate:
+        return Estimate(requests=params.n, tokens=params.n * (_prompt_tokens(params) + params.max_new_tokens))
 
     def run(self, ctx: StepContext) -> StepResult:
         return _Generation(ctx).run()
@@ -324,19 +343,23 @@ class _Generation:
                 streaming["on"] = True
                 bar.update(finished_rows, tokens=new_tokens)
 
+            backend_status = getattr(self.backend, "status", dict)  # e.g. the HTTP backend's current concurrency
+
             def arrived(i: int, response: GenerationResponse) -> None:
                 plan, key = missing[i]
-                cache.put(key, response)  # committed now: a killed run resumes from here
+                if response.rejected is None:
+                    cache.put(key, response)  # committed now: a killed run resumes from here
                 plan.response = response
                 self.stats["responses_generated"] += 1
                 self.stats["generated_prompt_tokens"] += response.prompt_tokens
                 self.stats["generated_completion_tokens"] += response.completion_tokens
                 if not streaming["on"]:
-                    bar.update(1, tokens=response.completion_tokens)
+                    bar.update(1, status=backend_status(), tokens=response.completion_tokens)
 
-            def shard_done(shard: int, result: tuple[list[GenerationResponse], int]) -> None:
-                responses, retries = result
+            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int]) -> None:
+                responses, retries, rate_limited = result
                 self.stats["retries"] += retries
+                self.stats["rate_limited"] += rate_limited
                 if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
                     for j, response in enumerate(responses):
                         arrived(shards[shard].start + j, response)
@@ -381,10 +404,11 @@ class _Generation:
         kept, rejected = [], []
         for plan, result in zip(plans, cleaned):
             row = self._row(plan, result.text)
-            if result.reason is None:
+            reason = plan.response.rejected or result.reason
+            if reason is None:
                 kept.append(row)
             else:
-                rejected.append({**row, "reason": result.reason, "raw": plan.response.text})
+                rejected.append({**row, "reason": reason, "raw": plan.response.text})
         schema = self._schema()
         data = pl.DataFrame(kept, schema=schema, orient="row")
         rejects = pl.DataFrame(rejected, schema={**schema, "reason": pl.String, "raw": pl.String}, orient="row")
@@ -416,6 +440,7 @@ class _Generation:
             "generated_prompt_tokens": self.stats["generated_prompt_tokens"],
             "generated_completion_tokens": self.stats["generated_completion_tokens"],
             "retries": self.stats["retries"],
+            "rate_limited": self.stats["rate_limited"],
             "seconds": round(seconds, 3),
         }
 
@@ -432,17 +457,23 @@ class GenerateWorker:
         # Another process (a Ray actor) builds its own backend and logs to its own output.
         return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
 
-    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int]:
-        """The shard's responses in request order, and the retries they took."""
+    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int]:
+        """The shard's responses in request order, the retries they took and the rate limits (429/503) met."""
         from synthforge.backends.llm import make_backend
 
         if self.backend is None:
             self.backend = make_backend(**self.backend_options)
         responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
-        return responses, getattr(self.backend, "retries", 0)
+        return responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0)
 
 
 # -- helpers --------------------------------------------------------------------
+def _prompt_tokens(params: GenerateParams) -> int:
+    """A rough prompt size: ~4 characters a token, ~40 characters a variable, few-shot examples as long as replies."""
+    prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
+    return prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
+
+
 def _template(source: str, field: str):
     from synthforge.generation.prompts import PromptTemplate
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import FilePath, Step, StepContext, StepParams, StepResult
+from synthforge.steps.base import FilePath, Labels, Step, StepContext, StepParams, StepResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -29,11 +29,30 @@ class LoadParams(StepParams):
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field("auto", description="the file format")
     text_column: str = Field("text", description="the column holding the text")
     label_column: str = Field("label", description="the column holding the label")
-    labels: list[str] | dict[str, str] | None = Field(
+    labels: Labels | None = Field(
         None, description="labels to keep (a list), or a mapping from old to new label names (keeps only those)"
     )
+    encoding: str = Field("utf-8", description="the text encoding of a csv/tsv/jsonl/json file, e.g. latin-1 or cp1252")
     dedup: bool = Field(True, description="drop rows whose text repeats (keeps the first)")
     limit: int | None = Field(None, gt=0, description="keep at most this many rows (a seeded sample)")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise UserError(f"unknown encoding '{value}'", field="encoding",
+                            hint="e.g. utf-8, latin-1, cp1252, utf-16") from None
+
+    @model_serializer(mode="wrap")
+    def _utf8_is_implicit(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("encoding") == "utf-8":  # absent means utf-8: keys from before `encoding:` existed stay valid
+            del data["encoding"]
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> "LoadParams":
@@ -58,26 +77,30 @@ class LoadStep(Step):
     def run(self, ctx: StepContext) -> StepResult:
         import polars as pl
 
-        from synthforge.steps.rows import stable_ids, standard_first
+        from synthforge.steps.rows import describe_dropped, stable_ids, standard_first
 
         params: LoadParams = ctx.params
         frame = read_source(params)
-        frame = _standard_columns(frame, params)
+        if frame.height == 0:
+            raise UserError("the data has no rows", field="path" if params.path else "dataset",
+                            hint="check the file: it holds a header or nothing")
+        frame, dropped = _usable_rows(_standard_columns(frame, params))
         frame = _filter_labels(frame, params.labels)
         before = frame.height
         if params.dedup:
             frame = frame.unique(subset="text", keep="first", maintain_order=True)
+        dropped["duplicates"] = before - frame.height
         if params.limit is not None and frame.height > params.limit:
             frame = frame.sample(params.limit, seed=ctx.seed, shuffle=False)
         if frame.height == 0:
-            raise UserError("no rows left after loading and label filtering", field="labels", hint="check the label names")
+            raise UserError(f"no rows left ({describe_dropped(dropped)})", field="text_column",
+                            hint="check text_column and label_column")
         frame = frame.with_columns(
             stable_ids(frame["text"], frame["label"]),
             pl.lit("real").alias("source"),
         )
         counts = dict(frame.group_by("label").len().sort("label").iter_rows())
-        meta = {"label_counts": counts, "duplicates_dropped": before - frame.height if params.dedup else 0}
-        return StepResult(standard_first(frame), meta=meta)
+        return StepResult(standard_first(frame), meta={"label_counts": counts, "dropped": dropped})
 
 
 def read_source(params: LoadParams) -> "pl.DataFrame":
@@ -86,10 +109,10 @@ def read_source(params: LoadParams) -> "pl.DataFrame":
 
         frame = PACKAGED[params.dataset].loader()
         return frame
-    return read_file(Path(params.path), params.format)
+    return read_file(Path(params.path), params.format, params.encoding)
 
 
-def read_file(path: Path, fmt: str = "auto") -> "pl.DataFrame":
+def read_file(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> "pl.DataFrame":
     import polars as pl
 
     suffixes = [s.lower() for s in path.suffixes]
@@ -100,6 +123,8 @@ def read_file(path: Path, fmt: str = "auto") -> "pl.DataFrame":
         if not fmt:
             raise UserError(f"cannot tell the format of {path.name}", field="format", hint="set format: csv|tsv|jsonl|json|parquet")
     data: Any = _decompressed(path) if compressed else path
+    if fmt != "parquet" and encoding != "utf-8":
+        data = _as_utf8(data, path, encoding)
     try:
         if fmt in ("csv", "tsv"):
             return pl.read_csv(data, separator="\t" if fmt == "tsv" else ",", infer_schema_length=10000)
@@ -109,8 +134,36 @@ def read_file(path: Path, fmt: str = "auto") -> "pl.DataFrame":
             return pl.read_json(data)
         return pl.read_parquet(data)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        if fmt != "parquet":
+            _check_utf8(data, path)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"cannot read {path.name} as {fmt}: {first}", field="path", hint="check the file or set format:") from None
+
+
+ENCODING_HINT = "set encoding: on the load step, e.g. encoding: latin-1 or encoding: cp1252"
+
+
+def _as_utf8(data: bytes | Path, path: Path, encoding: str) -> bytes:
+    raw = data if isinstance(data, bytes) else path.read_bytes()
+    try:
+        return raw.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_text(raw, exc, path, encoding, "set the file's real encoding") from None
+
+
+def _check_utf8(data: bytes | Path, path: Path) -> None:
+    """Raise the precise error when a read failed because the file is not UTF-8."""
+    raw = data if isinstance(data, bytes) else path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_text(raw, exc, path, "UTF-8", ENCODING_HINT) from None
+
+
+def _not_text(raw: bytes, exc: UnicodeDecodeError, path: Path, encoding: str, hint: str) -> UserError:
+    line = raw.count(b"\n", 0, exc.start) + 1
+    return UserError(f"{path.name} line {line} is not {encoding} text (byte 0x{raw[exc.start]:02x})", field="encoding",
+                     hint=hint)
 
 
 def _decompressed(path: Path) -> bytes:
@@ -147,7 +200,17 @@ def _standard_columns(frame: "pl.DataFrame", params: LoadParams) -> "pl.DataFram
         pl.col(text_col).cast(pl.String).alias("text"),
         pl.col(label_col).cast(pl.String).alias("label"),
         *[pl.col(c) for c in extras],
-    ).filter(pl.col("text").is_not_null() & (pl.col("text").str.strip_chars() != "") & pl.col("label").is_not_null())
+    )
+
+
+def _usable_rows(frame: "pl.DataFrame") -> tuple["pl.DataFrame", dict[str, int]]:
+    """Rows with a non-blank text and a label, and how many of each kind were dropped."""
+    import polars as pl
+
+    blank = pl.col("text").is_null() | (pl.col("text").str.strip_chars() == "")
+    unlabelled = ~blank & pl.col("label").is_null()
+    counts = frame.select(blank.sum().alias("blank_text"), unlabelled.sum().alias("missing_label")).row(0, named=True)
+    return frame.filter(~blank & pl.col("label").is_not_null()), {k: int(v) for k, v in counts.items()}
 
 
 def _filter_labels(frame: "pl.DataFrame", labels: list[str] | dict[str, str] | None) -> "pl.DataFrame":

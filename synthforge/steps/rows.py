@@ -75,3 +75,9 @@ def standard_first(frame: "pl.DataFrame") -> "pl.DataFrame":
     """Standard columns first, others after, in their order."""
     first = [c for c in STANDARD_COLUMNS if c in frame.columns]
     return frame.select(first + [c for c in frame.columns if c not in first])
+
+
+def describe_dropped(dropped: dict[str, int]) -> str:
+    """`{"duplicates": 3, "blank_text": 2}` as "dropped 3 duplicates, 2 blank text" ("dropped none" when all zero)."""
+    parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items()) if n]
+    return "dropped " + (", ".join(parts) if parts else "none")

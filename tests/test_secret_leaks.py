@@ -1,0 +1,80 @@
+"""No API key, whole or in part, in the cache, the lockfile or anything a build prints, whatever the server does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from synthforge.cli import main
+from tests.fake_openai_server import FakeOpenAIServer
+
+KEY = "sk-proj-" + "".join(f"{i:03d}Xy" for i in range(40))  # 208 characters, every 16-character piece unique
+RECIPE = """name: leaks
+steps:
+  gen:
+    kind: generate
+    n: 6
+    labels: [good, bad]
+    variables: {{topic: [plot, cast, music]}}
+    template: 'Write a {{{{ label }}}} review about {{{{ topic }}}}.'
+    backend: {{type: openai, base_url: '{url}', model: m, api_key_env: LEAK_TEST_KEY, concurrency: 2,
+               max_retries: 2, backoff_s: 0.01}}
+"""
+
+# (id, the variable's value, the server's behaviour for every request, the build's exit code)
+CASES = [
+    ("401-echoing-the-key", KEY, "echo_key_401", 2),
+    ("400-echoing-the-header", KEY, "echo_auth_400", 2),
+    ("500-with-the-key-in-the-body", KEY, "key_500", 2),
+    ("trailing-newline-key", KEY + "\n", "ok", 0),
+    ("newline-key-then-500s", "  " + KEY + "\r\n", "key_500", 2),
+    ("non-ascii-key", KEY[:100] + "ü" + KEY[100:], "ok", 2),
+    ("key-with-a-newline-inside", KEY[:100] + "\n" + KEY[100:], "ok", 2),
+]
+
+
+def pieces(secret: str, size: int = 16) -> list[str]:
+    return [secret[i:i + size] for i in range(0, len(secret) - size + 1)]
+
+
+def hits(blob: bytes) -> int:
+    """Occurrences of any 16-character piece of the key (a whole key counts many times)."""
+    return sum(blob.count(piece.encode()) for piece in pieces(KEY))
+
+
+def run_build(tmp_path: Path, monkeypatch, value: str, behaviour: str, url_of=lambda fake: fake.base_url):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LEAK_TEST_KEY", value)
+    with FakeOpenAIServer() as fake:
+        fake.default = behaviour
+        Path("r.yaml").write_text(RECIPE.format(url=url_of(fake)))
+        result = CliRunner().invoke(main, ["build", "r.yaml"], catch_exceptions=False)
+    return result, fake
+
+
+def leaked(tmp_path: Path, result) -> int:
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] + list(tmp_path.glob("*.lock"))
+    return sum(hits(p.read_bytes()) for p in files) + hits(result.output.encode()) + hits(result.stderr.encode())
+
+
+@pytest.mark.parametrize("value,behaviour,code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_no_piece_of_the_key_is_recorded_or_printed(tmp_path, monkeypatch, value, behaviour, code):
+    result, fake = run_build(tmp_path, monkeypatch, value, behaviour)
+    assert result.exit_code == code, result.output
+    if code == 0:
+        assert fake.auth_headers and set(fake.auth_headers) == {f"Bearer {KEY}"}  # stripped, then sent
+        assert Path("r.lock").is_file()
+    assert leaked(tmp_path, result) == 0
+
+
+def test_credentials_in_base_url_never_reach_output(tmp_path, monkeypatch):
+    result, fake = run_build(tmp_path, monkeypatch, KEY, "ok", lambda f: f.base_url.replace("http://", f"http://user:{KEY}@"))
+    assert result.exit_code == 2 and "credentials in base_url are refused" in result.stderr
+    assert fake.requests == [] and leaked(tmp_path, result) == 0
+
+
+def test_the_check_itself_finds_a_leak(tmp_path):
+    assert hits(f"quoted: {KEY[50:70]}".encode()) > 0 and hits(KEY.encode()) == len(pieces(KEY))
