@@ -1,11 +1,16 @@
 """Selection, k-means, metrics and embedding throughput.
 
     PYTHONPATH=. python benchmarks/bench_select.py [--rows 100000] [--skip-real]
+    PYTHONPATH=. python benchmarks/bench_select.py --gpu     # the GPU table only; fails when faiss sees no GPU
 
 CPU section: 100k x 384 unit vectors (random and clustered). GPU section
-(1M x 384, k-center 1k, k-means k=1024) runs only when faiss sees a GPU.
-Times are the best of --repeat runs (the machine may be shared). Peak memory is tracemalloc's peak of Python/numpy allocations during the task
-(faiss's C++ buffers are not traced); the process's max RSS is printed at the end.
+(1M x 384: k-center 1k, k-means k=1024 with 20 iterations, on the GPU and the
+same work on the CPU in the same run, interleaved; MiniLM embedding on cuda when
+torch sees it) runs only when faiss sees a GPU.
+Times are the median (± half the range) of --repeat untraced runs; a task and
+its reference get the same repeats. Peak memory comes from one extra run under
+tracemalloc (Python/numpy allocations; faiss's C++ and GPU buffers are not traced),
+never from the timed runs; the process's max RSS is printed at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import importlib.util
 import os
 import platform
 import resource
+import statistics
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -44,53 +51,70 @@ def unit_clustered(n: int, n_topics: int = 200, seed: int = 0) -> np.ndarray:
 REPEAT = 3
 
 
-def measure(fn: Callable[[], Any], repeat: int | None = None, trace: bool = True) -> tuple[float, float, Any]:
-    """(best seconds of `repeat` runs, traced peak MiB, result): the best run is the least disturbed.
+def measure(fn: Callable[[], Any], repeat: int | None = None, trace: bool = True) -> tuple[list[float], float, Any]:
+    """(seconds of `repeat` untraced runs, peak MiB, result).
 
-    tracemalloc slows Python-heavy code (tokenisation) several times: `trace=False`
-    times such tasks untraced and reports the growth of the process's max RSS instead.
+    Peak MiB: tracemalloc's peak in one more run when `trace` (tracemalloc slows
+    Python-heavy code several times, so it never times anything), else the
+    growth of the process's max RSS over the timed runs.
     """
-    best, peak, result = float("inf"), 0.0, None
+    times, result = [], None
+    rss_before = _max_rss_mib()
     for _ in range(repeat or REPEAT):
-        rss_before = _max_rss_mib()
-        if trace:
-            tracemalloc.start()
         start = time.perf_counter()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-        if trace:
-            peak = max(peak, tracemalloc.get_traced_memory()[1] / 2**20)
-            tracemalloc.stop()
-        else:
-            peak = max(peak, _max_rss_mib() - rss_before)
-    return best, peak, result
+        times.append(time.perf_counter() - start)
+    peak = _max_rss_mib() - rss_before
+    if trace:
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return times, peak, result
+
+
+def measure_pair(fn_a: Callable[[], Any], fn_b: Callable[[], Any], repeat: int | None = None) -> tuple[list[float], list[float], Any, Any]:
+    """Two tasks run alternately (a b a b ...), untraced, the same number of times: their times and results."""
+    times_a, times_b, res_a, res_b = [], [], None, None
+    for _ in range(repeat or REPEAT):
+        start = time.perf_counter()
+        res_a = fn_a()
+        times_a.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        res_b = fn_b()
+        times_b.append(time.perf_counter() - start)
+    return times_a, times_b, res_a, res_b
+
+
+def med(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} s ± {(max(times) - min(times)) / 2:.3f}"
 
 
 def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def row(task: str, data: str, seconds: float, peak: float, target: str = "", note: str = "") -> dict[str, str]:
-    return {"task": task, "data": data, "time": f"{seconds:.3f} s", "peak MiB": f"{peak:.0f}", "target": target, "note": note}
+def row(task: str, data: str, seconds: list[float], peak: float | None, target: str = "", note: str = "") -> dict[str, str]:
+    memory = "" if peak is None else f"{peak:.0f}"
+    return {"task": task, "data": data, "time (median ± half-range)": med(seconds), "peak MiB": memory, "target": target, "note": note}
 
 
 def cpu_section(n: int) -> list[dict[str, str]]:
     rows = []
     data = f"{n // 1000}k x {DIM} random"
     x = unit_random(n)
-    s, p, naive = measure(lambda: selection.kcenter_naive(x, 1000), repeat=1)
-    rows.append(row("k-center 1k, plain numpy loop", data, s, p))
-    s, p, fast = measure(lambda: selection.kcenter(x, 1000, gpu=False))
+    naive_t, fast_t, naive, fast = measure_pair(lambda: selection.kcenter_naive(x, 1000), lambda: selection.kcenter(x, 1000, gpu=False))
     same = len(set(fast.tolist()) & set(naive.tolist())) / 1000
-    rows.append(row("k-center 1k (synthforge)", data, s, p, "<= 2.5 s", f"{same:.1%} same rows as the loop"))
+    rows.append(row("k-center 1k, plain numpy loop", data, naive_t, None, note="interleaved with the next row"))
+    rows.append(row("k-center 1k (synthforge)", data, fast_t, None, "<= 2.5 s", f"{same:.1%} same rows as the loop"))
     s, p, _ = measure(lambda: selection.kmeans(x, 100, niter=20, gpu=False))
     rows.append(row("faiss k-means k=100, 20 it + assign", data, s, p, "<= 1.5 s", "trains on 256 rows/centroid"))
     s, p, _ = measure(lambda: selection.semdedup(x, threshold=0.95), repeat=1)
     rows.append(row("semdedup t=0.95 (k=316, 2 buckets/row)", data, s, p))
     s, p, _ = measure(lambda: metrics.vendi(x))
     rows.append(row("Vendi score (d x d Gram)", data, s, p))
-    s, p, _ = measure(lambda: metrics.dcscore(x[:20000]), repeat=1)
-    rows.append(row("DCScore (chunked)", f"20k x {DIM} random", s, p))
+    s, p, _ = measure(lambda: metrics.dcscore(x), repeat=1)
+    rows.append(row(f"DCScore ({metrics.metric_methods(n)['dcscore'][:40]}...)", data, s, p))
     del x
     xc = unit_clustered(n)
     cdata = f"{n // 1000}k x {DIM} clustered"
@@ -118,20 +142,51 @@ def embedding_section() -> list[dict[str, str]]:
     texts = short_sentences(2000)
     s, p, _ = measure(lambda: embedder.embed(texts, batch_size=64), trace=False)
     return [row("MiniLM embedding, 5-12 words", f"2000 sentences, {embedder.device}", s, p,
-                ">= 500 rows/s", f"{len(texts) / s:.0f} rows/s; memory = max RSS growth")]
+                ">= 500 rows/s", f"{len(texts) / statistics.median(s):.0f} rows/s; memory = max RSS growth")]
 
 
-def gpu_section() -> list[dict[str, str]]:
+def gpu_section(required: bool = False, repeat: int = 3) -> list[dict[str, str]]:
+    """1M x 384 on the GPU and the same work on the CPU, interleaved (same repeats, untraced)."""
     if not selection.use_gpu():
-        print("GPU section skipped: faiss sees no GPU (faiss.get_num_gpus() == 0 or a CPU-only build).")
+        message = "faiss sees no GPU (faiss.get_num_gpus() == 0 or a CPU-only faiss build: install faiss-gpu)"
+        if required:
+            sys.exit(f"--gpu: {message}")
+        print(f"GPU section skipped: {message}.")
         return []
     x = unit_random(1_000_000)
+    data = f"1M x {DIM} random"
     rows = []
-    s, p, _ = measure(lambda: selection.kcenter(x, 1000, gpu=True, batch=256, candidates=16384))
-    rows.append(row("GPU k-center 1k", f"1M x {DIM} random", s, p))
-    s, p, _ = measure(lambda: selection.kmeans(x, 1024, niter=20, gpu=True))
-    rows.append(row("GPU faiss k-means k=1024, 20 it", f"1M x {DIM} random", s, p))
+    gpu, cpu, _, _ = measure_pair(lambda: selection.kcenter(x, 1000, gpu=True),
+                                  lambda: selection.kcenter(x, 1000, gpu=False), repeat)
+    rows.append(gpu_row("k-center 1k", data, gpu, cpu))
+    gpu, cpu, _, _ = measure_pair(lambda: selection.kmeans(x, 1024, niter=20, gpu=True),
+                                  lambda: selection.kmeans(x, 1024, niter=20, gpu=False), repeat)
+    rows.append(gpu_row("faiss k-means k=1024, 20 it + assign", data, gpu, cpu))
+    rows += gpu_embedding_rows(repeat)
     return rows
+
+
+def gpu_row(task: str, data: str, gpu: list[float], cpu: list[float]) -> dict[str, str]:
+    speedup = statistics.median(cpu) / statistics.median(gpu)
+    return {"task": task, "data": data, "GPU": med(gpu), "CPU (same run)": med(cpu), "speed-up": f"{speedup:.1f}x",
+            "load avg": f"{os.getloadavg()[0]:.1f}"}
+
+
+def gpu_embedding_rows(repeat: int) -> list[dict[str, str]]:
+    import torch
+
+    from synthforge.backends.embedder import Embedder
+
+    if not torch.cuda.is_available():
+        print("GPU embedding row skipped: torch sees no CUDA device (a CPU build of torch).")
+        return []
+    texts = short_sentences(5000)
+    on_gpu, on_cpu = Embedder(device="cuda"), Embedder(device="cpu")
+    on_gpu.embed(texts[:64])
+    gpu, cpu, _, _ = measure_pair(lambda: on_gpu.embed(texts, batch_size=256), lambda: on_cpu.embed(texts, batch_size=256), repeat)
+    row_ = gpu_row("MiniLM embedding, batch 256", "5000 sentences", gpu, cpu)
+    row_["speed-up"] += f" ({len(texts) / statistics.median(gpu):.0f} rows/s on GPU)"
+    return [row_]
 
 
 def real_levels(rows: int = 2000, n: int = 200) -> None:
@@ -184,13 +239,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=REPEAT, help="runs per fast task; the best is reported")
     parser.add_argument("--skip-real", action="store_true", help="skip the Vendi-by-level table on real reviews")
+    parser.add_argument("--gpu", action="store_true", help="only the GPU table (1M x 384); exits with an error when faiss sees no GPU")
     args = parser.parse_args()
     REPEAT = args.repeat
     print(f"machine: {machine()}\n")
+    if args.gpu:
+        print_table(gpu_section(required=True, repeat=args.repeat))
+        return
     # Embedding first: after heavy faiss work in the same process, faiss's OpenMP
     # threads (a second libgomp beside torch's) can slow torch on CPU several-fold.
-    rows = embedding_section() + cpu_section(args.rows) + gpu_section()
+    rows = embedding_section() + cpu_section(args.rows)
     print_table(rows)
+    print_table(gpu_section())
     print(f"\nprocess max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if not args.skip_real:
         real_levels()

@@ -153,28 +153,31 @@ def entry_for(graph: Graph, cache: Cache, step: str, variant: str | None = None)
 
 
 def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None = None) -> str:
+    """Rows, schema, label counts and head, read lazily: the head and the label column only."""
     import polars as pl
 
-    from synthforge.api import read_table
+    from synthforge.api import table_path
 
+    table_path(entry, table)  # a clear error for a table the step does not have
     manifest = entry.manifest
-    frame = read_table(entry, table)
+    scan = entry.scan(table)  # checks the table's files against the manifest
+    info = manifest.tables[table]
     name = step or manifest.step
     built_as = f", built as step '{manifest.step}' (its ids keep that name)" if name != manifest.step else ""
     lines = [
-        f"step {name} ({manifest.kind}){built_as}, table {table}: {frame.height} rows, key {entry.key}",
+        f"step {name} ({manifest.kind}){built_as}, table {table}: {info.rows} rows, key {entry.key}",
         "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
-        "schema: " + ", ".join(f"{c}: {t}" for c, t in manifest.tables[table].columns.items()),
+        "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
     dropped = manifest.meta.get("dropped")
     if table == "data" and dropped and any(dropped.values()):
         from synthforge.steps.rows import describe_dropped
 
         lines.append(describe_dropped(dropped))
-    if "label" in frame.columns and frame.height:
-        counts = frame.group_by("label").len().sort("label")
+    if "label" in info.columns and info.rows:
+        counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
-    head = frame.select([c for c in frame.columns if c != "embedding"]).head(rows)
+    head = scan.select([c for c in info.columns if c != "embedding"]).head(rows).collect()
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)

@@ -400,7 +400,7 @@ def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: fl
     """The step's tables and its manifest, written into the scratch folder `work` (cache.py owns the format)."""
     return write_entry_files(
         work,
-        {"data": result.data, **result.tables},
+        {"data": result.data, **result.tables} if result.data is not None else dict(result.tables),
         key=node.key,
         step=node.step,
         kind=node.kind,

@@ -2,7 +2,8 @@
 
 Layout under the cache root:
   entries/<kk>/<key>/manifest.json    what, from what, which tables (with content hashes); see `Manifest`
-  entries/<kk>/<key>/<table>.parquet  the main table `data` and any side tables
+  entries/<kk>/<key>/<table>.parquet  the main table `data` and any side tables; a table the
+                                      manifest marks as a `union` of others has no file of its own
   entries/<kk>/<key>/artifacts/       files a step keeps (models, plots...), hashed in the manifest
   derived/<kk>/<key>.json             results computed later from entries (stats), under their own key
   locks/<key>.lock                    one flock per key: a key is computed once
@@ -148,7 +149,10 @@ class TableInfo(_Frozen):
     rows: int = Field(ge=0, description="row count (checked against the parquet footer by verify)")
     columns: dict[str, str] = Field(description="column -> polars dtype")
     content_hash: str = Field(description="xxh3-128 of the parquet file's bytes, checked on every read")
-    bytes: int = Field(ge=0, description="file size")
+    bytes: int = Field(ge=0, description="file size (0 for a union)")
+    union: list[str] | None = Field(
+        None, description="the tables this one is the union of, in row order: it has no file, its rows are stored once"
+    )
 
 
 class Timings(_Frozen):
@@ -189,6 +193,9 @@ class Manifest(_Frozen):
     def computed_checksum(self) -> str:
         data = self.model_dump(mode="json")
         data.pop("checksum")
+        for info in data["tables"].values():  # manifests from before unions existed keep their checksum
+            if info.get("union") is None:
+                info.pop("union", None)
         # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
         return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
@@ -279,7 +286,10 @@ def hash_artifacts(folder: Path) -> dict[str, str]:
 
 
 def write_entry_files(folder: Path, tables: dict[str, "pl.DataFrame"], **fields: Any) -> Manifest:
-    """Write an entry's tables and its sealed manifest into `folder` (not yet in the cache)."""
+    """Write an entry's tables and its sealed manifest into `folder` (not yet in the cache).
+
+    Without a `data` table, the main table is the union of `tables` in their order (each row stored once).
+    """
     folder = Path(folder)
     infos = {}
     for name, frame in tables.items():
@@ -288,10 +298,35 @@ def write_entry_files(folder: Path, tables: dict[str, "pl.DataFrame"], **fields:
             frame.write_parquet(path, statistics=False)
         infos[name] = TableInfo(rows=frame.height, columns={c: str(t) for c, t in frame.schema.items()},
                                 content_hash=hash_file(path), bytes=path.stat().st_size).model_dump()
+    if "data" not in infos:
+        infos = {"data": union_info(infos), **infos}
     manifest = Manifest.seal(**fields, tables=infos, artifacts=hash_artifacts(folder))
     with storage_errors(folder):
         (folder / MANIFEST).write_text(manifest.to_json())
     return manifest
+
+
+def union_info(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Manifest info of a main table that is the union of side tables (read through their files)."""
+    first = next(iter(parts.values()))
+    return TableInfo(rows=sum(info["rows"] for info in parts.values()), columns=first["columns"],
+                     content_hash=key_of([info["content_hash"] for info in parts.values()]), bytes=0,
+                     union=list(parts)).model_dump()
+
+
+def _union_problems(name: str, info: TableInfo, tables: dict[str, TableInfo]) -> list[str]:
+    """A union table's rows, columns and hash against its parts' (which are checked against their files)."""
+    missing = [part for part in info.union or [] if part not in tables]
+    if missing:
+        return [f"table {name}: its part {part} is not in the manifest" for part in missing]
+    parts = [tables[part] for part in info.union or []]
+    rows = sum(part.rows for part in parts)
+    problems = [f"table {name}: {rows} rows, manifest says {info.rows}"] if rows != info.rows else []
+    if any(part.columns != info.columns for part in parts):
+        problems.append(f"table {name}: columns differ from its parts'")
+    if key_of([part.content_hash for part in parts]) != info.content_hash:
+        problems.append(f"table {name}: content hash differs from its parts'")
+    return problems
 
 
 def table_problems(folder: Path, manifest: Manifest, full: bool) -> list[str]:
@@ -300,6 +335,9 @@ def table_problems(folder: Path, manifest: Manifest, full: bool) -> list[str]:
     problems = []
     for name, info in manifest.tables.items():
         path = folder / f"{name}.parquet"
+        if info.union is not None:  # no file of its own: its parts are checked as tables
+            problems += _union_problems(name, info, manifest.tables) if full else []
+            continue
         if not path.is_file():
             problems.append(f"table {name}: file missing")
         elif path.stat().st_size != info.bytes or hash_file(path) != info.content_hash:
@@ -334,17 +372,26 @@ def verify_folder(folder: Path, key: str | None = None, full: bool = True) -> li
     return table_problems(folder, manifest, full)
 
 
-def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
-    """A table of an entry folder, after checking its bytes against the manifest's content hash."""
+def scan_table(folder: Path, table: str = "data") -> "pl.LazyFrame":
+    """The one way a cached table is read: its files' bytes are checked against the manifest's
+    content hashes (DamagedEntry otherwise), then scanned lazily, so a head or a column reads only that."""
     import polars as pl
 
     manifest = read_manifest(folder)
     if table not in manifest.tables:
         raise UserError(f"step '{manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(manifest.tables)}")
-    problems = table_problems(folder, manifest.model_copy(update={"tables": {table: manifest.tables[table]}}), full=False)
+    parts = manifest.tables[table].union or [table]
+    checked = manifest.model_copy(update={"tables": {part: manifest.tables[part] for part in parts if part in manifest.tables}})
+    problems = table_problems(folder, checked, full=False)
     if problems:
         raise DamagedEntry(folder, problems[0], manifest.step)
-    return pl.read_parquet(Path(folder) / f"{table}.parquet", columns=columns)
+    return pl.scan_parquet([Path(folder) / f"{part}.parquet" for part in parts])
+
+
+def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
+    """A table of an entry folder, checked (see `scan_table`)."""
+    frame = scan_table(folder, table)
+    return (frame.select(columns) if columns is not None else frame).collect()
 
 
 @dataclass
@@ -359,6 +406,9 @@ class Entry:
 
     def table_path(self, table: str = "data") -> Path:
         return self.path / f"{table}.parquet"
+
+    def scan(self, table: str = "data") -> "pl.LazyFrame":
+        return scan_table(self.path, table)
 
     def read_table(self, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
         return read_table(self.path, table, columns)

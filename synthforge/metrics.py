@@ -6,10 +6,12 @@ Diversity (higher = more diverse unless noted):
   vendi                 exp(entropy of the eigenvalues of K/n), in [1, n]: the
                         "effective number" of distinct items (Friedman & Dieng 2023);
   dcscore               trace of the row-wise softmax of K / tau, in [1, n]
-                        (Zhu et al. 2025); tau = DCSCORE_TAU = 0.1 by default: at
-                        tau = 1 every row's softmax is nearly flat over n rows of
-                        cosine similarity in [-1, 1], so the score sits near 1-3
-                        whatever the set; at 0.1 it spreads over the range;
+                        (Zhu et al. 2025); tau = DCSCORE_TAU = 0.1 by default (at tau = 1
+                        every row's softmax is nearly flat over cosine similarities in
+                        [-1, 1], so the score sits near 1-3 whatever the set); exact up to DCSCORE_EXACT_MAX_ROWS
+                        rows, above that n times the mean of the exact terms of a seeded
+                        sample of DCSCORE_SAMPLE_ROWS rows (each against all n rows), with
+                        its standard error as `dcscore_se`;
   mean_cosine_distance  mean over pairs i != j of 1 - cos(x_i, x_j);
   distinct_1/2          distinct unigrams/bigrams over all n-grams of the texts;
   cluster_entropy       entropy of the shares over k-means clusters / log k, in [0, 1];
@@ -18,84 +20,167 @@ Diversity (higher = more diverse unless noted):
 Shift to the reference (lower = closer):
   mmd_rbf               unbiased squared MMD, RBF kernel, median-heuristic bandwidth;
   frechet               Frechet distance between Gaussians fitted to both sets;
-  nn_real_similarity    mean cosine similarity to the nearest reference row (higher = closer).
+  nn_real_similarity    mean cosine similarity to the nearest reference row (higher = closer);
+                        over a seeded sample of NN_MAX_ROWS rows when there are more.
+
+Every metric costs at most linear time in the rows (the quadratic ones are
+sampled above a fixed size, see `metric_methods`) and streams the rows in
+blocks, so the only full-size array is the unit-row matrix itself.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import polars as pl
 
-METRICS_VERSION = "2"  # 2: DCScore at tau 0.1
+METRICS_VERSION = "3"  # 2: DCScore and nearest-real similarity sampled above a size; 3: DCScore at tau 0.1
 DCSCORE_TAU = 0.1
 MMD_MAX_ROWS = 2000  # per side; the kernel matrices are (2 * MMD_MAX_ROWS)^2
 CLUSTER_ENTROPY_MAX_K = 50
+DCSCORE_EXACT_MAX_ROWS = 10_000  # exact (n^2 d work) up to here
+DCSCORE_SAMPLE_ROWS = 1_000  # above: this many sampled rows, each against all n (linear in n)
+NN_MAX_ROWS = 2_000  # rows whose nearest reference row is searched (all reference rows are searched)
+BLOCK_ROWS = 16_384  # rows per block when streaming over a matrix
 
 
 def _unit(x: Any) -> "np.ndarray":
-    from synthforge.selection import as_unit_float32
+    from synthforge.selection import as_unit_rows
 
-    return as_unit_float32(x)
+    return as_unit_rows(x)
+
+
+def _blocks(total: int, size: int = BLOCK_ROWS) -> "range":
+    return range(0, total, size)
+
+
+def _moments(x: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Column sums and the d x d Gram X^T X, accumulated in float64 a block of rows at a time."""
+    import numpy as np
+
+    d = x.shape[1]
+    total, gram = np.zeros(d), np.zeros((d, d))
+    for start in _blocks(len(x)):
+        block = x[start : start + BLOCK_ROWS].astype(np.float64)
+        total += block.sum(axis=0)
+        gram += block.T @ block
+    return total, gram
 
 
 def vendi(x: Any) -> float:
     """Vendi score; from the d x d Gram X^T X / n when n > d (same non-zero eigenvalues as XX^T / n)."""
     import numpy as np
 
-    x = _unit(x).astype(np.float64)
+    x = _unit(x)
     n, d = x.shape
     if n == 0:
         return 0.0
-    gram = (x.T @ x) / n if n > d else (x @ x.T) / n
+    if n > d:
+        gram = _moments(x)[1] / n
+    else:
+        x64 = x.astype(np.float64)
+        gram = (x64 @ x64.T) / n
+    return _vendi_of_gram(gram)
+
+
+def _vendi_of_gram(gram: "np.ndarray") -> float:
+    import numpy as np
+
     eig = np.clip(np.linalg.eigvalsh(gram), 0.0, None)
     eig = eig[eig > 1e-12]
     eig /= eig.sum()  # zero rows make the trace < 1
     return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
-def dcscore(x: Any, tau: float = DCSCORE_TAU, chunk: int | None = None) -> float:
-    """sum_i softmax(K_i / tau)_i, computed a block of rows at a time (never the n x n kernel)."""
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    standard_error: float  # 0 when exact
+    method: str
+
+
+def dcscore(x: Any, tau: float = DCSCORE_TAU, chunk: int | None = None, seed: int = 0) -> float:
+    """sum_i softmax(K_i / tau)_i (see `dcscore_estimate`)."""
+    return dcscore_estimate(x, tau=tau, chunk=chunk, seed=seed).value
+
+
+def dcscore_estimate(
+    x: Any, tau: float = DCSCORE_TAU, chunk: int | None = None, seed: int = 0,
+    exact_max_rows: int = DCSCORE_EXACT_MAX_ROWS, sample_rows: int = DCSCORE_SAMPLE_ROWS,
+) -> Estimate:
+    """DCScore: exact up to `exact_max_rows` rows; above, from the exact terms of a seeded row sample.
+
+    Each term softmax(K_i / tau)_i is computed against every row, so the sample
+    mean is unbiased; the standard error is that of a sample mean without
+    replacement (finite-population corrected).
+    """
     import numpy as np
 
     x = _unit(x)
-    chunk = chunk or max(1, 2**22 // max(len(x), 1))  # ~32 MiB of float64 logits per block
-    total = 0.0
-    for start in range(0, len(x), chunk):
-        logits = (x[start : start + chunk] @ x.T).astype(np.float64)
-        logits /= tau
-        logits -= logits.max(axis=1, keepdims=True)
-        diag = logits[np.arange(len(logits)), np.arange(start, start + len(logits))].copy()
-        np.exp(logits, out=logits)
-        total += float(np.exp(diag - np.log(logits.sum(axis=1))).sum())
-    return total
+    n = len(x)
+    if n <= exact_max_rows:
+        return Estimate(float(_dcscore_terms(x, np.arange(n), tau, chunk).sum()), 0.0, "exact")
+    rows = np.sort(np.random.default_rng([seed, 0xDC5]).choice(n, sample_rows, replace=False))
+    terms = _dcscore_terms(x, rows, tau, chunk)
+    error = n * terms.std(ddof=1) / math.sqrt(sample_rows) * math.sqrt(1 - sample_rows / n)
+    return Estimate(n * float(terms.mean()), float(error), f"sample of {sample_rows} rows (seed {seed}), each against all {n}")
+
+
+def _dcscore_terms(x: "np.ndarray", rows: "np.ndarray", tau: float, chunk: int | None = None) -> "np.ndarray":
+    """softmax(K_i / tau)_i for each i in `rows`: a block of rows against a block of columns at a time,
+    with a streaming log-sum-exp (never a |rows| x n matrix)."""
+    import numpy as np
+
+    row_block = chunk or 256
+    col_block = max(row_block, 2**22 // row_block)  # ~16 MiB of float32 logits per block pair
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), row_block):
+        xr = x[rows[start : start + row_block]]
+        own = np.einsum("ij,ij->i", xr, xr).astype(np.float64) / tau
+        peak = np.full(len(xr), -np.inf)
+        total = np.zeros(len(xr))
+        for col in range(0, len(x), col_block):
+            logits = (xr @ x[col : col + col_block].T).astype(np.float64) / tau
+            block_peak = logits.max(axis=1)
+            new_peak = np.maximum(peak, block_peak)
+            total = total * np.exp(peak - new_peak) + np.exp(logits - new_peak[:, None]).sum(axis=1)
+            peak = new_peak
+        out[start : start + len(xr)] = np.exp(own - peak - np.log(total))
+    return out
 
 
 def mean_cosine_distance(x: Any) -> float:
     """Closed form: sum_{i != j} x_i.x_j = |sum x|^2 - sum |x_i|^2."""
     import numpy as np
 
-    x = _unit(x).astype(np.float64)
-    n = len(x)
+    x = _unit(x)
+    return _mean_cosine_distance_of_moments(len(x), *_moments(x))
+
+
+def _mean_cosine_distance_of_moments(n: int, total: "np.ndarray", gram: "np.ndarray") -> float:
+    import numpy as np
+
     if n < 2:
         return 0.0
-    total = x.sum(axis=0)
-    off_diagonal = float(total @ total) - float((x * x).sum())
+    off_diagonal = float(total @ total) - float(np.trace(gram))  # trace(X^T X) = sum |x_i|^2
     return 1.0 - off_diagonal / (n * (n - 1))
 
 
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams / all n-grams over lower-cased whitespace tokens."""
-    seen: set[tuple[str, ...]] = set()
-    count = 0
-    for text in texts:
-        tokens = str(text).lower().split()
-        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-        seen.update(grams)
-        count += len(grams)
-    return len(seen) / count if count else 0.0
+def distinct_n(texts: "list[str] | pl.Series", n: int) -> float:
+    """Distinct n-grams / all n-grams over lower-cased whitespace tokens (polars, no loop per text)."""
+    import polars as pl
+
+    tokens = pl.Series("t", texts, dtype=pl.String).fill_null("").str.to_lowercase().str.extract_all(r"\S+")
+    flat = tokens.to_frame().with_row_index("row").explode("t").drop_nulls("t")
+    # tokens hold no whitespace, so joining n of them with " " names the n-gram uniquely
+    gram = pl.concat_str([pl.col("t").shift(-k) for k in range(n)], separator=" ")
+    whole = pl.col("row").shift(-(n - 1)) == pl.col("row")  # all n tokens from one text
+    grams = flat.select(gram.filter(whole).alias("gram"))["gram"]
+    return grams.n_unique() / len(grams) if len(grams) else 0.0
 
 
 def cluster_entropy(x: Any, k: int | None = None, seed: int = 0, basis: Any = None) -> float:
@@ -158,16 +243,29 @@ def frechet_distance(x: Any, y: Any) -> float:
     """|mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2)); the trace term via a symmetric eigenproblem."""
     import numpy as np
 
-    x, y = _unit(x).astype(np.float64), _unit(y).astype(np.float64)
+    x, y = _unit(x), _unit(y)
     if len(x) < 2 or len(y) < 2:
         return float("nan")
-    mu_x, mu_y = x.mean(0), y.mean(0)
-    s_x, s_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    return _frechet_of_moments(_mean_cov(len(x), *_moments(x)), _mean_cov(len(y), *_moments(y)))
+
+
+def _frechet_of_moments(moments_x: tuple["np.ndarray", "np.ndarray"], moments_y: tuple["np.ndarray", "np.ndarray"]) -> float:
+    import numpy as np
+
+    (mu_x, s_x), (mu_y, s_y) = moments_x, moments_y
     root_x = _psd_sqrt(s_x)
     # tr((S_x S_y)^(1/2)) = sum sqrt(eig(S_x^(1/2) S_y S_x^(1/2))), which is symmetric PSD
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ s_y @ root_x), 0.0, None)).sum()
     value = float(((mu_x - mu_y) ** 2).sum() + np.trace(s_x) + np.trace(s_y) - 2 * cross)
     return max(value, 0.0)
+
+
+def _mean_cov(n: int, total: "np.ndarray", gram: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Mean and sample covariance from streamed moments (no float64 copy of the rows)."""
+    import numpy as np
+
+    mean = total / n
+    return mean, (gram - n * np.outer(mean, mean)) / (n - 1)
 
 
 def _psd_sqrt(matrix: "np.ndarray") -> "np.ndarray":
@@ -177,43 +275,69 @@ def _psd_sqrt(matrix: "np.ndarray") -> "np.ndarray":
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def nn_real_similarity(x: Any, reference: Any) -> float:
-    """Mean over rows of x of the cosine similarity to their nearest reference row (faiss, exact)."""
+def nn_real_similarity(x: Any, reference: Any, seed: int = 0, max_rows: int = NN_MAX_ROWS) -> float:
+    """Mean over rows of x (a seeded sample of `max_rows` when more) of the cosine similarity
+    to their nearest reference row (faiss, exact over all reference rows)."""
+    import numpy as np
+
     from synthforge.selection import _flat_ip_index, use_gpu
 
     x, reference = _unit(x), _unit(reference)
     if len(x) == 0 or len(reference) == 0:
         return float("nan")
+    x = _subsample(x, max_rows, np.random.default_rng([seed, 0x4E4E]))
     sims, _ = _flat_ip_index(reference, use_gpu()).search(x, 1)
     return float(sims[:, 0].mean())
 
 
+def metric_methods(rows: int, reference_rows: int | None = None) -> dict[str, str]:
+    """How each size-dependent metric was computed for `rows` rows (recorded in step metas)."""
+    methods = {
+        "dcscore": "exact" if rows <= DCSCORE_EXACT_MAX_ROWS
+        else f"mean of the exact terms of {DCSCORE_SAMPLE_ROWS} sampled rows x {rows}; standard error in dcscore_se",
+        "vendi": "exact (d x d Gram)",
+        "cluster_entropy": f"k-means, k <= {CLUSTER_ENTROPY_MAX_K}, trained on <= 256 rows per centroid",
+    }
+    if reference_rows is not None:
+        sampled = rows > MMD_MAX_ROWS or reference_rows > MMD_MAX_ROWS
+        methods["mmd_rbf"] = f"{MMD_MAX_ROWS} sampled rows per side" if sampled else "exact"
+        methods["nn_real_similarity"] = f"{NN_MAX_ROWS} sampled rows" if rows > NN_MAX_ROWS else "exact"
+    return methods
+
+
 # -- all together --------------------------------------------------------------
 def diversity_metrics(
-    emb: Any, texts: list[str] | None = None, reference_emb: Any = None, seed: int = 0, pool_emb: Any = None,
-    tau: float = DCSCORE_TAU,
+    emb: Any, texts: "list[str] | pl.Series | None" = None, reference_emb: Any = None, seed: int = 0,
+    pool_emb: Any = None, tau: float = DCSCORE_TAU,
 ) -> dict[str, float]:
     """Every diversity metric (text ones when texts are given), plus shift when a reference is given.
 
-    `pool_emb`: the rows a selection was drawn from (the basis for cluster entropy); `tau`: DCScore's temperature.
+    `pool_emb`: the rows a selection was drawn from (the basis for cluster entropy);
+    `tau`: DCScore's temperature. `metric_methods` says which values are sampled estimates.
     """
     x = _unit(emb)
     basis = pool_emb if pool_emb is not None else reference_emb
     out: dict[str, float] = {"rows": float(len(x))}
-    if len(x):
+    n = len(x)
+    moments = _moments(x) if n else None
+    if n:
+        dc = dcscore_estimate(x, tau=tau, seed=seed)
         out.update(
-            vendi=vendi(x),
-            dcscore=dcscore(x, tau=tau),
-            mean_cosine_distance=mean_cosine_distance(x),
+            vendi=vendi(x) if n <= x.shape[1] else _vendi_of_gram(moments[1] / n),
+            dcscore=dc.value,
+            mean_cosine_distance=_mean_cosine_distance_of_moments(n, *moments),
             cluster_entropy=cluster_entropy(x, seed=seed, basis=basis),
         )
+        if dc.method != "exact":
+            out["dcscore_se"] = dc.standard_error
     if texts is not None:
         out.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2))
     if reference_emb is not None and len(x):
         ref = _unit(reference_emb)
         out.update(
             mmd_rbf=mmd_rbf(x, ref, seed=seed),
-            frechet=frechet_distance(x, ref),
-            nn_real_similarity=nn_real_similarity(x, ref),
+            frechet=_frechet_of_moments(_mean_cov(n, *moments), _mean_cov(len(ref), *_moments(ref)))
+            if n >= 2 and len(ref) >= 2 else float("nan"),
+            nn_real_similarity=nn_real_similarity(x, ref, seed=seed),
         )
     return out

@@ -19,6 +19,7 @@ from synthforge.steps.embed import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import polars as pl
 
 
 
@@ -52,7 +53,7 @@ def entry_stats(
     force: bool = False,
 ) -> dict[str, Any]:
     """Metrics of one cached table (and its shift to `reference`), from the cache's derived records when possible."""
-    from synthforge.metrics import METRICS_VERSION, diversity_metrics
+    from synthforge.metrics import METRICS_VERSION, diversity_metrics, metric_methods
 
     entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
     key = stats_key(entry, reference, model, seed)
@@ -75,6 +76,7 @@ def entry_stats(
         "reference": reference.key if reference is not None else None,
         "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed),
         "label_agreement": _agreement(emb, labels, ref_emb, ref_labels, seed),
+        "metric_methods": metric_methods(len(emb), len(ref_emb) if ref_emb is not None else None),
     }
     sources = [entry.key] + ([reference.key] if reference is not None else [])
     return cache.write_derived(key, stats, sources)
@@ -94,13 +96,13 @@ def _agreement(emb, labels, ref_emb, ref_labels, seed: int) -> dict[str, Any] | 
     return found.summary(labels) if found is not None else None
 
 
-def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", list[str] | None, list[str] | None]:
+def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", "pl.Series | None", list[str] | None]:
     import polars as pl
 
     from synthforge.steps.embed import embeddings_of
 
     frame = table.frame()
-    texts = frame["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in frame.columns else None
+    texts = frame["text"].cast(pl.Utf8).fill_null("") if "text" in frame.columns else None
     labels = frame["label"].cast(pl.Utf8).to_list() if "label" in frame.columns else None
     if EMBEDDING_COLUMN in frame.columns:
         return embeddings_of(frame), texts, labels
@@ -108,7 +110,7 @@ def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["
         raise UserError(f"{table} has neither an '{EMBEDDING_COLUMN}' nor a 'text' column")
     from synthforge.backends.embedder import get_embedder
 
-    return get_embedder(model, device).embed(texts), texts, labels
+    return get_embedder(model, device).embed(texts.to_list()), texts, labels
 
 
 # -- display -------------------------------------------------------------------

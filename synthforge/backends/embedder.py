@@ -69,6 +69,8 @@ class Embedder:
             # torch defaults to every core it sees, even outside our affinity mask.
             torch.set_num_threads(usable_cpus())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token is None:  # padded positions are masked out: any token will do
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token or self.tokenizer.convert_ids_to_tokens(0)
         self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
 
     @property
@@ -79,29 +81,27 @@ class Embedder:
         return model_identity(self.model_name)
 
     def embed(self, texts: list[str], batch_size: int = 64, progress: "Progress | None" = None) -> "np.ndarray":
+        """Unit float32 rows in input order; batches are tokenized as they run (memory bounded by a batch)."""
         import numpy as np
         import torch
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        # Sorting by token count keeps each batch's padding (wasted compute) small.
-        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        # Longest first by characters (a proxy for tokens): each batch's padding stays small.
+        order = np.argsort(-np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                out[rows] = self._embed_batch([ids[i] for i in rows])
+                out[rows] = self._embed_batch([texts[i] for i in rows])
                 if progress is not None:
                     progress.update(len(rows))
         return out
 
-    def _embed_batch(self, ids: list[list[int]]) -> "np.ndarray":
-        import torch
-
-        input_ids, mask = _pad(ids, self.tokenizer.pad_token_id or 0)
-        input_ids = torch.from_numpy(input_ids).to(self.device)
-        mask = torch.from_numpy(mask).to(self.device)
+    def _embed_batch(self, texts: list[str]) -> "np.ndarray":
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        input_ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return mean_pool(hidden, mask).float().cpu().numpy()
 
@@ -114,18 +114,6 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
     summed = (hidden * weights).sum(dim=1)
     pooled = summed / weights.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-
-def _pad(ids: list[list[int]], pad_id: int) -> tuple["np.ndarray", "np.ndarray"]:
-    import numpy as np
-
-    width = max(len(row) for row in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return input_ids, mask
 
 
 _LOADED: dict[tuple[str, str, int], Embedder] = {}

@@ -114,15 +114,17 @@ class InputTable:
     def step(self) -> str:
         return self.manifest.step
 
-    @property
-    def path(self) -> Path:
-        return self.entry_dir / f"{self.table}.parquet"
-
     def frame(self, columns: list[str] | None = None) -> "pl.DataFrame":
         """The table, after its bytes matched the manifest's content hash (DamagedEntry otherwise)."""
         from synthforge.cache import read_table
 
         return read_table(self.entry_dir, self.table, columns)
+
+    def scan(self) -> "pl.LazyFrame":
+        """The table as a lazy scan, checked like `frame`: a head or a column reads only that."""
+        from synthforge.cache import scan_table
+
+        return scan_table(self.entry_dir, self.table)
 
     def artifact(self, name: str) -> Path:
         """A file or folder the upstream step left under its `artifacts/`."""
@@ -162,7 +164,8 @@ class Estimate:
 
 @dataclass
 class StepResult:
-    data: "pl.DataFrame"
+    # None: the main table is the union of `tables` in their order, stored once (no file of its own)
+    data: "pl.DataFrame | None"
     tables: dict[str, "pl.DataFrame"] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able; lands in manifest["meta"]
 

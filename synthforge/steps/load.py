@@ -97,7 +97,7 @@ class LoadStep(Step):
             raise UserError(f"no rows left ({describe_dropped(dropped)})", field="text_column",
                             hint="check text_column and label_column")
         frame = frame.with_columns(
-            pl.Series("id", stable_ids(frame["text"].to_list(), frame["label"].to_list())),
+            stable_ids(frame["text"], frame["label"]),
             pl.lit("real").alias("source"),
         )
         counts = dict(frame.group_by("label").len().sort("label").iter_rows())

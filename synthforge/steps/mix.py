@@ -181,12 +181,15 @@ def _label_groups(pool, rng, cap: int | None) -> "dict[str, np.ndarray] | None":
     """Row indices per label, each group in a seeded random order, capped."""
     import numpy as np
 
+    from synthforge.steps.rows import label_codes
+
     if pool is None:
         return None
-    labels = pool["label"].cast(str).to_numpy()
+    names, codes = label_codes(pool["label"])
+    by_label = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes, minlength=len(names)))[:-1])
     groups = {}
-    for label in sorted(set(labels.tolist())):
-        indices = rng.permutation(np.flatnonzero(labels == label))
+    for label, members in zip(names, by_label):  # one seeded shuffle per label, in label order
+        indices = rng.permutation(members)
         groups[label] = indices[:cap] if cap is not None else indices
     return groups
 
@@ -239,9 +242,9 @@ def _check_unique_ids(picked: dict[str, Any]) -> None:
     frames = [f for f in picked.values() if f is not None and f.height]
     if len(frames) < 2:
         return
-    shared = set(frames[0]["id"].to_list()) & set(frames[1]["id"].to_list())
-    if shared:
-        example = sorted(shared)[:3]
+    shared = frames[0]["id"].filter(frames[0]["id"].is_in(frames[1]["id"].implode())).unique()
+    if len(shared):
+        example = shared.sort().head(3).to_list()
         raise UserError(
             f"{len(shared)} id(s) appear in both real and synthetic inputs (e.g. {example})",
             field="synthetic",

@@ -4,27 +4,71 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import xxhash
+from synthforge.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import polars as pl
 
 STANDARD_COLUMNS = ["id", "text", "label", "source"]
 
 
-def stable_ids(texts: list[str], labels: list[str], prefix: str = "") -> list[str]:
+def stable_ids(texts: "pl.Series | list[str]", labels: "pl.Series | list[str]", prefix: str = "") -> "pl.Series":
     """Ids from content, so the same row gets the same id in every build and recipe.
 
-    Repeats of the same (text, label) get a `~n` suffix in order of appearance.
+    An id is the hex xxh3-64 of `label \\x1f text` (polars-hash, no Python loop per row);
+    repeats of the same (text, label) get a `~n` suffix in order of appearance.
     """
-    seen: dict[str, int] = {}
-    ids = []
-    for text, label in zip(texts, labels):
-        base = prefix + xxhash.xxh3_64_hexdigest(f"{label}\x1f{text}".encode())
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        ids.append(base if count == 0 else f"{base}~{count}")
-    return ids
+    import numpy as np
+    import polars as pl
+    import polars_hash as plh
+
+    frame = pl.DataFrame({"text": pl.Series(texts, dtype=pl.String), "label": pl.Series(labels, dtype=pl.String)})
+    digests = frame.select(plh.concat_str("label", pl.lit("\x1f"), "text").nchash.xxh3_64())
+    digest_values = digests.to_series().to_numpy()
+    repeats = np.zeros(len(digest_values), dtype=np.int64)
+    repeated = np.flatnonzero(digests.to_series().is_duplicated().to_numpy())  # usually few: rank only those
+    repeats[repeated] = rank_within_groups(digest_values[repeated])
+    base = pl.DataFrame({"base": prefix + _hex64(digest_values), "repeat": repeats})
+    repeat = pl.col("repeat")
+    ids = base.select(pl.when(repeat == 0).then("base").otherwise(pl.col("base") + "~" + repeat.cast(pl.String)).alias("id"))
+    return ids.to_series()
+
+
+def rank_within_groups(keys: "np.ndarray") -> "np.ndarray":
+    """For each position, how many earlier positions hold the same key (a stable sort, no Python loop)."""
+    import numpy as np
+
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys)) - run_start
+    return rank
+
+
+def _hex64(values: "np.ndarray") -> "pl.Series":
+    """16-digit lower-case hex of uint64 values (as xxhash's hexdigest writes them)."""
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
+    big_endian = np.ascontiguousarray(values, dtype=">u8")
+    raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(big_endian), [None, pa.py_buffer(big_endian)])
+    return pl.from_arrow(raw).cast(pl.Binary).bin.encode("hex")
+
+
+def label_codes(labels: "pl.Series") -> tuple[list[str], "np.ndarray"]:
+    """The sorted distinct labels and each row's index into them (int64 codes, no per-row Python)."""
+    import polars as pl
+
+    labels = labels.cast(pl.String)
+    if labels.null_count():
+        raise UserError(f"{labels.null_count()} rows have no label", field="input", hint="drop or label them upstream")
+    names = labels.unique().sort()
+    codes = labels.cast(pl.Enum(names.to_list())).to_physical().to_numpy().astype("int64")
+    return names.to_list(), codes
 
 
 def standard_first(frame: "pl.DataFrame") -> "pl.DataFrame":

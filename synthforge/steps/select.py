@@ -68,7 +68,7 @@ class SelectParams(StepParams):
 
 class SelectStep(Step):
     kind = "select"
-    version = "2"
+    version = "3"  # 2: big selections' DCScore is a sampled estimate; 3: rejects table, label agreement, shift band
     Params = SelectParams
     tables = ("rejects",)
 
@@ -82,7 +82,7 @@ class SelectStep(Step):
         import polars as pl
 
         from synthforge.keys import key_of
-        from synthforge.metrics import diversity_metrics
+        from synthforge.metrics import diversity_metrics, metric_methods
         from synthforge.steps.embed import embeddings_of
 
         params: SelectParams = ctx.params  # type: ignore[assignment]
@@ -97,12 +97,13 @@ class SelectStep(Step):
             eligible, rejects = _screen(emb, frame, ref_emb, ref_frame, params, ctx.seed, meta)
         rows = eligible[choose_rows(emb[eligible], frame[eligible.tolist()], params, ctx.seed)]
         chosen = frame[rows.tolist()].with_columns(pl.Series(RANK_COLUMN, range(len(rows)), dtype=pl.Int64))
-        texts = chosen["text"].cast(pl.Utf8).fill_null("").to_list() if "text" in chosen.columns else None
+        texts = chosen["text"].cast(pl.Utf8).fill_null("") if "text" in chosen.columns else None
         meta["rows_out"] = len(rows)
         meta["selection_hash"] = key_of(sorted(chosen["id"].cast(pl.Utf8).to_list())) if "id" in chosen.columns else None
         meta["metrics"] = diversity_metrics(
             emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb, tau=params.dcscore_tau
         )
+        meta["metric_methods"] = metric_methods(len(rows), len(ref_emb) if ref_emb is not None else None)
         if ref_emb is not None:
             meta["reference"] = reference.key
         rejected = pl.concat(rejects) if rejects else frame.head(0).with_columns(pl.lit(None, pl.Utf8).alias("reason"))
@@ -147,9 +148,9 @@ def _screen(emb, frame, ref_emb, ref_frame, params: SelectParams, seed: int, met
 
 
 def choose_rows(emb: "np.ndarray", frame: "pl.DataFrame", params: SelectParams, seed: int) -> "np.ndarray":
-    from synthforge.selection import as_unit_float32, select, select_per_label
+    from synthforge.selection import as_unit_rows, select, select_per_label
 
-    x = as_unit_float32(emb)
+    x = as_unit_rows(emb)
     options = dict(
         method=params.method or "random", level=params.diversity, k=params.k,
         n_clusters_used=params.n_clusters, threshold=params.threshold, seed=seed,

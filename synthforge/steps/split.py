@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.steps.rows import label_codes, rank_within_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -45,7 +46,7 @@ class SplitParams(StepParams):
 
 class SplitStep(Step):
     kind = "split"
-    version = "1"
+    version = "2"  # 2: the main table is the union of train, test and validation (stored once)
     Params = SplitParams
     tables = ("train", "test", "validation")
     held_out_seed_field = "seed"
@@ -55,33 +56,43 @@ class SplitStep(Step):
         import polars as pl
 
         params: SplitParams = ctx.params
+<<<<<<< HEAD
         frame = ctx.inputs["input"].frame().sort("id")
         held_out_seed = ctx.seed if params.seed is None else params.seed
         rng = np.random.default_rng([held_out_seed, 0x5B117])
         labels = frame["label"].to_numpy()
+=======
+        frame = ctx.inputs["input"].frame()
+        # Rows are drawn in id order, so the split does not depend on the upstream row order;
+        # `by_id` maps id-order positions to rows (no full sort of every column).
+        by_id = frame["id"].arg_sort().to_numpy()
+        rng = np.random.default_rng([ctx.seed, 0x5B117])
+        names, labels = label_codes(frame["label"][by_id])
+>>>>>>> main
         pool = rng.permutation(frame.height)  # test, then validation, then train are drawn in this order
         test, pool = _take(pool, _count(params.test, frame.height), labels, params.stratify, "test")
         validation, pool = _take(pool, _count(params.validation, frame.height), labels, params.stratify, "validation")
         if held_out_seed != ctx.seed:  # the training rows get their own draw from what is left
             pool = np.random.default_rng([ctx.seed, 0x5B117, 1]).permutation(pool)
         if params.train_per_label is not None:
-            train = _per_label(pool, labels, params.train_per_label)
+            train = _per_label(pool, labels, names, params.train_per_label)
         elif params.train is not None:
             train, _ = _take(pool, _count(params.train, frame.height), labels, params.stratify, "train")
         else:
             train = pool
-        parts = {"train": frame[np.sort(train)], "test": frame[np.sort(test)], "validation": frame[np.sort(validation)]}
-        parts = {name: part.with_columns(pl.lit(name).alias("split")) for name, part in parts.items()}
-        meta = {name: _label_counts(part) for name, part in parts.items()}
-        return StepResult(pl.concat(list(parts.values())), tables=parts, meta={"label_counts": meta})
+        parts = {"train": train, "test": test, "validation": validation}
+        tables = {name: frame[by_id[np.sort(rows)]].with_columns(pl.lit(name).alias("split")) for name, rows in parts.items()}
+        meta = {name: _label_counts(labels[rows], names) for name, rows in parts.items()}
+        # The main table is the union of the three (stored once, see StepResult.data).
+        return StepResult(None, tables=tables, meta={"label_counts": meta})
 
 
 def _count(size: int | float, total: int) -> int:
     return round(size * total) if isinstance(size, float) else int(size)
 
 
-def _take(pool: "np.ndarray", count: int, labels: np.ndarray, stratify: bool, field: str) -> tuple[np.ndarray, np.ndarray]:
-    """`count` rows from `pool` (stratified by label when asked) and the rest of the pool."""
+def _take(pool: "np.ndarray", count: int, labels: "np.ndarray", stratify: bool, field: str) -> tuple["np.ndarray", "np.ndarray"]:
+    """`count` rows from `pool` (stratified by label code when asked) and the rest of the pool, both in pool order."""
     import numpy as np
 
     if count > len(pool):
@@ -90,38 +101,44 @@ def _take(pool: "np.ndarray", count: int, labels: np.ndarray, stratify: bool, fi
         return pool[:0], pool
     if not stratify:
         return pool[:count], pool[count:]
-    quotas = _quotas(labels[pool], count)
-    chosen = np.concatenate([pool[labels[pool] == label][:quota] for label, quota in quotas.items()])
-    return chosen, pool[~np.isin(pool, chosen)]
+    pool_labels = labels[pool]
+    quotas = _quotas(np.bincount(pool_labels), count)
+    chosen = rank_within_groups(pool_labels) < quotas[pool_labels]
+    # label by label, each in pool order (the order the rows were drawn in)
+    order = np.argsort(pool_labels[chosen], kind="stable")
+    return pool[chosen][order], pool[~chosen]
 
 
-def _quotas(pool_labels: np.ndarray, count: int) -> dict[str, int]:
-    """Largest-remainder allocation of `count` proportional to label frequencies."""
+def _quotas(sizes: "np.ndarray", count: int) -> "np.ndarray":
+    """Largest-remainder allocation of `count` proportional to label sizes (by label code)."""
     import numpy as np
 
-    names, sizes = np.unique(pool_labels, return_counts=True)
     exact = sizes * count / sizes.sum()
-    quotas = np.floor(exact).astype(int)
+    quotas = np.floor(exact).astype(np.int64)
     for index in np.argsort(-(exact - quotas), kind="stable")[: count - quotas.sum()]:
         quotas[index] += 1
-    return dict(zip(names.tolist(), quotas.tolist()))
+    return quotas
 
 
-def _per_label(pool: "np.ndarray", labels: "np.ndarray", k: int) -> "np.ndarray":
+def _per_label(pool: "np.ndarray", labels: "np.ndarray", names: list[str], k: int) -> "np.ndarray":
     import numpy as np
 
-    chosen = []
-    for label in sorted(set(labels.tolist())):
-        rows = pool[labels[pool] == label]
-        if len(rows) < k:
-            raise UserError(
-                f"label '{label}' has only {len(rows)} rows left for training, {k} asked",
-                field="train_per_label",
-                hint="lower train_per_label or the test/validation sizes",
-            )
-        chosen.append(rows[:k])
-    return np.concatenate(chosen)
+    pool_labels = labels[pool]
+    left = np.bincount(pool_labels, minlength=len(names))
+    short = np.flatnonzero(left < k)
+    if len(short):
+        code = short[0]
+        raise UserError(
+            f"label '{names[code]}' has only {left[code]} rows left for training, {k} asked",
+            field="train_per_label",
+            hint="lower train_per_label or the test/validation sizes",
+        )
+    chosen = rank_within_groups(pool_labels) < k
+    return pool[chosen][np.argsort(pool_labels[chosen], kind="stable")]
 
 
-def _label_counts(frame: "pl.DataFrame") -> dict[str, int]:
-    return dict(frame.group_by("label").len().sort("label").iter_rows()) if frame.height else {}
+def _label_counts(codes: "np.ndarray", names: list[str]) -> dict[str, int]:
+    import numpy as np
+
+    counts = np.bincount(codes, minlength=len(names))
+    return {name: int(n) for name, n in zip(names, counts) if n}
