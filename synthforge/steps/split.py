@@ -56,19 +56,13 @@ class SplitStep(Step):
         import polars as pl
 
         params: SplitParams = ctx.params
-<<<<<<< HEAD
-        frame = ctx.inputs["input"].frame().sort("id")
-        held_out_seed = ctx.seed if params.seed is None else params.seed
-        rng = np.random.default_rng([held_out_seed, 0x5B117])
-        labels = frame["label"].to_numpy()
-=======
         frame = ctx.inputs["input"].frame()
         # Rows are drawn in id order, so the split does not depend on the upstream row order;
         # `by_id` maps id-order positions to rows (no full sort of every column).
         by_id = frame["id"].arg_sort().to_numpy()
-        rng = np.random.default_rng([ctx.seed, 0x5B117])
+        held_out_seed = ctx.seed if params.seed is None else params.seed
+        rng = np.random.default_rng([held_out_seed, 0x5B117])
         names, labels = label_codes(frame["label"][by_id])
->>>>>>> main
         pool = rng.permutation(frame.height)  # test, then validation, then train are drawn in this order
         test, pool = _take(pool, _count(params.test, frame.height), labels, params.stratify, "test")
         validation, pool = _take(pool, _count(params.validation, frame.height), labels, params.stratify, "validation")
