@@ -261,7 +261,7 @@ def _column(values: list[Any]) -> list[Any]:
 # -- compact view --------------------------------------------------------------
 def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[list[str], list[list[str]]]:
     wanted = set(COMPACT_METRICS) | ({diversity_metric} if diversity_metric else set())
-    shown_metrics = [c for c in sweep.metric_columns if c.rsplit(".", 1)[-1] in wanted or c == diversity_metric]
+    shown_metrics = [c for c in _numeric_columns(sweep) if c.rsplit(".", 1)[-1] in wanted or c == diversity_metric]
     order = list(COMPACT_METRICS)
     shown_metrics.sort(key=lambda c: order.index(c.rsplit(".", 1)[-1]) if c.rsplit(".", 1)[-1] in order else len(order))
     sizes = [f"{step}.{name}" for step in sweep.train_steps for name in ("n_train", "n_replicates")
@@ -283,6 +283,11 @@ def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[
         cells += [_fmt(row.get(p), digits) for p in (("p_mcnemar", "p_adj") if deltas else ())]
         body.append(cells)
     return headers, body
+
+
+def _numeric_columns(sweep: _Sweep) -> list[str]:
+    """Metric columns holding numbers (not e.g. `metric_methods.vendi`, which says how vendi was computed)."""
+    return [c for c in sweep.metric_columns if any(_number(row.get(c)) is not None for row in sweep.rows)]
 
 
 def _header(column: str) -> str:
@@ -369,7 +374,7 @@ class _Plots:
 
     def score_vs_measured(self, metric: str) -> Path | None:
         """Score against a measured diversity or shift metric of the selection (not the knob), one line per fraction."""
-        x_column = next((c for c in self.sweep.metric_columns if c.rsplit(".", 1)[-1] == metric), None)
+        x_column = next((c for c in _numeric_columns(self.sweep) if c.rsplit(".", 1)[-1] == metric), None)
         if not (self.score_column and x_column):
             return None
         rows = [r for r in self.sweep.rows if not _is_baseline(r, self.fraction) and _number(r.get(x_column)) is not None]
