@@ -89,7 +89,7 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--concurrency", type=int, default=None, help="Concurrent requests for API backends.")
 @click.option("--batch-size", type=int, default=None, help="Override batch sizes for models.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @click.option("--max-requests", type=click.IntRange(min=0), default=None,
               help="LLM requests this build may plan (default: the recipe's budget.max_requests, 100000).")
 @click.option("--max-tokens", type=click.IntRange(min=0), default=None,
@@ -144,8 +144,8 @@ def new_cmd(name, starter, folder):
 
 @main.command("plan")
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--only", multiple=True, metavar="STEP")
-@click.option("--force", multiple=True, metavar="STEP")
+@click.option("--only", multiple=True, metavar="STEP", help="Plan only STEP and what it needs.")
+@click.option("--force", multiple=True, metavar="STEP", help="Plan STEP as rebuilt even if cached.")
 @click.option("--use-remote/--no-remote", default=True, show_default=True, help="Mark steps the configured remote has as 'pull'.")
 @remote_option
 @set_option
@@ -184,7 +184,7 @@ def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
 
 @main.command("stats")
 @click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real data to measure the shift against.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="Device of the embedding model: auto, cpu, cuda, cuda:1...")
 @step_output_options
 def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
@@ -218,7 +218,8 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
 @main.command("diff")
 @click.argument("a")
 @click.argument("b")
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
+              help="text for a terminal, markdown for a pull-request comment, json (schema synthforge.diff/1) for tools.")
 @click.option("--fail-on", multiple=True, metavar="EXPR", help="Gate, e.g. 'accuracy < -0.01', 'vendi < -5%', 'rows_removed > 100'.")
 @click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
 @click.option("--output", "-o", default=None, help="Also write the report to this file.")
@@ -284,7 +285,7 @@ def cache_gc(locks, dry_run, remote_url, cache_dir):
 
 @cache_group.command("push")
 @click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @remote_option
 @jobs_option
 @set_option
@@ -300,7 +301,7 @@ def cache_push(recipes, progress, remote_url, jobs, sets, cache_dir):
 @cache_group.command("pull")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--step", "steps", multiple=True, metavar="STEP", help="Only these steps (default: all).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 @variant_option
 @remote_option
 @jobs_option

@@ -13,8 +13,8 @@ from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
 
 class SlowParams(StepParams):
-    input: Ref
-    marker: str = ""
+    input: Ref = Field(description="the step whose rows to copy")
+    marker: str = Field("", description="any text; a different one gives a different key")
 
 
 class SlowStep(Step):
@@ -43,8 +43,10 @@ register("slow", "tests.plugin_steps:SlowStep")
 
 
 class CrashOnceParams(StepParams):
-    input: Ref
-    marker: str = Field(exclude=True)  # a file path: absent on the first run, which then kills its own process
+    input: Ref = Field(description="the step whose rows to copy")
+    marker: str = Field(
+        exclude=True, description="runtime-only, never in a key: a file path, absent on the first run, which then kills its own process"
+    )
 
 
 class CrashOnceStep(Step):

@@ -62,12 +62,19 @@ class LLMBackend(Protocol):
 
 
 class TransformersBackendConfig(StepParams):
-    type: Literal["transformers"]
-    model: str = "smollm2"  # "smollm2" (the packaged SmolLM2-135M-Instruct) or a local model folder
-    gguf_file: str | None = None  # a GGUF file inside `model` to load instead of safetensors
-    # runtime-only: excluded from dumps, so never in a key
-    batch_size: int = Field(default=8, ge=1, exclude=True)
-    device: str = Field(default="auto", exclude=True)
+    type: Literal["transformers"] = Field(description="`transformers`: a local Hugging Face model run in this process")
+    model: str = Field(
+        "smollm2", description="`smollm2` (the packaged SmolLM2-135M-Instruct) or a local model folder; its files' "
+        "content enters the key"
+    )
+    gguf_file: str | None = Field(None, description="a GGUF file inside `model` to load instead of its safetensors")
+    batch_size: int = Field(
+        default=8, ge=1, exclude=True, description="runtime-only, never in a key: prompts decoded together (a positive integer)"
+    )
+    device: str = Field(
+        default="auto", exclude=True,
+        description="runtime-only, never in a key: `auto` (cuda in bf16 when present, else cpu in fp32), cpu, cuda:0...",
+    )
 
 
 def checked_base_url(value: str, field: str) -> str:
@@ -86,8 +93,10 @@ def checked_base_url(value: str, field: str) -> str:
 class EndpointConfig(StepParams):
     model_config = ConfigDict(json_schema_extra={"examples": [{"base_url": "http://127.0.0.1:8001/v1", "concurrency": 4}]})
 
-    base_url: str = Field(description="Another server of the same deployment, e.g. http://gpu2:8000/v1.")
-    concurrency: int | None = Field(default=None, ge=1, description="Its concurrent requests (default: the backend's).")
+    base_url: str = Field(description="the URL of another server of the same deployment, e.g. http://gpu2:8000/v1")
+    concurrency: int | None = Field(
+        default=None, ge=1, description="the most requests in flight to this server (default: the backend's concurrency)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -96,21 +105,40 @@ class EndpointConfig(StepParams):
 
 
 class OpenAIBackendConfig(StepParams):
-    type: Literal["openai"]
-    base_url: str  # e.g. http://127.0.0.1:8000/v1; no user:password@ (keys go in api_key_env)
-    model: str
-    # runtime-only: excluded from dumps, so never in a key
-    api_key_env: str | None = Field(default=None, exclude=True)  # the NAME of the variable holding the key
-    concurrency: int = Field(default=8, ge=1, exclude=True)  # the most requests in flight (fewer while rate limited)
-    timeout_s: float = Field(default=60.0, gt=0, exclude=True)  # bounds one whole attempt, not each read
-    max_retries: int = Field(default=5, ge=0, exclude=True)
-    backoff_s: float = Field(default=0.5, ge=0, exclude=True)
-    max_retry_after_s: float = Field(default=60.0, ge=0, exclude=True)  # cap on a server's Retry-After
+    type: Literal["openai"] = Field(description="`openai`: any OpenAI-compatible chat completions server (vLLM, llama.cpp...)")
+    base_url: str = Field(
+        description="the server's http(s) URL, e.g. http://127.0.0.1:8000/v1 (POSTs go to <base_url>/chat/completions); "
+        "no user:password@, the key goes in api_key_env"
+    )
+    model: str = Field(description="the model name the server serves; it enters every response key with base_url")
+    api_key_env: str | None = Field(
+        default=None, exclude=True,
+        description="runtime-only, never in a key: the NAME of the environment variable holding the API key",
+    )
+    concurrency: int = Field(
+        default=8, ge=1, exclude=True,
+        description="runtime-only, never in a key: the most requests in flight (fewer while rate limited)",
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0, exclude=True,
+        description="runtime-only, never in a key: seconds one whole attempt may take, however slowly bytes arrive",
+    )
+    max_retries: int = Field(
+        default=5, ge=0, exclude=True,
+        description="runtime-only, never in a key: retries per request on 429/5xx, timeouts, lost connections or bad JSON",
+    )
+    backoff_s: float = Field(
+        default=0.5, ge=0, exclude=True,
+        description="runtime-only, never in a key: seconds before the first retry, doubled each time (jittered)",
+    )
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, exclude=True,
+        description="runtime-only, never in a key: the most seconds a server's Retry-After is obeyed",
+    )
     endpoints: list[str | EndpointConfig] = Field(
         default_factory=list, exclude=True,
-        description="More servers of the same deployment (URLs, or {base_url, concurrency}): requests are balanced "
-                    "over base_url and these, and move to the others when one is down. Runtime-only: they serve "
-                    "the same model, so keys and cached responses name base_url alone.",
+        description="runtime-only, never in a key: more servers of the same deployment (URLs or {base_url, "
+        "concurrency}) that requests are balanced over with base_url, moving to the others when one is down",
     )
 
     @field_validator("base_url")

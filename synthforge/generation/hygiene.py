@@ -23,17 +23,27 @@ _QUOTES = [('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), (
 
 
 class HygieneConfig(StepParams):
-    strip_boilerplate: bool = True  # "Sure! Here is...", "Review:" prefixes
-    strip_quotes: bool = True  # surrounding quote pairs
-    extract_regex: str | None = None  # keep group 1 (or the whole match) of the first match
-    json_field: str | None = None  # parse the text as JSON (or its first {...}) and keep this field
-    min_chars: int = Field(default=1, ge=0)
-    max_chars: int | None = Field(default=None, ge=1)
-    dedupe: bool = True  # drop exact duplicates after cleaning (the first occurrence stays)
+    strip_boilerplate: bool = Field(
+        True, description="true to strip chat preambles (\"Sure! Here is...\") and prefixes such as \"Review:\""
+    )
+    strip_quotes: bool = Field(True, description="true to strip one pair of quotes around the whole text")
+    extract_regex: str | None = Field(
+        None, description="a regex: keep group 1 (or the whole match) of its first match; a text without one is rejected"
+    )
+    json_field: str | None = Field(
+        None, description="a field name: parse the text (or its first {...}) as JSON and keep that field, else reject"
+    )
+    min_chars: int = Field(
+        default=1, ge=0, description="the fewest characters a cleaned text may have (shorter ones are rejected)"
+    )
+    max_chars: int | None = Field(
+        default=None, ge=1, description="the most characters a cleaned text may have (longer ones are rejected; default: no limit)"
+    )
+    dedupe: bool = Field(True, description="true to reject exact duplicates after cleaning (the first occurrence stays)")
     max_copied_share: float | None = Field(
         default=None, gt=0.0, le=1.0,
-        description="reject a text when at least this share of its word 4-grams occurs in a few-shot "
-        "(few_shot_from) text, e.g. 0.5; default: no copy check",
+        description="a share in (0, 1]: reject a text when at least this share of its word 4-grams occurs in a "
+        "few-shot (few_shot_from) text, e.g. 0.5 (default: no copy check)",
     )
 
 

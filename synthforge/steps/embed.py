@@ -19,11 +19,17 @@ EMBEDDING_COLUMN = "embedding"
 
 
 class EmbedParams(StepParams):
-    input: Ref
-    model: str = "minilm"
-    max_length: int = Field(256, ge=8, le=8192)
-    text_column: str = "text"
-    batch_size: int = Field(64, ge=1, exclude=True)  # runtime-only: never in a key
+    input: Ref = Field(description="the step (or step.table) whose rows to embed")
+    model: str = Field(
+        "minilm", description="`minilm` (the packaged all-MiniLM-L6-v2) or a local save_pretrained folder; its files' "
+        "content enters the key"
+    )
+    max_length: int = Field(256, ge=8, le=8192, description="the most tokens of a text embedded, 8..8192 (longer texts are truncated)")
+    text_column: str = Field("text", description="the column holding the texts to embed")
+    batch_size: int = Field(
+        64, ge=1, exclude=True,
+        description="runtime-only, never in a key: texts per encoder batch (--batch-size overrides it)",
+    )
 
 
 # Rows are embedded in blocks of this many, each sorted by length into batches, whatever the

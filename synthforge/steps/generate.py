@@ -44,14 +44,25 @@ PARAPHRASE_CONTEXT = frozenset({"text", "label", "label_description", "labels"})
 
 
 class ValuesFile(StepParams):
-    file: FilePath  # one value per line, relative to the recipe; blank lines and lines starting with # are skipped
+    file: FilePath = Field(
+        description="a text file of values, one per line, relative to the recipe (blank lines and lines starting "
+        "with # are skipped); its content enters the key"
+    )
 
 
 class ParaphraseConfig(StepParams):
-    fraction: float = Field(ge=0, lt=1)  # share of the n rows that are paraphrases
-    per_seed: int = Field(default=3, ge=1)  # paraphrases of each seed item
-    source: Literal["generated", "few_shot"] = "generated"
-    template: str = DEFAULT_PARAPHRASE_TEMPLATE
+    fraction: float = Field(
+        ge=0, lt=1, description="the share of the n rows that are paraphrases, in [0, 1): exactly floor(n * fraction) rows"
+    )
+    per_seed: int = Field(default=3, ge=1, description="paraphrases asked of each seed item (a positive integer)")
+    source: Literal["generated", "few_shot"] = Field(
+        "generated", description="where seed items come from: `generated` topic rows, or `few_shot` examples"
+    )
+    template: str = Field(
+        DEFAULT_PARAPHRASE_TEMPLATE,
+        description="the jinja2 paraphrase prompt; it gets text, label, label_description, labels and, for "
+        "generated seeds, the seed's variables",
+    )
 
 
 class GenerateParams(StepParams):
@@ -61,24 +72,53 @@ class GenerateParams(StepParams):
         {"n": 100, "labels": {"positive": "a happy review"}, "template": "Write a {{ label }} review.",
          "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
 
-    n: int = Field(ge=0)
-    labels: Labels  # a list, or label -> description used in the prompt
-    template: str  # jinja2 (sandboxed)
-    system: str | None = None  # optional system message, also a template
-    variables: dict[str, list[str] | ValuesFile] = Field(default_factory=dict)
-    num_topics: int | None = Field(default=None, ge=1)  # draw from the first k values of each variable list
-    few_shot_from: Ref | None = None
-    few_shot_k: int = Field(default=0, ge=0)
-    paraphrase: ParaphraseConfig | None = None
-    temperature: float = Field(default=0.8, ge=0, le=2)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_new_tokens: int = Field(default=128, ge=1)
-    backend: BackendConfig = Field(default_factory=lambda: TransformersBackendConfig(type="transformers"))
-    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
-    # runtime-only (exclude=True: never in a key)
-    batch_size: int | None = Field(default=None, ge=1, exclude=True)
-    concurrency: int | None = Field(default=None, ge=1, exclude=True)
-    device: str | None = Field(default=None, exclude=True)
+    n: int = Field(ge=0, description="the number of rows to generate (a non-negative integer, before hygiene rejects)")
+    labels: Labels = Field(
+        description="a list of labels, or a mapping label -> description (`label_description` in templates); "
+        "row i gets label i mod the number of labels"
+    )
+    template: str = Field(description="the jinja2 template of the user message, rendered in a sandbox per row")
+    system: str | None = Field(None, description="an optional jinja2 template of the system message")
+    variables: dict[str, list[str] | ValuesFile] = Field(
+        default_factory=dict,
+        description="a mapping of variable names to lists of values or {file: path}; each row draws one value "
+        "per variable (seeded), which becomes a column and a template variable",
+    )
+    num_topics: int | None = Field(
+        default=None, ge=1,
+        description="a positive integer k: draw only from the first k values of every variable list (default: all)",
+    )
+    few_shot_from: Ref | None = Field(
+        None, description="a step or step.table with id, text and label columns whose rows are shown as `examples`"
+    )
+    few_shot_k: int = Field(default=0, ge=0, description="the number of few-shot examples drawn (seeded) for each prompt")
+    paraphrase: ParaphraseConfig | None = Field(
+        None, description="a mapping making a share of the rows paraphrases of seed items (default: none)"
+    )
+    temperature: float = Field(default=0.8, ge=0, le=2, description="the sampling temperature, 0..2 (0 is greedy)")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="the nucleus-sampling probability mass, in (0, 1]")
+    max_new_tokens: int = Field(default=128, ge=1, description="the most tokens generated for one row (a positive integer)")
+    backend: BackendConfig = Field(
+        default_factory=lambda: TransformersBackendConfig(type="transformers"),
+        description="the LLM backend, a mapping with a `type` (transformers or openai) and its fields; its model "
+        "identity enters every response key",
+    )
+    hygiene: HygieneConfig = Field(
+        default_factory=HygieneConfig, description="a mapping of the rules that clean responses and reject rows"
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, exclude=True,
+        description="runtime-only, never in a key: prompts per model batch (default: --batch-size, else the backend's)",
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, exclude=True,
+        description="runtime-only, never in a key: requests in flight to an HTTP backend (default: --concurrency, "
+        "else the backend's)",
+    )
+    device: str | None = Field(
+        default=None, exclude=True,
+        description="runtime-only, never in a key: the device of a local model, e.g. cpu or cuda:0 (default: --device)",
+    )
 
     @field_validator("labels")
     @classmethod

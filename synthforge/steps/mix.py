@@ -34,16 +34,32 @@ class MixParams(StepParams):
         {"real": "real_split", "synthetic": "generated", "synthetic_fraction": 0.5, "total": 100},
         {"real": "real_split", "synthetic": "generated", "real_count": 50, "synthetic_count": "all"}]})
 
-    real: Ref | None = None
-    synthetic: Ref | None = None
-    synthetic_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
-    total: int | None = Field(default=None, ge=0)
-    real_count: int | Literal["all"] | None = None
-    synthetic_count: int | Literal["all"] | None = None
-    balance: bool = False
-    max_per_label: int | None = Field(default=None, ge=1)
-    on_shortage: Literal["error", "take_available"] = "error"
-    shuffle: bool = True
+    real: Ref | None = Field(None, description="the step (or step.table) of real rows (give real, synthetic or both)")
+    synthetic: Ref | None = Field(None, description="the step (or step.table) of synthetic rows")
+    synthetic_fraction: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the share of synthetic rows in the output, 0..1 (or use the counts)"
+    )
+    total: int | None = Field(
+        default=None, ge=0,
+        description="the output size with synthetic_fraction (default: keep every real row and add "
+        "round(n_real * f / (1 - f)) synthetic ones)",
+    )
+    real_count: int | Literal["all"] | None = Field(
+        None, description="an exact count of real rows, or `all` (instead of synthetic_fraction; omitted: 0)"
+    )
+    synthetic_count: int | Literal["all"] | None = Field(
+        None, description="an exact count of synthetic rows, or `all` (instead of synthetic_fraction; omitted: 0)"
+    )
+    balance: bool = Field(
+        False, description="true to split each source's count equally over its labels (remainder to the first in sorted order)"
+    )
+    max_per_label: int | None = Field(
+        default=None, ge=1, description="a cap: at most this many rows of any label from each source, applied before counting"
+    )
+    on_shortage: Literal["error", "take_available"] = Field(
+        "error", description="`error` when asked for more rows than exist, or `take_available` to take what there is"
+    )
+    shuffle: bool = Field(True, description="true to shuffle the output rows (seeded)")
 
     @model_validator(mode="after")
     def _one_rule(self) -> "MixParams":

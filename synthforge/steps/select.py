@@ -21,15 +21,26 @@ class SelectParams(StepParams):
         {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5},
         {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "shift_band": [0.2, 0.8], "label_filter": True}]})
 
-    input: Ref
-    n: int | None = Field(None, ge=1)
-    method: Literal["kcenter", "clusters", "semdedup", "random"] | None = None
-    diversity: float | None = Field(None, ge=0.0, le=1.0)
-    k: int | None = Field(None, ge=1, description="k-means clusters (clusters, semdedup, diversity)")
-    n_clusters: int | None = Field(None, ge=1, description="clusters to draw from (clusters)")
-    threshold: float = Field(0.95, gt=-1.0, le=1.0, description="cosine similarity that marks a duplicate (semdedup)")
-    per_label: bool = False
-    label_column: str = "label"
+    input: Ref = Field(description="the step (or step.table) whose rows, with an `embedding` column, to select from")
+    n: int | None = Field(None, ge=1, description="the number of rows to select (a positive integer; optional only for semdedup)")
+    method: Literal["kcenter", "clusters", "semdedup", "random"] | None = Field(
+        None, description="one of kcenter, clusters, semdedup, random (give exactly one of method and diversity)"
+    )
+    diversity: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="a diversity level in [0, 1]: from the n rows nearest an anchor (0) to k-center over the whole pool (1)",
+    )
+    k: int | None = Field(
+        None, ge=1, description="the number of k-means clusters for clusters, semdedup and diversity (default: about sqrt(rows))"
+    )
+    n_clusters: int | None = Field(
+        None, ge=1, description="the number of clusters the clusters method draws from (default: all k)"
+    )
+    threshold: float = Field(
+        0.95, gt=-1.0, le=1.0, description="the cosine similarity in (-1, 1] that marks a near-duplicate (semdedup)"
+    )
+    per_label: bool = Field(False, description="true to select within each label, keeping the label shares")
+    label_column: str = Field("label", description="the column holding the labels that per_label groups by")
     reference: Ref | None = Field(
         None, description="real rows with embeddings (and labels): the basis of shift metrics, shift_band and label checks"
     )

@@ -26,31 +26,51 @@ DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
 
 
 class TrainParams(StepParams):
-    train: Ref
-    test: Ref
-    validation: Ref | None = None
-    method: Literal["linear-probe", "finetune"] = "linear-probe"
-    model: str | None = None  # a local model folder; default: the packaged all-MiniLM-L6-v2
-    seeds: list[int] | None = None
-    num_seeds: int | None = Field(default=None, ge=1)
-    # linear probe
-    l2: float = Field(default=1.0, ge=0.0)
-    max_iter: int = Field(default=300, ge=1)
-    # finetune
-    epochs: int = Field(default=3, ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0.0)
-    train_batch_size: int = Field(default=16, ge=1)
-    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    weight_decay: float = Field(default=0.01, ge=0.0)
-    max_length: int = Field(default=128, ge=8)
-    patience: int | None = Field(default=2, ge=1)
-    save_models: Literal["first", "all", "none"] = "first"
-    # scoring
-    bootstrap: int = Field(default=1000, ge=0)
-    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
-    # runtime only (exclude=True: never in the key)
-    batch_size: int | None = Field(default=None, ge=1, exclude=True)
-    device: str = Field(default="auto", exclude=True)
+    train: Ref = Field(description="the step (or step.table) of training rows with id, text and label")
+    test: Ref = Field(description="the step (or step.table) of held-out real rows the model is scored on")
+    validation: Ref | None = Field(
+        None, description="the step (or step.table) of rows for finetune's early stopping (linear-probe ignores it)"
+    )
+    method: Literal["linear-probe", "finetune"] = Field(
+        "linear-probe", description="`linear-probe` (logistic regression on frozen sentence embeddings) or `finetune` (the whole encoder)"
+    )
+    model: str | None = Field(
+        None, description="a local transformers model folder (default: the packaged all-MiniLM-L6-v2); its files' content enters the key"
+    )
+    seeds: list[int] | None = Field(None, description="a list of distinct training seeds, one model each (or use num_seeds)")
+    num_seeds: int | None = Field(
+        default=None, ge=1,
+        description="the number of training seeds: the step's seed, seed+1... (default: 1 for linear-probe, 3 for finetune)",
+    )
+    l2: float = Field(default=1.0, ge=0.0, description="linear-probe: the L2 penalty strength (sklearn's 1/C), >= 0")
+    max_iter: int = Field(default=300, ge=1, description="linear-probe: the most L-BFGS iterations")
+    epochs: int = Field(default=3, ge=1, description="finetune: the most passes over the training rows")
+    learning_rate: float = Field(default=5e-5, gt=0.0, description="finetune: the peak AdamW learning rate (> 0)")
+    train_batch_size: int = Field(default=16, ge=1, description="finetune: training rows per optimiser step")
+    warmup_ratio: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="finetune: the share of steps, 0..1, over which the learning rate warms up linearly"
+    )
+    weight_decay: float = Field(default=0.01, ge=0.0, description="finetune: AdamW's weight decay (>= 0)")
+    max_length: int = Field(default=128, ge=8, description="finetune: the most tokens of a text (longer texts are truncated)")
+    patience: int | None = Field(
+        default=2, ge=1,
+        description="finetune: epochs without a better validation score before stopping (null: no early stopping)",
+    )
+    save_models: Literal["first", "all", "none"] = Field(
+        "first", description="which trained models to keep in the entry's artifacts: `first` seed's, `all`, or `none`"
+    )
+    bootstrap: int = Field(
+        default=1000, ge=0, description="the number of test-set bootstrap resamples for the intervals (0: none)"
+    )
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="the level of the reported intervals, in (0, 1)")
+    batch_size: int | None = Field(
+        default=None, ge=1, exclude=True,
+        description="runtime-only, never in a key: rows per inference or embedding batch (default: --batch-size, else 64)",
+    )
+    device: str = Field(
+        default="auto", exclude=True,
+        description="runtime-only, never in a key: `auto` (--device, cuda when present), cpu, cuda:0...",
+    )
 
     @model_validator(mode="after")
     def _seeds(self) -> "TrainParams":
