@@ -119,19 +119,20 @@ def runtime_fields(model: type["BaseModel"], prefix: str = "") -> list[str]:
         if info.exclude:
             found.append(path)
             continue
-        for sub in _model_types(info.annotation):
+        for sub in model_types(info.annotation):
             found += [f for f in runtime_fields(sub, f"{path}.") if f not in found]
     return found
 
 
-def _model_types(annotation: Any) -> list[type]:
+def model_types(annotation: Any) -> list[type]:
+    """The pydantic models inside a field's annotation (through Optional, unions, lists and dicts)."""
     from typing import get_args
 
     from pydantic import BaseModel
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [t for arg in get_args(annotation) for t in _model_types(arg)]
+    return [t for arg in get_args(annotation) for t in model_types(arg)]
 
 
 # -- a step's key -----------------------------------------------------------------

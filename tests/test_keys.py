@@ -154,7 +154,7 @@ def _annotation(info) -> Any:
 
 
 def _nested_model(annotation: Any, current: Any) -> type[BaseModel] | None:
-    for model in keys._model_types(annotation):
+    for model in keys.model_types(annotation):
         try:
             model.model_validate(current)
             return model

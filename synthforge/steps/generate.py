@@ -72,7 +72,7 @@ class GenerateParams(StepParams):
         {"n": 100, "labels": {"positive": "a happy review"}, "template": "Write a {{ label }} review.",
          "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
 
-    n: int = Field(ge=0, description="the number of rows to generate (a non-negative integer, before hygiene rejects)")
+    n: int = Field(ge=0, description="the number of rows to generate, a non-negative integer counted before hygiene rejects")
     labels: Labels = Field(
         description="a list of labels, or a mapping label -> description (`label_description` in templates); "
         "row i gets label i mod the number of labels"
@@ -95,7 +95,7 @@ class GenerateParams(StepParams):
     paraphrase: ParaphraseConfig | None = Field(
         None, description="a mapping making a share of the rows paraphrases of seed items (default: none)"
     )
-    temperature: float = Field(default=0.8, ge=0, le=2, description="the sampling temperature, 0..2 (0 is greedy)")
+    temperature: float = Field(default=0.8, ge=0, le=2, description="the sampling temperature, 0..2, where 0 is greedy")
     top_p: float = Field(default=0.95, gt=0, le=1, description="the nucleus-sampling probability mass, in (0, 1]")
     max_new_tokens: int = Field(default=128, ge=1, description="the most tokens generated for one row (a positive integer)")
     backend: BackendConfig = Field(
