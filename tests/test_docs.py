@@ -21,6 +21,7 @@ from scripts.gen_field_docs import (
     parse_default, regenerated, region_bodies,
 )
 from synthforge.cli import main
+from synthforge.recipe.model import RecipeModel
 from synthforge.steps import STEP_KINDS, step_class
 
 COMMANDS = list(cli_commands(main))
@@ -28,8 +29,8 @@ OPTIONS = [(path, option) for path, command, context in COMMANDS for option in d
 
 
 def documented_models(kinds=STEP_KINDS) -> dict[str, type]:
-    """Region name -> model: every registered step kind's Params and every backend's config."""
-    models = {kind: step_class(kind).Params for kind in kinds}
+    """Region name -> model: the recipe's top level, every registered step kind's Params and every backend's config."""
+    models = {"recipe": RecipeModel} | {kind: step_class(kind).Params for kind in kinds}
     models |= {f"backend {name}": config for name, config in backend_configs().items()}
     return models
 

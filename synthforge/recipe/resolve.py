@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
+from synthforge.keys import model_types
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
@@ -381,7 +382,7 @@ def validation_error(
     full = prefix + loc
     field = ".".join(map(str, full))
     line = line_for(lines, full)
-    owner, field_info = _field_owner(model, loc)
+    owner, field_info = _field_owner(model, tuple(error["loc"]))
     if error["type"] == "extra_forbidden":
         known = list(owner.model_fields) if owner else []
         hint = did_you_mean(str(loc[-1]), known) or (f"known fields: {', '.join(known)}" if known else None)
@@ -421,22 +422,35 @@ def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ..
 
 
 def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
-    """Walk nested models along `loc`: the model that owns the last field, and that field's info."""
-    owner: type[BaseModel] | None = model
+    """Walk nested models along pydantic's `loc`: the model that owns the last field, and that field's info.
+
+    A field may hold several models (the backend union): pydantic names the member in `loc` (its tag or
+    class name), else the first member declaring the next part owns it. A part no model declares (a free-form
+    mapping's key, an unknown field) leaves the candidates as they are.
+    """
+    owners: list[type[BaseModel]] = [model]
     parent, info = model, None
     for part in loc:
-        if owner is None or not isinstance(part, str):
-            continue  # list indices, dict keys of free-form mappings
-        parent, info = owner, owner.model_fields.get(part)
-        owner = _model_in(info.annotation) if info is not None else None
+        if not owners or not isinstance(part, str):
+            continue  # list indices, values of fields that hold no model
+        named = [m for m in owners if part in _union_tags(m)]
+        if named:
+            owners = named
+            continue
+        owner = next((m for m in owners if part in m.model_fields), None)
+        if owner is None:
+            parent, info = owners[0], None
+            continue
+        parent, info = owner, owner.model_fields[part]
+        owners = model_types(info.annotation)
     return parent, info
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+def _union_tags(model: type[BaseModel]) -> set[str]:
+    """How pydantic names a union member in an error location: its class name, or its tag (`type: openai`)."""
+    tags = {model.__name__}
+    for info in model.model_fields.values():
+        values = typing.get_args(info.annotation)
+        if typing.get_origin(info.annotation) is typing.Literal and len(values) == 1 and isinstance(values[0], str):
+            tags.add(values[0])
+    return tags
