@@ -36,6 +36,7 @@ STUDY = ROOT / "recipes" / "diversity_study.yaml"
 MODES = {
     "sequential (--jobs 1)": ["--jobs", "1"],
     "local --jobs 2": ["--jobs", "2"],
+    "local, --jobs left out": [],
     "ray local, 2 CPUs": ["--executor", "ray", "--jobs", "2"],
 }
 
@@ -57,10 +58,11 @@ def table_digests(cache: Path) -> dict[str, str]:
 # -- the study ---------------------------------------------------------------------
 def seeded_cache(source: Path, target: Path, sets: tuple[str, ...]) -> None:
     """A cache with only the study's `generate` entry and the shared caches (models linked, responses copied)."""
-    from synthforge.app import open_graph
+    from synthforge.builder import build_graph
     from synthforge.cache import Cache
+    from synthforge.recipe.resolve import load_recipe, parse_overrides
 
-    graph = open_graph(str(STUDY), sets)
+    graph = build_graph(load_recipe(STUDY, parse_overrides(sets)))
     generated = {node.key for node in graph.nodes_of_step("generated")}
     (target / "shared").mkdir(parents=True)
     os.symlink((source / "shared" / "models").resolve(), target / "shared" / "models")
