@@ -300,6 +300,7 @@ def build(
 
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
+        executor.prepare([item.node for item in to_run], log)
         run_ready([item.node for item in to_run], executor, forced=set(force), on_start=started, on_done=finished)
     finally:
         executor.close()
