@@ -51,11 +51,11 @@ class FieldRow:
 
 
 def backend_configs() -> dict[str, type[BaseModel]]:
-    """Each LLM backend's `type:` value -> its config model."""
-    from synthforge.backends.llm import BackendConfig
+    """Each LLM backend's `type:` value -> its config model (every model a generate step's `backend:` may hold)."""
+    from synthforge.steps.generate import GenerateParams
 
-    union = typing.get_args(BackendConfig)[0]
-    return {typing.get_args(config.model_fields["type"].annotation)[0]: config for config in typing.get_args(union)}
+    configs = model_types(GenerateParams.model_fields["backend"].annotation)
+    return {typing.get_args(config.model_fields["type"].annotation)[0]: config for config in configs}
 
 
 def _container_suffix(annotation: Any) -> str:
