@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import click
 import pytest
+from pydantic import Field
 from pydantic_core import PydanticUndefined
 
-import tests.plugin_steps  # noqa: F401  (registers test-only kinds: plugin kinds are held to the same rules)
 from scripts.gen_field_docs import (
     REGION, ROOT, FieldRow, backend_configs, cli_commands, default_of, doc_pages, documented_options, field_rows,
     parse_default, regenerated, region_bodies,
 )
 from synthforge.cli import main
 from synthforge.recipe.model import RecipeModel
-from synthforge.steps import STEP_KINDS, step_class
+from synthforge.steps import STEP_KINDS, register, step_class
+from synthforge.steps.base import Ref, Step, StepParams
 
 COMMANDS = list(cli_commands(main))
 OPTIONS = [(path, option) for path, command, context in COMMANDS for option in documented_options(command, context)]
@@ -88,13 +87,46 @@ def test_every_command_is_in_the_cli_docs(path):
     assert f"### `{path}`\n" in (ROOT / "docs" / "cli.md").read_text(), f"docs/cli.md lacks {path}"
 
 
+def undescribed(region: str, row: FieldRow) -> str | None:
+    """What is wrong with a field's description, if anything."""
+    description = (row.info.description or "").strip()
+    if not description:
+        return f"{region}: {row.owner.__name__}.{row.path} has no Field(description=...)"
+    if row.info.exclude and "never in a key" not in description:
+        return f"{region}.{row.path} is runtime-only: its description must say it never enters a key"
+    return None
+
+
 @pytest.mark.parametrize("item", ALL_FIELDS, ids=field_id)
 def test_every_field_has_a_description(item):
-    region, row = item
-    description = (row.info.description or "").strip()
-    assert description, f"{region}: {row.owner.__name__}.{row.path} has no Field(description=...)"
-    if row.info.exclude:
-        assert "never in a key" in description, f"{region}.{row.path} is runtime-only: its description must say so"
+    problem = undescribed(*item)
+    assert problem is None, problem
+
+
+class _PluginParams(StepParams):
+    input: Ref = Field(description="the step whose rows to read")
+    level: int = 0
+    threads: int = Field(1, exclude=True, description="threads to use")
+
+
+class _PluginStep(Step):
+    kind = "docs_test_plugin"
+    Params = _PluginParams
+
+
+def test_a_registered_plugin_kind_is_held_to_the_same_rules():
+    """Kinds come from the registry, so a plugin's undescribed field is caught once it registers."""
+    saved = dict(STEP_KINDS)
+    register("docs_test_plugin", f"{__name__}:_PluginStep")
+    try:
+        problems = [undescribed(*item) for item in rows(documented_models())]
+    finally:
+        STEP_KINDS.clear()
+        STEP_KINDS.update(saved)
+    assert [p for p in problems if p] == [
+        "docs_test_plugin: _PluginParams.level has no Field(description=...)",
+        "docs_test_plugin.threads is runtime-only: its description must say it never enters a key",
+    ]
 
 
 @pytest.mark.parametrize("item", SHIPPED_FIELDS, ids=field_id)
@@ -148,5 +180,5 @@ def test_help_is_torch_free():
             "assert CliRunner().invoke(main, ['--help']).exit_code == 0; "
             "assert CliRunner().invoke(main, ['build', '--help']).exit_code == 0; "
             "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(ROOT), check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
