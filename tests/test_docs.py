@@ -27,11 +27,15 @@ COMMANDS = list(cli_commands(main))
 OPTIONS = [(path, option) for path, command, context in COMMANDS for option in documented_options(command, context)]
 
 
-def documented_models(kinds=STEP_KINDS) -> dict[str, type]:
-    """Region name -> model: the recipe's top level, every registered step kind's Params and every backend's config."""
-    models = {"recipe": RecipeModel} | {kind: step_class(kind).Params for kind in kinds}
-    models |= {f"backend {name}": config for name, config in backend_configs().items()}
-    return models
+def documented_models(shipped_only: bool = False) -> dict[str, type]:
+    """Region name -> model: the recipe's top level, every registered step kind's Params and every backend's config.
+
+    `shipped_only`: only those synthforge ships (a plugin documents its kinds and backends in its own package)."""
+    def wanted(module: str) -> bool:
+        return not shipped_only or module.startswith("synthforge.")
+
+    models = {"recipe": RecipeModel} | {kind: step_class(kind).Params for kind in STEP_KINDS if wanted(STEP_KINDS[kind])}
+    return models | {f"backend {name}": config for name, config in backend_configs().items() if wanted(config.__module__)}
 
 
 def rows(models: dict[str, type]) -> list[tuple[str, FieldRow]]:
@@ -39,8 +43,7 @@ def rows(models: dict[str, type]) -> list[tuple[str, FieldRow]]:
 
 
 ALL_FIELDS = rows(documented_models())
-# Kinds shipped with synthforge are documented here; a plugin documents its kinds in its own package.
-SHIPPED_FIELDS = rows(documented_models([k for k in STEP_KINDS if STEP_KINDS[k].startswith("synthforge.")]))
+SHIPPED_FIELDS = rows(documented_models(shipped_only=True))
 
 
 def field_id(item: tuple[str, FieldRow]) -> str:
