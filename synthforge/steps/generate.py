@@ -108,16 +108,15 @@ class GenerateParams(StepParams):
     )
     batch_size: int | None = Field(
         default=None, ge=1, exclude=True,
-        description="runtime-only, never in a key: prompts per model batch (default: --batch-size, else the backend's)",
+        description="runtime-only, never in a key: prompts per model batch, overriding the backend's batch_size",
     )
     concurrency: int | None = Field(
         default=None, ge=1, exclude=True,
-        description="runtime-only, never in a key: requests in flight to an HTTP backend (default: --concurrency, "
-        "else the backend's)",
+        description="runtime-only, never in a key: requests in flight to an HTTP backend, overriding the backend's concurrency",
     )
     device: str | None = Field(
         default=None, exclude=True,
-        description="runtime-only, never in a key: the device of a local model, e.g. cpu or cuda:0 (default: --device)",
+        description="runtime-only, never in a key: the device of a local model, e.g. cpu or cuda:0, overriding the backend's device",
     )
 
     @field_validator("labels")

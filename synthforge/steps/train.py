@@ -65,11 +65,11 @@ class TrainParams(StepParams):
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="the level of the reported intervals, in (0, 1)")
     batch_size: int | None = Field(
         default=None, ge=1, exclude=True,
-        description="runtime-only, never in a key: rows per inference or embedding batch (default: --batch-size, else 64)",
+        description="runtime-only, never in a key: rows per inference or embedding batch (64 when neither this nor --batch-size is set)",
     )
     device: str = Field(
         default="auto", exclude=True,
-        description="runtime-only, never in a key: `auto` (--device, cuda when present), cpu, cuda:0...",
+        description="runtime-only, never in a key: cpu, cuda:0... or `auto` (CUDA when present)",
     )
 
     @model_validator(mode="after")
