@@ -185,3 +185,67 @@ def test_help_is_torch_free():
             "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+# A valid config of each region in which every nested model is present, so any field can be made wrong.
+OPENAI = {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m", "endpoints": [{"base_url": "http://h:1/v1"}]}
+VALID = {
+    "recipe": {"name": "r", "steps": {"rows": {"kind": "load"}}, "budget": {}},
+    "load": {"path": "rows.csv"},
+    "split": {"input": "rows"},
+    "generate": {"n": 4, "labels": ["a", "b"], "template": "Write a {{ label }} text about {{ topic }}.",
+                 "variables": {"topic": {"file": "topics.txt"}}, "paraphrase": {"fraction": 0.25}, "hygiene": {}},
+    "embed": {"input": "rows"},
+    "select": {"input": "emb", "n": 10, "method": "kcenter"},
+    "mix": {"real": "a", "synthetic": "b", "synthetic_fraction": 0.5},
+    "train": {"train": "a", "test": "b"},
+    "backend transformers": {"type": "transformers"},
+    "backend openai": OPENAI,
+}
+WRONG_VALUES = ({"not": ["valid"]}, 5, [[]])
+
+
+def _at(data, path: list[str], value):
+    """A copy of `data` with `value` at a field path (`<name>` is the first key of a mapping, `[]` the first item)."""
+    head, rest = path[0], path[1:]
+    if isinstance(data, list):
+        return [_at(data[0], rest, value) if rest else value] + data[1:]
+    key = next(iter(data)) if head == "<name>" else head
+    return {**data, key: _at(data[key], rest, value) if rest else value}
+
+
+def _hint_for(region: str, path: str) -> tuple[str, str | None]:
+    """(field the first error names, its hint) for each wrong value put at `path`, the first that fails there."""
+    from pydantic import ValidationError
+
+    from synthforge.errors import UserError
+    from synthforge.recipe.resolve import validation_error
+
+    steps = path.replace("[]", ".[]").split(".")
+    model, prefix = (step_class("generate").Params, ["backend"]) if region.startswith("backend ") else \
+        (documented_models()[region], [])
+    base = {**VALID["generate"], "backend": VALID[region]} if prefix else VALID[region]
+    expected = ".".join(prefix + steps).replace("<name>", "topic").replace("[]", "0")
+    for value in WRONG_VALUES:
+        data = _at(base, prefix + steps, value)
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            error = validation_error(exc, model, "r.yaml", {}, (), data)
+            if error.field == expected:
+                return error.field, error.hint
+        except UserError:
+            continue  # a valid value the step's own checks refuse (a template that lost its variable)
+    return expected, None
+
+
+# A backend's `type` picks its config: a wrong one is an unknown-type error, not this field's.
+HINTED_FIELDS = [(region, row) for region, row in SHIPPED_FIELDS if not (region.startswith("backend ") and row.path == "type")]
+
+
+@pytest.mark.parametrize("item", HINTED_FIELDS, ids=field_id)
+def test_a_wrong_value_is_hinted_with_the_description(item):
+    """resolve.validation_error quotes the description of the field that is wrong, however deep it sits."""
+    region, row = item
+    field, hint = _hint_for(region, row.path)
+    assert hint == f"expected {row.info.description}", f"{region}: a wrong {field} is hinted {hint!r}"
