@@ -48,6 +48,7 @@ class FieldRow:
     path: str
     owner: type[BaseModel]
     info: FieldInfo
+    runtime_only: bool  # excluded from keys: declared `exclude=True`, or inside such a field
 
 
 def backend_configs() -> dict[str, type[BaseModel]]:
@@ -68,14 +69,14 @@ def _container_suffix(annotation: Any) -> str:
     return "".join(_container_suffix(arg) for arg in typing.get_args(annotation))
 
 
-def field_rows(model: type[BaseModel], prefix: str = "") -> Iterator[FieldRow]:
+def field_rows(model: type[BaseModel], prefix: str = "", runtime_only: bool = False) -> Iterator[FieldRow]:
     """Every field of `model`, then the fields of the one model nested in it (a union of models is documented apart)."""
     for name, info in model.model_fields.items():
-        path = prefix + name
-        yield FieldRow(path, model, info)
+        path, excluded = prefix + name, runtime_only or bool(info.exclude)
+        yield FieldRow(path, model, info, excluded)
         nested = model_types(info.annotation)
         if len(nested) == 1:
-            yield from field_rows(nested[0], f"{path}{_container_suffix(info.annotation)}.")
+            yield from field_rows(nested[0], f"{path}{_container_suffix(info.annotation)}.", excluded)
 
 
 def region_model(name: str) -> type[BaseModel]:
@@ -146,7 +147,7 @@ def fields_table(model: type[BaseModel], in_key: bool = True) -> str:
         ["| field | default | meaning |", "|---|---|---|"]
     for row in field_rows(model):
         cells = [f"`{row.path}`", _cell(render_default(default_of(row.info)))]
-        cells += ["no" if row.info.exclude else "yes"] if in_key else []
+        cells += ["no" if row.runtime_only else "yes"] if in_key else []
         lines.append("| " + " | ".join(cells + [_cell(row.info.description or "")]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -152,6 +152,18 @@ def test_documented_default_is_the_code_default(item, regions):
         assert json.dumps(documented) == json.dumps(code), f"{region}.{row.path}: docs say {documented!r}, code says {code!r}"
 
 
+@pytest.mark.parametrize("item", [i for i in SHIPPED_FIELDS if i[0] != "recipe"], ids=field_id)
+def test_documented_in_key_follows_the_key_rules(item, regions):
+    """The docs' `in key` column agrees with keys.runtime_fields, the one owner of what stays out of a key."""
+    from synthforge.keys import runtime_fields
+
+    region, row = item
+    model = documented_models(shipped_only=True)[region]
+    excluded = any(row.path == f or row.path.startswith((f + ".", f + "[]")) for f in runtime_fields(model))
+    documented = regions.get(region, {}).get(row.path, ["", "(undocumented)"])[1]
+    assert documented == ("no" if excluded else "yes"), f"{region}.{row.path}: docs say in key: {documented}"
+
+
 @pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_generated_docs_are_current(page):
     text = page.read_text()
