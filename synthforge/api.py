@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.builder import BuildReport, Graph, PlanItem, build, build_graph, plan
+from synthforge.building import BuildReport, build
+from synthforge.graph import Graph, build_graph
+from synthforge.planning import PlanItem, plan
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe

@@ -97,7 +97,7 @@ def test_study_builds_reports_and_rebuilds_nothing(cli, study, tmp_path):
 
 
 def test_batch_size_and_device_never_change_keys(cli, study):
-    from synthforge.builder import build_graph
+    from synthforge.graph import build_graph
     from synthforge.recipe.resolve import load_recipe
 
     before = build_graph(load_recipe(study)).keys

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 
@@ -42,7 +42,7 @@ class Executor(Protocol):
 
 def execute_node(graph: "Graph", key: str, cache_root: str | Path, runtime: "Runtime", force: bool) -> NodeRun:
     """Run one node in a worker (a spawned process or a Ray task); its log lines travel back with the outcome."""
-    from synthforge.builder import run_node
+    from synthforge.building import run_node
     from synthforge.cache import Cache
 
     lines: list[str] = []

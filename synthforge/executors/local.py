@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
+    from synthforge.graph import Graph, Node
     from synthforge.cache import Cache
     from synthforge.steps.base import Runtime
 
@@ -35,7 +35,7 @@ class InlineExecutor:
         self._queued.append((node, force))
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        from synthforge.builder import run_node
+        from synthforge.building import run_node
 
         node, force = self._queued.pop(0)
         start = time.perf_counter()

@@ -22,7 +22,7 @@ from synthforge.errors import UserError
 from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
+    from synthforge.graph import Graph, Node
     from synthforge.cache import Cache
     from synthforge.steps.base import Runtime
 
