@@ -92,10 +92,11 @@ def build_text(
     pull: bool = True,
     push: bool = False,
     executor: Executor | None = None,
+    keep_going: bool = False,
 ) -> str:
     start = time.perf_counter()
     pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
-    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor)
+    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor, keep_going=keep_going)
     ran = [i for i in report.items if i.action == "run"]
     pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [

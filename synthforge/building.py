@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 import sys
 import time
@@ -12,12 +13,13 @@ from typing import Any, Callable
 
 from synthforge import __version__
 from synthforge.cache import Cache, Manifest, write_entry_files
-from synthforge.errors import UserError
-from synthforge.executors.base import Executor, NodeRun, run_ready
+from synthforge.errors import BuildFailed, UserError
+from synthforge.executors.base import Executor, Failures, NodeRun, run_ready
 from synthforge.executors.local import InlineExecutor
 from synthforge.graph import Graph, Node
 from synthforge.lockfile import write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
+from synthforge.progress import LOGGER
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
 from synthforge.steps.base import InputTable, Runtime, StepContext
@@ -29,6 +31,7 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)  # key -> seconds spent running
     rows: dict[str, int] = field(default_factory=dict)
     built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
+    failures: Failures = field(default_factory=Failures)  # keep-going: failed and skipped nodes
 
 
 def _holding_leases(build_fn):
@@ -55,34 +58,26 @@ def build(
     log: Callable[[str], None] = print,
     write_lockfile: bool = True,
     executor: Executor | None = None,
+    keep_going: bool = False,
 ) -> BuildReport:
-    """Build what is missing; `executor` runs the nodes (default: one after another in this process)."""
+    """Build what is missing; `executor` runs the nodes (default: one after another in this process).
+
+    `keep_going`: a failing step does not stop the others; its descendants are skipped, and once every
+    other step is built `BuildFailed` says how many were built, failed and skipped (no lockfile is written)."""
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
     check_budget(graph, to_run, runtime)
-    position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
-
-    def where(node: Node) -> str:
-        return f"[{position[node.key][0]}/{len(to_run)}] {node.step} for {variant_label(graph, node)}"
-
-    def started(node: Node) -> None:
-        log(f"▶ {where(node)}: {as_sentence(position[node.key][1].reasons)}")
-
-    def finished(node: Node, run: NodeRun) -> None:
-        for line in run.log:
-            log(f"  {node.step}: {line}")
-        report.seconds[node.key] = run.seconds
-        if not run.built:
-            report.built_elsewhere.add(node.key)
-        done = "rows" if run.built else "rows, built by another process"
-        log(f"✓ {where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(cache, node.key)}")
-
+    lines = _BuildLines(graph, cache, to_run, report, log)
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
-        run_ready([item.node for item in to_run], executor, forced=set(force), on_start=started, on_done=finished)
+        report.failures = run_ready([item.node for item in to_run], executor, forced=set(force),
+                                    on_start=lines.started, on_done=lines.finished, on_failed=lines.failed,
+                                    on_skipped=lines.skipped, on_error="keep-going" if keep_going else "stop")
     finally:
         executor.close()
+    if report.failures.errors:
+        raise _incomplete(graph, report)
     for item in items:
         entry = cache.get(item.node.key)
         if entry is not None:
@@ -90,6 +85,52 @@ def build(
     if write_lockfile:
         write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
     return report
+
+
+class _BuildLines:
+    """The build's log: a line when a step starts, finishes, fails or is skipped, each naming its place in the run."""
+
+    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None]):
+        self.graph, self.cache, self.report, self.log = graph, cache, report, log
+        self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+
+    def where(self, node: Node) -> str:
+        return f"[{self.position[node.key][0]}/{len(self.position)}] {node.step} for {variant_label(self.graph, node)}"
+
+    def started(self, node: Node) -> None:
+        self.log(f"▶ {self.where(node)}: {as_sentence(self.position[node.key][1].reasons)}")
+
+    def finished(self, node: Node, run: NodeRun) -> None:
+        for line in run.log:
+            self.log(f"  {node.step}: {line}")
+        self.report.seconds[node.key] = run.seconds
+        if not run.built:
+            self.report.built_elsewhere.add(node.key)
+        done = "rows" if run.built else "rows, built by another process"
+        self.log(f"✓ {self.where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(self.cache, node.key)}")
+
+    def failed(self, node: Node, error: BaseException) -> None:
+        logging.getLogger(LOGGER).debug("%s failed", node.step, exc_info=error)
+        self.log(f"✗ {self.where(node)}: {one_line(error)}")
+
+    def skipped(self, node: Node, failed: list[str]) -> None:
+        steps = sorted({self.graph.nodes[key].step for key in failed})
+        self.log(f"- {self.where(node)}: skipped, waits for failed {', '.join(steps)}")
+
+
+def one_line(error: BaseException) -> str:
+    """A failure as one line: a user error as it reads (located), anything else with its type's name."""
+    return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+def _incomplete(graph: Graph, report: BuildReport) -> BuildFailed:
+    """The summary of a keep-going build some of whose steps failed: exit code 2 when each was a user error, else 1."""
+    errors = report.failures.errors
+    failed_steps = ", ".join(sorted({graph.nodes[key].step for key in errors}))
+    counts = f"{len(report.seconds)} built, {len(errors)} failed, {len(report.failures.skipped)} skipped"
+    all_user = all(isinstance(error, UserError) for error in errors.values())
+    return BuildFailed(f"build incomplete: {counts} (failed: {failed_steps}; the ✗ lines above say why)",
+                       exit_code=2 if all_user else 1, report=report)
 
 
 def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
