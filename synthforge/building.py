@@ -137,9 +137,8 @@ def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
     """Refuse, before any work, a build that plans more LLM requests or tokens than its budget."""
     usage = planned_usage(items)
     budget = graph.recipe.model.budget
-    limits = {"requests": (runtime.max_requests, budget.max_requests), "tokens": (runtime.max_tokens, budget.max_tokens)}
-    for what, (override, recipe_limit) in limits.items():
-        limit = recipe_limit if override is None else override
+    for what in ("requests", "tokens"):
+        limit = runtime.resolve(f"max_{what}", getattr(budget, f"max_{what}"))
         total = sum(getattr(estimate, what) for _, estimate in usage)
         if total <= limit:
             continue
