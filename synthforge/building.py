@@ -236,4 +236,3 @@ def library_versions() -> dict[str, str]:
         if module is not None and hasattr(module, "__version__"):
             versions[name] = module.__version__
     return versions
-

@@ -22,6 +22,7 @@ class PlanItem:
 
 
 def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()) -> list[PlanItem]:
+    """Every wanted node (all, or what `only` needs): cached, or to run with the reasons why."""
     check_step_names(graph, list(only) + list(force))
     wanted = set(graph.nodes)
     if only:
@@ -50,7 +51,6 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
 
 def check_step_names(graph: Graph, names: list[str]) -> None:
     """A clear error for a name given to --only or --force that is not a step of the recipe."""
-
     steps = list(graph.recipe.model.steps)
     for name in names:
         if name not in steps:
@@ -58,6 +58,7 @@ def check_step_names(graph: Graph, names: list[str]) -> None:
 
 
 def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str]) -> list[str]:
+    """Why a node that is not cached will run: what changed since the lockfile's build of its step."""
     if lock is None:
         return [f"never built here, and there is no lockfile yet (build writes {graph.recipe.lock_path.name})"]
     before = lock.components_for(node.variants[0], node.step)
