@@ -276,7 +276,7 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
                   models: int) -> Executor | None:
     """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build."""
     from synthforge.backends.devices import usable_cpus
-    from synthforge.executors.local import ProcessExecutor
+    from synthforge.executors.local import AutoExecutor, ProcessExecutor
 
     if kind == "ray":
         from synthforge.executors.ray_executor import RayExecutor
@@ -284,7 +284,8 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
         return RayExecutor(graph, cache, runtime, address=address, cpus=jobs)
     if address:
         raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
-    jobs = jobs or usable_cpus()
+    if jobs is None:
+        return AutoExecutor(graph, cache, runtime, usable_cpus(), models)
     return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None
 
 

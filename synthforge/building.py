@@ -71,6 +71,7 @@ def build(
     lines = _BuildLines(graph, cache, to_run, report, log)
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
+        executor.prepare([item.node for item in to_run], log)
         report.failures = run_ready([item.node for item in to_run], executor, forced=set(force),
                                     on_start=lines.started, on_done=lines.finished, on_failed=lines.failed,
                                     on_skipped=lines.skipped, on_error="keep-going" if keep_going else "stop")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synthforge.executors.base import NodeRun, run_ready
+from synthforge.executors.base import NodeRun, plan_width, run_ready
 from tests.conftest import BASIC
 
 MATRIX = BASIC + "matrix:\n  k: [5, 10, 20]\n"
@@ -86,6 +86,51 @@ def test_ready_loop_keeps_upstream_order_and_the_model_limit(model_slots, expect
     run_ready(nodes, executor, forced=set(), on_start=lambda n: order.append(n.key), on_done=lambda n, o: None)
     assert executor.most_models == expected
     assert order[0] == "a" and order[-1] == "mix" and sorted(order) == sorted(n.key for n in nodes)
+
+
+def test_plan_width_counts_the_widest_depth_of_the_nodes_to_run():
+    chain = [_node("a", [], False), _node("b", ["a"], False), _node("c", ["b"], False)]
+    fan = [_node("a", [], False)] + [_node(f"s{i}", ["a"], False) for i in range(3)] + [_node("m", ["s0", "s1"], False)]
+    rebuilt_branches = [_node("s0", ["a"], False), _node("s1", ["a"], False)]  # `a` is cached: not in the list
+    assert (plan_width(chain), plan_width(fan), plan_width(rebuilt_branches), plan_width([])) == (1, 3, 2, 0)
+
+
+def _executor_chosen(monkeypatch, cpus: int, widths: list[int]) -> list[str]:
+    """Which executor the default (--jobs left out) runs each of a sequence of builds on."""
+    from synthforge.executors import local
+
+    chosen: list[str] = []
+
+    class Pool:
+        def __init__(self, graph, cache, runtime, jobs, models):
+            chosen.append(f"pool of {jobs}")
+            self.slots, self.model_slots = jobs, models
+
+    class Inline:
+        def __init__(self, graph, cache, runtime, log):
+            chosen.append("inline")
+            self.slots, self.model_slots = 1, 1
+
+    monkeypatch.setattr(local, "ProcessExecutor", Pool)
+    monkeypatch.setattr(local, "InlineExecutor", Inline)
+    for width in widths:
+        branches = [_node(f"s{i}", ["a"], False) for i in range(width)]  # `a` is cached
+        local.AutoExecutor(None, None, None, cpus).prepare(branches, print)
+    return chosen
+
+
+def test_default_jobs_spawn_workers_only_when_steps_can_run_at_once(monkeypatch):
+    assert _executor_chosen(monkeypatch, cpus=2, widths=[0, 1, 2, 5]) == ["inline", "inline", "pool of 2", "pool of 2"]
+    assert _executor_chosen(monkeypatch, cpus=8, widths=[3]) == ["pool of 3"]
+
+
+def test_default_jobs_build_a_chain_in_this_process(cli, write_recipe, data_csv, tmp_path, monkeypatch):
+    from synthforge.executors import local
+
+    monkeypatch.setattr(local, "ProcessExecutor", None)  # calling it would fail the build
+    monkeypatch.setattr("synthforge.backends.devices.usable_cpus", lambda: 2)
+    result = cli("build", write_recipe(BASIC))
+    assert result.exit_code == 0, result.output
 
 
 def test_executor_ray_without_ray_says_how_to_install(cli, write_recipe, data_csv, monkeypatch):

@@ -29,6 +29,10 @@ class Executor(Protocol):
     slots: int  # how many nodes may run at once
     model_slots: int | None  # how many of them may hold a heavy model at once (None: the executor's resources decide)
 
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        """Called once with every node the build will run, before the first `submit`."""
+        ...
+
     def submit(self, node: "Node", force: bool) -> None:
         """Start running `node` (its upstream entries exist)."""
         ...
@@ -134,6 +138,18 @@ def _start_ready(pending: dict[str, "Node"], running: dict[str, "Node"], executo
         models_running += _loads_model(node)
         on_start(node)
         executor.submit(node, node.step in forced)
+
+
+def plan_width(nodes: list["Node"]) -> int:
+    """The most of `nodes` that can ever run at once: the largest count at one depth of their DAG
+    (depth counted over `nodes` only; what is not in the list is already built)."""
+    depth: dict[str, int] = {}
+    for node in nodes:  # dependency order: upstream nodes come first
+        depth[node.key] = 1 + max((depth[up] for up in node.upstream if up in depth), default=0)
+    counts: dict[int, int] = {}
+    for level in depth.values():
+        counts[level] = counts.get(level, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def _loads_model(node: "Node") -> bool:

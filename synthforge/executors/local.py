@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from synthforge.executors.base import NodeRun, execute_node
+from synthforge.executors.base import NodeRun, execute_node, plan_width
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.graph import Graph, Node
     from synthforge.cache import Cache
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 
@@ -30,6 +30,9 @@ class InlineExecutor:
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", log: Callable[[str], None]):
         self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
         self._queued: list[tuple["Node", bool]] = []
+
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        pass
 
     def submit(self, node: "Node", force: bool) -> None:
         self._queued.append((node, force))
@@ -74,6 +77,9 @@ class ProcessExecutor:
         )
         self._futures: dict[concurrent.futures.Future, str] = {}
 
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        pass
+
     def submit(self, node: "Node", force: bool) -> None:
         self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
 
@@ -90,3 +96,32 @@ class ProcessExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class AutoExecutor:
+    """`--jobs` left to the machine: a pool of min(CPUs, the plan's width) spawned workers when two or more
+    steps can run at once, else this process. Spawning a worker costs a second or more (imports), which a
+    chain of steps, or a single rebuilt step, never wins back."""
+
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", cpus: int, models: int = 1):
+        self.graph, self.cache, self.runtime, self.cpus, self.models = graph, cache, runtime, cpus, models
+        self._inner: InlineExecutor | ProcessExecutor | None = None
+        self.slots, self.model_slots = 1, 1
+
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        jobs = min(self.cpus, plan_width(nodes))
+        if jobs > 1:
+            self._inner = ProcessExecutor(self.graph, self.cache, self.runtime, jobs, self.models)
+        else:
+            self._inner = InlineExecutor(self.graph, self.cache, self.runtime, log)
+        self.slots, self.model_slots = self._inner.slots, self._inner.model_slots
+
+    def submit(self, node: "Node", force: bool) -> None:
+        self._inner.submit(node, force)
+
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
+        return self._inner.wait()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
