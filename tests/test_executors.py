@@ -204,3 +204,30 @@ def test_shards_on_a_ray_actor_pool_merge_to_the_local_bytes(ray_local, cli, wri
     gen = next(json.loads(p.read_text()) for p in (tmp_path / "ray" / "entries").rglob("manifest.json")
                if json.loads(p.read_text())["step"] == "gen")
     assert gen["meta"]["responses_generated"] == 8  # on the actors, in 3 shards
+
+
+@pytest.mark.integration
+def test_ray_keep_going_builds_the_independent_branch_and_reports_the_located_failure(ray_local, cli, write_recipe, data_csv):
+    from tests.test_keep_going import BAD_LINE, BRANCHES
+
+    recipe = write_recipe(BRANCHES)
+    result = cli("build", recipe, "--executor", "ray", "--keep-going")
+    assert result.exit_code == 2, result.output
+    assert f"bad for default: {recipe}{BAD_LINE}" in result.output
+    assert "error: build incomplete: 2 built, 1 failed, 2 skipped (failed: bad;" in result.output
+    assert "both for default: skipped, waits for failed bad" in result.output
+
+
+def test_parallel_workers_cap_their_math_threads_but_keep_the_users_settings(monkeypatch):
+    import os
+
+    from synthforge.backends.devices import THREAD_LIBRARY_VARIABLES, THREADS_VARIABLE, limit_threads, thread_budget
+
+    for name in (THREADS_VARIABLE, *THREAD_LIBRARY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's own choice stays
+    assert thread_budget() >= 1
+    limit_threads(1)
+    assert thread_budget() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"

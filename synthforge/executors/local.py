@@ -1,7 +1,8 @@
 """Executors on this machine: in the calling process (sequential), or a pool of spawned worker processes.
 
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
-Each worker receives the graph once (pool initializer), then only node keys.
+Each worker receives the graph once (pool initializer), then only node keys. The workers share the
+CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from synthforge.backends.devices import usable_cpus
 from synthforge.executors.base import NodeRun, execute_node, plan_width
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
     from synthforge.cache import Cache
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 
@@ -38,7 +40,7 @@ class InlineExecutor:
         self._queued.append((node, force))
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        from synthforge.builder import run_node
+        from synthforge.building import run_node
 
         node, force = self._queued.pop(0)
         start = time.perf_counter()
@@ -55,7 +57,10 @@ class InlineExecutor:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime") -> None:
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
+    from synthforge.backends.devices import limit_threads
+
+    limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
 
@@ -71,9 +76,10 @@ class ProcessExecutor:
         self.model_slots = models
         # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
         worker_runtime = replace(runtime, progress=False)
+        threads = max(1, usable_cpus() // jobs)
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime),
+            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime, threads),
         )
         self._futures: dict[concurrent.futures.Future, str] = {}
 

@@ -23,8 +23,8 @@ from synthforge.errors import UserError
 from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
     from synthforge.cache import Cache
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 TASK_RETRIES = 3  # retries of a node whose worker process died (Ray's own retry)

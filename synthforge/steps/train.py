@@ -218,8 +218,8 @@ def _source_counts(frame) -> dict[str, int]:
 def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
     from synthforge.backends.devices import pick_device
 
-    device = params.device if params.device != "auto" else ctx.runtime.device
-    return pick_device(device), params.batch_size or ctx.runtime.batch_size or 64
+    device = ctx.runtime.resolve("device", params.device, default="auto")
+    return pick_device(device), ctx.runtime.resolve("batch_size", params.batch_size, default=64)
 
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
