@@ -19,7 +19,7 @@ from synthforge.keys import key_of, step_components
 from synthforge.lockfile import Lock, read_lock, write_lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
-from synthforge.steps.base import Estimate, InputTable, Runtime, StepContext
+from synthforge.stepapi import Estimate, InputTable, Runtime, StepContext
 
 @dataclass
 class Node:

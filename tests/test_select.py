@@ -15,7 +15,7 @@ import pytest
 from synthforge import selection
 from synthforge.errors import UserError
 from synthforge.metrics import vendi
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 from synthforge.steps.select import SelectParams, SelectStep
 from tests.helpers import fixture_entry
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import ConfigDict, Field, field_serializer, field_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import StepParams
+from synthforge.stepapi import StepParams
 
 
 @dataclass(frozen=True)

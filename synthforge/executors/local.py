@@ -18,7 +18,7 @@ from synthforge.executors.base import NodeRun, execute_node
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.builder import Graph, Node
     from synthforge.cache import Cache
-    from synthforge.steps.base import Runtime
+    from synthforge.stepapi import Runtime
 
 
 class InlineExecutor:

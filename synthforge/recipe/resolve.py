@@ -18,8 +18,9 @@ from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
 from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
-from synthforge.steps import step_class
-from synthforge.steps.base import Step, StepParams
+from synthforge.steps import known_kinds, step_class
+from synthforge.stepapi import StepParams
+from synthforge.steps.base import Step
 
 DEFAULT_VARIANT = "default"
 REPLICATE_VAR = "replicate"  # the variable `replicates: N` adds (0..N-1)
@@ -269,7 +270,7 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
     if "kind" not in config:
         raise UserError(
             "missing 'kind'", file=filename, line=recipe.line(*where), field=f"steps.{name}",
-            hint="add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train)",
+            hint=f"add e.g. 'kind: load' (kinds: {', '.join(known_kinds())})",
         )
     kind = str(config["kind"])
     try:

@@ -26,7 +26,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import Estimate, FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
