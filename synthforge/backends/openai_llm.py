@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
+from synthforge.backends.llm import GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig
 from synthforge.errors import UserError
 from synthforge.keys import credential_free_url
 
@@ -100,6 +100,24 @@ class AdaptiveConcurrency:
 
 class OpenAILLM:
     type = "openai"
+    Config = OpenAIBackendConfig
+
+    @classmethod
+    def identity_of(cls, config: OpenAIBackendConfig) -> dict[str, str]:
+        return endpoint_identity(config.base_url, config.model)
+
+    @classmethod
+    def from_config(cls, config: OpenAIBackendConfig, *, concurrency: int | None = None,
+                    log: Callable[[str], None] = print, **_device_settings) -> LLMBackend:
+        """One endpoint, or a pool over `endpoints` too; device settings do not apply to a server."""
+        if config.endpoints:
+            from synthforge.backends.endpoint_pool import pool_from_config
+
+            return pool_from_config(config, concurrency)
+        return cls(config.base_url, config.model, api_key_env=config.api_key_env,
+                   concurrency=concurrency or config.concurrency, timeout_s=config.timeout_s,
+                   max_retries=config.max_retries, backoff_s=config.backoff_s,
+                   max_retry_after_s=config.max_retry_after_s, log=log)
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, concurrency: int = 8,
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, max_retry_after_s: float = 60.0,

@@ -382,7 +382,7 @@ def validation_error(
     full = prefix + loc
     field = ".".join(map(str, full))
     line = line_for(lines, full)
-    owner, field_info = _field_owner(model, loc)
+    owner, field_info = _field_owner(model, loc, data)
     if error["type"] == "extra_forbidden":
         known = list(owner.model_fields) if owner else []
         hint = did_you_mean(str(loc[-1]), known) or (f"known fields: {', '.join(known)}" if known else None)
@@ -421,16 +421,30 @@ def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ..
     return tuple(kept)
 
 
-def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
-    """Walk nested models along `loc`: the model that owns the last field, and that field's info."""
+def _field_owner(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> tuple[type[BaseModel] | None, Any]:
+    """Walk nested models along `loc`: the model that owns the last field, and that field's info.
+
+    A model with a `model_for(data)` classmethod (a backend block) names the class its data validates with."""
     owner: type[BaseModel] | None = model
     parent, info = model, None
+    node = data
     for part in loc:
+        node = _child(node, part)
         if owner is None or not isinstance(part, str):
             continue  # list indices, dict keys of free-form mappings
         parent, info = owner, owner.model_fields.get(part)
         owner = _model_in(info.annotation) if info is not None else None
+        if owner is not None and hasattr(owner, "model_for"):
+            owner = owner.model_for(node)
     return parent, info
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
