@@ -74,7 +74,7 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     for node in nodes:
         if node.kind == "generate":
             params = node.resolved.run_params
-            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, str(params.backend.model),
+            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, params.backend.model_label(),
                                                                 params.n, params.max_new_tokens))
     return lines
 

@@ -71,7 +71,13 @@ class LLMBackend(Protocol):
 class BackendParams(StepParams):
     """Base of every backend's config block: `type` names a registered backend type."""
 
+    loads_model: ClassVar[bool] = False  # holds a heavy model in this process (executors run few such steps at once)
+
     type: str
+
+    def model_label(self) -> str:
+        """The model, as plan's time estimate and the measured speeds name it (the type if there is no `model`)."""
+        return str(getattr(self, "model", self.type))
 
     @classmethod
     def model_for(cls, data: Any) -> type[StepParams]:
@@ -106,6 +112,8 @@ class BackendClass(Protocol):
 
 
 class TransformersBackendConfig(BackendParams):
+    loads_model: ClassVar[bool] = True
+
     type: Literal["transformers"]
     model: str = "smollm2"  # "smollm2" (the packaged SmolLM2-135M-Instruct) or a local model folder
     gguf_file: str | None = None  # a GGUF file inside `model` to load instead of safetensors

@@ -165,7 +165,7 @@ class GenerateStep(Step):
     row_parallel = True
 
     def loads_model(self, params: GenerateParams) -> bool:
-        return params.backend.type == "transformers"
+        return params.backend.loads_model
 
     def identity(self, params: GenerateParams) -> dict[str, Any]:
         """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
@@ -375,7 +375,7 @@ class _Generation:
     def _record_speed(self, new_tokens: int, seconds: float) -> None:
         from synthforge.generation import speed
 
-        speed.record(self.ctx.cache, self.backend.type, str(self.params.backend.model), new_tokens, seconds)
+        speed.record(self.ctx.cache, self.backend.type, self.params.backend.model_label(), new_tokens, seconds)
 
     # output
     def _row_id(self, index: int) -> str:

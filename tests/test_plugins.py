@@ -1,0 +1,159 @@
+"""Plugins through real installed entry points: a package on sys.path with a `.dist-info` that declares
+a step kind (`synthforge.steps`) and an LLM backend (`synthforge.backends`); a recipe uses both."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+"""A third-party plugin: imports only the plugin-facing surfaces."""
+from typing import Literal
+
+from synthforge.backends.llm import BackendParams, GenerationResponse
+from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+
+
+class ShoutParams(StepParams):
+    input: Ref
+    marks: int = 1
+
+
+class ShoutStep(Step):
+    kind = "shout"
+    Params = ShoutParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import polars as pl
+
+        frame = ctx.inputs["input"].frame()
+        return StepResult(frame.with_columns(pl.col("text").str.to_uppercase() + "!" * ctx.params.marks))
+
+
+class EchoConfig(BackendParams):
+    type: Literal["echo"]
+    prefix: str = "echo"
+
+
+class EchoLLM:
+    type = "echo"
+    Config = EchoConfig
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    @classmethod
+    def identity_of(cls, config):
+        return {"prefix": config.prefix}
+
+    @classmethod
+    def from_config(cls, config, **runtime):
+        return cls(config.prefix)
+
+    def identity(self):
+        return {"prefix": self.prefix}
+
+    def generate(self, requests, on_response=None, on_tokens=None):
+        responses = []
+        for index, request in enumerate(requests):
+            prompt = request.messages[-1][1]
+            response = GenerationResponse(f"{self.prefix} {request.seed}: {prompt}", len(prompt.split()), 3)
+            if on_response:
+                on_response(index, response)
+            responses.append(response)
+        return responses
+'''
+
+ENTRY_POINTS = """
+[synthforge.steps]
+shout = sfdemo_plugin:ShoutStep
+
+[synthforge.backends]
+echo = sfdemo_plugin:EchoLLM
+"""
+
+RECIPE = """
+name: plugged
+seed: 3
+steps:
+  gen:
+    kind: generate
+    n: 4
+    labels: [good, bad]
+    template: "Write a {{ label }} review."
+    backend: {type: echo, prefix: parrot}
+  loud:
+    kind: shout
+    input: gen
+    marks: 2
+"""
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path) -> Path:
+    """An installed distribution: the package and its dist-info (METADATA, entry_points.txt) on a path entry."""
+    site = tmp_path / "site"
+    (site / "sfdemo_plugin").mkdir(parents=True)
+    (site / "sfdemo_plugin" / "__init__.py").write_text(PLUGIN)
+    dist = site / "sfdemo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sfdemo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(ENTRY_POINTS)
+    return site
+
+
+def synthforge(site: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SYNTHFORGE_CACHE": str(cache)}
+    env.pop("SYNTHFORGE_PLUGINS", None)
+    return subprocess.run([sys.executable, "-m", "synthforge", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_an_installed_plugin_provides_a_step_kind_and_a_backend(plugin_site, tmp_path):
+    recipe = tmp_path / "plugged.yaml"
+    recipe.write_text(textwrap.dedent(RECIPE).lstrip())
+    cache = tmp_path / "cache"
+    built = synthforge(plugin_site, cache, "build", str(recipe), "--no-progress", "--jobs", "2")
+    assert built.returncode == 0, built.stderr
+    read = ("import json, sys, synthforge as sf; r = sf.open(sys.argv[1]); "
+            "print(json.dumps({'texts': sorted(r.table('loud')['text'].to_list()), 'key': r.key('gen')}))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]), "SYNTHFORGE_CACHE": str(cache)}
+    out = json.loads(subprocess.run([sys.executable, "-c", read, str(recipe)], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    assert len(out["texts"]) == 4
+    assert all(text.startswith("PARROT ") and text.endswith("REVIEW.!!") for text in out["texts"])
+    again = synthforge(plugin_site, cache, "build", str(recipe), "--no-progress")
+    assert again.returncode == 0 and re.search(r"^loud\s+1\s+\w+\s+cached", again.stdout, re.M), again.stdout
+    # the plugin backend's config enters the key like a built-in's
+    recipe.write_text(recipe.read_text().replace("prefix: parrot", "prefix: myna"))
+    plan = synthforge(plugin_site, cache, "plan", str(recipe))
+    assert plan.returncode == 0, plan.stderr
+    assert re.search(r"^run\s+gen\s.*backend\.prefix changed from parrot to myna", plan.stdout, re.M), plan.stdout
+    assert out["key"][:12] not in plan.stdout
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("kind: shout", ("kind: shoot", "steps.loud.kind: unknown step kind 'shoot' (did you mean 'shout'?)")),
+    ("type: echo", ("type: ecko", "steps.gen.backend.type: unknown backend type 'ecko' (did you mean 'echo'?)")),
+    ("type: echo", ("type: zzz", "unknown backend type 'zzz' (known types: echo, openai, transformers)")),
+    ("type: echo", ("tipe: echo", "steps.gen.backend: missing 'type' (add e.g. 'type: transformers' "
+                                  "(types: transformers, openai, echo))")),
+    ("    kind: shout\n", ("", "steps.loud: missing 'kind' (add e.g. 'kind: load' "
+                               "(kinds: load, split, generate, embed, select, mix, train, shout))")),
+])
+def test_error_hints_list_plugin_kinds_and_types(plugin_site, tmp_path, change, message):
+    replacement, expected = message
+    recipe = tmp_path / "plugged.yaml"
+    recipe.write_text(textwrap.dedent(RECIPE).lstrip().replace(change, replacement))
+    result = synthforge(plugin_site, tmp_path / "cache", "plan", str(recipe))
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
