@@ -43,10 +43,6 @@ class UserError(Exception):
         return f"{where}{field}{self.message}{hint}".replace("\n", " ")
 
 
-class GateFailed(Exception):
-    """A `diff --fail-on` gate tripped: exit code 1."""
-
-
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint, or None when nothing is close."""
     close = difflib.get_close_matches(str(word), sorted(set(map(str, choices))), n=1, cutoff=0.6)

@@ -1,5 +1,6 @@
 """Plugins through real installed entry points: a package on sys.path with a `.dist-info` that declares
-a step kind (`synthforge.steps`) and an LLM backend (`synthforge.backends`); a recipe uses both."""
+a step kind (`synthforge.steps`) and an LLM backend (`synthforge.backends`); a recipe uses both.
+The same package as a local module named by $SYNTHFORGE_PLUGINS registers them when imported."""
 
 from __future__ import annotations
 
@@ -98,43 +99,65 @@ steps:
 """
 
 
-@pytest.fixture
-def plugin_site(tmp_path: Path) -> Path:
-    """An installed distribution: the package and its dist-info (METADATA, entry_points.txt) on a path entry."""
-    site = tmp_path / "site"
+REGISTER = """
+from synthforge.backends.llm import register_backend
+from synthforge.steps import register
+
+register("shout", "sfdemo_plugin:ShoutStep")
+register_backend("echo", "sfdemo_plugin:EchoLLM")
+"""
+
+
+def write_plugin(site: Path, installed: bool) -> Path:
+    """Installed: the package and its dist-info (METADATA, entry_points.txt) on a path entry. Local: a module
+    that registers itself when $SYNTHFORGE_PLUGINS names it."""
     (site / "sfdemo_plugin").mkdir(parents=True)
-    (site / "sfdemo_plugin" / "__init__.py").write_text(PLUGIN)
-    dist = site / "sfdemo_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sfdemo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(ENTRY_POINTS)
+    (site / "sfdemo_plugin" / "__init__.py").write_text(PLUGIN + ("" if installed else REGISTER))
+    if installed:
+        dist = site / "sfdemo_plugin-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sfdemo-plugin\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(ENTRY_POINTS)
     return site
 
 
-def synthforge(site: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+@pytest.fixture
+def plugin_site(tmp_path: Path) -> Path:
+    return write_plugin(tmp_path / "site", installed=True)
+
+
+def plugin_env(site: Path, cache: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "SYNTHFORGE_CACHE": str(cache)}
     env.pop("SYNTHFORGE_PLUGINS", None)
-    return subprocess.run([sys.executable, "-m", "synthforge", *args], env=env, capture_output=True, text=True, timeout=300)
+    if not (site / "sfdemo_plugin-0.1.dist-info").exists():
+        env["SYNTHFORGE_PLUGINS"] = "sfdemo_plugin"
+    return env
 
 
-def test_an_installed_plugin_provides_a_step_kind_and_a_backend(plugin_site, tmp_path):
+def synthforge(site: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthforge", *args], env=plugin_env(site, cache), capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["entry-points", "SYNTHFORGE_PLUGINS"])
+def test_a_plugin_provides_a_step_kind_and_a_backend(tmp_path, installed):
+    site = write_plugin(tmp_path / "site", installed)
     recipe = tmp_path / "plugged.yaml"
     recipe.write_text(textwrap.dedent(RECIPE).lstrip())
     cache = tmp_path / "cache"
-    built = synthforge(plugin_site, cache, "build", str(recipe), "--no-progress", "--jobs", "2")
+    built = synthforge(site, cache, "build", str(recipe), "--no-progress", "--jobs", "2")  # kinds found in workers too
     assert built.returncode == 0, built.stderr
     read = ("import json, sys, synthforge as sf; r = sf.open(sys.argv[1]); "
             "print(json.dumps({'texts': sorted(r.table('loud')['text'].to_list()), 'key': r.key('gen')}))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]), "SYNTHFORGE_CACHE": str(cache)}
-    out = json.loads(subprocess.run([sys.executable, "-c", read, str(recipe)], env=env, capture_output=True, text=True,
-                                    check=True).stdout)
+    out = json.loads(subprocess.run([sys.executable, "-c", read, str(recipe)], env=plugin_env(site, cache),
+                                    capture_output=True, text=True, check=True).stdout)
     assert len(out["texts"]) == 4
     assert all(text.startswith("PARROT ") and text.endswith("REVIEW.!!") for text in out["texts"])
-    again = synthforge(plugin_site, cache, "build", str(recipe), "--no-progress")
+    again = synthforge(site, cache, "build", str(recipe), "--no-progress")
     assert again.returncode == 0 and re.search(r"^loud\s+1\s+\w+\s+cached", again.stdout, re.M), again.stdout
     # the plugin backend's config enters the key like a built-in's
     recipe.write_text(recipe.read_text().replace("prefix: parrot", "prefix: myna"))
-    plan = synthforge(plugin_site, cache, "plan", str(recipe))
+    plan = synthforge(site, cache, "plan", str(recipe))
     assert plan.returncode == 0, plan.stderr
     assert re.search(r"^run\s+gen\s.*backend\.prefix changed from parrot to myna", plan.stdout, re.M), plan.stdout
     assert out["key"][:12] not in plan.stdout
