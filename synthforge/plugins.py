@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from importlib.metadata import entry_points
 from typing import Any
 
 from synthforge.errors import UserError, did_you_mean
@@ -43,6 +42,8 @@ class Registry:
 
     def find_plugins(self) -> None:
         """Add what $SYNTHFORGE_PLUGINS modules register and what installed entry points name."""
+        from importlib.metadata import entry_points  # ~30 ms to import: only when a name is not built in
+
         import_plugin_modules()
         for point in sorted(entry_points(group=self.group), key=lambda p: p.name):
             self.targets.setdefault(point.name, point.value)
