@@ -180,3 +180,49 @@ def test_error_hints_list_plugin_kinds_and_types(plugin_site, tmp_path, change, 
     assert result.returncode == 2
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+BUILTIN = """
+name: r
+steps:
+  gen:
+    kind: generate
+    n: 2
+    labels: [good]
+    template: "Write a {{ label }} review."
+    backend:
+"""
+
+
+@pytest.mark.parametrize(("backend", "message"), [
+    ("      type: openaii\n      base_url: http://127.0.0.1:9/v1\n      model: m\n",
+     "r.yaml:9: steps.gen.backend.type: unknown backend type 'openaii' (did you mean 'openai'?)"),
+    ("      base_url: http://127.0.0.1:9/v1\n      model: m\n",
+     "r.yaml:8: steps.gen.backend: missing 'type' (add e.g. 'type: transformers' (types: transformers, openai))"),
+    ("      type: openai\n      base_url: http://127.0.0.1:9/v1\n      model: m\n      concurency: 3\n",
+     "r.yaml:12: steps.gen.backend.concurency: unknown field 'concurency' (did you mean 'concurrency'?)"),
+    ("      type: transformers\n      batch_size: 0\n",
+     "r.yaml:10: steps.gen.backend.batch_size: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_the_backend_registry_validates_built_in_types_with_located_errors(tmp_path, backend, message, monkeypatch):
+    from synthforge.errors import UserError
+    from synthforge.recipe.resolve import load_recipe
+
+    monkeypatch.delenv("SYNTHFORGE_PLUGINS", raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(BUILTIN).lstrip() + backend)
+    with pytest.raises(UserError) as caught:
+        load_recipe(recipe)
+    assert str(caught.value) == message.replace("r.yaml", str(recipe))
+
+
+def test_a_built_in_backend_block_keys_as_before():
+    """The registry changed how a block is validated, not what it dumps: every field but runtime-only ones."""
+    from synthforge.steps.generate import GenerateParams
+
+    params = GenerateParams.model_validate({"n": 1, "labels": ["a"], "template": "x", "backend": {
+        "type": "openai", "base_url": "http://h:1/v1", "model": "m", "concurrency": 3, "api_key_env": "K",
+        "endpoints": ["http://h2:1/v1"]}})
+    assert params.model_dump(mode="json")["backend"] == {"type": "openai", "base_url": "http://h:1/v1", "model": "m"}
+    default = GenerateParams.model_validate({"n": 1, "labels": ["a"], "template": "x"}).model_dump(mode="json")
+    assert default["backend"] == {"type": "transformers", "model": "smollm2", "gguf_file": None}
