@@ -105,9 +105,9 @@ class BackendClass(Protocol):
         ...
 
     @classmethod
-    def from_config(cls, config: Any, *, models_dir: Path | None, device: str | None, batch_size: int | None,
+    def from_config(cls, config: Any, *, models_dir: Path | None, device: str, batch_size: int | None,
                     concurrency: int | None, log: Callable[[str], None]) -> LLMBackend:
-        """The backend; explicit runtime overrides (not None) win over the config's."""
+        """The backend at the runtime settings the step resolved (command line > step > backend block > default)."""
         ...
 
 
@@ -238,8 +238,9 @@ def backend_identity(config: BackendParams) -> dict[str, Any]:
     return {"type": config.type, **backend_class(config.type).identity_of(config)}
 
 
-def make_backend(config: BackendParams, *, models_dir=None, device: str | None = None,
-                 batch_size: int | None = None, concurrency: int | None = None, log: Callable[[str], None] = print) -> LLMBackend:
-    """Build the backend a recipe asked for; explicit runtime overrides win over the recipe's."""
+def make_backend(config: BackendParams, *, models_dir=None, device: str, batch_size: int | None,
+                 concurrency: int | None, log: Callable[[str], None] = print) -> LLMBackend:
+    """Build the backend a recipe asked for, at the runtime settings its step resolved (`Runtime.resolve`):
+    `device` and `batch_size` for transformers, `concurrency` for openai; no fallback of its own."""
     return backend_class(config.type).from_config(config, models_dir=models_dir, device=device, batch_size=batch_size,
                                                   concurrency=concurrency, log=log)

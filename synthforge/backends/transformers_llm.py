@@ -223,12 +223,11 @@ class TransformersLLM:
         return model_identity(config.model, config.gguf_file)
 
     @classmethod
-    def from_config(cls, config: TransformersBackendConfig, *, models_dir: Path | None = None, device: str | None = None,
-                    batch_size: int | None = None, log: Callable[[str], None] = print, **_server_settings) -> "TransformersLLM":
-        """The backend; a device other than auto and a batch size given here win over the config's."""
-        return cls(config.model, gguf_file=config.gguf_file, models_dir=models_dir,
-                   device=device if device not in (None, "auto") else config.device,
-                   batch_size=batch_size or config.batch_size, log=log)
+    def from_config(cls, config: TransformersBackendConfig, *, models_dir: Path | None = None, device: str,
+                    batch_size: int, log: Callable[[str], None] = print, **_server_settings) -> "TransformersLLM":
+        """The backend at the device and batch size the step resolved (no fallback of its own)."""
+        return cls(config.model, gguf_file=config.gguf_file, models_dir=models_dir, device=device,
+                   batch_size=batch_size, log=log)
 
     def __init__(self, model: str = SMOLLM2, *, gguf_file: str | None = None, models_dir: Path | None = None,
                  device: str = "auto", batch_size: int = 8, min_new_tokens: int = 0,
