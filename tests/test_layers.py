@@ -120,3 +120,20 @@ def test_architecture_names_every_module():
     assert not sorted(paths - modules - folders), f"docs/architecture.md's map lacks {sorted(paths - modules - folders)}"
     assert not sorted(modules - paths - {"__init__"}), f"docs/architecture.md names missing modules {sorted(modules - paths)}"
     assert all((PACKAGE / folder).is_dir() for folder in folders), folders
+
+
+def documented_layers() -> list[set[str]]:
+    """The "Layers" paragraph of docs/architecture.md, top first: the backticked names between the `>`s."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    paragraph = text[text.index("From the top:"):text.index("An import points down")]
+    return [set(re.findall(r"`([a-z_]+)`", segment)) for segment in paragraph.split(" > ")]
+
+
+def test_imports_point_down_the_documented_layers():
+    layers = documented_layers()
+    level = {name: index for index, names in enumerate(layers) for name in names}
+    top_names = {m.split(".")[1] for m in MODULES if m.count(".") >= 1} - {"__main__"}
+    assert not sorted(top_names - set(level)), f"place these in docs/architecture.md's Layers: {sorted(top_names - set(level))}"
+    upward = sorted(f"{a.source} -> {a.target} [{a.how}]" for a in ARROWS if a.source.count(".") and a.target.count(".")
+                    and a.source.split(".")[1] in level and level[a.target.split(".")[1]] < level[a.source.split(".")[1]])
+    assert not upward, f"imports running up the documented layers: {upward}"
