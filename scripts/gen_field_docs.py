@@ -52,11 +52,10 @@ class FieldRow:
 
 
 def backend_configs() -> dict[str, type[BaseModel]]:
-    """Each LLM backend's `type:` value -> its config model (every model a generate step's `backend:` may hold)."""
-    from synthforge.steps.generate import GenerateParams
+    """Each registered LLM backend type (plugins included) -> its config model."""
+    from synthforge.backends.llm import BACKEND_TYPES, backend_class
 
-    configs = model_types(GenerateParams.model_fields["backend"].annotation)
-    return {typing.get_args(config.model_fields["type"].annotation)[0]: config for config in configs}
+    return {name: backend_class(name).Config for name in BACKEND_TYPES.names()}
 
 
 def _container_suffix(annotation: Any) -> str:

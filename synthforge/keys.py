@@ -125,13 +125,14 @@ def runtime_fields(model: type["BaseModel"], prefix: str = "") -> list[str]:
 
 
 def model_types(annotation: Any) -> list[type]:
-    """The pydantic models inside a field's annotation (through Optional, unions, lists and dicts)."""
+    """The pydantic models inside a field's annotation (through Optional, unions, lists and dicts; a backend block
+    stands for every registered backend config)."""
     from typing import get_args
 
     from pydantic import BaseModel
 
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a backend block: its registered configs
+        return annotation.registered_models() if hasattr(annotation, "registered_models") else [annotation]
     return [t for arg in get_args(annotation) for t in model_types(arg)]
 
 

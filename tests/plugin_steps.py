@@ -45,7 +45,7 @@ register("slow", "tests.plugin_steps:SlowStep")
 class CrashOnceParams(StepParams):
     input: Ref = Field(description="the step whose rows to copy")
     marker: str = Field(
-        exclude=True, description="runtime-only, never in a key: a file path, absent on the first run, which then kills its own process"
+        exclude=True, description="a file path, absent on the first run, which then kills its own process; runtime-only, never in a key"
     )
 
 

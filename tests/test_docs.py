@@ -122,7 +122,7 @@ def test_a_registered_plugin_kind_is_held_to_the_same_rules():
     saved = dict(STEP_KINDS)
     register("docs_test_plugin", f"{__name__}:_PluginStep")
     try:
-        problems = [undescribed(*item) for item in rows(documented_models())]
+        problems = [undescribed(*item) for item in rows(documented_models()) if item[0] == "docs_test_plugin"]
     finally:
         STEP_KINDS.clear()
         STEP_KINDS.update(saved)

@@ -13,14 +13,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
-from synthforge.keys import model_types
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
 from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
-from synthforge.steps import step_class
-from synthforge.steps.base import Step, StepParams
+from synthforge.steps import known_kinds, step_class
+from synthforge.stepapi import StepParams
+from synthforge.steps.base import Step
 
 DEFAULT_VARIANT = "default"
 REPLICATE_VAR = "replicate"  # the variable `replicates: N` adds (0..N-1)
@@ -270,7 +270,7 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
     if "kind" not in config:
         raise UserError(
             "missing 'kind'", file=filename, line=recipe.line(*where), field=f"steps.{name}",
-            hint="add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train)",
+            hint=f"add e.g. 'kind: load' (kinds: {', '.join(known_kinds())})",
         )
     kind = str(config["kind"])
     try:
@@ -382,7 +382,7 @@ def validation_error(
     full = prefix + loc
     field = ".".join(map(str, full))
     line = line_for(lines, full)
-    owner, field_info = _field_owner(model, tuple(error["loc"]))
+    owner, field_info = _field_owner(model, loc, data)
     if error["type"] == "extra_forbidden":
         known = list(owner.model_fields) if owner else []
         hint = did_you_mean(str(loc[-1]), known) or (f"known fields: {', '.join(known)}" if known else None)
@@ -421,36 +421,42 @@ def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ..
     return tuple(kept)
 
 
-def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
-    """Walk nested models along pydantic's `loc`: the model that owns the last field, and that field's info.
+def _field_owner(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> tuple[type[BaseModel] | None, Any]:
+    """Walk nested models along `loc`: the model that owns the last field, and that field's info.
 
-    A field may hold several models (the backend union): pydantic names the member in `loc` (its tag or
-    class name), else the first member declaring the next part owns it. A part no model declares (a free-form
-    mapping's key, an unknown field) leaves the candidates as they are.
-    """
-    owners: list[type[BaseModel]] = [model]
+    A model with a `model_for(data)` classmethod (a backend block) names the class its data validates with.
+    A part the model does not declare (a free-form mapping's key, an unknown field) keeps the model, so the
+    values of `variables: {name: {file: ...}}` still find theirs."""
+    owner: type[BaseModel] | None = model
     parent, info = model, None
+    node = data
     for part in loc:
-        if not owners or not isinstance(part, str):
+        node = _child(node, part)
+        if owner is None or not isinstance(part, str):
             continue  # list indices, values of fields that hold no model
-        named = [m for m in owners if part in _union_tags(m)]
-        if named:
-            owners = named
-            continue
-        owner = next((m for m in owners if part in m.model_fields), None)
-        if owner is None:
-            parent, info = owners[0], None
+        if part not in owner.model_fields:
+            parent, info = owner, None
             continue
         parent, info = owner, owner.model_fields[part]
-        owners = model_types(info.annotation)
+        owner = _model_in(info.annotation)
+        if owner is not None and hasattr(owner, "model_for"):
+            owner = owner.model_for(node)
     return parent, info
 
 
-def _union_tags(model: type[BaseModel]) -> set[str]:
-    """How pydantic names a union member in an error location: its class name, or its tag (`type: openai`)."""
-    tags = {model.__name__}
-    for info in model.model_fields.values():
-        values = typing.get_args(info.annotation)
-        if typing.get_origin(info.annotation) is typing.Literal and len(values) == 1 and isinstance(values[0], str):
-            tags.add(values[0])
-    return tags
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

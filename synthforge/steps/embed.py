@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
+from synthforge.steps.rows import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
-
-EMBEDDING_COLUMN = "embedding"
-
 
 class EmbedParams(StepParams):
     input: Ref = Field(description="the step (or step.table) whose rows to embed")
@@ -28,7 +27,7 @@ class EmbedParams(StepParams):
     text_column: str = Field("text", description="the column holding the texts to embed")
     batch_size: int = Field(
         64, ge=1, exclude=True,
-        description="runtime-only, never in a key: texts per encoder batch (--batch-size overrides it)",
+        description="texts per encoder batch (--batch-size overrides it); runtime-only, never in a key",
     )
 
 
@@ -133,14 +132,3 @@ class _RowCounter:
 
     def update(self, rows: int) -> None:
         self.on_item(0, rows)
-
-
-def embeddings_of(frame: "pl.DataFrame", column: str = EMBEDDING_COLUMN) -> "np.ndarray":
-    """The embedding column as a C-contiguous float32 (rows, dim) matrix."""
-    import numpy as np
-
-    if column not in frame.columns:
-        raise UserError(f"input has no '{column}' column", hint="add an `embed` step before this one")
-    if frame.height == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.ascontiguousarray(frame[column].to_numpy(), dtype=np.float32)

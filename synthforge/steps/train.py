@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
 
@@ -65,11 +66,11 @@ class TrainParams(StepParams):
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="the level of the reported intervals, in (0, 1)")
     batch_size: int | None = Field(
         default=None, ge=1, exclude=True,
-        description="runtime-only, never in a key: rows per inference or embedding batch (64 when neither this nor --batch-size is set)",
+        description="rows per inference or embedding batch (64 when neither this nor --batch-size is set); runtime-only, never in a key",
     )
     device: str = Field(
         default="auto", exclude=True,
-        description="runtime-only, never in a key: cpu, cuda:0... or `auto` (CUDA when present)",
+        description="cpu, cuda:0... or `auto` (CUDA when present); runtime-only, never in a key",
     )
 
     @model_validator(mode="after")
@@ -224,7 +225,7 @@ def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Embeddings for train and test: the `embedding` column when both have a complete one, else embedded text."""
-    from synthforge.steps.embed import EMBEDDING_COLUMN, embeddings_of
+    from synthforge.steps.rows import EMBEDDING_COLUMN, embeddings_of
 
     if all(EMBEDDING_COLUMN in frames[n].columns and frames[n][EMBEDDING_COLUMN].null_count() == 0 for n in ("train", "test")):
         features = {n: embeddings_of(frames[n]) for n in ("train", "test")}
