@@ -11,7 +11,7 @@ import xxhash
 
 from synthforge import metrics
 from synthforge.cache import Cache, read_table
-from synthforge.steps.rows import rank_within_groups, stable_ids
+from synthforge.steps.rows import id_order, label_codes, rank_within_groups, stable_ids
 from synthforge.steps.split import SplitStep
 from tests.conftest import BASIC
 from tests.helpers import make_ctx, write_entry
@@ -41,6 +41,29 @@ def test_stable_ids_match_the_per_row_hash():
 def test_rank_within_groups():
     assert rank_within_groups(np.array([3, 1, 3, 3, 1, 2])).tolist() == [0, 0, 1, 2, 1, 0]
     assert rank_within_groups(np.array([], dtype=np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("ids", [
+    ["0123456789abcdef~2", "0123456789abcdef~10", "0123456789abcdef", "0123456789abcdee", "0123456789abcdef~2"],
+    ["b", "a", "ab", "a~1", "0123456789abcdef", "0123456789ABCDEF", "é", "", "a"],  # not all hex: the string sort
+    [],
+])
+def test_id_order_is_the_string_order_with_ties_in_row_order(ids):
+    expected = sorted(range(len(ids)), key=lambda i: (ids[i].encode(), i))
+    assert id_order(pl.Series(ids, dtype=pl.String)).tolist() == expected
+
+
+def test_id_order_of_stable_ids_with_repeats():
+    texts = [f"t{v}" for v in np.random.default_rng(2).integers(0, 300, size=3000)]
+    ids = stable_ids(texts, ["x"] * len(texts)).to_list()
+    assert id_order(pl.Series(ids)).tolist() == sorted(range(len(ids)), key=lambda i: (ids[i], i))
+
+
+def test_label_codes_are_narrow_and_sorted():
+    names, codes = label_codes(pl.Series(["b", "a", "c", "a"]))
+    assert (names, codes.tolist(), codes.dtype) == (["a", "b", "c"], [1, 0, 2, 0], np.uint8)
+    names, codes = label_codes(pl.Series([f"l{i:04}" for i in range(300)]))
+    assert codes.dtype == np.uint16 and codes.tolist() == list(range(300))
 
 
 def per_label_take(pool, count, labels):
@@ -185,3 +208,25 @@ def test_select_meta_records_metric_methods(tmp_path):
     meta = step.run(ctx).meta
     assert meta["metric_methods"]["dcscore"] == "exact" and "dcscore_se" not in meta["metrics"]
     json.dumps(meta)
+
+
+def test_hash_file_streams_in_chunks_to_the_one_shot_digest(tmp_path, monkeypatch):
+    from synthforge import keys
+
+    monkeypatch.setattr(keys, "HASH_CHUNK", 7)  # many chunks and a short last one
+    data = bytes(range(256)) * 5
+    for size in (0, 1, 7, 8, len(data)):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(data[:size])
+        assert keys.hash_file(path) == xxhash.xxh3_128_hexdigest(data[:size])
+
+
+def test_blank_texts_are_exactly_those_strip_empties():
+    from synthforge.steps.load import _usable_rows
+
+    texts = [" \t\n", "", " a ", "\u00a0\u2003", "\u200b", "\ufeff", "\x1c\x85", None, "x"]
+    frame = pl.DataFrame({"text": texts, "label": ["l"] * len(texts)})
+    kept, dropped = _usable_rows(frame)
+    stripped = pl.Series(texts).str.strip_chars().to_list()  # the expression it replaced (\x1c counts as text there)
+    expected = [t for t, s in zip(texts, stripped) if s]
+    assert kept["text"].to_list() == expected and dropped["blank_text"] == len(texts) - len(expected)

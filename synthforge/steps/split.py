@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
-from synthforge.steps.rows import label_codes, rank_within_groups
+from synthforge.steps.rows import id_order, label_codes, rank_within_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -56,13 +56,15 @@ class SplitStep(Step):
         import polars as pl
 
         params: SplitParams = ctx.params
-        frame = ctx.inputs["input"].frame()
+        # one chunk per column: gathering rows from a table read in several row groups is about 5x slower
+        frame = ctx.inputs["input"].frame().rechunk()
         # Rows are drawn in id order, so the split does not depend on the upstream row order;
         # `by_id` maps id-order positions to rows (no full sort of every column).
-        by_id = frame["id"].arg_sort().to_numpy()
+        by_id = id_order(frame["id"])
         held_out_seed = ctx.seed if params.seed is None else params.seed
         rng = np.random.default_rng([held_out_seed, 0x5B117])
-        names, labels = label_codes(frame["label"][by_id])
+        names, codes = label_codes(frame["label"])
+        labels = codes[by_id]
         pool = rng.permutation(frame.height)  # test, then validation, then train are drawn in this order
         test, pool = _take(pool, _count(params.test, frame.height), labels, params.stratify, "test")
         validation, pool = _take(pool, _count(params.validation, frame.height), labels, params.stratify, "validation")
