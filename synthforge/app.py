@@ -282,7 +282,8 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
     if address:
         raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
     jobs = jobs or usable_cpus()
-    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None
+    # a chain runs one step at a time anyway: spawned workers would only add their start-up (~0.2 s CPU each)
+    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 and not graph.is_chain() else None
 
 
 

@@ -58,6 +58,11 @@ class Graph:
                 todo.extend(self.nodes[key].upstream)
         return seen
 
+    def is_chain(self) -> bool:
+        """True when every node depends on the one before it (in dependency order): no two can run at once."""
+        keys = list(self.nodes)
+        return all(before in self.nodes[after].upstream for before, after in zip(keys, keys[1:]))
+
     def to_lock(self, rows: dict[str, int]) -> Lock:
         nodes = {}
         for key, node in self.nodes.items():

@@ -100,7 +100,7 @@ def main() -> None:
 @remote_option
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="SYNTHFORGE_JOBS",
               help="Steps run at once (local: spawned worker processes; ray: CPUs of a local Ray instance). "
-                   "Default: the CPUs this process may use.")
+                   "Default: the CPUs this process may use. A chain of steps runs in this process.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where steps run: this machine, or Ray (pip install 'synthforge[ray]').")
 @click.option("--address", default=None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.")

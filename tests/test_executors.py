@@ -159,3 +159,22 @@ def test_shards_on_a_ray_actor_pool_merge_to_the_local_bytes(ray_local, cli, wri
     gen = next(json.loads(p.read_text()) for p in (tmp_path / "ray" / "entries").rglob("manifest.json")
                if json.loads(p.read_text())["step"] == "gen")
     assert gen["meta"]["responses_generated"] == 8  # on the actors, in 3 shards
+
+
+def test_a_chain_builds_in_process_and_a_matrix_in_workers(write_recipe, data_csv, tmp_path):
+    from synthforge.app import executor_from
+    from synthforge.builder import build_graph
+    from synthforge.cache import Cache
+    from synthforge.executors.local import ProcessExecutor
+    from synthforge.recipe.resolve import load_recipe
+    from synthforge.steps.base import Runtime
+
+    cache = Cache(tmp_path / "cache")
+    chain, matrix = (build_graph(load_recipe(write_recipe(text, name))) for text, name in ((BASIC, "c.yaml"), (MATRIX, "m.yaml")))
+    assert chain.is_chain() and not matrix.is_chain()
+    assert executor_from("local", chain, cache, Runtime(), 2, None, 1) is None  # no two steps could run at once
+    runner = executor_from("local", matrix, cache, Runtime(), 2, None, 1)
+    try:
+        assert isinstance(runner, ProcessExecutor)
+    finally:
+        runner.close()
