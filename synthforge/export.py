@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.api import PROVENANCE_KEY, read_table, to_hf_dataset
+from synthforge.api import PROVENANCE_KEY, table_path, to_hf_dataset
 from synthforge.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,9 +28,12 @@ SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "n", "few_shot_k", 
 
 
 def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
+    import polars as pl
+
     entry = recipe.entry(step, variant)
     manifest = entry.manifest
-    frame = read_table(entry, table, columns=["label"] if "label" in manifest.tables[table].columns else [])
+    table_path(entry, table)
+    labels = entry.scan(table).group_by("label").len() if "label" in manifest.tables[table].columns else None
     lineage = _lineage(recipe, entry.key)
     return {
         "recipe": recipe.name,
@@ -40,8 +43,8 @@ def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str)
         "table": table,
         "variant": variant or (recipe.variants[0] if len(recipe.variants) == 1 else "shared by every variant"),
         "key": entry.key,
-        "rows": frame.height,
-        "label_counts": dict(sorted(frame["label"].value_counts().iter_rows())) if "label" in frame.columns else {},
+        "rows": manifest.tables[table].rows,  # the manifest is checked, and its tables against their files
+        "label_counts": dict(sorted(labels.collect(engine="streaming").iter_rows())) if labels is not None else {},
         "generators": [_generator(recipe, node) for node in lineage if node.kind == "generate"],
         "metrics": _metrics(recipe, lineage),
         "synthforge_version": manifest.versions.get("synthforge"),
@@ -82,13 +85,12 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
     """Write a step's table to `to` with its provenance; returns a one-line summary."""
     target = Path(to)
     fmt = fmt or _format_from_name(target)
-    frame = recipe.table(step, variant, table)
     facts = provenance(recipe, step, variant, table)
     if fmt == "hf":
-        write_hf_folder(frame, target, facts)
-        return f"wrote {frame.height} rows to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
-    write_file(frame, target, fmt, facts)
-    return f"wrote {frame.height} rows to {target}"
+        write_hf_folder(recipe.table(step, variant, table), target, facts)
+        return f"wrote {facts['rows']} rows to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
+    write_file(recipe.entry(step, variant).scan(table), target, fmt, facts)
+    return f"wrote {facts['rows']} rows to {target}"
 
 
 def _format_from_name(target: Path) -> str:
@@ -99,19 +101,20 @@ def _format_from_name(target: Path) -> str:
                     hint="use a .parquet, .jsonl or .csv file name, or --format hf with a folder")
 
 
-def write_file(frame: "pl.DataFrame", target: Path, fmt: str, facts: dict[str, Any]) -> None:
+def write_file(scan: "pl.LazyFrame", target: Path, fmt: str, facts: dict[str, Any]) -> None:
+    """Stream a (checked) table scan into `target`, batch by batch: memory stays flat however many rows."""
     import polars as pl
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     if fmt == "parquet":
-        frame.write_parquet(tmp, metadata={PROVENANCE_KEY: json.dumps(facts, sort_keys=True)})
+        scan.sink_parquet(tmp, metadata={PROVENANCE_KEY: json.dumps(facts, sort_keys=True)})
     elif fmt == "jsonl":
-        frame.write_ndjson(tmp)
+        scan.sink_ndjson(tmp)
     else:
-        vectors = [c for c, t in frame.schema.items() if isinstance(t, (pl.Array, pl.List))]
-        frame.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
-                           for c in vectors).write_csv(tmp)
+        vectors = [c for c, t in scan.collect_schema().items() if isinstance(t, (pl.Array, pl.List))]
+        scan.with_columns(pl.col(c).cast(pl.List(pl.Float32)).list.eval(pl.element().cast(pl.String)).list.join(" ")
+                          for c in vectors).sink_csv(tmp)
     tmp.replace(target)
 
 

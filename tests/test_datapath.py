@@ -230,3 +230,18 @@ def test_blank_texts_are_exactly_those_strip_empties():
     stripped = pl.Series(texts).str.strip_chars().to_list()  # the expression it replaced (\x1c counts as text there)
     expected = [t for t, s in zip(texts, stripped) if s]
     assert kept["text"].to_list() == expected and dropped["blank_text"] == len(texts) - len(expected)
+
+
+def test_streamed_exports_hold_the_table_and_its_provenance(cli, write_recipe, data_csv, cache_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    recipe = write_recipe(BASIC)
+    assert cli("build", recipe).exit_code == 0
+    table = read_table(next(e.path for e in Cache(cache_dir).entries() if e.manifest.step == "split"), "train")
+    for fmt, read in (("parquet", pl.read_parquet), ("jsonl", pl.read_ndjson), ("csv", pl.read_csv)):
+        out = cli("export", recipe, "split", "--table", "train", "--to", tmp_path / f"train.{fmt}")
+        assert out.exit_code == 0 and f"wrote {table.height} rows" in out.output
+        assert read(tmp_path / f"train.{fmt}").select(table.columns).equals(table), fmt
+    facts = json.loads(pq.read_metadata(tmp_path / "train.parquet").metadata[b"synthforge"])
+    assert facts["rows"] == table.height and facts["table"] == "train"
+    assert facts["label_counts"] == dict(sorted(table["label"].value_counts().iter_rows()))
