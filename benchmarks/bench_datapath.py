@@ -14,6 +14,7 @@ Tasks:
   load     synthforge build of a load + split recipe on a CSV of short texts
            vs polars read_csv + unique + write_parquet;
   show     `synthforge show` of a built table vs scan_parquet().head();
+  export   `synthforge export` of the load step's table to parquet and jsonl vs scan_parquet().sink_*;
   metrics  every select/stats metric (diversity_metrics, with texts) vs Vendi alone;
   dcscore  DCScore alone vs Vendi;
   kcenter  k-center 1k picks;
@@ -181,8 +182,28 @@ def show_entry_code(cache: Path) -> str:
     return f"""
 from synthforge.app import show_text
 from synthforge.cache import Cache
-entry = next(e for e in Cache({str(cache)!r}).entries() if e.manifest['step'] == 'real')
+entry = next(e for e in Cache({str(cache)!r}).entries() if e.manifest.step == 'real')
 show_text(entry)
+"""
+
+
+def export_code(recipe_path: Path, cache: Path, out: Path) -> str:
+    return f"""
+import sys
+from synthforge.cli import main
+sys.argv = ['synthforge', 'export', {str(recipe_path)!r}, 'real', '--to', {str(out)!r}, '--cache-dir', {str(cache)!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+"""
+
+
+def sink_code(parquet: Path, out: Path) -> str:
+    kind = "sink_parquet" if out.suffix == ".parquet" else "sink_ndjson"
+    return f"""
+import polars as pl
+pl.scan_parquet({str(parquet)!r}).{kind}({str(out)!r})
 """
 
 
@@ -326,6 +347,31 @@ def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool
     return rows
 
 
+def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
+    rows = []
+    for n in sizes:
+        csv = data("csv", work / f"texts_{n}.csv", n)
+        folder = work / f"load_{n}"
+        folder.mkdir(exist_ok=True)
+        rp = recipe(folder, csv)
+        cache = folder / "cache"
+        if not reuse or not cache.is_dir():
+            run_child(build_code(rp, cache), tree)
+        parquet = next(cache.glob("entries/*/*/data.parquet"))
+        for kind in ("parquet", "jsonl"):
+            out = folder / f"export.{kind}"
+            res = interleave({"synthforge export": export_code(rp, cache, out), "sink": sink_code(parquet, out)},
+                             tree, repeat, ("synthforge export",))
+            ref = res["sink"]
+            for name in versions("synthforge export", res):
+                sf = res[name]
+                emit(rows, [f"{name} {kind}, {n:,}-row table", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
+                            f"scan_parquet().sink_* {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
+                            f"{summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
+            out.unlink(missing_ok=True)
+    return rows
+
+
 EMBED_SETUP = """
 import numpy as np, polars as pl
 texts = pl.read_csv({csv!r}, n_rows={rows})['text'].to_list()
@@ -385,7 +431,7 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
 
 
 BIG = 5_000_000
-TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels", "embed")
+TASKS = ("load", "show", "export", "metrics", "dcscore", "kcenter", "levels", "embed")
 
 
 def main() -> None:
@@ -422,6 +468,8 @@ def main() -> None:
             out += task_load(tree, args.work, sizes, args.repeat, args.repeat_big)
         elif task == "show":
             out += task_show(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
+        elif task == "export":
+            out += task_export(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
         elif task == "metrics":
             out += task_matrix(tree, args.work, sizes, args.repeat, "metrics", METRICS_BODY, "vendi", VENDI_BODY)
         elif task == "dcscore":
