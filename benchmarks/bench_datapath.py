@@ -13,6 +13,8 @@ CPU seconds are the measure that survives a shared machine best; wall times are 
 Tasks:
   load     synthforge build of a load + split recipe on a CSV of short texts
            vs polars read_csv + unique + write_parquet;
+  phases   load + split's CPU seconds phase by phase (read, dedup, ids, order, draw, write), beside
+           the reference's (import, read_csv, unique, write_parquet);
   show     `synthforge show` of a built table vs scan_parquet().head();
   export   `synthforge export` of the load step's table to parquet and jsonl vs scan_parquet().sink_*;
   metrics  every select/stats metric (diversity_metrics, with texts) vs Vendi alone;
@@ -372,6 +374,77 @@ def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bo
     return rows
 
 
+PHASES_CODE = """
+import collections, functools, json, sys, time
+import polars as pl
+T = collections.defaultdict(float)
+
+
+def timed(owner, name, label):
+    inner = getattr(owner, name)
+
+    @functools.wraps(inner)
+    def wrapper(*args, **kwargs):
+        start = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            T[label] += time.process_time() - start
+    setattr(owner, name, wrapper)
+
+
+from synthforge import builder, cache as cache_module
+from synthforge.steps import load, rows, split
+for owner, name, label in [(load, "read_source", "load: read csv"), (load, "_usable_rows", "load: blank/unlabelled rows"),
+                           (rows, "stable_ids", "load: stable ids"), (split, "id_order", "split: order by id"),
+                           (split, "label_codes", "split: label codes"), (split, "_take", "split: stratified draw"),
+                           (cache_module, "read_table", "split: read load's table (checked)"),
+                           (builder, "write_entry_files", "write entry (parquet, hash, manifest)"),
+                           (builder, "run_node", "steps (all of the above and the rest)")]:
+    if label:
+        timed(owner, name, label)
+timed(pl.DataFrame, "unique", "load: dedup (unique)")
+timed(pl.DataFrame, "rechunk", "split: rechunk")
+from synthforge.cli import main
+sys.argv = ['synthforge', 'build', {recipe!r}, '--cache-dir', {cache!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print('@@ ' + json.dumps(dict(T)))
+"""
+REF_PHASES_CODE = """
+import json, time
+start = time.process_time()
+import polars as pl
+T = {{"import polars": time.process_time() - start}}
+start = time.process_time(); frame = pl.read_csv({csv!r}); T["read_csv"] = time.process_time() - start
+start = time.process_time(); frame = frame.unique(subset='text', keep='first', maintain_order=True); T["unique"] = time.process_time() - start
+start = time.process_time(); frame.write_parquet({out!r}); T["write_parquet"] = time.process_time() - start
+print('@@ ' + json.dumps(T))
+"""
+
+
+def task_phases(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
+    """Where load + split spends its CPU seconds, phase by phase, beside the reference's phases."""
+    rows = []
+    for n in sizes:
+        csv = data("csv", work / f"texts_{n}.csv", n)
+        folder = work / f"load_{n}"
+        folder.mkdir(exist_ok=True)
+        rp = recipe(folder, csv)
+        code = "import shutil; shutil.rmtree(%r, ignore_errors=True)\n" % str(folder / "cache") + PHASES_CODE.format(
+            recipe=str(rp), cache=str(folder / "cache"))
+        res = interleave({"synthforge": code, "polars": REF_PHASES_CODE.format(csv=str(csv), out=str(folder / "ref.parquet"))},
+                         tree, repeat, ())
+        for name in ("synthforge", "polars"):
+            phases = [k for k in res[name][0] if k not in ("wall", "cpu", "rss")]
+            for phase in phases + ["cpu"]:
+                label = "whole process" if phase == "cpu" else phase
+                emit(rows, [f"{name} phases, {n:,} rows: {label}", fmt(res[name], phase), "", "", loadavg()])
+    return rows
+
+
 EMBED_SETUP = """
 import numpy as np, polars as pl
 texts = pl.read_csv({csv!r}, n_rows={rows})['text'].to_list()
@@ -431,7 +504,7 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
 
 
 BIG = 5_000_000
-TASKS = ("load", "show", "export", "metrics", "dcscore", "kcenter", "levels", "embed")
+TASKS = ("load", "phases", "show", "export", "metrics", "dcscore", "kcenter", "levels", "embed")
 
 
 def main() -> None:
@@ -468,6 +541,8 @@ def main() -> None:
             out += task_load(tree, args.work, sizes, args.repeat, args.repeat_big)
         elif task == "show":
             out += task_show(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
+        elif task == "phases":
+            out += task_phases(tree, args.work, sizes, args.repeat)
         elif task == "export":
             out += task_export(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
         elif task == "metrics":

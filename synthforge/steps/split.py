@@ -99,10 +99,23 @@ def _take(pool: "np.ndarray", count: int, labels: "np.ndarray", stratify: bool, 
         return pool[:count], pool[count:]
     pool_labels = labels[pool]
     quotas = _quotas(np.bincount(pool_labels), count)
-    chosen = rank_within_groups(pool_labels) < quotas[pool_labels]
+    # each label's first `quota` rows in pool order all lie in a prefix of the pool: rank only that
+    head = _prefix_holding(pool_labels, quotas, count)
+    head_labels = pool_labels[:head]
+    chosen = rank_within_groups(head_labels) < quotas[head_labels]
     # label by label, each in pool order (the order the rows were drawn in)
-    order = np.argsort(pool_labels[chosen], kind="stable")
-    return pool[chosen][order], pool[~chosen]
+    order = np.argsort(head_labels[chosen], kind="stable")
+    return pool[:head][chosen][order], np.concatenate([pool[:head][~chosen], pool[head:]])
+
+
+def _prefix_holding(pool_labels: "np.ndarray", quotas: "np.ndarray", count: int) -> int:
+    """The length of a prefix of the pool holding at least `quotas[label]` rows of every label (doubling from 2x count)."""
+    import numpy as np
+
+    head = min(len(pool_labels), 2 * count + 64)
+    while head < len(pool_labels) and np.any(np.bincount(pool_labels[:head], minlength=len(quotas)) < quotas):
+        head = min(len(pool_labels), 2 * head)
+    return head
 
 
 def _quotas(sizes: "np.ndarray", count: int) -> "np.ndarray":
