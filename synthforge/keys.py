@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,18 +61,18 @@ def key_of(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(encode(value))
 
 
-HASH_CHUNK = 1 << 20
+HASH_WINDOW = 16 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 
 def hash_file(path: str | os.PathLike) -> str:
-    """xxh3-128 of a file's bytes, read in 1 MiB chunks into one buffer: memory stays flat however large
-    the file (a mmap'd file's pages count in the process's resident memory), at about the same speed."""
+    """xxh3-128 of a file's bytes, mapped 16 MiB at a time: xxhash reads the page cache directly (no copy),
+    and at most one window's pages count in the process's resident memory however large the file."""
     digest = xxhash.xxh3_128()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while read := fh.readinto(buffer):
-            digest.update(view[:read])
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for offset in range(0, size, HASH_WINDOW):
+            with mmap.mmap(fh.fileno(), min(HASH_WINDOW, size - offset), offset=offset, access=mmap.ACCESS_READ) as window:
+                digest.update(window)
     return digest.hexdigest()
 
 

@@ -210,12 +210,15 @@ def test_select_meta_records_metric_methods(tmp_path):
     json.dumps(meta)
 
 
-def test_hash_file_streams_in_chunks_to_the_one_shot_digest(tmp_path, monkeypatch):
+def test_hash_file_maps_windows_to_the_one_shot_digest(tmp_path, monkeypatch):
     from synthforge import keys
 
-    monkeypatch.setattr(keys, "HASH_CHUNK", 7)  # many chunks and a short last one
-    data = bytes(range(256)) * 5
-    for size in (0, 1, 7, 8, len(data)):
+    import mmap
+
+    window = mmap.ALLOCATIONGRANULARITY
+    monkeypatch.setattr(keys, "HASH_WINDOW", window)  # several windows and a short last one
+    data = bytes(range(256)) * (window * 7 // 512)
+    for size in (0, 1, window, window + 1, len(data)):
         path = tmp_path / f"f{size}"
         path.write_bytes(data[:size])
         assert keys.hash_file(path) == xxhash.xxh3_128_hexdigest(data[:size])
