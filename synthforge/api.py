@@ -36,8 +36,8 @@ def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str 
 
     `cache_dir=None` uses the CLI's default: `$SYNTHFORGE_CACHE`, else `cache/` in the current folder.
     """
-    graph = build_graph(load_recipe(path, dict(set or {})))
-    return OpenRecipe(graph, Cache(cache_dir))
+    cache = Cache(cache_dir)
+    return OpenRecipe(build_graph(load_recipe(path, dict(set or {})), cache), cache)
 
 
 def table_path(entry: Entry, table: str = "data") -> Path:

@@ -248,3 +248,32 @@ def test_streamed_exports_hold_the_table_and_its_provenance(cli, write_recipe, d
     facts = json.loads(pq.read_metadata(tmp_path / "train.parquet").metadata[b"synthforge"])
     assert facts["rows"] == table.height and facts["table"] == "train"
     assert facts["label_counts"] == dict(sorted(table["label"].value_counts().iter_rows()))
+
+
+def test_input_file_hashes_are_remembered_in_the_cache_until_the_file_changes(write_recipe, data_csv, tmp_path, monkeypatch):
+    import os
+
+    from synthforge import api, keys
+
+    recipe = write_recipe(BASIC)
+    hashed = []
+    real_hash = keys.hash_file
+    monkeypatch.setattr(keys, "hash_file", lambda path: hashed.append(path) or real_hash(path))
+
+    def key_in_a_new_process() -> str:
+        keys._file_hashes.clear()  # the in-process memo: as if another process opened the recipe
+        return api.open(recipe, cache_dir=tmp_path / "cache").graph.keys["default"]["rows"]
+
+    first = key_in_a_new_process()
+    assert key_in_a_new_process() == first and len(hashed) == 1  # the record answered
+    stat = os.stat(data_csv)
+    edited = data_csv.read_bytes().replace(b"a", b"b", 1)
+    data_csv.write_bytes(edited)
+    os.utime(data_csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, mtime put back: ctime still moves
+    assert key_in_a_new_process() != first and len(hashed) == 2
+    for record in (tmp_path / "cache" / "derived").rglob("*.json"):
+        record.write_text(record.read_text().replace(real_hash(data_csv)[:8], "00000000"))  # a tampered record
+    from synthforge.builder import build_graph
+    from synthforge.recipe.resolve import load_recipe
+
+    assert key_in_a_new_process() == build_graph(load_recipe(recipe)).keys["default"]["rows"] and len(hashed) == 3
