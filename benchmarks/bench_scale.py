@@ -36,6 +36,7 @@ STUDY = ROOT / "recipes" / "diversity_study.yaml"
 MODES = {
     "sequential (--jobs 1)": ["--jobs", "1"],
     "local --jobs 2": ["--jobs", "2"],
+    "local, --jobs left out": [],
     "ray local, 2 CPUs": ["--executor", "ray", "--jobs", "2"],
 }
 
@@ -55,12 +56,18 @@ def table_digests(cache: Path) -> dict[str, str]:
 
 
 # -- the study ---------------------------------------------------------------------
+def study_graph(sets: tuple[str, ...]):
+    from synthforge import api
+    from synthforge.recipe.resolve import parse_overrides
+
+    return api.open(STUDY, set=parse_overrides(sets)).graph
+
+
 def seeded_cache(source: Path, target: Path, sets: tuple[str, ...]) -> None:
     """A cache with only the study's `generate` entry and the shared caches (models linked, responses copied)."""
-    from synthforge.app import open_graph
     from synthforge.cache import Cache
 
-    graph = open_graph(str(STUDY), sets)
+    graph = study_graph(sets)
     generated = {node.key for node in graph.nodes_of_step("generated")}
     (target / "shared").mkdir(parents=True)
     os.symlink((source / "shared" / "models").resolve(), target / "shared" / "models")
@@ -181,7 +188,7 @@ def shards(repeats: int, embed_rows: int, generate_rows: int, generate_batch: in
 
 
 # -- projection ------------------------------------------------------------------
-GPU_SIZED = ("pool=20000", "select_n=2000", "per_label=64", "method=finetune")
+GPU_SIZED = ("pool=20000", "select_n=2000", "per_label=1024", "total=2048", "method=finetune")  # the README's command
 SHARDED = ("generate", "embed")
 # Rates measured on this machine (benchmarks/RESULTS.md): SmolLM2 at batch 32 writes 117.8 tokens/s,
 # MiniLM embeds 565 rows/s, a diversity-level selection of 1k rows from 100k takes 5.7 s.
@@ -198,7 +205,7 @@ def node_seconds(node, graph, finetune_s: float) -> float:
         return params.n * params.max_new_tokens / GENERATE_TOKENS_PER_S
     if node.kind == "embed":
         upstream = graph.nodes[node.upstream[0]]
-        rows = upstream.resolved.run_params.n if upstream.kind == "generate" else 2 * 64 + 1000
+        rows = upstream.resolved.run_params.n if upstream.kind == "generate" else 2 * 1024 + 1000
         return rows / EMBED_ROWS_PER_S
     if node.kind == "select":
         return SELECT_S_PER_100K * 20000 / 100_000
@@ -227,12 +234,15 @@ def simulate(graph, seconds: dict[str, float], devices: int, shards: int) -> flo
 
 
 def project(finetune_s: list[float]) -> None:
-    from synthforge.app import open_graph
-
-    graph = open_graph(str(STUDY), GPU_SIZED)
+    graph = study_graph(GPU_SIZED)
     rows = []
     for fine in finetune_s:
         seconds = {key: node_seconds(node, graph, fine) for key, node in graph.nodes.items()}
+        by_kind: dict[str, float] = {}
+        for key, node in graph.nodes.items():
+            by_kind[node.kind] = by_kind.get(node.kind, 0.0) + seconds[key]
+        shares = ", ".join(f"{kind} {s / sum(seconds.values()):.0%}" for kind, s in sorted(by_kind.items(), key=lambda kv: -kv[1]))
+        print(f"fine-tuning {fine:.0f} s/variant: share of device time by step kind: {shares}")
         one = simulate(graph, seconds, 1, 1)
         for devices in (1, 4, 16):
             wall = simulate(graph, seconds, devices, shards=devices)  # --shard-rows = pool / devices

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.builder import BuildReport, Graph, PlanItem, build, build_graph, plan
+from synthforge.building import BuildReport, build
+from synthforge.graph import Graph, build_graph
+from synthforge.planning import PlanItem, plan
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe
@@ -102,8 +104,12 @@ class OpenRecipe:
         return Plan(items, format_plan(self.graph, self.cache, items))
 
     def build(self, only: Sequence[str] = (), force: Sequence[str] = (), *, device: str = "auto",
-              progress: bool = True, concurrency: int | None = None, batch_size: int | None = None) -> BuildReport:
-        """Build what is missing (in dependency order) and write the recipe's lockfile."""
+              progress: bool = True, concurrency: int | None = None, batch_size: int | None = None,
+              keep_going: bool = False) -> BuildReport:
+        """Build what is missing (in dependency order) and write the recipe's lockfile.
+
+        `keep_going=True`: a failing step does not stop the steps that do not depend on it; at the end
+        `synthforge.errors.BuildFailed` says how many were built, failed and skipped (`.report` has them)."""
         import logging
 
         from synthforge.progress import LOGGER, ensure_logging
@@ -111,7 +117,8 @@ class OpenRecipe:
         ensure_logging()
         runtime = Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
         log = logging.getLogger(LOGGER).info
-        return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log)
+        return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log,
+                     keep_going=keep_going)
 
     # -- reading ------------------------------------------------------------
     def key(self, step: str, variant: str | None = None) -> str:

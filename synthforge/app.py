@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.builder import Graph, _check_step_names, as_sentence, build, build_graph, plan, planned_usage, variant_label
+from synthforge.building import build
+from synthforge.graph import Graph, build_graph
+from synthforge.planning import as_sentence, check_step_names, plan, planned_usage, variant_label
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
@@ -90,10 +92,11 @@ def build_text(
     pull: bool = True,
     push: bool = False,
     executor: Executor | None = None,
+    keep_going: bool = False,
 ) -> str:
     start = time.perf_counter()
     pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
-    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor)
+    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor, keep_going=keep_going)
     ran = [i for i in report.items if i.action == "run"]
     pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [
@@ -273,7 +276,7 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
                   models: int) -> Executor | None:
     """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build."""
     from synthforge.backends.devices import usable_cpus
-    from synthforge.executors.local import ProcessExecutor
+    from synthforge.executors.local import AutoExecutor, ProcessExecutor
 
     if kind == "ray":
         from synthforge.executors.ray_executor import RayExecutor
@@ -281,9 +284,9 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
         return RayExecutor(graph, cache, runtime, address=address, cpus=jobs)
     if address:
         raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
-    jobs = jobs or usable_cpus()
-    # a chain runs one step at a time anyway: spawned workers would only add their start-up (~0.2 s CPU each)
-    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 and not graph.is_chain() else None
+    if jobs is None:
+        return AutoExecutor(graph, cache, runtime, usable_cpus(), models)
+    return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None
 
 
 
@@ -423,7 +426,7 @@ def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | 
             keys += _lock_keys(Path(recipe_path), variant, steps)
             continue
         graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
-        _check_step_names(graph, list(steps))
+        check_step_names(graph, list(steps))
         variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
         for v in variants:
             keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]

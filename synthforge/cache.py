@@ -501,7 +501,8 @@ class Cache:
 
         `folder` must be on the cache's file system (e.g. under `staging_dir()`). An existing sound
         entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
-        installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound."""
+        installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound.
+        Callers hold `lock(key)`: two unlocked installs of one key can collide on the rename."""
         folder = Path(folder)
         problems = verify_folder(folder, key)
         if problems:

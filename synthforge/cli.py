@@ -32,11 +32,12 @@ def step_output_options(command):
 
 
 def user_errors(command):
-    """User mistakes become one line on stderr and exit code 2; Ctrl-C says how to resume. Adds -q/-v."""
+    """User mistakes become one line on stderr and exit code 2 (a keep-going build's summary: 2 or 1); Ctrl-C
+    says how to resume. Adds -q/-v."""
 
     @functools.wraps(command)
     def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
-        from synthforge.errors import UserError
+        from synthforge.errors import BuildFailed, UserError
         from synthforge.progress import configure_logging
 
         configure_logging(-1 if quiet else 1 if verbose else 0)
@@ -45,6 +46,9 @@ def user_errors(command):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except BuildFailed as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: finished steps are cached; run the same command to resume", err=True)
             sys.exit(130)
@@ -100,7 +104,8 @@ def main() -> None:
 @remote_option
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, envvar="SYNTHFORGE_JOBS",
               help="Steps run at once (local: spawned worker processes; ray: CPUs of a local Ray instance). "
-                   "Default: the CPUs this process may use. A chain of steps runs in this process.")
+                   "Default: this process when one step at a time can run (a chain, one rebuilt step), "
+                   "else one spawned worker per CPU, up to the steps that can run at once.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where steps run: this machine, or Ray (pip install 'synthforge[ray]').")
 @click.option("--address", default=None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.")
@@ -108,11 +113,14 @@ def main() -> None:
               help="Local executor: steps holding a heavy model (LLM, encoder) at once.")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=None,
               help="Rows per shard of generate and embed (default 4096); never changes the output.")
+@click.option("--keep-going", is_flag=True,
+              help="When a step fails, still build every step that does not depend on it; then exit 2 "
+                   "(1 if a failure was not a user error) with a summary. No lockfile is written.")
 @set_option
 @cache_option
 @user_errors
 def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, max_requests, max_tokens, use_remote,
-              push, remote_url, jobs, executor, address, models_per_device, shard_rows, sets, cache_dir):
+              push, remote_url, jobs, executor, address, models_per_device, shard_rows, keep_going, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
     from synthforge import app
 
@@ -124,7 +132,7 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows, max_requests, max_tokens)
     runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
     click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
-                              executor=runner))
+                              executor=runner, keep_going=keep_going))
 
 
 @main.command("new")

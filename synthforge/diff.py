@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthforge.builder import Graph, build, build_graph, describe_changes
+from synthforge.building import build
+from synthforge.graph import Graph, build_graph
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
-from synthforge.lockfile import read_lock
+from synthforge.lockfile import describe_changes, read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.steps.base import Runtime
 from synthforge.tables import render_markdown as markdown_table

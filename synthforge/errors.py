@@ -43,6 +43,16 @@ class UserError(Exception):
         return f"{where}{field}{self.message}{hint}".replace("\n", " ")
 
 
+class BuildFailed(Exception):
+    """Steps of a `build --keep-going` failed while the others were built: the CLI prints the summary and
+    exits with `exit_code` (2 when every failure was a UserError, else 1); `report` is the BuildReport."""
+
+    def __init__(self, message: str, *, exit_code: int, report: object = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.report = report
+
+
 class GateFailed(Exception):
     """A `diff --fail-on` gate tripped: exit code 1."""
 

@@ -1,7 +1,8 @@
 """RECIPE.lock: the key of every step of every variant, and what each key was made of.
 
 Build writes it next to the recipe; users commit it. `plan` reads it to say *why*
-a step will rebuild; `cache gc` keeps what any lockfile references.
+a step will rebuild (`describe_changes`, which `diff` shares); `cache gc` keeps what
+any lockfile references.
 """
 
 from __future__ import annotations
@@ -35,6 +36,44 @@ class Lock:
     def to_json(self) -> str:
         data = {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Human reasons why two sets of key components differ, most specific first."""
+    reasons = []
+    if before.get("kind") != after.get("kind"):
+        return [f"its kind changed from {before.get('kind')} to {after.get('kind')}"]
+    if before.get("version") != after.get("version"):
+        reasons.append(f"the code of '{after['kind']}' changed (version {before.get('version')} to {after.get('version')})")
+    reasons += [f"field {path} changed from {old} to {new}" for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
+    for name, old, new in dict_changes(before.get("inputs", {}), after.get("inputs", {})):
+        reasons.append(f"input {name.split('.')[0]} changed")
+    for name, old, new in dict_changes(before.get("files", {}), after.get("files", {})):
+        reasons.append(f"the content of file {name} changed")
+    for name, old, new in dict_changes(before.get("identity", {}), after.get("identity", {})):
+        reasons.append(f"{name} changed from {old} to {new}")
+    if before.get("seed") != after.get("seed"):
+        reasons.append(f"the recipe seed changed from {before.get('seed')} to {after.get('seed')}")
+    return list(dict.fromkeys(reasons))
+
+
+_MISSING = "(unset)"
+
+
+def dict_changes(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Every leaf that differs between two nested dicts: (dotted path, old, new), values shortened for messages."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes = []
+        for k in sorted(set(before) | set(after), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            changes += dict_changes(before.get(k, _MISSING), after.get(k, _MISSING), sub)
+        return changes
+    return [] if before == after else [(path, _short(before), _short(after))]
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_lock(path: Path) -> Lock | None:

@@ -46,7 +46,7 @@ def shard_ranges(total: int, shard_rows: int, align: int = 1) -> list[range]:
 
 
 def shard_rows(runtime: "Runtime") -> int:
-    return runtime.shard_rows or DEFAULT_SHARD_ROWS
+    return runtime.resolve("shard_rows", default=DEFAULT_SHARD_ROWS)
 
 
 def run_shards(runtime: "Runtime", worker: ShardWorker, payloads: Sequence[Any],

@@ -273,7 +273,7 @@ def test_input_file_hashes_are_remembered_in_the_cache_until_the_file_changes(wr
     assert key_in_a_new_process() != first and len(hashed) == 2
     for record in (tmp_path / "cache" / "derived").rglob("*.json"):
         record.write_text(record.read_text().replace(real_hash(data_csv)[:8], "00000000"))  # a tampered record
-    from synthforge.builder import build_graph
+    from synthforge.graph import build_graph
     from synthforge.recipe.resolve import load_recipe
 
     assert key_in_a_new_process() == build_graph(load_recipe(recipe)).keys["default"]["rows"] and len(hashed) == 3

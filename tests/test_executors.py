@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synthforge.executors.base import NodeRun, run_ready
+from synthforge.executors.base import NodeRun, plan_width, run_ready
 from tests.conftest import BASIC
 
 MATRIX = BASIC + "matrix:\n  k: [5, 10, 20]\n"
@@ -88,6 +88,51 @@ def test_ready_loop_keeps_upstream_order_and_the_model_limit(model_slots, expect
     assert order[0] == "a" and order[-1] == "mix" and sorted(order) == sorted(n.key for n in nodes)
 
 
+def test_plan_width_counts_the_widest_depth_of_the_nodes_to_run():
+    chain = [_node("a", [], False), _node("b", ["a"], False), _node("c", ["b"], False)]
+    fan = [_node("a", [], False)] + [_node(f"s{i}", ["a"], False) for i in range(3)] + [_node("m", ["s0", "s1"], False)]
+    rebuilt_branches = [_node("s0", ["a"], False), _node("s1", ["a"], False)]  # `a` is cached: not in the list
+    assert (plan_width(chain), plan_width(fan), plan_width(rebuilt_branches), plan_width([])) == (1, 3, 2, 0)
+
+
+def _executor_chosen(monkeypatch, cpus: int, widths: list[int]) -> list[str]:
+    """Which executor the default (--jobs left out) runs each of a sequence of builds on."""
+    from synthforge.executors import local
+
+    chosen: list[str] = []
+
+    class Pool:
+        def __init__(self, graph, cache, runtime, jobs, models):
+            chosen.append(f"pool of {jobs}")
+            self.slots, self.model_slots = jobs, models
+
+    class Inline:
+        def __init__(self, graph, cache, runtime, log):
+            chosen.append("inline")
+            self.slots, self.model_slots = 1, 1
+
+    monkeypatch.setattr(local, "ProcessExecutor", Pool)
+    monkeypatch.setattr(local, "InlineExecutor", Inline)
+    for width in widths:
+        branches = [_node(f"s{i}", ["a"], False) for i in range(width)]  # `a` is cached
+        local.AutoExecutor(None, None, None, cpus).prepare(branches, print)
+    return chosen
+
+
+def test_default_jobs_spawn_workers_only_when_steps_can_run_at_once(monkeypatch):
+    assert _executor_chosen(monkeypatch, cpus=2, widths=[0, 1, 2, 5]) == ["inline", "inline", "pool of 2", "pool of 2"]
+    assert _executor_chosen(monkeypatch, cpus=8, widths=[3]) == ["pool of 3"]
+
+
+def test_default_jobs_build_a_chain_in_this_process(cli, write_recipe, data_csv, tmp_path, monkeypatch):
+    from synthforge.executors import local
+
+    monkeypatch.setattr(local, "ProcessExecutor", None)  # calling it would fail the build
+    monkeypatch.setattr("synthforge.backends.devices.usable_cpus", lambda: 2)
+    result = cli("build", write_recipe(BASIC))
+    assert result.exit_code == 0, result.output
+
+
 def test_executor_ray_without_ray_says_how_to_install(cli, write_recipe, data_csv, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     result = cli("build", write_recipe(BASIC), "--executor", "ray")
@@ -161,20 +206,28 @@ def test_shards_on_a_ray_actor_pool_merge_to_the_local_bytes(ray_local, cli, wri
     assert gen["meta"]["responses_generated"] == 8  # on the actors, in 3 shards
 
 
-def test_a_chain_builds_in_process_and_a_matrix_in_workers(write_recipe, data_csv, tmp_path):
-    from synthforge.app import executor_from
-    from synthforge.builder import build_graph
-    from synthforge.cache import Cache
-    from synthforge.executors.local import ProcessExecutor
-    from synthforge.recipe.resolve import load_recipe
-    from synthforge.steps.base import Runtime
+@pytest.mark.integration
+def test_ray_keep_going_builds_the_independent_branch_and_reports_the_located_failure(ray_local, cli, write_recipe, data_csv):
+    from tests.test_keep_going import BAD_LINE, BRANCHES
 
-    cache = Cache(tmp_path / "cache")
-    chain, matrix = (build_graph(load_recipe(write_recipe(text, name))) for text, name in ((BASIC, "c.yaml"), (MATRIX, "m.yaml")))
-    assert chain.is_chain() and not matrix.is_chain()
-    assert executor_from("local", chain, cache, Runtime(), 2, None, 1) is None  # no two steps could run at once
-    runner = executor_from("local", matrix, cache, Runtime(), 2, None, 1)
-    try:
-        assert isinstance(runner, ProcessExecutor)
-    finally:
-        runner.close()
+    recipe = write_recipe(BRANCHES)
+    result = cli("build", recipe, "--executor", "ray", "--keep-going")
+    assert result.exit_code == 2, result.output
+    assert f"bad for default: {recipe}{BAD_LINE}" in result.output
+    assert "error: build incomplete: 2 built, 1 failed, 2 skipped (failed: bad;" in result.output
+    assert "both for default: skipped, waits for failed bad" in result.output
+
+
+def test_parallel_workers_cap_their_math_threads_but_keep_the_users_settings(monkeypatch):
+    import os
+
+    from synthforge.backends.devices import THREAD_LIBRARY_VARIABLES, THREADS_VARIABLE, limit_threads, thread_budget
+
+    for name in (THREADS_VARIABLE, *THREAD_LIBRARY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's own choice stays
+    assert thread_budget() >= 1
+    limit_threads(1)
+    assert thread_budget() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"

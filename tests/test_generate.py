@@ -165,7 +165,7 @@ def test_values_from_a_file_and_its_hash_in_files_read(tmp_path, server):
 
 
 def test_values_file_is_relative_to_the_recipe_and_its_content_in_the_key(tmp_path, server):
-    from synthforge.builder import build_graph
+    from synthforge.graph import build_graph
     from synthforge.recipe.resolve import load_recipe
 
     (tmp_path / "topics.txt").write_text("astronomy\ngardening\n")

@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from synthforge import keys
-from synthforge.builder import build_graph
+from synthforge.graph import build_graph
 from synthforge.errors import UserError
 from synthforge.recipe.fields import file_locations, ref_fields, set_at, strings_in
 from synthforge.recipe.resolve import load_recipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthforge.builder import build_graph
+from synthforge.graph import build_graph
 from synthforge.recipe.resolve import load_recipe
 
 

@@ -96,8 +96,20 @@ def test_study_builds_reports_and_rebuilds_nothing(cli, study, tmp_path):
     assert shown.exit_code == 0 and "table rejects" in shown.output
 
 
+@pytest.mark.integration
+def test_every_step_kind_writes_the_same_bytes_in_parallel_and_in_sequence(cli, study, tmp_path):
+    """Tables hold only what their key determines (no wall times, no worker-dependent order)."""
+    from tests.test_executors import table_digests
+
+    sequential = cli("build", study, "--no-progress", "--jobs", "1", "--cache-dir", tmp_path / "seq")
+    parallel = cli("build", study, "--no-progress", "--jobs", "2", "--cache-dir", tmp_path / "par")
+    assert sequential.exit_code == 0 and parallel.exit_code == 0, parallel.output
+    digests = table_digests(tmp_path / "seq")
+    assert len(digests) >= 15 and table_digests(tmp_path / "par") == digests
+
+
 def test_batch_size_and_device_never_change_keys(cli, study):
-    from synthforge.builder import build_graph
+    from synthforge.graph import build_graph
     from synthforge.recipe.resolve import load_recipe
 
     before = build_graph(load_recipe(study)).keys

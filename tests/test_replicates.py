@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from synthforge.builder import build_graph
+from synthforge.graph import build_graph
 from synthforge.cache import Cache
 from synthforge.errors import UserError
 from synthforge.recipe.resolve import load_recipe, replicate_seed
@@ -19,7 +19,7 @@ REPLICATED = BASIC.replace("seed: 7\n", "seed: 7\nreplicates: 3\n")
 
 def built_split(recipe: Path, cache_dir: Path) -> dict[str, dict[str, list[str]]]:
     """variant -> split table -> sorted ids, after building the recipe."""
-    from synthforge.builder import build
+    from synthforge.building import build
 
     graph = build_graph(load_recipe(recipe))
     cache = Cache(cache_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from synthforge.builder import build_graph
+from synthforge.graph import build_graph
 from synthforge.recipe.resolve import load_recipe
 from synthforge.steps.generate import GenerateStep
 from tests.conftest import BASIC

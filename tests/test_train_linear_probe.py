@@ -64,6 +64,15 @@ def test_predictions_side_table_and_seed_rows(tmp_path):
     assert TrainStep.tables == ("predictions",)
 
 
+def test_tables_hold_no_wall_times_so_reruns_give_the_same_bytes(tmp_path):
+    """A key names one result: two runs (on any executor, at any speed) write the same table bytes."""
+    first = train(tmp_path / "a", embedded_rows("tr", 20, 1), embedded_rows("te", 10, 2), seeds=[3, 4], bootstrap=0)
+    second = train(tmp_path / "b", embedded_rows("tr", 20, 1), embedded_rows("te", 10, 2), seeds=[3, 4], bootstrap=0)
+    assert first.data.columns == ["seed", "accuracy", "macro_f1", "iterations"]
+    assert first.data.equals(second.data) and first.tables["predictions"].equals(second.tables["predictions"])
+    assert all("train_seconds" in row for row in first.meta["per_seed"])
+
+
 def test_runtime_fields_exclude_training_hyperparameters():
     from synthforge.keys import runtime_fields
 

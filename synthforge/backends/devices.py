@@ -15,6 +15,28 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+THREADS_VARIABLE = "SYNTHFORGE_THREADS"
+THREAD_LIBRARY_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_budget() -> int:
+    """Threads one step may use: $SYNTHFORGE_THREADS (a parallel build's workers share the CPUs), else
+    $OMP_NUM_THREADS (the user's, or Ray's per-task CPUs), else every usable CPU."""
+    for name in (THREADS_VARIABLE, "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return usable_cpus()
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the threads of this process's math libraries; call before numpy/torch/faiss are imported
+    (OpenMP and BLAS read these once). Variables the user set stay as they are."""
+    os.environ[THREADS_VARIABLE] = str(threads)
+    for name in THREAD_LIBRARY_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto` is CUDA when present, else CPU; an explicit CUDA device must exist."""
     import torch

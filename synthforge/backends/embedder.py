@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.backends.devices import pick_device, usable_cpus
+from synthforge.backends.devices import pick_device, thread_budget
 from synthforge.errors import UserError
 from synthforge.keys import files_key, model_files as folder_model_files
 
@@ -66,8 +66,8 @@ class Embedder:
         self.device = pick_device(device)
         self.max_length = max_length
         if self.device == "cpu":
-            # torch defaults to every core it sees, even outside our affinity mask.
-            torch.set_num_threads(usable_cpus())
+            # torch defaults to every core it sees, even outside our affinity mask or a worker's share.
+            torch.set_num_threads(thread_budget())
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token is None:  # padded positions are masked out: any token will do
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token or self.tokenizer.convert_ids_to_tokens(0)

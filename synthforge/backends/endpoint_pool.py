@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synthforge.backends.llm import (
-    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig, make_backend,
+    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig, openai_backend,
 )
 
 CHUNK_PER_SLOT = 4  # requests an endpoint takes at a time, per unit of its concurrency
@@ -91,13 +91,13 @@ class EndpointPool:
         return results  # type: ignore[return-value]
 
 
-def pool_from_config(config: OpenAIBackendConfig, concurrency: int | None = None) -> EndpointPool:
-    """The pool of `base_url` (at `concurrency`, else the backend's) and every one of `endpoints`."""
-    endpoints = [(config.base_url, concurrency or config.concurrency)]
+def pool_from_config(config: OpenAIBackendConfig, concurrency: int) -> EndpointPool:
+    """The pool of `base_url` (at `concurrency`, resolved by the step) and every one of `endpoints` (at its own, else the backend's)."""
+    endpoints = [(config.base_url, concurrency)]
     for extra in config.endpoints:
         extra = extra if isinstance(extra, EndpointConfig) else EndpointConfig(base_url=extra)
         endpoints.append((extra.base_url, extra.concurrency or config.concurrency))
     return EndpointPool([
-        make_backend(config.model_copy(update={"base_url": url, "endpoints": []}), concurrency=slots)
+        openai_backend(config.model_copy(update={"base_url": url, "endpoints": []}), slots)
         for url, slots in endpoints
     ])

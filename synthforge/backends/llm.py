@@ -158,36 +158,28 @@ def backend_identity(config: TransformersBackendConfig | OpenAIBackendConfig) ->
     return {"type": config.type, **endpoint_identity(config.base_url, config.model)}
 
 
-def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str | None = None,
-                 batch_size: int | None = None, concurrency: int | None = None, log: Callable[[str], None] = print) -> LLMBackend:
-    """Build the backend a recipe asked for; explicit runtime overrides win over the recipe's."""
+def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str,
+                 batch_size: int | None, concurrency: int | None, log: Callable[[str], None] = print) -> LLMBackend:
+    """Build the backend a recipe asked for, at the runtime settings its step resolved (`Runtime.resolve`):
+    `device` and `batch_size` for transformers, `concurrency` for openai; no fallback of its own."""
     if config.type == "transformers":
         from synthforge.backends.transformers_llm import TransformersLLM
 
-        return TransformersLLM(
-            config.model,
-            gguf_file=config.gguf_file,
-            models_dir=models_dir,
-            device=device if device not in (None, "auto") else config.device,
-            batch_size=batch_size or config.batch_size,
-            log=log,
-        )
+        return TransformersLLM(config.model, gguf_file=config.gguf_file, models_dir=models_dir, device=device,
+                               batch_size=batch_size, log=log)
     if config.type == "openai":
         if config.endpoints:
             from synthforge.backends.endpoint_pool import pool_from_config
 
             return pool_from_config(config, concurrency)
-        from synthforge.backends.openai_llm import OpenAILLM
-
-        return OpenAILLM(
-            config.base_url,
-            config.model,
-            api_key_env=config.api_key_env,
-            concurrency=concurrency or config.concurrency,
-            timeout_s=config.timeout_s,
-            max_retries=config.max_retries,
-            backoff_s=config.backoff_s,
-            max_retry_after_s=config.max_retry_after_s,
-            log=log,
-        )
+        return openai_backend(config, concurrency, log)
     raise UserError(f"unknown backend type '{config.type}'", field="backend.type", hint="use transformers or openai")
+
+
+def openai_backend(config: OpenAIBackendConfig, concurrency: int, log: Callable[[str], None] = print) -> LLMBackend:
+    """One OpenAI-compatible server (`config.base_url`) at `concurrency` requests in flight."""
+    from synthforge.backends.openai_llm import OpenAILLM
+
+    return OpenAILLM(config.base_url, config.model, api_key_env=config.api_key_env, concurrency=concurrency,
+                     timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
+                     max_retry_after_s=config.max_retry_after_s, log=log)

@@ -1,7 +1,8 @@
 """Executors on this machine: in the calling process (sequential), or a pool of spawned worker processes.
 
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
-Each worker receives the graph once (pool initializer), then only node keys.
+Each worker receives the graph once (pool initializer), then only node keys. The workers share the
+CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from synthforge.executors.base import NodeRun, execute_node
+from synthforge.backends.devices import usable_cpus
+from synthforge.executors.base import NodeRun, execute_node, plan_width
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
     from synthforge.cache import Cache
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 
@@ -31,11 +33,14 @@ class InlineExecutor:
         self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
         self._queued: list[tuple["Node", bool]] = []
 
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        pass
+
     def submit(self, node: "Node", force: bool) -> None:
         self._queued.append((node, force))
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        from synthforge.builder import run_node
+        from synthforge.building import run_node
 
         node, force = self._queued.pop(0)
         start = time.perf_counter()
@@ -52,7 +57,10 @@ class InlineExecutor:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime") -> None:
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
+    from synthforge.backends.devices import limit_threads
+
+    limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
 
@@ -68,11 +76,15 @@ class ProcessExecutor:
         self.model_slots = models
         # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
         worker_runtime = replace(runtime, progress=False)
+        threads = max(1, usable_cpus() // jobs)
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime),
+            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime, threads),
         )
         self._futures: dict[concurrent.futures.Future, str] = {}
+
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        pass
 
     def submit(self, node: "Node", force: bool) -> None:
         self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
@@ -90,3 +102,32 @@ class ProcessExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class AutoExecutor:
+    """`--jobs` left to the machine: a pool of min(CPUs, the plan's width) spawned workers when two or more
+    steps can run at once, else this process. Spawning a worker costs a second or more (imports), which a
+    chain of steps, or a single rebuilt step, never wins back."""
+
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", cpus: int, models: int = 1):
+        self.graph, self.cache, self.runtime, self.cpus, self.models = graph, cache, runtime, cpus, models
+        self._inner: InlineExecutor | ProcessExecutor | None = None
+        self.slots, self.model_slots = 1, 1
+
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        jobs = min(self.cpus, plan_width(nodes))
+        if jobs > 1:
+            self._inner = ProcessExecutor(self.graph, self.cache, self.runtime, jobs, self.models)
+        else:
+            self._inner = InlineExecutor(self.graph, self.cache, self.runtime, log)
+        self.slots, self.model_slots = self._inner.slots, self._inner.model_slots
+
+    def submit(self, node: "Node", force: bool) -> None:
+        self._inner.submit(node, force)
+
+    def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
+        return self._inner.wait()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()

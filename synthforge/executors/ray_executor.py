@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from synthforge.errors import UserError
 from synthforge.executors.base import NodeRun, execute_node
 
 if TYPE_CHECKING:  # pragma: no cover
-    from synthforge.builder import Graph, Node
     from synthforge.cache import Cache
+    from synthforge.graph import Graph, Node
     from synthforge.steps.base import Runtime
 
 TASK_RETRIES = 3  # retries of a node whose worker process died (Ray's own retry)
@@ -69,6 +70,9 @@ class RayExecutor:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._on_driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+        pass
 
     def submit(self, node: "Node", force: bool) -> None:
         placement = {"scheduling_strategy": self._on_driver_node} if node.resolved.step.row_parallel else {}

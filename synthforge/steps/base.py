@@ -92,6 +92,15 @@ class Runtime:
     shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
     ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
 
+    def resolve(self, name: str, *recipe_values: Any, default: Any = None) -> Any:
+        """The one rule for a runtime setting (docs/recipes.md, "Runtime settings"): the command line
+        (or the Python API's argument) when given, else the first recipe field given (most specific
+        first: a step's own field before its backend's), else `default`. None and "auto" mean not given."""
+        for value in (getattr(self, name), *recipe_values):
+            if value is not None and value != "auto":
+                return value
+        return default
+
 
 class InputTable:
     """A cached output handed to a downstream step (read lazily, checked on every read)."""

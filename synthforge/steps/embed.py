@@ -64,7 +64,8 @@ class EmbedStep(Step):
         shards = shard_ranges(len(texts), shard_rows(ctx.runtime), align=BLOCK_ROWS)
         vectors = {i: store.load(rows) for i, rows in enumerate(shards)}
         todo = [i for i, array in vectors.items() if array is None]
-        worker = EmbedWorker(params.model, ctx.runtime.device, params.max_length, ctx.runtime.batch_size or params.batch_size)
+        worker = EmbedWorker(params.model, ctx.runtime.resolve("device", default="auto"), params.max_length,
+                             ctx.runtime.resolve("batch_size", params.batch_size))
         devices = set()
         start = time.perf_counter()
         with progress(sum(len(shards[i]) for i in todo), f"{ctx.step}: embed", enabled=ctx.runtime.progress) as bar:

@@ -266,13 +266,13 @@ class _Generation:
     def _backend(self):
         from synthforge.backends.llm import make_backend
 
-        runtime = self.ctx.runtime
+        runtime, params, backend = self.ctx.runtime, self.params, self.params.backend
         self.backend_options = {
-            "config": self.params.backend,
+            "config": backend,
             "models_dir": self.ctx.cache.shared_dir("models"),
-            "device": self.params.device or runtime.device,
-            "batch_size": self.params.batch_size or runtime.batch_size,
-            "concurrency": self.params.concurrency or runtime.concurrency,
+            "device": runtime.resolve("device", params.device, getattr(backend, "device", None), default="auto"),
+            "batch_size": runtime.resolve("batch_size", params.batch_size, getattr(backend, "batch_size", None)),
+            "concurrency": runtime.resolve("concurrency", params.concurrency, getattr(backend, "concurrency", None)),
             "log": self.ctx.log,
         }
         return make_backend(**self.backend_options)

@@ -63,7 +63,7 @@ class TrainParams(StepParams):
 
 class TrainStep(Step):
     kind = "train"
-    version = "2"  # 2: seeds with identical predictions count once
+    version = "3"  # 2: seeds with identical predictions count once; 3: wall times left the table (meta only)
     Params = TrainParams
     tables = ("predictions",)
 
@@ -198,8 +198,8 @@ def _source_counts(frame) -> dict[str, int]:
 def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
     from synthforge.backends.devices import pick_device
 
-    device = params.device if params.device != "auto" else ctx.runtime.device
-    return pick_device(device), params.batch_size or ctx.runtime.batch_size or 64
+    device = ctx.runtime.resolve("device", params.device, default="auto")
+    return pick_device(device), ctx.runtime.resolve("batch_size", params.batch_size, default=64)
 
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -321,7 +321,8 @@ def _predictions(test, run: dict[str, Any], labels: list[str]):
 def _seed_table(per_seed: list[dict[str, Any]]):
     import polars as pl
 
-    columns = {"seed": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64, "train_seconds": pl.Float64,
+    # No wall times here (they are in meta.per_seed): a table holds only what the key determines.
+    columns = {"seed": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64,
                "epochs_run": pl.Int64, "best_epoch": pl.Int64, "iterations": pl.Int64}
     present = {name: dtype for name, dtype in columns.items() if any(name in row for row in per_seed)}
     return pl.DataFrame([{name: row.get(name) for name in present} for row in per_seed], schema=present)

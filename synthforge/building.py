@@ -1,0 +1,239 @@
+"""Running a plan: each node's step computed into the cache (under its key's lock, leases held), then the lockfile."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from synthforge import __version__
+from synthforge.cache import Cache, Manifest, write_entry_files
+from synthforge.errors import BuildFailed, UserError
+from synthforge.executors.base import Executor, Failures, NodeRun, run_ready
+from synthforge.executors.local import InlineExecutor
+from synthforge.graph import Graph, Node
+from synthforge.lockfile import write_lock
+from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
+from synthforge.progress import LOGGER
+from synthforge.recipe.fields import map_leaves
+from synthforge.recipe.resolve import Recipe, RefTarget
+from synthforge.steps.base import InputTable, Runtime, StepContext
+
+
+@dataclass
+class BuildReport:
+    items: list[PlanItem]
+    seconds: dict[str, float] = field(default_factory=dict)  # key -> seconds spent running
+    rows: dict[str, int] = field(default_factory=dict)
+    built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
+    failures: Failures = field(default_factory=Failures)  # keep-going: failed and skipped nodes
+
+
+def _holding_leases(build_fn):
+    """Sweep dead writers' tmp folders, then hold a lease on every key of the graph while building:
+    `cache gc` leaves alone what the build writes and reads."""
+
+    @functools.wraps(build_fn)
+    def leased(graph: Graph, cache: Cache, **kwargs: Any) -> BuildReport:
+        cache.sweep_tmp()
+        with cache.lease(graph.nodes):
+            return build_fn(graph, cache, **kwargs)
+
+    return leased
+
+
+@_holding_leases
+def build(
+    graph: Graph,
+    cache: Cache,
+    *,
+    only: list[str] = (),
+    force: list[str] = (),
+    runtime: Runtime = Runtime(),
+    log: Callable[[str], None] = print,
+    write_lockfile: bool = True,
+    executor: Executor | None = None,
+    keep_going: bool = False,
+) -> BuildReport:
+    """Build what is missing; `executor` runs the nodes (default: one after another in this process).
+
+    `keep_going`: a failing step does not stop the others; its descendants are skipped, and once every
+    other step is built `BuildFailed` says how many were built, failed and skipped (no lockfile is written)."""
+    items = plan(graph, cache, only, force)
+    report = BuildReport(items)
+    to_run = [item for item in items if item.action == "run"]
+    check_budget(graph, to_run, runtime)
+    lines = _BuildLines(graph, cache, to_run, report, log)
+    executor = executor or InlineExecutor(graph, cache, runtime, log)
+    try:
+        executor.prepare([item.node for item in to_run], log)
+        report.failures = run_ready([item.node for item in to_run], executor, forced=set(force),
+                                    on_start=lines.started, on_done=lines.finished, on_failed=lines.failed,
+                                    on_skipped=lines.skipped, on_error="keep-going" if keep_going else "stop")
+    finally:
+        executor.close()
+    if report.failures.errors:
+        raise _incomplete(graph, report)
+    for item in items:
+        entry = cache.get(item.node.key)
+        if entry is not None:
+            report.rows[item.node.key] = entry.manifest.rows
+    if write_lockfile:
+        write_lock(graph.recipe.lock_path, graph.to_lock(report.rows))
+    return report
+
+
+class _BuildLines:
+    """The build's log: a line when a step starts, finishes, fails or is skipped, each naming its place in the run."""
+
+    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None]):
+        self.graph, self.cache, self.report, self.log = graph, cache, report, log
+        self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+
+    def where(self, node: Node) -> str:
+        return f"[{self.position[node.key][0]}/{len(self.position)}] {node.step} for {variant_label(self.graph, node)}"
+
+    def started(self, node: Node) -> None:
+        self.log(f"▶ {self.where(node)}: {as_sentence(self.position[node.key][1].reasons)}")
+
+    def finished(self, node: Node, run: NodeRun) -> None:
+        for line in run.log:
+            self.log(f"  {node.step}: {line}")
+        self.report.seconds[node.key] = run.seconds
+        if not run.built:
+            self.report.built_elsewhere.add(node.key)
+        done = "rows" if run.built else "rows, built by another process"
+        self.log(f"✓ {self.where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(self.cache, node.key)}")
+
+    def failed(self, node: Node, error: BaseException) -> None:
+        logging.getLogger(LOGGER).debug("%s failed", node.step, exc_info=error)
+        self.log(f"✗ {self.where(node)}: {one_line(error)}")
+
+    def skipped(self, node: Node, failed: list[str]) -> None:
+        steps = sorted({self.graph.nodes[key].step for key in failed})
+        self.log(f"- {self.where(node)}: skipped, waits for failed {', '.join(steps)}")
+
+
+def one_line(error: BaseException) -> str:
+    """A failure as one line: a user error as it reads (located), anything else with its type's name."""
+    return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+def _incomplete(graph: Graph, report: BuildReport) -> BuildFailed:
+    """The summary of a keep-going build some of whose steps failed: exit code 2 when each was a user error, else 1."""
+    errors = report.failures.errors
+    failed_steps = ", ".join(sorted({graph.nodes[key].step for key in errors}))
+    counts = f"{len(report.seconds)} built, {len(errors)} failed, {len(report.failures.skipped)} skipped"
+    all_user = all(isinstance(error, UserError) for error in errors.values())
+    return BuildFailed(f"build incomplete: {counts} (failed: {failed_steps}; the ✗ lines above say why)",
+                       exit_code=2 if all_user else 1, report=report)
+
+
+def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
+    """Refuse, before any work, a build that plans more LLM requests or tokens than its budget."""
+    usage = planned_usage(items)
+    budget = graph.recipe.model.budget
+    for what in ("requests", "tokens"):
+        limit = runtime.resolve(f"max_{what}", getattr(budget, f"max_{what}"))
+        total = sum(getattr(estimate, what) for _, estimate in usage)
+        if total <= limit:
+            continue
+        item, biggest = max(usage, key=lambda pair: getattr(pair[1], what))
+        raise UserError(
+            f"the build plans ~{total:,} LLM {what} (this step ~{getattr(biggest, what):,}), over the budget of {limit:,}",
+            file=str(graph.recipe.path), line=graph.recipe.line("steps", item.node.step), field=f"steps.{item.node.step}",
+            hint=f"lower n, or raise budget.max_{what} in the recipe or --max-{what} on the command line")
+
+
+def _dropped_note(cache: Cache, key: str) -> str:
+    """Rows a step dropped (blank texts, duplicates...), for its build line."""
+    from synthforge.steps.rows import describe_dropped
+
+    entry = cache.get(key)
+    dropped = entry.manifest.meta.get("dropped") if entry is not None else None
+    return f" ({describe_dropped(dropped)})" if dropped and any(dropped.values()) else ""
+
+
+@dataclass
+class NodeOutcome:
+    manifest: Manifest
+    built: bool  # False: another process built it while we waited for its lock
+
+
+def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Callable[[str], None], force: bool = False) -> NodeOutcome:
+    """Compute one node into the cache, unless another process did while we waited for its lock.
+
+    A damaged entry counts as missing: it is rebuilt and replaced."""
+    with cache.lock(node.key):
+        if not force and cache.problems(node.key) == []:
+            return NodeOutcome(cache.get(node.key).manifest, built=False)
+        with cache.writing(node.key) as work:
+            ctx = StepContext(
+                step=node.step,
+                recipe=graph.recipe.name,
+                params=node.resolved.run_params,
+                seed=node.components["seed"],
+                key=node.key,
+                inputs=_inputs(graph, node, cache),
+                workdir=work,
+                cache=cache,
+                runtime=runtime,
+                log=log,
+            )
+            started = time.time()
+            try:
+                result = node.resolved.step.run(ctx)
+            except UserError as exc:
+                raise _locate(exc, graph.recipe, node) from None
+            manifest = write_entry(work, node, graph.recipe, result, started)
+    return NodeOutcome(manifest, built=True)
+
+
+def _inputs(graph: Graph, node: Node, cache: Cache) -> dict[str, Any]:
+    variant_keys = graph.keys[node.variants[0]]
+    return {
+        name: map_leaves(value, lambda t: InputTable(cache.entry_path(variant_keys[t.step]), t.table), RefTarget)
+        for name, value in node.resolved.refs.items()
+    }
+
+
+def _locate(exc: UserError, recipe: Recipe, node: Node) -> UserError:
+    if exc.file:
+        return exc
+    field = exc.field.split(".")[0] if exc.field else None
+    path = ("steps", node.step) + ((field,) if field else ())
+    exc.field = ".".join(("steps", node.step) + ((exc.field,) if exc.field else ()))
+    return exc.located(str(recipe.path), recipe.line(*path))
+
+
+def write_entry(work: Path, node: Node, recipe: Recipe, result: Any, started: float) -> Manifest:
+    """The step's tables and its manifest, written into the scratch folder `work` (cache.py owns the format)."""
+    return write_entry_files(
+        work,
+        {"data": result.data, **result.tables} if result.data is not None else dict(result.tables),
+        key=node.key,
+        step=node.step,
+        kind=node.kind,
+        recipe=recipe.name,
+        recipe_path=str(recipe.path),
+        variants=node.variants,
+        components=node.components,
+        upstream=node.upstream,
+        timings={"started": started, "seconds": round(time.time() - started, 3)},
+        versions=library_versions(),
+        meta=result.meta,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"synthforge": __version__, "python": platform.python_version()}
+    for name in ("polars", "numpy", "torch", "transformers", "faiss", "httpx"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    return versions

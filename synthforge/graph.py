@@ -1,0 +1,97 @@
+"""A resolved recipe as a graph of keyed nodes: one node per distinct step output, its key made of its components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from synthforge.keys import key_of, step_components
+from synthforge.lockfile import Lock
+from synthforge.recipe.fields import map_leaves
+from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Cache
+
+
+@dataclass
+class Node:
+    """One keyed step instance; variants whose resolved config agree share it."""
+
+    key: str
+    step: str
+    resolved: ResolvedStep
+    components: dict[str, Any]
+    upstream: list[str]  # keys
+    variants: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.resolved.kind
+
+
+@dataclass
+class Graph:
+    recipe: Recipe
+    nodes: dict[str, Node]  # key -> node, in dependency order
+    keys: dict[str, dict[str, str]]  # variant -> step -> key
+
+    def nodes_of_step(self, step: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.step == step]
+
+    def node(self, variant: Variant, step: str) -> Node:
+        return self.nodes[self.keys[variant.name][step]]
+
+    def ancestors(self, keys: set[str]) -> set[str]:
+        todo, seen = list(keys), set()
+        while todo:
+            key = todo.pop()
+            if key not in seen:
+                seen.add(key)
+                todo.extend(self.nodes[key].upstream)
+        return seen
+
+    def to_lock(self, rows: dict[str, int]) -> Lock:
+        nodes = {}
+        for key, node in self.nodes.items():
+            nodes[key] = {"step": node.step, **node.components}
+            if key in rows:
+                nodes[key]["rows"] = rows[key]
+        return Lock(self.recipe.name, self.keys, nodes)
+
+
+def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
+    """The recipe's keyed nodes; `cache` (optional) remembers input files' hashes across processes."""
+    nodes: dict[str, Node] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for variant in recipe.variants:
+        variant_keys: dict[str, str] = {}
+        for step_name in variant.order:
+            resolved = variant.steps[step_name]
+            components = _components(resolved, variant_keys, step_seed(variant, resolved), cache)
+            key = key_of(components)
+            variant_keys[step_name] = key
+            if key not in nodes:
+                upstream = sorted({variant_keys[s] for s in resolved.upstream()})
+                nodes[key] = Node(key, step_name, resolved, components, upstream)
+            nodes[key].variants.append(variant.name)
+        keys[variant.name] = variant_keys
+    return Graph(recipe, nodes, keys)
+
+
+def step_seed(variant: Variant, resolved: ResolvedStep) -> int:
+    """The replicate's seed for seeded steps; the recipe seed for steps whose output ignores it."""
+    return variant.seed if resolved.step.seeded else variant.base_seed
+
+
+def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int,
+                cache: "Cache | None" = None) -> dict[str, Any]:
+    """Everything a step's output depends on (see `keys.step_components`); its key is the hash of this."""
+    step = resolved.step
+    inputs = {
+        name: map_leaves(value, lambda t: f"{variant_keys[t.step]}:{t.table}", RefTarget)
+        for name, value in resolved.refs.items()
+    }
+    extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
+    return step_components(resolved.kind, step.version, resolved.params, inputs, {**resolved.files, **extra_files},
+                           step.identity(resolved.run_params), seed, cache)

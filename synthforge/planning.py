@@ -1,0 +1,118 @@
+"""What a build would do, and why: each node cached or to run, with reasons read against the lockfile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from synthforge.cache import Cache
+from synthforge.errors import UserError, did_you_mean
+from synthforge.graph import Graph, Node
+from synthforge.lockfile import Lock, describe_changes, dict_changes, read_lock
+from synthforge.recipe.resolve import RefTarget
+from synthforge.steps.base import Estimate
+
+
+@dataclass
+class PlanItem:
+    node: Node
+    action: str  # "cached" | "run"
+    reasons: list[str]
+    note: str | None = None
+
+
+def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()) -> list[PlanItem]:
+    """Every wanted node (all, or what `only` needs): cached, or to run with the reasons why."""
+    check_step_names(graph, list(only) + list(force))
+    wanted = set(graph.nodes)
+    if only:
+        wanted = graph.ancestors({n.key for s in only for n in graph.nodes_of_step(s)})
+    lock = read_lock(graph.recipe.lock_path)
+    items = []
+    will_run: set[str] = set()
+    for key, node in graph.nodes.items():
+        if key not in wanted:
+            continue
+        forced = node.step in force
+        problems = cache.problems(key)
+        if problems == [] and not forced:
+            items.append(PlanItem(node, "cached", []))
+            continue
+        if forced:
+            reasons = ["forced with --force"]
+        elif problems:
+            reasons = [f"cached entry is damaged ({problems[0]}): rebuilding it"]
+        else:
+            reasons = why_rebuild(node, graph, lock, will_run)
+        will_run.add(key)
+        items.append(PlanItem(node, "run", reasons, node.resolved.step.plan_note(node.resolved.run_params)))
+    return items
+
+
+def check_step_names(graph: Graph, names: list[str]) -> None:
+    """A clear error for a name given to --only or --force that is not a step of the recipe."""
+    steps = list(graph.recipe.model.steps)
+    for name in names:
+        if name not in steps:
+            raise UserError(f"no step '{name}' in {graph.recipe.path}", hint=did_you_mean(name, steps) or f"steps: {', '.join(steps)}")
+
+
+def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str]) -> list[str]:
+    """Why a node that is not cached will run: what changed since the lockfile's build of its step."""
+    if lock is None:
+        return [f"never built here, and there is no lockfile yet (build writes {graph.recipe.lock_path.name})"]
+    before = lock.components_for(node.variants[0], node.step)
+    if before is None:
+        return ["the step is new (the lockfile does not have it)"]
+    changed_inputs = {name.split(".")[0] for name, _, _ in dict_changes(before.get("inputs", {}), node.components.get("inputs", {}))}
+    reasons = [r for r in describe_changes(before, node.components) if not r.startswith("input ")]
+    reasons += [_input_reason(node, graph, name, will_run) for name in sorted(changed_inputs)]
+    if not reasons:
+        return ["not built here yet (the lockfile records a build elsewhere)"]
+    return reasons
+
+
+def _input_reason(node: Node, graph: Graph, field_name: str, will_run: set[str]) -> str:
+    """Why input `field_name` changed, naming only the upstream steps that this input reads."""
+    variant_keys = graph.keys[node.variants[0]]
+    targets = sorted({t.step for t in _ref_targets(node.resolved.refs.get(field_name))})
+    rebuilding = [step for step in targets if variant_keys[step] in will_run]
+    which = "its input" if field_name == "input" else f"its input '{field_name}'"
+    if rebuilding:
+        return f"{' and '.join(rebuilding)} will rebuild, which changes {which}"
+    return f"{which} ({', '.join(targets) or 'none'}) changed"
+
+
+def as_sentence(reasons: list[str]) -> str:
+    """Reasons joined into one sentence: 'Field n changed from 8 to 4; its input changed.'"""
+    text = "; ".join(reasons)
+    return (text[:1].upper() + text[1:] + ".") if text else ""
+
+
+def _ref_targets(value: Any) -> list[RefTarget]:
+    if isinstance(value, RefTarget):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _ref_targets(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _ref_targets(v)]
+    return []
+
+
+def variant_label(graph: Graph, node: Node) -> str:
+    """Which variants a node serves, in words: 'all 25 variants', 'diversity=0.5 (5 variants)' or one name."""
+    variants = graph.recipe.variants
+    if len(node.variants) == len(variants):
+        return "all variants" if len(variants) > 1 else variants[0].name
+    if len(node.variants) == 1:
+        return node.variants[0]
+    mine = [v.matrix_values for v in variants if v.name in set(node.variants)]
+    shared = {k: v for k, v in mine[0].items() if all(m.get(k) == v for m in mine)}
+    common = ",".join(f"{k}={v}" for k, v in shared.items())
+    return f"{common or 'several'} ({len(node.variants)} variants)"
+
+
+def planned_usage(items: list[PlanItem]) -> list[tuple[PlanItem, Estimate]]:
+    """The LLM estimate of every item that will run and asks an LLM."""
+    estimates = [(item, item.node.resolved.step.estimate(item.node.resolved.run_params)) for item in items]
+    return [(item, estimate) for item, estimate in estimates if item.action == "run" and estimate is not None]

@@ -1,0 +1,154 @@
+"""cache.py directly: how entries are written, installed and replaced, and what counts as damaged."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from synthforge.cache import Cache, DamagedEntry, atomic_write_text, read_manifest, write_entry_files
+from synthforge.keys import key_of
+
+COMPONENTS = {"kind": "fixture", "n": 1}
+KEY = key_of(COMPONENTS)
+
+
+def write_rows(folder: Path, ids: list[str], components: dict = COMPONENTS):
+    """An entry of `components`' key holding one row per id."""
+    frame = pl.DataFrame({"id": ids, "text": [f"text {i}" for i in ids]})
+    return write_entry_files(folder, {"data": frame}, key=key_of(components), step="s", kind="fixture",
+                             components=components, timings={"started": 0.0, "seconds": 0.0})
+
+
+def ids_in(cache: Cache, key: str = KEY) -> list[str]:
+    return cache.get(key).read_table()["id"].to_list()
+
+
+def test_writing_installs_a_sound_entry_and_leaves_no_scratch(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    assert cache.problems(KEY) is None
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a", "b"])
+    assert cache.problems(KEY) == [] and ids_in(cache) == ["a", "b"]
+    assert list((cache.root / "tmp").iterdir()) == []
+
+
+def test_a_failed_block_installs_nothing(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(RuntimeError), cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+        raise RuntimeError("the step failed")
+    assert cache.get(KEY) is None and list((cache.root / "tmp").iterdir()) == []
+
+
+def test_install_keeps_a_sound_entry_unless_replace(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["old"])
+    newer = cache.staging_dir(KEY)
+    write_rows(newer, ["new"])
+    assert cache.install(KEY, newer) is False and ids_in(cache) == ["old"]
+    assert cache.install(KEY, newer, replace=True) is True and ids_in(cache) == ["new"]
+    assert not newer.exists() and [p.name for p in (cache.root / "tmp").iterdir()] == []
+
+
+def test_install_replaces_a_damaged_entry_without_being_asked(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["old"])
+    (cache.entry_path(KEY) / "data.parquet").write_bytes(b"garbage")
+    assert cache.problems(KEY) == ["table data: content hash mismatch"]
+    fresh = cache.staging_dir(KEY)
+    write_rows(fresh, ["fresh"])
+    assert cache.install(KEY, fresh) is True and cache.problems(KEY) == [] and ids_in(cache) == ["fresh"]
+
+
+def test_install_refuses_a_folder_for_another_key(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    folder = cache.staging_dir(KEY)
+    write_rows(folder, ["a"], components={"kind": "fixture", "n": 2})
+    with pytest.raises(DamagedEntry, match="manifest is for key"):
+        cache.install(KEY, folder)
+    assert cache.get(KEY) is None
+
+
+def test_concurrent_writers_of_one_key_under_its_lock_build_it_once(tmp_path):
+    """The builder's pattern (run_node): lock the key, write only if it is still missing."""
+    cache = Cache(tmp_path / "cache")
+    barrier, built = threading.Barrier(4), []
+
+    def writer(name: str) -> None:
+        barrier.wait()
+        with cache.lock(KEY):
+            if cache.problems(KEY) == []:
+                return
+            with cache.writing(KEY) as work:
+                write_rows(work, [name])
+            built.append(name)
+
+    threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1 and ids_in(cache) == built
+    assert cache.problems(KEY) == [] and list((cache.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda m: m.unlink(), "no manifest.json"),
+    (lambda m: m.write_text(m.read_text()[:40]), "unreadable manifest (JSONDecodeError)"),
+    (lambda m: m.write_text(m.read_text().replace('"n": 1', '"n": 2')), "manifest checksum mismatch (edited or damaged)"),
+    (lambda m: m.write_text(json.dumps({**json.loads(m.read_text()), "format": 2})),
+     "manifest format 2, expected 3 (written by another synthforge version)"),
+    (lambda m: m.write_text(json.dumps({k: v for k, v in json.loads(m.read_text()).items() if k != "tables"})),
+     "invalid manifest: tables: Field required"),
+])
+def test_a_damaged_manifest_is_named_and_never_served(tmp_path, damage, problem):
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+    damage(cache.entry_path(KEY) / "manifest.json")
+    assert cache.problems(KEY) == [problem]
+    with pytest.raises(DamagedEntry, match="is damaged"):
+        cache.get(KEY).read_table()
+
+
+def test_a_leased_entry_is_not_removed(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+    entry = cache.get(KEY)
+    with cache.lease([KEY]):
+        assert cache.remove(entry) is False and cache.get(KEY) is not None
+    assert cache.remove(entry) is True and cache.get(KEY) is None
+
+
+def test_sweep_removes_scratch_of_dead_writers_only(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    dead, live = cache.staging_dir("deadkey"), cache.staging_dir("livekey")
+    with cache.lock("livekey"):
+        assert cache.sweep_tmp() == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "recipe.lock"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["recipe.lock"]
+
+
+def test_a_manifest_read_twice_is_checked_against_its_current_bytes(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+    manifest_path = cache.entry_path(KEY) / "manifest.json"
+    assert read_manifest(cache.entry_path(KEY), KEY).key == KEY
+    # a longer value: the size differs even if the clock has not ticked since the first read
+    manifest_path.write_text(manifest_path.read_text().replace('"n": 1', '"n": 10'))
+    with pytest.raises(DamagedEntry, match="checksum mismatch"):
+        read_manifest(cache.entry_path(KEY), KEY)
