@@ -295,14 +295,28 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- tasks ---------------------------------------------------------------------------
+def load_setup(work: Path, n: int) -> tuple[Path, Path, Path]:
+    """The n-row CSV, the folder of its load + split runs, and its recipe."""
+    csv = data("csv", work / f"texts_{n}.csv", n)
+    folder = work / f"load_{n}"
+    folder.mkdir(exist_ok=True)
+    return csv, folder, recipe(folder, csv)
+
+
+def built_cache(tree: Path, folder: Path, recipe_path: Path, reuse: bool) -> tuple[Path, Path]:
+    """The folder's cache (built now unless `reuse` finds one) and the load step's table in it
+    (split's entry has no data.parquet)."""
+    cache = folder / "cache"
+    if not reuse or not cache.is_dir():
+        run_child(build_code(recipe_path, cache), tree)
+    return cache, next(cache.glob("entries/*/*/data.parquet"))
+
+
 def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big: int) -> list[list[str]]:
     rows, growth = [], []
     for n in sizes:
         times = repeat if n < BIG else repeat_big
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
+        csv, folder, rp = load_setup(work, n)
         res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")},
                          tree, times, ("synthforge",))
         ref = res["polars"]
@@ -330,14 +344,8 @@ def growth_rows(rows: list[list[str]], task: str, growth: list[tuple[str, int, f
 def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
     rows = []
     for n in sizes:
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"  # the load task's last build, when it ran in this invocation
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
-        cache = folder / "cache"
-        if not reuse or not cache.is_dir():
-            run_child(build_code(rp, cache), tree)
-        parquet = next(cache.glob("entries/*/*/data.parquet"))  # the load step's table (split's has no data.parquet)
+        _, folder, rp = load_setup(work, n)  # the load task's last build, when it ran in this invocation
+        cache, parquet = built_cache(tree, folder, rp, reuse)  # the load step's table (split's has no data.parquet)
         res = interleave({"synthforge show": show_code(rp, cache), "show_text(entry)": show_entry_code(cache),
                           "head": head_code(parquet)}, tree, repeat, ("synthforge show", "show_text(entry)"))
         ref = res["head"]
@@ -352,14 +360,8 @@ def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool
 def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
     rows = []
     for n in sizes:
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
-        cache = folder / "cache"
-        if not reuse or not cache.is_dir():
-            run_child(build_code(rp, cache), tree)
-        parquet = next(cache.glob("entries/*/*/data.parquet"))
+        _, folder, rp = load_setup(work, n)
+        cache, parquet = built_cache(tree, folder, rp, reuse)
         for kind in ("parquet", "jsonl"):
             out = folder / f"export.{kind}"
             res = interleave({"synthforge export": export_code(rp, cache, out), "sink": sink_code(parquet, out)},
@@ -429,10 +431,7 @@ def task_phases(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[l
     """Where load + split spends its CPU seconds, phase by phase, beside the reference's phases."""
     rows = []
     for n in sizes:
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
+        csv, folder, rp = load_setup(work, n)
         code = "import shutil; shutil.rmtree(%r, ignore_errors=True)\n" % str(folder / "cache") + PHASES_CODE.format(
             recipe=str(rp), cache=str(folder / "cache"))
         res = interleave({"synthforge": code, "polars": REF_PHASES_CODE.format(csv=str(csv), out=str(folder / "ref.parquet"))},
