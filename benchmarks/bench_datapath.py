@@ -16,7 +16,8 @@ Tasks:
   phases   load + split's CPU seconds phase by phase (read, dedup, ids, order, draw, write), beside
            the reference's (import, read_csv, unique, write_parquet);
   show     `synthforge show` of a built table vs scan_parquet().head();
-  export   `synthforge export` of the load step's table to parquet and jsonl vs scan_parquet().sink_*;
+  export   `synthforge export` of the load step's table to parquet, jsonl and a Hugging Face folder vs
+           scan_parquet().sink_* (and datasets' Dataset.from_parquet().save_to_disk());
   metrics  every select/stats metric (diversity_metrics, with texts) vs Vendi alone;
   dcscore  DCScore alone vs Vendi;
   kcenter  k-center 1k picks;
@@ -193,7 +194,8 @@ def export_code(recipe_path: Path, cache: Path, out: Path) -> str:
     return f"""
 import sys
 from synthforge.cli import main
-sys.argv = ['synthforge', 'export', {str(recipe_path)!r}, 'real', '--to', {str(out)!r}, '--cache-dir', {str(cache)!r}]
+fmt = ['--format', 'hf'] if {out.suffix == '.hf'!r} else []
+sys.argv = ['synthforge', 'export', {str(recipe_path)!r}, 'real', '--to', {str(out)!r}, '--cache-dir', {str(cache)!r}, *fmt]
 try:
     main()
 except SystemExit as e:
@@ -202,6 +204,12 @@ except SystemExit as e:
 
 
 def sink_code(parquet: Path, out: Path) -> str:
+    if out.suffix == ".hf":  # the plain library route to a save_to_disk folder (no ClassLabel, no card)
+        return f"""
+import datasets
+datasets.disable_progress_bars()
+datasets.Dataset.from_parquet({str(parquet)!r}, cache_dir={str(out) + '.cache'!r}).save_to_disk({str(out)!r})
+"""
     kind = "sink_parquet" if out.suffix == ".parquet" else "sink_ndjson"
     return f"""
 import polars as pl
@@ -362,7 +370,7 @@ def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bo
     for n in sizes:
         _, folder, rp = load_setup(work, n)
         cache, parquet = built_cache(tree, folder, rp, reuse)
-        for kind in ("parquet", "jsonl"):
+        for kind in ("parquet", "jsonl", "hf"):
             out = folder / f"export.{kind}"
             res = interleave({"synthforge export": export_code(rp, cache, out), "sink": sink_code(parquet, out)},
                              tree, repeat, ("synthforge export",))
@@ -370,9 +378,11 @@ def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bo
             for name in versions("synthforge export", res):
                 sf = res[name]
                 emit(rows, [f"{name} {kind}, {n:,}-row table", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
-                            f"scan_parquet().sink_* {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
+                            f"{'Dataset.from_parquet().save_to_disk()' if kind == 'hf' else 'scan_parquet().sink_*'} "
+                            f"{fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
                             f"{summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
-            out.unlink(missing_ok=True)
+            for path in (out, out.with_suffix(".hf.cache")):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return rows
 
 
