@@ -120,7 +120,7 @@ def parquet_bytes(frame) -> bytes:
 def run_step(step, params, inputs, root: Path, shard_rows: int | None, models: Path | None = None,
              batch_size: int | None = None):
     from synthforge.cache import Cache
-    from synthforge.steps.base import Runtime, StepContext
+    from synthforge.stepapi import Runtime, StepContext
 
     cache = Cache(root)
     if models is not None:

@@ -23,7 +23,7 @@ from synthforge.planning import PlanItem, plan
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets

@@ -15,7 +15,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
 from synthforge.progress import LOGGER
 from synthforge.recipe.resolve import load_recipe, parse_overrides
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 from synthforge.tables import render_table
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     for node in nodes:
         if node.kind == "generate":
             params = node.resolved.run_params
-            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, str(params.backend.model),
+            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, params.backend.model_label(),
                                                                 params.n, params.max_new_tokens))
     return lines
 
@@ -188,7 +188,7 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
 
 def _input_table(entry: Entry, table: str):
     from synthforge.api import table_path
-    from synthforge.steps.base import InputTable
+    from synthforge.stepapi import InputTable
 
     table_path(entry, table)
     return InputTable(entry.path, table)

@@ -22,7 +22,7 @@ from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, vari
 from synthforge.progress import LOGGER
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 
 
 @dataclass

@@ -20,7 +20,7 @@ from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import describe_changes, read_lock
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 from synthforge.tables import render_markdown as markdown_table
 
 SCHEMA = "synthforge.diff/1"

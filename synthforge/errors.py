@@ -53,10 +53,6 @@ class BuildFailed(Exception):
         self.report = report
 
 
-class GateFailed(Exception):
-    """A `diff --fail-on` gate tripped: exit code 1."""
-
-
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint, or None when nothing is close."""
     close = difflib.get_close_matches(str(word), sorted(set(map(str, choices))), n=1, cutoff=0.6)

@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from synthforge.api import OpenRecipe
 
-FORMATS = ("parquet", "jsonl", "csv", "hf")
 SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "n", "few_shot_k", "num_topics")
 
 

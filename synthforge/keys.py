@@ -164,8 +164,8 @@ def _model_types(annotation: Any) -> list[type]:
 
     from pydantic import BaseModel
 
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a backend block: its registered configs
+        return annotation.registered_models() if hasattr(annotation, "registered_models") else [annotation]
     return [t for arg in get_args(annotation) for t in _model_types(arg)]
 
 

@@ -10,7 +10,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.graph import Graph, Node
 from synthforge.lockfile import Lock, describe_changes, dict_changes, read_lock
 from synthforge.recipe.resolve import RefTarget
-from synthforge.steps.base import Estimate
+from synthforge.stepapi import Estimate
 
 
 @dataclass

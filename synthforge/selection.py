@@ -203,22 +203,6 @@ def _pick_global(sim: "np.ndarray", chosen: list[int], pending: list[int]) -> No
     pending.append(row)
 
 
-def kcenter_naive(x: "np.ndarray", n: int, seed: int = 0) -> "np.ndarray":
-    """The plain loop (one matrix-vector product per pick): reference and benchmark."""
-    import numpy as np
-
-    first = int(np.random.default_rng(seed).integers(len(x)))
-    chosen = [first]
-    sim = x @ x[first]
-    sim[first] = np.inf
-    while len(chosen) < min(n, len(x)):
-        row = int(np.argmin(sim))
-        chosen.append(row)
-        np.maximum(sim, x @ x[row], out=sim)
-        sim[chosen] = np.inf
-    return np.asarray(chosen, dtype=np.int64)
-
-
 # -- k-means -----------------------------------------------------------------
 @dataclass
 class Clustering:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from synthforge.cache import Cache
-    from synthforge.steps.base import Runtime
+    from synthforge.stepapi import Runtime
 
 DEFAULT_SHARD_ROWS = 4096
 ACTOR_RESTARTS = 3  # a killed actor is restarted and its shard retried this many times

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from synthforge.cache import Cache
 from synthforge.errors import UserError
-from synthforge.steps.base import InputTable
-from synthforge.steps.embed import EMBEDDING_COLUMN
+from synthforge.stepapi import InputTable
+from synthforge.steps.rows import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -99,7 +99,7 @@ def _agreement(emb, labels, ref_emb, ref_labels, seed: int) -> dict[str, Any] | 
 def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["np.ndarray", "pl.Series | None", list[str] | None]:
     import polars as pl
 
-    from synthforge.steps.embed import embeddings_of
+    from synthforge.steps.rows import embeddings_of
 
     frame = table.frame()
     texts = frame["text"].cast(pl.Utf8).fill_null("") if "text" in frame.columns else None

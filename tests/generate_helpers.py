@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.cache import Cache
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 from synthforge.steps.generate import GenerateStep
 
 

@@ -9,7 +9,7 @@ import polars as pl
 
 from synthforge.cache import Cache, write_entry_files
 from synthforge.keys import key_of
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 
 
 def fixture_entry(folder: Path, tables: dict[str, pl.DataFrame], step: str = "fixture") -> Path:

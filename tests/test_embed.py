@@ -12,8 +12,9 @@ from synthforge.backends.devices import pick_device
 from synthforge.backends.embedder import Embedder, get_embedder, model_identity
 from synthforge.cache import Cache
 from synthforge.errors import UserError
-from synthforge.steps.base import InputTable, Runtime, StepContext
-from synthforge.steps.embed import EmbedParams, EmbedStep, embeddings_of
+from synthforge.stepapi import InputTable, Runtime, StepContext
+from synthforge.steps.embed import EmbedParams, EmbedStep
+from synthforge.steps.rows import embeddings_of
 from tests.helpers import fixture_entry
 from tests.tiny_encoder import build_tiny_encoder
 

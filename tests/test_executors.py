@@ -159,7 +159,7 @@ def test_ray_build_matches_local_bytes_and_retries_a_killed_worker(ray_local, cl
     import synthforge.steps as steps_module
 
     # Register the test kind in a copy of the registry: later tests see only the real kinds.
-    monkeypatch.setattr(steps_module, "STEP_KINDS", dict(steps_module.STEP_KINDS))
+    monkeypatch.setattr(steps_module.KINDS, "targets", dict(steps_module.KINDS.targets))
     steps_module.register("crash_once", "tests.plugin_steps:CrashOnceStep")
     marker = tmp_path / "killed-once"
     recipe = write_recipe(CRASH.replace("{marker}", str(marker)))

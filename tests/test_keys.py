@@ -27,7 +27,7 @@ from synthforge.errors import UserError
 from synthforge.recipe.fields import file_locations, ref_fields, set_at, strings_in
 from synthforge.recipe.resolve import load_recipe
 from synthforge.steps import STEP_KINDS, step_class
-from synthforge.steps.base import FILE, REF
+from synthforge.stepapi import FILE, REF
 from tests.tiny_models import tiny_chat_model_dir
 
 OTHER_UPSTREAM = "other_upstream"

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from synthforge.keys import (canonical, credential_free_url, encode, file_hash, key_of, key_params, runtime_fields,
                              step_components)
-from synthforge.steps.base import StepParams
+from synthforge.stepapi import StepParams
 
 
 def test_integral_floats_below_2_53_encode_as_ints():

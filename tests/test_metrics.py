@@ -13,7 +13,7 @@ import scipy.linalg
 from synthforge import metrics
 from synthforge.cache import Cache
 from synthforge.stats import entry_stats, format_stats
-from synthforge.steps.base import InputTable
+from synthforge.stepapi import InputTable
 from tests.helpers import fixture_entry
 
 

@@ -12,7 +12,7 @@ import pytest
 from synthforge.backends.llm import GenerationRequest
 from synthforge.backends.openai_llm import ERROR_BODY_CHARS, MAX_RESPONSE_BYTES, OpenAILLM, parse_retry_after, scrub
 from synthforge.errors import UserError
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 from synthforge.steps.generate import GenerateStep
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.generate_helpers import openai_params, run_step

@@ -11,7 +11,7 @@ from synthforge.graph import build_graph
 from synthforge.cache import Cache
 from synthforge.errors import UserError
 from synthforge.recipe.resolve import load_recipe, replicate_seed
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 from tests.conftest import BASIC
 
 REPLICATED = BASIC.replace("seed: 7\n", "seed: 7\nreplicates: 3\n")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Runtime
+from synthforge.stepapi import Runtime
 from tests.generate_helpers import make_ctx as generate_ctx
 from tests.generate_helpers import write_entry
 
@@ -76,7 +76,7 @@ def test_generate_follows_the_rule(tmp_path, monkeypatch, setting, backend, cli,
 def _embed_worker_settings(tmp_path, monkeypatch, runtime: Runtime, **fields) -> tuple[str, int]:
     import synthforge.steps.embed as embed
     from synthforge.cache import Cache
-    from synthforge.steps.base import StepContext
+    from synthforge.stepapi import StepContext
 
     seen = {}
 

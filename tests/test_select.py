@@ -15,9 +15,10 @@ import pytest
 from synthforge import selection
 from synthforge.errors import UserError
 from synthforge.metrics import vendi
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 from synthforge.steps.select import SelectParams, SelectStep
 from tests.helpers import fixture_entry
+from tests.naive_selection import kcenter_naive
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -36,7 +37,7 @@ def topics(n: int = 1200, d: int = 24, n_topics: int = 12, spread: float = 0.35,
 def test_kcenter_matches_the_plain_greedy_loop():
     x = unit_rows(3000, 16, seed=1)
     fast = selection.kcenter(x, 200, seed=3, batch=8, candidates=64)  # small sizes: many full updates
-    naive = selection.kcenter_naive(x, 200, seed=3)
+    naive = kcenter_naive(x, 200, seed=3)
     assert fast.tolist() == naive.tolist()
 
 

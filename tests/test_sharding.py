@@ -10,7 +10,7 @@ import pytest
 from synthforge.cache import Cache
 from synthforge.sharding import ShardStore, shard_ranges
 from synthforge.steps import embed as embed_module
-from synthforge.steps.base import InputTable, Runtime, StepContext
+from synthforge.stepapi import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep
 from tests.generate_helpers import run_step
 from tests.helpers import write_entry

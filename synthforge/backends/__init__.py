@@ -1,1 +1,1 @@
-"""Model backends: LLM generation (transformers, OpenAI-compatible HTTP)."""
+"""Model backends: LLM generation (a registry of types: transformers, OpenAI-compatible HTTP, plugins) and embeddings."""

@@ -8,7 +8,7 @@ every endpoint has left does the first error surface.
 
 The pool's identity is the primary endpoint's: every replica serves the same model with the
 same seeds, so which one answered never enters a cache key, and the per-response cache makes
-a rerun exact whichever server answers it.
+a rerun exact whichever server answers it. `OpenAILLM.from_config` builds a pool from a backend block's `endpoints`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from synthforge.backends.llm import (
-    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig, openai_backend,
-)
+from synthforge.backends.llm import GenerationRequest, GenerationResponse, LLMBackend, OnResponse
 
 CHUNK_PER_SLOT = 4  # requests an endpoint takes at a time, per unit of its concurrency
 
@@ -89,15 +87,3 @@ class EndpointPool:
         if any(r is None for r in results):
             raise errors[0]
         return results  # type: ignore[return-value]
-
-
-def pool_from_config(config: OpenAIBackendConfig, concurrency: int) -> EndpointPool:
-    """The pool of `base_url` (at `concurrency`, resolved by the step) and every one of `endpoints` (at its own, else the backend's)."""
-    endpoints = [(config.base_url, concurrency)]
-    for extra in config.endpoints:
-        extra = extra if isinstance(extra, EndpointConfig) else EndpointConfig(base_url=extra)
-        endpoints.append((extra.base_url, extra.concurrency or config.concurrency))
-    return EndpointPool([
-        openai_backend(config.model_copy(update={"base_url": url, "endpoints": []}), slots)
-        for url, slots in endpoints
-    ])

@@ -1,8 +1,13 @@
-"""The LLM backend interface and the factory that builds one from a recipe's `backend:` block.
+"""The LLM backend interface, the built-in backends' config blocks, and the registry of backend types.
 
 A backend turns chat requests into responses. It reports each response as soon
 as it exists (`on_response`), so the caller can commit it to the response cache
 and an interrupted run loses at most the requests in flight.
+
+A recipe's `backend:` block names a registered type (`BACKEND_TYPES`: built-ins here, plugins
+through the `synthforge.backends` entry-point group): the type's backend class (a `BackendClass`,
+imported only when a recipe names it) says which config class validates the block, what identity
+enters keys, and how to build the backend. Implementations import this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import ConfigDict, Field, field_serializer, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_serializer, field_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import StepParams
+from synthforge.plugins import Registry
+from synthforge.stepapi import StepParams
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,52 @@ class LLMBackend(Protocol):
         ...
 
 
-class TransformersBackendConfig(StepParams):
+class BackendParams(StepParams):
+    """Base of every backend's config block: `type` names a registered backend type."""
+
+    loads_model: ClassVar[bool] = False  # holds a heavy model in this process (executors run few such steps at once)
+
+    type: str
+
+    def model_label(self) -> str:
+        """The model, as plan's time estimate and the measured speeds name it (the type if there is no `model`)."""
+        return str(getattr(self, "model", self.type))
+
+    @classmethod
+    def model_for(cls, data: Any) -> type[StepParams]:
+        """The config class that validates `data`: its type's (error hints list that class's fields)."""
+        if cls is BackendParams and isinstance(data, dict) and str(data.get("type")) in BACKEND_TYPES.targets:
+            return backend_class(str(data["type"])).Config
+        return cls
+
+    @classmethod
+    def registered_models(cls) -> list[type[StepParams]]:
+        """Every config class a `backend:` block may hold (plugins included): walked for runtime-only fields."""
+        if cls is not BackendParams:
+            return [cls]
+        return [backend_class(name).Config for name in BACKEND_TYPES.names()]
+
+
+class BackendClass(Protocol):
+    """What a backend type registers: its config class, its identity without loading, and its factory."""
+
+    Config: ClassVar[type[BackendParams]]
+
+    @classmethod
+    def identity_of(cls, config: Any) -> dict[str, Any]:
+        """What decides the outputs, without loading the model: enters the generate step's key."""
+        ...
+
+    @classmethod
+    def from_config(cls, config: Any, *, models_dir: Path | None, device: str, batch_size: int | None,
+                    concurrency: int | None, log: Callable[[str], None]) -> LLMBackend:
+        """The backend at the runtime settings the step resolved (command line > step > backend block > default)."""
+        ...
+
+
+class TransformersBackendConfig(BackendParams):
+    loads_model: ClassVar[bool] = True
+
     type: Literal["transformers"]
     model: str = "smollm2"  # "smollm2" (the packaged SmolLM2-135M-Instruct) or a local model folder
     gguf_file: str | None = None  # a GGUF file inside `model` to load instead of safetensors
@@ -95,7 +147,7 @@ class EndpointConfig(StepParams):
         return checked_base_url(value, "backend.endpoints.base_url")
 
 
-class OpenAIBackendConfig(StepParams):
+class OpenAIBackendConfig(BackendParams):
     type: Literal["openai"]
     base_url: str  # e.g. http://127.0.0.1:8000/v1; no user:password@ (keys go in api_key_env)
     model: str
@@ -142,44 +194,53 @@ class OpenAIBackendConfig(StepParams):
         return credential_free_url(url)
 
 
-BackendConfig = Annotated[TransformersBackendConfig | OpenAIBackendConfig, Field(discriminator="type")]
+# type -> "module:Class" of its BackendClass. Add a line here (or an entry point) for a new backend.
+BACKEND_TYPES = Registry("synthforge.backends", "backend type", {
+    "transformers": "synthforge.backends.transformers_llm:TransformersLLM",
+    "openai": "synthforge.backends.openai_llm:OpenAILLM",
+})
 
 
-def backend_identity(config: TransformersBackendConfig | OpenAIBackendConfig) -> dict[str, Any]:
+def register_backend(type_name: str, target: str) -> None:
+    """Add a backend type ("module:Class" of a BackendClass); plugin modules call this when imported."""
+    BACKEND_TYPES.register(type_name, target)
+
+
+def backend_class(type_name: str) -> type[BackendClass]:
+    return BACKEND_TYPES.load(type_name)
+
+
+def _registered_config(value: Any, info: ValidationInfo) -> Any:
+    """Validate a `backend:` block with its type's config class (errors keep their field paths)."""
+    if isinstance(value, BackendParams):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a backend block is a mapping with a 'type', e.g. {type: transformers}")
+    if "type" not in value:
+        raise UserError("missing 'type'", field=info.field_name,
+                        hint=f"add e.g. 'type: transformers' (types: {', '.join(BACKEND_TYPES.names())})")
+    try:
+        config_class = backend_class(str(value["type"])).Config
+    except UserError as exc:
+        exc.field = f"{info.field_name}.type"
+        raise
+    return config_class.model_validate(value)
+
+
+# A `backend:` block: any registered type's config (dumped as that class, so keys see all of its fields).
+BackendConfig = Annotated[SerializeAsAny[BackendParams], BeforeValidator(_registered_config)]
+
+
+def backend_identity(config: BackendParams) -> dict[str, Any]:
     """What decides a backend's outputs, without loading it: enters the generate step's key.
 
     The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type."""
-    if config.type == "transformers":
-        from synthforge.backends.transformers_llm import model_identity
-
-        return {"type": config.type, **model_identity(config.model, config.gguf_file)}
-    from synthforge.backends.openai_llm import endpoint_identity
-
-    return {"type": config.type, **endpoint_identity(config.base_url, config.model)}
+    return {"type": config.type, **backend_class(config.type).identity_of(config)}
 
 
-def make_backend(config: TransformersBackendConfig | OpenAIBackendConfig, *, models_dir=None, device: str,
-                 batch_size: int | None, concurrency: int | None, log: Callable[[str], None] = print) -> LLMBackend:
+def make_backend(config: BackendParams, *, models_dir=None, device: str, batch_size: int | None,
+                 concurrency: int | None, log: Callable[[str], None] = print) -> LLMBackend:
     """Build the backend a recipe asked for, at the runtime settings its step resolved (`Runtime.resolve`):
     `device` and `batch_size` for transformers, `concurrency` for openai; no fallback of its own."""
-    if config.type == "transformers":
-        from synthforge.backends.transformers_llm import TransformersLLM
-
-        return TransformersLLM(config.model, gguf_file=config.gguf_file, models_dir=models_dir, device=device,
-                               batch_size=batch_size, log=log)
-    if config.type == "openai":
-        if config.endpoints:
-            from synthforge.backends.endpoint_pool import pool_from_config
-
-            return pool_from_config(config, concurrency)
-        return openai_backend(config, concurrency, log)
-    raise UserError(f"unknown backend type '{config.type}'", field="backend.type", hint="use transformers or openai")
-
-
-def openai_backend(config: OpenAIBackendConfig, concurrency: int, log: Callable[[str], None] = print) -> LLMBackend:
-    """One OpenAI-compatible server (`config.base_url`) at `concurrency` requests in flight."""
-    from synthforge.backends.openai_llm import OpenAILLM
-
-    return OpenAILLM(config.base_url, config.model, api_key_env=config.api_key_env, concurrency=concurrency,
-                     timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
-                     max_retry_after_s=config.max_retry_after_s, log=log)
+    return backend_class(config.type).from_config(config, models_dir=models_dir, device=device, batch_size=batch_size,
+                                                  concurrency=concurrency, log=log)

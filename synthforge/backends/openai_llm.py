@@ -24,7 +24,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse
+from synthforge.backends.llm import (
+    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig,
+)
 from synthforge.errors import UserError
 from synthforge.keys import credential_free_url
 
@@ -100,6 +102,34 @@ class AdaptiveConcurrency:
 
 class OpenAILLM:
     type = "openai"
+    Config = OpenAIBackendConfig
+
+    @classmethod
+    def identity_of(cls, config: OpenAIBackendConfig) -> dict[str, str]:
+        return endpoint_identity(config.base_url, config.model)
+
+    @classmethod
+    def from_config(cls, config: OpenAIBackendConfig, *, concurrency: int, log: Callable[[str], None] = print,
+                    **_device_settings) -> LLMBackend:
+        """One server at `concurrency` (resolved by the step), or a pool over it and `endpoints` (each at its
+        own concurrency, else the backend's); device settings do not apply to a server."""
+        if not config.endpoints:
+            return cls.one_server(config, concurrency, log)
+        from synthforge.backends.endpoint_pool import EndpointPool
+
+        servers = [(config.base_url, concurrency)]
+        for extra in config.endpoints:
+            extra = extra if isinstance(extra, EndpointConfig) else EndpointConfig(base_url=extra)
+            servers.append((extra.base_url, extra.concurrency or config.concurrency))
+        return EndpointPool([cls.one_server(config.model_copy(update={"base_url": url, "endpoints": []}), slots)
+                             for url, slots in servers])
+
+    @classmethod
+    def one_server(cls, config: OpenAIBackendConfig, concurrency: int, log: Callable[[str], None] = print) -> "OpenAILLM":
+        """One OpenAI-compatible server (`config.base_url`) at `concurrency` requests in flight."""
+        return cls(config.base_url, config.model, api_key_env=config.api_key_env, concurrency=concurrency,
+                   timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
+                   max_retry_after_s=config.max_retry_after_s, log=log)
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, concurrency: int = 8,
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, max_retry_after_s: float = 60.0,

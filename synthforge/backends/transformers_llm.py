@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.backends.devices import pick_device
-from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse, OnTokens
+from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse, OnTokens, TransformersBackendConfig
 from synthforge.cache import file_lock
 from synthforge.errors import UserError
 from synthforge.keys import files_key, model_files
@@ -216,6 +216,18 @@ def _sample_in_nucleus(logits, top_p, uniforms):
 # -- the backend -----------------------------------------------------------
 class TransformersLLM:
     type = "transformers"
+    Config = TransformersBackendConfig
+
+    @classmethod
+    def identity_of(cls, config: TransformersBackendConfig) -> dict[str, Any]:
+        return model_identity(config.model, config.gguf_file)
+
+    @classmethod
+    def from_config(cls, config: TransformersBackendConfig, *, models_dir: Path | None = None, device: str,
+                    batch_size: int, log: Callable[[str], None] = print, **_server_settings) -> "TransformersLLM":
+        """The backend at the device and batch size the step resolved (no fallback of its own)."""
+        return cls(config.model, gguf_file=config.gguf_file, models_dir=models_dir, device=device,
+                   batch_size=batch_size, log=log)
 
     def __init__(self, model: str = SMOLLM2, *, gguf_file: str | None = None, models_dir: Path | None = None,
                  device: str = "auto", batch_size: int = 8, min_new_tokens: int = 0,

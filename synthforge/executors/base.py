@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.graph import Graph, Node
-    from synthforge.steps.base import Runtime
+    from synthforge.stepapi import Runtime
 
 
 @dataclass

@@ -20,7 +20,7 @@ from synthforge.executors.base import NodeRun, execute_node, plan_width
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
     from synthforge.graph import Graph, Node
-    from synthforge.steps.base import Runtime
+    from synthforge.stepapi import Runtime
 
 
 class InlineExecutor:

@@ -25,7 +25,7 @@ from synthforge.executors.base import NodeRun, execute_node
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
     from synthforge.graph import Graph, Node
-    from synthforge.steps.base import Runtime
+    from synthforge.stepapi import Runtime
 
 TASK_RETRIES = 3  # retries of a node whose worker process died (Ray's own retry)
 INSTALL_HINT = "pip install 'synthforge[ray]'"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from synthforge.steps.base import StepParams
+from synthforge.stepapi import StepParams
 
 # "Sure! Here is a positive review:" / "Certainly, here's the text:" / a lone "Sure!" line. Interjections
 # must carry punctuation, so a review opening "Okay food, great view" keeps its first word.

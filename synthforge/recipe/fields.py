@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from synthforge.steps.base import FILE, REF
+from synthforge.stepapi import FILE, REF
 
 
 def _mentions(annotation: Any, marker: object) -> bool:

@@ -18,8 +18,9 @@ from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
 from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
-from synthforge.steps import step_class
-from synthforge.steps.base import Step, StepParams
+from synthforge.steps import known_kinds, step_class
+from synthforge.stepapi import StepParams
+from synthforge.steps.base import Step
 
 DEFAULT_VARIANT = "default"
 REPLICATE_VAR = "replicate"  # the variable `replicates: N` adds (0..N-1)
@@ -269,7 +270,7 @@ def _resolve_step(recipe: Recipe, name: str, config: Any) -> ResolvedStep:
     if "kind" not in config:
         raise UserError(
             "missing 'kind'", file=filename, line=recipe.line(*where), field=f"steps.{name}",
-            hint="add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train)",
+            hint=f"add e.g. 'kind: load' (kinds: {', '.join(known_kinds())})",
         )
     kind = str(config["kind"])
     try:
@@ -381,7 +382,7 @@ def validation_error(
     full = prefix + loc
     field = ".".join(map(str, full))
     line = line_for(lines, full)
-    owner, field_info = _field_owner(model, loc)
+    owner, field_info = _field_owner(model, loc, data)
     if error["type"] == "extra_forbidden":
         known = list(owner.model_fields) if owner else []
         hint = did_you_mean(str(loc[-1]), known) or (f"known fields: {', '.join(known)}" if known else None)
@@ -420,16 +421,30 @@ def _user_loc(loc: tuple[Any, ...], data: Any, error_type: str) -> tuple[Any, ..
     return tuple(kept)
 
 
-def _field_owner(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
-    """Walk nested models along `loc`: the model that owns the last field, and that field's info."""
+def _field_owner(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> tuple[type[BaseModel] | None, Any]:
+    """Walk nested models along `loc`: the model that owns the last field, and that field's info.
+
+    A model with a `model_for(data)` classmethod (a backend block) names the class its data validates with."""
     owner: type[BaseModel] | None = model
     parent, info = model, None
+    node = data
     for part in loc:
+        node = _child(node, part)
         if owner is None or not isinstance(part, str):
             continue  # list indices, dict keys of free-form mappings
         parent, info = owner, owner.model_fields.get(part)
         owner = _model_in(info.annotation) if info is not None else None
+        if owner is not None and hasattr(owner, "model_for"):
+            owner = owner.model_for(node)
     return parent, info
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

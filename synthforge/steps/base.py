@@ -1,4 +1,8 @@
-"""The contract every step kind implements.
+"""The contract every step kind implements, and the plugin-facing surface.
+
+A plugin (docs/plugins.md) imports all it needs from here: `Step`, and the step API types
+defined in `synthforge.stepapi` and re-exported below (`StepParams`, `Ref`, `FilePath`, `Labels`,
+`Runtime`, `InputTable`, `StepContext`, `StepResult`, `Estimate`).
 
 A step kind is a subclass of `Step` with:
   - `kind`: the name used in recipes (`kind: split`);
@@ -19,164 +23,17 @@ friends inside `run`, never at module level (a cached build must not load them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from synthforge.stepapi import (
+    FILE, REF, Estimate, FilePath, InputTable, Labels, Ref, Runtime, StepContext, StepParams, StepResult,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    import polars as pl
-
-    from synthforge.cache import Cache, Manifest
-
-
-class _RefMarker:
-    """Metadata marking a str field as a reference to another step's output."""
-
-    def __repr__(self) -> str:
-        return "Ref"
-
-
-class _FileMarker:
-    """Metadata marking a str field as a file path, relative to the recipe's folder.
-
-    The builder checks the file exists, hashes its content into the key (so an
-    edited file rebuilds the step) and hands the step an absolute path.
-    """
-
-    def __repr__(self) -> str:
-        return "FilePath"
-
-
-def _labels_as_strings(value: Any) -> Any:
-    """Labels are strings: YAML's `{5: positive}` or `[1, 2]` (star ratings) mean "5", "1", "2"."""
-    def text(item: Any) -> Any:
-        if isinstance(item, bool):
-            raise ValueError(f"YAML reads an unquoted yes/no/true/false/on/off as {item}: quote the label, e.g. 'yes'")
-        return str(item) if isinstance(item, (int, float)) else item
-
-    if isinstance(value, dict):
-        return {text(k): text(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [text(v) for v in value]
-    return value
-
-
-# A list of labels, or a mapping from a label to a description or new name; numbers become strings.
-Labels = Annotated[list[str] | dict[str, str], BeforeValidator(_labels_as_strings)]
-
-REF = _RefMarker()
-Ref = Annotated[str, REF]
-FILE = _FileMarker()
-FilePath = Annotated[str, FILE]
-
-
-class StepParams(BaseModel):
-    """Base for every step's parameters: unknown fields are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Settings that change how, not what, a step computes. Never in a key."""
-
-    device: str = "auto"
-    progress: bool = True
-    concurrency: int | None = None
-    batch_size: int | None = None
-    max_requests: int | None = None  # budget overrides; None: the recipe's budget
-    max_tokens: int | None = None
-    shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
-    ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
-
-    def resolve(self, name: str, *recipe_values: Any, default: Any = None) -> Any:
-        """The one rule for a runtime setting (docs/recipes.md, "Runtime settings"): the command line
-        (or the Python API's argument) when given, else the first recipe field given (most specific
-        first: a step's own field before its backend's), else `default`. None and "auto" mean not given."""
-        for value in (getattr(self, name), *recipe_values):
-            if value is not None and value != "auto":
-                return value
-        return default
-
-
-class InputTable:
-    """A cached output handed to a downstream step (read lazily, checked on every read)."""
-
-    def __init__(self, entry_dir: Path, table: str = "data"):
-        self.entry_dir = Path(entry_dir)
-        self.table = table
-
-    @cached_property
-    def manifest(self) -> "Manifest":
-        from synthforge.cache import read_manifest
-
-        return read_manifest(self.entry_dir)
-
-    @property
-    def key(self) -> str:
-        return self.manifest.key
-
-    @property
-    def step(self) -> str:
-        return self.manifest.step
-
-    def frame(self, columns: list[str] | None = None) -> "pl.DataFrame":
-        """The table, after its bytes matched the manifest's content hash (DamagedEntry otherwise)."""
-        from synthforge.cache import read_table
-
-        return read_table(self.entry_dir, self.table, columns)
-
-    def scan(self) -> "pl.LazyFrame":
-        """The table as a lazy scan, checked like `frame`: a head or a column reads only that."""
-        from synthforge.cache import scan_table
-
-        return scan_table(self.entry_dir, self.table)
-
-    def artifact(self, name: str) -> Path:
-        """A file or folder the upstream step left under its `artifacts/`."""
-        return self.entry_dir / "artifacts" / name
-
-    def __repr__(self) -> str:
-        return f"InputTable({self.entry_dir.name}:{self.table})"
-
-
-@dataclass
-class StepContext:
-    step: str  # the step's name in the recipe
-    recipe: str  # the recipe's name
-    params: StepParams
-    seed: int
-    key: str
-    inputs: dict[str, Any]  # Ref field name -> InputTable | list[InputTable] | dict[str, InputTable] | None
-    workdir: Path  # the entry being written; put extra files under workdir / "artifacts"
-    cache: "Cache"
-    runtime: Runtime = field(default_factory=Runtime)
-    log: Callable[[str], None] = print
-
-    @property
-    def artifacts(self) -> Path:
-        path = self.workdir / "artifacts"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What a step will ask of an LLM at most (before response-cache hits): checked against the budget."""
-
-    requests: int
-    tokens: int
-
-
-@dataclass
-class StepResult:
-    # None: the main table is the union of `tables` in their order, stored once (no file of its own)
-    data: "pl.DataFrame | None"
-    tables: dict[str, "pl.DataFrame"] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able; lands in manifest["meta"]
+__all__ = [
+    "FILE", "REF", "Estimate", "FilePath", "InputTable", "Labels", "Ref", "Runtime", "Step", "StepContext",
+    "StepParams", "StepResult",
+]
 
 
 class Step:

@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
+from synthforge.steps.rows import EMBEDDING_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
-
-EMBEDDING_COLUMN = "embedding"
-
 
 class EmbedParams(StepParams):
     input: Ref
@@ -127,14 +126,3 @@ class _RowCounter:
 
     def update(self, rows: int) -> None:
         self.on_item(0, rows)
-
-
-def embeddings_of(frame: "pl.DataFrame", column: str = EMBEDDING_COLUMN) -> "np.ndarray":
-    """The embedding column as a C-contiguous float32 (rows, dim) matrix."""
-    import numpy as np
-
-    if column not in frame.columns:
-        raise UserError(f"input has no '{column}' column", hint="add an `embed` step before this one")
-    if frame.height == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.ascontiguousarray(frame[column].to_numpy(), dtype=np.float32)

@@ -26,7 +26,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
-from synthforge.steps.base import Estimate, FilePath, Labels, Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 DEFAULT_PARAPHRASE_TEMPLATE = (
     "Paraphrase the following text. Keep its meaning and its {{ label }} label; change the wording. "
@@ -164,7 +165,7 @@ class GenerateStep(Step):
     row_parallel = True
 
     def loads_model(self, params: GenerateParams) -> bool:
-        return params.backend.type == "transformers"
+        return params.backend.loads_model
 
     def identity(self, params: GenerateParams) -> dict[str, Any]:
         """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
@@ -374,7 +375,7 @@ class _Generation:
     def _record_speed(self, new_tokens: int, seconds: float) -> None:
         from synthforge.generation import speed
 
-        speed.record(self.ctx.cache, self.backend.type, str(self.params.backend.model), new_tokens, seconds)
+        speed.record(self.ctx.cache, self.backend.type, self.params.backend.model_label(), new_tokens, seconds)
 
     # output
     def _row_id(self, index: int) -> str:

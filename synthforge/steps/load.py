@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import FilePath, Labels, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import FilePath, Labels, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl

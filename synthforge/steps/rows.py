@@ -1,4 +1,4 @@
-"""Row helpers shared by steps: stable ids and the standard columns."""
+"""Row conventions shared by steps and commands: the standard columns, stable ids, the embedding column."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 STANDARD_COLUMNS = ["id", "text", "label", "source"]
+EMBEDDING_COLUMN = "embedding"  # added by `embed`: a fixed-size float32 array per row
 
 
 def stable_ids(texts: "pl.Series | list[str]", labels: "pl.Series | list[str]", prefix: str = "") -> "pl.Series":
@@ -102,3 +103,14 @@ def describe_dropped(dropped: dict[str, int]) -> str:
     """`{"duplicates": 3, "blank_text": 2}` as "dropped 3 duplicates, 2 blank text" ("dropped none" when all zero)."""
     parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items()) if n]
     return "dropped " + (", ".join(parts) if parts else "none")
+
+
+def embeddings_of(frame: "pl.DataFrame", column: str = EMBEDDING_COLUMN) -> "np.ndarray":
+    """The embedding column as a C-contiguous float32 (rows, dim) matrix."""
+    import numpy as np
+
+    if column not in frame.columns:
+        raise UserError(f"input has no '{column}' column", hint="add an `embed` step before this one")
+    if frame.height == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.ascontiguousarray(frame[column].to_numpy(), dtype=np.float32)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -83,7 +84,7 @@ class SelectStep(Step):
 
         from synthforge.keys import key_of
         from synthforge.metrics import diversity_metrics, metric_methods
-        from synthforge.steps.embed import embeddings_of
+        from synthforge.steps.rows import embeddings_of
 
         params: SelectParams = ctx.params  # type: ignore[assignment]
         frame = ctx.inputs["input"].frame()

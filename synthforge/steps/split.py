@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 from synthforge.steps.rows import id_order, label_codes, rank_within_groups
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -20,7 +20,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthforge.errors import UserError
-from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.steps.base import Step
 
 DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
 
@@ -204,7 +205,7 @@ def _runtime(ctx: StepContext, params: TrainParams) -> tuple[str, int]:
 
 def _features(ctx: StepContext, params: TrainParams, frames: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Embeddings for train and test: the `embedding` column when both have a complete one, else embedded text."""
-    from synthforge.steps.embed import EMBEDDING_COLUMN, embeddings_of
+    from synthforge.steps.rows import EMBEDDING_COLUMN, embeddings_of
 
     if all(EMBEDDING_COLUMN in frames[n].columns and frames[n][EMBEDDING_COLUMN].null_count() == 0 for n in ("train", "test")):
         features = {n: embeddings_of(frames[n]) for n in ("train", "test")}
