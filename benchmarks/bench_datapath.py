@@ -13,7 +13,11 @@ CPU seconds are the measure that survives a shared machine best; wall times are 
 Tasks:
   load     synthforge build of a load + split recipe on a CSV of short texts
            vs polars read_csv + unique + write_parquet;
+  phases   load + split's CPU seconds phase by phase (read, dedup, ids, order, draw, write), beside
+           the reference's (import, read_csv, unique, write_parquet);
   show     `synthforge show` of a built table vs scan_parquet().head();
+  export   `synthforge export` of the load step's table to parquet, jsonl and a Hugging Face folder vs
+           scan_parquet().sink_* (and datasets' Dataset.from_parquet().save_to_disk());
   metrics  every select/stats metric (diversity_metrics, with texts) vs Vendi alone;
   dcscore  DCScore alone vs Vendi;
   kcenter  k-center 1k picks;
@@ -181,8 +185,35 @@ def show_entry_code(cache: Path) -> str:
     return f"""
 from synthforge.app import show_text
 from synthforge.cache import Cache
-entry = next(e for e in Cache({str(cache)!r}).entries() if e.manifest['step'] == 'real')
+entry = next(e for e in Cache({str(cache)!r}).entries() if e.manifest.step == 'real')
 show_text(entry)
+"""
+
+
+def export_code(recipe_path: Path, cache: Path, out: Path) -> str:
+    return f"""
+import sys
+from synthforge.cli import main
+fmt = ['--format', 'hf'] if {out.suffix == '.hf'!r} else []
+sys.argv = ['synthforge', 'export', {str(recipe_path)!r}, 'real', '--to', {str(out)!r}, '--cache-dir', {str(cache)!r}, *fmt]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+"""
+
+
+def sink_code(parquet: Path, out: Path) -> str:
+    if out.suffix == ".hf":  # the plain library route to a save_to_disk folder (no ClassLabel, no card)
+        return f"""
+import datasets
+datasets.disable_progress_bars()
+datasets.Dataset.from_parquet({str(parquet)!r}, cache_dir={str(out) + '.cache'!r}).save_to_disk({str(out)!r})
+"""
+    kind = "sink_parquet" if out.suffix == ".parquet" else "sink_ndjson"
+    return f"""
+import polars as pl
+pl.scan_parquet({str(parquet)!r}).{kind}({str(out)!r})
 """
 
 
@@ -272,14 +303,28 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- tasks ---------------------------------------------------------------------------
+def load_setup(work: Path, n: int) -> tuple[Path, Path, Path]:
+    """The n-row CSV, the folder of its load + split runs, and its recipe."""
+    csv = data("csv", work / f"texts_{n}.csv", n)
+    folder = work / f"load_{n}"
+    folder.mkdir(exist_ok=True)
+    return csv, folder, recipe(folder, csv)
+
+
+def built_cache(tree: Path, folder: Path, recipe_path: Path, reuse: bool) -> tuple[Path, Path]:
+    """The folder's cache (built now unless `reuse` finds one) and the load step's table in it
+    (split's entry has no data.parquet)."""
+    cache = folder / "cache"
+    if not reuse or not cache.is_dir():
+        run_child(build_code(recipe_path, cache), tree)
+    return cache, next(cache.glob("entries/*/*/data.parquet"))
+
+
 def task_load(tree: Path, work: Path, sizes: list[int], repeat: int, repeat_big: int) -> list[list[str]]:
     rows, growth = [], []
     for n in sizes:
         times = repeat if n < BIG else repeat_big
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
+        csv, folder, rp = load_setup(work, n)
         res = interleave({"synthforge": build_code(rp, folder / "cache"), "polars": polars_load_code(csv, folder / "ref.parquet")},
                          tree, times, ("synthforge",))
         ref = res["polars"]
@@ -307,14 +352,8 @@ def growth_rows(rows: list[list[str]], task: str, growth: list[tuple[str, int, f
 def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
     rows = []
     for n in sizes:
-        csv = data("csv", work / f"texts_{n}.csv", n)
-        folder = work / f"load_{n}"  # the load task's last build, when it ran in this invocation
-        folder.mkdir(exist_ok=True)
-        rp = recipe(folder, csv)
-        cache = folder / "cache"
-        if not reuse or not cache.is_dir():
-            run_child(build_code(rp, cache), tree)
-        parquet = next(cache.glob("entries/*/*/data.parquet"))  # the load step's table (split's has no data.parquet)
+        _, folder, rp = load_setup(work, n)  # the load task's last build, when it ran in this invocation
+        cache, parquet = built_cache(tree, folder, rp, reuse)  # the load step's table (split's has no data.parquet)
         res = interleave({"synthforge show": show_code(rp, cache), "show_text(entry)": show_entry_code(cache),
                           "head": head_code(parquet)}, tree, repeat, ("synthforge show", "show_text(entry)"))
         ref = res["head"]
@@ -323,6 +362,95 @@ def task_show(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool
             emit(rows, [f"{name}, {n:,}-row table", f"{fmt(sf, 'wall')} wall, {fmt(sf, 'cpu')} cpu, {fmt(sf, 'rss', 'MiB')}",
                         f"{fmt(ref, 'wall')} wall, {fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
                         f"{summary(sf, 'cpu')[0] / summary(ref, 'cpu')[0]:.2f}x cpu", loadavg()])
+    return rows
+
+
+def task_export(tree: Path, work: Path, sizes: list[int], repeat: int, reuse: bool) -> list[list[str]]:
+    rows = []
+    for n in sizes:
+        _, folder, rp = load_setup(work, n)
+        cache, parquet = built_cache(tree, folder, rp, reuse)
+        for kind in ("parquet", "jsonl", "hf"):
+            out = folder / f"export.{kind}"
+            res = interleave({"synthforge export": export_code(rp, cache, out), "sink": sink_code(parquet, out)},
+                             tree, repeat, ("synthforge export",))
+            ref = res["sink"]
+            for name in versions("synthforge export", res):
+                sf = res[name]
+                emit(rows, [f"{name} {kind}, {n:,}-row table", f"{fmt(sf, 'cpu')} cpu, {fmt(sf, 'wall')} wall, {fmt(sf, 'rss', 'MiB')}",
+                            f"{'Dataset.from_parquet().save_to_disk()' if kind == 'hf' else 'scan_parquet().sink_*'} "
+                            f"{fmt(ref, 'cpu')} cpu, {fmt(ref, 'rss', 'MiB')}",
+                            f"{summary(sf, 'rss')[0] / summary(ref, 'rss')[0]:.2f}x mem", loadavg()])
+            for path in (out, out.with_suffix(".hf.cache")):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return rows
+
+
+PHASES_CODE = """
+import collections, functools, json, sys, time
+import polars as pl
+T = collections.defaultdict(float)
+
+
+def timed(owner, name, label):
+    inner = getattr(owner, name)
+
+    @functools.wraps(inner)
+    def wrapper(*args, **kwargs):
+        start = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            T[label] += time.process_time() - start
+    setattr(owner, name, wrapper)
+
+
+from synthforge import building, cache as cache_module
+from synthforge.steps import load, rows, split
+for owner, name, label in [(load, "read_source", "load: read csv"), (load, "_usable_rows", "load: blank/unlabelled rows"),
+                           (rows, "stable_ids", "load: stable ids"), (split, "id_order", "split: order by id"),
+                           (split, "label_codes", "split: label codes"), (split, "_take", "split: stratified draw"),
+                           (cache_module, "read_table", "split: read load's table (checked)"),
+                           (building, "write_entry_files", "write entry (parquet, hash, manifest)"),
+                           (building, "run_node", "steps (all of the above and the rest)")]:
+    if label:
+        timed(owner, name, label)
+timed(pl.DataFrame, "unique", "load: dedup (unique)")
+timed(pl.DataFrame, "rechunk", "split: rechunk")
+from synthforge.cli import main
+sys.argv = ['synthforge', 'build', {recipe!r}, '--cache-dir', {cache!r}]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print('@@ ' + json.dumps(dict(T)))
+"""
+REF_PHASES_CODE = """
+import json, time
+start = time.process_time()
+import polars as pl
+T = {{"import polars": time.process_time() - start}}
+start = time.process_time(); frame = pl.read_csv({csv!r}); T["read_csv"] = time.process_time() - start
+start = time.process_time(); frame = frame.unique(subset='text', keep='first', maintain_order=True); T["unique"] = time.process_time() - start
+start = time.process_time(); frame.write_parquet({out!r}); T["write_parquet"] = time.process_time() - start
+print('@@ ' + json.dumps(T))
+"""
+
+
+def task_phases(tree: Path, work: Path, sizes: list[int], repeat: int) -> list[list[str]]:
+    """Where load + split spends its CPU seconds, phase by phase, beside the reference's phases."""
+    rows = []
+    for n in sizes:
+        csv, folder, rp = load_setup(work, n)
+        code = "import shutil; shutil.rmtree(%r, ignore_errors=True)\n" % str(folder / "cache") + PHASES_CODE.format(
+            recipe=str(rp), cache=str(folder / "cache"))
+        res = interleave({"synthforge": code, "polars": REF_PHASES_CODE.format(csv=str(csv), out=str(folder / "ref.parquet"))},
+                         tree, repeat, ())
+        for name in ("synthforge", "polars"):
+            phases = [k for k in res[name][0] if k not in ("wall", "cpu", "rss")]
+            for phase in phases + ["cpu"]:
+                label = "whole process" if phase == "cpu" else phase
+                emit(rows, [f"{name} phases, {n:,} rows: {label}", fmt(res[name], phase), "", "", loadavg()])
     return rows
 
 
@@ -385,7 +513,7 @@ def task_matrix(tree: Path, work: Path, sizes: list[int], repeat: int, name: str
 
 
 BIG = 5_000_000
-TASKS = ("load", "show", "metrics", "dcscore", "kcenter", "levels", "embed")
+TASKS = ("load", "phases", "show", "export", "metrics", "dcscore", "kcenter", "levels", "embed")
 
 
 def main() -> None:
@@ -422,6 +550,10 @@ def main() -> None:
             out += task_load(tree, args.work, sizes, args.repeat, args.repeat_big)
         elif task == "show":
             out += task_show(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
+        elif task == "phases":
+            out += task_phases(tree, args.work, sizes, args.repeat)
+        elif task == "export":
+            out += task_export(tree, args.work, sizes, args.repeat, reuse="load" in tasks)
         elif task == "metrics":
             out += task_matrix(tree, args.work, sizes, args.repeat, "metrics", METRICS_BODY, "vendi", VENDI_BODY)
         elif task == "dcscore":

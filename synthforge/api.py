@@ -38,8 +38,8 @@ def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str 
 
     `cache_dir=None` uses the CLI's default: `$SYNTHFORGE_CACHE`, else `cache/` in the current folder.
     """
-    graph = build_graph(load_recipe(path, dict(set or {})))
-    return OpenRecipe(graph, Cache(cache_dir))
+    cache = Cache(cache_dir)
+    return OpenRecipe(build_graph(load_recipe(path, dict(set or {})), cache), cache)
 
 
 def table_path(entry: Entry, table: str = "data") -> Path:
@@ -158,12 +158,18 @@ class OpenRecipe:
         return provenance(self, step, variant, table)
 
 
-def to_hf_dataset(frame: "pl.DataFrame", labels: Sequence[str] | None = None, description: str = "") -> "datasets.Dataset":
+def import_datasets() -> Any:
+    """The `datasets` module, or a clear error when it is not installed."""
     try:
         import datasets
     except ImportError:
         raise UserError("reading into Hugging Face datasets needs the 'datasets' package",
                         hint="pip install 'synthforge[hf]' (scripts/setup.sh installs it)") from None
+    return datasets
+
+
+def to_hf_dataset(frame: "pl.DataFrame", labels: Sequence[str] | None = None, description: str = "") -> "datasets.Dataset":
+    datasets = import_datasets()
     if "label" not in frame.columns:
         return datasets.Dataset(frame.to_arrow(), info=datasets.DatasetInfo(description=description))
     import polars as pl

@@ -285,6 +285,11 @@ def hash_artifacts(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hash_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# Cached tables are read whole or by head, never filtered by value: no statistics. zstd level 1 compresses
+# these tables about as well as the default level 3 (within 2%) at about 75% of the CPU time.
+PARQUET_WRITE = {"statistics": False, "compression": "zstd", "compression_level": 1}
+
+
 def write_entry_files(folder: Path, tables: dict[str, "pl.DataFrame"], **fields: Any) -> Manifest:
     """Write an entry's tables and its sealed manifest into `folder` (not yet in the cache).
 
@@ -295,7 +300,7 @@ def write_entry_files(folder: Path, tables: dict[str, "pl.DataFrame"], **fields:
     for name, frame in tables.items():
         path = folder / f"{name}.parquet"
         with storage_errors(folder):
-            frame.write_parquet(path, statistics=False)
+            frame.write_parquet(path, **PARQUET_WRITE)
         infos[name] = TableInfo(rows=frame.height, columns={c: str(t) for c, t in frame.schema.items()},
                                 content_hash=hash_file(path), bytes=path.stat().st_size).model_dump()
     if "data" not in infos:

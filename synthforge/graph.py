@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthforge.keys import key_of, step_components
 from synthforge.lockfile import Lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Cache
 
 
 @dataclass
@@ -57,14 +60,15 @@ class Graph:
         return Lock(self.recipe.name, self.keys, nodes)
 
 
-def build_graph(recipe: Recipe) -> Graph:
+def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
+    """The recipe's keyed nodes; `cache` (optional) remembers input files' hashes across processes."""
     nodes: dict[str, Node] = {}
     keys: dict[str, dict[str, str]] = {}
     for variant in recipe.variants:
         variant_keys: dict[str, str] = {}
         for step_name in variant.order:
             resolved = variant.steps[step_name]
-            components = _components(resolved, variant_keys, step_seed(variant, resolved))
+            components = _components(resolved, variant_keys, step_seed(variant, resolved), cache)
             key = key_of(components)
             variant_keys[step_name] = key
             if key not in nodes:
@@ -80,7 +84,8 @@ def step_seed(variant: Variant, resolved: ResolvedStep) -> int:
     return variant.seed if resolved.step.seeded else variant.base_seed
 
 
-def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int) -> dict[str, Any]:
+def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int,
+                cache: "Cache | None" = None) -> dict[str, Any]:
     """Everything a step's output depends on (see `keys.step_components`); its key is the hash of this."""
     step = resolved.step
     inputs = {
@@ -89,4 +94,4 @@ def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int)
     }
     extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
     return step_components(resolved.kind, step.version, resolved.params, inputs, {**resolved.files, **extra_files},
-                           step.identity(resolved.run_params), seed)
+                           step.identity(resolved.run_params), seed, cache)

@@ -95,8 +95,10 @@ def max_similarity(x: "np.ndarray", centers: "np.ndarray", gpu: bool | None = No
         return sims[:, 0]
     out = np.empty(len(x), dtype=np.float32)
     for start in range(0, len(x), chunk):  # bounded memory: chunk x |centers| at a time
-        block = x[start : start + chunk] @ centers.T
-        out[start : start + chunk] = block.max(axis=1)
+        # |centers| x chunk: the max runs down contiguous rows (an element-wise maximum), ~6x cheaper than
+        # a max along each short row of the transposed block
+        block = centers @ x[start : start + chunk].T
+        np.max(block, axis=0, out=out[start : start + chunk])
     return out
 
 

@@ -11,7 +11,7 @@ import xxhash
 
 from synthforge import metrics
 from synthforge.cache import Cache, read_table
-from synthforge.steps.rows import rank_within_groups, stable_ids
+from synthforge.steps.rows import id_order, label_codes, rank_within_groups, stable_ids
 from synthforge.steps.split import SplitStep
 from tests.conftest import BASIC
 from tests.helpers import make_ctx, write_entry
@@ -41,6 +41,29 @@ def test_stable_ids_match_the_per_row_hash():
 def test_rank_within_groups():
     assert rank_within_groups(np.array([3, 1, 3, 3, 1, 2])).tolist() == [0, 0, 1, 2, 1, 0]
     assert rank_within_groups(np.array([], dtype=np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("ids", [
+    ["0123456789abcdef~2", "0123456789abcdef~10", "0123456789abcdef", "0123456789abcdee", "0123456789abcdef~2"],
+    ["b", "a", "ab", "a~1", "0123456789abcdef", "0123456789ABCDEF", "é", "", "a"],  # not all hex: the string sort
+    [],
+])
+def test_id_order_is_the_string_order_with_ties_in_row_order(ids):
+    expected = sorted(range(len(ids)), key=lambda i: (ids[i].encode(), i))
+    assert id_order(pl.Series(ids, dtype=pl.String)).tolist() == expected
+
+
+def test_id_order_of_stable_ids_with_repeats():
+    texts = [f"t{v}" for v in np.random.default_rng(2).integers(0, 300, size=3000)]
+    ids = stable_ids(texts, ["x"] * len(texts)).to_list()
+    assert id_order(pl.Series(ids)).tolist() == sorted(range(len(ids)), key=lambda i: (ids[i], i))
+
+
+def test_label_codes_are_narrow_and_sorted():
+    names, codes = label_codes(pl.Series(["b", "a", "c", "a"]))
+    assert (names, codes.tolist(), codes.dtype) == (["a", "b", "c"], [1, 0, 2, 0], np.uint8)
+    names, codes = label_codes(pl.Series([f"l{i:04}" for i in range(300)]))
+    assert codes.dtype == np.uint16 and codes.tolist() == list(range(300))
 
 
 def per_label_take(pool, count, labels):
@@ -185,3 +208,72 @@ def test_select_meta_records_metric_methods(tmp_path):
     meta = step.run(ctx).meta
     assert meta["metric_methods"]["dcscore"] == "exact" and "dcscore_se" not in meta["metrics"]
     json.dumps(meta)
+
+
+def test_hash_file_maps_windows_to_the_one_shot_digest(tmp_path, monkeypatch):
+    from synthforge import keys
+
+    import mmap
+
+    window = mmap.ALLOCATIONGRANULARITY
+    monkeypatch.setattr(keys, "HASH_WINDOW", window)  # several windows and a short last one
+    data = bytes(range(256)) * (window * 7 // 512)
+    for size in (0, 1, window, window + 1, len(data)):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(data[:size])
+        assert keys.hash_file(path) == xxhash.xxh3_128_hexdigest(data[:size])
+
+
+def test_blank_texts_are_exactly_those_strip_empties():
+    from synthforge.steps.load import _usable_rows
+
+    texts = [" \t\n", "", " a ", "\u00a0\u2003", "\u200b", "\ufeff", "\x1c\x85", None, "x"]
+    frame = pl.DataFrame({"text": texts, "label": ["l"] * len(texts)})
+    kept, dropped = _usable_rows(frame)
+    stripped = pl.Series(texts).str.strip_chars().to_list()  # the expression it replaced (\x1c counts as text there)
+    expected = [t for t, s in zip(texts, stripped) if s]
+    assert kept["text"].to_list() == expected and dropped["blank_text"] == len(texts) - len(expected)
+
+
+def test_streamed_exports_hold_the_table_and_its_provenance(cli, write_recipe, data_csv, cache_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    recipe = write_recipe(BASIC)
+    assert cli("build", recipe).exit_code == 0
+    table = read_table(next(e.path for e in Cache(cache_dir).entries() if e.manifest.step == "split"), "train")
+    for fmt, read in (("parquet", pl.read_parquet), ("jsonl", pl.read_ndjson), ("csv", pl.read_csv)):
+        out = cli("export", recipe, "split", "--table", "train", "--to", tmp_path / f"train.{fmt}")
+        assert out.exit_code == 0 and f"wrote {table.height} rows" in out.output
+        assert read(tmp_path / f"train.{fmt}").select(table.columns).equals(table), fmt
+    facts = json.loads(pq.read_metadata(tmp_path / "train.parquet").metadata[b"synthforge"])
+    assert facts["rows"] == table.height and facts["table"] == "train"
+    assert facts["label_counts"] == dict(sorted(table["label"].value_counts().iter_rows()))
+
+
+def test_input_file_hashes_are_remembered_in_the_cache_until_the_file_changes(write_recipe, data_csv, tmp_path, monkeypatch):
+    import os
+
+    from synthforge import api, keys
+
+    recipe = write_recipe(BASIC)
+    hashed = []
+    real_hash = keys.hash_file
+    monkeypatch.setattr(keys, "hash_file", lambda path: hashed.append(path) or real_hash(path))
+
+    def key_in_a_new_process() -> str:
+        keys._file_hashes.clear()  # the in-process memo: as if another process opened the recipe
+        return api.open(recipe, cache_dir=tmp_path / "cache").graph.keys["default"]["rows"]
+
+    first = key_in_a_new_process()
+    assert key_in_a_new_process() == first and len(hashed) == 1  # the record answered
+    stat = os.stat(data_csv)
+    edited = data_csv.read_bytes().replace(b"a", b"b", 1)
+    data_csv.write_bytes(edited)
+    os.utime(data_csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, mtime put back: ctime still moves
+    assert key_in_a_new_process() != first and len(hashed) == 2
+    for record in (tmp_path / "cache" / "derived").rglob("*.json"):
+        record.write_text(record.read_text().replace(real_hash(data_csv)[:8], "00000000"))  # a tampered record
+    from synthforge.graph import build_graph
+    from synthforge.recipe.resolve import load_recipe
+
+    assert key_in_a_new_process() == build_graph(load_recipe(recipe)).keys["default"]["rows"] and len(hashed) == 3

@@ -217,9 +217,9 @@ def test_version_seed_inputs_and_files_change_the_key(kind, tmp_path, monkeypatc
     hashed: list[Path] = []
     real_file_hash = keys.file_hash
 
-    def recording(path):
+    def recording(path, cache=None):
         hashed.append(Path(path))
-        return real_file_hash(path)
+        return real_file_hash(path, cache)
 
     monkeypatch.setattr(keys, "file_hash", recording)
     base = bench.key(example)
@@ -237,7 +237,7 @@ def test_version_seed_inputs_and_files_change_the_key(kind, tmp_path, monkeypatc
 
     unrelated = tmp_path / f"{OTHER_UPSTREAM}.csv"
     for path in sorted(set(hashed) - {unrelated}):  # FilePath fields, upstream data, model and backend identity files
-        monkeypatch.setattr(keys, "file_hash", lambda p, target=path: "edited" if Path(p) == target else real_file_hash(p))
+        monkeypatch.setattr(keys, "file_hash", lambda p, cache=None, target=path: "edited" if Path(p) == target else real_file_hash(p))
         assert bench.key(example) != base, f"{kind}: the content of {path.name} is not in the key"
         monkeypatch.setattr(keys, "file_hash", real_file_hash)
         COVERED[(kind, f"file {path.name}")] += 1

@@ -25,10 +25,12 @@ def stable_ids(texts: "pl.Series | list[str]", labels: "pl.Series | list[str]", 
     import polars_hash as plh
 
     frame = pl.DataFrame({"text": pl.Series(texts, dtype=pl.String), "label": pl.Series(labels, dtype=pl.String)})
-    digests = frame.select(plh.concat_str("label", pl.lit("\x1f"), "text").nchash.xxh3_64())
-    digest_values = digests.to_series().to_numpy()
+    digests = frame.select(plh.concat_str("label", pl.lit("\x1f"), "text").nchash.xxh3_64()).to_series()
+    digest_values = digests.to_numpy()
+    if digests.n_unique() == len(digests):  # the usual case, and a count is 3x cheaper than finding repeats
+        return (prefix + _hex64(digest_values)).alias("id")
     repeats = np.zeros(len(digest_values), dtype=np.int64)
-    repeated = np.flatnonzero(digests.to_series().is_duplicated().to_numpy())  # usually few: rank only those
+    repeated = np.flatnonzero(digests.is_duplicated().to_numpy())  # usually few: rank only those
     repeats[repeated] = rank_within_groups(digest_values[repeated])
     base = pl.DataFrame({"base": prefix + _hex64(digest_values), "repeat": repeats})
     repeat = pl.col("repeat")
@@ -49,6 +51,23 @@ def rank_within_groups(keys: "np.ndarray") -> "np.ndarray":
     return rank
 
 
+def id_order(ids: "pl.Series") -> "np.ndarray":
+    """Positions of `ids` in ascending string order, equal ids in row order (int64).
+
+    When every id starts with 16 lower-case hex digits (as `stable_ids` makes them), rows sort first by
+    that prefix read as a uint64 (the same order: fixed width, and '0' < '9' < 'a' < 'f'), then by the
+    whole id: an integer sort is several times cheaper than a string sort, more so at 10M rows.
+    """
+    import polars as pl
+
+    index, id_ = pl.int_range(pl.len(), dtype=pl.Int64), pl.col("id")
+    frame = pl.DataFrame({"id": ids.cast(pl.String)})
+    keys = [id_, index]
+    if frame.height and frame.select(id_.str.contains(r"^[0-9a-f]{16}").all()).item():
+        keys.insert(0, id_.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64))
+    return frame.select(index.sort_by(*keys)).to_series().to_numpy()
+
+
 def _hex64(values: "np.ndarray") -> "pl.Series":
     """16-digit lower-case hex of uint64 values (as xxhash's hexdigest writes them)."""
     import numpy as np
@@ -61,14 +80,16 @@ def _hex64(values: "np.ndarray") -> "pl.Series":
 
 
 def label_codes(labels: "pl.Series") -> tuple[list[str], "np.ndarray"]:
-    """The sorted distinct labels and each row's index into them (int64 codes, no per-row Python)."""
+    """The sorted distinct labels and each row's index into them (unsigned codes, no per-row Python)."""
+    import numpy as np
     import polars as pl
 
     labels = labels.cast(pl.String)
     if labels.null_count():
         raise UserError(f"{labels.null_count()} rows have no label", field="input", hint="drop or label them upstream")
     names = labels.unique().sort()
-    codes = labels.cast(pl.Enum(names.to_list())).to_physical().to_numpy().astype("int64")
+    # the narrowest unsigned type: numpy's stable sort of 8/16-bit keys is a radix sort, about 5x faster
+    codes = labels.cast(pl.Enum(names.to_list())).to_physical().to_numpy().astype(np.min_scalar_type(max(len(names) - 1, 0)))
     return names.to_list(), codes
 
 
