@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from synthforge.generation.hygiene import HygieneConfig, apply_hygiene
+from synthforge.generation.hygiene import HygieneConfig, _python_whitespace, apply_hygiene, hygiene_frame
 from tests.naive_hygiene import apply_hygiene_naive
 
 PYTHON_WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()]
@@ -22,7 +22,7 @@ PREAMBLES = ["Sure! ", "Sure!\n", "Certainly, here's the text: ", "Of course. He
              "Okay! here are some:", "Here is why: ", "here it is", "sure!! here you go -", "Sure,\t", "Okay food, "]
 LABELS = ["Review: ", "**Review:** ", "__Text__: ", "answer :", "OUTPUT**:", "Paraphrase:\n", "sentence:  ", "Example:**"]
 QUOTES = ['"', "'", "\u201c", "\u201d", "\u2018", "\u2019", "`"]
-BODIES = ["The pasta was superb.", "Great trip, would go again.", "x", "", "same text", "Loved it.\nReally.",
+BODIES = ["nul\x00byte", "The pasta was superb.", "Great trip, would go again.", "x", "", "same text", "Loved it.\nReally.",
           "a  b\tc", "Ok", "The film says \"here is the thing\" often.", "Great film.\nHere is why: the cast.",
           "word " * 120, "\u00e9t\u00e9 \u00e0 Paris", "\r\n", "line\r\nnext", "\U0001f600 emoji"]
 HAND_PICKED = [
@@ -88,3 +88,14 @@ def test_texts_polars_cannot_hold_take_the_per_row_path():
 def test_the_fuzz_reaches_every_rule():
     reasons = {reason for _, reason in apply_hygiene_naive(fuzz_texts(3000, seed=0), HygieneConfig(max_chars=600))}
     assert {None, "empty", "duplicate", "longer than 600 chars"} <= reasons
+
+
+def test_the_whitespace_set_is_what_str_strip_and_split_use():
+    assert set(_python_whitespace()) == set(PYTHON_WHITESPACE)
+
+
+def test_the_column_pass_refuses_the_per_row_options():
+    import polars as pl
+
+    with pytest.raises(ValueError, match="default options only"):
+        hygiene_frame(pl.Series(["x"]), HygieneConfig(json_field="review"))
