@@ -37,6 +37,7 @@ MODES = {
     "sequential (--jobs 1)": ["--jobs", "1"],
     "local --jobs 2": ["--jobs", "2"],
     "local, --jobs left out": [],
+    "local --jobs 2 --models-per-device 2": ["--jobs", "2", "--models-per-device", "2"],
     "ray local, 2 CPUs": ["--executor", "ray", "--jobs", "2"],
 }
 
@@ -131,24 +132,37 @@ def run_step(step, params, inputs, root: Path, shard_rows: int | None, models: P
                                                                 batch_size=batch_size))
     start = time.perf_counter()
     result = step.run(ctx)
-    return time.perf_counter() - start, parquet_bytes(result.data)
+    return time.perf_counter() - start, result.data
+
+
+def rows_equal(a, b) -> int:
+    """Rows of `b` equal to the row of `a` at the same position (the tables share their row order)."""
+    if a.height != b.height:
+        return 0
+    return sum(x == y for x, y in zip(a.iter_rows(), b.iter_rows()))
 
 
 def compare(name: str, settings: dict[str, int | None], repeats: int, run) -> list[list]:
     times: dict[str, list[float]] = {label: [] for label in settings}
-    outputs: dict[str, bytes] = {}
+    outputs: dict[str, list] = {label: [] for label in settings}
     loads = []
     for _ in range(repeats):
         for label, shard_rows in settings.items():  # interleaved
             loads.append(float(loadavg()))
             seconds, output = run(shard_rows)
             times[label].append(seconds)
-            outputs.setdefault(label, output)
+            outputs[label].append(output)
     base = statistics.median(next(iter(times.values())))
-    identical = len(set(outputs.values())) == 1
-    return [[name, label, f"{statistics.median(t):.2f}", f"{min(t):.2f}-{max(t):.2f}",
-             f"{(statistics.median(t) / base - 1) * 100:+.1f}%", "yes" if identical else "NO",
-             f"{min(loads):.1f}-{max(loads):.1f}"] for label, t in times.items()]
+    reference = next(iter(outputs.values()))[0]
+    rows = []
+    for label, t in times.items():
+        same_bytes = all(parquet_bytes(o) == parquet_bytes(reference) for o in outputs[label])
+        repeatable = len({parquet_bytes(o) for o in outputs[label]}) == 1
+        equal = min(rows_equal(reference, o) for o in outputs[label])
+        rows.append([name, label, f"{statistics.median(t):.2f}", f"{min(t):.2f}-{max(t):.2f}",
+                     f"{(statistics.median(t) / base - 1) * 100:+.1f}%", "yes" if same_bytes else "NO",
+                     f"{equal}/{reference.height}", "yes" if repeatable else "NO", f"{min(loads):.1f}-{max(loads):.1f}"])
+    return rows
 
 
 def shards(repeats: int, embed_rows: int, generate_rows: int, generate_batch: int, models: Path | None,
@@ -176,7 +190,8 @@ def shards(repeats: int, embed_rows: int, generate_rows: int, generate_batch: in
     def generate(shard_rows):
         return run_step(GenerateStep(), params, {}, work / f"g{next(counter)}", shard_rows, models, generate_batch)
 
-    headers = ["step", "setting", "median s", "range s", "vs unsharded", "identical output", "load"]
+    headers = ["step", "setting", "median s", "range s", "vs unsharded", "same bytes as unsharded",
+               "rows equal", "repeats identical", "load"]
     if "embed" in steps:  # each table as soon as it is measured: a loaded machine may not reach the next
         print(render_table(headers, compare(f"embed MiniLM, {embed_rows} rows", {"unsharded": None, "shards of 1024": 1024},
                                             repeats, embed), align_right=(2, 3, 4)), flush=True)

@@ -79,8 +79,8 @@ def test_copy_filter_rejects_near_copies_of_few_shot_texts_with_a_reason():
     assert copied_ngram_share(shot, grams) == 1.0 and copied_ngram_share("a fresh new take on horror", grams) == 0.0
     config = HygieneConfig(max_copied_share=0.5)
     results = apply_hygiene(["The acting was superb and the plot kept me guessing!", "A fresh new take on horror."], config, [shot])
-    assert [r.reason for r in results] == [COPY_REASON, None]
-    assert [r.reason for r in apply_hygiene([shot], HygieneConfig(), [shot])] == [None]  # off by default
+    assert results.reasons == [COPY_REASON, None]
+    assert apply_hygiene([shot], HygieneConfig(), [shot]).reasons == [None]  # off by default
 
 
 def test_registry_names_directions_for_stats_report_and_diff():

@@ -443,9 +443,9 @@ class _Generation:
         sources = [row["text"] for row in self.few_shot]
         cleaned = apply_hygiene([p.response.text for p in plans], self.params.hygiene, sources)
         kept, rejected = [], []
-        for plan, result in zip(plans, cleaned):
-            row = self._row(plan, result.text)
-            reason = plan.response.rejected or result.reason
+        for plan, text, hygiene_reason in zip(plans, cleaned.texts, cleaned.reasons):
+            row = self._row(plan, text)
+            reason = plan.response.rejected or hygiene_reason
             if reason is None:
                 kept.append(row)
             else:
