@@ -95,10 +95,13 @@ def build_text(
     keep_going: bool = False,
 ) -> str:
     start = time.perf_counter()
-    pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
-    report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor, keep_going=keep_going)
+    with cache.lease(graph.nodes):  # gc keeps what this command pulls, builds, pushes and reads back
+        pulled = read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
+        report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor,
+                       keep_going=keep_going)
+        pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
+        warnings = "".join(f"\nwarning: {w}" for w in selection_warnings(graph, cache))
     ran = [i for i in report.items if i.action == "run"]
-    pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
     rows = [
         [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report, pulled),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
@@ -111,7 +114,6 @@ def build_text(
     if pushed is not None:
         summary += f"\n{pushed.summary('pushed')} ({remote.url})"
         remote.raise_failures(pushed)
-    warnings = "".join(f"\nwarning: {w}" for w in selection_warnings(graph, cache))
     return f"{table}\n{summary}{warnings}"
 
 

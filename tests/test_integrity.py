@@ -260,6 +260,27 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(write_recipe, data_csv
     assert [line.split()[3] for line in out.splitlines()[2:5]] == ["built"] * 3  # rows, split, slow: no crash
 
 
+def test_gc_between_the_build_and_its_closing_reads_removes_nothing(cli, write_recipe, data_csv, cache_dir, tmp_path,
+                                                                  monkeypatch):
+    """The command keeps its leases until it has read back what it built (rows, selection warnings)."""
+    from synthforge import app
+
+    nothing_referenced = tmp_path / "no-lockfiles"
+    nothing_referenced.mkdir()
+    reports: list[str] = []
+    real_warnings = app.selection_warnings
+
+    def gc_then_warnings(graph, cache, *args, **kwargs):
+        reports.append(app.cache_gc_text(Cache(cache_dir), (str(nothing_referenced),), dry_run=False))
+        return real_warnings(graph, cache, *args, **kwargs)
+
+    monkeypatch.setattr(app, "selection_warnings", gc_then_warnings)
+    result = cli("build", write_recipe(BASIC), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "removed 0 entries" in reports[0] and "kept 2 in use" in reports[0]
+    assert len(list(Cache(cache_dir).entries())) == 2
+
+
 def test_a_build_that_waited_for_another_reports_cached(write_recipe, data_csv, cache_dir, tmp_path):
     recipe = write_recipe(SLOW)
     release = tmp_path / "release"
