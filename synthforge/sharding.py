@@ -45,6 +45,21 @@ def shard_ranges(total: int, shard_rows: int, align: int = 1) -> list[range]:
     return [range(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def whole_group_ranges(group_sizes: Sequence[int], shard_rows: int) -> list[range]:
+    """Contiguous ranges of whole groups (e.g. decoding batches) covering every row: a shard closes before a
+    group that would take it past `shard_rows` rows (a group larger than that is a shard of its own)."""
+    ranges: list[range] = []
+    start = end = 0
+    for size in group_sizes:
+        if end > start and end + size - start > shard_rows:
+            ranges.append(range(start, end))
+            start = end
+        end += size
+    if end > start:
+        ranges.append(range(start, end))
+    return ranges
+
+
 def shard_rows(runtime: "Runtime") -> int:
     return runtime.resolve("shard_rows", default=DEFAULT_SHARD_ROWS)
 

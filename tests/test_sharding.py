@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from synthforge.cache import Cache
-from synthforge.sharding import ShardStore, shard_ranges
+from synthforge.sharding import ShardStore, shard_ranges, whole_group_ranges
 from synthforge.steps import embed as embed_module
 from synthforge.stepapi import InputTable, Runtime, StepContext
 from synthforge.steps.embed import EmbedParams, EmbedStep
@@ -99,3 +99,31 @@ def test_sharded_generate_is_byte_identical(tmp_path):
     assert whole.data.height == 14
     assert parquet_bytes(sharded.data) == parquet_bytes(whole.data)
     assert parquet_bytes(sharded.tables["rejects"]) == parquet_bytes(whole.tables["rejects"])
+
+
+def test_whole_group_ranges_never_split_a_group():
+    assert whole_group_ranges([4, 4, 4, 2], 5) == [range(0, 4), range(4, 8), range(8, 12), range(12, 14)]
+    assert whole_group_ranges([4, 4, 4, 2], 8) == [range(0, 8), range(8, 14)]
+    assert whole_group_ranges([9, 1], 4) == [range(0, 9), range(9, 10)]  # a group larger than a shard stays whole
+    assert whole_group_ranges([], 4) == []
+
+
+def test_shards_decode_every_row_in_its_unsharded_batch(tmp_path, monkeypatch):
+    """With a real model a row's batch-mates can flip a sampled token (rounding in batched matrix products),
+    so shards are whole decoding batches of the unsharded run."""
+    from synthforge.backends import transformers_llm
+
+    decoded: list[list[tuple[int, ...]]] = []
+    original = transformers_llm.TransformersLLM._generate_batch
+
+    def recording(self, tokenizer, model, texts, requests, on_tokens=None):
+        decoded[-1].append(tuple(sorted(r.seed for r in requests)))
+        return original(self, tokenizer, model, texts, requests, on_tokens)
+
+    monkeypatch.setattr(transformers_llm.TransformersLLM, "_generate_batch", recording)
+    params = tiny_params(tiny_chat_model_dir(), n=14)  # batches of 4
+    for name, rows in (("whole", None), ("shards of 5", 5), ("shards of 6", 6)):
+        decoded.append([])
+        run_step(tmp_path / name.replace(" ", "-"), params, runtime=Runtime(progress=False, device="cpu", shard_rows=rows))
+    whole, *sharded = (sorted(batches) for batches in decoded)
+    assert len(whole) == 4 and all(batches == whole for batches in sharded)

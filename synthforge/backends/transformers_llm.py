@@ -34,6 +34,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old responses and outputs stop matching
 
 _LOADED: dict[tuple, tuple[Any, Any]] = {}  # (folder, gguf, device) -> (tokenizer, model), one load per process
+_TOKENIZERS: dict[tuple, Any] = {}  # (folder, gguf) -> tokenizer, for planning batches without the model
 
 
 # -- locating models -------------------------------------------------------
@@ -261,7 +262,27 @@ class TransformersLLM:
             _LOADED[cache_key] = _load(folder, self.gguf_file, device)
         return _LOADED[cache_key]
 
+    def tokenizer(self):
+        """The model's tokenizer alone (the model itself stays unloaded unless `load` ran)."""
+        folder = self._folder()
+        cache_key = (str(folder.resolve()), self.gguf_file)
+        if cache_key not in _TOKENIZERS:
+            from transformers import AutoTokenizer
+
+            extra = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+            with _quiet_gguf_reader():
+                _TOKENIZERS[cache_key] = AutoTokenizer.from_pretrained(folder, **extra)
+        return _TOKENIZERS[cache_key]
+
     # generation
+    def batches_of(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        """The batches (request indexes) `generate` decodes `requests` in. Sharding keeps them whole: a row's
+        batch-mates set the shapes of its matrix products, so with a real model a different batch can flip
+        a sampled token through floating-point rounding."""
+        tokenizer = self.tokenizer()
+        lengths = [len(tokenizer(self.prompt_text(tokenizer, r), add_special_tokens=False)["input_ids"]) for r in requests]
+        return self._batches(requests, lengths)
+
     def prompt_text(self, tokenizer, request: GenerationRequest) -> str:
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)

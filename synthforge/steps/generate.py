@@ -368,14 +368,14 @@ class _Generation:
 
     def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
         from synthforge.progress import progress
-        from synthforge.sharding import run_shards, shard_ranges, shard_rows
+        from synthforge.sharding import run_shards, shard_rows
 
         if not missing:
             return
         load = getattr(self.backend, "load", None)
         if load is not None and not self.ctx.runtime.ray:  # on Ray the shard actors load the model
             load()  # before the bar opens, so the model's status lines come first
-        shards = shard_ranges(len(missing), shard_rows(self.ctx.runtime))
+        missing, shards = self._shards(missing, shard_rows(self.ctx.runtime))
         with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
             streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
 
@@ -410,6 +410,19 @@ class _Generation:
             run_shards(self.ctx.runtime, worker, payloads, shard_done,
                        on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
             self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
+
+    def _shards(self, missing: list, size: int) -> tuple[list, list[range]]:
+        """`missing` cut into shards of about `size` rows. A backend that decodes in batches (`batches_of`)
+        gets shards of whole batches in its batch order, so every row meets the batch-mates it meets
+        unsharded and the merged output does not depend on the shard size."""
+        from synthforge.sharding import shard_ranges, whole_group_ranges
+
+        batches_of = getattr(self.backend, "batches_of", None)
+        if batches_of is None or len(missing) <= size:
+            return missing, shard_ranges(len(missing), size)
+        batches = batches_of([plan.request for plan, _ in missing])
+        ordered = [missing[i] for batch in batches for i in batch]
+        return ordered, whole_group_ranges([len(batch) for batch in batches], size)
 
     def _record_speed(self, new_tokens: int, seconds: float) -> None:
         from synthforge.generation import speed
