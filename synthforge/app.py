@@ -275,9 +275,12 @@ def runtime_from(device: str, progress: bool, concurrency: int | None, batch_siz
 
 
 def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs: int | None, address: str | None,
-                  models: int) -> Executor | None:
-    """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build."""
-    from synthforge.backends.devices import usable_cpus
+                  models: int | None) -> Executor | None:
+    """The executor `build --executor/--jobs/--address` asked for; None is the sequential in-process build.
+
+    `models=None`: one heavy model at a time on a GPU; on the CPU one per worker, since each worker
+    already runs on its own share of the cores."""
+    from synthforge.backends.devices import accelerator_present, usable_cpus
     from synthforge.executors.local import AutoExecutor, ProcessExecutor
 
     if kind == "ray":
@@ -286,6 +289,8 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
         return RayExecutor(graph, cache, runtime, address=address, cpus=jobs)
     if address:
         raise UserError("--address is for the Ray executor", field="--address", hint="add --executor ray")
+    if models is None and accelerator_present(runtime.device):
+        models = 1
     if jobs is None:
         return AutoExecutor(graph, cache, runtime, usable_cpus(), models)
     return ProcessExecutor(graph, cache, runtime, jobs, models) if jobs > 1 else None

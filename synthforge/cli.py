@@ -109,8 +109,9 @@ def main() -> None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where steps run: this machine, or Ray (pip install 'synthforge[ray]').")
 @click.option("--address", default=None, help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.")
-@click.option("--models-per-device", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local executor: steps holding a heavy model (LLM, encoder) at once.")
+@click.option("--models-per-device", type=click.IntRange(min=1), default=None,
+              help="Local executor: steps holding a heavy model (LLM, encoder) at once. Default: 1 on a GPU; "
+                   "on the CPU one per worker (each worker has its own share of the cores).")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=None,
               help="Rows per shard of generate and embed (default 4096); never changes the output.")
 @click.option("--keep-going", is_flag=True,

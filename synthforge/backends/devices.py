@@ -37,6 +37,17 @@ def limit_threads(threads: int) -> None:
         os.environ.setdefault(name, str(threads))
 
 
+ACCELERATOR_NODES = ("/dev/nvidia0", "/dev/kfd")  # the device files of NVIDIA and AMD (ROCm) GPU drivers
+
+
+def accelerator_present(device: str = "auto") -> bool:
+    """Whether model steps will run on a GPU, told without importing torch (a cached build stays light):
+    an explicit cuda device, or on `auto` a GPU driver's device file."""
+    if device != "auto":
+        return device.startswith("cuda")
+    return any(os.path.exists(node) for node in ACCELERATOR_NODES)
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto` is CUDA when present, else CPU; an explicit CUDA device must exist."""
     import torch

@@ -69,9 +69,10 @@ def _run_in_worker(key: str, force: bool) -> NodeRun:
 
 
 class ProcessExecutor:
-    """Up to `jobs` nodes at once, each in a spawned worker process, at most `models` of them holding a model."""
+    """Up to `jobs` nodes at once, each in a spawned worker process, at most `models` of them holding a model
+    (None: no limit beyond `jobs`)."""
 
-    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int = 1):
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int | None = 1):
         self.slots = jobs
         self.model_slots = models
         # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
@@ -109,7 +110,7 @@ class AutoExecutor:
     steps can run at once, else this process. Spawning a worker costs a second or more (imports), which a
     chain of steps, or a single rebuilt step, never wins back."""
 
-    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", cpus: int, models: int = 1):
+    def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", cpus: int, models: int | None = 1):
         self.graph, self.cache, self.runtime, self.cpus, self.models = graph, cache, runtime, cpus, models
         self._inner: InlineExecutor | ProcessExecutor | None = None
         self.slots, self.model_slots = 1, 1
