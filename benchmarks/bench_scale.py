@@ -37,7 +37,7 @@ MODES = {
     "sequential (--jobs 1)": ["--jobs", "1"],
     "local --jobs 2": ["--jobs", "2"],
     "local, --jobs left out": [],
-    "local --jobs 2 --models-per-device 2": ["--jobs", "2", "--models-per-device", "2"],
+    "local --jobs 2 --models-per-device 1": ["--jobs", "2", "--models-per-device", "1"],
     "ray local, 2 CPUs": ["--executor", "ray", "--jobs", "2"],
 }
 
