@@ -266,6 +266,10 @@ class TransformersLLM:
         """The model's tokenizer alone (the model itself stays unloaded unless `load` ran)."""
         folder = self._folder()
         cache_key = (str(folder.resolve()), self.gguf_file)
+        loaded = next((tokenizer for (folder_key, gguf, _), (tokenizer, _) in _LOADED.items()
+                       if (folder_key, gguf) == cache_key), None)
+        if loaded is not None:  # `load` ran in this process: its tokenizer is the same
+            return loaded
         if cache_key not in _TOKENIZERS:
             from transformers import AutoTokenizer
 
@@ -280,8 +284,8 @@ class TransformersLLM:
         batch-mates set the shapes of its matrix products, so with a real model a different batch can flip
         a sampled token through floating-point rounding."""
         tokenizer = self.tokenizer()
-        lengths = [len(tokenizer(self.prompt_text(tokenizer, r), add_special_tokens=False)["input_ids"]) for r in requests]
-        return self._batches(requests, lengths)
+        prompts = [self.prompt_text(tokenizer, r) for r in requests]
+        return self._batches(requests, _token_counts(tokenizer, prompts))
 
     def prompt_text(self, tokenizer, request: GenerationRequest) -> str:
         if getattr(tokenizer, "chat_template", None):
@@ -293,7 +297,7 @@ class TransformersLLM:
         """`on_tokens(new, finished)` fires at every decoding step of a batch, so progress moves within a batch."""
         tokenizer, model = self.load()
         prompts = [self.prompt_text(tokenizer, r) for r in requests]
-        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        lengths = _token_counts(tokenizer, prompts)
         results: list[GenerationResponse | None] = [None] * len(requests)
         for batch in self._batches(requests, lengths):
             texts = [prompts[i] for i in batch]
@@ -380,6 +384,10 @@ def _response(tokenizer, new_tokens, eos_ids: list[int], prompt_tokens: int) -> 
     length = next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))
     text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
     return GenerationResponse(text=text.strip(), prompt_tokens=int(prompt_tokens), completion_tokens=length)
+
+
+def _token_counts(tokenizer, prompts: list[str]) -> list[int]:
+    return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
 def _load(folder: Path, gguf_file: str | None, device: str):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from synthforge.backends.devices import usable_cpus
+from synthforge.backends.devices import limit_threads, usable_cpus
 from synthforge.executors.base import NodeRun, execute_node, plan_width
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,8 +58,6 @@ _WORKER: dict[str, object] = {}
 
 
 def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
-    from synthforge.backends.devices import limit_threads
-
     limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
