@@ -428,6 +428,10 @@ class Cache:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
+        self._leased: set[str] = set()  # keys this Cache object holds a lease on now
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_leased": set()}  # leases are this process's: a copy elsewhere holds none
 
     # -- layout ---------------------------------------------------------
     def entry_path(self, key: str) -> Path:
@@ -478,11 +482,17 @@ class Cache:
 
     @contextlib.contextmanager
     def lease(self, keys: Iterable[str]) -> Iterator[None]:
-        """Protect entries a build writes or reads from `gc` while the block runs (shared, many holders)."""
+        """Protect entries a build writes or reads from `gc` while the block runs (shared, many holders).
+        Nested leases on keys this object already holds take nothing more (a command around its build)."""
+        new = sorted(set(keys) - self._leased)
         with contextlib.ExitStack() as stack:
-            for key in sorted(set(keys)):
+            for key in new:
                 stack.enter_context(file_lock(self.root / "locks" / f"{key}.lease", shared=True))
-            yield
+            self._leased.update(new)
+            try:
+                yield
+            finally:
+                self._leased.difference_update(new)
 
     @contextlib.contextmanager
     def writing(self, key: str) -> Iterator[Path]:

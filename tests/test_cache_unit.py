@@ -127,6 +127,20 @@ def test_a_leased_entry_is_not_removed(tmp_path):
     assert cache.remove(entry) is True and cache.get(KEY) is None
 
 
+def test_a_nested_lease_keeps_the_outer_one_until_the_outer_block_ends(tmp_path):
+    import pickle
+
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+    entry = cache.get(KEY)
+    with cache.lease([KEY]):
+        with cache.lease([KEY, "other"]):
+            assert pickle.loads(pickle.dumps(cache))._leased == set()  # a copy elsewhere holds no lease
+        assert cache.remove(entry) is False  # the inner block's end released nothing of the outer lease
+    assert cache.remove(entry) is True
+
+
 def test_sweep_removes_scratch_of_dead_writers_only(tmp_path):
     cache = Cache(tmp_path / "cache")
     dead, live = cache.staging_dir("deadkey"), cache.staging_dir("livekey")
