@@ -154,10 +154,12 @@ def compare(name: str, settings: dict[str, int | None], repeats: int, run) -> li
             outputs[label].append(output)
     base = statistics.median(next(iter(times.values())))
     reference = next(iter(outputs.values()))[0]
+    reference_bytes = parquet_bytes(reference)
     rows = []
     for label, t in times.items():
-        same_bytes = all(parquet_bytes(o) == parquet_bytes(reference) for o in outputs[label])
-        repeatable = len({parquet_bytes(o) for o in outputs[label]}) == 1
+        written = [parquet_bytes(o) for o in outputs[label]]
+        same_bytes = all(b == reference_bytes for b in written)
+        repeatable = len(set(written)) == 1
         equal = min(rows_equal(reference, o) for o in outputs[label])
         rows.append([name, label, f"{statistics.median(t):.2f}", f"{min(t):.2f}-{max(t):.2f}",
                      f"{(statistics.median(t) / base - 1) * 100:+.1f}%", "yes" if same_bytes else "NO",
