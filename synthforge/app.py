@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def _log(message: str) -> None:
-    logging.getLogger(LOGGER).info(message)
+    """A status line; a warning (damage found, output not reproducible) also shows under -q."""
+    warning = message.lstrip().startswith(("warning", "⚠"))
+    logging.getLogger(LOGGER).log(logging.WARNING if warning else logging.INFO, message)
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:

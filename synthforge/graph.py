@@ -51,12 +51,15 @@ class Graph:
                 todo.extend(self.nodes[key].upstream)
         return seen
 
-    def to_lock(self, rows: dict[str, int]) -> Lock:
+    def to_lock(self, rows: dict[str, int], contents: dict[str, str] | None = None) -> Lock:
+        """The lockfile of this graph; `contents`: key -> the entry's content hash (`Manifest.content_hash`)."""
         nodes = {}
         for key, node in self.nodes.items():
             nodes[key] = {"step": node.step, **node.components}
             if key in rows:
                 nodes[key]["rows"] = rows[key]
+            if contents and key in contents:
+                nodes[key]["content"] = contents[key]
         return Lock(self.recipe.name, self.keys, nodes)
 
 
