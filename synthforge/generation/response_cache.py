@@ -66,6 +66,14 @@ def response_key(backend_type: str, identity: dict[str, Any], request: Generatio
 _ROW = "key, text, prompt_tokens, completion_tokens, hash"
 
 
+def _connect(target: str | Path, **kwargs: Any) -> sqlite3.Connection:
+    """A connection whose text a damaged byte cannot make unreadable: invalid UTF-8 decodes with U+FFFD,
+    so the row fails its content hash (a missing response) instead of raising mid-read."""
+    db = sqlite3.connect(target, **kwargs)
+    db.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    return db
+
+
 def row_hash(key: str, text: str, prompt_tokens: int, completion_tokens: int) -> str:
     """The content hash of a response row: its key is in it, so a reply moved to another key fails too."""
     return key_of([key, text, prompt_tokens, completion_tokens])
@@ -97,13 +105,13 @@ def response_db_problems(folder: Path) -> list[str]:
     if not path.is_file():
         return []
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(_connect(f"file:{path}?mode=ro", uri=True)) as db:
             rows = [r[0] for r in db.execute("PRAGMA quick_check")]
             if rows != ["ok"]:
                 return [f"{path.name}: {rows[0]}"]
             damaged = _damaged_keys(db) if _has_hashes(db) else []
-    except sqlite3.DatabaseError as exc:
-        return [f"{path.name}: {exc}"]
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # sqlite's own reports may quote damaged bytes
+        return [f"{path.name}: {_one_line(exc)}"]
     return [f"{path.name}: response {key[:12]} fails its content hash (requested again when needed)" for key in damaged]
 
 
@@ -111,14 +119,14 @@ def repair_response_db(folder: Path) -> str:
     """Fix what `response_db_problems` found: a damaged file is moved aside, damaged rows deleted; says what it did."""
     path = Path(folder) / DB_NAME
     try:
-        with contextlib.closing(sqlite3.connect(path, timeout=60, isolation_level=None)) as db:
+        with contextlib.closing(_connect(path, timeout=60, isolation_level=None)) as db:
             if [r[0] for r in db.execute("PRAGMA quick_check")] == ["ok"]:
                 db.execute("PRAGMA busy_timeout=60000")
                 damaged = _damaged_keys(db)
                 for chunk in _chunks(damaged):
                     db.execute(f"DELETE FROM responses WHERE key IN ({_marks(chunk)})", chunk)
                 return f"removed {len(damaged)} damaged LLM responses (requested again when needed)"
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         pass
     return f"moved the damaged response cache aside to {move_aside(folder)}"
 
@@ -128,7 +136,7 @@ def snapshot_name(path: Path) -> str:
 
     DamagedSnapshot when the file is damaged, predates content hashes, or any row fails its hash."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(_connect(f"file:{path}?mode=ro", uri=True)) as db:
             if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
                 raise DamagedSnapshot("integrity check failed")
             if not _has_hashes(db):
@@ -138,8 +146,8 @@ def snapshot_name(path: Path) -> str:
                 if not _sound(row):
                     raise DamagedSnapshot(f"response {row[0][:12]} fails its content hash")
                 digest.update(f"{row[0]} {row[4]}\n".encode())
-    except sqlite3.DatabaseError as exc:
-        raise DamagedSnapshot(f"unreadable ({exc})") from None
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # sqlite's own reports may quote damaged bytes
+        raise DamagedSnapshot(f"unreadable ({type(exc).__name__})") from None
     return digest.hexdigest()
 
 
@@ -173,7 +181,7 @@ class ResponseCache:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db = _connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
             with storage_errors(self.folder):
                 db.execute("PRAGMA journal_mode=WAL")
@@ -182,7 +190,10 @@ class ResponseCache:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 self._adopt_unhashed(db)
-            check = [r[0] for r in db.execute("PRAGMA quick_check")]
+            try:
+                check = [r[0] for r in db.execute("PRAGMA quick_check")]
+            except UnicodeDecodeError:  # sqlite's report quotes damaged bytes
+                check = ["quick_check reports damage"]
             if check != ["ok"]:
                 raise sqlite3.DatabaseError(check[0])
         except BaseException:
@@ -311,8 +322,9 @@ class ResponseCache:
     # -- snapshots (the remote cache's unit of sharing) ------------------------------
     def snapshot(self, target: Path) -> str:
         """Write the sound responses to a new database at `target`; returns its content name (`snapshot_name`)."""
-        with contextlib.closing(sqlite3.connect(target)) as copy:
+        with contextlib.closing(_connect(target)) as copy:
             self._db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
             copy.execute("DELETE FROM claims")
             damaged = _damaged_keys(copy)
             for chunk in _chunks(damaged):
@@ -327,7 +339,7 @@ class ResponseCache:
         first: a snapshot failing either adds nothing (DamagedSnapshot)."""
         if snapshot_name(snapshot) != name:
             raise DamagedSnapshot("its rows do not match its name")
-        with contextlib.closing(sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)) as source:
+        with contextlib.closing(_connect(f"file:{snapshot}?mode=ro", uri=True)) as source:
             rows = source.execute(f"SELECT {_ROW}, created FROM responses").fetchall()
         with storage_errors(self.folder), self._transaction():
             have = set(self._read([row[0] for row in rows])[0])
@@ -360,6 +372,10 @@ class ResponseCache:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if isinstance(exc, sqlite3.DatabaseError) and str(exc) else type(exc).__name__
 
 
 def _chunks(keys: list[str], size: int = 400) -> list[list[str]]:
