@@ -110,6 +110,47 @@ def test_flipped_bytes_in_response_rows_are_never_served(built_responses, tmp_pa
     assert outcomes["silently wrong"] == 0 and outcomes["detected"] == TRIALS
 
 
+def test_flipped_bytes_anywhere_in_the_response_database_never_serve_a_wrong_reply(tmp_path):
+    from synthforge.backends.llm import GenerationResponse
+    from synthforge.errors import UserError
+
+    source = tmp_path / "source"
+    with ResponseCache(source) as cache:
+        for i in range(150):
+            cache.put(f"k{i:04d}", GenerationResponse(f"reply number {i} " * (1 + i % 7), 5, 6))
+    with contextlib.closing(sqlite3.connect(source / DB_NAME)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    original = all_rows(source / DB_NAME)
+    pristine = (source / DB_NAME).read_bytes()
+    rng = random.Random(99)
+    outcomes = {"intact": 0, "missing, asked again": 0, "moved aside": 0, "one-line error": 0, "silently wrong": 0}
+    for trial in range(TRIALS):
+        work = tmp_path / f"trial-{trial}"
+        work.mkdir()
+        data = bytearray(pristine)
+        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        (work / DB_NAME).write_bytes(bytes(data))
+        log: list[str] = []
+        try:
+            with ResponseCache(work, log=log.append) as cache:
+                got = cache.get_many(sorted(original))
+                claimed = cache.claim(sorted(original))
+        except UserError as exc:
+            assert "\n" not in str(exc) and "damaged" in str(exc)
+            outcomes["one-line error"] += 1
+            continue
+        wrong = [key for key, response in got.items()
+                 if (response.text, response.prompt_tokens, response.completion_tokens) != original[key]]
+        outcomes["silently wrong"] += len(wrong)
+        assert claimed == set(original) - set(got), f"trial {trial}: every reply not served is requested again"
+        if any("moved it to" in line for line in log):
+            outcomes["moved aside"] += 1
+        else:
+            outcomes["intact" if len(got) == len(original) else "missing, asked again"] += 1
+    print(f"\nresponse database, {TRIALS} flips anywhere: {outcomes}")
+    assert outcomes["silently wrong"] == 0
+
+
 def test_a_damaged_response_is_requested_again_by_build_and_repaired_by_verify(built_responses, cli, tmp_path):
     server, recipe, folder = built_responses
     db = folder / DB_NAME

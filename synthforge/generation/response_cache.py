@@ -36,6 +36,7 @@ import xxhash
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse
 from synthforge.cache import storage_error, storage_errors
+from synthforge.errors import UserError
 from synthforge.keys import key_of
 
 DB_NAME = "responses.sqlite"
@@ -190,6 +191,7 @@ class ResponseCache:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 self._adopt_unhashed(db)
+                db.execute(f"SELECT {_ROW} FROM responses LIMIT 0")  # a damaged schema fails here, not mid-build
             try:
                 check = [r[0] for r in db.execute("PRAGMA quick_check")]
             except UnicodeDecodeError:  # sqlite's report quotes damaged bytes
@@ -257,13 +259,25 @@ class ResponseCache:
         keys = list(dict.fromkeys(keys))
         found: dict[str, GenerationResponse] = {}
         damaged: list[str] = []
-        for chunk in _chunks(keys):
-            for row in self._db.execute(f"SELECT {_ROW} FROM responses WHERE key IN ({_marks(chunk)})", chunk):
-                if _sound(row):
-                    found[row[0]] = GenerationResponse(*row[1:4])
-                else:
-                    damaged.append(row[0])
+        with self._damage_is_an_error():
+            for chunk in _chunks(keys):
+                for row in self._db.execute(f"SELECT {_ROW} FROM responses WHERE key IN ({_marks(chunk)})", chunk):
+                    if _sound(row):
+                        found[row[0]] = GenerationResponse(*row[1:4])
+                    else:
+                        damaged.append(row[0])
         return found, damaged
+
+    @contextlib.contextmanager
+    def _damage_is_an_error(self):
+        """Damage sqlite finds mid-read (past the checks at open): a one-line error, never a partial answer."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # busy, locked, full disk...: not damage
+                raise
+            raise UserError(f"the response cache {self.path} is damaged ({_one_line(exc)})",
+                            hint="run `synthforge cache verify --repair` (it moves the database aside), then build again") from None
 
     # -- claims ---------------------------------------------------------------
     def claim(self, keys: Iterable[str]) -> set[str]:
