@@ -89,13 +89,13 @@ class DamagedSnapshot(Exception):
     """A response snapshot that is unreadable, has a row failing its hash, or does not match its name."""
 
 
-def _has_hashes(db: sqlite3.Connection, schema: str = "main") -> bool:
-    return "hash" in {row[1] for row in db.execute(f"PRAGMA {schema}.table_info(responses)")}
+def _has_hashes(db: sqlite3.Connection) -> bool:
+    return "hash" in {row[1] for row in db.execute("PRAGMA table_info(responses)")}
 
 
-def _damaged_keys(db: sqlite3.Connection, schema: str = "main") -> list[str]:
+def _damaged_keys(db: sqlite3.Connection) -> list[str]:
     """Keys of rows that fail their content hash (or have none)."""
-    return [row[0] for row in db.execute(f"SELECT {_ROW} FROM {schema}.responses") if not _sound(row)]
+    return [row[0] for row in db.execute(f"SELECT {_ROW} FROM responses") if not _sound(row)]
 
 
 def response_db_problems(folder: Path) -> list[str]:
@@ -190,14 +190,15 @@ class ResponseCache:
                 db.execute("PRAGMA busy_timeout=60000")
                 for statement in _SCHEMA:
                     db.execute(statement)
-                self._adopt_unhashed(db)
-                db.execute(f"SELECT {_ROW} FROM responses LIMIT 0")  # a damaged schema fails here, not mid-build
             try:
                 check = [r[0] for r in db.execute("PRAGMA quick_check")]
             except UnicodeDecodeError:  # sqlite's report quotes damaged bytes
                 check = ["quick_check reports damage"]
             if check != ["ok"]:
                 raise sqlite3.DatabaseError(check[0])
+            with storage_errors(self.folder):
+                self._adopt_unhashed(db)
+            db.execute(f"SELECT {_ROW} FROM responses LIMIT 0")  # a damaged schema fails here, not mid-build
         except BaseException:
             db.close()
             raise
