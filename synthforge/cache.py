@@ -414,7 +414,12 @@ def artifact_path(folder: Path, relative: str) -> Path:
             raise DamagedEntry(folder, f"{rel}: missing", manifest.step)
         if hash_file(path) != digest:
             raise DamagedEntry(folder, f"{rel}: content hash mismatch", manifest.step)
-    return Path(folder) / prefix
+    target = Path(folder) / prefix
+    planted = sorted(str(p.relative_to(folder)) for p in target.rglob("*") if p.is_file()) if target.is_dir() else []
+    unlisted = [rel for rel in planted if rel not in wanted]
+    if unlisted:
+        raise DamagedEntry(folder, f"{unlisted[0]}: not listed in the manifest", manifest.step)
+    return target
 
 
 def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":

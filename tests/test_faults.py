@@ -340,6 +340,9 @@ def test_flipped_or_truncated_artifacts_are_never_used(model_build):
         victim.write_bytes(pristine[victim])
     print(f"\nartifacts, {TRIALS} flips and truncations: {outcomes}")
     assert outcomes == {"detected": TRIALS, "silently wrong": 0}
+    (folder / "artifacts" / "model" / "extra.safetensors").write_bytes(b"planted weights")
+    with pytest.raises(DamagedEntry, match="extra.safetensors: not listed in the manifest"):
+        artifact_path(folder, "artifacts/model")
 
 
 def test_a_damaged_artifact_is_rebuilt_by_build_and_an_error_when_read(model_build, cli):
