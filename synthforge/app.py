@@ -182,7 +182,10 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
     if "label" in info.columns and info.rows:
         counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
-    head = scan.select([c for c in info.columns if c != "embedding"]).head(rows).collect()
+    from synthforge.steps.rows import columns_that_matter_first
+
+    in_file_order = list(scan.collect_schema())  # the manifest lists columns sorted; the step wrote them in an order that means something
+    head = scan.select(columns_that_matter_first(in_file_order, list(manifest.tables["data"].columns))).head(rows).collect()
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)

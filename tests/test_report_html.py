@@ -116,3 +116,23 @@ def test_report_of_a_partly_built_recipe_warns_and_leaves_the_unbuilt_rows_out(c
     assert result.exit_code == 0, result.output
     assert "warning: 1 of 2 variants" in result.output and "missing: split in 1" in result.output
     assert pl.read_csv(tmp_path / "report" / "sweep.csv")["t"].to_list() == [60]
+
+
+def test_show_puts_a_tables_own_columns_first(tmp_path):
+    from helpers import fixture_entry
+
+    from synthforge.app import show_text
+    from synthforge.cache import Entry
+    from synthforge.keys import key_of
+
+    long = "word " * 30
+    data = pl.DataFrame({"id": ["a1b2c3d4e5f6a7b8"], "text": [long], "label": ["good"], "source": ["synthetic"],
+                         "topic": ["plot"], "prompt": [long], "model": ["tiny"], "temperature": [0.7]})
+    rejects = data.with_columns(pl.lit("too short: 3 chars < min_chars 5").alias("reason"), pl.lit("raw <eos> output").alias("raw"))
+    folder = fixture_entry(tmp_path / "gen", {"data": data, "rejects": rejects}, step="gen")
+    entry = Entry(key_of({"fixture": "gen", "folder": "gen"}), folder)
+    head = show_text(entry, table="rejects").splitlines()
+    header = next(line for line in head if line.startswith("│ reason"))
+    assert header.split("┆")[1].strip() == "raw"  # neither elided in the middle of a wide table
+    header = next(line for line in show_text(entry).splitlines() if line.startswith("│ text"))
+    assert header.split("┆")[-1].strip(" │") == "id"  # data: text first, the id hash last
