@@ -100,6 +100,18 @@ def test_hf_export_loads_from_disk_with_a_card(built, tmp_path):
         assert f"| {label} | {count} |" in body
 
 
+def test_stats_of_selected_rows_gives_the_manifests_numbers(built):
+    variant = "diversity=0.0,synthetic_fraction=0.5"
+    recorded = built.entry("selected", variant).manifest.meta["metrics"]
+    shown = cli(built, "stats", built.path, "selected", "--variant", variant, "--reference", "real_emb").output
+    values = {line.split("  ")[0]: line.split()[len(line.split("  ")[0].split()):][0]
+              for line in shown.splitlines()[2:] if line and not line.startswith(("reference:", "cluster entropy:"))}
+    for name, label in (("cluster_entropy", "cluster entropy"), ("vendi", "Vendi score"), ("dcscore", "DCScore"),
+                        ("mmd_rbf", "MMD^2 (RBF)")):
+        assert values[label] == f"{recorded[name]:.4g}", (name, shown)
+    assert "k-means fit on the pool the rows were drawn from (synth_emb" in shown
+
+
 def test_parquet_export_carries_provenance_metadata(built, tmp_path):
     import pyarrow.parquet as pq
 
