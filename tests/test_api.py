@@ -98,6 +98,12 @@ def test_hf_export_loads_from_disk_with_a_card(built, tmp_path):
     labels = built.table("selected", variant)["label"].value_counts()
     for label, count in labels.iter_rows():
         assert f"| {label} | {count} |" in body
+    import yaml
+
+    meta = yaml.safe_load(front)
+    assert meta["annotations_creators"] == ["machine-generated"] and meta["license"] == "unknown"  # every row generated
+    assert "- model: `tiny-gpt2`" in body and "- quantization: none (float32 weights" in body
+    assert "## Example rows" in body and f"--variant {variant} --format hf" in body
 
 
 def test_stats_of_selected_rows_gives_the_manifests_numbers(built):

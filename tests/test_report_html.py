@@ -136,3 +136,55 @@ def test_show_puts_a_tables_own_columns_first(tmp_path):
     assert header.split("┆")[1].strip() == "raw"  # neither elided in the middle of a wide table
     header = next(line for line in show_text(entry).splitlines() if line.startswith("│ text"))
     assert header.split("┆")[-1].strip(" │") == "id"  # data: text first, the id hash last
+
+
+def test_hf_export_of_a_split_is_a_datasetdict_with_a_hub_card(cli, write_recipe, data_csv, tmp_path):
+    import datasets
+    import yaml
+
+    recipe = write_recipe(BASIC.replace("seed: 7\n", "seed: 7\nlicense: cc-by-4.0\nlanguage: en\n").replace("test: 60\n", "test: 60\n    validation: 30\n"))
+    assert cli("build", recipe, "--no-progress").exit_code == 0
+    result = cli("export", recipe, "split", "--format", "hf", "--to", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    loaded = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert isinstance(loaded, datasets.DatasetDict) and set(loaded) == {"train", "test", "validation"}
+    assert len(loaded["test"]) == 60 and len(loaded["validation"]) == 30 and "split" not in loaded["train"].column_names
+    assert loaded["train"].features["label"] == loaded["test"].features["label"]  # one ClassLabel for every split
+    card = (tmp_path / "hf" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["license"] == "cc-by-4.0" and front["language"] == ["en"] and front["size_categories"] == ["n<1K"]
+    assert front["task_categories"] == ["text-classification"] and front["task_ids"] == ["multi-class-classification"]
+    assert front["annotations_creators"] == ["found"] and "synthetic" not in front["tags"]
+    assert {f["split"] for f in front["configs"][0]["data_files"]} == {"train", "test", "validation"}
+    for fact in ("## Splits", "| validation | 30 |", "reviews.csv", "## Example rows", "## Rebuild", "synthforge build"):
+        assert fact in card, fact
+    # the card's configs make the folder loadable as the Hub loads a repository
+    hub = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "hf-cache"))
+    assert {name: len(part) for name, part in hub.items()} == {name: len(part) for name, part in loaded.items()}
+
+
+def test_license_defaults_to_unknown_and_a_wrong_language_is_a_user_error(cli, write_recipe, data_csv, tmp_path):
+    recipe = write_recipe(BASIC)
+    assert cli("build", recipe, "--no-progress").exit_code == 0
+    assert cli("export", recipe, "rows", "--format", "hf", "--to", tmp_path / "hf").exit_code == 0
+    assert "license: unknown" in (tmp_path / "hf" / "README.md").read_text()
+    bad = write_recipe(BASIC.replace("seed: 7\n", "seed: 7\nlanguage: {en: 1}\n"), "bad.yaml")
+    result = cli("plan", bad)
+    assert result.exit_code == 2 and "language" in result.output and "Traceback" not in result.output
+
+
+def test_generator_card_facts_name_the_full_model_and_its_quantization(tmp_path):
+    import json
+
+    from synthforge.backends.llm import OpenAIBackendConfig, TransformersBackendConfig, model_card_facts
+
+    packaged = model_card_facts(TransformersBackendConfig(type="transformers"))
+    assert packaged["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and packaged["quantization"].startswith("GGUF Q4_1")
+    (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "torch_dtype": "bfloat16",
+                                                      "quantization_config": {"quant_method": "awq", "bits": 4}}))
+    local = model_card_facts(TransformersBackendConfig(type="transformers", model=str(tmp_path)))
+    assert local == {"model_id": "Qwen/Qwen2.5-0.5B-Instruct", "quantization": "awq 4-bit"}
+    gguf = model_card_facts(TransformersBackendConfig(type="transformers", model=str(tmp_path), gguf_file="m-Q5_K_M.gguf"))
+    assert gguf["quantization"].startswith("GGUF Q5_K_M")
+    served = model_card_facts(OpenAIBackendConfig(type="openai", base_url="http://127.0.0.1:8000/v1", model="meta/llama"))
+    assert served["model_id"] == "meta/llama"
