@@ -184,7 +184,10 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
     if "label" in info.columns and info.rows:
         counts = scan.group_by("label").len().sort("label").collect(engine="streaming")
         lines.append("labels: " + ", ".join(f"{label}={n}" for label, n in counts.iter_rows()))
-    head = scan.select([c for c in info.columns if c != "embedding"]).head(rows).collect()
+    from synthforge.steps.rows import columns_that_matter_first
+
+    in_file_order = list(scan.collect_schema())  # the manifest lists columns sorted; the step wrote them in an order that means something
+    head = scan.select(columns_that_matter_first(in_file_order, list(manifest.tables["data"].columns))).head(rows).collect()
     with pl.Config(fmt_str_lengths=80, tbl_width_chars=160, tbl_rows=rows, tbl_hide_dataframe_shape=True):
         lines.append(str(head))
     return "\n".join(lines)
@@ -335,18 +338,42 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
                 metric: str | None, correction: str = "holm", html: bool = False) -> str:
     from synthforge.report import format_table, heading, slug, write_report
 
-    records = variant_records(graph, cache)
-    if not any(r["steps"] for r in records):
-        raise UserError(f"nothing of {graph.recipe.path} is built yet", hint=f"run: synthforge build {graph.recipe.path}")
+    records, missing = built_records(graph, cache)
     study = study_of(graph, cache, records, level_var, fraction_var, score, correction)
+    if study is not None and missing:
+        study.warnings.insert(0, missing)
     out_dir = Path(out) if out else Path("reports") / slug(graph.recipe.name)
     paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
                          diversity_metric=metric, study=study)
     if html:
-        paths.append(_html_report(graph, cache, out_dir, level_var))
+        paths.append(_html_report(graph, cache, out_dir, level_var, study, [p for p in paths if p.suffix == ".png"]))
     table = format_table(records, diversity_metric=metric, study=study)
-    top = heading(study) if study else ""
+    top = heading(study) if study else (f"warning: {missing}\n\n" if missing else "")
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def built_records(graph: Graph, cache: Cache) -> tuple[list[dict[str, Any]], str]:
+    """The records of fully built variants, and a sentence naming what is not built (empty when all is).
+
+    A report of a recipe with nothing fully built is a UserError: rows of unbuilt variants would be empty."""
+    records = variant_records(graph, cache)
+    wanted = {v.name: set(graph.keys[v.name]) for v in graph.recipe.variants}
+    unbuilt = {r["variant"]: sorted(wanted[r["variant"]] - set(r["steps"])) for r in records}
+    complete = [r for r in records if not unbuilt[r["variant"]]]
+    lacking = {name: steps for name, steps in unbuilt.items() if steps}
+    if not lacking:
+        return complete, ""
+    counts: dict[str, int] = {}
+    for steps in lacking.values():
+        for step in steps:
+            counts[step] = counts.get(step, 0) + 1
+    what = ", ".join(f"{step} in {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+    sentence = (f"{len(lacking)} of {len(records)} variants of {graph.recipe.path} are not fully built "
+                f"(missing: {what}); they are left out")
+    if not complete:
+        raise UserError(f"no variant of {graph.recipe.path} is fully built (missing: {what})",
+                        hint=f"run: synthforge build {graph.recipe.path}")
+    return complete, sentence
 
 
 def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_var: str, fraction_var: str, score: str,
@@ -366,7 +393,7 @@ def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_va
     cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
                                      confidence=confidence, seed=graph.recipe.seed)
     return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
-                 level_warnings(records, level_var))
+                 level_warnings(records, level_var), fraction_var)
 
 
 def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[str, Any], int | None, float]:
@@ -399,15 +426,18 @@ def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[s
     return runs, n_test, confidence
 
 
-def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str) -> Path:
+def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str, study=None, plots=None) -> Path:
     from synthforge.api import OpenRecipe
-    from synthforge.report_html import subset_samples, write_html
+    from synthforge.report import heading
+    from synthforge.report_html import rejected_rows, subset_samples, write_html
 
-    sweep_md = (out_dir / "sweep.md").read_text().splitlines()
-    heading = sweep_md[0].lstrip("# ").strip() if sweep_md and sweep_md[0].startswith("#") else ""
-    subtitle = " ".join(part for part in (heading, graph.recipe.model.description.strip()) if part)
-    samples = subset_samples(OpenRecipe(graph, cache), level_var)
-    return write_html(out_dir, f"{graph.recipe.name}: sweep report", subtitle, samples)
+    lines = [line.strip() for line in heading(study).splitlines() if line.strip()] if study else []
+    subtitle = lines[0].lstrip("# ") if lines else ""
+    notes = [line.removeprefix("> ") for line in lines[1:]]
+    opened = OpenRecipe(graph, cache)
+    return write_html(out_dir, f"{graph.recipe.name}: sweep report", subtitle, subset_samples(opened, level_var),
+                      description=graph.recipe.model.description.strip(), notes=notes, rejects=rejected_rows(opened),
+                      plots=plots)
 
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,

@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import tempfile
@@ -96,7 +97,9 @@ def storage_errors(path: Path | str) -> Iterator[None]:
 def atomic_write_text(path: Path, text: str) -> None:
     with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # os.open with 0o666 applies the umask (mkstemp would make every written file 0600)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)

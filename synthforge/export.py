@@ -33,7 +33,9 @@ def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str)
     manifest = entry.manifest
     table_path(entry, table)
     labels = entry.scan(table).group_by("label").len() if "label" in manifest.tables[table].columns else None
+    origins = entry.scan(table).group_by("source").len() if "source" in manifest.tables[table].columns else None
     lineage = _lineage(recipe, entry.key)
+    model = recipe.graph.recipe.model
     return {
         "recipe": recipe.name,
         "recipe_path": str(recipe.path),
@@ -44,11 +46,55 @@ def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str)
         "key": entry.key,
         "rows": manifest.tables[table].rows,  # the manifest is checked, and its tables against their files
         "label_counts": dict(sorted(labels.collect(engine="streaming").iter_rows())) if labels is not None else {},
+        # a split step's parts, a DatasetDict's splits (an empty part, e.g. `validation: 0`, is left out)
+        "row_sources": dict(sorted(origins.collect(engine="streaming").iter_rows())) if origins is not None else {},
+        "splits": {name: manifest.tables[name].rows for name in manifest.tables[table].union or () if manifest.tables[name].rows},
+        "license": model.license,
+        "language": list(model.language),
+        "sources": [_source(node) for node in lineage if node.kind == "load"],
         "generators": [_generator(recipe, node) for node in lineage if node.kind == "generate"],
         "metrics": _metrics(recipe, lineage),
+        "examples": _examples(entry.scan(table)),
+        "rebuild": _rebuild_commands(recipe, step, variant, table),
         "synthforge_version": manifest.versions.get("synthforge"),
         "recipe_text": recipe.path.read_text(),
     }
+
+
+EXAMPLE_ROWS = 3
+EXAMPLE_CHARS = 300
+
+
+def _examples(scan: "pl.LazyFrame") -> list[dict[str, Any]]:
+    """The first few rows' text, label and source (long texts cut), for the card."""
+    import polars as pl
+
+    columns = [c for c in ("text", "label", "source") if c in scan.collect_schema()]
+    head = scan.select(columns).head(EXAMPLE_ROWS).collect()
+    if "text" in columns:
+        head = head.with_columns(pl.col("text").cast(pl.String).str.slice(0, EXAMPLE_CHARS))
+    return head.to_dicts()
+
+
+def _source(node) -> dict[str, Any]:
+    """A load step's data: the packaged dataset's name, or the file's name and content hash (never its folder)."""
+    params = node.resolved.params
+    if getattr(params, "dataset", None):
+        return {"step": node.step, "dataset": params.dataset}
+    files = node.components.get("files") or {}
+    return {"step": node.step, "file": Path(str(params.path)).name, "content_hash": next(iter(files.values()), None)}
+
+
+def _rebuild_commands(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> list[str]:
+    """The commands that rebuild this table from the recipe (cached steps are reused, not rerun)."""
+    import shlex
+
+    narrowed = "".join(f" --set {shlex.quote(f'{k}={v}')}" for k, v in recipe.graph.recipe.narrowed.items())
+    path = shlex.quote(str(recipe.path))
+    chosen = f" --variant {shlex.quote(variant)}" if variant else ""
+    picked = f" --table {shlex.quote(table)}" if table != "data" else ""
+    return [f"synthforge build {path} --only {shlex.quote(step)}{narrowed}",
+            f"synthforge export {path} {shlex.quote(step)}{chosen}{picked}{narrowed} --format hf --to OUT"]
 
 
 def _lineage(recipe: "OpenRecipe", key: str) -> list:
@@ -74,7 +120,10 @@ def _generator(recipe: "OpenRecipe", node) -> dict[str, Any]:
     entry = recipe.cache.get(node.key)
     identity = entry.manifest.meta.get("backend", {}) if entry else {}
     merged = {**backend, **{("model_files_hash" if k == "files" else k): v for k, v in identity.items()}}
+    from synthforge.backends.llm import model_card_facts
+
     return {"step": node.step, "backend": {k: v for k, v in merged.items() if v is not None},
+            **model_card_facts(node.resolved.params.backend),
             "sampling": {k: params[k] for k in SAMPLING_FIELDS if params.get(k) is not None}}
 
 
@@ -86,10 +135,18 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
     fmt = fmt or _format_from_name(target)
     facts = provenance(recipe, step, variant, table)
     if fmt == "hf":
-        write_hf_folder(recipe.entry(step, variant).scan(table), target, facts)
-        return f"wrote {facts['rows']} rows to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
+        entry = recipe.entry(step, variant)
+        # each split its own Dataset: the `split` column would only repeat the split's name
+        parts = {name: _without(entry.scan(name), "split") for name in facts["splits"]} or {None: entry.scan(table)}
+        write_hf_folder(parts, target, facts)
+        kind = f"a DatasetDict ({', '.join(facts['splits'])})" if facts["splits"] else "a Dataset"
+        return f"wrote {facts['rows']} rows to {target}/ as {kind} (datasets.load_from_disk; card in {target / 'README.md'})"
     write_file(recipe.entry(step, variant).scan(table), target, fmt, facts)
     return f"wrote {facts['rows']} rows to {target}"
+
+
+def _without(scan: "pl.LazyFrame", column: str) -> "pl.LazyFrame":
+    return scan.drop(column) if column in scan.collect_schema() else scan
 
 
 def _format_from_name(target: Path) -> str:
@@ -117,8 +174,11 @@ def write_file(scan: "pl.LazyFrame", target: Path, fmt: str, facts: dict[str, An
     tmp.replace(target)
 
 
-def write_hf_folder(scan: "pl.LazyFrame", target: Path, facts: dict[str, Any]) -> None:
-    """A `datasets.save_to_disk` folder plus README.md, written beside and renamed into place."""
+def write_hf_folder(parts: "dict[str | None, pl.LazyFrame]", target: Path, facts: dict[str, Any]) -> None:
+    """A `datasets.save_to_disk` folder plus README.md, written beside and renamed into place.
+
+    `parts`: {None: scan} for one Dataset, or {split name: scan} for a DatasetDict (a `split` step's
+    train/test/validation), every split with the same ClassLabel names."""
     from synthforge.progress import verbose
 
     datasets = import_datasets()
@@ -127,11 +187,13 @@ def write_hf_folder(scan: "pl.LazyFrame", target: Path, facts: dict[str, Any]) -
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        dataset = _streamed_dataset(scan, work, facts)
+        built = {name: _streamed_dataset(scan, work / (name or "all"), facts) for name, scan in parts.items()}
+        dataset = built[None] if None in built else datasets.DatasetDict(built)
         dataset.save_to_disk(str(work / "dataset"))
-        (work / "dataset" / "README.md").write_text(dataset_card(facts, dataset.features))
+        features = next(iter(built.values())).features
+        (work / "dataset" / "README.md").write_text(dataset_card(facts, features))
         if target.exists():
-            if not (target / "dataset_info.json").is_file():
+            if not any((target / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json")):
                 raise UserError(f"{target} exists and is not an exported dataset", field="--to", hint="pick a new folder")
             shutil.rmtree(target)
         (work / "dataset").rename(target)
@@ -150,6 +212,7 @@ def _streamed_dataset(scan: "pl.LazyFrame", work: Path, facts: dict[str, Any]) -
     names = sorted(label for label in facts["label_counts"] if label is not None)
     if "label" in scan.collect_schema():
         scan = scan.with_columns(pl.col("label").replace_strict(names, list(range(len(names))), return_dtype=pl.Int64))
+    work.mkdir(parents=True, exist_ok=True)
     rows = work / "rows.parquet"
     scan.sink_parquet(rows)
     features = datasets.Features.from_arrow_schema(pq.read_schema(rows))
@@ -160,17 +223,40 @@ def _streamed_dataset(scan: "pl.LazyFrame", work: Path, facts: dict[str, Any]) -
     return dataset
 
 
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket for a row count."""
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
+
+
 def dataset_card(facts: dict[str, Any], features: Any = None) -> str:
-    """A Hub dataset card: YAML metadata, then what the data is and how it was made."""
+    """A Hub dataset card: YAML metadata (license, language, tasks, size, sources, creators, the splits' files),
+    then what the data is, how it was made, a few rows, and the commands that rebuild it."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    rows = facts["rows"]
-    size = "n<1K" if rows < 1_000 else "1K<n<10K" if rows < 10_000 else "10K<n<100K" if rows < 100_000 else "n>100K"
-    synthetic = bool(facts["generators"])
+    origins = facts.get("row_sources") or {}  # the rows' `source` column; without one, what the lineage holds
+    synthetic = bool(origins.get("synthetic")) if origins else bool(facts["generators"])
+    real = bool(origins.get("real")) if origins else bool(facts["sources"])
+    creators = (["found"] if real else []) + (["machine-generated"] if synthetic else [])
+    labelled = bool(facts["label_counts"])
+    splits = facts.get("splits") or {}
+    files = [{"split": name, "path": f"{name}/data-*.arrow"} for name in splits] or [{"split": "train", "path": "data-*.arrow"}]
     data = DatasetCardData(
         pretty_name=f"{facts['recipe']}: {facts['step']} ({facts['variant']})",
-        task_categories=["text-classification"] if facts["label_counts"] else None,
-        size_categories=[size],
+        license=facts.get("license") or "unknown",
+        language=facts.get("language") or None,
+        task_categories=["text-classification"] if labelled else None,
+        task_ids=["multi-class-classification"] if labelled else None,
+        size_categories=[size_category(facts["rows"])],
+        source_datasets=[f"extended|{s['dataset']}" for s in facts["sources"] if s.get("dataset")]
+        or (["original"] if not facts["sources"] else None),
+        annotations_creators=list(creators) or None,
+        language_creators=list(creators) or None,  # a copy: one shared list would be written as a YAML anchor
+        multilinguality="monolingual" if len(facts.get("language") or []) == 1 else None,
+        configs=[{"config_name": "default", "data_files": files}],
         tags=["synthforge"] + (["synthetic"] if synthetic else []),
     )
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts, features)}")
@@ -189,18 +275,34 @@ def _card_body(facts: dict[str, Any], features: Any) -> str:
         render_markdown(["field", "value"], [
             ["recipe", facts["recipe"]], ["step", f"{facts['step']} ({facts['kind']})"], ["table", facts["table"]],
             ["variant", facts["variant"]], ["cache key", f"`{facts['key']}`"], ["rows", facts["rows"]],
+            ["license", facts.get("license") or "unknown"],
         ]),
     ]
+    if facts.get("splits"):
+        lines += ["## Splits", "", render_markdown(["split", "rows"], list(facts["splits"].items()))]
     if facts["label_counts"]:
         lines += ["## Labels", "", render_markdown(["label", "rows"], list(facts["label_counts"].items()))]
     if features is not None:
         lines += ["## Columns", "", render_markdown(["column", "type"], [[n, str(f)] for n, f in features.items()])]
+    for source in facts.get("sources", []):
+        what = f"the packaged dataset `{source['dataset']}`" if source.get("dataset") else \
+            f"the file `{source['file']}` (content hash `{source.get('content_hash')}`)"
+        lines += [f"## Source data (step `{source['step']}`)", "", f"Real rows from {what}.", ""]
     for generator in facts["generators"]:
         backend = ", ".join(f"{k}: {v}" for k, v in generator["backend"].items())
         sampling = ", ".join(f"{k}={v}" for k, v in generator["sampling"].items())
-        lines += [f"## Generator (step `{generator['step']}`)", "", f"- model: {backend}", f"- sampling: {sampling}", ""]
+        lines += [f"## Generator (step `{generator['step']}`)", "",
+                  f"- model: `{generator.get('model_id', '?')}`", f"- quantization: {generator.get('quantization', 'unknown')}",
+                  f"- backend: {backend}", f"- sampling: {sampling}", ""]
     for step, metrics in facts["metrics"].items():
         rows = [[name, f"{value:.4g}" if isinstance(value, float) else value] for name, value in metrics.items()]
         lines += [f"## Diversity and shift metrics (step `{step}`)", "", render_markdown(["metric", "value"], rows)]
+    if facts.get("examples"):
+        columns = list(facts["examples"][0])
+        cells = [[str(row[c]).replace("|", "\\|").replace("\n", " ") for c in columns] for row in facts["examples"]]
+        lines += ["## Example rows", "", render_markdown(columns, cells)]
+    if facts.get("rebuild"):
+        lines += ["## Rebuild", "", "From a checkout holding the recipe (steps already in the cache are reused):", "",
+                  "```bash", *facts["rebuild"], "```", ""]
     lines += ["## Recipe", "", "```yaml", facts["recipe_text"].rstrip(), "```", ""]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthforge.metric_registry import info as metric_info
 from synthforge.metric_registry import label as metric_label
 from synthforge.metric_registry import names as metric_names
 
@@ -26,6 +27,7 @@ DIVERSITY_METRICS = ("vendi", "dcscore")
 SHIFT_METRICS = metric_names("shift")
 COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, "overall")
 PAIRED_COLUMNS = ("delta_lo", "delta_hi", "p_mcnemar", "p_adj")
+BOUNDED_SCORES = ("accuracy", "macro_f1")
 
 
 @dataclass
@@ -41,6 +43,12 @@ class Study:
     correction: str = "holm"
     confidence: float = 0.95
     warnings: list[str] = field(default_factory=list)
+    fraction_var: str = "synthetic_fraction"
+
+    @property
+    def paired(self) -> bool:
+        """Whether a real-only baseline cell exists: without one there is no paired difference to show."""
+        return any(_is_baseline(cell.values, self.fraction_var) for cell in self.cells)
 
 
 @dataclass
@@ -52,8 +60,9 @@ class _Sweep:
 
 
 # -- table -------------------------------------------------------------------
-def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", study: Study | None = None):
-    """The full table (polars): variant, vars, every step's scalar meta, scores with intervals.
+def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", study: Study | None = None,
+                score: str = "macro_f1"):
+    """The full table (polars), columns in `ordered_columns` order: the answer first, bookkeeping last.
 
     `interval` picks which of a score's intervals becomes `.lo`/`.hi`: `ci` (the train
     step's headline), `seed_ci` (t over seeds) or `bootstrap_ci` (over the test set).
@@ -64,8 +73,70 @@ def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", stud
 
     sweep = _collect(records, interval, study)
     columns = ["variant", *sweep.var_names, *sweep.metric_columns, *_score_columns(sweep)]
-    data = {name: _column([row.get(name) for row in sweep.rows]) for name in columns}
+    headline = _pick_score(sweep, study.score if study else score, study.train_step if study else None)
+    data = {name: _column([row.get(name) for row in sweep.rows]) for name in ordered_columns(columns, sweep.var_names, headline)}
     return pl.DataFrame(data, strict=False)
+
+
+# -- column order: the answer first ------------------------------------------------
+ROLES = ("key", "headline", "delta", "test", "score", "metric", "size", "bookkeeping")
+SIZE_NAMES = ("n_train", "n_real", "n_synthetic", "n_replicates", "rows_out")
+
+
+def column_roles(columns: Sequence[str], var_names: Sequence[str] | None = None, headline: str | None = None,
+                 variant_values: Sequence[Any] = ()) -> dict[str, str]:
+    """What each sweep column is, from its name alone (so any table, whatever its exact columns, sorts the same way).
+
+    key: `variant` and the matrix vars (`var_names`; else the names in `variant_values`, `k=v,...`; else
+    names without a step prefix); headline: the score the study is
+    about and its `.lo`/`.hi` (default: the first column that has an interval); delta: `delta_*`;
+    test: `p_*`; score: other columns with an interval and their bounds, and the registry's scores; metric: the registry's
+    diversity, shift and fidelity metrics; size: row counts; bookkeeping: everything else
+    (settings, hashes, methods, spreads).
+    """
+    intervals = [c for c in columns if f"{c}.lo" in columns]
+    headline = headline if headline in columns else (intervals[0] if intervals else None)
+    bounds = {f"{c}.{b}": c for c in intervals for b in ("lo", "hi")}
+    measured, scores = set(metric_names("diversity", "shift", "fidelity")), set(metric_names("score"))
+    if var_names is None and variant_values:
+        var_names = {part.split("=", 1)[0] for value in variant_values if value for part in str(value).split(",")}
+    roles = {}
+    for name in columns:
+        last = name.rsplit(".", 1)[-1]
+        if name == "variant" or (name in var_names if var_names is not None else "." not in name and not name.startswith(("delta_", "p_"))):
+            roles[name] = "key"
+        elif headline is not None and bounds.get(name, name) == headline:
+            roles[name] = "headline"
+        elif name.startswith("delta_"):
+            roles[name] = "delta"
+        elif name.startswith("p_"):
+            roles[name] = "test"
+        elif name in intervals or name in bounds or last in scores:
+            roles[name] = "score"
+        elif ".metric_methods." not in name and (last in measured or name.endswith("label_agreement.overall")):
+            roles[name] = "metric"
+        elif last in SIZE_NAMES:
+            roles[name] = "size"
+        else:
+            roles[name] = "bookkeeping"
+    return roles
+
+
+def ordered_columns(columns: Sequence[str], var_names: Sequence[str] | None = None, headline: str | None = None,
+                    variant_values: Sequence[Any] = ()) -> list[str]:
+    """Columns by role (see `column_roles`), in table order within a role; adjusted p-values lead the tests,
+    and each score is followed by its interval."""
+    roles = column_roles(columns, var_names, headline, variant_values)
+
+    def rank(item: tuple[int, str]) -> tuple:
+        position, name = item
+        role = roles[name]
+        adjusted = role == "test" and "adj" not in name
+        base = name.rsplit(".", 1)[0] if name.endswith((".lo", ".hi")) and role in ("headline", "score") else name
+        return (ROLES.index(role), adjusted, columns.index(base) if base in columns else position, name != base,
+                name.endswith(".hi"), position)
+
+    return [name for _, name in sorted(enumerate(columns), key=rank)]
 
 
 def format_table(
@@ -81,8 +152,12 @@ def format_table(
     from synthforge.tables import render_markdown, render_table
 
     sweep = _collect(records, interval, study)
-    headers, body = _compact(sweep, diversity_metric, digits)
-    return render_markdown(headers, body) if markdown else render_table(headers, body)
+    headline = _pick_score(sweep, study.score if study else "macro_f1", study.train_step if study else None)
+    headers, body, same = _compact(sweep, diversity_metric, digits, headline)
+    table = render_markdown(headers, body) if markdown else render_table(headers, body)
+    if not same:
+        return table
+    return table.rstrip("\n") + ("\n\n" if markdown else "\n") + "Same in every row: " + "; ".join(same) + ("\n" if markdown else "")
 
 
 def heading(study: Study) -> str:
@@ -97,7 +172,9 @@ def heading(study: Study) -> str:
         f"{study.confidence:.0%} intervals: {study.method}.",
         f"Δ = {metric_label(study.score)} minus the real-only baseline (synthetic fraction 0) of the same replicate "
         f"on the same test rows; p_mcnemar: exact McNemar test on accuracy, pooled over replicates; "
-        f"p_adj: {correction}-adjusted over {tested} cells.",
+        f"p_adj: {correction}-adjusted over {tested} cells."
+        if study.paired else
+        f"No paired differences: no cell has {study.fraction_var} = 0 (a real-only baseline) to compare against.",
     ]
     lines += [f"", *(f"> warning: {w}" for w in study.warnings)] if study.warnings else []
     return "\n".join(lines) + "\n\n"
@@ -131,8 +208,10 @@ def write_report(
     sweep = _collect(records, interval, study)
     caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None
     plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption)
-    drawn = [plots.score_vs_level(), plots.score_vs_fraction(), plots.diversity_vs_level()]
-    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS)]
+    drawn = [plots.score_vs_level(), plots.score_vs_fraction(), plots.measured_vs_level()]
+    # score against a measured metric only where it is not the level axis relabelled (same order of points)
+    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS)
+              if not plots.follows_level(metric)]
     written += [path for path in drawn if path]
     return written
 
@@ -193,9 +272,10 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         column = f"{study.train_step}.{study.score}"
         row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
         row[f"{study.train_step}.n_replicates"] = len(members)
-        row[f"delta_{study.score}"] = cell.delta.get("mean")
-        row["delta_lo"], row["delta_hi"] = cell.delta.get("lo"), cell.delta.get("hi")
-        row["p_mcnemar"], row["p_adj"] = cell.p_mcnemar, cell.p_adj
+        if study.paired:  # without a real-only cell every "difference" would be a cell against itself
+            row[f"delta_{study.score}"] = cell.delta.get("mean")
+            row["delta_lo"], row["delta_hi"] = cell.delta.get("lo"), cell.delta.get("hi")
+            row["p_mcnemar"], row["p_adj"] = cell.p_mcnemar, cell.p_adj
         rows.append(row)
     return _Sweep(rows, var_names, sweep.train_steps, sweep.metric_columns)
 
@@ -259,30 +339,56 @@ def _column(values: list[Any]) -> list[Any]:
 
 
 # -- compact view --------------------------------------------------------------
-def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[list[str], list[list[str]]]:
+def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int,
+             headline: str | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """Headers, rows and a footnote: settings, then score with interval, Δ with interval and the tests, then
+    measured metrics and sizes; columns equal in every row are folded into the footnote."""
     wanted = set(COMPACT_METRICS) | ({diversity_metric} if diversity_metric else set())
     shown_metrics = [c for c in _numeric_columns(sweep) if c.rsplit(".", 1)[-1] in wanted or c == diversity_metric]
     order = list(COMPACT_METRICS)
     shown_metrics.sort(key=lambda c: order.index(c.rsplit(".", 1)[-1]) if c.rsplit(".", 1)[-1] in order else len(order))
     sizes = [f"{step}.{name}" for step in sweep.train_steps for name in ("n_train", "n_replicates")
              if any(row.get(f"{step}.{name}") is not None for row in sweep.rows)]
-    scores = [
-        f"{step}.{metric}"
-        for step in sweep.train_steps
-        for metric in _metrics_of(sweep, step)
-    ]
-    deltas = [n for n in (sweep.rows[0] if sweep.rows else {}) if n.startswith("delta_") and n not in PAIRED_COLUMNS]
-    headers = ["variant", *sweep.var_names, *(_header(c) for c in sizes + shown_metrics + scores)]
-    headers += [f"Δ {metric_label(d[len('delta_'):])}" for d in deltas] + (["p_mcnemar", "p_adj"] if deltas else [])
-    body = []
-    for row in sweep.rows:
-        cells = [row["variant"], *(_fmt(row.get(v), digits) for v in sweep.var_names)]
-        cells += [_fmt(row.get(c), 0 if c.endswith(("n_train", "n_replicates")) else digits) for c in sizes + shown_metrics]
-        cells += [_fmt_interval(row.get(c), row.get(f"{c}.lo"), row.get(f"{c}.hi"), digits) for c in scores]
-        cells += [_fmt_interval(row.get(d), row.get("delta_lo"), row.get("delta_hi"), digits, signed=True) for d in deltas]
-        cells += [_fmt(row.get(p), digits) for p in (("p_mcnemar", "p_adj") if deltas else ())]
-        body.append(cells)
-    return headers, body
+    scores = [f"{step}.{metric}" for step in sweep.train_steps for metric in _metrics_of(sweep, step)]
+    names = ["variant", *sweep.var_names, *scores, *_delta_columns(sweep), *shown_metrics, *sizes]
+    scores = [c for c in ordered_columns(names, sweep.var_names, headline) if c in scores]
+    columns = [*scores[:1], *_delta_columns(sweep), *_test_columns(sweep), *scores[1:], *shown_metrics, *sizes]
+    cells = {c: [_compact_cell(row, c, sweep, digits) for row in sweep.rows] for c in columns}
+    constant = [c for c in columns if len(sweep.rows) > 1 and len(set(cells[c])) == 1]
+    shown = [c for c in columns if c not in constant]
+    keys = sweep.var_names or ["variant"]  # a variant's name only repeats its vars
+    headers = [*keys, *(_compact_header(c) for c in shown)]
+    body = [[_fmt(row.get(v), digits) for v in keys] + [cells[c][i] for c in shown] for i, row in enumerate(sweep.rows)]
+    footnote = [f"{_compact_header(c)} = {cells[c][0]}" for c in constant]
+    return headers, body, footnote
+
+
+def _delta_columns(sweep: _Sweep) -> list[str]:
+    first = sweep.rows[0] if sweep.rows else {}
+    return [n for n in first if n.startswith("delta_") and n not in PAIRED_COLUMNS]
+
+
+def _test_columns(sweep: _Sweep) -> list[str]:
+    """The p-value columns, adjusted ones first (the rule `ordered_columns` applies to the full table)."""
+    first = sweep.rows[0] if sweep.rows else {}
+    tests = [n for n in first if n.startswith("p_")]
+    return [n for n in ordered_columns(tests) if n in tests]
+
+
+def _compact_cell(row: dict[str, Any], column: str, sweep: _Sweep, digits: int) -> str:
+    if column.startswith("delta_"):
+        return _fmt_interval(row.get(column), row.get("delta_lo"), row.get("delta_hi"), digits, signed=True)
+    if any(column == f"{step}.{m}" for step in sweep.train_steps for m in _metrics_of(sweep, step)):
+        return _fmt_interval(row.get(column), row.get(f"{column}.lo"), row.get(f"{column}.hi"), digits)
+    if column.startswith("p_") and _number(row.get(column)) is not None and row[column] < 10 ** -digits:
+        return f"<{10 ** -digits:.{digits}f}"
+    return _fmt(row.get(column), 0 if column.endswith(("n_train", "n_replicates")) else digits)
+
+
+def _compact_header(column: str) -> str:
+    if column.startswith("delta_"):
+        return f"Δ {metric_label(column[len('delta_'):])}"
+    return column if column.startswith("p_") else _header(column)
 
 
 def _numeric_columns(sweep: _Sweep) -> list[str]:
@@ -349,7 +455,7 @@ class _Plots:
             return None
         rows = [r for r in self.sweep.rows if not _is_baseline(r, self.fraction)]
         points = self.points(rows, self.level, self.score_column)
-        title = f"{_nice(self.score_column)} vs {self.level}"
+        title = f"{metric_label(_nice(self.score_column))} vs {self.level}"
         return self.draw(points, self.level, self.score_column, title, f"{slug(_nice(self.score_column))}_vs_{slug(self.level)}.png", baseline=True)
 
     def score_vs_fraction(self) -> Path | None:
@@ -362,15 +468,78 @@ class _Plots:
             # Real-only data does not depend on the other vars: every line starts from it at fraction 0.
             groups = list(dict.fromkeys(p.group for p in points)) or [()]
             points += [_Point(0.0, *reference, group) for group in groups]
-        title = f"{_nice(self.score_column)} vs {self.fraction}"
+        title = f"{metric_label(_nice(self.score_column))} vs {self.fraction}"
         return self.draw(points, self.fraction, self.score_column, title, f"{slug(_nice(self.score_column))}_vs_{slug(self.fraction)}.png", baseline=True)
 
-    def diversity_vs_level(self) -> Path | None:
-        if not (self.diversity_column and self.has_var(self.level)):
+    def measured_columns(self) -> list[str]:
+        """The chosen diversity metric, then every other registry diversity and shift metric the selection measured."""
+        wanted = (*DIVERSITY_METRICS, *SHIFT_METRICS)
+        found = [c for c in _numeric_columns(self.sweep) if c.rsplit(".", 1)[-1] in wanted]
+        found.sort(key=lambda c: wanted.index(c.rsplit(".", 1)[-1]))
+        first = [self.diversity_column] if self.diversity_column else []
+        return first + [c for c in found if c not in first]
+
+    def measured_vs_level(self) -> Path | None:
+        """What the level knob does to each measured metric: one small panel per metric."""
+        columns = self.measured_columns()
+        if not (columns and self.has_var(self.level)):
             return None
-        points = self.points(self.sweep.rows, self.level, self.diversity_column)
-        title = f"{_nice(self.diversity_column)} vs {self.level}"
-        return self.draw(points, self.level, self.diversity_column, title, f"{slug(_nice(self.diversity_column))}_vs_{slug(self.level)}.png", baseline=False)
+        panels = [(c, self.points(self.sweep.rows, self.level, c)) for c in columns]
+        panels = [(c, points) for c, points in panels if points]
+        if not panels:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        across = min(3, len(panels))
+        down = -(-len(panels) // across)
+        fig, axes = plt.subplots(down, across, figsize=(3.4 * across, 2.8 * down + 0.5), squeeze=False)
+        for ax, (column, points) in zip(axes.flat, panels):
+            positions, ticks = _x_positions([p.x for p in points])
+            groups: dict[tuple, list[_Point]] = {}
+            for point in points:
+                groups.setdefault(point.group, []).append(point)
+            for members in groups.values():
+                xs, ys, _ = _line(members, positions)
+                ax.plot(xs, ys, marker="o", linewidth=1.5)
+            if ticks:
+                ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
+            found = metric_info(column)
+            better = f" ({found.better} = {'more diverse' if found.group == 'diversity' else 'closer'})" if found and found.better else ""
+            ax.set_title(metric_label(column) + better, fontsize=9)
+            ax.set_xlabel(self.level.replace("_", " "), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle(f"measured metrics of the selection vs {self.level}", fontsize=11)
+        fig.tight_layout()
+        path = self.out / f"measured_vs_{slug(self.level)}.png"
+        fig.savefig(path, dpi=self.dpi)
+        plt.close(fig)
+        return path
+
+    def follows_level(self, metric: str) -> bool:
+        """Whether `metric` orders the cells exactly as the level does (other vars fixed): a plot of the score
+        against it would be the score-vs-level plot with a relabelled axis."""
+        column = next((c for c in _numeric_columns(self.sweep) if c.rsplit(".", 1)[-1] == metric), None)
+        if column is None or not self.has_var(self.level):
+            return False
+        groups: dict[tuple, dict[Any, float]] = {}
+        for row in self.sweep.rows:
+            value, level = _number(row.get(column)), row.get(self.level)
+            if value is not None and level is not None:
+                fixed = tuple(_hashable(row.get(v)) for v in self.sweep.var_names if v != self.level)
+                groups.setdefault(fixed, {})[_hashable(level)] = value
+        positions, _ = _x_positions([level for group in groups.values() for level in group])
+        for group in groups.values():
+            values = [group[level] for level in sorted(group, key=lambda k: positions[k])]
+            steps = [b - a for a, b in zip(values, values[1:])]
+            if steps and not (all(d > 0 for d in steps) or all(d < 0 for d in steps)):
+                return False
+        return bool(groups)
 
     def score_vs_measured(self, metric: str) -> Path | None:
         """Score against a measured diversity or shift metric of the selection (not the knob), one line per fraction."""
@@ -383,7 +552,7 @@ class _Plots:
                    _number(r.get(f"{self.score_column}.hi")), ((self.fraction, r.get(self.fraction)),) if self.has_var(self.fraction) else ())
             for r in rows if _number(r.get(self.score_column)) is not None
         ]
-        title = f"{_nice(self.score_column)} vs measured {metric_label(metric)}"
+        title = f"{metric_label(_nice(self.score_column))} vs measured {metric_label(metric)}"
         return self.draw(points, metric_label(metric), self.score_column, title,
                          f"{slug(_nice(self.score_column))}_vs_{slug(metric)}.png", baseline=True, numeric_x=True)
 
@@ -438,8 +607,11 @@ class _Plots:
             ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
         if self.caption:
             fig.text(0.01, 0.01, self.caption, fontsize=7, color="dimgray")
+        if _nice(column) in BOUNDED_SCORES:  # an interval past [0, 1] is cut at the edge, not drawn to -3
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, -0.02), min(high, 1.02))
         ax.set_xlabel(x_var.replace("_", " "))
-        ax.set_ylabel(_nice(column).replace("_", " "))
+        ax.set_ylabel(metric_label(_nice(column)))
         ax.set_title(title.replace("_", " "))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -4,11 +4,14 @@
 `text` column with the default embedder, computes `metrics.diversity_metrics`
 and stores the result in the cache's derived records (never inside the entry:
 entries are immutable) under `stats_key`: the entry, table, reference, metrics
-code version, seed and (when it embeds) the model's identity.
+code version, seed, (when it embeds) the model's identity, and for rows a step
+already measured (`select`) how it measured them (`measured_as`: pool, seed, tau),
+so `stats`, the manifest and an export's card give one number for the same rows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,38 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 
-def stats_key(entry: InputTable, reference: InputTable | None, model: str, seed: int) -> str:
+@dataclass(frozen=True)
+class Measured:
+    """How the step that wrote a table measured its rows (a `select` step's `metrics`), so that `stats` of those
+    rows gives the same numbers: cluster entropy's clusters fit on the same pool, the same seed and DCScore tau."""
+
+    pool: InputTable | None = None  # the rows the table was drawn from (the step's `input`)
+    seed: int | None = None
+    tau: float | None = None
+    missing_pool: str | None = None  # the pool's key when its entry is no longer in the cache
+
+    def identity(self) -> dict[str, Any]:
+        pool = f"{self.pool.key}:{self.pool.table}" if self.pool is not None else self.missing_pool
+        return {"pool": pool, "seed": self.seed, "tau": self.tau}
+
+
+def measured_as(table: InputTable, cache: Cache) -> Measured:
+    """`Measured` for a data table whose step recorded diversity metrics; empty otherwise."""
+    manifest = table.manifest
+    if table.table != "data" or not isinstance(manifest.meta.get("metrics"), dict):
+        return Measured()
+    components = manifest.components
+    source = (components.get("inputs") or {}).get("input")
+    tau = (components.get("params") or {}).get("dcscore_tau")
+    if not isinstance(source, str):
+        return Measured(seed=components.get("seed"), tau=tau)
+    key, _, name = source.partition(":")
+    found = cache.get(key)
+    pool = InputTable(found.path, name or "data") if found is not None else None
+    return Measured(pool, components.get("seed"), tau, None if pool is not None else key)
+
+
+def stats_key(entry: InputTable, reference: InputTable | None, model: str, seed: int, measured: Measured = Measured()) -> str:
     """Everything the stats of `entry` depend on."""
     from synthforge.keys import key_of
     from synthforge.metrics import METRICS_VERSION
@@ -33,7 +67,7 @@ def stats_key(entry: InputTable, reference: InputTable | None, model: str, seed:
         return {"entry": table.key, "table": table.table, "model": _model_identity(model) if embeds else None}
 
     return key_of({"derived": "stats", "metrics version": METRICS_VERSION, "seed": seed, "of": identity(entry),
-                   "reference": identity(reference) if reference is not None else None})
+                   "reference": identity(reference) if reference is not None else None, "measured as": measured.identity()})
 
 
 def _model_identity(model: str) -> dict[str, str]:
@@ -52,16 +86,22 @@ def entry_stats(
     device: str = "auto",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of one cached table (and its shift to `reference`), from the cache's derived records when possible."""
-    from synthforge.metrics import METRICS_VERSION, diversity_metrics, metric_methods
+    """Metrics of one cached table (and its shift to `reference`), from the cache's derived records when possible.
+
+    Rows a step already measured (`select`) are measured the same way (`measured_as`): one definition of
+    each metric, one number for the same rows, in `stats`, the manifest and an export's card."""
+    from synthforge.metrics import DCSCORE_TAU, METRICS_VERSION, diversity_metrics, metric_methods
 
     entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
-    key = stats_key(entry, reference, model, seed)
+    measured = measured_as(entry, cache)
+    seed = measured.seed if measured.seed is not None else seed
+    key = stats_key(entry, reference, model, seed, measured)
     cached = cache.read_derived(key)
     if cached is not None and not force:
         return cached
     emb, texts, labels = _embeddings_and_texts(entry, model, device)
     ref_emb, _, ref_labels = _embeddings_and_texts(reference, model, device) if reference is not None else (None, None, None)
+    pool_emb = _embeddings_and_texts(measured.pool, model, device)[0] if measured.pool is not None else None
     if ref_emb is not None and len(ref_emb) and len(emb) and ref_emb.shape[1] != emb.shape[1]:
         raise UserError(
             f"embedding sizes differ: {emb.shape[1]} vs reference {ref_emb.shape[1]}",
@@ -74,12 +114,24 @@ def entry_stats(
         "entry": entry.key,
         "table": entry.table,
         "reference": reference.key if reference is not None else None,
-        "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed),
+        "metrics": diversity_metrics(emb, texts, reference_emb=ref_emb, seed=seed, pool_emb=pool_emb,
+                                     tau=measured.tau if measured.tau is not None else DCSCORE_TAU),
+        "cluster_basis": _cluster_basis(measured, reference),
         "label_agreement": _agreement(emb, labels, ref_emb, ref_labels, seed),
         "metric_methods": metric_methods(len(emb), len(ref_emb) if ref_emb is not None else None),
     }
-    sources = [entry.key] + ([reference.key] if reference is not None else [])
+    sources = [entry.key] + [t.key for t in (reference, measured.pool) if t is not None]
     return cache.write_derived(key, stats, sources)
+
+
+def _cluster_basis(measured: Measured, reference: InputTable | None) -> str:
+    """What cluster entropy's k-means was fit on (metrics.diversity_metrics: the pool, else the reference, else the rows)."""
+    if measured.pool is not None:
+        return f"the pool the rows were drawn from ({measured.pool.step}, key {measured.pool.key[:12]})"
+    if reference is not None:
+        return "the reference"
+    gone = f"; the pool they were drawn from ({measured.missing_pool[:12]}) is no longer cached" if measured.missing_pool else ""
+    return f"the rows themselves{gone}"
 
 
 def _as_table(value: InputTable | Path | str) -> InputTable:
@@ -129,7 +181,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         rows += [(f"label agreement: {name}", _format_value(rate), "probe trained on the reference agrees")
                  for name, rate in {"all": agreement["overall"], **agreement["per_label"]}.items()]
     table = render_table(("metric", "value", "meaning"), rows, align_right=(1,))
-    return table + (f"\nreference: {stats['reference']}" if stats.get("reference") else "")
+    notes = [f"reference: {stats['reference']}"] if stats.get("reference") else []
+    notes += [f"cluster entropy: k-means fit on {stats['cluster_basis']}"] if stats.get("cluster_basis") else []
+    return "\n".join([table, *notes])
 
 
 def _label_and_meaning(name: str) -> tuple[str, str]:

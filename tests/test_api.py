@@ -98,6 +98,24 @@ def test_hf_export_loads_from_disk_with_a_card(built, tmp_path):
     labels = built.table("selected", variant)["label"].value_counts()
     for label, count in labels.iter_rows():
         assert f"| {label} | {count} |" in body
+    import yaml
+
+    meta = yaml.safe_load(front)
+    assert meta["annotations_creators"] == ["machine-generated"] and meta["license"] == "unknown"  # every row generated
+    assert "- model: `tiny-gpt2`" in body and "- quantization: none (float32 weights" in body
+    assert "## Example rows" in body and f"--variant {variant} --format hf" in body
+
+
+def test_stats_of_selected_rows_gives_the_manifests_numbers(built):
+    variant = "diversity=0.0,synthetic_fraction=0.5"
+    recorded = built.entry("selected", variant).manifest.meta["metrics"]
+    shown = cli(built, "stats", built.path, "selected", "--variant", variant, "--reference", "real_emb").output
+    values = {line.split("  ")[0]: line.split()[len(line.split("  ")[0].split()):][0]
+              for line in shown.splitlines()[2:] if line and not line.startswith(("reference:", "cluster entropy:"))}
+    for name, label in (("cluster_entropy", "cluster entropy"), ("vendi", "Vendi score"), ("dcscore", "DCScore"),
+                        ("mmd_rbf", "MMD^2 (RBF)")):
+        assert values[label] == f"{recorded[name]:.4g}", (name, shown)
+    assert "k-means fit on the pool the rows were drawn from (synth_emb" in shown
 
 
 def test_parquet_export_carries_provenance_metadata(built, tmp_path):
@@ -143,7 +161,9 @@ def test_html_report_is_self_contained_and_shows_rows_per_level(built, tmp_path)
     page = _Page()
     page.feed((tmp_path / "report" / "report.html").read_text())
     sweep = pl.read_parquet(tmp_path / "report" / "sweep.parquet")
-    assert set(sweep.columns) <= set(page.text["th"])  # every sweep column, whatever they are
+    shown = set(page.text["th"])  # every sweep column, whatever they are: a header, or an interval in its estimate's cell
+    assert all(c in shown or c.removesuffix(".lo").removesuffix(".hi") in shown or c in ("delta_lo", "delta_hi")
+               for c in sweep.columns)
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     assert not page.external and "script" in page.tags
     assert "Rows of selected by diversity" in page.text["h2"]

@@ -51,7 +51,7 @@ def test_write_report_files_and_plots(records, tmp_path):
     paths = write_report(records, tmp_path / "report")
     names = {p.name for p in paths}
     assert {"sweep.parquet", "sweep.csv", "sweep.md"} <= names
-    assert {"macro_f1_vs_diversity.png", "macro_f1_vs_synthetic_fraction.png", "vendi_vs_diversity.png"} <= names
+    assert {"macro_f1_vs_diversity.png", "macro_f1_vs_synthetic_fraction.png", "measured_vs_diversity.png"} <= names
     for path in paths:
         assert path.exists() and path.stat().st_size > 0
         if path.suffix == ".png":
@@ -59,7 +59,8 @@ def test_write_report_files_and_plots(records, tmp_path):
     assert pl.read_parquet(tmp_path / "report" / "sweep.parquet").height == len(records)
     assert pl.read_csv(tmp_path / "report" / "sweep.csv").height == len(records)
     markdown = (tmp_path / "report" / "sweep.md").read_text()
-    assert markdown.count("\n") == len(records) + 2 and "0.625 [0.605, 0.645]" in markdown
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table_lines) == len(records) + 2 and "0.625 [0.605, 0.645]" in markdown
 
 
 def test_plots_have_high_enough_resolution(records, tmp_path):
@@ -86,7 +87,7 @@ def test_configurable_var_names_and_metric(records, tmp_path):
         r["vars"]["share"] = r["vars"].pop("synthetic_fraction")
     names = {p.name for p in write_report(records, tmp_path, level_var="temperature", fraction_var="share",
                                           score="accuracy", diversity_metric="dcscore")}
-    assert {"accuracy_vs_temperature.png", "accuracy_vs_share.png", "dcscore_vs_temperature.png"} <= names
+    assert {"accuracy_vs_temperature.png", "accuracy_vs_share.png", "measured_vs_temperature.png"} <= names
 
 
 def test_records_without_scores_write_only_the_table(tmp_path):
@@ -98,11 +99,12 @@ def test_records_without_scores_write_only_the_table(tmp_path):
 def test_format_table_shows_scores_with_intervals(records):
     text = format_table(records)
     lines = text.splitlines()
-    assert len(lines) == len(records) + 2
-    # columns are labelled through the metric registry
-    assert "macro-F1" in lines[0] and "Vendi score" in lines[0] and "diversity" in lines[0] and "n_train" in lines[0]
+    assert len(lines) == len(records) + 3  # header, rule, rows, and the columns equal in every row
+    # columns are labelled through the metric registry; the score leads, right after the settings
+    assert lines[0].split()[:3] == ["diversity", "synthetic_fraction", "macro-F1"]
+    assert "Vendi score" in lines[0] and "n_train" not in lines[0]
     assert "0.625 [0.605, 0.645]" in lines[2]
-    assert "div=low,frac=0.0" in text
+    assert lines[-1] == "Same in every row: n_train = 100"
 
 
 def test_interval_choice_sets_the_bounds(records):
@@ -124,3 +126,66 @@ def test_level_warnings_name_coinciding_levels_and_falling_vendi():
     assert any("0.0 and 0.25 select identical rows" in w for w in warnings)
     assert any("does not rise from diversity 0.5 to 1.0" in w for w in warnings)
     assert level_warnings([rec(0.0, "a", 2.0), rec(0.5, "b", 3.0)], "diversity") == []
+
+
+def test_column_order_puts_score_delta_and_tests_first_whatever_the_columns():
+    from synthforge.report import column_roles, ordered_columns
+
+    columns = ["variant", "diversity", "sel.metrics.vendi", "sel.selection_hash", "sel.metric_methods.vendi",
+               "mix.n_synthetic", "p_mcnemar", "train.accuracy", "train.accuracy.hi", "train.accuracy.lo",
+               "train.macro_f1", "train.macro_f1.lo", "train.macro_f1.hi", "train.macro_f1.std", "delta_macro_f1",
+               "delta_lo", "delta_hi", "p_t", "p_adj", "sel.label_agreement.overall", "new_thing"]
+    ordered = ordered_columns(columns, ["diversity"], headline="train.macro_f1")
+    assert ordered[:11] == ["variant", "diversity", "train.macro_f1", "train.macro_f1.lo", "train.macro_f1.hi",
+                            "delta_macro_f1", "delta_lo", "delta_hi", "p_adj", "p_mcnemar", "p_t"]
+    assert ordered[11:14] == ["train.accuracy", "train.accuracy.lo", "train.accuracy.hi"]
+    roles = column_roles(columns, ["diversity"], headline="train.macro_f1")
+    assert roles["sel.metrics.vendi"] == roles["sel.label_agreement.overall"] == "metric"
+    assert {roles[c] for c in ("sel.selection_hash", "sel.metric_methods.vendi", "train.macro_f1.std", "new_thing")} == {"bookkeeping"}
+    assert set(ordered) == set(columns) and ordered[-1] == "new_thing"
+    # without a named headline the first score with an interval leads
+    assert ordered_columns(columns, ["diversity"])[2] == "train.accuracy"
+    # without var names, the variant column names them (`k=v,...`)
+    assert column_roles(["variant", "diversity", "new_thing"], variant_values=["diversity=0.5"]) == {
+        "variant": "key", "diversity": "key", "new_thing": "bookkeeping"}
+
+
+def test_sweep_files_lead_with_the_answer(records, tmp_path):
+    write_report(records, tmp_path)
+    header = (tmp_path / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["variant", "diversity", "synthetic_fraction", "train.macro_f1", "train.macro_f1.lo", "train.macro_f1.hi"]
+    assert header.index("select.vendi") < header.index("select.params.k")
+
+
+def _study(records, fractions):
+    from synthforge.report import Study
+    from synthforge.study_stats import CellStats
+
+    cells = []
+    for r, fraction in zip(records, fractions):
+        values = {**r["vars"], "synthetic_fraction": fraction}
+        r["vars"] = values
+        cells.append(CellStats(values, [r["variant"]], {"mean": 0.7, "lo": 0.6, "hi": 0.8}, {"mean": 0.0, "lo": 0.0, "hi": 0.0}, 1.0, 1.0))
+    return Study("t", cells, "bootstrap", "macro_f1", "train", 50)
+
+
+def test_no_paired_columns_without_a_real_only_cell(records):
+    from synthforge.report import heading
+
+    records = records[:3]
+    study = _study(records, [0.25, 0.5, 0.75])
+    table = build_table(records, study=study)
+    assert not [c for c in table.columns if c.startswith(("delta_", "p_"))]
+    assert "Δ" not in format_table(records, study=study) and "No paired differences" in heading(study)
+    with_baseline = _study(records, [0.0, 0.5, 0.75])
+    assert "delta_macro_f1" in build_table(records, study=with_baseline).columns
+
+
+def test_score_vs_a_measured_metric_only_when_it_is_not_the_level_relabelled(records, tmp_path):
+    names = {p.name for p in write_report(records, tmp_path / "monotone")}
+    assert not any(n.startswith("macro_f1_vs_vendi") for n in names)  # vendi rises with the level: same curve
+    for r in records:  # measured Vendi no longer follows the level: that plot adds information
+        if r["vars"]["diversity"] == "mid":
+            r["steps"]["select"]["meta"]["vendi"] = 9.0
+    names = {p.name for p in write_report(records, tmp_path / "crossing")}
+    assert "macro_f1_vs_vendi.png" in names and "macro_f1_vs_dcscore.png" not in names  # DCScore still follows it

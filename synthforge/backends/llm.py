@@ -104,6 +104,8 @@ class BackendClass(Protocol):
         """What decides the outputs, without loading the model: enters the generate step's key."""
         ...
 
+    # optional: `card_facts(config) -> {"model_id": ..., "quantization": ...}` for dataset cards (model_card_facts)
+
     @classmethod
     def from_config(cls, config: Any, *, models_dir: Path | None, device: str, batch_size: int | None,
                     concurrency: int | None, log: Callable[[str], None]) -> LLMBackend:
@@ -264,6 +266,13 @@ def backend_identity(config: BackendParams) -> dict[str, Any]:
 
     The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type."""
     return {"type": config.type, **backend_class(config.type).identity_of(config)}
+
+
+def model_card_facts(config: BackendParams) -> dict[str, str]:
+    """The generator as a dataset card names it: its full model id and quantization, from the backend type's
+    optional `card_facts(config)` (no model is loaded); a type without one is named by its model label."""
+    describe = getattr(backend_class(config.type), "card_facts", None)
+    return describe(config) if describe is not None else {"model_id": config.model_label()}
 
 
 def make_backend(config: BackendParams, *, models_dir=None, device: str, batch_size: int | None,

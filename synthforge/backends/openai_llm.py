@@ -109,6 +109,10 @@ class OpenAILLM:
         return endpoint_identity(config.base_url, config.model)
 
     @classmethod
+    def card_facts(cls, config: OpenAIBackendConfig) -> dict[str, str]:
+        return {"model_id": config.model, "quantization": "as the server runs it (not visible to a client)"}
+
+    @classmethod
     def from_config(cls, config: OpenAIBackendConfig, *, concurrency: int, log: Callable[[str], None] = print,
                     **_device_settings) -> LLMBackend:
         """One server at `concurrency` (resolved by the step), or a pool over it and `endpoints` (each at its

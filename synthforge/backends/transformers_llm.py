@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -31,10 +33,18 @@ from synthforge.keys import files_key, model_files
 SMOLLM2 = "smollm2"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the packaged GGUF quantizes
 SAMPLER_VERSION = "2"  # bump when the same request would sample different text: old responses and outputs stop matching
 
 _LOADED: dict[tuple, tuple[Any, Any]] = {}  # (folder, gguf, device) -> (tokenizer, model), one load per process
 _TOKENIZERS: dict[tuple, Any] = {}  # (folder, gguf) -> tokenizer, for planning batches without the model
+
+
+def _gguf_quantization(file_name: str) -> str:
+    """`SmolLM2-135M-Instruct.Q4_1.gguf` -> `GGUF Q4_1 (...), de-quantized to float32 when loaded`."""
+    found = re.search(r"(?i)(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Z0-9])", Path(file_name).stem)
+    kind = found.group(1).upper() if found else "unknown type"
+    return f"GGUF {kind} ({file_name}), de-quantized to float32 when loaded"
 
 
 # -- locating models -------------------------------------------------------
@@ -222,6 +232,28 @@ class TransformersLLM:
     @classmethod
     def identity_of(cls, config: TransformersBackendConfig) -> dict[str, Any]:
         return model_identity(config.model, config.gguf_file)
+
+    @classmethod
+    def card_facts(cls, config: TransformersBackendConfig) -> dict[str, str]:
+        """Full model id and quantization for a dataset card, from the model folder's config.json (no loading)."""
+        if config.model == SMOLLM2:
+            return {"model_id": SMOLLM2_HUB_ID, "quantization": _gguf_quantization(SMOLLM2_GGUF)}
+        folder = Path(config.model).expanduser()
+        try:
+            facts = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            facts = {}
+        named = str(facts.get("_name_or_path") or "")
+        model_id = named if named.count("/") == 1 and not named.startswith((".", "/", "~")) else folder.name
+        if config.gguf_file:
+            quantization = _gguf_quantization(config.gguf_file)
+        elif isinstance(facts.get("quantization_config"), dict):
+            q = facts["quantization_config"]
+            quantization = " ".join(str(v) for v in (q.get("quant_method"), f"{q['bits']}-bit" if q.get("bits") else None) if v)
+        else:
+            dtype = facts.get("torch_dtype") or facts.get("dtype") or "float32"
+            quantization = f"none ({dtype} weights; run in bfloat16 on CUDA, float32 on CPU)"
+        return {"model_id": model_id, "quantization": quantization}
 
     @classmethod
     def from_config(cls, config: TransformersBackendConfig, *, models_dir: Path | None = None, device: str,

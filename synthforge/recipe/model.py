@@ -40,6 +40,13 @@ class RecipeModel(BaseModel):
         False, description="with replicates: also redraw split's test and validation rows per replicate (default: fixed)"
     )
     description: str = Field("", description="free text")
+    license: str = Field(
+        "unknown", description="the license of the data this recipe builds, as a Hugging Face license id (e.g. cc-by-4.0, "
+        "mit, other); exported dataset cards state it (default: unknown)",
+    )
+    language: list[str] = Field(
+        default_factory=list, description="the languages of the rows as ISO 639-1 codes, e.g. [en]; exported dataset cards state them"
+    )
     vars: dict[str, Any] = Field(default_factory=dict, description="a mapping of variable names to default values")
     matrix: dict[str, list[Any]] = Field(
         default_factory=dict, description="a mapping of variable names to lists of values, one variant per combination"
@@ -55,6 +62,11 @@ class RecipeModel(BaseModel):
         if isinstance(value, str) and not re.fullmatch(r"-?\d+|\$\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}", value.strip()):
             raise ValueError("seed must be a valid integer or a ${var} placeholder")
         return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _one_language(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `language: en`
 
     @field_validator("vars", "matrix", mode="before")
     @classmethod

@@ -99,6 +99,15 @@ def standard_first(frame: "pl.DataFrame") -> "pl.DataFrame":
     return frame.select(first + [c for c in frame.columns if c not in first])
 
 
+def columns_that_matter_first(columns: list[str], data_columns: list[str]) -> list[str]:
+    """For a person reading a table: the columns only this table has (a rejects table's `reason` and `raw`),
+    then text, label and source, the rest, and the id (a hash) last; never the embedding."""
+    own = [c for c in columns if c not in data_columns]
+    standard = [c for c in STANDARD_COLUMNS if c in columns and c not in own and c != "id"]
+    rest = [c for c in columns if c not in own and c not in standard and c not in ("id", EMBEDDING_COLUMN)]
+    return [*own, *standard, *rest, *(["id"] if "id" in columns and "id" not in own else [])]
+
+
 def describe_dropped(dropped: dict[str, int]) -> str:
     """`{"duplicates": 3, "blank_text": 2}` as "dropped 3 duplicates, 2 blank text" ("dropped none" when all zero)."""
     parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items()) if n]
