@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from synthforge.cache import Cache, DamagedEntry, Manifest, read_manifest
+from synthforge.keys import key_of
 from tests.conftest import BASIC
 from tests.fake_openai_server import FakeOpenAIServer
 
@@ -152,17 +153,17 @@ def test_install_verifies_before_renaming(tmp_path):
     import polars as pl
 
     cache = Cache(tmp_path / "cache")
-    good = fixture_entry(cache.staging_dir("x"), {"data": pl.DataFrame({"id": ["1"], "text": ["a"]})})
-    key = read_manifest(good).key
-    bad = cache.staging_dir(key)
-    shutil.copytree(good, bad, dirs_exist_ok=True)
-    (bad / "data.parquet").write_bytes(b"PAR1 not really")
-    assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
-    with pytest.raises(DamagedEntry, match="content hash mismatch"):
-        cache.install(key, bad)
-    assert cache.get(key) is None
-    assert cache.install(key, good) and cache.problems(key) == []
-    assert not cache.install(key, shutil.copytree(cache.entry_path(key), cache.staging_dir(key), dirs_exist_ok=True))
+    with cache.staging(key_of("x")) as scratch:
+        good = fixture_entry(scratch / "good", {"data": pl.DataFrame({"id": ["1"], "text": ["a"]})})
+        key = read_manifest(good).key
+        bad = shutil.copytree(good, scratch / "bad")
+        (bad / "data.parquet").write_bytes(b"PAR1 not really")
+        assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
+        with pytest.raises(DamagedEntry, match="content hash mismatch"):
+            cache.install(key, bad)
+        assert cache.get(key) is None
+        assert cache.install(key, good) and cache.problems(key) == []
+        assert not cache.install(key, shutil.copytree(cache.entry_path(key), scratch / "again"))
 
 
 # -- response cache ----------------------------------------------------------------------------
