@@ -586,7 +586,8 @@ class Cache:
             try:
                 yield path
             finally:
-                path.unlink(missing_ok=True)
+                for made in path.parent.glob(f"{path.name}*"):  # and what it brought along (sqlite's -wal, -shm)
+                    made.unlink(missing_ok=True)
 
     def install(self, key: str, folder: Path, replace: bool = False) -> bool:
         """Verify an entry folder (manifest, hashes, rows, columns, table list), then rename it into place.
