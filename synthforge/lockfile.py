@@ -121,6 +121,17 @@ def write_lock(path: Path, lock: Lock) -> None:
     atomic_write_text(path, lock.to_json())
 
 
+def merge_locks(old: Lock | None, new: Lock) -> Lock:
+    """`new` (a narrowed build's lock) merged into `old`: the steps it built replace theirs, every other
+    variant, step and node is kept, so gc keeps what the full build wrote. Only a full build drops keys."""
+    if old is None:
+        return new
+    variants = {variant: dict(steps) for variant, steps in old.variants.items()}
+    for variant, steps in new.variants.items():
+        variants.setdefault(variant, {}).update(steps)
+    return Lock(new.recipe, variants, {**old.nodes, **new.nodes})
+
+
 def referenced_keys(lock_paths: list[Path]) -> set[str]:
     keys: set[str] = set()
     for path in lock_paths:

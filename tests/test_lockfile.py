@@ -97,3 +97,34 @@ def test_dict_changes_walks_nested_dicts_and_shortens_long_values():
     (path, old, new), = dict_changes({"t": "x" * 100}, {"t": "y"})
     assert path == "t" and old == "x" * 57 + "..." and len(old) == 60 and new == "y"
     assert dict_changes({1: "a"}, {1: "a"}) == []
+
+
+def test_a_narrowed_build_merges_into_the_lockfile_and_gc_keeps_what_the_full_build_wrote(
+        cli, write_recipe, data_csv, cache_dir, tmp_path):
+    import synthforge as sf
+    from tests.conftest import BASIC
+
+    recipe = write_recipe(BASIC + "matrix:\n  k: [5, 10, 20]\n")
+    lock_path = recipe.with_suffix(".lock")
+    assert cli("build", recipe).exit_code == 0
+    full = json.loads(lock_path.read_text())
+    assert len(full["variants"]) == 3 and len(full["nodes"]) == 4  # one load, three splits
+    for narrowing in (("--set", "k=5"), ("--only", "rows"), ("--set", "k=10", "--only", "split"), ("--set", "seed=8")):
+        assert cli("build", recipe, *narrowing).exit_code == 0
+        after = json.loads(lock_path.read_text())
+        assert set(full["nodes"]) <= set(after["nodes"]) and set(after["variants"]) == set(full["variants"]), narrowing
+        dry = cli("cache", "gc", tmp_path, "--dry-run").output
+        assert "would remove 0 entries" in dry, (narrowing, dry)
+    reseeded = json.loads(lock_path.read_text())
+    assert len(reseeded["nodes"]) > 4 and reseeded["variants"] != full["variants"]  # seed=8's keys are the last build's
+    sf.open(recipe, set={"k": 20}, cache_dir=cache_dir).build(progress=False)
+    assert set(json.loads(lock_path.read_text())["nodes"]) == set(reseeded["nodes"]) | set(full["nodes"])
+
+    assert cli("build", recipe).exit_code == 0  # a full build writes exactly the recipe's nodes again
+    assert json.loads(lock_path.read_text())["nodes"].keys() == full["nodes"].keys()
+    dry = cli("cache", "gc", tmp_path, "--dry-run").output.splitlines()
+    doomed = set(reseeded["nodes"]) - set(full["nodes"])
+    assert dry[0].split() == ["step", "variant", "key", "MB"] and f"would remove {len(doomed)} entries" in dry[-1]
+    listed = {line.split()[-2]: line.split()[0] for line in dry[2:-1]}
+    assert listed == {key: reseeded["nodes"][key]["step"] for key in doomed}
+    assert all(("k=" in line) or line.split()[0] == "rows" for line in dry[2:-1])
