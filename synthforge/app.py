@@ -221,11 +221,14 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
         bad += [[entry.key[:12], _step_of(entry), problem] for problem in problems]
         if problems:
             corrupt.append(entry)
-    responses = response_db_problems(cache.root / "shared" / "responses")
+    responses = response_db_problems(cache.root / "shared" / "responses", read_only=cache.read_only)
     bad += [["responses", "-", problem] for problem in responses]
     if not bad:
         return f"{len(entries)} entries verified, all sound", True
     text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
+    if cache.read_only:
+        return text + (f"; the cache {cache.root} is read-only, so nothing was removed or moved (make it writable "
+                       "first to repair)"), False
     if repair:
         removed = sum(cache.remove(entry) for entry in corrupt)
         text += f"; removed {removed} damaged entries (the next build recomputes them)"

@@ -472,6 +472,15 @@ class Cache:
     def _lock_path(self, key: str, kind: str = "lock") -> Path:
         return self.root / "locks" / f"{checked_key(key)}.{kind}"
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the cache folder exists but cannot be written (a read-only mount, or no permission)."""
+        return self.root.is_dir() and not os.access(self.root, os.W_OK)
+
+    def read_only_error(self, action: str) -> UserError:
+        return UserError(f"the cache {self.root} is read-only: {action} needs to write to it",
+                         hint="make the folder writable, or use a writable cache folder: --cache-dir or SYNTHFORGE_CACHE")
+
     def shared_dir(self, name: str) -> Path:
         """A folder for caches below step level (per-response, converted models)."""
         path = self.root / "shared" / name

@@ -224,6 +224,8 @@ class Remote:
         done.present = [key for key in local if key in on_remote]
         records = {key: _record_of(cache.get(key)) for key in local if key not in on_remote}
         generated = [key for key, record in records.items() if record["kind"] == "generate"]
+        if generated and cache.read_only:  # its responses go up with it, through a snapshot in the cache's tmp/
+            raise cache.read_only_error(f"pushing generate step '{records[generated[0]]['step']}' (its LLM responses)")
         if generated:
             try:
                 snapshot = self._push_responses(cache, done)

@@ -52,13 +52,16 @@ def response_key(backend_type: str, identity: dict[str, Any], request: Generatio
     })
 
 
-def response_db_problems(folder: Path) -> list[str]:
-    """What is wrong with the response database in `folder` (empty when sound or absent)."""
+def response_db_problems(folder: Path, read_only: bool = False) -> list[str]:
+    """What is wrong with the response database in `folder` (empty when sound or absent).
+
+    `read_only`: the folder cannot be written (a read-only mount), where sqlite cannot open a WAL
+    database's shared memory: the file is checked as immutable instead of reported as damaged."""
     path = Path(folder) / DB_NAME
     if not path.is_file():
         return []
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro{'&immutable=1' if read_only else ''}", uri=True)) as db:
             rows = [r[0] for r in db.execute("PRAGMA quick_check")]
     except sqlite3.DatabaseError as exc:
         return [f"{path.name}: {exc}"]
