@@ -76,13 +76,14 @@ def is_key(value: Any) -> bool:
     return isinstance(value, str) and len(value) == KEY_LENGTH and KEY_CHARS.issuperset(value)
 
 
-def checked_key(value: Any, *, file: str | None = None, line: int | None = None, field: str | None = None) -> str:
-    """`value` when it is a cache key, else a one-line UserError naming where it was read."""
+def checked_key(value: Any, *, file: str | None = None, line: int | None = None, field: str | None = None,
+                fix: str = "rebuild or re-pull to get a sound one") -> str:
+    """`value` when it is a cache key, else a one-line UserError naming where it was read (and `fix`)."""
     if is_key(value):
         return value
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     raise UserError(f"{shown} is not a cache key", file=file, line=line, field=field,
-                    hint="a key is 32 lowercase hex characters, as build writes them; rebuild or re-pull to get a sound one")
+                    hint=f"a key is 32 lowercase hex characters, as build writes them; {fix}")
 
 
 HASH_WINDOW = 16 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY

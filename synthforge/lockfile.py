@@ -93,6 +93,9 @@ def read_lock(path: Path) -> Lock | None:
     return lock
 
 
+_REWRITE = "restore the lockfile from git, or delete it (the next full build writes a new one)"
+
+
 def _check_keys(lock: Lock, path: Path, text: str) -> None:
     """Every key a lockfile names has a key's shape (keys.checked_key), located at its line."""
     def where(*needles: Any) -> int | None:
@@ -105,16 +108,15 @@ def _check_keys(lock: Lock, path: Path, text: str) -> None:
 
     if not isinstance(lock.variants, dict) or not all(isinstance(steps, dict) for steps in lock.variants.values()):
         raise UserError("'variants' is not a mapping of variant -> step -> key", file=str(path), field="variants",
-                        hint="rebuild the recipe to rewrite its lockfile")
+                        hint=_REWRITE)
     if not isinstance(lock.nodes, dict):
-        raise UserError("'nodes' is not a mapping of key -> components", file=str(path), field="nodes",
-                        hint="rebuild the recipe to rewrite its lockfile")
+        raise UserError("'nodes' is not a mapping of key -> components", file=str(path), field="nodes", hint=_REWRITE)
     for variant, steps in lock.variants.items():
         for step, key in steps.items():
             line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
-            checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}")
+            checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
     for key in lock.nodes:
-        checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes")
+        checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
 
 
 def write_lock(path: Path, lock: Lock) -> None:

@@ -156,7 +156,7 @@ class Remote:
 
     # -- layout ------------------------------------------------------------
     def record_path(self, key: str) -> str:
-        return f"{self.root}/entries/{key[:2]}/{key}.json"
+        return f"{self.root}/entries/{key[:2]}/{checked_key(key)}.json"
 
     def object_path(self, digest: str) -> str:
         return f"{self.root}/objects/{digest[:2]}/{digest}"
@@ -367,8 +367,9 @@ class Remote:
             record = json.loads(raw)
             files = record["files"]
             ok = (record.get("key") == key and "manifest.json" in files
-                  and all(isinstance(info, dict) and {"hash", "bytes"} <= set(info) and _inside(rel)
-                          for rel, info in files.items()))
+                  and (record.get("responses") is None or is_key(record["responses"]))
+                  and all(isinstance(info, dict) and is_key(info.get("hash")) and type(info.get("bytes")) is int
+                          and info["bytes"] >= 0 and _inside(rel) for rel, info in files.items()))
         except (ValueError, AttributeError, KeyError, TypeError):
             ok = False
         return record if ok else "damaged record (unreadable, for another key, or naming files outside the entry)"
@@ -488,7 +489,7 @@ class Remote:
             except FileNotFoundError:
                 return []
         names = [p.rsplit("/", 1)[-1].removesuffix(".sqlite") for p in paths]
-        return [n for n in names if len(n) == 32]
+        return [n for n in names if is_key(n)]
 
     # -- gc ------------------------------------------------------------------
     def keys(self) -> list[str]:

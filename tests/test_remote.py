@@ -422,6 +422,17 @@ def test_a_record_that_plants_files_the_manifest_does_not_list_installs_nothing(
         pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", cache, "--remote", remote_dir, "--no-progress")
         assert pulled.exit_code == 1 and "refused 1 damaged entries" in pulled.output, (name, pulled.output)
         assert Cache(cache).get(key) is None and not any((cache / "tmp").glob("*")), name
+    for field, value in (("hash", "../../../../outside"), ("hash", sound["files"]["manifest.json"]["hash"].upper()),
+                         ("bytes", -1), ("bytes", "12")):  # an object path outside the remote, a size that is no size
+        planted = {**sound, "files": {**sound["files"], "manifest.json": {**sound["files"]["manifest.json"], field: value}}}
+        remote.fs.pipe_file(remote.record_path(key), json.dumps(planted).encode())
+        pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / field, "--remote", remote_dir,
+                     "--no-progress")
+        assert pulled.exit_code == 1 and "damaged record" in pulled.output, (field, value, pulled.output)
+    remote.fs.pipe_file(remote.record_path(key), json.dumps({**sound, "responses": "../../x"}).encode())
+    pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / "responses", "--remote", remote_dir,
+                 "--no-progress")
+    assert pulled.exit_code == 1 and "damaged record" in pulled.output
     assert files_outside(tmp_path, caches) == {**before, **files_outside(remote_dir, caches)}  # only the records changed
     remote.fs.pipe_file(remote.record_path(key), json.dumps(sound).encode())
     assert cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / "ok", "--remote", remote_dir,
