@@ -169,3 +169,22 @@ def test_a_manifest_read_twice_is_checked_against_its_current_bytes(tmp_path):
     manifest_path.write_text(manifest_path.read_text().replace('"n": 1', '"n": 10'))
     with pytest.raises(DamagedEntry, match="checksum mismatch"):
         read_manifest(cache.entry_path(KEY), KEY)
+
+
+def test_an_entry_holds_exactly_its_manifest_files(tmp_path):
+    """What a step leaves beside its tables and artifacts is dropped; a folder from elsewhere holding more is refused."""
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+        (work / "scratch.bin").write_bytes(b"left behind")
+        (work / "notes").mkdir()
+        (work / "notes" / ".hidden").write_text("x")
+    assert sorted(p.name for p in cache.entry_path(KEY).rglob("*") if p.is_file()) == ["data.parquet", "manifest.json"]
+    assert cache.verify(cache.get(KEY)) == []
+    other = key_of({"kind": "fixture", "n": 3})
+    with cache.staging(other) as folder:
+        write_rows(folder, ["b"], components={"kind": "fixture", "n": 3})
+        (folder / ".data.parquet").write_bytes((folder / "data.parquet").read_bytes())
+        with pytest.raises(DamagedEntry, match="not listed in the manifest"):
+            cache.install(other, folder)
+    assert cache.get(other) is None
