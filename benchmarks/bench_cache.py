@@ -1,9 +1,15 @@
 """Cache and builder speed: fully cached builds with and without verify-on-read, and hashing throughput.
 
-Three ways to run the same fully cached `synthforge build`, interleaved (same repeats, same order rotation):
+Four ways to run the same fully cached `synthforge build`, interleaved (same repeats, same order rotation):
   - before:    the code before verify-on-read (`--before REV`, default: the merge base with main), on its own cache;
   - unchecked: this code with the checks patched out (no manifest checksum, no table hashes): the read cost alone;
-  - checked:   this code as shipped (every manifest checksummed, every table hashed before it counts as cached).
+  - no artifact checks: this code with only the artifact check patched out (`Cache.artifact_problems`), i.e.
+               before issue 20's artifact verification (response rows are not read by a fully cached build);
+  - checked:   this code as shipped (every manifest checksummed, every table hashed, every artifact's remembered
+               stamp compared, before it counts as cached).
+`--artifact-mb N` also times the artifact check of one entry holding an N MB model file: the first check
+(a full hash, no stamp remembered yet), the remembered-stamp check every later plan/build does, and the
+full hash a step's `InputTable.artifact` does when it reads the model.
 Recipes: a 20-variant load/split matrix, and the 25-variant diversity study: built here with its SmolLM2 swapped
 for a local fake endpoint (same DAG and table sizes), or as built in `--study-cache` (`--study-set` passes the
 --set values it was built with). Prints a table with the median
@@ -50,6 +56,10 @@ UNCHECKED = (
     "c.table_problems = lambda *a, **k: []; c.Manifest.problems = lambda self, key=None, full=False: []; "
     "from synthforge.cli import main; sys.argv[0] = 'synthforge'; main()"
 )
+NO_ARTIFACT_CHECKS = (
+    "import sys; import synthforge.cache as c; c.Cache.artifact_problems = lambda self, key: []; "
+    "from synthforge.cli import main; sys.argv[0] = 'synthforge'; main()"
+)
 
 
 def load() -> str:
@@ -68,6 +78,7 @@ def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     return {
         "before": ([sys.executable, "-m", "synthforge"], {**env, "PYTHONPATH": str(before)}),
         "unchecked": ([sys.executable, "-c", UNCHECKED], env),
+        "no artifact checks": ([sys.executable, "-c", NO_ARTIFACT_CHECKS], env),
         "checked": ([sys.executable, "-m", "synthforge"], env),
     }
 
@@ -175,6 +186,39 @@ def hashing_throughput(size: int = 1 << 30) -> float:
         path.unlink()
 
 
+def artifact_cost(megabytes: int, work: Path) -> list[list[str]]:
+    """Seconds to check one entry's N MB artifact: first (full hash), remembered stamp, full hash on read (best of 3)."""
+    import polars as pl
+
+    from synthforge.cache import Cache, artifact_path, write_entry_files
+    from synthforge.keys import key_of
+
+    cache = Cache(work / "artifact-cache")
+    components = {"bench": "artifact", "megabytes": megabytes}
+    key = key_of(components)
+    with cache.writing(key) as staging:
+        model = staging / "artifacts" / "model"
+        model.mkdir(parents=True)
+        chunk = os.urandom(16 << 20)
+        with open(model / "model.safetensors", "wb") as fh:
+            for _ in range(max(1, (megabytes << 20) // len(chunk))):
+                fh.write(chunk)
+        write_entry_files(staging, {"data": pl.DataFrame({"id": ["0"], "text": ["x"]})}, key=key, step="train",
+                          kind="bench", components=components, timings={"started": 0.0, "seconds": 0.0})
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        assert fn() in ([], cache.entry_path(key) / "artifacts/model")
+        return time.perf_counter() - start
+
+    first = timed(lambda: cache.problems(key))  # no stamp remembered yet: a full hash (page cache warm from install)
+    remembered = min(timed(lambda: cache.problems(key)) for _ in range(3))
+    on_read = min(timed(lambda: artifact_path(cache.entry_path(key), "artifacts/model")) for _ in range(3))
+    return [[f"artifact check, {megabytes} MB model: first plan after build (full hash)", f"{first:.4f} s", "", "", ""],
+            [f"artifact check, {megabytes} MB model: later plans (remembered stamp)", f"{remembered:.6f} s", "", "", ""],
+            [f"artifact check, {megabytes} MB model: a step reads it (full hash)", f"{on_read:.4f} s", "", "", ""]]
+
+
 def summary(times: list[tuple[float, float]], which: int) -> str:
     values = [t[which] for t in times]
     return f"{statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
@@ -195,6 +239,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="build the fake-endpoint study in DIR and keep it (a rerun only times the cached builds)")
     parser.add_argument("--study-set", nargs="*", default=[], metavar="NAME=VALUE", help="--set values it was built with")
+    parser.add_argument("--artifact-mb", type=int, default=500, help="size of the model file the artifact check is timed on (0: skip)")
     args = parser.parse_args()
     rev = args.before or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                         capture_output=True, text=True).stdout.strip()
@@ -209,15 +254,19 @@ def main() -> None:
         study_work.mkdir(parents=True, exist_ok=True)
         studied, how = study(Path(args.study_cache) if args.study_cache else None, args.study_set, before, args.repeats,
                              study_work)
-    for name, label in (("before", f"before ({rev[:10]})"), ("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
+        artifacts = artifact_cost(args.artifact_mb, Path(work)) if args.artifact_mb else []
+    checks = (("unchecked", "unchecked reads"), ("no artifact checks", "verify-on-read, no artifact checks"),
+              ("checked", "verify-on-read + artifact checks"))
+    for name, label in (("before", f"before ({rev[:10]})"), *checks):
         rows.append([f"20 variants (21 outputs), fully cached: {label}", summary(twenty[name], 0), ratio(twenty, name, 0),
                      summary(twenty[name], 1), ratio(twenty, name, 1)])
     if studied:
-        for name, label in (("unchecked", "unchecked reads"), ("checked", "verify-on-read")):
+        for name, label in checks:
             rows.append([f"diversity study, 60 variants (151 outputs), fully cached: {label}", summary(studied[name], 0),
                          ratio(studied, name, 0), summary(studied[name], 1), ratio(studied, name, 1)])
     else:
         rows.append(["diversity study, 60 variants", f"not fully built ({how}): skipped", "", "", ""])
+    rows += artifacts
     rows.append(["fully cached build imports torch/transformers", "yes" if heavy else "no", "", "", ""])
     rows.append(["xxh3-128 of a 1 GiB file (page cache, best of 3)", f"{hashing_throughput():.1f} GiB/s", "", "", ""])
     print(render_table(["benchmark", "wall: median (min-max)", "vs unchecked", "CPU: median (min-max)", "vs unchecked"], rows))

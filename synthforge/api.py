@@ -142,6 +142,11 @@ class OpenRecipe:
         """A built step's table as a polars DataFrame."""
         return read_table(self.entry(step, variant), table)
 
+    def artifact(self, step: str, path: str = "artifacts/model", variant: str | None = None) -> Path:
+        """A built step's artifact (a file or folder under `artifacts/`, e.g. a trained model), after every file
+        in it matched the manifest's content hash (a damaged one is a one-line error)."""
+        return self.entry(step, variant).artifact(path)
+
     def to_pandas(self, step: str, variant: str | None = None, table: str = "data") -> "pd.DataFrame":
         return self.table(step, variant, table).to_pandas()
 

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def _log(message: str) -> None:
-    logging.getLogger(LOGGER).info(message)
+    """A status line; a warning (damage found, output not reproducible) also shows under -q."""
+    warning = message.lstrip().startswith(("warning", "⚠"))
+    logging.getLogger(LOGGER).log(logging.WARNING if warning else logging.INFO, message)
 
 
 def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tuple[str, ...] = (), remote: Remote | None = None) -> str:
@@ -212,7 +214,7 @@ def cache_ls_text(cache: Cache) -> str:
 
 
 def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
-    from synthforge.generation.response_cache import move_aside, response_db_problems
+    from synthforge.generation.response_cache import repair_response_db, response_db_problems
 
     bad, corrupt = [], []
     entries = list(cache.entries())
@@ -235,7 +237,7 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
         if removed < len(corrupt):
             text += f"; {len(corrupt) - removed} in use by a running build, left for now"
         if responses:
-            text += f"; moved the damaged response cache aside to {move_aside(cache.root / 'shared' / 'responses')}"
+            text += f"; {repair_response_db(cache.root / 'shared' / 'responses')}"
     else:
         text += "; run 'synthforge cache verify --repair' to remove them"
     return text, False

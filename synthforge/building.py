@@ -18,7 +18,7 @@ from synthforge.executors.base import Executor, Failures, NodeRun, run_ready
 from synthforge.executors.local import InlineExecutor
 from synthforge.graph import Graph, Node
 from synthforge.keys import key_of
-from synthforge.lockfile import merge_locks, read_lock, write_lock
+from synthforge.lockfile import Lock, merge_locks, read_lock, write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
 from synthforge.progress import LOGGER
 from synthforge.recipe.fields import map_leaves
@@ -31,6 +31,7 @@ class BuildReport:
     items: list[PlanItem]
     seconds: dict[str, float] = field(default_factory=dict)  # key -> seconds spent running
     rows: dict[str, int] = field(default_factory=dict)
+    contents: dict[str, str] = field(default_factory=dict)  # key -> the entry's content hash (for the lockfile)
     built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
     failures: Failures = field(default_factory=Failures)  # keep-going: failed and skipped nodes
 
@@ -69,7 +70,7 @@ def build(
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
     check_budget(graph, to_run, runtime)
-    lines = _BuildLines(graph, cache, to_run, report, log)
+    lines = _BuildLines(graph, cache, to_run, report, log, read_lock(graph.recipe.lock_path))
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
         executor.prepare([item.node for item in to_run], log)
@@ -84,6 +85,7 @@ def build(
         entry = cache.get(item.node.key)
         if entry is not None:
             report.rows[item.node.key] = entry.manifest.rows
+            report.contents[item.node.key] = entry.manifest.content_hash
     if write_lockfile:
         write_recipe_lock(graph, cache, report, narrowed=bool(only) or bool(graph.recipe.overrides))
     return report
@@ -95,17 +97,18 @@ def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed:
     path = graph.recipe.lock_path
     with cache.lock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
         if narrowed:
-            built = graph.to_lock(report.rows, {item.node.key for item in report.items})
+            built = graph.to_lock(report.rows, report.contents, keys={item.node.key for item in report.items})
             write_lock(path, merge_locks(read_lock(path), built))
         else:
-            write_lock(path, graph.to_lock(report.rows))
+            write_lock(path, graph.to_lock(report.rows, report.contents))
 
 
 class _BuildLines:
     """The build's log: a line when a step starts, finishes, fails or is skipped, each naming its place in the run."""
 
-    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None]):
-        self.graph, self.cache, self.report, self.log = graph, cache, report, log
+    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None],
+                 lock: Lock | None = None):
+        self.graph, self.cache, self.report, self.log, self.lock = graph, cache, report, log, lock
         self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
 
     def where(self, node: Node) -> str:
@@ -122,6 +125,18 @@ class _BuildLines:
             self.report.built_elsewhere.add(node.key)
         done = "rows" if run.built else "rows, built by another process"
         self.log(f"✓ {self.where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(self.cache, node.key)}")
+        if run.built:
+            self._compare_with_lock(node)
+
+    def _compare_with_lock(self, node: Node) -> None:
+        """One line when this build made other bytes for a key than the lockfile's build did."""
+        before = self.lock.content_of(node.key) if self.lock else None
+        entry = self.cache.get(node.key)
+        if before is None or entry is None or entry.manifest.content_hash == before:
+            return
+        self.log(f"⚠ {node.step} for {variant_label(self.graph, node)}: output differs from the lockfile's build: "
+                 f"this step is not reproducible across these settings (content {before[:12]} → "
+                 f"{entry.manifest.content_hash[:12]}; see docs/recipes.md#reproducibility)")
 
     def failed(self, node: Node, error: BaseException) -> None:
         logging.getLogger(LOGGER).debug("%s failed", node.step, exc_info=error)

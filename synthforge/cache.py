@@ -41,7 +41,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthforge.errors import UserError
-from synthforge.keys import checked_key, hash_file, is_key, key_of
+from synthforge.keys import checked_key, file_stamp, hash_file, is_key, key_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -186,6 +186,12 @@ class Manifest(_Frozen):
     @property
     def rows(self) -> int:
         return self.tables["data"].rows
+
+    @property
+    def content_hash(self) -> str:
+        """One identity of the entry's output bytes: every table's and artifact's content hash (no timings, meta,
+        versions or variants): two builds of a key made the same bytes exactly when these are equal."""
+        return key_of({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
 
     @classmethod
     def seal(cls, **fields: Any) -> "Manifest":
@@ -423,6 +429,29 @@ def scan_table(folder: Path, table: str = "data") -> "pl.LazyFrame":
     return pl.scan_parquet([Path(folder) / f"{part}.parquet" for part in parts])
 
 
+def artifact_path(folder: Path, relative: str) -> Path:
+    """The one way a step (or a user) reads an entry's artifact: every file under `relative` (a file or a folder
+    of `artifacts/`) is hashed in full and checked against the manifest first (DamagedEntry otherwise)."""
+    manifest = read_manifest(folder)
+    prefix = relative.rstrip("/")
+    wanted = {rel: digest for rel, digest in manifest.artifacts.items() if rel == prefix or rel.startswith(prefix + "/")}
+    if not wanted:
+        raise UserError(f"step '{manifest.step}' has no artifact '{relative}'",
+                        hint=f"artifacts: {', '.join(sorted(manifest.artifacts)) or 'none'}")
+    for rel, digest in sorted(wanted.items()):
+        path = Path(folder) / rel
+        if not path.is_file():
+            raise DamagedEntry(folder, f"{rel}: missing", manifest.step)
+        if hash_file(path) != digest:
+            raise DamagedEntry(folder, f"{rel}: content hash mismatch", manifest.step)
+    target = Path(folder) / prefix
+    planted = sorted(str(p.relative_to(folder)) for p in target.rglob("*") if p.is_file()) if target.is_dir() else []
+    unlisted = [rel for rel in planted if rel not in wanted]
+    if unlisted:
+        raise DamagedEntry(folder, f"{unlisted[0]}: not listed in the manifest", manifest.step)
+    return target
+
+
 def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
     """A table of an entry folder, checked (see `scan_table`)."""
     frame = scan_table(folder, table)
@@ -447,6 +476,10 @@ class Entry:
 
     def read_table(self, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
         return read_table(self.path, table, columns)
+
+    def artifact(self, relative: str) -> Path:
+        """The path of an artifact file or folder (`artifacts/...`), after its every file hashed as the manifest says."""
+        return artifact_path(self.path, relative)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -507,7 +540,36 @@ class Cache:
         path = self.entry_path(key)
         if not path.is_dir():
             return None
-        return verify_folder(path, key, full=False)
+        return verify_folder(path, key, full=False) or self.artifact_problems(key)
+
+    def artifact_problems(self, key: str) -> list[str]:
+        """The entry's artifacts against the manifest's hashes, cheaply: a file whose stamp (size, mtime, ctime,
+        inode, device) is the one remembered when it last hashed sound is not read again; any write to it
+        changes the stamp and forces a full hash. The stamps are a derived record that gc drops with the entry."""
+        folder = self.entry_path(key)
+        manifest = read_manifest(folder, key)
+        if not manifest.artifacts:
+            return []
+        record_key = key_of(["artifact stamps", key])
+        known = (self.read_derived(record_key) or {}).get("stamps", {})
+        stamps, problems = {}, []
+        for rel, digest in sorted(manifest.artifacts.items()):
+            try:
+                stamp = file_stamp(folder / rel)
+            except (FileNotFoundError, NotADirectoryError):
+                problems.append(f"{rel}: missing")
+                continue
+            if known.get(rel) != stamp:
+                if hash_file(folder / rel) != digest:
+                    problems.append(f"{rel}: content hash mismatch")
+                    continue
+                if file_stamp(folder / rel) != stamp:  # written while it was read: hash it again next time
+                    continue
+            stamps[rel] = stamp
+        if not problems and stamps != known:
+            with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
+                self.write_derived(record_key, {"stamps": stamps}, [key])
+        return problems
 
     def entries(self) -> Iterator[Entry]:
         """Every entry folder, sound or not."""

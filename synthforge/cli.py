@@ -263,11 +263,11 @@ def cache_ls(cache_dir):
 
 
 @cache_group.command("verify")
-@click.option("--repair", is_flag=True, help="Remove damaged entries (the next build recomputes them); move a damaged response cache aside.")
+@click.option("--repair", is_flag=True, help="Remove damaged entries (the next build recomputes them) and damaged LLM responses (requested again); move an unreadable response cache aside.")
 @cache_option
 @user_errors
 def cache_verify(repair, cache_dir):
-    """Check every entry (manifest, content hashes, rows, columns, tables, artifacts) and the response cache; exit 1 if any is damaged."""
+    """Check every entry (manifest, content hashes, rows, columns, tables, artifacts) and every cached LLM response; exit 1 if any is damaged."""
     from synthforge import app
 
     text, ok = app.cache_verify_text(_cache(cache_dir), repair)

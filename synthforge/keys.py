@@ -114,7 +114,8 @@ def file_hash(path: Path, cache: "Cache | None" = None) -> str:
     return _file_hashes[memo]
 
 
-def _stamp(path: Path) -> list[int]:
+def file_stamp(path: Path) -> list[int]:
+    """(size, mtime, ctime, inode, device): any write to the file changes it (ctime cannot be set back)."""
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
@@ -127,12 +128,12 @@ def _remembered_hash(path: Path, cache: "Cache") -> str:
     from synthforge.errors import UserError
 
     record_key = key_of(["input file", str(path.resolve())])
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     record = cache.read_derived(record_key)
     if record is not None and record.get("stamp") == stamp and isinstance(record.get("hash"), str):
         return record["hash"]
     digest = hash_file(path)
-    if _stamp(path) == stamp:  # not changed while it was read
+    if file_stamp(path) == stamp:  # not changed while it was read
         try:
             cache.write_derived(record_key, {"path": str(path.resolve()), "stamp": stamp, "hash": digest}, [])
         except (OSError, UserError):  # a read-only cache: hash again next time

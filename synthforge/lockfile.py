@@ -2,7 +2,8 @@
 
 Build writes it next to the recipe; users commit it. `plan` reads it to say *why*
 a step will rebuild (`describe_changes`, which `diff` shares); `cache gc` keeps what
-any lockfile references.
+any lockfile references. Each node also records `content`, the content hash of the entry
+built for its key: a rebuild that makes other bytes for that key says so (not reproducible).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ LOCK_FORMAT = 1
 class Lock:
     recipe: str = ""
     variants: dict[str, dict[str, str]] = field(default_factory=dict)  # variant -> step -> key
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> components (+ step, rows)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> components (+ step, rows, content)
 
     def key_for(self, variant: str, step: str) -> str | None:
         return self.variants.get(variant, {}).get(step)
@@ -34,6 +35,10 @@ class Lock:
         if key is None:
             key = next((steps[step] for steps in self.variants.values() if step in steps), None)
         return self.nodes.get(key) if key else None
+
+    def content_of(self, key: str) -> str | None:
+        """The content hash of the entry the lockfile's build made for `key` (None: not recorded)."""
+        return self.nodes.get(key, {}).get("content")
 
     def to_json(self) -> str:
         data = {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}

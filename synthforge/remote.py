@@ -3,7 +3,8 @@
 Layout under the remote URL (s3://bucket/prefix, gs://..., az://..., or a folder path):
   objects/<hh>/<hash>           one file of an entry, named by the xxh3-128 of its bytes (immutable)
   entries/<kk>/<key>.json       the commit record of entry <key>: its files and their hashes
-  responses/<keyset>.sqlite     snapshots of the per-response LLM cache, named by their set of keys
+  responses/<name>.sqlite       snapshots of the per-response LLM cache, named by their content (every
+                                row's key and content hash), checked row by row before a merge
 
 A push uploads the objects first and the record last, so an entry exists on the remote only once
 all its bytes do; two pushes of one key write complete objects and either record, both sound. A pull
@@ -18,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import xxhash
 
 from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
 from synthforge.errors import UserError
@@ -436,17 +434,14 @@ class Remote:
     # -- the per-response LLM cache -----------------------------------------
     def _push_responses(self, cache: Cache, done: Transfer) -> str | None:
         """Upload a snapshot of the local response cache (if new); its name, or None when there is none."""
-        db = _responses_db(cache)
-        if not db.is_file():
+        from synthforge.generation.response_cache import DB_NAME, ResponseCache
+
+        folder = cache.root / "shared" / "responses"
+        if not (folder / DB_NAME).is_file():
             return None
         with cache.scratch_file("responses", ".sqlite") as snapshot:
-            source = sqlite3.connect(db, timeout=60)
-            target = sqlite3.connect(snapshot)
-            with source, target:
-                source.backup(target)
-            source.close()
-            target.close()
-            name = _keyset_name(snapshot)
+            with ResponseCache(folder) as responses:
+                name = responses.snapshot(snapshot)
             path = self.snapshot_path(name)
             if not self.fs.exists(path):
                 self._put_atomic(snapshot, path)
@@ -455,7 +450,11 @@ class Remote:
 
     def pull_responses(self, cache: Cache, names: list[str] | None = None, log: Callable[[str], None] = lambda m: None,
                        done: Transfer | None = None) -> int:
-        """Merge response snapshots (all on the remote when `names` is None) into the local cache; rows added."""
+        """Merge response snapshots (all on the remote when `names` is None) into the local cache; rows added.
+
+        A snapshot whose rows fail their content hashes or its name is refused whole (a line in the log)."""
+        from synthforge.generation.response_cache import DamagedSnapshot, ResponseCache
+
         folder = cache.shared_dir("responses")
         merged_file = folder / _MERGED_SNAPSHOTS
         merged = set(merged_file.read_text().split()) if merged_file.is_file() else set()
@@ -471,12 +470,13 @@ class Remote:
                         self.fs.get_file(self.snapshot_path(name), str(local))
                     if done is not None:
                         done.objects, done.bytes = done.objects + 1, done.bytes + local.stat().st_size
-                    if _keyset_name(local) != name:
-                        log(f"remote: refused response snapshot {name[:12]}: its rows do not match its name")
-                        continue
-                    added += _merge_responses(folder, local)
-            except (FileNotFoundError, sqlite3.DatabaseError) as exc:
-                log(f"remote: refused response snapshot {name[:12]}: {type(exc).__name__}")
+                    with ResponseCache(folder, log=log) as responses:
+                        added += responses.merge(local, name)
+            except DamagedSnapshot as exc:
+                log(f"remote: refused response snapshot {name[:12]}: {exc} (nothing of it merged)")
+                continue
+            except FileNotFoundError:
+                log(f"remote: refused response snapshot {name[:12]}: missing on the remote")
                 continue
             with open(merged_file, "a") as fh:
                 fh.write(name + "\n")
@@ -621,45 +621,3 @@ def _install_verified(cache: Cache, key: str, staging: Path) -> str | None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return None
-
-
-# -- response snapshots --------------------------------------------------------
-
-
-def _responses_db(cache: Cache) -> Path:
-    from synthforge.generation.response_cache import DB_NAME
-
-    return cache.root / "shared" / "responses" / DB_NAME
-
-
-def _keyset_name(snapshot: Path) -> str:
-    """A snapshot's name: the hash of its sorted response keys (responses are immutable per key)."""
-    db = sqlite3.connect(f"file:{snapshot}?mode=ro", uri=True)
-    try:
-        if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-            raise sqlite3.DatabaseError("integrity check failed")
-        digest = xxhash.xxh3_128()
-        for (key,) in db.execute("SELECT key FROM responses ORDER BY key"):
-            digest.update(key.encode() + b"\n")
-        return digest.hexdigest()
-    finally:
-        db.close()
-
-
-def _merge_responses(folder: Path, snapshot: Path) -> int:
-    """INSERT OR IGNORE the snapshot's rows into the local response cache; rows added."""
-    from synthforge.generation.response_cache import DB_NAME, ResponseCache
-
-    ResponseCache(folder).close()  # creates the database and its schema if absent
-    db = sqlite3.connect(folder / DB_NAME, timeout=60, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout=60000")
-        db.execute("ATTACH DATABASE ? AS snap", (str(snapshot),))
-        ours = [row[1] for row in db.execute("PRAGMA main.table_info(responses)")]
-        theirs = {row[1] for row in db.execute("PRAGMA snap.table_info(responses)")}
-        columns = ", ".join(c for c in ours if c in theirs)
-        before = db.total_changes
-        db.execute(f"INSERT OR IGNORE INTO main.responses ({columns}) SELECT {columns} FROM snap.responses")
-        return db.total_changes - before
-    finally:
-        db.close()

@@ -126,6 +126,13 @@ class InputTable:
 
         return scan_table(self.entry_dir, self.table)
 
+    def artifact(self, relative: str) -> Path:
+        """An artifact of this input's entry (`artifacts/model`: a file or a folder), after a full hash check of
+        every file in it (DamagedEntry otherwise): how a step reads another step's artifact."""
+        from synthforge.cache import artifact_path
+
+        return artifact_path(self.entry_dir, relative)
+
     def __repr__(self) -> str:
         return f"InputTable({self.entry_dir.name}:{self.table})"
 

@@ -66,3 +66,71 @@ class CrashOnceStep(Step):
 
 
 register("crash_once", "tests.plugin_steps:CrashOnceStep")
+
+
+class KeepModelParams(StepParams):
+    input: Ref = Field(description="the step whose rows to copy")
+    size: int = Field(4096, description="bytes of the fake model's weights file")
+
+
+class KeepModelStep(Step):
+    """Copies its input and keeps a fake model (seeded weights + config) in artifacts/model, as `train` does."""
+
+    kind = "keep_model"
+    Params = KeepModelParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import random
+
+        model = ctx.artifacts / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(random.Random(ctx.seed).randbytes(ctx.params.size))
+        (model / "config.json").write_text('{"hidden_size": 8, "labels": ["neg", "pos"]}\n')
+        return StepResult(ctx.inputs["input"].frame())
+
+
+register("keep_model", "tests.plugin_steps:KeepModelStep")
+
+
+class UseModelParams(StepParams):
+    input: Ref = Field(description="a keep_model step: its rows and its model")
+
+
+class UseModelStep(Step):
+    """Reads its input's model through `InputTable.artifact` and adds a column derived from the weights' bytes."""
+
+    kind = "use_model"
+    Params = UseModelParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import polars as pl
+        import xxhash
+
+        model = ctx.inputs["input"].artifact("artifacts/model")
+        weights = xxhash.xxh3_64_hexdigest((model / "weights.bin").read_bytes())
+        return StepResult(ctx.inputs["input"].frame().with_columns(pl.lit(weights).alias("model")))
+
+
+register("use_model", "tests.plugin_steps:UseModelStep")
+
+
+class UnstableParams(StepParams):
+    input: Ref = Field(description="the step whose rows to copy")
+    threads: int = Field(1, exclude=True, description="runtime-only, as a thread count is: never in a key, yet it "
+                                                       "changes the output here (as float sums over threads do)")
+
+
+class UnstableStep(Step):
+    """Copies its input with a score column whose last digits depend on the runtime-only `threads`."""
+
+    kind = "unstable"
+    Params = UnstableParams
+
+    def run(self, ctx: StepContext) -> StepResult:
+        import polars as pl
+
+        frame = ctx.inputs["input"].frame()
+        return StepResult(frame.with_columns(pl.lit(0.5 + 1e-9 * ctx.params.threads).alias("score")))
+
+
+register("unstable", "tests.plugin_steps:UnstableStep")

@@ -37,6 +37,30 @@ def test_second_build_runs_nothing_and_lockfile_is_written(cli, write_recipe, da
     assert set(lock["variants"]["default"]) == {"rows", "split"}
 
 
+UNSTABLE = BASIC + "  score:\n    kind: unstable\n    input: split.train\n    threads: 1\n"
+
+
+def test_the_lockfile_records_content_and_a_rebuild_with_other_bytes_says_so(cli, write_recipe, data_csv, monkeypatch):
+    import synthforge.steps as steps_module
+
+    monkeypatch.setattr(steps_module.KINDS, "targets", dict(steps_module.KINDS.targets))
+    steps_module.register("unstable", "tests.plugin_steps:UnstableStep")
+    recipe = write_recipe(UNSTABLE)
+    assert cli("build", recipe).exit_code == 0
+    lock = json.loads(recipe.with_suffix(".lock").read_text())
+    assert all(len(node["content"]) == 32 for node in lock["nodes"].values())
+    same = cli("build", recipe, "--force", "score", "--force", "split")
+    assert same.exit_code == 0 and "not reproducible" not in same.output, same.output
+    recipe.write_text(UNSTABLE.replace("threads: 1", "threads: 4"))  # runtime-only: the same key
+    moved = cli("build", recipe, "--force", "score")
+    warnings = [line for line in moved.output.splitlines() if "not reproducible" in line]
+    assert moved.exit_code == 0 and len(warnings) == 1, moved.output
+    assert warnings[0].startswith("⚠ score for default: output differs from the lockfile's build: "
+                                  "this step is not reproducible across these settings")
+    again = cli("build", recipe, "--force", "score")
+    assert "not reproducible" not in again.output, "the lockfile now records the new bytes"
+
+
 def test_changing_a_field_rebuilds_only_that_step_and_plan_says_why(cli, write_recipe, data_csv):
     recipe = write_recipe(BASIC)
     cli("build", recipe)

@@ -10,6 +10,14 @@ that needs the same key waits for the answer instead of asking again. A claim
 belongs to an owner that holds an flock while it lives, so the claims of a dead
 process are taken over. Empty responses are not kept: the next run asks again.
 A damaged database is moved aside (with a warning) and a fresh one started.
+
+Content hashes: every row carries `hash`, the xxh3-128 of (key, text, token counts), written with
+it and checked on every read. A row that fails it is a missing response: logged once per read,
+requested again and replaced. A database from before content hashes gets the column on its first
+open and its rows are hashed then ("adopted": damage done before that cannot be told apart); a row
+without a hash after that (written by an older synthforge sharing the cache) counts as missing.
+Snapshots (`snapshot`, `merge`) carry the hashes and are named by their content: a merge checks
+every row and the name, and takes nothing from a snapshot that fails either.
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from synthforge.backends.llm import GenerationRequest, GenerationResponse
 from synthforge.cache import storage_error, storage_errors
+from synthforge.errors import UserError
 from synthforge.keys import key_of
 
 DB_NAME = "responses.sqlite"
@@ -36,7 +47,8 @@ _SCHEMA = (
         text TEXT NOT NULL,
         prompt_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
-        created REAL NOT NULL
+        created REAL NOT NULL,
+        hash TEXT
     )""",
     "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL NOT NULL)",
 )
@@ -52,20 +64,94 @@ def response_key(backend_type: str, identity: dict[str, Any], request: Generatio
     })
 
 
-def response_db_problems(folder: Path, read_only: bool = False) -> list[str]:
-    """What is wrong with the response database in `folder` (empty when sound or absent).
+_ROW = "key, text, prompt_tokens, completion_tokens, hash"
 
+
+def _connect(target: str | Path, **kwargs: Any) -> sqlite3.Connection:
+    """A connection whose text a damaged byte cannot make unreadable: invalid UTF-8 decodes with U+FFFD,
+    so the row fails its content hash (a missing response) instead of raising mid-read."""
+    db = sqlite3.connect(target, **kwargs)
+    db.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    return db
+
+
+def row_hash(key: str, text: str, prompt_tokens: int, completion_tokens: int) -> str:
+    """The content hash of a response row: its key is in it, so a reply moved to another key fails too."""
+    return key_of([key, text, prompt_tokens, completion_tokens])
+
+
+def _sound(row: tuple) -> bool:
+    key, text, prompt_tokens, completion_tokens, digest = row
+    return digest is not None and digest == row_hash(key, text, prompt_tokens, completion_tokens)
+
+
+class DamagedSnapshot(Exception):
+    """A response snapshot that is unreadable, has a row failing its hash, or does not match its name."""
+
+
+def _has_hashes(db: sqlite3.Connection) -> bool:
+    return "hash" in {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+
+
+def _damaged_keys(db: sqlite3.Connection) -> list[str]:
+    """Keys of rows that fail their content hash (or have none)."""
+    return [row[0] for row in db.execute(f"SELECT {_ROW} FROM responses") if not _sound(row)]
+
+
+def response_db_problems(folder: Path, read_only: bool = False) -> list[str]:
+    """What is wrong with the response database in `folder` (empty when sound or absent): the file, then every row.
+
+    A database from before content hashes has nothing to check its rows against: its first open adopts them.
     `read_only`: the folder cannot be written (a read-only mount), where sqlite cannot open a WAL
     database's shared memory: the file is checked as immutable instead of reported as damaged."""
     path = Path(folder) / DB_NAME
     if not path.is_file():
         return []
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro{'&immutable=1' if read_only else ''}", uri=True)) as db:
+        with contextlib.closing(_connect(f"file:{path}?mode=ro{'&immutable=1' if read_only else ''}", uri=True)) as db:
             rows = [r[0] for r in db.execute("PRAGMA quick_check")]
-    except sqlite3.DatabaseError as exc:
-        return [f"{path.name}: {exc}"]
-    return [] if rows == ["ok"] else [f"{path.name}: {rows[0]}"]
+            if rows != ["ok"]:
+                return [f"{path.name}: {rows[0]}"]
+            damaged = _damaged_keys(db) if _has_hashes(db) else []
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # sqlite's own reports may quote damaged bytes
+        return [f"{path.name}: {_one_line(exc)}"]
+    return [f"{path.name}: response {key[:12]} fails its content hash (requested again when needed)" for key in damaged]
+
+
+def repair_response_db(folder: Path) -> str:
+    """Fix what `response_db_problems` found: a damaged file is moved aside, damaged rows deleted; says what it did."""
+    path = Path(folder) / DB_NAME
+    try:
+        with contextlib.closing(_connect(path, timeout=60, isolation_level=None)) as db:
+            if [r[0] for r in db.execute("PRAGMA quick_check")] == ["ok"]:
+                db.execute("PRAGMA busy_timeout=60000")
+                damaged = _damaged_keys(db)
+                for chunk in _chunks(damaged):
+                    db.execute(f"DELETE FROM responses WHERE key IN ({_marks(chunk)})", chunk)
+                return f"removed {len(damaged)} damaged LLM responses (requested again when needed)"
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
+        pass
+    return f"moved the damaged response cache aside to {move_aside(folder)}"
+
+
+def snapshot_name(path: Path) -> str:
+    """A snapshot's content name: xxh3-128 over its rows' (key, content hash), sorted by key.
+
+    DamagedSnapshot when the file is damaged, predates content hashes, or any row fails its hash."""
+    try:
+        with contextlib.closing(_connect(f"file:{path}?mode=ro", uri=True)) as db:
+            if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                raise DamagedSnapshot("integrity check failed")
+            if not _has_hashes(db):
+                raise DamagedSnapshot("its rows have no content hashes (written by an older synthforge)")
+            digest = xxhash.xxh3_128()
+            for row in db.execute(f"SELECT {_ROW} FROM responses ORDER BY key"):
+                if not _sound(row):
+                    raise DamagedSnapshot(f"response {row[0][:12]} fails its content hash")
+                digest.update(f"{row[0]} {row[4]}\n".encode())
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # sqlite's own reports may quote damaged bytes
+        raise DamagedSnapshot(f"unreadable ({type(exc).__name__})") from None
+    return digest.hexdigest()
 
 
 def move_aside(folder: Path) -> Path:
@@ -83,6 +169,7 @@ class ResponseCache:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.log = log
         with storage_errors(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
             self._owner_lock = self._hold_owner_lock()
@@ -97,7 +184,7 @@ class ResponseCache:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db = _connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
             with storage_errors(self.folder):
                 db.execute("PRAGMA journal_mode=WAL")
@@ -105,13 +192,37 @@ class ResponseCache:
                 db.execute("PRAGMA busy_timeout=60000")
                 for statement in _SCHEMA:
                     db.execute(statement)
-            check = [r[0] for r in db.execute("PRAGMA quick_check")]
+            try:
+                check = [r[0] for r in db.execute("PRAGMA quick_check")]
+            except UnicodeDecodeError:  # sqlite's report quotes damaged bytes
+                check = ["quick_check reports damage"]
             if check != ["ok"]:
                 raise sqlite3.DatabaseError(check[0])
+            with storage_errors(self.folder):
+                self._adopt_unhashed(db)
+            db.execute(f"SELECT {_ROW} FROM responses LIMIT 0")  # a damaged schema fails here, not mid-build
         except BaseException:
             db.close()
             raise
         return db
+
+    def _adopt_unhashed(self, db: sqlite3.Connection) -> None:
+        """Give a database from before content hashes its `hash` column, hashing the rows it holds (once)."""
+        if _has_hashes(db):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not _has_hashes(db):  # another process may have migrated it while we waited
+                db.execute("ALTER TABLE responses ADD COLUMN hash TEXT")
+                rows = db.execute("SELECT key, text, prompt_tokens, completion_tokens FROM responses").fetchall()
+                db.executemany("UPDATE responses SET hash = ? WHERE key = ?", [(row_hash(*row), row[0]) for row in rows])
+                if rows:
+                    self.log(f"response cache: {len(rows)} responses from before content hashes adopted "
+                             "(hashed now; damage done before this cannot be detected)")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _hold_owner_lock(self):
         """An flock held while this cache is open: other processes see our claims as alive."""
@@ -139,14 +250,37 @@ class ResponseCache:
 
     # -- reading --------------------------------------------------------------
     def get_many(self, keys: Iterable[str]) -> dict[str, GenerationResponse]:
+        """The sound responses to `keys`; a row failing its content hash is missing (and one warning line)."""
+        found, damaged = self._read(keys)
+        if damaged:
+            self.log(f"warning: the response cache {self.path}: {len(damaged)} cached responses fail their content "
+                     f"hash (first {damaged[0][:12]}); requesting them again")
+        return found
+
+    def _read(self, keys: Iterable[str]) -> tuple[dict[str, GenerationResponse], list[str]]:
+        """(sound responses by key, keys whose rows fail their content hash)."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, GenerationResponse] = {}
-        for chunk in _chunks(keys):
-            rows = self._db.execute(
-                f"SELECT key, text, prompt_tokens, completion_tokens FROM responses WHERE key IN ({_marks(chunk)})", chunk)
-            for key, text, prompt_tokens, completion_tokens in rows:
-                found[key] = GenerationResponse(text, prompt_tokens, completion_tokens)
-        return found
+        damaged: list[str] = []
+        with self._damage_is_an_error():
+            for chunk in _chunks(keys):
+                for row in self._db.execute(f"SELECT {_ROW} FROM responses WHERE key IN ({_marks(chunk)})", chunk):
+                    if _sound(row):
+                        found[row[0]] = GenerationResponse(*row[1:4])
+                    else:
+                        damaged.append(row[0])
+        return found, damaged
+
+    @contextlib.contextmanager
+    def _damage_is_an_error(self):
+        """Damage sqlite finds mid-read (past the checks at open): a one-line error, never a partial answer."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # busy, locked, full disk...: not damage
+                raise
+            raise UserError(f"the response cache {self.path} is damaged ({_one_line(exc)})",
+                            hint="run `synthforge cache verify --repair` (it moves the database aside), then build again") from None
 
     # -- claims ---------------------------------------------------------------
     def claim(self, keys: Iterable[str]) -> set[str]:
@@ -160,7 +294,7 @@ class ResponseCache:
                 stale = [key for key, owner in others if owner in dead]
                 if stale:
                     self._db.execute(f"DELETE FROM claims WHERE key IN ({_marks(stale)})", stale)
-                answered = {r[0] for r in self._db.execute(f"SELECT key FROM responses WHERE key IN ({_marks(chunk)})", chunk)}
+                answered = set(self._read(chunk)[0])  # a damaged row is no answer: claim it and ask again
                 now = time.time()
                 self._db.executemany("INSERT OR IGNORE INTO claims VALUES (?, ?, ?)",
                                      [(key, self.owner, now) for key in chunk if key not in answered])
@@ -196,10 +330,39 @@ class ResponseCache:
         with storage_errors(self.folder), self._transaction():
             if response.text.strip():
                 self._db.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                    (key, response.text, response.prompt_tokens, response.completion_tokens, time.time()),
+                    f"INSERT OR REPLACE INTO responses ({_ROW}, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, response.text, response.prompt_tokens, response.completion_tokens,
+                     row_hash(key, response.text, response.prompt_tokens, response.completion_tokens), time.time()),
                 )
             self._db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
+
+    # -- snapshots (the remote cache's unit of sharing) ------------------------------
+    def snapshot(self, target: Path) -> str:
+        """Write the sound responses to a new database at `target`; returns its content name (`snapshot_name`)."""
+        with contextlib.closing(_connect(target)) as copy:
+            self._db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            copy.execute("DELETE FROM claims")
+            damaged = _damaged_keys(copy)
+            for chunk in _chunks(damaged):
+                copy.execute(f"DELETE FROM responses WHERE key IN ({_marks(chunk)})", chunk)
+            copy.commit()
+        return snapshot_name(target)
+
+    def merge(self, snapshot: Path, name: str) -> int:
+        """Add a snapshot's responses that this cache lacks (or holds damaged); rows added.
+
+        Every row of the snapshot is checked against its content hash and the whole against `name`
+        first: a snapshot failing either adds nothing (DamagedSnapshot)."""
+        if snapshot_name(snapshot) != name:
+            raise DamagedSnapshot("its rows do not match its name")
+        with contextlib.closing(_connect(f"file:{snapshot}?mode=ro", uri=True)) as source:
+            rows = source.execute(f"SELECT {_ROW}, created FROM responses").fetchall()
+        with storage_errors(self.folder), self._transaction():
+            have = set(self._read([row[0] for row in rows])[0])
+            new = [row for row in rows if row[0] not in have and _sound(row[:5])]
+            self._db.executemany(f"INSERT OR REPLACE INTO responses ({_ROW}, created) VALUES (?, ?, ?, ?, ?, ?)", new)
+        return len(new)
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -226,6 +389,10 @@ class ResponseCache:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if isinstance(exc, sqlite3.DatabaseError) and str(exc) else type(exc).__name__
 
 
 def _chunks(keys: list[str], size: int = 400) -> list[list[str]]:
