@@ -196,17 +196,15 @@ def artifact_cost(megabytes: int, work: Path) -> list[list[str]]:
     cache = Cache(work / "artifact-cache")
     components = {"bench": "artifact", "megabytes": megabytes}
     key = key_of(components)
-    staging = cache.staging_dir(key)
-    model = staging / "artifacts" / "model"
-    model.mkdir(parents=True)
-    chunk = os.urandom(16 << 20)
-    with open(model / "model.safetensors", "wb") as fh:
-        for _ in range(max(1, (megabytes << 20) // len(chunk))):
-            fh.write(chunk)
-    write_entry_files(staging, {"data": pl.DataFrame({"id": ["0"], "text": ["x"]})}, key=key, step="train", kind="bench",
-                      components=components, timings={"started": 0.0, "seconds": 0.0})
-    with cache.lock(key):
-        cache.install(key, staging)
+    with cache.writing(key) as staging:
+        model = staging / "artifacts" / "model"
+        model.mkdir(parents=True)
+        chunk = os.urandom(16 << 20)
+        with open(model / "model.safetensors", "wb") as fh:
+            for _ in range(max(1, (megabytes << 20) // len(chunk))):
+                fh.write(chunk)
+        write_entry_files(staging, {"data": pl.DataFrame({"id": ["0"], "text": ["x"]})}, key=key, step="train",
+                          kind="bench", components=components, timings={"started": 0.0, "seconds": 0.0})
 
     def timed(fn) -> float:
         start = time.perf_counter()

@@ -226,11 +226,14 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
         bad += [[entry.key[:12], _step_of(entry), problem] for problem in problems]
         if problems:
             corrupt.append(entry)
-    responses = response_db_problems(cache.root / "shared" / "responses")
+    responses = response_db_problems(cache.root / "shared" / "responses", read_only=cache.read_only)
     bad += [["responses", "-", problem] for problem in responses]
     if not bad:
         return f"{len(entries)} entries verified, all sound", True
     text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
+    if cache.read_only:
+        return text + (f"; the cache {cache.root} is read-only, so nothing was removed or moved (make it writable "
+                       "first to repair)"), False
     if repair:
         removed = sum(cache.remove(entry) for entry in corrupt)
         text += f"; removed {removed} damaged entries (the next build recomputes them)"
@@ -243,11 +246,18 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
     return text, False
 
 
-def _step_of(entry: Entry) -> str:
+def _step_and_variants(entry: Entry) -> tuple[str, str]:
+    """An entry's step and the variants that built it (the first, and how many more), for listings."""
     try:
-        return entry.manifest.step
+        manifest = entry.manifest
     except DamagedEntry:
-        return "?"
+        return "?", "? (damaged)"
+    variants = manifest.variants or ["default"]
+    return manifest.step, variants[0] + (f" (+{len(variants) - 1} more)" if len(variants) > 1 else "")
+
+
+def _step_of(entry: Entry) -> str:
+    return _step_and_variants(entry)[0]
 
 
 def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
@@ -257,8 +267,13 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     keep = referenced_keys(locks)
     doomed = [e for e in cache.entries() if e.key not in keep]
     if dry_run:
-        freed = sum(e.size_bytes() for e in doomed)
-        return f"{len(locks)} lockfile(s) reference {len(keep)} keys; would remove {len(doomed)} entries ({freed / 1e6:.1f} MB)"
+        sizes = [entry.size_bytes() for entry in doomed]
+        summary = (f"{len(locks)} lockfile(s) reference {len(keep)} keys; would remove {len(doomed)} entries "
+                   f"({sum(sizes) / 1e6:.1f} MB)")
+        if not doomed:
+            return summary
+        rows = [[*_step_and_variants(entry), entry.key, f"{size / 1e6:.2f}"] for entry, size in zip(doomed, sizes)]
+        return render_table(["step", "variant", "key", "MB"], rows, align_right=(3,)) + "\n" + summary
     freed, removed, in_use = 0, 0, 0
     for entry in doomed:
         size = entry.size_bytes()

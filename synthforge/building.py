@@ -17,7 +17,8 @@ from synthforge.errors import BuildFailed, UserError
 from synthforge.executors.base import Executor, Failures, NodeRun, run_ready
 from synthforge.executors.local import InlineExecutor
 from synthforge.graph import Graph, Node
-from synthforge.lockfile import Lock, read_lock, write_lock
+from synthforge.keys import key_of
+from synthforge.lockfile import Lock, merge_locks, read_lock, write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
 from synthforge.progress import LOGGER
 from synthforge.recipe.fields import map_leaves
@@ -86,8 +87,20 @@ def build(
             report.rows[item.node.key] = entry.manifest.rows
             report.contents[item.node.key] = entry.manifest.content_hash
     if write_lockfile:
-        write_lock(graph.recipe.lock_path, graph.to_lock(report.rows, report.contents))
+        write_recipe_lock(graph, cache, report, narrowed=bool(only) or bool(graph.recipe.overrides))
     return report
+
+
+def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed: bool) -> None:
+    """Write RECIPE.lock: a full build's is exactly the recipe's nodes now; a narrowed one (`--set`, `--only`,
+    the API's `set=`/`only=`) merges what it built into the lockfile, which keeps everything else."""
+    path = graph.recipe.lock_path
+    with cache.lock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
+        if narrowed:
+            built = graph.to_lock(report.rows, report.contents, keys={item.node.key for item in report.items})
+            write_lock(path, merge_locks(read_lock(path), built))
+        else:
+            write_lock(path, graph.to_lock(report.rows, report.contents))
 
 
 class _BuildLines:

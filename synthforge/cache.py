@@ -8,7 +8,9 @@ Layout under the cache root:
   derived/<kk>/<key>.json             results computed later from entries (stats), under their own key
   locks/<key>.lock                    one flock per key: a key is computed once
   locks/<key>.lease                   shared flocks of running builds on what they use: gc skips those
-  tmp/                                entries being written (renamed when done)
+  tmp/<owner>.<...>                   work in flight (entries being written or pulled, response snapshots),
+                                      each created by `staging`/`scratch_file` under its owner's lock; a
+                                      sweep deletes only what no live owner holds
   shared/                             caches below step level (responses, models)
 
 An entry appears by an atomic rename of a finished, verified folder, so a reader sees a
@@ -29,6 +31,8 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +42,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthforge.errors import UserError
-from synthforge.keys import file_stamp, hash_file, key_of
+from synthforge.keys import checked_key, file_stamp, hash_file, is_key, key_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -374,7 +378,33 @@ def table_problems(folder: Path, manifest: Manifest, full: bool) -> list[str]:
             if found.get(rel) != manifest.artifacts.get(rel):
                 problems.append(f"{rel}: " + ("missing" if rel not in found else "not listed" if rel not in manifest.artifacts
                                                else "content hash mismatch"))
+        problems += [f"{rel}: not listed in the manifest" for rel in _unlisted_files(folder, manifest)]
     return problems
+
+
+def _unlisted_files(folder: Path, manifest: Manifest) -> list[str]:
+    """Files of an entry folder that the checks above do not cover (not a table, not the manifest, not
+    under artifacts/): an entry holds exactly the manifest's files, so each is a problem."""
+    unlisted = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if rel == MANIFEST or rel.startswith(f"{ARTIFACTS}/") or ("/" not in rel and rel.endswith(".parquet")):
+            continue
+        unlisted.append(rel)
+    return sorted(unlisted)
+
+
+def _drop_scratch(folder: Path) -> None:
+    """Delete files a step left in its work folder that its manifest does not list (scratch, markers):
+    an entry holds exactly the manifest's files. A folder without a sound manifest is left for `install` to refuse."""
+    try:
+        manifest = read_manifest(folder)
+    except DamagedEntry:
+        return
+    for rel in _unlisted_files(folder, manifest):
+        (folder / rel).unlink()
 
 
 def verify_folder(folder: Path, key: str | None = None, full: bool = True) -> list[str]:
@@ -465,13 +495,27 @@ class Cache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self._leased: set[str] = set()  # keys this Cache object holds a lease on now
+        self._locked: dict[tuple[str, int], int] = {}  # (key, thread) -> depth of the key locks this object holds
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_leased": set()}  # leases are this process's: a copy elsewhere holds none
+        # leases and locks are this process's: a copy elsewhere holds none
+        return {**self.__dict__, "_leased": set(), "_locked": {}}
 
-    # -- layout ---------------------------------------------------------
+    # -- layout (every path named by a key refuses anything that is not one: no '../x') ------------
     def entry_path(self, key: str) -> Path:
-        return self.root / "entries" / key[:2] / key
+        return self.root / "entries" / key[:2] / checked_key(key)
+
+    def _lock_path(self, key: str, kind: str = "lock") -> Path:
+        return self.root / "locks" / f"{checked_key(key)}.{kind}"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the cache folder exists but cannot be written (a read-only mount, or no permission)."""
+        return self.root.is_dir() and not os.access(self.root, os.W_OK)
+
+    def read_only_error(self, action: str) -> UserError:
+        return UserError(f"the cache {self.root} is read-only: {action} needs to write to it",
+                         hint="make the folder writable, or use a writable cache folder: --cache-dir or SYNTHFORGE_CACHE")
 
     def shared_dir(self, name: str) -> Path:
         """A folder for caches below step level (per-response, converted models)."""
@@ -537,13 +581,28 @@ class Cache:
             return
         for shard in sorted(base.iterdir()):
             for path in sorted(shard.iterdir()):
-                if path.is_dir():
+                if path.is_dir() and is_key(path.name):
                     yield Entry(path.name, path)
 
     # -- writing --------------------------------------------------------
-    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
-        """Exclusive per-key lock across processes; released if the holder dies."""
-        return file_lock(self.root / "locks" / f"{key}.lock")
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive per-key lock across processes; released if the holder dies.
+        Reentrant within one thread of this object (a build holding it around `writing`)."""
+        held = (checked_key(key), threading.get_ident())
+        if held in self._locked:
+            self._locked[held] += 1
+            try:
+                yield
+            finally:
+                self._locked[held] -= 1
+            return
+        with file_lock(self._lock_path(key)):
+            self._locked[held] = 1
+            try:
+                yield
+            finally:
+                del self._locked[held]
 
     @contextlib.contextmanager
     def lease(self, keys: Iterable[str]) -> Iterator[None]:
@@ -552,7 +611,7 @@ class Cache:
         new = sorted(set(keys) - self._leased)
         with contextlib.ExitStack() as stack:
             for key in new:
-                stack.enter_context(file_lock(self.root / "locks" / f"{key}.lease", shared=True))
+                stack.enter_context(file_lock(self._lock_path(key, "lease"), shared=True))
             self._leased.update(new)
             try:
                 yield
@@ -562,22 +621,55 @@ class Cache:
     @contextlib.contextmanager
     def writing(self, key: str) -> Iterator[Path]:
         """A scratch folder that becomes entry `key` (verified, replacing any old one) if the block succeeds."""
-        work = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}."))
-        try:
+        with self.staging(key) as work:
             with storage_errors(self.root):
                 yield work
+                _drop_scratch(work)
             self.install(key, work, replace=True)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def staging(self, key: str, resumable: str | None = None) -> Iterator[Path]:
+        """A folder under tmp/ to assemble entry `key` in (then `install` it), held under the key's lock
+        for the whole block, so no sweep deletes it while it is in use.
+
+        A fresh folder, removed at the end; with `resumable`, the fixed folder tmp/<key>.<resumable>,
+        kept when the block leaves it (an interrupted pull resumes from it; a sweep deletes it once no
+        one holds the lock)."""
+        with self.lock(key):
+            tmp_root = self._tmp_root()
+            with storage_errors(self.root):
+                if resumable is None:
+                    folder = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"{key}."))
+                else:
+                    folder = tmp_root / f"{key}.{resumable}"
+                    folder.mkdir(exist_ok=True)
+            try:
+                yield folder
+            finally:
+                if resumable is None and folder.exists():
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def scratch_file(self, purpose: str, suffix: str = "") -> Iterator[Path]:
+        """A fresh file path tmp/<purpose>.<uuid><suffix> (e.g. a response snapshot in transit), deleted at the
+        end. The block holds a shared lock on `purpose`: many may be in flight, and a sweep deletes none of them."""
+        if not purpose.isidentifier() or is_key(purpose):
+            raise ValueError(f"a scratch purpose is a plain name, not {purpose!r}")
+        with file_lock(self.root / "locks" / f"{purpose}.lock", shared=True):
+            path = self._tmp_root() / f"{purpose}.{uuid.uuid4().hex}{suffix}"
+            try:
+                yield path
+            finally:
+                for made in path.parent.glob(f"{path.name}*"):  # and what it brought along (sqlite's -wal, -shm)
+                    made.unlink(missing_ok=True)
 
     def install(self, key: str, folder: Path, replace: bool = False) -> bool:
         """Verify an entry folder (manifest, hashes, rows, columns, table list), then rename it into place.
 
-        `folder` must be on the cache's file system (e.g. under `staging_dir()`). An existing sound
+        `folder` must be on the cache's file system (e.g. from `staging()`). An existing sound
         entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
         installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound.
-        Callers hold `lock(key)`: two unlocked installs of one key can collide on the rename."""
+        Callers hold `lock(key)` (`staging` does): two unlocked installs of one key can collide on the rename."""
         folder = Path(folder)
         problems = verify_folder(folder, key)
         if problems:
@@ -591,15 +683,11 @@ class Cache:
                 return True
             if not replace and not verify_folder(final, key, full=False):
                 return False
-            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))
+            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))  # under the caller's lock
             os.rename(final, trash / "entry")
             os.rename(folder, final)
             shutil.rmtree(trash, ignore_errors=True)
             return True
-
-    def staging_dir(self, key: str) -> Path:
-        """A fresh folder on the cache's file system to assemble entry `key` in before `install`."""
-        return Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}."))
 
     @staticmethod
     def _fsync_tree(path: Path) -> None:
@@ -610,7 +698,7 @@ class Cache:
 
     # -- derived results (computed later from entries, never written into them) --------
     def derived_path(self, key: str) -> Path:
-        return self.root / "derived" / key[:2] / f"{key}.json"
+        return self.root / "derived" / key[:2] / f"{checked_key(key)}.json"
 
     def read_derived(self, key: str) -> dict[str, Any] | None:
         """A derived record, or None when missing or not intact (it is then recomputed)."""
@@ -635,26 +723,32 @@ class Cache:
         return verify_folder(entry.path, entry.key)
 
     def remove(self, entry: Entry) -> bool:
-        """Remove an entry unless a running build holds a lease on it; returns whether it was removed."""
-        with try_file_lock(self.root / "locks" / f"{entry.key}.lease") as free:
-            if not free:
+        """Remove an entry unless a running build holds a lease on it or someone writes or pulls it now;
+        returns whether it was removed."""
+        with try_file_lock(self._lock_path(entry.key, "lease")) as unleased, try_file_lock(self._lock_path(entry.key)) as free:
+            if not (unleased and free):
                 return False
             trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{entry.key}.gc."))
             os.rename(entry.path, trash / "entry")  # vanish atomically, then delete
-        shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)
         return True
 
     def sweep_tmp(self) -> int:
-        """Delete leftovers of dead builds: tmp folders whose key nobody holds the lock of."""
+        """Delete leftovers of dead writers: whatever is in tmp/ whose owner (a key, or a `scratch_file`
+        purpose) nobody holds the lock of. Every tmp path is made under its owner's lock, so nothing in flight goes."""
         tmp_root = self.root / "tmp"
         if not tmp_root.is_dir():
             return 0
         swept = 0
         for path in list(tmp_root.iterdir()):
-            key = path.name.split(".")[0]
-            with try_file_lock(self.root / "locks" / f"{key}.lock") as free:
-                if free:  # else a live build is writing it
-                    shutil.rmtree(path, ignore_errors=True)
+            owner = path.name.split(".")[0]
+            owned = is_key(owner) or owner.isidentifier()  # else no writer of this version made it: nobody to ask
+            with try_file_lock(self.root / "locks" / f"{owner if owned else 'unowned'}.lock") as free:
+                if free:  # else a live writer holds it
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
                     swept += 1
         return swept
 

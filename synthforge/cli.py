@@ -122,7 +122,7 @@ def main() -> None:
 @user_errors
 def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, max_requests, max_tokens, use_remote,
               push, remote_url, jobs, executor, address, models_per_device, shard_rows, keep_going, sets, cache_dir):
-    """Build what is missing of RECIPE, in dependency order; write RECIPE.lock."""
+    """Build what is missing of RECIPE, in dependency order; write RECIPE.lock (a build narrowed by --set or --only merges into it)."""
     from synthforge import app
 
     r = _open(recipe, sets, cache_dir)
@@ -277,7 +277,7 @@ def cache_verify(repair, cache_dir):
 
 @cache_group.command("gc")
 @click.argument("locks", nargs=-1, type=click.Path(exists=True))
-@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed: step, variant, key and size of each entry.")
 @click.option("--remote", "remote_url", default=None, metavar="URL",
               help="Collect this remote cache instead of the local one (named explicitly, never taken from the environment).")
 @cache_option

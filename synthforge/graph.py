@@ -51,16 +51,20 @@ class Graph:
                 todo.extend(self.nodes[key].upstream)
         return seen
 
-    def to_lock(self, rows: dict[str, int], contents: dict[str, str] | None = None) -> Lock:
-        """The lockfile of this graph; `contents`: key -> the entry's content hash (`Manifest.content_hash`)."""
+    def to_lock(self, rows: dict[str, int], contents: dict[str, str] | None = None, keys: set[str] | None = None) -> Lock:
+        """The lockfile of this graph, or of only its nodes in `keys` (a narrowed build's, to merge);
+        `contents`: key -> the entry's content hash (`Manifest.content_hash`)."""
         nodes = {}
         for key, node in self.nodes.items():
+            if keys is not None and key not in keys:
+                continue
             nodes[key] = {"step": node.step, **node.components}
             if key in rows:
                 nodes[key]["rows"] = rows[key]
             if contents and key in contents:
                 nodes[key]["content"] = contents[key]
-        return Lock(self.recipe.name, self.keys, nodes)
+        variants = {variant: {step: key for step, key in steps.items() if key in nodes} for variant, steps in self.keys.items()}
+        return Lock(self.recipe.name, {variant: steps for variant, steps in variants.items() if steps}, nodes)
 
 
 def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:

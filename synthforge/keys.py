@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import xxhash
 
+from synthforge.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
 
@@ -62,6 +64,26 @@ def encode(value: Any) -> bytes:
 
 def key_of(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(encode(value))
+
+
+KEY_CHARS = frozenset("0123456789abcdef")
+KEY_LENGTH = 32  # what key_of returns: the hex of an xxh3-128
+
+
+def is_key(value: Any) -> bool:
+    """Whether `value` has the shape of a cache key (32 lowercase hex characters): anything else
+    (a path like '../x', a name with dots or slashes) must never name a cache file."""
+    return isinstance(value, str) and len(value) == KEY_LENGTH and KEY_CHARS.issuperset(value)
+
+
+def checked_key(value: Any, *, file: str | None = None, line: int | None = None, field: str | None = None,
+                fix: str = "rebuild or re-pull to get a sound one") -> str:
+    """`value` when it is a cache key, else a one-line UserError naming where it was read (and `fix`)."""
+    if is_key(value):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise UserError(f"{shown} is not a cache key", file=file, line=line, field=field,
+                    hint=f"a key is 32 lowercase hex characters, as build writes them; {fix}")
 
 
 HASH_WINDOW = 16 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY

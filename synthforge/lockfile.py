@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from synthforge.cache import atomic_write_text
+from synthforge.errors import UserError
+from synthforge.keys import checked_key
 
 LOCK_FORMAT = 1
 
@@ -82,17 +84,59 @@ def _short(value: Any) -> str:
 
 
 def read_lock(path: Path) -> Lock | None:
+    """The lockfile at `path`; None when there is none (or the file is no lockfile). A lockfile whose keys
+    are not keys (a '../x' would name a path outside the cache) is a UserError naming the line."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text)
     except (FileNotFoundError, ValueError):
         return None
     if not isinstance(data, dict) or "synthforge_lock" not in data:
         return None
-    return Lock(data.get("recipe", ""), data.get("variants", {}), data.get("nodes", {}))
+    lock = Lock(data.get("recipe", ""), data.get("variants", {}), data.get("nodes", {}))
+    _check_keys(lock, path, text)
+    return lock
+
+
+_REWRITE = "restore the lockfile from git, or delete it (the next full build writes a new one)"
+
+
+def _check_keys(lock: Lock, path: Path, text: str) -> None:
+    """Every key a lockfile names has a key's shape (keys.checked_key), located at its line."""
+    def where(*needles: Any) -> int | None:
+        """The line of the first needle found: `"name": value`, else the value alone."""
+        for needle in needles:
+            found = text.find(needle)
+            if found >= 0:
+                return text.count("\n", 0, found) + 1
+        return None
+
+    if not isinstance(lock.variants, dict) or not all(isinstance(steps, dict) for steps in lock.variants.values()):
+        raise UserError("'variants' is not a mapping of variant -> step -> key", file=str(path), field="variants",
+                        hint=_REWRITE)
+    if not isinstance(lock.nodes, dict):
+        raise UserError("'nodes' is not a mapping of key -> components", file=str(path), field="nodes", hint=_REWRITE)
+    for variant, steps in lock.variants.items():
+        for step, key in steps.items():
+            line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
+            checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
+    for key in lock.nodes:
+        checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
 
 
 def write_lock(path: Path, lock: Lock) -> None:
     atomic_write_text(path, lock.to_json())
+
+
+def merge_locks(old: Lock | None, new: Lock) -> Lock:
+    """`new` (a narrowed build's lock) merged into `old`: the steps it built replace theirs, every other
+    variant, step and node is kept, so gc keeps what the full build wrote. Only a full build drops keys."""
+    if old is None:
+        return new
+    variants = {variant: dict(steps) for variant, steps in old.variants.items()}
+    for variant, steps in new.variants.items():
+        variants.setdefault(variant, {}).update(steps)
+    return Lock(new.recipe, variants, {**old.nodes, **new.nodes})
 
 
 def referenced_keys(lock_paths: list[Path]) -> set[str]:

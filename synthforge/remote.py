@@ -30,12 +30,13 @@ from typing import Any
 
 from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
 from synthforge.errors import UserError
-from synthforge.keys import hash_file
+from synthforge.keys import checked_key, hash_file, is_key
 
 RECORD_FORMAT = 1
 DEFAULT_JOBS = 16
 LIST_PAGE = 1000  # names one listing request returns (S3, GCS, Azure)
 GC_GRACE_S = 3600  # objects younger than this may belong to a push in flight: gc keeps them
+LOCK_BATCH = 256  # keys a pull holds the locks of at once (one open file each)
 _BACKEND_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
 _MERGED_SNAPSHOTS = "merged_snapshots.txt"
 
@@ -80,6 +81,10 @@ def _filesystem(url: str) -> tuple[Any, str]:
     if "@" in authority or ":" in authority:  # user:secret@bucket (a secret may hold '/': look before the first one)
         raise UserError(f"the remote URL carries credentials ({parts.scheme}://...)", field="--remote",
                         hint="give credentials through the backend's own configuration (AWS env vars or profile, gcloud, az login)")
+    if "://" in url and ("?" in url or "#" in url):  # ?secret=... would be echoed and become part of object names
+        raise UserError(f"the remote URL carries a query string or fragment ({parts.scheme}://...)", field="--remote",
+                        hint="give the URL as scheme://bucket/prefix only; credentials and options go in the backend's own "
+                             "configuration (AWS env vars or profile, gcloud, az login)")
     try:
         fs, root = url_to_fs(url, skip_instance_cache=True)  # fresh listings; endpoint from the current env
     except ImportError:
@@ -149,7 +154,7 @@ class Remote:
 
     # -- layout ------------------------------------------------------------
     def record_path(self, key: str) -> str:
-        return f"{self.root}/entries/{key[:2]}/{key}.json"
+        return f"{self.root}/entries/{key[:2]}/{checked_key(key)}.json"
 
     def object_path(self, digest: str) -> str:
         return f"{self.root}/objects/{digest[:2]}/{digest}"
@@ -210,13 +215,15 @@ class Remote:
     def push_many(self, keys: Iterable[str], cache: Cache) -> Transfer:
         start = time.perf_counter()
         done = Transfer()
-        wanted = list(dict.fromkeys(keys))
+        wanted = list(dict.fromkeys(checked_key(key) for key in keys))
         done.missing = [key for key in wanted if not _sound(cache, key)]
         local = [key for key in wanted if key not in done.missing]
         on_remote = self.available(local)
         done.present = [key for key in local if key in on_remote]
         records = {key: _record_of(cache.get(key)) for key in local if key not in on_remote}
         generated = [key for key, record in records.items() if record["kind"] == "generate"]
+        if generated and cache.read_only:  # its responses go up with it, through a snapshot in the cache's tmp/
+            raise cache.read_only_error(f"pushing generate step '{records[generated[0]]['step']}' (its LLM responses)")
         if generated:
             try:
                 snapshot = self._push_responses(cache, done)
@@ -281,11 +288,13 @@ class Remote:
     def pull_many(self, keys: Iterable[str], cache: Cache, log: Callable[[str], None] = lambda m: None) -> Transfer:
         start = time.perf_counter()
         done = Transfer()
-        wanted = list(dict.fromkeys(keys))
+        wanted = list(dict.fromkeys(checked_key(key) for key in keys))
         done.present = [key for key in wanted if _sound(cache, key)]
         records: dict[str, dict[str, Any]] = {}
         fetch = [key for key in wanted if key not in done.present]
         with self._reachable():
+            if fetch:
+                self._require_root()
             found = self._map(self._read_record, fetch)
         for key, record in zip(fetch, found):
             if record is None:
@@ -294,22 +303,9 @@ class Remote:
                 done.refused[key] = record
             else:
                 records[key] = record
-        downloads = {}
-        for key, record in records.items():
-            staging = _staging(cache, key)
-            for rel, info in record["files"].items():
-                downloads[(key, rel)] = (staging / rel, info["hash"], info["bytes"])
-        install = _when_complete({key: {(key, rel) for rel in record["files"]} for key, record in records.items()},
-                                 lambda key: self._install(cache, key, done))
-        errors, done.objects, done.bytes = self._transfer("pull", downloads, self._download_object, on_done=install)
-        for key, record in records.items():
-            problems = [errors[(key, rel)] for rel in record["files"] if (key, rel) in errors]
-            if not problems:
-                continue
-            damaged = problems[0].startswith("damaged")
-            (done.refused if damaged else done.failed)[key] = problems[0]
-            if damaged:
-                shutil.rmtree(_staging(cache, key), ignore_errors=True)
+        ordered = sorted(records)  # every pull locks keys in one order: two pulls never wait on each other
+        for first in range(0, len(ordered), LOCK_BATCH):
+            self._pull_locked({key: records[key] for key in ordered[first:first + LOCK_BATCH]}, cache, done)
         snapshots = {records[key]["responses"] for key in done.entries if records[key].get("responses")}
         for key, why in done.refused.items():
             log(f"remote: refused entry {key[:12]}: {why} (not installed; a build recomputes it)")
@@ -318,9 +314,42 @@ class Remote:
         done.seconds = time.perf_counter() - start
         return done
 
+    def _pull_locked(self, records: dict[str, dict[str, Any]], cache: Cache, done: Transfer) -> None:
+        """Download and install entries, each into its staging folder under its key's lock (held throughout:
+        no sweep deletes a transfer in flight, and a build of the key waits for it, then finds it cached)."""
+        with contextlib.ExitStack() as stack:
+            staging = {key: stack.enter_context(cache.staging(key, resumable="pull")) for key in records}
+            for key in [key for key in records if _sound(cache, key)]:  # another process got it while we waited
+                done.present.append(key)
+                del records[key]
+            downloads = {}
+            for key, record in records.items():
+                _keep_only(staging[key], set(record["files"]))
+                for rel, info in record["files"].items():
+                    downloads[(key, rel)] = (staging[key] / rel, info["hash"], info["bytes"])
+            install = _when_complete({key: {(key, rel) for rel in record["files"]} for key, record in records.items()},
+                                     lambda key: self._install(cache, key, staging[key], done))
+            errors, objects, nbytes = self._transfer("pull", downloads, self._download_object, on_done=install)
+            done.objects, done.bytes = done.objects + objects, done.bytes + nbytes
+            for key, record in records.items():
+                problems = [errors[(key, rel)] for rel in record["files"] if (key, rel) in errors]
+                if not problems:
+                    continue
+                damaged = problems[0].startswith("damaged")
+                (done.refused if damaged else done.failed)[key] = problems[0]
+                if damaged:
+                    shutil.rmtree(staging[key], ignore_errors=True)
+
+    def _require_root(self) -> None:
+        """A pull from a bucket or prefix that does not exist is a mistake (a typo), not 'nothing there'."""
+        self.fs.invalidate_cache()
+        if not self.fs.exists(self.root):
+            raise UserError(f"remote {self.url} does not exist (no bucket, folder or prefix there)", field="--remote",
+                            hint="check the URL for a typo; a first `synthforge cache push` creates a new remote")
+
     @staticmethod
-    def _install(cache: Cache, key: str, done: Transfer) -> None:
-        refusal = _install_verified(cache, key, _staging(cache, key))
+    def _install(cache: Cache, key: str, staging: Path, done: Transfer) -> None:
+        refusal = _install_verified(cache, key, staging)
         if refusal:
             done.refused[key] = refusal
         else:
@@ -336,7 +365,9 @@ class Remote:
             record = json.loads(raw)
             files = record["files"]
             ok = (record.get("key") == key and "manifest.json" in files
-                  and all({"hash", "bytes"} <= set(info) and _inside(rel) for rel, info in files.items()))
+                  and (record.get("responses") is None or is_key(record["responses"]))
+                  and all(isinstance(info, dict) and is_key(info.get("hash")) and type(info.get("bytes")) is int
+                          and info["bytes"] >= 0 and _inside(rel) for rel, info in files.items()))
         except (ValueError, AttributeError, KeyError, TypeError):
             ok = False
         return record if ok else "damaged record (unreadable, for another key, or naming files outside the entry)"
@@ -408,10 +439,7 @@ class Remote:
         folder = cache.root / "shared" / "responses"
         if not (folder / DB_NAME).is_file():
             return None
-        tmp_root = cache.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        snapshot = tmp_root / f"responses.{uuid.uuid4().hex}.sqlite"
-        try:
+        with cache.scratch_file("responses", ".sqlite") as snapshot:
             with ResponseCache(folder) as responses:
                 name = responses.snapshot(snapshot)
             path = self.snapshot_path(name)
@@ -419,8 +447,6 @@ class Remote:
                 self._put_atomic(snapshot, path)
                 done.objects, done.bytes = done.objects + 1, done.bytes + snapshot.stat().st_size
             return name
-        finally:
-            snapshot.unlink(missing_ok=True)
 
     def pull_responses(self, cache: Cache, names: list[str] | None = None, log: Callable[[str], None] = lambda m: None,
                        done: Transfer | None = None) -> int:
@@ -438,23 +464,20 @@ class Remote:
         for name in names:
             if name in merged:
                 continue
-            local = cache.root / "tmp" / f"responses.{uuid.uuid4().hex}.sqlite"
-            local.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with self._reachable():
-                    self.fs.get_file(self.snapshot_path(name), str(local))
-                if done is not None:
-                    done.objects, done.bytes = done.objects + 1, done.bytes + local.stat().st_size
-                with ResponseCache(folder, log=log) as responses:
-                    added += responses.merge(local, name)
+                with cache.scratch_file("responses", ".sqlite") as local:
+                    with self._reachable():
+                        self.fs.get_file(self.snapshot_path(name), str(local))
+                    if done is not None:
+                        done.objects, done.bytes = done.objects + 1, done.bytes + local.stat().st_size
+                    with ResponseCache(folder, log=log) as responses:
+                        added += responses.merge(local, name)
             except DamagedSnapshot as exc:
                 log(f"remote: refused response snapshot {name[:12]}: {exc} (nothing of it merged)")
                 continue
             except FileNotFoundError:
                 log(f"remote: refused response snapshot {name[:12]}: missing on the remote")
                 continue
-            finally:
-                local.unlink(missing_ok=True)
             with open(merged_file, "a") as fh:
                 fh.write(name + "\n")
         return added
@@ -466,7 +489,7 @@ class Remote:
             except FileNotFoundError:
                 return []
         names = [p.rsplit("/", 1)[-1].removesuffix(".sqlite") for p in paths]
-        return [n for n in names if len(n) == 32]
+        return [n for n in names if is_key(n)]
 
     # -- gc ------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -475,7 +498,8 @@ class Remote:
             paths = self.fs.find(f"{self.root}/entries")
         except FileNotFoundError:
             return []
-        return sorted(p.rsplit("/", 1)[-1].removesuffix(".json") for p in paths if p.endswith(".json"))
+        names = (p.rsplit("/", 1)[-1].removesuffix(".json") for p in paths if p.endswith(".json"))
+        return sorted(name for name in names if is_key(name))  # anything else is no record of ours: never touched
 
     def gc(self, keep: set[str], dry_run: bool) -> tuple[int, int, int]:
         """Remove records not in `keep`, then objects and snapshots no kept record names; (entries, objects, bytes)."""
@@ -539,11 +563,18 @@ def _when_complete(groups: dict[str, set[Any]], then: Callable[[str], None]) -> 
 
 
 def _inside(relative: str) -> bool:
-    """A record's file name stays inside the entry folder (no absolute path, no '..')."""
-    from pathlib import PurePosixPath
+    """A record's file name is a plain relative path inside the entry folder: no absolute path, no '..' or '.'
+    part, no empty part, no backslash, no hidden name (a '.x' could pass for a partial download)."""
+    if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
+        return False
+    return all(part and not part.startswith(".") for part in relative.split("/"))
 
-    path = PurePosixPath(relative)
-    return bool(relative) and not path.is_absolute() and ".." not in path.parts
+
+def _keep_only(staging: Path, names: set[str]) -> None:
+    """Remove files a resumed staging folder holds that the record does not name (from an older record)."""
+    for path in [p for p in staging.rglob("*") if p.is_file()]:
+        if path.relative_to(staging).as_posix() not in names:
+            path.unlink()
 
 
 def _modified(info: dict[str, Any]) -> float:
@@ -580,16 +611,11 @@ def _sound(cache: Cache, key: str) -> bool:
     return cache.problems(key) == []
 
 
-def _staging(cache: Cache, key: str) -> Path:
-    """A fixed folder per key under tmp/, so an interrupted pull resumes; gc sweeps it when unlocked."""
-    return cache.root / "tmp" / f"{key}.pull"
-
-
 def _install_verified(cache: Cache, key: str, staging: Path) -> str | None:
-    """Install a downloaded entry if it is sound (Cache.install verifies it); why not, otherwise."""
+    """Install a downloaded entry if it is sound (Cache.install verifies it, the exact file list included);
+    why not, otherwise. The caller holds the key's lock (`Cache.staging`)."""
     try:
-        with cache.lock(key):
-            cache.install(key, staging)
+        cache.install(key, staging)
     except DamagedEntry as exc:
         return exc.problem
     finally:

@@ -48,10 +48,10 @@ def test_install_keeps_a_sound_entry_unless_replace(tmp_path):
     cache = Cache(tmp_path / "cache")
     with cache.writing(KEY) as work:
         write_rows(work, ["old"])
-    newer = cache.staging_dir(KEY)
-    write_rows(newer, ["new"])
-    assert cache.install(KEY, newer) is False and ids_in(cache) == ["old"]
-    assert cache.install(KEY, newer, replace=True) is True and ids_in(cache) == ["new"]
+    with cache.staging(KEY) as newer:
+        write_rows(newer, ["new"])
+        assert cache.install(KEY, newer) is False and ids_in(cache) == ["old"]
+        assert cache.install(KEY, newer, replace=True) is True and ids_in(cache) == ["new"]
     assert not newer.exists() and [p.name for p in (cache.root / "tmp").iterdir()] == []
 
 
@@ -61,16 +61,15 @@ def test_install_replaces_a_damaged_entry_without_being_asked(tmp_path):
         write_rows(work, ["old"])
     (cache.entry_path(KEY) / "data.parquet").write_bytes(b"garbage")
     assert cache.problems(KEY) == ["table data: content hash mismatch"]
-    fresh = cache.staging_dir(KEY)
-    write_rows(fresh, ["fresh"])
-    assert cache.install(KEY, fresh) is True and cache.problems(KEY) == [] and ids_in(cache) == ["fresh"]
+    with cache.staging(KEY) as fresh:
+        write_rows(fresh, ["fresh"])
+        assert cache.install(KEY, fresh) is True and cache.problems(KEY) == [] and ids_in(cache) == ["fresh"]
 
 
 def test_install_refuses_a_folder_for_another_key(tmp_path):
     cache = Cache(tmp_path / "cache")
-    folder = cache.staging_dir(KEY)
-    write_rows(folder, ["a"], components={"kind": "fixture", "n": 2})
-    with pytest.raises(DamagedEntry, match="manifest is for key"):
+    with cache.staging(KEY) as folder, pytest.raises(DamagedEntry, match="manifest is for key"):
+        write_rows(folder, ["a"], components={"kind": "fixture", "n": 2})
         cache.install(KEY, folder)
     assert cache.get(KEY) is None
 
@@ -135,7 +134,7 @@ def test_a_nested_lease_keeps_the_outer_one_until_the_outer_block_ends(tmp_path)
         write_rows(work, ["a"])
     entry = cache.get(KEY)
     with cache.lease([KEY]):
-        with cache.lease([KEY, "other"]):
+        with cache.lease([KEY, key_of("other")]):
             assert pickle.loads(pickle.dumps(cache))._leased == set()  # a copy elsewhere holds no lease
         assert cache.remove(entry) is False  # the inner block's end released nothing of the outer lease
     assert cache.remove(entry) is True
@@ -143,10 +142,14 @@ def test_a_nested_lease_keeps_the_outer_one_until_the_outer_block_ends(tmp_path)
 
 def test_sweep_removes_scratch_of_dead_writers_only(tmp_path):
     cache = Cache(tmp_path / "cache")
-    dead, live = cache.staging_dir("deadkey"), cache.staging_dir("livekey")
-    with cache.lock("livekey"):
+    dead_key, live_key = key_of("dead"), key_of("live")
+    with cache.staging(dead_key, resumable="pull") as dead:  # kept after its writer is gone, as a killed pull leaves it
+        pass
+    with cache.staging(live_key) as live, cache.scratch_file("responses", ".sqlite") as snapshot:
+        snapshot.write_bytes(b"in flight")
         assert cache.sweep_tmp() == 1
-    assert not dead.exists() and live.exists()
+        assert live.exists() and snapshot.exists()
+    assert not dead.exists()
 
 
 def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
@@ -166,3 +169,22 @@ def test_a_manifest_read_twice_is_checked_against_its_current_bytes(tmp_path):
     manifest_path.write_text(manifest_path.read_text().replace('"n": 1', '"n": 10'))
     with pytest.raises(DamagedEntry, match="checksum mismatch"):
         read_manifest(cache.entry_path(KEY), KEY)
+
+
+def test_an_entry_holds_exactly_its_manifest_files(tmp_path):
+    """What a step leaves beside its tables and artifacts is dropped; a folder from elsewhere holding more is refused."""
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+        (work / "scratch.bin").write_bytes(b"left behind")
+        (work / "notes").mkdir()
+        (work / "notes" / ".hidden").write_text("x")
+    assert sorted(p.name for p in cache.entry_path(KEY).rglob("*") if p.is_file()) == ["data.parquet", "manifest.json"]
+    assert cache.verify(cache.get(KEY)) == []
+    other = key_of({"kind": "fixture", "n": 3})
+    with cache.staging(other) as folder:
+        write_rows(folder, ["b"], components={"kind": "fixture", "n": 3})
+        (folder / ".data.parquet").write_bytes((folder / "data.parquet").read_bytes())
+        with pytest.raises(DamagedEntry, match="not listed in the manifest"):
+            cache.install(other, folder)
+    assert cache.get(other) is None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from synthforge.cache import Cache, DamagedEntry, Manifest, read_manifest
+from synthforge.keys import key_of
 from tests.conftest import BASIC
 from tests.fake_openai_server import FakeOpenAIServer
 
@@ -152,17 +153,17 @@ def test_install_verifies_before_renaming(tmp_path):
     import polars as pl
 
     cache = Cache(tmp_path / "cache")
-    good = fixture_entry(cache.staging_dir("x"), {"data": pl.DataFrame({"id": ["1"], "text": ["a"]})})
-    key = read_manifest(good).key
-    bad = cache.staging_dir(key)
-    shutil.copytree(good, bad, dirs_exist_ok=True)
-    (bad / "data.parquet").write_bytes(b"PAR1 not really")
-    assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
-    with pytest.raises(DamagedEntry, match="content hash mismatch"):
-        cache.install(key, bad)
-    assert cache.get(key) is None
-    assert cache.install(key, good) and cache.problems(key) == []
-    assert not cache.install(key, shutil.copytree(cache.entry_path(key), cache.staging_dir(key), dirs_exist_ok=True))
+    with cache.staging(key_of("x")) as scratch:
+        good = fixture_entry(scratch / "good", {"data": pl.DataFrame({"id": ["1"], "text": ["a"]})})
+        key = read_manifest(good).key
+        bad = shutil.copytree(good, scratch / "bad")
+        (bad / "data.parquet").write_bytes(b"PAR1 not really")
+        assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
+        with pytest.raises(DamagedEntry, match="content hash mismatch"):
+            cache.install(key, bad)
+        assert cache.get(key) is None
+        assert cache.install(key, good) and cache.problems(key) == []
+        assert not cache.install(key, shutil.copytree(cache.entry_path(key), scratch / "again"))
 
 
 # -- response cache ----------------------------------------------------------------------------
@@ -343,12 +344,10 @@ def test_a_full_disk_gives_one_line_and_no_half_entry(write_recipe, data_csv, ca
     assert done.returncode == 0, done.stderr
 
 
-def test_a_read_only_cache_gives_one_line(write_recipe, data_csv, tmp_path):
-    recipe = write_recipe(BASIC)
-    cache_dir = tmp_path / "ro-cache"
-    cache_dir.mkdir()
+def _read_only_run(cache_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`synthforge ARGS` with `cache_dir` read-only for it (a read-only bind mount as root, else chmod)."""
     environment = {**os.environ, "SYNTHFORGE_CACHE": str(cache_dir), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "synthforge", "build", str(recipe), "--no-progress"]
+    command = [sys.executable, "-m", "synthforge", *map(str, args)]
     if os.geteuid() == 0:  # root writes through permissions: mount the cache read-only in a private namespace
         if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
             pytest.skip("running as root without mount namespaces: cannot make a read-only folder")
@@ -357,13 +356,55 @@ def test_a_read_only_cache_gives_one_line(write_recipe, data_csv, tmp_path):
     else:
         os.chmod(cache_dir, 0o555)
     try:
-        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
     finally:
         os.chmod(cache_dir, 0o755)
+
+
+def test_a_read_only_cache_gives_one_line(write_recipe, data_csv, tmp_path):
+    recipe = write_recipe(BASIC)
+    cache_dir = tmp_path / "ro-cache"
+    cache_dir.mkdir()
+    result = _read_only_run(cache_dir, "build", recipe, "--no-progress")
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot write to {cache_dir}") and "writable cache folder" in last
     assert "Traceback" not in result.stderr
+
+
+def test_a_read_only_cache_is_verified_as_it_is_and_never_repaired(tmp_path):
+    """A sound WAL response database on a read-only mount is not 'damaged'; nothing suggests or runs a repair."""
+    import polars as pl
+
+    from synthforge.backends.llm import GenerationResponse
+    from synthforge.cache import write_entry_files
+    from synthforge.generation.response_cache import ResponseCache
+
+    cache_dir = tmp_path / "ro-cache"
+    cache = Cache(cache_dir)
+    components = {"kind": "generate", "fixture": 1}
+    with cache.writing(key_of(components)) as work:
+        write_entry_files(work, {"data": pl.DataFrame({"id": ["1"], "text": ["a"], "label": ["x"]})}, key=key_of(components),
+                          step="gen", kind="generate", components=components, timings={"started": 0.0, "seconds": 0.0})
+    responses = ResponseCache(cache.shared_dir("responses"))
+    responses.put("prompt", GenerationResponse("an answer", 3, 2))
+    responses.close()
+    database = cache_dir / "shared" / "responses" / "responses.sqlite"
+    for args in (("cache", "verify"), ("cache", "verify", "--repair")):
+        checked = _read_only_run(cache_dir, *args)
+        assert checked.returncode == 0 and "1 entries verified, all sound" in checked.stdout, checked.stdout + checked.stderr
+    assert database.is_file() and not list(database.parent.glob("*.damaged-*"))
+    pushed = _read_only_run(cache_dir, "cache", "push", "--remote", tmp_path / "remote", "--no-progress")
+    assert pushed.returncode == 2 and "Traceback" not in pushed.stderr
+    last = pushed.stderr.strip().splitlines()[-1]
+    assert f"the cache {cache_dir} is read-only" in last and "credentials" not in last
+    table = next(cache_dir.rglob("data.parquet"))
+    table.write_bytes(table.read_bytes()[:-9] + b"XXXXXXXXX")  # real damage in a read-only cache
+    for args in (("cache", "verify"), ("cache", "verify", "--repair")):
+        checked = _read_only_run(cache_dir, *args)
+        assert checked.returncode == 1 and "content hash mismatch" in checked.stdout
+        assert "is read-only, so nothing was removed" in checked.stdout and "--repair" not in checked.stdout
+    assert table.is_file() and database.is_file()
 
 
 def test_claims_wait_for_live_owners_and_take_over_from_dead_ones(tmp_path):

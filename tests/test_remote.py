@@ -340,3 +340,188 @@ def test_an_unreachable_remote_is_one_line_and_a_build_goes_on_without_it(
     pushed = cli("cache", "push", recipe, "--cache-dir", tmp_path / "a", "--remote", "s3://nowhere/x")
     assert pushed.exit_code == 2 and pushed.output.startswith("error: remote s3://nowhere/x:")
     assert len(pushed.output.strip().splitlines()) == 1 and "Traceback" not in pushed.output
+
+
+# -- nothing outside the cache is touched ------------------------------------------------------------
+
+
+def files_outside(root: Path, cache: Path) -> dict[str, bytes]:
+    """Every file under `root` but outside `cache`, with its bytes."""
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file() and cache not in p.parents}
+
+
+PATH_LIKE_KEYS = ["../../victim", "../victim", "..", ".", "/tmp", "victim", "a/../../victim", "0" * 31, "0" * 33,
+                  "A" * 32, "g" * 32, "0" * 30 + "/.", "0" * 16 + "/../" + "0" * 12, "0" * 32 + "\n", ""]
+
+
+def test_path_like_keys_in_a_lockfile_are_one_line_errors_and_touch_nothing(cli, write_recipe, data_csv, tmp_path):
+    """`cache pull evil.lock` whose key is '../../victim' once wrote outside the cache and rmtree'd a folder."""
+    recipe = write_recipe(BASIC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli("build", recipe, "--cache-dir", a, "--push", "--remote", tmp_path / "remote")
+    for folder in (tmp_path / "victim.pull", tmp_path / "victim", tmp_path / "a" / "victim.pull"):  # where '../../victim' led
+        folder.mkdir(parents=True)
+        (folder / "keep.txt").write_text("a user's file")
+    (tmp_path / "evil").mkdir()
+    before = files_outside(tmp_path, b)
+    real = graph_keys(recipe)
+    for trial, bad in enumerate(PATH_LIKE_KEYS):
+        lock = json.loads(recipe.with_suffix(".lock").read_text())
+        lock["variants"]["default"]["split"] = bad
+        evil = tmp_path / "evil" / f"{trial}.lock"
+        evil.write_text(json.dumps(lock, indent=1))
+        pulled = cli("cache", "pull", evil, "--cache-dir", b, "--remote", tmp_path / "remote", "--no-progress")
+        assert pulled.exit_code == 2, (bad, pulled.output)
+        lines = pulled.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {evil}:") and "variants.default.split" in lines[0]
+        assert "not a cache key" in lines[0] and "Traceback" not in pulled.output
+        evil.unlink()
+    assert files_outside(tmp_path, b) == before  # nothing written, nothing removed
+    assert not b.exists() or not [p for p in b.rglob("*") if p.is_file()]
+    assert cli("cache", "pull", recipe.with_suffix(".lock"), "--cache-dir", b, "--remote", tmp_path / "remote",
+               "--no-progress").exit_code == 0
+    assert all(Cache(b).problems(key) == [] for key in real.values())
+
+
+def test_the_cache_refuses_a_key_that_is_not_one_as_a_last_line_of_defence(tmp_path):
+    from synthforge.errors import UserError
+
+    cache = Cache(tmp_path / "cache")
+    remote = Remote(str(tmp_path / "remote"), progress=False)
+    for bad in PATH_LIKE_KEYS:
+        for path_of in (cache.entry_path, cache.derived_path):
+            with pytest.raises(UserError, match="not a cache key"):
+                path_of(bad)
+        for hold in (cache.lock, cache.staging, lambda key: cache.lease([key])):
+            with pytest.raises(UserError, match="not a cache key"), hold(bad):
+                pass
+        for move in (remote.pull_many, remote.push_many):
+            with pytest.raises(UserError, match="not a cache key"):
+                move([bad], cache)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*victim*"))
+
+
+PLANTED_NAMES = ["a\\..\\..\\x", ".x", ".data.parquet", "./x", "x/../../y", "../x", "/abs/x", "artifacts/../../../z",
+                 "extra.txt", "artifacts/extra", "sub/.hidden", "a//b", "data.parquet/", "sub/x.parquet", "x\x00y"]
+
+
+def test_a_record_that_plants_files_the_manifest_does_not_list_installs_nothing(cli, write_recipe, data_csv, tmp_path):
+    """A pulled entry holds exactly its manifest's files: a record naming any other file is refused, whole."""
+    recipe = write_recipe(BASIC)
+    remote_dir = tmp_path / "remote"
+    cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote_dir)
+    remote = Remote(str(remote_dir), progress=False)
+    key = graph_keys(recipe)["rows"]
+    sound = record(str(remote_dir), key)
+    caches = tmp_path / "pulls"
+    before = files_outside(tmp_path, caches)
+    for trial, name in enumerate(PLANTED_NAMES):
+        planted = {**sound, "files": {**sound["files"], name: sound["files"]["manifest.json"]}}
+        remote.fs.pipe_file(remote.record_path(key), json.dumps(planted).encode())
+        cache = caches / str(trial)
+        pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", cache, "--remote", remote_dir, "--no-progress")
+        assert pulled.exit_code == 1 and "refused 1 damaged entries" in pulled.output, (name, pulled.output)
+        assert Cache(cache).get(key) is None and not any((cache / "tmp").glob("*")), name
+    for field, value in (("hash", "../../../../outside"), ("hash", sound["files"]["manifest.json"]["hash"].upper()),
+                         ("bytes", -1), ("bytes", "12")):  # an object path outside the remote, a size that is no size
+        planted = {**sound, "files": {**sound["files"], "manifest.json": {**sound["files"]["manifest.json"], field: value}}}
+        remote.fs.pipe_file(remote.record_path(key), json.dumps(planted).encode())
+        pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / field, "--remote", remote_dir,
+                     "--no-progress")
+        assert pulled.exit_code == 1 and "damaged record" in pulled.output, (field, value, pulled.output)
+    remote.fs.pipe_file(remote.record_path(key), json.dumps({**sound, "responses": "../../x"}).encode())
+    pulled = cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / "responses", "--remote", remote_dir,
+                 "--no-progress")
+    assert pulled.exit_code == 1 and "damaged record" in pulled.output
+    assert files_outside(tmp_path, caches) == {**before, **files_outside(remote_dir, caches)}  # only the records changed
+    remote.fs.pipe_file(remote.record_path(key), json.dumps(sound).encode())
+    assert cli("cache", "pull", recipe, "--step", "rows", "--cache-dir", caches / "ok", "--remote", remote_dir,
+               "--no-progress").exit_code == 0
+    assert Cache(caches / "ok").verify(Cache(caches / "ok").get(key)) == []
+
+
+@pytest.mark.parametrize("tail", ["?secret=sfQuerySecret42", "#sfQuerySecret42", "?x=1&token=sfQuerySecret42"])
+def test_a_query_string_or_fragment_in_the_remote_url_is_refused_without_echoing_it(cli, write_recipe, data_csv, tmp_path,
+                                                                                    tail):
+    recipe = write_recipe(BASIC)
+    for command in (("cache", "push", recipe), ("build", recipe, "--push"), ("cache", "pull", recipe),
+                    ("cache", "gc", "--dry-run")):
+        refused = cli(*command, "--cache-dir", tmp_path / "a", "--remote", f"s3://bucket/x{tail}")
+        assert refused.exit_code == 2 and "carries a query string or fragment" in refused.output, refused.output
+        assert "sfQuerySecret42" not in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_pulling_from_a_bucket_or_prefix_that_does_not_exist_is_one_line_exit_2(cli, write_recipe, data_csv, tmp_path,
+                                                                                s3_env):
+    recipe = write_recipe(BASIC)
+    cli("build", recipe, "--cache-dir", tmp_path / "a")
+    bucket = new_bucket()
+    for url in (f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x", f"s3://{bucket}/no-such-prefix", str(tmp_path / "nowhere")):
+        pulled = cli("cache", "pull", recipe, "--cache-dir", tmp_path / "b", "--remote", url, "--no-progress")
+        assert pulled.exit_code == 2 and "does not exist" in pulled.output, pulled.output
+        assert len(pulled.output.strip().splitlines()) == 1 and "not on the remote" not in pulled.output
+    pushed = cli("cache", "push", recipe, "--cache-dir", tmp_path / "a", "--remote", f"s3://{bucket}/team", "--no-progress")
+    assert pushed.exit_code == 0, pushed.output  # a first push creates the prefix
+    pulled = cli("cache", "pull", recipe, "--cache-dir", tmp_path / "b", "--remote", f"s3://{bucket}/team", "--no-progress")
+    assert pulled.exit_code == 0 and "pulled 2 entries" in pulled.output
+    built = cli("build", recipe, "--cache-dir", tmp_path / "c", "--remote", f"s3://{bucket}/elsewhere", "--no-progress")
+    assert built.exit_code == 0 and "does not exist" in built.output and "building without it" in built.output
+
+
+def _sweep_in_another_process(cache_dir: Path) -> int:
+    code = "import sys; from synthforge.cache import Cache; print(Cache(sys.argv[1]).sweep_tmp())"
+    done = subprocess.run([sys.executable, "-c", code, str(cache_dir)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_a_sweep_during_a_pull_deletes_nothing_in_flight(cli, write_recipe, data_csv, tmp_path, monkeypatch):
+    """Every tmp path is made under its owner's lock: a concurrent build's or gc's sweep_tmp leaves transfers alone."""
+    recipe = write_recipe(BASIC)
+    a, b, remote_dir = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
+    cli("build", recipe, "--cache-dir", a, "--push", "--remote", remote_dir)
+    (b / "tmp").mkdir(parents=True)
+    (b / "tmp" / f"{'0' * 32}.pull").mkdir()  # a dead pull's leftover: the one thing a sweep may take
+    real_download, swept = Remote._download_object, []
+
+    def download_then_sweep(self, item, target):
+        size = real_download(self, item, target)
+        swept.append(_sweep_in_another_process(b))  # the file is in tmp/<key>.pull now, its entry not yet installed
+        return size
+
+    monkeypatch.setattr(Remote, "_download_object", download_then_sweep)
+    remote = Remote(str(remote_dir), progress=False, jobs=1)
+    done = remote.pull_many(graph_keys(recipe).values(), Cache(b))
+    assert sorted(done.entries) == sorted(graph_keys(recipe).values()) and not done.refused and not done.failed
+    assert swept[0] == 1 and set(swept[1:]) == {0}, swept
+    assert all(Cache(b).verify(entry) == [] for entry in Cache(b).entries())
+
+
+def test_a_sweep_during_a_response_snapshot_transfer_deletes_nothing_in_flight(tmp_path, monkeypatch):
+    from synthforge.backends.llm import GenerationResponse
+    from synthforge.generation.response_cache import ResponseCache
+    from synthforge.remote import Transfer
+
+    a, b = Cache(tmp_path / "a"), Cache(tmp_path / "b")
+    responses = ResponseCache(a.shared_dir("responses"))
+    for n in range(5):
+        responses.put(f"prompt-{n}", GenerationResponse(f"answer {n}", 3, 2))
+    responses.close()
+    remote = Remote(str(tmp_path / "remote"), progress=False)
+    real_put, real_get, swept = remote._put_atomic, remote.fs.get_file, []
+
+    def put_after_a_sweep(source, target):
+        swept.append(_sweep_in_another_process(a.root))
+        return real_put(source, target)
+
+    def get_then_sweep(source, target, **kwargs):
+        real_get(source, target, **kwargs)
+        swept.append(_sweep_in_another_process(b.root))
+
+    monkeypatch.setattr(remote, "_put_atomic", put_after_a_sweep)
+    monkeypatch.setattr(remote.fs, "get_file", get_then_sweep)
+    name = remote._push_responses(a, Transfer())
+    assert name and remote.pull_responses(b, [name]) == 5
+    assert swept == [0, 0]
+    assert not list((a.root / "tmp").iterdir()) and not list((b.root / "tmp").iterdir())

@@ -98,15 +98,17 @@ def _damaged_keys(db: sqlite3.Connection) -> list[str]:
     return [row[0] for row in db.execute(f"SELECT {_ROW} FROM responses") if not _sound(row)]
 
 
-def response_db_problems(folder: Path) -> list[str]:
+def response_db_problems(folder: Path, read_only: bool = False) -> list[str]:
     """What is wrong with the response database in `folder` (empty when sound or absent): the file, then every row.
 
-    A database from before content hashes has nothing to check its rows against: its first open adopts them."""
+    A database from before content hashes has nothing to check its rows against: its first open adopts them.
+    `read_only`: the folder cannot be written (a read-only mount), where sqlite cannot open a WAL
+    database's shared memory: the file is checked as immutable instead of reported as damaged."""
     path = Path(folder) / DB_NAME
     if not path.is_file():
         return []
     try:
-        with contextlib.closing(_connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with contextlib.closing(_connect(f"file:{path}?mode=ro{'&immutable=1' if read_only else ''}", uri=True)) as db:
             rows = [r[0] for r in db.execute("PRAGMA quick_check")]
             if rows != ["ok"]:
                 return [f"{path.name}: {rows[0]}"]

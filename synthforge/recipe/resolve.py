@@ -68,6 +68,7 @@ class Recipe:
     lines: dict[tuple[Any, ...], int]
     variants: list[Variant] = field(default_factory=list)
     narrowed: dict[str, Any] = field(default_factory=dict)  # matrix variables `--set` narrowed to one value
+    overrides: dict[str, Any] = field(default_factory=dict)  # every `--set` (API `set=`): the recipe as not written
 
     @property
     def name(self) -> str:
@@ -126,7 +127,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     _check_matrix_axes(written, data, filename, lines)
     model = apply_overrides(written, overrides or {}, filename)
     _check_variant_count(model, filename, lines)
-    recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed_axes(written, overrides or {}))
+    recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed_axes(written, overrides or {}),
+                    overrides=dict(overrides or {}))
     _check_replicate_var(recipe, overrides or {})
     for matrix_values in _matrix_combinations(model.matrix):
         for replicate in range(model.replicates):
