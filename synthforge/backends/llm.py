@@ -138,7 +138,10 @@ def checked_base_url(value: str, field: str) -> str:
         raise UserError("credentials in base_url are refused", field=field,
                         hint="remove user:password@ and name the variable holding the key in api_key_env")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"base_url must be an http(s) URL, got '{value}'", field=field, hint="e.g. http://127.0.0.1:8000/v1")
+        from synthforge.keys import shown_url
+
+        raise UserError(f"base_url must be an http(s) URL, got '{shown_url(value)}'", field=field,
+                        hint="e.g. http://127.0.0.1:8000/v1")
     return value
 
 
