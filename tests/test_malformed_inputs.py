@@ -122,6 +122,19 @@ CASES = [
            message="r.yaml:9: steps.gen.template: unsafe template: a filter argument over 200,000"),
     recipe(HEAD + "steps:\n" + gen(template="'{{ \"a\" * 150000 }}{{ \"b\" * 150000 }}'"), command="build", id="prompt-too-long",
            message="r.yaml:9: steps.gen.template: rendered prompt is longer than 200,000 characters (shorten the template, its variables or few_shot_k)"),
+    recipe(HEAD + "steps:\n" + gen(template="'{{ 9 ** 9 ** 9 }}'"), id="template-power-tower",
+           message="r.yaml:9: steps.gen.template: unsafe template on line 1: '**' result larger than 2^128"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x'"),
+           id="template-nested-literal-ranges", message="r.yaml:9: steps.gen.template: template on line 1: nested loops run "
+           "10,000,000,000 times, over the budget of 5,000,000 operations per prompt (loop over fewer items (a prompt needs a few))"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% for i in range(100000) %}{% for c in label * 40000 %}{% endfor %}{% endfor %}x'"),
+           command="build", id="template-nested-loops-cpu-bomb", message="r.yaml:9: steps.gen.template: template rendering took more "
+           "than 5,000,000 operations (loop iterations, calls, repeated items) (loop over fewer items (a prompt needs a few))"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}'"),
+           command="build", id="template-squaring-loop", message="r.yaml:9: steps.gen.template: unsafe template: '*' result larger than 2^128"),
+    recipe(HEAD + "steps:\n" + gen(template="'{{ lipsum(199999) }}'"), command="build", id="template-lipsum-bomb",
+           message="r.yaml:9: steps.gen.template: template rendering took more than 5,000,000 operations (loop iterations, calls, "
+           "repeated items) (loop over fewer items (a prompt needs a few))"),
     recipe(HEAD + "steps:\n" + gen(template="'{{ 1 / 0 }}'"), command="build", id="template-division-by-zero", message="r.yaml:9: steps.gen.template: template error: ZeroDivisionError: division by zero"),
     # -- budget -----------------------------------------------------------------------------------------------------
     recipe(HEAD + "steps:\n" + gen(n=10**23), command="build", id="budget-requests", message="r.yaml:4: steps.gen: the build plans ~100,000,000,000,000,000,000,000 LLM requests (this step ~100,000,000,000,000,000,000,000), over the budget of 100,000 (lower n, or raise budget.max_requests in the recipe or --max-requests on the command line)"),
