@@ -95,6 +95,7 @@ class Runtime:
     max_tokens: int | None = None
     shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
     ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
+    llm_budget: Any = None  # the build's shared request count (backends.llm.RequestBudget), set by the builder
 
     def resolve(self, name: str, *recipe_values: Any, default: Any = None) -> Any:
         """The one rule for a runtime setting (docs/recipes.md, "Runtime settings"): the command line

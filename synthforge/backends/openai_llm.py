@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from synthforge.backends.llm import (
-    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig,
+    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig, RequestBudget,
 )
 from synthforge.errors import UserError
 from synthforge.keys import credential_free_url, shown_url, url_secrets
@@ -149,6 +149,11 @@ class OpenAILLM:
         self.retries = 0  # retries spent in the last generate() call
         self.rate_limited = 0  # 429/503 answers in the last generate() call
         self.limiter: AdaptiveConcurrency | None = None
+        self.budget: RequestBudget | None = None
+
+    def use_budget(self, budget: RequestBudget) -> None:
+        """Charge every attempt (retries too) to the build's budget before it is sent."""
+        self.budget = budget
 
     @property
     def url(self) -> str:
@@ -232,7 +237,12 @@ class OpenAILLM:
             sent_in = await self.limiter.acquire()
             outcome = "ok"
             try:
-                return await self._attempt(client, request)
+                if self.budget is not None:
+                    self.budget.take(1)
+                response = await self._attempt(client, request)
+                if self.budget is not None:
+                    self.budget.spend_tokens(response.prompt_tokens + response.completion_tokens)
+                return response
             except RetryableError as exc:
                 outcome = "rate_limited" if exc.rate_limited else "failed"
                 self.rate_limited += exc.rate_limited

@@ -33,8 +33,8 @@ class InlineExecutor:
         self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
         self._queued: list[tuple["Node", bool]] = []
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
 
     def submit(self, node: "Node", force: bool) -> None:
         self._queued.append((node, force))
@@ -73,20 +73,27 @@ class ProcessExecutor:
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int | None = 1):
         self.slots = jobs
         self.model_slots = models
-        # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
-        worker_runtime = replace(runtime, progress=False)
-        threads = max(1, usable_cpus() // jobs)
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime, threads),
-        )
+        self.graph, self.cache, self.runtime = graph, cache, runtime
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._futures: dict[concurrent.futures.Future, str] = {}
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
+
+    def _started(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The pool, made on the first submit: its workers get the runtime `prepare` settled."""
+        if self._pool is None:
+            # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
+            worker_runtime = replace(self.runtime, progress=False)
+            threads = max(1, usable_cpus() // self.slots)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.graph, str(self.cache.root.resolve()), worker_runtime, threads),
+            )
+        return self._pool
 
     def submit(self, node: "Node", force: bool) -> None:
-        self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
+        self._futures[self._started().submit(_run_in_worker, node.key, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -100,7 +107,8 @@ class ProcessExecutor:
         return finished
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class AutoExecutor:
@@ -113,7 +121,8 @@ class AutoExecutor:
         self._inner: InlineExecutor | ProcessExecutor | None = None
         self.slots, self.model_slots = 1, 1
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
         jobs = min(self.cpus, plan_width(nodes))
         if jobs > 1:
             self._inner = ProcessExecutor(self.graph, self.cache, self.runtime, jobs, self.models)

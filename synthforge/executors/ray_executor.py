@@ -71,8 +71,9 @@ class RayExecutor:
 
         self._on_driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        if runtime is not None:
+            self._runtime = replace(runtime, progress=False, ray=True)
 
     def submit(self, node: "Node", force: bool) -> None:
         placement = {"scheduling_strategy": self._on_driver_node} if node.resolved.step.row_parallel else {}

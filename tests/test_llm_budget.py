@@ -1,0 +1,100 @@
+"""The LLM budget holds while a build runs: every request sent (retries too) counts, across steps and worker
+processes; at the cap the build stops with a one-line error and keeps every answered response."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from synthforge.backends.llm import BudgetSpent, ChargedUpFront, GenerationRequest, GenerationResponse, RequestBudget
+from synthforge.cli import main
+from tests.fake_openai_server import FakeOpenAIServer
+
+
+def generate_step(name: str, url: str, n: int) -> str:
+    return (f"  {name}:\n    kind: generate\n    n: {n}\n    labels: [good, bad]\n    variables: {{topic: [plot, cast, music]}}\n"
+            f"    template: 'Write a {{{{ label }}}} review about {{{{ topic }}}} ({name}).'\n"
+            f"    backend: {{type: openai, base_url: '{url}', model: m, concurrency: 1, max_retries: 5, backoff_s: 0.01}}\n")
+
+
+def build(tmp_path: Path, monkeypatch, text: str, *args: str):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHFORGE_CACHE", str(tmp_path / "cache"))
+    Path("r.yaml").write_text(text)
+    return CliRunner().invoke(main, ["build", "r.yaml", "-q", *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as fake:
+        yield fake
+
+
+def test_retries_count_and_the_build_stops_at_the_cap_keeping_the_answers(tmp_path, monkeypatch, server):
+    server.fail_plan = ["500"] * 5
+    text = "name: b\nsteps:\n" + generate_step("gen", server.base_url, 10)
+    result = build(tmp_path, monkeypatch, text, "--max-requests", "10")
+    assert result.exit_code == 2, result.output
+    assert len(server.requests) == 10 and server.ok_count == 5  # 5 failures + 5 answers, then no more
+    last = result.stderr.strip().splitlines()[-1]
+    assert "steps.gen" in last and "LLM budget spent: 10 of 10 requests (retries included) used" in last, last
+    assert "--max-requests" in last and "Traceback" not in result.output
+    assert not any((tmp_path / "cache" / "shared" / "budgets").iterdir())  # the build's count is gone with it
+
+    result = build(tmp_path, monkeypatch, text, "--max-requests", "100")  # a higher cap resumes
+    assert result.exit_code == 0, result.output
+    assert len(server.requests) == 15 and server.ok_count == 10  # the 5 answered were not asked again
+
+
+def test_parallel_workers_share_one_count(tmp_path, monkeypatch, server):
+    server.fail_plan = ["500"] * 4
+    text = "name: b\nsteps:\n" + generate_step("one", server.base_url, 6) + generate_step("two", server.base_url, 6)
+    result = build(tmp_path, monkeypatch, text, "--max-requests", "12", "--jobs", "2")
+    assert result.exit_code == 2, result.output
+    assert len(server.requests) == 12  # each worker alone would have sent up to 12
+    assert "LLM budget spent: 12 of 12 requests" in result.stderr
+
+
+def test_the_token_cap_stops_further_requests(tmp_path):
+    budget = RequestBudget.create(tmp_path, max_requests=100, max_tokens=25)
+    try:
+        assert budget.take(1) == 1
+        budget.spend_tokens(30)
+        with pytest.raises(BudgetSpent, match="30 of 25 tokens used"):
+            budget.take(1)
+        assert budget.spent() == (1, 30)
+    finally:
+        budget.remove()
+    assert not list(tmp_path.iterdir())
+
+
+class _Echo:
+    type = "echo"
+
+    def __init__(self):
+        self.sent: list[GenerationRequest] = []
+
+    def generate(self, requests, on_response=None, on_tokens=None):
+        responses = []
+        for i, request in enumerate(requests):
+            self.sent.append(request)
+            responses.append(GenerationResponse("ok", 3, 4))
+            if on_response is not None:
+                on_response(i, responses[-1])
+        return responses
+
+
+def test_a_backend_without_use_budget_sends_only_what_fits(tmp_path):
+    budget = RequestBudget.create(tmp_path, max_requests=3, max_tokens=10**6)
+    inner, answered = _Echo(), []
+    backend = ChargedUpFront(inner, budget)
+    requests = [GenerationRequest((("user", str(i)),), 0.5, 1.0, 8, i) for i in range(5)]
+    try:
+        with pytest.raises(BudgetSpent, match="3 of 3 requests"):
+            backend.generate(requests, on_response=lambda i, r: answered.append(i))
+        assert len(inner.sent) == 3 and answered == [0, 1, 2] and budget.spent() == (3, 21)
+        assert backend.type == "echo"
+    finally:
+        budget.remove()
