@@ -3,12 +3,19 @@
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
 Each worker receives the graph once (pool initializer), then only node keys. The workers share the
 CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
+Workers die with the build: on Linux the kernel kills them when their parent dies (PR_SET_PDEATHSIG),
+elsewhere a watchdog thread notices the parent is gone; a killed build leaves no worker spending CPU or
+an LLM budget.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -57,9 +64,33 @@ class InlineExecutor:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
+PARENT_POLL_S = 0.5  # the watchdog's interval where the kernel cannot signal a parent's death
+
+
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int, parent: int) -> None:
+    die_with_parent(parent)
     limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end when process `parent` does (even by SIGKILL, which runs no cleanup there)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before the call: no signal will come
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), name="synthforge-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # reparented: the build is gone, so is any reader of this worker's result
 
 
 def _run_in_worker(key: str, force: bool) -> NodeRun:
@@ -88,7 +119,8 @@ class ProcessExecutor:
             threads = max(1, usable_cpus() // self.slots)
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.graph, str(self.cache.root.resolve()), worker_runtime, threads),
+                initializer=_init_worker,
+                initargs=(self.graph, str(self.cache.root.resolve()), worker_runtime, threads, os.getpid()),
             )
         return self._pool
 
