@@ -53,7 +53,7 @@ CASES = [
     recipe("", id="empty-file", message="r.yaml:1: a recipe must be a YAML mapping (start with 'name:' and 'steps:')"),
     recipe(HEAD, id="missing-steps", message="r.yaml:1: steps: required field is missing (expected a mapping of step names to step configs, each with a 'kind')"),
     recipe(HEAD + "stepz: {}\nsteps:\n" + LOAD, id="unknown-top-field", message="r.yaml:3: stepz: unknown field 'stepz' (did you mean 'steps'?)"),
-    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: seed must be a valid integer or a ${var} placeholder (got 'lots') (expected an integer seed, or a `${var}` placeholder resolved per variant; it enters every seeded step's key)"),
+    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: seed must be a valid integer or a ${var} placeholder (got 'lots') (expected an integer seed (0 to 2^31 - 1), or a `${var}` placeholder resolved per variant; it enters every seeded step's key)"),
     recipe(HEAD + "steps:\n  rows:\n    kind: lod\n", id="unknown-kind", message="r.yaml:5: steps.rows.kind: unknown step kind 'lod' (did you mean 'load'?)"),
     recipe(HEAD + "steps:\n  rows:\n    path: reviews.csv\n", id="missing-kind", message="r.yaml:4: steps.rows: missing 'kind' (add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train))"),
     recipe(HEAD + "steps:\n  rows: 3\n", id="step-not-mapping", message="r.yaml:4: steps.rows: Input should be a valid dictionary (got 3) (expected a mapping of step names to step configs, each with a 'kind')"),
@@ -160,7 +160,8 @@ CASES = [
     # -- command-line arguments ----------------------------------------------------------------------------------------
     recipe(HEAD + "vars:\n  per_label: 4\nsteps:\n" + LOAD + SPLIT + "    train_per_label: ${per_label}\n", "--set", "per_lable=3",
            id="set-unknown-variable", message="r.yaml: --set per_lable: no variable 'per_lable' in the recipe (did you mean 'per_label'?)"),
-    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=abc", id="set-seed-not-int", message="r.yaml: --set seed: the seed must be an integer, got 'abc' (e.g. --set seed=7)"),
+    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=abc", id="set-seed-not-int", message="r.yaml: --set seed: the seed must be an integer from 0 to 2147483647, got 'abc' (e.g. --set seed=7)"),
+    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=-5", id="set-seed-negative", message="r.yaml: --set seed: the seed must be an integer from 0 to 2147483647, got -5 (e.g. --set seed=7)"),
     recipe(HEAD + "steps:\n" + LOAD, "--set", "novalue", id="set-without-value", message="--set expects name=value, got 'novalue' (e.g. --set per_label=32)"),
     recipe(HEAD + "steps:\n" + LOAD, "--only", "rowz", id="only-unknown-step", message="no step 'rowz' in r.yaml (did you mean 'rows'?)"),
     recipe(HEAD + "steps:\n" + LOAD, "--force", "row", command="build", id="force-unknown-step", message="no step 'row' in r.yaml (did you mean 'rows'?)"),
