@@ -98,3 +98,22 @@ def test_a_backend_without_use_budget_sends_only_what_fits(tmp_path):
         assert backend.type == "echo"
     finally:
         budget.remove()
+
+
+def test_the_count_of_a_killed_build_is_dropped_by_the_next_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f"build-{host}-{dead.stdout.strip()}-abc.budget"
+    other_host = tmp_path / f"build-elsewhere-{dead.stdout.strip()}-abc.budget"
+    for path in (stale, other_host):
+        path.write_bytes(bytes(16))
+    budget = RequestBudget.create(tmp_path, 5, 5)
+    try:
+        assert not stale.exists() and other_host.exists()  # another host's build may still be running
+        assert Path(budget.path).name.startswith(f"build-{host}-")
+    finally:
+        budget.remove()

@@ -75,10 +75,13 @@ class RequestBudget:
 
     @classmethod
     def create(cls, folder: Path, max_requests: int, max_tokens: int) -> "RequestBudget":
+        import socket
         import tempfile
 
         folder.mkdir(parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=folder, prefix="build-", suffix=".budget")
+        owner = f"build-{socket.gethostname()}-"  # the folder may be shared by the hosts of a cluster
+        _remove_dead_builds(folder, owner)
+        fd, path = tempfile.mkstemp(dir=folder, prefix=f"{owner}{os.getpid()}-", suffix=".budget")
         with os.fdopen(fd, "wb") as fh:
             fh.write(_LEDGER.pack(0, 0))
         return cls(path, max_requests, max_tokens)
@@ -130,6 +133,25 @@ class RequestBudget:
             return counts
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _remove_dead_builds(folder: Path, owner: str) -> None:
+    """Drop the counts of this host's builds that were killed (their process is gone) before removing theirs."""
+    for path in folder.glob(f"{owner}*.budget"):
+        pid = path.name[len(owner):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class BudgetSpent(UserError):
