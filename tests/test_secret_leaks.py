@@ -112,3 +112,19 @@ def test_a_bad_scheme_with_a_key_in_the_query_is_refused_without_quoting_it(tmp_
     result, fake = run_build(tmp_path, monkeypatch, "other", "ok", lambda fake: f"ftp://127.0.0.1/v1?key={KEY}")
     assert result.exit_code == 2 and "must be an http(s) URL" in result.stderr
     assert fake.requests == [] and leaked(tmp_path, result) == 0
+
+
+@pytest.mark.parametrize("first,second,code", [("500", "ok", 0), ("echo_url_500", "echo_url_500", 2)])
+def test_a_key_in_an_extra_endpoints_query_is_never_recorded_or_printed(tmp_path, monkeypatch, first, second, code):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LEAK_TEST_KEY", "other")
+    with FakeOpenAIServer() as primary, FakeOpenAIServer() as extra:  # the primary fails: the extra one answers
+        primary.default, extra.default = first, second
+        text = RECIPE.format(url=f"{primary.base_url}?api_key={KEY}").replace(
+            "concurrency: 2,", f"concurrency: 2, endpoints: ['{extra.base_url}?key={KEY}'],")
+        Path("r.yaml").write_text(text)
+        result = CliRunner().invoke(main, ["build", "r.yaml", "-v"], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    assert extra.paths and set(extra.paths) == {f"/v1/chat/completions?key={KEY}"}
+    assert leaked(tmp_path, result) == 0
