@@ -117,3 +117,15 @@ def test_the_count_of_a_killed_build_is_dropped_by_the_next_one(tmp_path):
         assert Path(budget.path).name.startswith(f"build-{host}-")
     finally:
         budget.remove()
+
+
+def test_requests_in_flight_at_the_cap_are_answered_and_kept(tmp_path, monkeypatch):
+    with FakeOpenAIServer(latency_s=0.3) as slow:
+        slow.fail_plan = ["500", "500"]  # two of the first three fail: their retries meet the cap
+        text = "name: b\nsteps:\n" + generate_step("gen", slow.base_url, 4).replace("concurrency: 1", "concurrency: 3")
+        result = build(tmp_path, monkeypatch, text, "--max-requests", "4")
+        assert result.exit_code == 2 and "LLM budget spent: 4 of 4 requests" in result.stderr
+        assert len(slow.requests) == 4 and slow.ok_count == 2  # the 4th request went out before the others stopped
+        result = build(tmp_path, monkeypatch, text, "--max-requests", "100")
+        assert result.exit_code == 0, result.output
+        assert len(slow.requests) == 6  # both answers were kept (the one in flight too): only 2 asked again

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from synthforge.backends.llm import (
-    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig, RequestBudget,
+    BudgetSpent, EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig,
+    RequestBudget,
 )
 from synthforge.errors import UserError
 from synthforge.keys import credential_free_url, shown_url, url_secrets
@@ -209,9 +210,15 @@ class OpenAILLM:
             for _ in range(-(-self.concurrency // CONNECTIONS_PER_POOL))
         ]
 
+        spent: list[BudgetSpent] = []
+
         async def worker(client) -> None:
             for index in pending:  # workers share one iterator: each request is taken once
-                results[index] = await self._with_retries(client, requests[index])
+                try:
+                    results[index] = await self._with_retries(client, requests[index])
+                except BudgetSpent as exc:  # this worker stops; the others finish what they have sent (it is paid for)
+                    spent.append(exc)
+                    return
                 if on_response is not None:
                     on_response(index, results[index])
 
@@ -224,6 +231,8 @@ class OpenAILLM:
             await asyncio.gather(*workers, return_exceptions=True)
             for client in pools:
                 await client.aclose()
+        if spent:
+            raise spent[0]
         return results  # type: ignore[return-value]
 
     def _log_concurrency(self, old: int, new: int) -> None:
