@@ -129,3 +129,39 @@ def test_requests_in_flight_at_the_cap_are_answered_and_kept(tmp_path, monkeypat
         result = build(tmp_path, monkeypatch, text, "--max-requests", "100")
         assert result.exit_code == 0, result.output
         assert len(slow.requests) == 6  # both answers were kept (the one in flight too): only 2 asked again
+
+
+def _take_until_spent(budget: RequestBudget) -> int:
+    taken = 0
+    while True:
+        try:
+            taken += budget.take(1)
+        except BudgetSpent:
+            return taken
+
+
+def test_threads_and_processes_never_overdraw_the_count(tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    budget = RequestBudget.create(tmp_path, max_requests=20000, max_tokens=10**9)
+    code = ("import sys; from synthforge.backends.llm import RequestBudget; from tests.test_llm_budget import _take_until_spent; "
+            f"print(_take_until_spent(RequestBudget({budget.path!r}, 20000, 10**9)))")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    counts: list[int] = []
+    threads = [threading.Thread(target=lambda: counts.append(_take_until_spent(budget))) for _ in range(4)]
+    try:
+        while budget.spent()[0] == 0 and other.poll() is None:  # the other process is taking: now race it
+            time.sleep(0.01)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        taken_there = int(other.communicate(timeout=60)[0])
+        assert sum(counts) + taken_there == 20000 and budget.spent()[0] == 20000
+        assert taken_there > 0 and sum(counts) > 0
+    finally:
+        budget.remove()

@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ OnTokens = Callable[[int, int], None]  # (new tokens, rows finished) at a decodi
 
 _LEDGER = struct.Struct("<QQ")  # requests sent, tokens used
 _open_ledgers: dict[str, int] = {}  # path -> file descriptor, one per process
+_ledger_threads = threading.Lock()  # flock excludes other processes only: threads share this process's descriptor
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class RequestBudget:
         return cls(path, max_requests, max_tokens)
 
     def remove(self) -> None:
-        fd = _open_ledgers.pop(self.path, None)
+        with _ledger_threads:
+            fd = _open_ledgers.pop(self.path, None)
         if fd is not None:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -123,16 +126,17 @@ class RequestBudget:
     def _update(self, change: Callable[[int, int], tuple[int, int]]) -> tuple[int, int]:
         import fcntl
 
-        fd = _open_ledgers.get(self.path)
-        if fd is None:
-            fd = _open_ledgers[self.path] = os.open(self.path, os.O_RDWR)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            counts = change(*_LEDGER.unpack(os.pread(fd, _LEDGER.size, 0)))
-            os.pwrite(fd, _LEDGER.pack(*counts), 0)
-            return counts
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        with _ledger_threads:
+            fd = _open_ledgers.get(self.path)
+            if fd is None:
+                fd = _open_ledgers[self.path] = os.open(self.path, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                counts = change(*_LEDGER.unpack(os.pread(fd, _LEDGER.size, 0)))
+                os.pwrite(fd, _LEDGER.pack(*counts), 0)
+                return counts
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _remove_dead_builds(folder: Path, owner: str) -> None:
