@@ -7,9 +7,9 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from synthforge import __version__
 from synthforge.cache import Cache, Manifest, write_entry_files
@@ -24,6 +24,9 @@ from synthforge.progress import LOGGER
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
 from synthforge.stepapi import InputTable, Runtime, StepContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.backends.llm import RequestBudget
 
 
 @dataclass
@@ -69,16 +72,18 @@ def build(
     items = plan(graph, cache, only, force)
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
-    check_budget(graph, to_run, runtime)
+    runtime = replace(runtime, llm_budget=check_budget(graph, to_run, runtime, cache))
     lines = _BuildLines(graph, cache, to_run, report, log, read_lock(graph.recipe.lock_path))
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
-        executor.prepare([item.node for item in to_run], log)
+        executor.prepare([item.node for item in to_run], log, runtime)
         report.failures = run_ready([item.node for item in to_run], executor, forced=set(force),
                                     on_start=lines.started, on_done=lines.finished, on_failed=lines.failed,
                                     on_skipped=lines.skipped, on_error="keep-going" if keep_going else "stop")
     finally:
         executor.close()
+        if runtime.llm_budget is not None:
+            runtime.llm_budget.remove()
     if report.failures.errors:
         raise _incomplete(graph, report)
     for item in items:
@@ -162,12 +167,16 @@ def _incomplete(graph: Graph, report: BuildReport) -> BuildFailed:
                        exit_code=2 if all_user else 1, report=report)
 
 
-def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
-    """Refuse, before any work, a build that plans more LLM requests or tokens than its budget."""
+def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime, cache: Cache | None = None) -> "RequestBudget | None":
+    """Refuse, before any work, a build that plans more LLM requests or tokens than its budget; else, when the
+    build asks an LLM and `cache` is given, the budget its backends charge every request to while it runs."""
+    from synthforge.backends.llm import RequestBudget
+
     usage = planned_usage(items)
     budget = graph.recipe.model.budget
+    limits = {}
     for what in ("requests", "tokens"):
-        limit = runtime.resolve(f"max_{what}", getattr(budget, f"max_{what}"))
+        limit = limits[what] = runtime.resolve(f"max_{what}", getattr(budget, f"max_{what}"))
         total = sum(getattr(estimate, what) for _, estimate in usage)
         if total <= limit:
             continue
@@ -176,6 +185,9 @@ def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime) -> None:
             f"the build plans ~{total:,} LLM {what} (this step ~{getattr(biggest, what):,}), over the budget of {limit:,}",
             file=str(graph.recipe.path), line=graph.recipe.line("steps", item.node.step), field=f"steps.{item.node.step}",
             hint=f"lower n, or raise budget.max_{what} in the recipe or --max-{what} on the command line")
+    if not usage or cache is None:
+        return None
+    return RequestBudget.create(cache.shared_dir("budgets"), limits["requests"], limits["tokens"])
 
 
 def _dropped_note(cache: Cache, key: str) -> str:

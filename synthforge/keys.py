@@ -24,7 +24,7 @@ import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import xxhash
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # READMEs, licences and the like do not.
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
 _SECRET_QUERY_WORDS = ("key", "token", "secret", "signature", "sig", "password", "auth", "credential")
+_TOKEN_CHARS = 16  # a query value this long is scrubbed from messages whatever its name
+_MIN_SECRET_CHARS = 3  # shorter values would mangle every message they were scrubbed from
 
 
 def canonical(value: Any) -> Any:
@@ -161,6 +163,26 @@ def credential_free_url(url: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if not any(word in k.lower() for word in _SECRET_QUERY_WORDS)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def shown_url(url: str) -> str:
+    """An endpoint as messages and logs name it: scheme, host, port and path; no credentials, no query at all."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The values in a URL that a message must never quote (as written and decoded): user:password@ and the
+    values of query parameters named like a credential or long enough to be a token."""
+    parts = urlsplit(url)
+    found = [parts.username, parts.password]
+    for pair in parts.query.split("&"):
+        name, _, raw = pair.partition("=")
+        decoded = unquote_plus(raw)
+        if any(word in unquote_plus(name).lower() for word in _SECRET_QUERY_WORDS) or len(decoded) >= _TOKEN_CHARS:
+            found += [raw, decoded]
+    return sorted({value for value in found if value and len(value) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
 
 
 # -- runtime-only fields --------------------------------------------------------

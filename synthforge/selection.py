@@ -231,8 +231,9 @@ def kmeans(
 
     k = max(1, min(k, len(x)))
     on_gpu = gpu if gpu is not None else use_gpu()
+    # faiss takes a C int seed; recipe seeds are below 2^31 but per-label seeds add offsets to them
     km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=bool(on_gpu),
+        x.shape[1], k, niter=niter, seed=seed & 0x7FFFFFFF, spherical=True, gpu=bool(on_gpu),
         min_points_per_centroid=1, max_points_per_centroid=sample_per_centroid, verbose=False,
     )
     km.train(x)

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -58,6 +58,19 @@ def _labels_as_strings(value: Any) -> Any:
 # A list of labels, or a mapping from a label to a description or new name; numbers become strings.
 Labels = Annotated[list[str] | dict[str, str], BeforeValidator(_labels_as_strings)]
 
+# Every seed a recipe gives is 0 <= seed < 2^31: faiss's k-means takes a C int, the narrowest of the seeds'
+# consumers (numpy wants >= 0, torch < 2^64), and replicate seeds are drawn in the same range.
+SEED_LIMIT = 2**31
+
+
+def checked_seed(value: int) -> int:
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"a seed is an integer from 0 to {SEED_LIMIT - 1}")
+    return value
+
+
+Seed = Annotated[int, AfterValidator(checked_seed)]
+
 REF = _RefMarker()
 Ref = Annotated[str, REF]
 FILE = _FileMarker()
@@ -82,6 +95,7 @@ class Runtime:
     max_tokens: int | None = None
     shard_rows: int | None = None  # rows per shard of row-parallel steps (generate, embed); None: their default
     ray: bool = False  # run shards of row-parallel steps on a Ray actor pool (set by the Ray executor)
+    llm_budget: Any = None  # the build's shared request count (backends.llm.RequestBudget), set by the builder
 
     def resolve(self, name: str, *recipe_values: Any, default: Any = None) -> Any:
         """The one rule for a runtime setting (docs/recipes.md, "Runtime settings"): the command line

@@ -5,10 +5,10 @@ seed) and can be told to misbehave: `fail_plan` is a list consumed one request
 at a time, each item one of "ok", "429", "500", "slow", "malformed", "drop", "echo_auth_400",
 "retry_after:S" (429 with Retry-After: S), "503_retry_after:S", "trickle" (the body one byte every
 `trickle_s`), "echo_key_401" (a 401 quoting the bearer key in a long body), "key_500" (a 500 with the
-key in its body), "huge" (a `huge_bytes` reply); after the plan runs out, `default` applies ("ok"
+key in its body), "echo_url_500" (a 500 quoting the request's path and query), "huge" (a `huge_bytes` reply); after the plan runs out, `default` applies ("ok"
 unless changed). `capacity` answers 429 to requests beyond that many in flight; `restart(down_s)`
 closes the port and every open connection for `down_s` seconds, then listens again on the same port.
-It records every request body and Authorization header it saw and counts answers by status.
+It records every request body, path (with its query) and Authorization header it saw and counts answers by status.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class FakeOpenAIServer:
         self.default = "ok"
         self.requests: list[dict] = []
         self.auth_headers: list[str | None] = []
+        self.paths: list[str] = []
         self.ok_count = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -127,6 +128,7 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.requests.append(body)
                     server.auth_headers.append(self.headers.get("Authorization"))
+                    server.paths.append(self.path)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     if server.capacity is not None and server.in_flight > server.capacity:
@@ -154,6 +156,8 @@ class FakeOpenAIServer:
                     self._send(401, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode())
                 elif behaviour == "key_500":
                     self._send(500, f"internal error while checking {key} against the quota table".encode())
+                elif behaviour == "echo_url_500":  # a proxy quoting the URL it failed on, query and all
+                    self._send(500, f"upstream error for POST {self.path}".encode())
                 elif behaviour == "huge":
                     self._send_reply(body, "x" * server.huge_bytes)
                 elif behaviour == "malformed":

@@ -205,3 +205,18 @@ def test_progress_moves_within_a_batch_and_counts_every_row_and_token(tiny_model
     assert len(steps) > 2
     assert sum(new for new, _ in steps) == sum(r.completion_tokens for r in responses)
     assert sum(done for _, done in steps) == 8
+
+
+def test_the_budget_cuts_a_batch_and_reports_what_was_decoded(tiny_model, tmp_path):
+    from synthforge.backends.llm import BudgetSpent, RequestBudget
+
+    budget = RequestBudget.create(tmp_path, max_requests=5, max_tokens=10**9)
+    backend = TransformersLLM(str(tiny_model), batch_size=4)
+    backend.use_budget(budget)
+    answered: list[int] = []
+    try:
+        with pytest.raises(BudgetSpent, match="5 of 5 requests"):
+            backend.generate([request(f"prompt {i}", i) for i in range(8)], on_response=lambda i, r: answered.append(i))
+        assert len(answered) == 5 and budget.spent()[0] == 5  # one whole batch and one row of the next
+    finally:
+        budget.remove()

@@ -88,3 +88,11 @@ def test_file_hash_follows_an_edited_file(tmp_path):
 ])
 def test_credential_free_url_drops_user_info_and_secret_parameters(url, expected):
     assert credential_free_url(url) == expected
+
+
+def test_shown_url_and_url_secrets_leave_no_credential_in_a_message():
+    from synthforge.keys import shown_url, url_secrets
+
+    url = "https://u:pw1@host:8000/v1/?api_key=sk%2Babc&api-version=2024-02-01&sig=xyz&page=a"
+    assert shown_url(url) == "https://host:8000/v1"
+    assert set(url_secrets(url)) == {"u", "pw1", "sk%2Babc", "sk+abc", "xyz"} - {"u"}  # too short to scrub safely

@@ -53,7 +53,7 @@ CASES = [
     recipe("", id="empty-file", message="r.yaml:1: a recipe must be a YAML mapping (start with 'name:' and 'steps:')"),
     recipe(HEAD, id="missing-steps", message="r.yaml:1: steps: required field is missing (expected a mapping of step names to step configs, each with a 'kind')"),
     recipe(HEAD + "stepz: {}\nsteps:\n" + LOAD, id="unknown-top-field", message="r.yaml:3: stepz: unknown field 'stepz' (did you mean 'steps'?)"),
-    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: seed must be a valid integer or a ${var} placeholder (got 'lots') (expected an integer seed, or a `${var}` placeholder resolved per variant; it enters every seeded step's key)"),
+    recipe("name: bad\nseed: lots\nsteps:\n" + LOAD, id="seed-not-int", message="r.yaml:2: seed: seed must be a valid integer or a ${var} placeholder (got 'lots') (expected an integer seed (0 to 2^31 - 1), or a `${var}` placeholder resolved per variant; it enters every seeded step's key)"),
     recipe(HEAD + "steps:\n  rows:\n    kind: lod\n", id="unknown-kind", message="r.yaml:5: steps.rows.kind: unknown step kind 'lod' (did you mean 'load'?)"),
     recipe(HEAD + "steps:\n  rows:\n    path: reviews.csv\n", id="missing-kind", message="r.yaml:4: steps.rows: missing 'kind' (add e.g. 'kind: load' (kinds: load, split, generate, embed, select, mix, train))"),
     recipe(HEAD + "steps:\n  rows: 3\n", id="step-not-mapping", message="r.yaml:4: steps.rows: Input should be a valid dictionary (got 3) (expected a mapping of step names to step configs, each with a 'kind')"),
@@ -122,6 +122,19 @@ CASES = [
            message="r.yaml:9: steps.gen.template: unsafe template: a filter argument over 200,000"),
     recipe(HEAD + "steps:\n" + gen(template="'{{ \"a\" * 150000 }}{{ \"b\" * 150000 }}'"), command="build", id="prompt-too-long",
            message="r.yaml:9: steps.gen.template: rendered prompt is longer than 200,000 characters (shorten the template, its variables or few_shot_k)"),
+    recipe(HEAD + "steps:\n" + gen(template="'{{ 9 ** 9 ** 9 }}'"), id="template-power-tower",
+           message="r.yaml:9: steps.gen.template: unsafe template on line 1: '**' result larger than 2^128"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x'"),
+           id="template-nested-literal-ranges", message="r.yaml:9: steps.gen.template: template on line 1: nested loops run "
+           "10,000,000,000 times, over the budget of 5,000,000 operations per prompt (loop over fewer items (a prompt needs a few))"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% for i in range(100000) %}{% for c in label * 40000 %}{% endfor %}{% endfor %}x'"),
+           command="build", id="template-nested-loops-cpu-bomb", message="r.yaml:9: steps.gen.template: template rendering took more "
+           "than 5,000,000 operations (loop iterations, calls, repeated items) (loop over fewer items (a prompt needs a few))"),
+    recipe(HEAD + "steps:\n" + gen(template="'{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}'"),
+           command="build", id="template-squaring-loop", message="r.yaml:9: steps.gen.template: unsafe template: '*' result larger than 2^128"),
+    recipe(HEAD + "steps:\n" + gen(template="'{{ lipsum(199999) }}'"), command="build", id="template-lipsum-bomb",
+           message="r.yaml:9: steps.gen.template: template rendering took more than 5,000,000 operations (loop iterations, calls, "
+           "repeated items) (loop over fewer items (a prompt needs a few))"),
     recipe(HEAD + "steps:\n" + gen(template="'{{ 1 / 0 }}'"), command="build", id="template-division-by-zero", message="r.yaml:9: steps.gen.template: template error: ZeroDivisionError: division by zero"),
     # -- budget -----------------------------------------------------------------------------------------------------
     recipe(HEAD + "steps:\n" + gen(n=10**23), command="build", id="budget-requests", message="r.yaml:4: steps.gen: the build plans ~100,000,000,000,000,000,000,000 LLM requests (this step ~100,000,000,000,000,000,000,000), over the budget of 100,000 (lower n, or raise budget.max_requests in the recipe or --max-requests on the command line)"),
@@ -147,7 +160,8 @@ CASES = [
     # -- command-line arguments ----------------------------------------------------------------------------------------
     recipe(HEAD + "vars:\n  per_label: 4\nsteps:\n" + LOAD + SPLIT + "    train_per_label: ${per_label}\n", "--set", "per_lable=3",
            id="set-unknown-variable", message="r.yaml: --set per_lable: no variable 'per_lable' in the recipe (did you mean 'per_label'?)"),
-    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=abc", id="set-seed-not-int", message="r.yaml: --set seed: the seed must be an integer, got 'abc' (e.g. --set seed=7)"),
+    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=abc", id="set-seed-not-int", message="r.yaml: --set seed: the seed must be an integer from 0 to 2147483647, got 'abc' (e.g. --set seed=7)"),
+    recipe(HEAD + "steps:\n" + LOAD, "--set", "seed=-5", id="set-seed-negative", message="r.yaml: --set seed: the seed must be an integer from 0 to 2147483647, got -5 (e.g. --set seed=7)"),
     recipe(HEAD + "steps:\n" + LOAD, "--set", "novalue", id="set-without-value", message="--set expects name=value, got 'novalue' (e.g. --set per_label=32)"),
     recipe(HEAD + "steps:\n" + LOAD, "--only", "rowz", id="only-unknown-step", message="no step 'rowz' in r.yaml (did you mean 'rows'?)"),
     recipe(HEAD + "steps:\n" + LOAD, "--force", "row", command="build", id="force-unknown-step", message="no step 'row' in r.yaml (did you mean 'rows'?)"),

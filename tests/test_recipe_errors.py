@@ -16,6 +16,14 @@ CASES = [
     ("missing-steps", HEAD, None, ["steps", "required field is missing"]),
     ("unknown-top-field", HEAD + "stepz: {}\nsteps:\n" + LOAD, 3, ["unknown field 'stepz'", "did you mean 'steps'"]),
     ("seed-not-int", "name: bad\nseed: lots\nsteps:\n" + LOAD, 2, ["seed", "valid integer", "'lots'"]),
+    ("seed-negative", "name: bad\nseed: -5\nsteps:\n" + LOAD, 2, ["seed", "from 0 to 2147483647", "-5"]),
+    ("seed-past-2^64", f"name: bad\nseed: {2**64}\nsteps:\n" + LOAD, 2, ["seed", "from 0 to 2147483647"]),
+    ("seed-past-faiss-int", f"name: bad\nseed: {2**31}\nsteps:\n" + LOAD, 2, ["seed", "from 0 to 2147483647"]),
+    ("seed-var-negative", "name: bad\nseed: ${s}\nvars: {s: -3}\nsteps:\n" + LOAD, 2, ["seed", "from 0 to 2147483647", "-3"]),
+    ("split-seed-too-big", HEAD + "steps:\n" + LOAD + "  split:\n    kind: split\n    input: rows\n    seed: 4294967296\n", 12,
+     ["steps.split.seed", "from 0 to 2147483647"]),
+    ("train-seed-negative", HEAD + "steps:\n" + LOAD + "  fit:\n    kind: train\n    train: rows\n    test: rows\n    seeds: [1, -2]\n",
+     13, ["steps.fit.seeds", "from 0 to 2147483647"]),
     ("placeholder-in-flow-mapping", HEAD + "vars: {k: 3}\nsteps:\n  split: {kind: split, input: rows, test: ${k}}\n", 5,
      ["YAML syntax error", 'quote placeholders inside [..] or {..}']),
     ("replicates-zero", HEAD + "replicates: 0\nsteps:\n" + LOAD, 3, ["replicates", "greater than or equal to 1"]),
@@ -83,3 +91,16 @@ def test_missing_recipe_file(cli, tmp_path):
 def test_bad_set_override(cli, write_recipe, data_csv):
     result = cli("plan", write_recipe(HEAD + "steps:\n" + LOAD), "--set", "novalue")
     assert result.exit_code == 2 and "--set expects name=value" in result.output
+
+
+@pytest.mark.parametrize("value", ["-5", str(2**64), str(2**31)])
+def test_a_seed_out_of_range_is_refused_by_plan(cli, write_recipe, data_csv, value):
+    result = cli("plan", write_recipe(HEAD + "steps:\n" + LOAD), "--set", f"seed={value}")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--set seed: the seed must be an integer from 0 to 2147483647" in result.output
+
+
+def test_the_largest_seed_builds(cli, write_recipe, data_csv):
+    text = f"name: big\nseed: {2**31 - 1}\nsteps:\n" + LOAD + "  split:\n    kind: split\n    input: rows\n    test: 4\n"
+    result = cli("build", write_recipe(text))
+    assert result.exit_code == 0, result.output

@@ -34,6 +34,11 @@ class EndpointPool:
     def identity(self) -> dict[str, Any]:
         return self.endpoints[0].identity()
 
+    def use_budget(self, budget) -> None:
+        """Every endpoint charges the one budget (`RequestBudget`) for each request it sends."""
+        for endpoint in self.endpoints:
+            endpoint.use_budget(budget)
+
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
                  on_tokens=None) -> list[GenerationResponse]:
         """`on_tokens` is ignored: these backends report whole responses."""

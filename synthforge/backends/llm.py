@@ -12,7 +12,11 @@ enters keys, and how to build the backend. Implementations import this module, n
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,146 @@ class GenerationResponse:
 OnResponse = Callable[[int, GenerationResponse], None]
 OnTokens = Callable[[int, int], None]  # (new tokens, rows finished) at a decoding step: progress within a batch
 
+_LEDGER = struct.Struct("<QQ")  # requests sent, tokens used
+_open_ledgers: dict[str, int] = {}  # path -> file descriptor, one per process
+_ledger_threads = threading.Lock()  # flock excludes other processes only: threads share this process's descriptor
+
+
+@dataclass(frozen=True)
+class RequestBudget:
+    """The LLM requests and tokens one build may spend, counted while it runs by every process of the build.
+
+    The count lives in a 16-byte file (`path`, in the cache's shared folder, made by the builder) that each
+    charge updates under an exclusive lock: steps running in parallel workers, their shards and the servers of
+    an endpoint pool draw on the one count, so the cap holds for the build as a whole. A backend charges a
+    request before sending it (each retry is a request) and its tokens when it is answered; once either cap is
+    reached no further request goes out (`BudgetSpent`), and whatever was answered stays in the response cache.
+    """
+
+    path: str
+    max_requests: int
+    max_tokens: int
+
+    @classmethod
+    def create(cls, folder: Path, max_requests: int, max_tokens: int) -> "RequestBudget":
+        import socket
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        owner = f"build-{socket.gethostname()}-"  # the folder may be shared by the hosts of a cluster
+        _remove_dead_builds(folder, owner)
+        fd, path = tempfile.mkstemp(dir=folder, prefix=f"{owner}{os.getpid()}-", suffix=".budget")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_LEDGER.pack(0, 0))
+        return cls(path, max_requests, max_tokens)
+
+    def remove(self) -> None:
+        with _ledger_threads:
+            fd = _open_ledgers.pop(self.path, None)
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def take(self, count: int = 1) -> int:
+        """Count up to `count` requests about to be sent; how many may go (at least one), or BudgetSpent
+        (nothing counted) if either cap is reached."""
+        granted = 0
+
+        def more(requests: int, tokens: int) -> tuple[int, int]:
+            nonlocal granted
+            if requests >= self.max_requests or tokens >= self.max_tokens:
+                raise BudgetSpent.of(self, requests, tokens)
+            granted = min(count, self.max_requests - requests)
+            return requests + granted, tokens
+
+        self._update(more)
+        return granted
+
+    def spent_error(self) -> "BudgetSpent":
+        """The error for a caller that got fewer requests than it asked for and has sent them."""
+        return BudgetSpent.of(self, *self.spent())
+
+    def spend_tokens(self, tokens: int) -> None:
+        """Count the tokens (prompt + new) of an answered request."""
+        if tokens > 0:
+            self._update(lambda requests, used: (requests, used + tokens))
+
+    def spent(self) -> tuple[int, int]:
+        return self._update(lambda requests, tokens: (requests, tokens))
+
+    def _update(self, change: Callable[[int, int], tuple[int, int]]) -> tuple[int, int]:
+        import fcntl
+
+        with _ledger_threads:
+            fd = _open_ledgers.get(self.path)
+            if fd is None:
+                fd = _open_ledgers[self.path] = os.open(self.path, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                counts = change(*_LEDGER.unpack(os.pread(fd, _LEDGER.size, 0)))
+                os.pwrite(fd, _LEDGER.pack(*counts), 0)
+                return counts
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _remove_dead_builds(folder: Path, owner: str) -> None:
+    """Drop the counts of this host's builds that were killed (their process is gone) before removing theirs."""
+    for path in folder.glob(f"{owner}*.budget"):
+        pid = path.name[len(owner):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class BudgetSpent(UserError):
+    """The build's LLM budget is spent: no further request is sent (made by `of`; pickles like any UserError)."""
+
+    @classmethod
+    def of(cls, budget: RequestBudget, requests: int, tokens: int) -> "BudgetSpent":
+        if requests >= budget.max_requests:
+            option, counted = "requests", f"{requests:,} of {budget.max_requests:,} requests (retries included)"
+        else:
+            option, counted = "tokens", f"{tokens:,} of {budget.max_tokens:,} tokens"
+        return cls(f"LLM budget spent: {counted} used, no more are sent; every answered response is kept in the "
+                   "response cache", hint=f"raise budget.max_{option} or --max-{option}; a rerun resumes from the cached responses")
+
+
+class ChargedUpFront:
+    """A backend that does not charge the budget itself (`use_budget`): each generate() call is charged its
+    requests before it starts (only those that fit are sent); tokens as responses arrive."""
+
+    def __init__(self, backend: "LLMBackend", budget: RequestBudget):
+        self._backend, self._budget = backend, budget
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
+                 on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
+        granted = self._budget.take(len(requests)) if requests else 0
+
+        def counted(index: int, response: GenerationResponse) -> None:
+            self._budget.spend_tokens(response.prompt_tokens + response.completion_tokens)
+            if on_response is not None:
+                on_response(index, response)
+
+        responses = self._backend.generate(requests[:granted], on_response=counted, on_tokens=on_tokens)
+        if granted < len(requests):
+            raise self._budget.spent_error()
+        return responses
+
 
 class LLMBackend(Protocol):
     type: str
@@ -64,6 +208,8 @@ class LLMBackend(Protocol):
         """One response per request, in request order; `on_response(i, r)` fires as each arrives.
 
         A backend that decodes rows in batches also reports `on_tokens` as tokens appear (others may ignore it).
+        A backend may also have `use_budget(budget: RequestBudget)`: then it charges each request as it sends it
+        (retries included) and stops at the cap (`make_backend` calls it).
         """
         ...
 
@@ -140,7 +286,10 @@ def checked_base_url(value: str, field: str) -> str:
         raise UserError("credentials in base_url are refused", field=field,
                         hint="remove user:password@ and name the variable holding the key in api_key_env")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"base_url must be an http(s) URL, got '{value}'", field=field, hint="e.g. http://127.0.0.1:8000/v1")
+        from synthforge.keys import shown_url
+
+        raise UserError(f"base_url must be an http(s) URL, got '{shown_url(value)}'", field=field,
+                        hint="e.g. http://127.0.0.1:8000/v1")
     return value
 
 
@@ -276,8 +425,15 @@ def model_card_facts(config: BackendParams) -> dict[str, str]:
 
 
 def make_backend(config: BackendParams, *, models_dir=None, device: str, batch_size: int | None,
-                 concurrency: int | None, log: Callable[[str], None] = print) -> LLMBackend:
+                 concurrency: int | None, log: Callable[[str], None] = print, budget: RequestBudget | None = None) -> LLMBackend:
     """Build the backend a recipe asked for, at the runtime settings its step resolved (`Runtime.resolve`):
-    `device` and `batch_size` for transformers, `concurrency` for openai; no fallback of its own."""
-    return backend_class(config.type).from_config(config, models_dir=models_dir, device=device, batch_size=batch_size,
-                                                  concurrency=concurrency, log=log)
+    `device` and `batch_size` for transformers, `concurrency` for openai; no fallback of its own. With the build's
+    `budget`, a backend that has `use_budget(budget)` charges each request it sends; any other is `ChargedUpFront`."""
+    backend = backend_class(config.type).from_config(config, models_dir=models_dir, device=device, batch_size=batch_size,
+                                                     concurrency=concurrency, log=log)
+    if budget is None:
+        return backend
+    if hasattr(backend, "use_budget"):
+        backend.use_budget(budget)
+        return backend
+    return ChargedUpFront(backend, budget)

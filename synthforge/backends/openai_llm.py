@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from synthforge.backends.llm import (
-    EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig,
+    BudgetSpent, EndpointConfig, GenerationRequest, GenerationResponse, LLMBackend, OnResponse, OpenAIBackendConfig,
+    RequestBudget,
 )
 from synthforge.errors import UserError
-from synthforge.keys import credential_free_url
+from synthforge.keys import credential_free_url, shown_url, url_secrets
 
 CONNECTIONS_PER_POOL = 8
 RETRY_STATUSES = frozenset({408, 409, 425, 429})  # plus every 5xx
@@ -139,9 +140,11 @@ class OpenAILLM:
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, max_retry_after_s: float = 60.0,
                  log: Callable[[str], None] | None = None):
         self.base_url = base_url.rstrip("/")
+        self.shown_url = shown_url(base_url)  # what every message and log line names: no query, no credentials
         self.model = model
         self.api_key_env = api_key_env
         self.api_key = read_api_key(api_key_env)
+        self.secrets = [self.api_key, *url_secrets(base_url)]
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -151,10 +154,23 @@ class OpenAILLM:
         self.retries = 0  # retries spent in the last generate() call
         self.rate_limited = 0  # 429/503 answers in the last generate() call
         self.limiter: AdaptiveConcurrency | None = None
+        self.budget: RequestBudget | None = None
+
+    def use_budget(self, budget: RequestBudget) -> None:
+        """Charge every attempt (retries too) to the build's budget before it is sent."""
+        self.budget = budget
 
     @property
     def url(self) -> str:
-        return f"{self.base_url}/chat/completions"
+        """The endpoint as messages name it (the request goes to `request_url`, query included)."""
+        return f"{self.shown_url}/chat/completions"
+
+    def request_url(self):
+        """`/chat/completions` joined onto the base URL's path; its query string stays the request's query."""
+        import httpx
+
+        base = httpx.URL(self.base_url)
+        return base.copy_with(path=base.path.rstrip("/") + "/chat/completions")
 
     def identity(self) -> dict[str, Any]:
         return endpoint_identity(self.base_url, self.model)
@@ -175,7 +191,7 @@ class OpenAILLM:
             raise
 
     def scrub(self, text: str) -> str:
-        return scrub(text, [self.api_key])
+        return scrub(text, self.secrets)
 
     def _server_text(self, body: str) -> str:
         """Server output fit for a message: scrubbed first, then cut (cutting first could split a key)."""
@@ -188,6 +204,7 @@ class OpenAILLM:
         results: list[GenerationResponse | None] = [None] * len(requests)
         pending = iter(range(len(requests)))
         self.limiter = AdaptiveConcurrency(self.concurrency, self._log_concurrency)
+        self._target = self.request_url()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # httpx's pool costs CPU per request in proportion to its size, so high concurrency
         # uses several small pools (measured: one 64-connection pool is ~6x slower than 8 of 8).
@@ -197,9 +214,15 @@ class OpenAILLM:
             for _ in range(-(-self.concurrency // CONNECTIONS_PER_POOL))
         ]
 
+        spent: list[BudgetSpent] = []
+
         async def worker(client) -> None:
             for index in pending:  # workers share one iterator: each request is taken once
-                results[index] = await self._with_retries(client, requests[index])
+                try:
+                    results[index] = await self._with_retries(client, requests[index])
+                except BudgetSpent as exc:  # this worker stops; the others finish what they have sent (it is paid for)
+                    spent.append(exc)
+                    return
                 if on_response is not None:
                     on_response(index, results[index])
 
@@ -212,11 +235,13 @@ class OpenAILLM:
             await asyncio.gather(*workers, return_exceptions=True)
             for client in pools:
                 await client.aclose()
+        if spent:
+            raise spent[0]
         return results  # type: ignore[return-value]
 
     def _log_concurrency(self, old: int, new: int) -> None:
         why = "rate limited" if new < old else "requests succeed"
-        self.log(f"{self.base_url}: {why}, concurrency {old} -> {new}")
+        self.log(f"{self.shown_url}: {why}, concurrency {old} -> {new}")
 
     async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
         """One request: attempts within the concurrency limit, waits between them outside it."""
@@ -225,7 +250,12 @@ class OpenAILLM:
             sent_in = await self.limiter.acquire()
             outcome = "ok"
             try:
-                return await self._attempt(client, request)
+                if self.budget is not None:
+                    self.budget.take(1)
+                response = await self._attempt(client, request)
+                if self.budget is not None:
+                    self.budget.spend_tokens(response.prompt_tokens + response.completion_tokens)
+                return response
             except RetryableError as exc:
                 outcome = "rate_limited" if exc.rate_limited else "failed"
                 self.rate_limited += exc.rate_limited
@@ -257,7 +287,7 @@ class OpenAILLM:
 
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with client.stream("POST", self.url, json=self._payload(request)) as reply:
+                async with client.stream("POST", self._target, json=self._payload(request)) as reply:
                     return await self._read(reply)
         except TimeoutError:
             raise RetryableError(f"no complete answer within timeout_s={self.timeout_s:g}s") from None

@@ -273,6 +273,10 @@ class TransformersLLM:
         self.min_new_tokens = min_new_tokens  # benchmarks: force full-length rows so runs compare equal work
         self.log = log
         self._identity: dict[str, Any] | None = None
+        self.budget = None  # the build's RequestBudget: each row of a batch is a request
+
+    def use_budget(self, budget) -> None:
+        self.budget = budget
 
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
@@ -332,12 +336,18 @@ class TransformersLLM:
         lengths = _token_counts(tokenizer, prompts)
         results: list[GenerationResponse | None] = [None] * len(requests)
         for batch in self._batches(requests, lengths):
+            granted = self.budget.take(len(batch)) if self.budget is not None else len(batch)
+            batch, cut = batch[:granted], granted < len(batch)
             texts = [prompts[i] for i in batch]
             responses = self._generate_batch(tokenizer, model, texts, [requests[i] for i in batch], on_tokens)
             for i, response in zip(batch, responses):
                 results[i] = response
+                if self.budget is not None:
+                    self.budget.spend_tokens(response.prompt_tokens + response.completion_tokens)
                 if on_response is not None:
                     on_response(i, response)
+            if cut:  # the budget ran out inside this batch: what was decoded is reported (and cached), then stop
+                raise self.budget.spent_error()
         return results  # type: ignore[return-value]
 
     def _batches(self, requests: Sequence[GenerationRequest], lengths: list[int]) -> list[list[int]]:

@@ -29,8 +29,9 @@ class Executor(Protocol):
     slots: int  # how many nodes may run at once
     model_slots: int | None  # how many of them may hold a heavy model at once (None: the executor's resources decide)
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        """Called once with every node the build will run, before the first `submit`."""
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        """Called once with every node the build will run, before the first `submit`; `runtime` (when given)
+        replaces the one the executor was made with: the builder's adds the build's LLM budget."""
         ...
 
     def submit(self, node: "Node", force: bool) -> None:

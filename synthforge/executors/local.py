@@ -3,12 +3,19 @@
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
 Each worker receives the graph once (pool initializer), then only node keys. The workers share the
 CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
+Workers die with the build: on Linux the kernel kills them when their parent dies (PR_SET_PDEATHSIG),
+elsewhere a watchdog thread notices the parent is gone; a killed build leaves no worker spending CPU or
+an LLM budget.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,8 +40,8 @@ class InlineExecutor:
         self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
         self._queued: list[tuple["Node", bool]] = []
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
 
     def submit(self, node: "Node", force: bool) -> None:
         self._queued.append((node, force))
@@ -57,9 +64,33 @@ class InlineExecutor:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
+PARENT_POLL_S = 0.5  # the watchdog's interval where the kernel cannot signal a parent's death
+
+
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int, parent: int) -> None:
+    die_with_parent(parent)
     limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end when process `parent` does (even by SIGKILL, which runs no cleanup there)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before the call: no signal will come
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), name="synthforge-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # reparented: the build is gone, so is any reader of this worker's result
 
 
 def _run_in_worker(key: str, force: bool) -> NodeRun:
@@ -73,20 +104,28 @@ class ProcessExecutor:
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int | None = 1):
         self.slots = jobs
         self.model_slots = models
-        # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
-        worker_runtime = replace(runtime, progress=False)
-        threads = max(1, usable_cpus() // jobs)
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime, threads),
-        )
+        self.graph, self.cache, self.runtime = graph, cache, runtime
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._futures: dict[concurrent.futures.Future, str] = {}
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
+
+    def _started(self) -> concurrent.futures.ProcessPoolExecutor:
+        """The pool, made on the first submit: its workers get the runtime `prepare` settled."""
+        if self._pool is None:
+            # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
+            worker_runtime = replace(self.runtime, progress=False)
+            threads = max(1, usable_cpus() // self.slots)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.graph, str(self.cache.root.resolve()), worker_runtime, threads, os.getpid()),
+            )
+        return self._pool
 
     def submit(self, node: "Node", force: bool) -> None:
-        self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
+        self._futures[self._started().submit(_run_in_worker, node.key, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
         done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -100,7 +139,8 @@ class ProcessExecutor:
         return finished
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class AutoExecutor:
@@ -113,7 +153,8 @@ class AutoExecutor:
         self._inner: InlineExecutor | ProcessExecutor | None = None
         self.slots, self.model_slots = 1, 1
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        self.runtime = runtime or self.runtime
         jobs = min(self.cpus, plan_width(nodes))
         if jobs > 1:
             self._inner = ProcessExecutor(self.graph, self.cache, self.runtime, jobs, self.models)

@@ -10,10 +10,19 @@ shards run on an actor pool that holds the devices (see synthforge.sharding); ot
 load a model ask for a GPU when the cluster has one; everything else asks for one CPU.
 Row-parallel steps run on the driver's Ray node: the per-response cache is sqlite in WAL mode,
 which needs every process that opens it on one host.
+
+A killed driver leaves nothing running. On a cluster (`--address`) Ray ends a dead driver's job: its tasks
+and actors are killed. A local instance this build started is watched by a reaper process (Linux): it
+notes the driver's descendants (Ray's servers, agents, workers) twice a second and kills them the moment
+its pipe from the driver closes without a goodbye, as it does when the driver dies, SIGKILL included
+(Ray's own reaper stops its servers, but its agents lived on and its workers took seconds).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 from dataclasses import replace
 from collections.abc import Callable
@@ -58,9 +67,11 @@ class RayExecutor:
                  cpus: int | None = None):
         ray = self.ray = import_ray()
         self._owns_ray = not ray.is_initialized()
+        self._reaper = None
         if self._owns_ray:
             ray.init(address=address, num_cpus=None if address else cpus, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
+            self._reaper = None if address else start_reaper()
         self.gpus = runtime.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
         self._graph = ray.put(graph)
         self._cache_root = str(cache.root.resolve())
@@ -71,8 +82,9 @@ class RayExecutor:
 
         self._on_driver_node = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
-    def prepare(self, nodes: list["Node"], log: Callable[[str], None]) -> None:
-        pass
+    def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
+        if runtime is not None:
+            self._runtime = replace(runtime, progress=False, ray=True)
 
     def submit(self, node: "Node", force: bool) -> None:
         placement = {"scheduling_strategy": self._on_driver_node} if node.resolved.step.row_parallel else {}
@@ -99,3 +111,78 @@ class RayExecutor:
             self.ray.cancel(ref)
         if self._owns_ray:
             self.ray.shutdown()
+        if self._reaper is not None:
+            stop_reaper(self._reaper)
+
+
+# -- the reaper of a local Ray instance --------------------------------------------------------------
+REAPER_POLL_S = 0.5
+_GOODBYE = b"q"  # the driver closing down in order: nothing to kill
+
+
+def start_reaper() -> subprocess.Popen | None:
+    """A helper process that kills this process's descendants once this process dies (Linux; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    code = f"from synthforge.executors.ray_executor import reap; reap({os.getpid()})"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_reaper(reaper: subprocess.Popen) -> None:
+    try:
+        reaper.stdin.write(_GOODBYE)
+        reaper.stdin.close()
+    except OSError:
+        pass
+    reaper.wait()
+
+
+def reap(driver: int) -> None:
+    """The reaper's body: remember `driver`'s descendants until stdin closes; without a goodbye, kill them."""
+    import select
+
+    known: dict[int, str] = {}  # pid -> start time, so that a pid reused by an unrelated process is spared
+    while True:
+        ready, _, _ = select.select([sys.stdin.buffer], [], [], REAPER_POLL_S)
+        if ready:
+            if os.read(sys.stdin.fileno(), 1) == _GOODBYE:
+                return
+            break  # end of file: the driver is gone
+        known.update(_descendants(driver, _process_table()))
+    table = _process_table()
+    for pid in list(known):  # what they started since the last look, reparented or not
+        known.update(_descendants(pid, table))
+    for pid, started in known.items():
+        if pid != os.getpid() and table.get(pid, (None, None))[1] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every process, from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), fields[19].decode())
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, str]]) -> dict[int, str]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = {}, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        found[pid] = table[pid][1]
+        stack.extend(children.get(pid, []))
+    return found

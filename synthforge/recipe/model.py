@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synthforge.stepapi import checked_seed
+
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -28,7 +30,7 @@ class RecipeModel(BaseModel):
     name: str = Field(description="a name for the recipe, e.g. 'rt-demo'")
     seed: int | str = Field(
         0,
-        description="an integer seed, or a `${var}` placeholder resolved per variant; it enters every seeded step's key",
+        description="an integer seed (0 to 2^31 - 1), or a `${var}` placeholder resolved per variant; it enters every seeded step's key",
     )
     replicates: int = Field(
         1,
@@ -61,7 +63,8 @@ class RecipeModel(BaseModel):
             raise ValueError("seed must be a valid integer or a ${var} placeholder")
         if isinstance(value, str) and not re.fullmatch(r"-?\d+|\$\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}", value.strip()):
             raise ValueError("seed must be a valid integer or a ${var} placeholder")
-        return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+        value = int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+        return checked_seed(value) if isinstance(value, int) else value
 
     @field_validator("language", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from typing import Any
 
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.model import RecipeModel
+from synthforge.stepapi import SEED_LIMIT
 
 
 def apply_overrides(model: RecipeModel, overrides: dict[str, Any], filename: str) -> RecipeModel:
@@ -20,9 +21,9 @@ def apply_overrides(model: RecipeModel, overrides: dict[str, Any], filename: str
     for name, value in overrides.items():
         field = f"--set {name}"
         if name == "seed":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise UserError(f"the seed must be an integer, got {value!r}", file=filename, field=field,
-                                hint="e.g. --set seed=7")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < SEED_LIMIT:
+                raise UserError(f"the seed must be an integer from 0 to {SEED_LIMIT - 1}, got {value!r}",
+                                file=filename, field=field, hint="e.g. --set seed=7")
             update["seed"] = value
         elif name in model.matrix:
             update["matrix"][name] = [value]

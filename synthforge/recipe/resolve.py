@@ -19,7 +19,7 @@ from synthforge.recipe.model import RecipeModel
 from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
 from synthforge.steps import known_kinds, step_class
-from synthforge.stepapi import StepParams
+from synthforge.stepapi import SEED_LIMIT, StepParams
 from synthforge.steps.base import Step
 
 DEFAULT_VARIANT = "default"
@@ -164,10 +164,10 @@ def _variant_seed(recipe: Recipe, variables: dict[str, Any]) -> int:
             raw = interpolate(raw, variables, ("seed",))
         except UserError as exc:
             raise exc.located(str(recipe.path), recipe.line("seed"), "seed") from None
-        if isinstance(raw, bool) or not isinstance(raw, int):
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < SEED_LIMIT:
             raise UserError(
-                f"seed must resolve to an integer, got {raw!r}", file=str(recipe.path), line=recipe.line("seed"),
-                field="seed", hint="give the variable integer values",
+                f"seed must resolve to an integer from 0 to {SEED_LIMIT - 1}, got {raw!r}", file=str(recipe.path),
+                line=recipe.line("seed"), field="seed", hint="give the variable integer values in that range",
             )
     return raw
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from synthforge.stepapi import (
-    FILE, REF, Estimate, FilePath, InputTable, Labels, Ref, Runtime, StepContext, StepParams, StepResult,
+    FILE, REF, Estimate, FilePath, InputTable, Labels, Ref, Runtime, Seed, StepContext, StepParams, StepResult,
 )
 
 __all__ = [
-    "FILE", "REF", "Estimate", "FilePath", "InputTable", "Labels", "Ref", "Runtime", "Step", "StepContext",
+    "FILE", "REF", "Estimate", "FilePath", "InputTable", "Labels", "Ref", "Runtime", "Seed", "Step", "StepContext",
     "StepParams", "StepResult",
 ]
 

@@ -314,6 +314,7 @@ class _Generation:
             "batch_size": runtime.resolve("batch_size", params.batch_size, getattr(backend, "batch_size", None)),
             "concurrency": runtime.resolve("concurrency", params.concurrency, getattr(backend, "concurrency", None)),
             "log": self.ctx.log,
+            "budget": runtime.llm_budget,
         }
         return make_backend(**self.backend_options)
 

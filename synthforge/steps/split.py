@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from synthforge.errors import UserError
-from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, Seed, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
 from synthforge.steps.rows import id_order, label_codes, rank_within_groups
 
@@ -27,9 +27,9 @@ class SplitParams(StepParams):
         None, gt=0, description="a positive integer k: scarce labels, k training rows per label"
     )
     stratify: bool = Field(True, description="keep label proportions in test and validation")
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         None,
-        description="an integer seed for the test and validation draw (default: the step's seed); the training rows "
+        description="an integer seed (0 to 2^31 - 1) for the test and validation draw (default: the step's seed); the training rows "
         "are drawn with the step's seed, so under `replicates:` they vary while the test rows stay fixed",
     )
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthforge.errors import UserError
-from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
+from synthforge.stepapi import Ref, Seed, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
 
 DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
@@ -38,7 +38,9 @@ class TrainParams(StepParams):
     model: str | None = Field(
         None, description="a local transformers model folder (default: the packaged all-MiniLM-L6-v2); its files' content enters the key"
     )
-    seeds: list[int] | None = Field(None, description="a list of distinct training seeds, one model each (or use num_seeds)")
+    seeds: list[Seed] | None = Field(
+        None, description="a list of distinct training seeds (0 to 2^31 - 1), one model each (or use num_seeds)"
+    )
     num_seeds: int | None = Field(
         default=None, ge=1,
         description="the number of training seeds: the step's seed, seed+1... (default: 1 for linear-probe, 3 for finetune)",
