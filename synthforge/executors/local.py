@@ -1,6 +1,8 @@
 """Executors on this machine: in the calling process (sequential), or a pool of spawned worker processes.
 
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
+Workers send their bars and log lines to the parent over a queue while a step runs (progress.forward_to);
+the parent draws one live line per running step and prints the log lines as they come.
 Each worker receives the graph once (pool initializer), then only node keys. The workers share the
 CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
 """
@@ -11,16 +13,19 @@ import concurrent.futures
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from synthforge.backends.devices import limit_threads, usable_cpus
 from synthforge.executors.base import NodeRun, execute_node, plan_width
+from synthforge.progress import forward_to, settings, show_forwarded
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
     from synthforge.graph import Graph, Node
     from synthforge.stepapi import Runtime
+
+
+EVENTS_EVERY_S = 0.2  # how often the parent shows what its workers sent while it waits for them
 
 
 class InlineExecutor:
@@ -57,8 +62,9 @@ class InlineExecutor:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int) -> None:
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int, events, level: int, bars: bool) -> None:
     limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
+    forward_to(events, level, bars)  # bars and log lines reach the parent while the step runs
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
 
@@ -73,12 +79,12 @@ class ProcessExecutor:
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int | None = 1):
         self.slots = jobs
         self.model_slots = models
-        # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
-        worker_runtime = replace(runtime, progress=False)
         threads = max(1, usable_cpus() // jobs)
+        context = multiprocessing.get_context("spawn")
+        self._events = context.SimpleQueue()  # workers' bars and log lines, drawn here (one line per running step)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(graph, str(cache.root.resolve()), worker_runtime, threads),
+            max_workers=jobs, mp_context=context, initializer=_init_worker,
+            initargs=(graph, str(cache.root.resolve()), runtime, threads, self._events, *settings()),
         )
         self._futures: dict[concurrent.futures.Future, str] = {}
 
@@ -89,7 +95,11 @@ class ProcessExecutor:
         self._futures[self._pool.submit(_run_in_worker, node.key, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
+        done: set = set()
+        while not done:
+            done, _ = concurrent.futures.wait(self._futures, timeout=EVENTS_EVERY_S,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            self._show_events()  # a worker's events were written before its result: all of them are here
         finished = []
         for future in done:
             key = self._futures.pop(future)
@@ -99,8 +109,14 @@ class ProcessExecutor:
             finished.append((key, error if error is not None else future.result()))
         return finished
 
+    def _show_events(self) -> None:
+        while not self._events.empty():
+            show_forwarded(self._events.get())
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._show_events()
+        self._events.close()
 
 
 class AutoExecutor:
