@@ -13,10 +13,10 @@ from synthforge.planning import as_sentence, check_step_names, plan, planned_usa
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
-from synthforge.progress import LOGGER
+from synthforge.progress import LOGGER, format_seconds, verbose
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.stepapi import Runtime
-from synthforge.tables import render_table
+from synthforge.tables import plural, render_table
 
 if TYPE_CHECKING:
     from synthforge.remote import Remote
@@ -101,20 +101,47 @@ def build_text(
                        keep_going=keep_going)
         pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
         warnings = "".join(f"\nwarning: {w}" for w in selection_warnings(graph, cache))
-    ran = [i for i in report.items if i.action == "run"]
+    summary = build_summary(graph, report, pulled, time.perf_counter() - start, remote.url if pulled else None)
+    if len(report.items) <= TABLE_MAX_ROWS or verbose():
+        summary = f"{build_table(report, pulled)}\n{summary}"
+    if pushed is not None:
+        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
+        remote.raise_failures(pushed)
+    return f"{summary}{warnings}"
+
+
+TABLE_MAX_ROWS = 12  # a build with more step outputs ends with its summary only; -v (or `plan`) shows the table
+
+
+def build_table(report, pulled: set[str]) -> str:
+    """One row per step output of the build: status, rows, seconds."""
     rows = [
         [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report, pulled),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
         for item in report.items
     ]
-    table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
-    summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
-    if pulled:
-        summary += f"; {len(pulled)} pulled from {remote.url}"
-    if pushed is not None:
-        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
-        remote.raise_failures(pushed)
-    return f"{table}\n{summary}{warnings}"
+    return render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
+
+
+def build_summary(graph: Graph, report, pulled: set[str], seconds: float, pulled_from: str | None = None) -> str:
+    """What the build did in one line, then where its results are: counts, time, lockfile, report."""
+    statuses = [_status(item, report, pulled) for item in report.items]
+    line = f"built {statuses.count('built')}, cached {statuses.count('cached')}"
+    if report.built_elsewhere:
+        line += f", {len(report.built_elsewhere)} built by another process meanwhile"
+    took = f"{seconds:.2f}s" if seconds < 60 else format_seconds(seconds)
+    line += f" in {took}; lockfile {graph.recipe.lock_path}"
+    if pulled_from:
+        line += f"; {statuses.count('pulled')} pulled from {pulled_from}"
+    lines = [line]
+    if len(report.items) > TABLE_MAX_ROWS and not verbose():
+        lines[0] += f" ({plural(len(report.items), 'step output')}: -v or `synthforge plan` lists them)"
+    if "train" in {item.node.kind for item in report.items} and len(graph.recipe.variants) > 1:
+        from synthforge.report import slug
+
+        lines.append(f"report: synthforge report {graph.recipe.path} (writes reports/{slug(graph.recipe.name)}/)")
+    return "\n".join(lines)
+
 
 
 def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
@@ -299,13 +326,13 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
 
 
 def diff_text(a: str, b: str, cache: Cache, fmt: str, fail_on: tuple[str, ...], build_missing: bool,
-              output: str | None, sets: tuple[str, ...]) -> tuple[str, bool]:
+              output: str | None, sets: tuple[str, ...], progress: bool = True) -> tuple[str, bool]:
     import json
 
     from synthforge import diff as diffing
 
     result = diffing.run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing,
-                              sets=parse_overrides(sets), log=_log)
+                              sets=parse_overrides(sets), log=_log, runtime=Runtime(progress=progress))
     renderers = {"text": diffing.render_text, "markdown": diffing.render_markdown,
                  "json": lambda d: json.dumps(d.to_json(), indent=1, sort_keys=True)}
     text = renderers[fmt](result)

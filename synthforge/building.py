@@ -94,12 +94,18 @@ class _BuildLines:
     def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None]):
         self.graph, self.cache, self.report, self.log = graph, cache, report, log
         self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+        self.first_said: dict[str, int] = {}  # reason -> the position whose line said it
 
     def where(self, node: Node) -> str:
         return f"[{self.position[node.key][0]}/{len(self.position)}] {node.step} for {variant_label(self.graph, node)}"
 
     def started(self, node: Node) -> None:
-        self.log(f"▶ {self.where(node)}: {as_sentence(self.position[node.key][1].reasons)}")
+        """The reason a step runs, said in full once: a later step with the same reason points back to it."""
+        index, item = self.position[node.key]
+        reason = as_sentence(item.reasons)
+        first = self.first_said.setdefault(reason, index)
+        said = reason if first == index else f"the same reason as [{first}/{len(self.position)}]"
+        self.log(f"▶ {self.where(node)}: {said}")
 
     def finished(self, node: Node, run: NodeRun) -> None:
         for line in run.log:

@@ -8,7 +8,7 @@ from typing import Any
 from synthforge.cache import Cache
 from synthforge.errors import UserError, did_you_mean
 from synthforge.graph import Graph, Node
-from synthforge.lockfile import Lock, describe_changes, dict_changes, read_lock
+from synthforge.lockfile import Lock, describe_changes, dict_changes, input_changed, read_lock
 from synthforge.recipe.resolve import RefTarget
 from synthforge.stepapi import Estimate
 
@@ -65,7 +65,8 @@ def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str])
     if before is None:
         return ["the step is new (the lockfile does not have it)"]
     changed_inputs = {name.split(".")[0] for name, _, _ in dict_changes(before.get("inputs", {}), node.components.get("inputs", {}))}
-    reasons = [r for r in describe_changes(before, node.components) if not r.startswith("input ")]
+    input_reasons = {input_changed(name) for name in changed_inputs}
+    reasons = [r for r in describe_changes(before, node.components) if r not in input_reasons]
     reasons += [_input_reason(node, graph, name, will_run) for name in sorted(changed_inputs)]
     if not reasons:
         return ["not built here yet (the lockfile records a build elsewhere)"]
@@ -78,8 +79,8 @@ def _input_reason(node: Node, graph: Graph, field_name: str, will_run: set[str])
     targets = sorted({t.step for t in _ref_targets(node.resolved.refs.get(field_name))})
     rebuilding = [step for step in targets if variant_keys[step] in will_run]
     which = "its input" if field_name == "input" else f"its input '{field_name}'"
-    if rebuilding:
-        return f"{' and '.join(rebuilding)} will rebuild, which changes {which}"
+    if rebuilding:  # the step name comes second: as_sentence capitalises the first letter
+        return f"{which} changes: {' and '.join(rebuilding)} will rebuild"
     return f"{which} ({', '.join(targets) or 'none'}) changed"
 
 

@@ -69,6 +69,15 @@ def configure_logging(verbosity: int = 0) -> None:
     _bars["enabled"] = verbosity >= 0
 
 
+def disable_bars() -> None:
+    """No progress bars in this process (--no-progress); status lines stay."""
+    _bars["enabled"] = False
+
+
+def bars_enabled() -> bool:
+    return _bars["enabled"]
+
+
 def ensure_logging() -> None:
     """Default status lines for library use (e.g. a notebook) unless the caller configured logging."""
     if not logging.getLogger(LOGGER).handlers:

@@ -180,7 +180,7 @@ def test_plan_names_the_variant_and_the_input_that_changed(built, tmp_path):
     assert select.reasons == ["field n changed from 12 to 10"]
     scores = items[("scores", "diversity=0.0,synthetic_fraction=0.5")]
     # train reads `train` (mixed, rebuilding) and `test` (test_emb, cached): only `train` is blamed
-    assert scores.reasons == ["mixed will rebuild, which changes its input 'train'"]
+    assert scores.reasons == ["its input 'train' changes: mixed will rebuild"]
     plan = cli(r, "plan", changed).output
     assert "diversity=0.0 (2 variants)" in plan and "diversity=1.0,synthetic_fraction=0.5" in plan
 

@@ -54,7 +54,7 @@ def test_edited_data_file_rebuilds_everything_downstream(cli, write_recipe, data
     cli("build", recipe)
     make_rows(301).write_csv(data_csv)
     plan = cli("plan", recipe).output
-    assert "content of file path changed" in plan
+    assert "content of the file in field path changed" in plan
     assert statuses(cli("build", recipe).output) == {"rows": "built", "split": "built"}
 
 

@@ -40,3 +40,45 @@ def test_the_api_plan_reads_like_the_cli_plan(cli, write_recipe, data_csv, cache
     plan = sf.open(recipe, cache_dir=cache_dir).plan()
     assert [item.action for item in plan] == ["run", "run"]
     assert repr(plan) == cli("plan", recipe).output.rstrip("\n")
+
+
+def test_quiet_and_verbose_also_work_before_the_command(cli, write_recipe, data_csv):
+    recipe = write_recipe(BASIC)
+    quiet = cli("-q", "build", recipe)
+    assert quiet.exit_code == 0, quiet.output
+    assert "▶" not in quiet.output and "built 2, cached 0" in quiet.output
+    assert cli("-v", "plan", recipe).exit_code == 0
+    assert logging.getLogger("synthforge").isEnabledFor(logging.DEBUG)
+
+
+def test_no_progress_before_the_command_turns_bars_off(cli, write_recipe, data_csv):
+    from synthforge import progress
+
+    assert cli("--no-progress", "plan", write_recipe(BASIC)).exit_code == 0
+    assert not progress.bars_enabled()
+    assert cli("plan", write_recipe(BASIC)).exit_code == 0 and progress.bars_enabled()
+
+
+def test_a_reason_shared_by_several_steps_is_said_once(cli, write_recipe, data_csv):
+    recipe = write_recipe(BASIC + "matrix:\n  k: [5, 10, 20]\n")
+    output = cli("build", recipe).output
+    started = [line for line in output.splitlines() if line.startswith("▶")]
+    assert len(started) == 4 and sum("Never built here" in line for line in started) == 1
+    assert all(line.endswith("the same reason as [1/4]") for line in started[1:]), started
+
+
+def test_a_big_build_ends_with_a_summary_and_verbose_keeps_the_table(cli, write_recipe, data_csv):
+    recipe = write_recipe(BASIC + "matrix:\n  k: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]\n")
+    output = cli("build", recipe).output
+    assert "status" not in output and "built 13, cached 0 in " in output
+    assert "13 step outputs: -v or `synthforge plan` lists them" in output
+    verbose = cli("build", recipe, "-v").output
+    assert len([line for line in verbose.splitlines() if " cached " in line and line.startswith("split")]) == 12
+
+
+def test_diff_build_takes_no_progress(cli, write_recipe, data_csv):
+    a = write_recipe(BASIC, "a.yaml")
+    b = write_recipe(BASIC.replace("k: 10", "k: 6"), "b.yaml")
+    result = cli("diff", a, b, "--build", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "train_per_label changed from 10 to 6" in result.output

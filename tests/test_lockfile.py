@@ -52,11 +52,11 @@ def test_describe_changes_names_each_kind_of_change_most_specific_first():
              "inputs": {"input": "k9:data"}, "files": {"path": "h2"}, "identity": {"model": "m2"}, "seed": 8}
     assert describe_changes(BEFORE, after) == [
         "the code of 'split' changed (version 1 to 2)",
-        "field labels.b changed from (unset) to 2",
+        "field labels.b was added (2)",
         "field test changed from 60 to 50",
-        "input input changed",
-        "the content of file path changed",
-        "model changed from (unset) to m2",
+        "its input changed",
+        "the content of the file in field path changed",
+        "model was added (m2)",
         "the recipe seed changed from 7 to 8",
     ]
 
@@ -69,7 +69,16 @@ def test_a_changed_kind_is_the_only_reason_and_equal_components_have_none():
 def test_several_tables_of_one_input_are_one_reason():
     before = {**BEFORE, "inputs": {"inputs": {"real": "k1:train", "synthetic": "k2:data"}}}
     after = {**BEFORE, "inputs": {"inputs": {"real": "k3:train", "synthetic": "k4:data"}}}
-    assert describe_changes(before, after) == ["input inputs changed"]
+    assert describe_changes(before, after) == ["its input 'inputs' changed"]
+
+
+def test_reasons_name_no_placeholder_values_or_file_labels():
+    before = {**BEFORE, "files": {"read.0": "h1"}, "identity": {"seed": None, "gone": "x"}}
+    after = {**BEFORE, "files": {"read.0": "h2"}, "identity": {"seed": 3}}
+    reasons = describe_changes(before, after)
+    assert reasons == ["a file the step reads (a model's or data file not named in the recipe) changed content",
+                       "gone was removed (was x)", "seed changed from none to 3"]
+    assert not any("(unset)" in r or "None" in r or "read.0" in r for r in reasons)
 
 
 def test_dict_changes_walks_nested_dicts_and_shortens_long_values():
