@@ -437,18 +437,41 @@ def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str) -> P
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
                device: str) -> str:
+    """Diversity metrics of a step's output; one block per distinct output when `variant` selects several."""
+    from synthforge.api import OpenRecipe
+
+    outputs = OpenRecipe(graph, cache).entries(step, variant)
+    blocks = [_stats_of(graph, cache, step, entry, table, reference, device) for _, entry in outputs]
+    return _per_variant(outputs, blocks)
+
+
+def _stats_of(graph: Graph, cache: Cache, step: str, entry: Entry, table: str, reference: str | None, device: str) -> str:
+    from synthforge.api import OpenRecipe
     from synthforge.stats import entry_stats, format_stats
 
-    entry = entry_for(graph, cache, step, variant)
     target = _input_table(entry, table)
     ref = None
     if reference:
         ref_step, _, ref_table = reference.partition(".")
-        ref = _input_table(entry_for(graph, cache, ref_step, variant), ref_table or "data")
+        served = graph.nodes[entry.key].variants[0]  # the reference as built for (the first of) this output's variants
+        ref = _input_table(OpenRecipe(graph, cache).entry(ref_step, served), ref_table or "data")
     stats = entry_stats(target, ref, cache=cache, seed=graph.recipe.seed, device=device)
     title = f"{step}.{table}" if table != "data" else step
     against = f" vs {reference}" if reference else ""
     return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"
+
+
+def show_variants_text(recipe, step: str, variant: str | None, table: str = "data", rows: int = 5) -> str:
+    """`show` for every distinct output `variant` selects (one, or each replicate's of a partial name)."""
+    outputs = recipe.entries(step, variant)
+    return _per_variant(outputs, [show_text(entry, table, rows, step) for _, entry in outputs])
+
+
+def _per_variant(outputs: list[tuple[str, Entry]], blocks: list[str]) -> str:
+    """One block as it is; several each under the variants they serve."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return "\n\n".join(f"== variant {label} ==\n{block}" for (label, _), block in zip(outputs, blocks))
 
 
 def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | None = None,
@@ -461,7 +484,7 @@ def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | 
             continue
         graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
         check_step_names(graph, list(steps))
-        variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
+        variants = graph.recipe.select_variants(variant)
         for v in variants:
             keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
     return list(dict.fromkeys(keys))

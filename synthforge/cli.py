@@ -186,7 +186,7 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
 
-    click.echo(app.show_text(_open(recipe, sets, cache_dir).entry(step, variant), table, rows, step))
+    click.echo(app.show_variants_text(_open(recipe, sets, cache_dir), step, variant, table, rows))
 
 
 @main.command("export")

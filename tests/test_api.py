@@ -50,7 +50,7 @@ def test_open_plan_build_and_read_tables(built):
 
 
 def test_a_step_that_differs_across_variants_needs_a_variant(built):
-    with pytest.raises(sf.api.UserError, match="differs across 4 variants"):
+    with pytest.raises(sf.api.UserError, match=r"has 2 distinct outputs across the 4 variants \(name a variant, e.g. diversity=0.0; diversity=1.0\)"):
         built.table("selected")
     with pytest.raises(sf.api.UserError, match="no table 'nope'"):
         built.table("split", table="nope")

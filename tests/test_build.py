@@ -69,7 +69,7 @@ def test_matrix_variants_share_identical_steps(cli, write_recipe, data_csv):
     shown = cli("show", recipe, "split", "--table", "train", "--variant", "k=20")
     assert "labels: bad=20, good=20, meh=20" in shown.output
     ambiguous = cli("show", recipe, "split")
-    assert ambiguous.exit_code == 2 and "differs across 3 variants" in ambiguous.output
+    assert ambiguous.exit_code == 2 and "has 3 distinct outputs across the 3 variants" in ambiguous.output
 
 
 def test_only_and_force(cli, write_recipe, data_csv):
