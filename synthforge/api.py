@@ -77,7 +77,7 @@ class OpenRecipe:
         self.cache = cache
 
     def __repr__(self) -> str:
-        return f"<synthforge recipe {self.name!r}: {len(self.steps)} steps x {len(self.variants)} variants, cache {self.cache.root}>"
+        return f"<synthforge recipe {self.name!r}: {plural(len(self.steps), 'step')} x {plural(len(self.variants), 'variant')}, cache {self.cache.root}>"
 
     @property
     def name(self) -> str:

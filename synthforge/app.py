@@ -41,12 +41,12 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
 
 
 def format_plan(graph: Graph, cache: Cache, items: list, remote: Remote | None = None) -> str:
-    runs = sum(item.action == "run" for item in items)
+    counts = {action: sum(item.action == action for item in items) for action in ("cached", "pull", "run")}
     recipe = graph.recipe
     lines = [
-        f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
-        f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
-        + (f" ({sum(i.action == 'pull' for i in items)} cached on the remote)" if remote is not None else "")
+        f"recipe {recipe.name}: {plural(len(recipe.model.steps), 'step')} x {plural(len(recipe.variants), 'variant')} "
+        f"= {plural(len(graph.nodes), 'unique step output')}; {counts['cached']} cached, "
+        + (f"{counts['pull']} to pull from the remote, " if remote is not None else "") + f"{counts['run']} to run"
     ]
     if recipe.narrowed:
         narrowed = ", ".join(f"{name}={value}" for name, value in recipe.narrowed.items())
@@ -197,8 +197,8 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
     name = step or manifest.step
     built_as = f", built as step '{manifest.step}' (its ids keep that name)" if name != manifest.step else ""
     lines = [
-        f"step {name} ({manifest.kind}){built_as}, table {table}: {info.rows} rows, key {entry.key}",
-        "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
+        f"step {name} ({manifest.kind}){built_as}, table {table}: {plural(info.rows, 'row')}, key {entry.key}",
+        "tables: " + ", ".join(f"{n} ({plural(i.rows, 'row')})" for n, i in manifest.tables.items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
     dropped = manifest.meta.get("dropped")
@@ -251,8 +251,8 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
     responses = response_db_problems(cache.root / "shared" / "responses")
     bad += [["responses", "-", problem] for problem in responses]
     if not bad:
-        return f"{len(entries)} entries verified, all sound", True
-    text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
+        return f"{plural(len(entries), 'entry', 'entries')} verified, all sound", True
+    text = render_table(["key", "step", "problem"], bad) + f"\n{plural(len(bad), 'problem')} in {plural(len(entries), 'entry', 'entries')}"
     if repair:
         removed = sum(cache.remove(entry) for entry in corrupt)
         text += f"; removed {removed} damaged entries (the next build recomputes them)"
@@ -280,7 +280,7 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     doomed = [e for e in cache.entries() if e.key not in keep]
     if dry_run:
         freed = sum(e.size_bytes() for e in doomed)
-        return f"{len(locks)} lockfile(s) reference {len(keep)} keys; would remove {len(doomed)} entries ({freed / 1e6:.1f} MB)"
+        return f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; would remove {plural(len(doomed), 'entry', 'entries')} ({freed / 1e6:.1f} MB)"
     freed, removed, in_use = 0, 0, 0
     for entry in doomed:
         size = entry.size_bytes()
@@ -291,7 +291,7 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     swept = cache.sweep_tmp() + cache.sweep_partial_models()
     cache.sweep_derived({e.key for e in cache.entries()})
     busy = f"; kept {in_use} in use by a running build" if in_use else ""
-    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; removed {removed} entries ({freed / 1e6:.1f} MB){busy}; "
+    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; removed {plural(removed, 'entry', 'entries')} ({freed / 1e6:.1f} MB){busy}; "
             f"swept {swept} leftover folder(s)")
 
 
@@ -526,5 +526,5 @@ def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str
     keep = referenced_keys(locks)
     entries, objects, freed = remote.gc(keep, dry_run)
     verb = "would remove" if dry_run else "removed"
-    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {entries} remote entries and "
-            f"{objects} unreferenced objects ({freed / 1e6:.1f} MB) from {remote.url}")
+    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; {verb} {plural(entries, 'remote entry', 'remote entries')} and "
+            f"{plural(objects, 'unreferenced object')} ({freed / 1e6:.1f} MB) from {remote.url}")

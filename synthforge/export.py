@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthforge.api import PROVENANCE_KEY, import_datasets, table_path
 from synthforge.errors import UserError
+from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -95,9 +96,9 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
         facts, frame = _stacked(recipe, step, outputs, table)
     if fmt == "hf":
         write_hf_folder(frame, target, facts)
-        return f"wrote {facts['rows']} rows to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
+        return f"wrote {plural(facts['rows'], 'row')} to {target}/ (datasets.load_from_disk; card in {target / 'README.md'})"
     write_file(frame, target, fmt, facts)
-    return f"wrote {facts['rows']} rows to {target}"
+    return f"wrote {plural(facts['rows'], 'row')} to {target}"
 
 
 def _stacked(recipe: "OpenRecipe", step: str, outputs: list, table: str) -> tuple[dict[str, Any], Any]:

@@ -11,6 +11,7 @@ from synthforge.graph import Graph, Node
 from synthforge.lockfile import Lock, describe_changes, dict_changes, input_changed, read_lock
 from synthforge.recipe.resolve import RefTarget
 from synthforge.stepapi import Estimate
+from synthforge.tables import plural
 
 
 @dataclass
@@ -110,7 +111,7 @@ def variant_label(graph: Graph, node: Node) -> str:
     mine = [v.matrix_values for v in variants if v.name in set(node.variants)]
     shared = {k: v for k, v in mine[0].items() if all(m.get(k) == v for m in mine)}
     common = ",".join(f"{k}={v}" for k, v in shared.items())
-    return f"{common or 'several'} ({len(node.variants)} variants)"
+    return f"{common or 'several'} ({plural(len(node.variants), 'variant')})"
 
 
 def planned_usage(items: list[PlanItem]) -> list[tuple[PlanItem, Estimate]]:

@@ -156,8 +156,8 @@ def test_verify_detects_corruption_and_gc_keeps_locked_entries(cli, write_recipe
     recipe.write_text(recipe.read_text().replace("k: 10", "k: 3"))
     cli("build", recipe)
     dry = cli("cache", "gc", tmp_path, "--dry-run")
-    assert "would remove 1 entries" in dry.output
-    assert "removed 1 entries" in cli("cache", "gc", tmp_path).output
+    assert "would remove 1 entry" in dry.output
+    assert "removed 1 entry" in cli("cache", "gc", tmp_path).output
     assert statuses(cli("build", recipe).output) == {"rows": "cached", "split": "cached"}
 
 

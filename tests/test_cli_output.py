@@ -82,3 +82,12 @@ def test_diff_build_takes_no_progress(cli, write_recipe, data_csv):
     result = cli("diff", a, b, "--build", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "train_per_label changed from 10 to 6" in result.output
+
+
+def test_the_train_line_rounds_its_interval():
+    from synthforge.steps.train import score_line
+
+    scores = {"accuracy": {"mean": 0.8125, "ci": [0.755012345678, 0.86498765], "ci_method": "bootstrap"},
+              "macro_f1": {"mean": 0.80111111}}
+    assert score_line(scores) == "train: accuracy 0.8125 (bootstrap ci 0.7550-0.8650), macro-F1 0.8011"
+    assert "no interval" in score_line({**scores, "accuracy": {"mean": 0.5, "ci": None, "ci_method": None}})

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
+from synthforge.tables import plural
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
@@ -91,7 +92,7 @@ class Recipe:
             return self.variants[0]
         found = self.select_variants(name)
         if len(found) > 1:
-            raise UserError(f"'{name}' matches {len(found)} variants",
+            raise UserError(f"'{name}' matches {plural(len(found), 'variant')}",
                             hint=f"name one, e.g. '{found[0].name}' (or add {_missing_pairs(name, found)})")
         return found[0]
 

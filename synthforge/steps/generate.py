@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
+from synthforge.tables import plural
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
 from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
@@ -358,7 +359,7 @@ class _Generation:
             others = [(plan, key) for plan, key in missing if key not in mine]
             if not others:
                 break
-            self.ctx.log(f"{self.ctx.step}: waiting for {len(others)} {phase} responses another process is requesting")
+            self.ctx.log(f"{self.ctx.step}: waiting for {plural(len(others), phase + ' response')} another process is requesting")
             arrived = cache.wait_for(key for _, key in others)
             for plan, key in others:
                 if key in arrived:
