@@ -33,6 +33,37 @@ class BuildReport:
     built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
     failures: Failures = field(default_factory=Failures)  # keep-going: failed and skipped nodes
 
+    def status(self, item: PlanItem) -> str:
+        key = item.node.key
+        if key in self.failures.errors:
+            return "failed"
+        if key in self.failures.skipped:
+            return "skipped"
+        if item.action != "run":
+            return "cached"
+        return "built by another process" if key in self.built_elsewhere else "built" if key in self.seconds else "not run"
+
+    def counts(self) -> dict[str, int]:
+        """How many step outputs ended in each status, in a fixed order."""
+        statuses = [self.status(item) for item in self.items]
+        return {name: statuses.count(name) for name in ("built", "built by another process", "cached", "failed", "skipped")
+                if name in ("built", "cached") or name in statuses}
+
+    def __repr__(self) -> str:  # a summary, not the plan's nodes (a notebook shows this for `r.build()`)
+        counts = ", ".join(f"{name} {count}" for name, count in self.counts().items())
+        return f"<BuildReport: {counts} in {sum(self.seconds.values()):.1f}s of step time>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{html.escape(item.node.step)}</td><td>{len(item.node.variants)}</td><td>{self.status(item)}</td>"
+            f"<td>{self.rows.get(item.node.key, '')}</td><td>{self.seconds.get(item.node.key, 0):.2f}</td></tr>"
+            for item in self.items)
+        head = "".join(f"<th>{name}</th>" for name in ("step", "variants", "status", "rows", "seconds"))
+        return (f"<p>{html.escape(repr(self))}</p><details><summary>{len(self.items)} step outputs</summary>"
+                f"<table><tr>{head}</tr>{rows}</table></details>")
+
 
 def _holding_leases(build_fn):
     """Sweep dead writers' tmp folders, then hold a lease on every key of the graph while building:

@@ -91,3 +91,21 @@ def test_the_train_line_rounds_its_interval():
               "macro_f1": {"mean": 0.80111111}}
     assert score_line(scores) == "train: accuracy 0.8125 (bootstrap ci 0.7550-0.8650), macro-F1 0.8011"
     assert "no interval" in score_line({**scores, "accuracy": {"mean": 0.5, "ci": None, "ci_method": None}})
+
+
+def test_a_new_cache_folder_ignores_itself_in_git(cli, write_recipe, data_csv, cache_dir, tmp_path):
+    assert cli("build", write_recipe(BASIC), "-q").exit_code == 0
+    assert (cache_dir / ".gitignore").read_text().splitlines()[-1] == "*"
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert cli("build", write_recipe(BASIC), "-q", "--cache-dir", existing).exit_code == 0
+    assert not (existing / ".gitignore").exists()  # a folder the user made is theirs
+
+
+def test_a_build_report_shows_a_summary_in_a_notebook(write_recipe, data_csv, cache_dir):
+    import synthforge as sf
+
+    report = sf.open(write_recipe(BASIC), cache_dir=cache_dir).build(progress=False)
+    assert repr(report).startswith("<BuildReport: built 2, cached 0 in ") and len(repr(report)) < 100
+    html = report._repr_html_()
+    assert "<table>" in html and html.count("<tr>") == 3 and len(html) < 2000

@@ -241,6 +241,7 @@ class _Generation:
         self.few_shot = _few_shot_rows(ctx.inputs.get("few_shot_from"))
         self.fraction = Fraction(repr(self.params.paraphrase.fraction)) if self.params.paraphrase else Fraction(0)
         self.stats = Counter()
+        self.endpoint_events: list[dict[str, Any]] = []  # a pool's endpoints leaving and rejoining
 
     # plans
     def topic_plan(self, index: int) -> RowPlan:
@@ -397,10 +398,11 @@ class _Generation:
                 if not streaming["on"]:
                     bar.update(1, status=backend_status(), tokens=response.completion_tokens)
 
-            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int]) -> None:
-                responses, retries, rate_limited = result
+            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int, list]) -> None:
+                responses, retries, rate_limited, endpoint_events = result
                 self.stats["retries"] += retries
                 self.stats["rate_limited"] += rate_limited
+                self.endpoint_events += endpoint_events
                 if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
                     for j, response in enumerate(responses):
                         arrived(shards[shard].start + j, response)
@@ -496,6 +498,7 @@ class _Generation:
             "generated_completion_tokens": self.stats["generated_completion_tokens"],
             "retries": self.stats["retries"],
             "rate_limited": self.stats["rate_limited"],
+            **({"endpoint_events": self.endpoint_events} if self.endpoint_events else {}),
             "seconds": round(seconds, 3),
         }
 
@@ -512,14 +515,16 @@ class GenerateWorker:
         # Another process (a Ray actor) builds its own backend and logs to its own output.
         return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
 
-    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int]:
-        """The shard's responses in request order, the retries they took and the rate limits (429/503) met."""
+    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int, list]:
+        """The shard's responses in request order, the retries they took, the rate limits (429/503) met and
+        the endpoints that left or rejoined a pool meanwhile."""
         from synthforge.backends.llm import make_backend
 
         if self.backend is None:
             self.backend = make_backend(**self.backend_options)
         responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
-        return responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0)
+        return (responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0),
+                list(getattr(self.backend, "events", [])))
 
 
 # -- helpers --------------------------------------------------------------------
