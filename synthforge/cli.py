@@ -12,7 +12,10 @@ cache_option = click.option(
 )
 set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
                           help="Set a recipe variable, or `seed`; a matrix variable narrows the matrix to VALUE.")
-variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
+variant_option = click.option(
+    "--variant", default=None,
+    help="Which matrix variant: NAME=VALUE pairs in any order, e.g. 'diversity=0.5,synthetic_fraction=0.25'; "
+         "a partial name (e.g. without replicate=) selects every variant it matches.")
 remote_option = click.option(
     "--remote", "remote_url", envvar="SYNTHFORGE_REMOTE", default=None, metavar="URL",
     help="Remote cache: s3://bucket/prefix, gs://..., az://... or a shared folder (or $SYNTHFORGE_REMOTE, "
