@@ -19,7 +19,7 @@ from synthforge.executors.local import InlineExecutor
 from synthforge.graph import Graph, Node
 from synthforge.lockfile import write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
-from synthforge.progress import LOGGER
+from synthforge.progress import LOGGER, labelled
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
 from synthforge.stepapi import InputTable, Runtime, StepContext
@@ -223,8 +223,10 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
                 log=log,
             )
             started = time.time()
+            several = len(graph.recipe.variants) > 1
             try:
-                result = node.resolved.step.run(ctx)
+                with labelled(variant_label(graph, node) if several else None):
+                    result = node.resolved.step.run(ctx)
             except UserError as exc:
                 raise _locate(exc, graph.recipe, node) from None
             manifest = write_entry(work, node, graph.recipe, result, started)

@@ -26,10 +26,12 @@ from collections.abc import Iterator
 from typing import Any
 
 LOGGER = "synthforge"
-PLAIN_EVERY_S = 30.0  # without a terminal: one progress line per running step this often
+# Without a terminal: one progress line per running step this often ($SYNTHFORGE_PROGRESS_SECONDS).
+PLAIN_EVERY_S = float(os.environ.get("SYNTHFORGE_PROGRESS_SECONDS", "30"))
 FORWARD_EVERY_S = 0.5  # a worker sends a bar's state at most this often (and when it closes)
 _bars = {"enabled": True}
 _forward: dict[str, Any] = {"queue": None}
+_running: dict[str, str | None] = {"label": None}  # which variant the step running here builds, for its bars
 _ids = itertools.count()
 
 
@@ -139,9 +141,10 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str = "rows", enabled: bool = True):
         self.id = f"{os.getpid()}.{next(_ids)}"
-        self.total, self.desc, self.unit = total, desc, unit
+        label = _running["label"]
+        self.total, self.desc, self.unit = total, f"{desc} ({label})" if label else desc, unit
         self.enabled = enabled and _bars["enabled"]
-        self.done = 0.0
+        self.done: float = 0  # an int while every update is
         self._start = time.perf_counter()
         self._sent = 0.0
         self._extra: dict[str, float] = {}
@@ -182,6 +185,16 @@ class Progress:
         if force or now - self._sent >= FORWARD_EVERY_S:
             self._sent = now
             queue.put(("bar", self.snapshot(closed)))
+
+
+@contextlib.contextmanager
+def labelled(label: str | None) -> Iterator[None]:
+    """Bars opened inside name `label` (the variant a step builds): two running steps of one name stay apart."""
+    before, _running["label"] = _running["label"], label
+    try:
+        yield
+    finally:
+        _running["label"] = before
 
 
 def rates(snapshot: dict[str, Any]) -> dict[str, float]:

@@ -54,6 +54,8 @@ def test_parallel_workers_show_progress_and_log_lines_while_the_step_runs(cli, w
     first_done = next(i for i, line in enumerate(lines) if line.startswith("✓") and " slow " in line)
     assert any("slow: half of" in line for line in lines[:first_done])
     assert any(line.startswith("slow: copy") and "ETA" in line for line in lines[:first_done])
+    # two running steps of one name: each bar names its variant
+    assert {"k=5", "k=10"} <= {line.split("(")[1].split(")")[0] for line in lines if line.startswith("slow: copy (")}
 
 
 def test_no_progress_keeps_workers_bars_quiet_but_not_their_log_lines(cli, write_recipe, data_csv, release_watch, tmp_path):
