@@ -67,6 +67,7 @@ def test_no_progress_keeps_workers_bars_quiet_but_not_their_log_lines(cli, write
 
 def test_plain_lines_off_a_terminal_come_at_most_every_interval(monkeypatch):
     printed = []
+    progress.configure_logging(0)  # bars on, as a fresh command has them
     monkeypatch.setattr(progress, "PLAIN_EVERY_S", 3600.0)
     monkeypatch.setattr(progress, "_draws_bars", lambda: False)
     monkeypatch.setattr(logging.getLogger(progress.LOGGER), "info", lambda text, *a: printed.append(text))
