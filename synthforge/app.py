@@ -72,13 +72,13 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     """Expected generation time of the generate steps that will run, from the speed measured on this machine."""
     from synthforge.generation.speed import estimate
 
-    lines = []
+    said: dict[str, int] = {}  # one line per distinct estimate (a study's replicates repeat one), with its count
     for node in nodes:
         if node.kind == "generate":
             params = node.resolved.run_params
-            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, params.backend.model_label(),
-                                                                params.n, params.max_new_tokens))
-    return lines
+            text = estimate(cache, node.step, params.backend.type, params.backend.model_label(), params.n, params.max_new_tokens)
+            said[text] = said.get(text, 0) + 1
+    return [f"expected generation time{f' (each of {count} outputs)' if count > 1 else ''}: {text}" for text, count in said.items()]
 
 
 def build_text(

@@ -109,3 +109,20 @@ def test_a_build_report_shows_a_summary_in_a_notebook(write_recipe, data_csv, ca
     assert repr(report).startswith("<BuildReport: built 2, cached 0 in ") and len(repr(report)) < 100
     html = report._repr_html_()
     assert "<table>" in html and html.count("<tr>") == 3 and len(html) < 2000
+
+
+def test_plan_says_a_repeated_generation_estimate_once(cli, write_recipe, data_csv):
+    recipe = write_recipe("""
+        name: est
+        seed: 1
+        replicates: 3
+        steps:
+          gen:
+            kind: generate
+            n: 12
+            labels: {good: a good review, bad: a bad review}
+            template: "Write a {{ label_description }}."
+            backend: {type: openai, base_url: "http://127.0.0.1:9/v1", model: m}
+        """)
+    lines = [line for line in cli("plan", recipe).output.splitlines() if line.startswith("expected generation time")]
+    assert len(lines) == 1 and lines[0].startswith("expected generation time (each of 3 outputs): gen: "), lines
