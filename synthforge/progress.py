@@ -252,7 +252,7 @@ class _Display:
         if bar is None:
             bar = self._bars[snapshot["id"]] = _tqdm_class()(
                 total=snapshot["total"], desc=snapshot["desc"], unit=f" {snapshot['unit']}", dynamic_ncols=True,
-                leave=True, file=sys.stderr)
+                leave=False, file=sys.stderr)  # live while the step runs; its ✓ line then says how it went
         postfix = {name: f"{value:.1f}" for name, value in rates(snapshot).items() if name != f"{snapshot['unit']}/s"}
         if postfix or snapshot["status"]:
             bar.set_postfix({**postfix, **snapshot["status"]}, refresh=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -114,9 +115,20 @@ class ProcessExecutor:
             show_forwarded(self._events.get())
 
     def close(self) -> None:
+        # Keep reading while the pool shuts down: a worker still sending must not block on a full pipe.
+        stop = threading.Event()
+        reader = threading.Thread(target=self._show_events_until, args=(stop,), daemon=True)
+        reader.start()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        reader.join()
         self._show_events()
         self._events.close()
+
+    def _show_events_until(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._show_events()
+            stop.wait(EVENTS_EVERY_S)
 
 
 class AutoExecutor:
