@@ -95,3 +95,20 @@ def test_loading_a_model_draws_no_bar_of_transformers_own(tiny_encoder, capfd):
     hf_logging.enable_progress_bar()  # as in a fresh process
     Embedder(str(tiny_encoder), device="cpu")
     assert "Loading weights" not in capfd.readouterr().err
+
+
+@pytest.mark.integration
+def test_ray_tasks_show_progress_and_log_lines_while_the_step_runs(cli, write_recipe, data_csv, release_watch):
+    ray = pytest.importorskip("ray")
+    from pathlib import Path
+
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SYNTHFORGE_PLUGINS": "tests.plugin_steps",
+           "SF_TEST_RELEASE": str(release_watch.release_file), "SF_TEST_RELEASE_WAIT": "20"}
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
+    try:
+        result = cli("build", write_recipe(TWO_SLOW), "--executor", "ray")
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    assert release_watch.release_file.exists() and not release_watch.finished_before_release, result.output

@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthforge.stepapi import Runtime
 
 
+EVENTS_EVERY_S = 0.2  # how often a parent shows what its workers sent (bars, log lines) while it waits for them
+
+
 @dataclass
 class NodeRun:
     """What came of running one node: its rows, wall time, whether this run built it (False: another

@@ -17,16 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from synthforge.backends.devices import limit_threads, usable_cpus
-from synthforge.executors.base import NodeRun, execute_node, plan_width
+from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node, plan_width
 from synthforge.progress import forward_to, settings, show_forwarded
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
     from synthforge.graph import Graph, Node
     from synthforge.stepapi import Runtime
-
-
-EVENTS_EVERY_S = 0.2  # how often the parent shows what its workers sent while it waits for them
 
 
 class InlineExecutor:
