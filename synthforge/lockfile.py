@@ -45,13 +45,15 @@ def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
         return [f"its kind changed from {before.get('kind')} to {after.get('kind')}"]
     if before.get("version") != after.get("version"):
         reasons.append(f"the code of '{after['kind']}' changed (version {before.get('version')} to {after.get('version')})")
-    reasons += [_changed(f"field {path}", old, new) for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
+    params = dict_changes(before.get("params", {}), after.get("params", {}))
+    reasons += [_changed(f"field {path}", old, new) for path, old, new in params]
     for name, old, new in dict_changes(before.get("inputs", {}), after.get("inputs", {})):
         reasons.append(input_changed(name.split(".")[0]))
     for name, old, new in dict_changes(before.get("files", {}), after.get("files", {})):
         reasons.append(_file_changed(name))
     for name, old, new in dict_changes(before.get("identity", {}), after.get("identity", {})):
-        reasons.append(_changed(name, old, new))
+        if (name, old, new) not in params:  # a field that is also the backend's identity (base_url): said once
+            reasons.append(_changed(name, old, new))
     if before.get("seed") != after.get("seed"):
         reasons.append(_changed("the recipe seed", _short(before.get("seed", _MISSING)), _short(after.get("seed", _MISSING))))
     return list(dict.fromkeys(reasons))

@@ -88,7 +88,11 @@ def _input_reason(node: Node, graph: Graph, field_name: str, will_run: set[str])
 def as_sentence(reasons: list[str]) -> str:
     """Reasons joined into one sentence: 'Field n changed from 8 to 4; its input changed.'"""
     text = "; ".join(reasons)
-    return (text[:1].upper() + text[1:] + ".") if text else ""
+    if not text:
+        return ""
+    first = text.split(" ", 1)[0]
+    plain_word = first.isalpha() and first.islower()  # not a name such as real_emb or backend.base_url
+    return (text[:1].upper() + text[1:] if plain_word else text) + "."
 
 
 def _ref_targets(value: Any) -> list[RefTarget]:

@@ -88,3 +88,14 @@ def test_dict_changes_walks_nested_dicts_and_shortens_long_values():
     (path, old, new), = dict_changes({"t": "x" * 100}, {"t": "y"})
     assert path == "t" and old == "x" * 57 + "..." and len(old) == 60 and new == "y"
     assert dict_changes({1: "a"}, {1: "a"}) == []
+
+
+def test_a_field_that_is_also_identity_is_one_reason_and_names_stay_lowercase():
+    from synthforge.planning import as_sentence
+
+    before = {**BEFORE, "params": {"backend": {"base_url": "http://a"}}, "identity": {"backend": {"base_url": "http://a"}}}
+    after = {**BEFORE, "params": {"backend": {"base_url": "http://b"}}, "identity": {"backend": {"base_url": "http://b"}}}
+    assert describe_changes(before, after) == ["field backend.base_url changed from http://a to http://b"]
+    assert as_sentence(["real_emb will rebuild"]) == "real_emb will rebuild."
+    assert as_sentence(["backend.prefix changed from a to b"]) == "backend.prefix changed from a to b."
+    assert as_sentence(["the step is new"]) == "The step is new."
