@@ -255,8 +255,7 @@ def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_di
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
     """
     from synthforge import app
-
-    from synthforge.progress import bars_enabled
+    from synthforge.progress import bars_enabled  # --no-progress (here or before the command) turned them off
 
     text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets, bars_enabled())
     click.echo(text)

@@ -112,3 +112,15 @@ def test_ray_tasks_show_progress_and_log_lines_while_the_step_runs(cli, write_re
         ray.shutdown()
     assert result.exit_code == 0, result.output
     assert release_watch.release_file.exists() and not release_watch.finished_before_release, result.output
+
+
+def test_a_notebook_without_ipywidgets_gets_text_bars_not_a_warning(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    from tqdm.std import tqdm
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert progress._draws_bars() and progress._tqdm_class() is tqdm  # tqdm.auto would warn "IProgress not found"
