@@ -49,6 +49,17 @@ def test_a_partial_name_stacks_the_outputs_with_a_variant_column(replicated, cli
     assert shown.exit_code == 0 and shown.output.count("== variant k=5,replicate=") == 2, shown.output
 
 
+def test_export_hf_of_a_partial_name_is_one_dataset_with_a_card_naming_each_output(replicated, cli, tmp_path):
+    import datasets
+
+    out = tmp_path / "k5_hf"
+    exported = cli("export", replicated.path, "split", "--variant", "k=5", "--table", "train", "--format", "hf", "--to", out)
+    assert exported.exit_code == 0, exported.output
+    assert set(datasets.load_from_disk(str(out))["variant"]) == SPLIT_K5
+    card = (out / "README.md").read_text()
+    assert "k=5,replicate=0; k=5,replicate=1" in card
+
+
 def test_to_hf_takes_a_partial_name_and_speaks_python(replicated):
     dataset = replicated.to_hf("split", variant="k=5", table="train")
     assert dataset.num_rows == 30 and set(dataset["variant"]) == SPLIT_K5
