@@ -82,3 +82,9 @@ def test_a_step_shared_by_several_variants_counts_its_distinct_outputs(write_rec
     with pytest.raises(UserError, match="step 'split' has 2 distinct outputs across the 4 variants"):
         recipe.key("split")
     assert recipe.key("split", "k=5") == recipe.key("split", "tag=b,k=5")
+
+
+def test_stats_of_a_partial_name_is_one_block_per_output(replicated, cli):
+    result = cli("stats", replicated.path, "split", "--variant", "k=5", "--table", "train", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("== variant k=5,replicate=") == 2 and result.output.count("diversity of split.train") == 2
