@@ -24,6 +24,7 @@ from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.recipe.resolve import load_recipe
 from synthforge.stepapi import Runtime
+from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -76,7 +77,7 @@ class OpenRecipe:
         self.cache = cache
 
     def __repr__(self) -> str:
-        return f"<synthforge recipe {self.name!r}: {len(self.steps)} steps x {len(self.variants)} variants, cache {self.cache.root}>"
+        return f"<synthforge recipe {self.name!r}: {plural(len(self.steps), 'step')} x {plural(len(self.variants), 'variant')}, cache {self.cache.root}>"
 
     @property
     def name(self) -> str:
@@ -122,25 +123,50 @@ class OpenRecipe:
 
     # -- reading ------------------------------------------------------------
     def key(self, step: str, variant: str | None = None) -> str:
-        """The cache key of `step` in `variant` (may be omitted when every variant shares the step)."""
+        """The cache key of `step` in `variant`: a full name, or any NAME=VALUE pairs in any order; may be
+        partial or omitted when every variant it selects shares the step's output."""
+        outputs = self.outputs(step, variant)
+        if len(outputs) > 1:
+            selected = self.graph.recipe.select_variants(variant)
+            among = f"the {plural(len(selected), 'variant')}" + (f" matching '{variant}'" if variant else "")
+            names = [_short_name(self.graph, key) for key in outputs]
+            raise UserError(f"step '{step}' has {len(outputs)} distinct outputs across {among}", field="variant",
+                            hint=f"name a variant, e.g. {'; '.join(names[:4])}" + ("; ..." if len(names) > 4 else ""))
+        return next(iter(outputs))
+
+    def outputs(self, step: str, variant: str | None = None) -> dict[str, str]:
+        """The distinct outputs of `step` among the variants `variant` selects: key -> which variants it serves."""
+        from synthforge.planning import variant_label
+
         recipe = self.graph.recipe
         if step not in recipe.model.steps:
             raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, self.steps) or f"steps: {', '.join(self.steps)}")
-        if variant is None and len({self.graph.keys[v][step] for v in self.variants}) > 1:
-            raise UserError(f"step '{step}' differs across {len(self.variants)} variants",
-                            hint=f"pass --variant, one of: {'; '.join(self.variants)}")
-        return self.graph.keys[recipe.variant(variant).name][step]
+        keys = dict.fromkeys(self.graph.keys[v.name][step] for v in recipe.select_variants(variant))
+        return {key: variant_label(self.graph, self.graph.nodes[key]) for key in keys}
 
     def entry(self, step: str, variant: str | None = None) -> Entry:
-        key = self.key(step, variant)
+        return self._built(step, self.key(step, variant))
+
+    def entries(self, step: str, variant: str | None = None) -> list[tuple[str, Entry]]:
+        """Each distinct built output of `step` among the variants `variant` selects, with the variants it serves
+        (no `variant`: the one output every variant shares, else an error listing them)."""
+        if variant is None:
+            return [(next(iter(self.outputs(step).values())), self.entry(step))]
+        return [(label, self._built(step, key)) for key, label in self.outputs(step, variant).items()]
+
+    def _built(self, step: str, key: str) -> Entry:
         entry = self.cache.get(key)
         if entry is None:
             raise UserError(f"step '{step}' is not built yet (key {key[:12]})", hint=f"run: synthforge build {self.path}")
         return entry
 
     def table(self, step: str, variant: str | None = None, table: str = "data") -> "pl.DataFrame":
-        """A built step's table as a polars DataFrame."""
-        return read_table(self.entry(step, variant), table)
+        """A built step's table as a polars DataFrame; when `variant` selects several distinct outputs (e.g.
+        'diversity=0.5' with replicates), their tables stacked with a leading `variant` column."""
+        entries = self.entries(step, variant)
+        if len(entries) == 1:
+            return read_table(entries[0][1], table)
+        return stack_variants([(label, read_table(entry, table)) for label, entry in entries])
 
     def artifact(self, step: str, path: str = "artifacts/model", variant: str | None = None) -> Path:
         """A built step's artifact (a file or folder under `artifacts/`, e.g. a trained model), after every file
@@ -161,6 +187,23 @@ class OpenRecipe:
         from synthforge.export import provenance
 
         return provenance(self, step, variant, table)
+
+
+def _short_name(graph: Graph, key: str) -> str:
+    """A variant name that selects this output: the matrix values its variants share, else its first variant."""
+    from synthforge.planning import variant_label
+
+    label = variant_label(graph, graph.nodes[key])
+    shared = label.split(" (")[0]
+    return shared if "=" in shared else graph.nodes[key].variants[0]
+
+
+def stack_variants(frames: list[tuple[str, Any]]) -> Any:
+    """Tables (polars, eager or lazy) of several variants as one, with a leading `variant` column naming each row's."""
+    import polars as pl
+
+    labelled = [frame.select(pl.lit(label).alias("variant"), pl.all()) for label, frame in frames]
+    return pl.concat(labelled, how="vertical_relaxed")
 
 
 def import_datasets() -> Any:

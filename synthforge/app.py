@@ -13,10 +13,10 @@ from synthforge.planning import as_sentence, check_step_names, plan, planned_usa
 from synthforge.cache import Cache, DamagedEntry, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor
-from synthforge.progress import LOGGER
+from synthforge.progress import LOGGER, format_seconds, verbose
 from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.stepapi import Runtime
-from synthforge.tables import render_table
+from synthforge.tables import plural, render_table
 
 if TYPE_CHECKING:
     from synthforge.remote import Remote
@@ -43,12 +43,12 @@ def plan_text(graph: Graph, cache: Cache, only: tuple[str, ...] = (), force: tup
 
 
 def format_plan(graph: Graph, cache: Cache, items: list, remote: Remote | None = None) -> str:
-    runs = sum(item.action == "run" for item in items)
+    counts = {action: sum(item.action == action for item in items) for action in ("cached", "pull", "run")}
     recipe = graph.recipe
     lines = [
-        f"recipe {recipe.name}: {len(recipe.model.steps)} steps x {len(recipe.variants)} variants "
-        f"= {len(graph.nodes)} unique step outputs; {len(items) - runs} cached, {runs} to run"
-        + (f" ({sum(i.action == 'pull' for i in items)} cached on the remote)" if remote is not None else "")
+        f"recipe {recipe.name}: {plural(len(recipe.model.steps), 'step')} x {plural(len(recipe.variants), 'variant')} "
+        f"= {plural(len(graph.nodes), 'unique step output')}; {counts['cached']} cached, "
+        + (f"{counts['pull']} to pull from the remote, " if remote is not None else "") + f"{counts['run']} to run"
     ]
     if recipe.narrowed:
         narrowed = ", ".join(f"{name}={value}" for name, value in recipe.narrowed.items())
@@ -74,13 +74,13 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     """Expected generation time of the generate steps that will run, from the speed measured on this machine."""
     from synthforge.generation.speed import estimate
 
-    lines = []
+    said: dict[str, int] = {}  # one line per distinct estimate (a study's replicates repeat one), with its count
     for node in nodes:
         if node.kind == "generate":
             params = node.resolved.run_params
-            lines.append("expected generation time: " + estimate(cache, node.step, params.backend.type, params.backend.model_label(),
-                                                                params.n, params.max_new_tokens))
-    return lines
+            text = estimate(cache, node.step, params.backend.type, params.backend.model_label(), params.n, params.max_new_tokens)
+            said[text] = said.get(text, 0) + 1
+    return [f"expected generation time{f' (each of {count} outputs)' if count > 1 else ''}: {text}" for text, count in said.items()]
 
 
 def build_text(
@@ -103,20 +103,47 @@ def build_text(
                        keep_going=keep_going)
         pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
         warnings = "".join(f"\nwarning: {w}" for w in selection_warnings(graph, cache))
-    ran = [i for i in report.items if i.action == "run"]
+    summary = build_summary(graph, report, pulled, time.perf_counter() - start, remote.url if pulled else None)
+    if len(report.items) <= TABLE_MAX_ROWS or verbose():
+        summary = f"{build_table(report, pulled)}\n{summary}"
+    if pushed is not None:
+        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
+        remote.raise_failures(pushed)
+    return f"{summary}{warnings}"
+
+
+TABLE_MAX_ROWS = 12  # a build with more step outputs ends with its summary only; -v (or `plan`) shows the table
+
+
+def build_table(report, pulled: set[str]) -> str:
+    """One row per step output of the build: status, rows, seconds."""
     rows = [
         [item.node.step, len(item.node.variants), item.node.key[:12], _status(item, report, pulled),
          report.rows.get(item.node.key, ""), f"{report.seconds.get(item.node.key, 0):.2f}"]
         for item in report.items
     ]
-    table = render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
-    summary = f"built {len(ran)}, cached {len(report.items) - len(ran)} in {time.perf_counter() - start:.2f}s; lockfile {graph.recipe.lock_path}"
-    if pulled:
-        summary += f"; {len(pulled)} pulled from {remote.url}"
-    if pushed is not None:
-        summary += f"\n{pushed.summary('pushed')} ({remote.url})"
-        remote.raise_failures(pushed)
-    return f"{table}\n{summary}{warnings}"
+    return render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
+
+
+def build_summary(graph: Graph, report, pulled: set[str], seconds: float, pulled_from: str | None = None) -> str:
+    """What the build did in one line, then where its results are: counts, time, lockfile, report."""
+    statuses = [_status(item, report, pulled) for item in report.items]
+    line = f"built {statuses.count('built')}, cached {statuses.count('cached')}"
+    if report.built_elsewhere:
+        line += f", {len(report.built_elsewhere)} built by another process meanwhile"
+    took = f"{seconds:.2f}s" if seconds < 60 else format_seconds(seconds)
+    line += f" in {took}; lockfile {graph.recipe.lock_path}"
+    if pulled_from:
+        line += f"; {statuses.count('pulled')} pulled from {pulled_from}"
+    lines = [line]
+    if len(report.items) > TABLE_MAX_ROWS and not verbose():
+        lines[0] += f" ({plural(len(report.items), 'step output')}: -v or `synthforge plan` lists them)"
+    if "train" in {item.node.kind for item in report.items} and len(graph.recipe.variants) > 1:
+        from synthforge.report import slug
+
+        lines.append(f"report: synthforge report {graph.recipe.path} (writes reports/{slug(graph.recipe.name)}/)")
+    return "\n".join(lines)
+
 
 
 def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
@@ -172,8 +199,8 @@ def show_text(entry: Entry, table: str = "data", rows: int = 5, step: str | None
     name = step or manifest.step
     built_as = f", built as step '{manifest.step}' (its ids keep that name)" if name != manifest.step else ""
     lines = [
-        f"step {name} ({manifest.kind}){built_as}, table {table}: {info.rows} rows, key {entry.key}",
-        "tables: " + ", ".join(f"{n} ({i.rows} rows)" for n, i in manifest.tables.items()),
+        f"step {name} ({manifest.kind}){built_as}, table {table}: {plural(info.rows, 'row')}, key {entry.key}",
+        "tables: " + ", ".join(f"{n} ({plural(i.rows, 'row')})" for n, i in manifest.tables.items()),
         "schema: " + ", ".join(f"{c}: {t}" for c, t in info.columns.items()),
     ]
     dropped = manifest.meta.get("dropped")
@@ -229,8 +256,8 @@ def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
     responses = response_db_problems(cache.root / "shared" / "responses", read_only=cache.read_only)
     bad += [["responses", "-", problem] for problem in responses]
     if not bad:
-        return f"{len(entries)} entries verified, all sound", True
-    text = render_table(["key", "step", "problem"], bad) + f"\n{len(bad)} problem(s) in {len(entries)} entries"
+        return f"{plural(len(entries), 'entry', 'entries')} verified, all sound", True
+    text = render_table(["key", "step", "problem"], bad) + f"\n{plural(len(bad), 'problem')} in {plural(len(entries), 'entry', 'entries')}"
     if cache.read_only:
         return text + (f"; the cache {cache.root} is read-only, so nothing was removed or moved (make it writable "
                        "first to repair)"), False
@@ -268,8 +295,8 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     doomed = [e for e in cache.entries() if e.key not in keep]
     if dry_run:
         sizes = [entry.size_bytes() for entry in doomed]
-        summary = (f"{len(locks)} lockfile(s) reference {len(keep)} keys; would remove {len(doomed)} entries "
-                   f"({sum(sizes) / 1e6:.1f} MB)")
+        summary = (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} "
+                   f"{plural(len(keep), 'key')}; would remove {plural(len(doomed), 'entry', 'entries')} ({sum(sizes) / 1e6:.1f} MB)")
         if not doomed:
             return summary
         rows = [[*_step_and_variants(entry), entry.key, f"{size / 1e6:.2f}"] for entry, size in zip(doomed, sizes)]
@@ -284,7 +311,7 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
     swept = cache.sweep_tmp() + cache.sweep_partial_models()
     cache.sweep_derived({e.key for e in cache.entries()})
     busy = f"; kept {in_use} in use by a running build" if in_use else ""
-    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; removed {removed} entries ({freed / 1e6:.1f} MB){busy}; "
+    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; removed {plural(removed, 'entry', 'entries')} ({freed / 1e6:.1f} MB){busy}; "
             f"swept {swept} leftover folder(s)")
 
 
@@ -319,13 +346,13 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
 
 
 def diff_text(a: str, b: str, cache: Cache, fmt: str, fail_on: tuple[str, ...], build_missing: bool,
-              output: str | None, sets: tuple[str, ...]) -> tuple[str, bool]:
+              output: str | None, sets: tuple[str, ...], progress: bool = True) -> tuple[str, bool]:
     import json
 
     from synthforge import diff as diffing
 
     result = diffing.run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing,
-                              sets=parse_overrides(sets), log=_log)
+                              sets=parse_overrides(sets), log=_log, runtime=Runtime(progress=progress))
     renderers = {"text": diffing.render_text, "markdown": diffing.render_markdown,
                  "json": lambda d: json.dumps(d.to_json(), indent=1, sort_keys=True)}
     text = renderers[fmt](result)
@@ -457,18 +484,41 @@ def _html_report(graph: Graph, cache: Cache, out_dir: Path, level_var: str, stud
 
 def stats_text(graph: Graph, cache: Cache, step: str, variant: str | None, table: str, reference: str | None,
                device: str) -> str:
+    """Diversity metrics of a step's output; one block per distinct output when `variant` selects several."""
+    from synthforge.api import OpenRecipe
+
+    outputs = OpenRecipe(graph, cache).entries(step, variant)
+    blocks = [_stats_of(graph, cache, step, entry, table, reference, device) for _, entry in outputs]
+    return _per_variant(outputs, blocks)
+
+
+def _stats_of(graph: Graph, cache: Cache, step: str, entry: Entry, table: str, reference: str | None, device: str) -> str:
+    from synthforge.api import OpenRecipe
     from synthforge.stats import entry_stats, format_stats
 
-    entry = entry_for(graph, cache, step, variant)
     target = _input_table(entry, table)
     ref = None
     if reference:
         ref_step, _, ref_table = reference.partition(".")
-        ref = _input_table(entry_for(graph, cache, ref_step, variant), ref_table or "data")
+        served = graph.nodes[entry.key].variants[0]  # the reference as built for (the first of) this output's variants
+        ref = _input_table(OpenRecipe(graph, cache).entry(ref_step, served), ref_table or "data")
     stats = entry_stats(target, ref, cache=cache, seed=graph.recipe.seed, device=device)
     title = f"{step}.{table}" if table != "data" else step
     against = f" vs {reference}" if reference else ""
     return f"diversity of {title}{against} (key {entry.key[:12]})\n{format_stats(stats)}"
+
+
+def show_variants_text(recipe, step: str, variant: str | None, table: str = "data", rows: int = 5) -> str:
+    """`show` for every distinct output `variant` selects (one, or each replicate's of a partial name)."""
+    outputs = recipe.entries(step, variant)
+    return _per_variant(outputs, [show_text(entry, table, rows, step) for _, entry in outputs])
+
+
+def _per_variant(outputs: list[tuple[str, Entry]], blocks: list[str]) -> str:
+    """One block as it is; several each under the variants they serve."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return "\n\n".join(f"== variant {label} ==\n{block}" for (label, _), block in zip(outputs, blocks))
 
 
 def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | None = None,
@@ -481,7 +531,7 @@ def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | 
             continue
         graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
         check_step_names(graph, list(steps))
-        variants = [graph.recipe.variant(variant)] if variant else graph.recipe.variants
+        variants = graph.recipe.select_variants(variant)
         for v in variants:
             keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
     return list(dict.fromkeys(keys))
@@ -523,5 +573,5 @@ def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str
     keep = referenced_keys(locks)
     entries, objects, freed = remote.gc(keep, dry_run)
     verb = "would remove" if dry_run else "removed"
-    return (f"{len(locks)} lockfile(s) reference {len(keep)} keys; {verb} {entries} remote entries and "
-            f"{objects} unreferenced objects ({freed / 1e6:.1f} MB) from {remote.url}")
+    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; {verb} {plural(entries, 'remote entry', 'remote entries')} and "
+            f"{plural(objects, 'unreferenced object')} ({freed / 1e6:.1f} MB) from {remote.url}")

@@ -20,7 +20,7 @@ from synthforge.graph import Graph, Node
 from synthforge.keys import key_of
 from synthforge.lockfile import Lock, merge_locks, read_lock, write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
-from synthforge.progress import LOGGER
+from synthforge.progress import LOGGER, labelled
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
 from synthforge.stepapi import InputTable, Runtime, StepContext
@@ -37,6 +37,37 @@ class BuildReport:
     contents: dict[str, str] = field(default_factory=dict)  # key -> the entry's content hash (for the lockfile)
     built_elsewhere: set[str] = field(default_factory=set)  # planned to run, but another process built it meanwhile
     failures: Failures = field(default_factory=Failures)  # keep-going: failed and skipped nodes
+
+    def status(self, item: PlanItem) -> str:
+        key = item.node.key
+        if key in self.failures.errors:
+            return "failed"
+        if key in self.failures.skipped:
+            return "skipped"
+        if item.action != "run":
+            return "cached"
+        return "built by another process" if key in self.built_elsewhere else "built" if key in self.seconds else "not run"
+
+    def counts(self) -> dict[str, int]:
+        """How many step outputs ended in each status, in a fixed order."""
+        statuses = [self.status(item) for item in self.items]
+        return {name: statuses.count(name) for name in ("built", "built by another process", "cached", "failed", "skipped")
+                if name in ("built", "cached") or name in statuses}
+
+    def __repr__(self) -> str:  # a summary, not the plan's nodes (a notebook shows this for `r.build()`)
+        counts = ", ".join(f"{name} {count}" for name, count in self.counts().items())
+        return f"<BuildReport: {counts} in {sum(self.seconds.values()):.1f}s of step time>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{html.escape(item.node.step)}</td><td>{len(item.node.variants)}</td><td>{self.status(item)}</td>"
+            f"<td>{self.rows.get(item.node.key, '')}</td><td>{self.seconds.get(item.node.key, 0):.2f}</td></tr>"
+            for item in self.items)
+        head = "".join(f"<th>{name}</th>" for name in ("step", "variants", "status", "rows", "seconds"))
+        return (f"<p>{html.escape(repr(self))}</p><details><summary>{len(self.items)} step outputs</summary>"
+                f"<table><tr>{head}</tr>{rows}</table></details>")
 
 
 def _holding_leases(build_fn):
@@ -115,12 +146,18 @@ class _BuildLines:
                  lock: Lock | None = None):
         self.graph, self.cache, self.report, self.log, self.lock = graph, cache, report, log, lock
         self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
+        self.first_said: dict[str, int] = {}  # reason -> the position whose line said it
 
     def where(self, node: Node) -> str:
         return f"[{self.position[node.key][0]}/{len(self.position)}] {node.step} for {variant_label(self.graph, node)}"
 
     def started(self, node: Node) -> None:
-        self.log(f"▶ {self.where(node)}: {as_sentence(self.position[node.key][1].reasons)}")
+        """The reason a step runs, said in full once: a later step with the same reason points back to it."""
+        index, item = self.position[node.key]
+        reason = as_sentence(item.reasons)
+        first = self.first_said.setdefault(reason, index)
+        said = reason if first == index else f"the same reason as [{first}/{len(self.position)}]"
+        self.log(f"▶ {self.where(node)}: {said}")
 
     def finished(self, node: Node, run: NodeRun) -> None:
         for line in run.log:
@@ -226,8 +263,10 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
                 log=log,
             )
             started = time.time()
+            several = len(graph.recipe.variants) > 1
             try:
-                result = node.resolved.step.run(ctx)
+                with labelled(variant_label(graph, node) if several else None):
+                    result = node.resolved.step.run(ctx)
             except UserError as exc:
                 raise _locate(exc, graph.recipe, node) from None
             manifest = write_entry(work, node, graph.recipe, result, started)

@@ -517,14 +517,25 @@ class Cache:
         return UserError(f"the cache {self.root} is read-only: {action} needs to write to it",
                          hint="make the folder writable, or use a writable cache folder: --cache-dir or SYNTHFORGE_CACHE")
 
+    def _ensure_root(self) -> None:
+        """Create the cache folder on first write; a new one gets a `.gitignore` of `*` (as DVC does), so a cache
+        inside a checkout is never committed. A folder that already exists is left as it is."""
+        if self.root.is_dir():
+            return
+        with storage_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.root / ".gitignore", "# synthforge cache (recreated by builds): never commit it\n*\n")
+
     def shared_dir(self, name: str) -> Path:
         """A folder for caches below step level (per-response, converted models)."""
+        self._ensure_root()
         path = self.root / "shared" / name
         with storage_errors(path):
             path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _tmp_root(self) -> Path:
+        self._ensure_root()
         tmp_root = self.root / "tmp"
         with storage_errors(self.root):
             tmp_root.mkdir(parents=True, exist_ok=True)
@@ -597,6 +608,7 @@ class Cache:
             finally:
                 self._locked[held] -= 1
             return
+        self._ensure_root()
         with file_lock(self._lock_path(key)):
             self._locked[held] = 1
             try:
@@ -609,6 +621,7 @@ class Cache:
         """Protect entries a build writes or reads from `gc` while the block runs (shared, many holders).
         Nested leases on keys this object already holds take nothing more (a command around its build)."""
         new = sorted(set(keys) - self._leased)
+        self._ensure_root()
         with contextlib.ExitStack() as stack:
             for key in new:
                 stack.enter_context(file_lock(self._lock_path(key, "lease"), shared=True))
@@ -714,6 +727,7 @@ class Cache:
         """Store `record` (JSON-plain) under `key`; `entries` are the keys it was computed from (gc drops it with them)."""
         plain = json.loads(json.dumps({**record, "derived_from": sorted(entries)}))
         plain["checksum"] = key_of(plain)
+        self._ensure_root()
         atomic_write_text(self.derived_path(key), json.dumps(plain, indent=1, sort_keys=True))
         return plain
 
@@ -736,6 +750,7 @@ class Cache:
     def sweep_tmp(self) -> int:
         """Delete leftovers of dead writers: whatever is in tmp/ whose owner (a key, or a `scratch_file`
         purpose) nobody holds the lock of. Every tmp path is made under its owner's lock, so nothing in flight goes."""
+        self._ensure_root()
         tmp_root = self.root / "tmp"
         if not tmp_root.is_dir():
             return 0

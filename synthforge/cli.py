@@ -12,7 +12,10 @@ cache_option = click.option(
 )
 set_option = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
                           help="Set a recipe variable, or `seed`; a matrix variable narrows the matrix to VALUE.")
-variant_option = click.option("--variant", default=None, help="Which matrix variant, e.g. 'diversity=0.5,synthetic_fraction=0.25'.")
+variant_option = click.option(
+    "--variant", default=None,
+    help="Which matrix variant: NAME=VALUE pairs in any order, e.g. 'diversity=0.5,synthetic_fraction=0.25'; "
+         "a partial name (e.g. without replicate=) selects every variant it matches.")
 remote_option = click.option(
     "--remote", "remote_url", envvar="SYNTHFORGE_REMOTE", default=None, metavar="URL",
     help="Remote cache: s3://bucket/prefix, gs://..., az://... or a shared folder (or $SYNTHFORGE_REMOTE, "
@@ -38,9 +41,13 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
         from synthforge.errors import BuildFailed, UserError
-        from synthforge.progress import configure_logging
+        from synthforge.progress import configure_logging, disable_bars
 
+        before = click.get_current_context().find_root().params  # `synthforge -q plan ...` as `synthforge plan -q ...`
+        quiet, verbose = quiet or before.get("quiet", False), verbose or before.get("verbose", False)
         configure_logging(-1 if quiet else 1 if verbose else 0)
+        if before.get("progress") is False or kwargs.get("progress") is False:
+            disable_bars()
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -81,7 +88,11 @@ def _remote(url: str | None, jobs: int = 16, progress: bool = True, required: bo
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="synthforge")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars (before or after the command).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print debug lines and the libraries' own messages (before or after the command).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bars on stderr, for every command (each command that draws bars also takes it).")
+def main(quiet: bool, verbose: bool, progress: bool) -> None:
     """Build training datasets from real and LLM-generated data, declaratively and reproducibly."""
 
 
@@ -124,12 +135,14 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
               push, remote_url, jobs, executor, address, models_per_device, shard_rows, keep_going, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock (a build narrowed by --set or --only merges into it)."""
     from synthforge import app
+    from synthforge.progress import bars_enabled
 
     r = _open(recipe, sets, cache_dir)
-    remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
+    remote = _remote(remote_url, progress=progress and bars_enabled(), required=push) if use_remote or push else None
     if dry_run:
         click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
         return
+    progress = progress and bars_enabled()
     runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows, max_requests, max_tokens)
     runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
     click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
@@ -176,7 +189,7 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
 
-    click.echo(app.show_text(_open(recipe, sets, cache_dir).entry(step, variant), table, rows, step))
+    click.echo(app.show_variants_text(_open(recipe, sets, cache_dir), step, variant, table, rows))
 
 
 @main.command("export")
@@ -231,18 +244,20 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
               help="text for a terminal, markdown for a pull-request comment, json (schema synthforge.diff/1) for tools.")
 @click.option("--fail-on", multiple=True, metavar="EXPR", help="Gate, e.g. 'accuracy < -0.01', 'vendi < -5%', 'rows_removed > 100'.")
 @click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr (with --build).")
 @click.option("--output", "-o", default=None, help="Also write the report to this file.")
 @set_option
 @cache_option
 @user_errors
-def diff_cmd(a, b, fmt, fail_on, build_missing, output, sets, cache_dir):
+def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_dir):
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP).
 
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
     """
     from synthforge import app
+    from synthforge.progress import bars_enabled  # --no-progress (here or before the command) turned them off
 
-    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets)
+    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets, bars_enabled())
     click.echo(text)
     sys.exit(1 if tripped else 0)
 

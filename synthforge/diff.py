@@ -19,6 +19,7 @@ from synthforge.graph import Graph, build_graph
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import describe_changes, read_lock
+from synthforge.metric_registry import RUN_FACTS
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.stepapi import Runtime
 from synthforge.tables import render_markdown as markdown_table
@@ -231,14 +232,16 @@ def _label_deltas(a: Any, b: Any) -> dict[str, dict[str, int]]:
 
 
 def flatten_metrics(meta: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """Numbers in a manifest's meta by dotted path; a dict with `mean` is one metric with its interval."""
+    """Numbers in a manifest's meta by dotted path (not the run's facts: `RUN_FACTS`); a dict with `mean` is
+    one metric with its interval."""
     found: dict[str, dict[str, Any]] = {}
     if isinstance(meta, dict):
         if "mean" in meta and isinstance(meta["mean"], (int, float)):
             found[prefix] = {"value": float(meta["mean"]), "ci": _interval(meta)}
             return found
         for key, value in meta.items():
-            found.update(flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
+            if key not in RUN_FACTS:  # how the run went (seconds, rows/s, cache hits) is no change of the data
+                found.update(flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
     elif isinstance(meta, (int, float)) and not isinstance(meta, bool) and prefix:
         found[prefix] = {"value": float(meta), "ci": None}
     return found

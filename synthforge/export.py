@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthforge.api import PROVENANCE_KEY, import_datasets, table_path
 from synthforge.errors import UserError
+from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -27,8 +28,12 @@ SAMPLING_FIELDS = ("temperature", "top_p", "max_new_tokens", "n", "few_shot_k", 
 
 
 def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
-    import polars as pl
+    """Where a table comes from; for a variant name that selects several outputs, theirs summed up (`_stacked`)."""
+    outputs = recipe.entries(step, variant)
+    return _provenance(recipe, step, variant, table) if len(outputs) == 1 else _stacked(recipe, step, outputs, table)[0]
 
+
+def _provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
     entry = recipe.entry(step, variant)
     manifest = entry.manifest
     table_path(entry, table)
@@ -133,16 +138,38 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
     """Write a step's table to `to` with its provenance; returns a one-line summary."""
     target = Path(to)
     fmt = fmt or _format_from_name(target)
-    facts = provenance(recipe, step, variant, table)
+    outputs = recipe.entries(step, variant)
+    if len(outputs) == 1:
+        facts, frame = _provenance(recipe, step, variant, table), outputs[0][1].scan(table)
+    else:  # a partial variant name (e.g. every replicate of a cell): the outputs stacked, with a `variant` column
+        facts, frame = _stacked(recipe, step, outputs, table)
     if fmt == "hf":
-        entry = recipe.entry(step, variant)
-        # each split its own Dataset: the `split` column would only repeat the split's name
-        parts = {name: _without(entry.scan(name), "split") for name in facts["splits"]} or {None: entry.scan(table)}
-        write_hf_folder(parts, target, facts)
-        kind = f"a DatasetDict ({', '.join(facts['splits'])})" if facts["splits"] else "a Dataset"
-        return f"wrote {facts['rows']} rows to {target}/ as {kind} (datasets.load_from_disk; card in {target / 'README.md'})"
-    write_file(recipe.entry(step, variant).scan(table), target, fmt, facts)
-    return f"wrote {facts['rows']} rows to {target}"
+        # a split's parts each their own Dataset (the `split` column would only repeat the split's name);
+        # several outputs stacked (a partial variant name) stay one Dataset with a `variant` column
+        splits = facts["splits"] if len(outputs) == 1 else {}
+        parts = {name: _without(outputs[0][1].scan(name), "split") for name in splits} or {None: frame}
+        write_hf_folder(parts, target, {**facts, "splits": splits})
+        kind = f"a DatasetDict ({', '.join(splits)})" if splits else "a Dataset"
+        return (f"wrote {plural(facts['rows'], 'row')} to {target}/ as {kind} "
+                f"(datasets.load_from_disk; card in {target / 'README.md'})")
+    write_file(frame, target, fmt, facts)
+    return f"wrote {plural(facts['rows'], 'row')} to {target}"
+
+
+def _stacked(recipe: "OpenRecipe", step: str, outputs: list, table: str) -> tuple[dict[str, Any], Any]:
+    """The provenance and the lazy stacked table of several outputs of one step: each output's facts under
+    `outputs`; variant, key, rows and label counts summed up at the top."""
+    from synthforge.api import stack_variants
+
+    parts = [_provenance(recipe, step, recipe.graph.nodes[entry.key].variants[0], table) for _, entry in outputs]
+    labels: dict[str, int] = {}
+    for part in parts:
+        for label, count in part["label_counts"].items():
+            labels[label] = labels.get(label, 0) + count
+    facts = {**parts[0], "variant": "; ".join(label for label, _ in outputs), "key": ", ".join(p["key"] for p in parts),
+             "rows": sum(p["rows"] for p in parts), "label_counts": dict(sorted(labels.items())),
+             "outputs": [{k: p[k] for k in ("variant", "key", "rows", "label_counts")} for p in parts]}
+    return facts, stack_variants([(label, entry.scan(table)) for label, entry in outputs])
 
 
 def _without(scan: "pl.LazyFrame", column: str) -> "pl.LazyFrame":

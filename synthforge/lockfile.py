@@ -52,19 +52,45 @@ def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
         return [f"its kind changed from {before.get('kind')} to {after.get('kind')}"]
     if before.get("version") != after.get("version"):
         reasons.append(f"the code of '{after['kind']}' changed (version {before.get('version')} to {after.get('version')})")
-    reasons += [f"field {path} changed from {old} to {new}" for path, old, new in dict_changes(before.get("params", {}), after.get("params", {}))]
+    params = dict_changes(before.get("params", {}), after.get("params", {}))
+    reasons += [_changed(f"field {path}", old, new) for path, old, new in params]
     for name, old, new in dict_changes(before.get("inputs", {}), after.get("inputs", {})):
-        reasons.append(f"input {name.split('.')[0]} changed")
+        reasons.append(input_changed(name.split(".")[0]))
     for name, old, new in dict_changes(before.get("files", {}), after.get("files", {})):
-        reasons.append(f"the content of file {name} changed")
+        reasons.append(_file_changed(name))
     for name, old, new in dict_changes(before.get("identity", {}), after.get("identity", {})):
-        reasons.append(f"{name} changed from {old} to {new}")
+        if (name, old, new) not in params:  # a field that is also the backend's identity (base_url): said once
+            reasons.append(_changed(name, old, new))
     if before.get("seed") != after.get("seed"):
-        reasons.append(f"the recipe seed changed from {before.get('seed')} to {after.get('seed')}")
+        reasons.append(_changed("the recipe seed", _short(before.get("seed", _MISSING)), _short(after.get("seed", _MISSING))))
     return list(dict.fromkeys(reasons))
 
 
 _MISSING = "(unset)"
+
+
+def input_changed(field_name: str) -> str:
+    """'its input changed' for the field named `input`, else "its input 'real' changed"."""
+    return "its input changed" if field_name == "input" else f"its input '{field_name}' changed"
+
+
+def _file_changed(label: str) -> str:
+    if label.startswith("read."):  # Step.files_read: a model's or a tool's files, not named by a field
+        return "a file the step reads (a model's or data file not named in the recipe) changed content"
+    return f"the content of the file in field {label} changed"
+
+
+def _changed(what: str, old: str, new: str) -> str:
+    """A value's change in words; a value one side lacks is 'added' or 'removed', not '(unset)' or 'None'."""
+    if old == _MISSING:
+        return f"{what} was added ({_words(new)})"
+    if new == _MISSING:
+        return f"{what} was removed (was {_words(old)})"
+    return f"{what} changed from {_words(old)} to {_words(new)}"
+
+
+def _words(value: str) -> str:
+    return "none" if value == "None" else value
 
 
 def dict_changes(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:

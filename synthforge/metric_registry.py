@@ -60,3 +60,12 @@ def verdict(name: str, delta: float) -> str | None:
     if found is None or found.better is None or delta == 0:
         return None
     return "better" if (delta > 0) == (found.better == "higher") else "worse"
+
+
+# Manifest meta fields that say how a run went (time, speed, cache hits, retries, shards), not what it made:
+# two builds of the same output differ in them, so `diff` and its gates do not list them as changes.
+RUN_FACTS = frozenset({
+    "seconds", "train_seconds", "rows_per_s", "tokens_per_s", "responses_cached", "responses_generated",
+    "responses_from_other_process", "generated_prompt_tokens", "generated_completion_tokens", "retries",
+    "rate_limited", "shards", "shards_resumed", "iterations", "endpoint_events",
+})

@@ -8,9 +8,10 @@ from typing import Any
 from synthforge.cache import Cache
 from synthforge.errors import UserError, did_you_mean
 from synthforge.graph import Graph, Node
-from synthforge.lockfile import Lock, describe_changes, dict_changes, read_lock
+from synthforge.lockfile import Lock, describe_changes, dict_changes, input_changed, read_lock
 from synthforge.recipe.resolve import RefTarget
 from synthforge.stepapi import Estimate
+from synthforge.tables import plural
 
 
 @dataclass
@@ -65,7 +66,8 @@ def why_rebuild(node: Node, graph: Graph, lock: Lock | None, will_run: set[str])
     if before is None:
         return ["the step is new (the lockfile does not have it)"]
     changed_inputs = {name.split(".")[0] for name, _, _ in dict_changes(before.get("inputs", {}), node.components.get("inputs", {}))}
-    reasons = [r for r in describe_changes(before, node.components) if not r.startswith("input ")]
+    input_reasons = {input_changed(name) for name in changed_inputs}
+    reasons = [r for r in describe_changes(before, node.components) if r not in input_reasons]
     reasons += [_input_reason(node, graph, name, will_run) for name in sorted(changed_inputs)]
     if not reasons:
         return ["not built here yet (the lockfile records a build elsewhere)"]
@@ -78,15 +80,19 @@ def _input_reason(node: Node, graph: Graph, field_name: str, will_run: set[str])
     targets = sorted({t.step for t in _ref_targets(node.resolved.refs.get(field_name))})
     rebuilding = [step for step in targets if variant_keys[step] in will_run]
     which = "its input" if field_name == "input" else f"its input '{field_name}'"
-    if rebuilding:
-        return f"{' and '.join(rebuilding)} will rebuild, which changes {which}"
+    if rebuilding:  # the step name comes second: as_sentence capitalises the first letter
+        return f"{which} changes: {' and '.join(rebuilding)} will rebuild"
     return f"{which} ({', '.join(targets) or 'none'}) changed"
 
 
 def as_sentence(reasons: list[str]) -> str:
     """Reasons joined into one sentence: 'Field n changed from 8 to 4; its input changed.'"""
     text = "; ".join(reasons)
-    return (text[:1].upper() + text[1:] + ".") if text else ""
+    if not text:
+        return ""
+    first = text.split(" ", 1)[0]
+    plain_word = first.isalpha() and first.islower()  # not a name such as real_emb or backend.base_url
+    return (text[:1].upper() + text[1:] if plain_word else text) + "."
 
 
 def _ref_targets(value: Any) -> list[RefTarget]:
@@ -109,7 +115,7 @@ def variant_label(graph: Graph, node: Node) -> str:
     mine = [v.matrix_values for v in variants if v.name in set(node.variants)]
     shared = {k: v for k, v in mine[0].items() if all(m.get(k) == v for m in mine)}
     common = ",".join(f"{k}={v}" for k, v in shared.items())
-    return f"{common or 'several'} ({len(node.variants)} variants)"
+    return f"{common or 'several'} ({plural(len(node.variants), 'variant')})"
 
 
 def planned_usage(items: list[PlanItem]) -> list[tuple[PlanItem, Estimate]]:

@@ -31,6 +31,7 @@ from typing import Any
 from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
 from synthforge.errors import UserError
 from synthforge.keys import checked_key, hash_file, is_key
+from synthforge.tables import plural
 
 RECORD_FORMAT = 1
 DEFAULT_JOBS = 16
@@ -114,7 +115,7 @@ class Transfer:
 
     def summary(self, verb: str) -> str:
         rate = self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-        text = (f"{verb} {len(self.entries)} entries ({self.objects} objects, {self.bytes / 1e6:.1f} MB in "
+        text = (f"{verb} {plural(len(self.entries), 'entry', 'entries')} ({plural(self.objects, 'object')}, {self.bytes / 1e6:.1f} MB in "
                 f"{self.seconds:.1f}s, {rate:.1f} MB/s); {len(self.present)} already there")
         if self.missing:
             text += f"; {len(self.missing)} not {'built in this cache' if verb == 'pushed' else 'on the remote'}"
@@ -428,7 +429,7 @@ class Remote:
     def raise_failures(done: Transfer) -> None:
         if done.failed:
             key, why = next(iter(done.failed.items()))
-            raise UserError(f"remote transfer of {len(done.failed)} entries failed ({key[:12]}: {why})",
+            raise UserError(f"remote transfer of {plural(len(done.failed), 'entry', 'entries')} failed ({key[:12]}: {why})",
                             hint="check the connection and credentials, then rerun: finished objects are kept")
 
     # -- the per-response LLM cache -----------------------------------------

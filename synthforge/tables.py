@@ -6,6 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """'1 row', '2 rows', '1 entry' (with nouns='entries'), '1,234 variants'."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -28,6 +28,18 @@ def make_rows(n: int = 300) -> pl.DataFrame:
     return pl.DataFrame({"review": texts, "stars": [LABELS[i % 3] for i in range(n)], "extra": list(range(n))})
 
 
+@pytest.fixture(autouse=True)
+def fresh_progress_state():
+    """Each test starts with bars on and nothing forwarded: a CLI call's --no-progress or -q (process-wide, as
+    in a real run) must not carry over into the next test run in this process."""
+    from synthforge import progress
+
+    bars, forward = dict(progress._bars), dict(progress._forward)
+    yield
+    progress._bars.update(bars)
+    progress._forward.update(forward)
+
+
 @pytest.fixture
 def data_csv(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"

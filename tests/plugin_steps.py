@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from synthforge.progress import progress
 from synthforge.steps import register
 from synthforge.steps.base import Ref, Step, StepContext, StepParams, StepResult
 
@@ -33,9 +34,13 @@ class SlowStep(Step):
         Path(ctx.workdir / "started").touch()
         time.sleep(float(os.environ.get("SF_TEST_SLEEP", "0")))
         release = os.environ.get("SF_TEST_RELEASE")  # a file: finish only once the test creates it
-        deadline = time.time() + 120
-        while release and not Path(release).exists() and time.time() < deadline:
-            time.sleep(0.05)
+        with progress(frame.height, f"{ctx.step}: copy", enabled=ctx.runtime.progress) as bar:
+            bar.update(frame.height // 2, tokens=10 * frame.height)  # half way, then wait: the parent sees it live
+            ctx.log(f"half of {frame.height} rows copied")
+            deadline = time.time() + float(os.environ.get("SF_TEST_RELEASE_WAIT", "120"))
+            while release and not Path(release).exists() and time.time() < deadline:
+                time.sleep(0.05)
+            bar.update(frame.height - frame.height // 2)
         return StepResult(frame)
 
 

@@ -78,7 +78,7 @@ def test_edited_data_file_rebuilds_everything_downstream(cli, write_recipe, data
     cli("build", recipe)
     make_rows(301).write_csv(data_csv)
     plan = cli("plan", recipe).output
-    assert "content of file path changed" in plan
+    assert "content of the file in field path changed" in plan
     assert statuses(cli("build", recipe).output) == {"rows": "built", "split": "built"}
 
 
@@ -93,7 +93,7 @@ def test_matrix_variants_share_identical_steps(cli, write_recipe, data_csv):
     shown = cli("show", recipe, "split", "--table", "train", "--variant", "k=20")
     assert "labels: bad=20, good=20, meh=20" in shown.output
     ambiguous = cli("show", recipe, "split")
-    assert ambiguous.exit_code == 2 and "differs across 3 variants" in ambiguous.output
+    assert ambiguous.exit_code == 2 and "has 3 distinct outputs across the 3 variants" in ambiguous.output
 
 
 def test_only_and_force(cli, write_recipe, data_csv):
@@ -180,8 +180,8 @@ def test_verify_detects_corruption_and_gc_keeps_locked_entries(cli, write_recipe
     recipe.write_text(recipe.read_text().replace("k: 10", "k: 3"))
     cli("build", recipe)
     dry = cli("cache", "gc", tmp_path, "--dry-run")
-    assert "would remove 1 entries" in dry.output
-    assert "removed 1 entries" in cli("cache", "gc", tmp_path).output
+    assert "would remove 1 entry" in dry.output
+    assert "removed 1 entry" in cli("cache", "gc", tmp_path).output
     assert statuses(cli("build", recipe).output) == {"rows": "cached", "split": "cached"}
 
 

@@ -94,3 +94,13 @@ def test_ci_flow_on_a_git_repo_with_two_commits(tmp_path):
     assert "❌ failed" in markdown
     missing = sf("diff", "HEAD~5:recipes/x.yaml", "HEAD:recipes/x.yaml")
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_run_time_facts_are_no_metric_changes():
+    from synthforge.diff import compare_metrics
+
+    a = {"seconds": 1.0, "rows_per_s": 40.0, "responses_cached": 0, "generated_completion_tokens": 900,
+         "completion_tokens": 900, "scores": {"accuracy": {"mean": 0.5}}, "per_seed": [], "x": {"train_seconds": 3.0}}
+    b = {**a, "seconds": 9.0, "rows_per_s": 5.0, "responses_cached": 30, "generated_completion_tokens": 0,
+         "scores": {"accuracy": {"mean": 0.6}}, "x": {"train_seconds": 1.0}}
+    assert set(compare_metrics(a, b)) == {"completion_tokens", "scores.accuracy"}

@@ -60,3 +60,49 @@ def test_endpoints_never_enter_the_key_and_the_primary_names_the_responses(serve
     pooled = GenerateStep.Params.model_validate(with_endpoints(first.base_url, [second.base_url], n=4))
     assert plain.model_dump(mode="json")["backend"] == {"type": "openai", "base_url": first.base_url, "model": "fake-model"}
     assert pooled.model_dump(mode="json") == plain.model_dump(mode="json") | {"backend": plain.model_dump(mode="json")["backend"]}
+
+
+def test_an_endpoint_leaving_and_rejoining_is_logged_and_recorded(tmp_path, servers):
+    from synthforge.backends.endpoint_pool import EndpointPool
+
+    from tests.generate_helpers import make_ctx
+
+    first, _ = servers
+    down = closed_url()
+    lines: list[str] = []
+    ctx = make_ctx(tmp_path, with_endpoints(down, [first.base_url], n=8))
+    ctx.log = lines.append
+    result = GenerateStep().run(ctx)
+    left = [e for e in result.meta["endpoint_events"] if e["event"] == "left"]
+    assert [e["endpoint"] for e in left] == [down.rstrip("/")] or [e["endpoint"] for e in left] == [down], left
+    assert any(f"endpoint {left[0]['endpoint']} leaves the pool" in line and "1 of 2 serve the rest" in line for line in lines), lines
+
+    class Once:  # an endpoint whose first batch fails: it leaves, then rejoins for the next batch
+        calls = 0
+
+        def identity(self):
+            return {"base_url": "http://once"}
+
+        def generate(self, requests, on_response=None):
+            Once.calls += 1
+            if Once.calls == 1:
+                raise ConnectionError("refused")
+            for i, _ in enumerate(requests):
+                on_response(i, f"r{i}")
+            return [f"r{i}" for i in range(len(requests))]
+
+    class Steady(Once):
+        def identity(self):
+            return {"base_url": "http://steady"}
+
+        def generate(self, requests, on_response=None):
+            for i, _ in enumerate(requests):
+                on_response(i, f"s{i}")
+            return [f"s{i}" for i in range(len(requests))]
+
+    said: list[str] = []
+    pool = EndpointPool([Once(), Steady()], said.append)
+    pool.generate([object()] * 3)
+    assert [e["event"] for e in pool.events] == ["left"]
+    pool.generate([object()] * 3)
+    assert [e["event"] for e in pool.events] == ["rejoined"] and "endpoint http://once rejoins the pool" in said[-1]

@@ -283,9 +283,8 @@ MODEL = BASIC + """  model:
 @pytest.fixture
 def model_build(cli, write_recipe, data_csv, cache_dir, monkeypatch):
     import synthforge.steps as steps_module
-    import tests.plugin_steps  # noqa: F401  (registers the test kinds in the copy below)
 
-    monkeypatch.setattr(steps_module.KINDS, "targets", dict(steps_module.KINDS.targets))
+    monkeypatch.setattr(steps_module.KINDS, "targets", dict(steps_module.KINDS.targets))  # later tests: real kinds only
     steps_module.register("keep_model", "tests.plugin_steps:KeepModelStep")
     steps_module.register("use_model", "tests.plugin_steps:UseModelStep")
     recipe = write_recipe(MODEL)

@@ -392,7 +392,7 @@ def test_a_read_only_cache_is_verified_as_it_is_and_never_repaired(tmp_path):
     database = cache_dir / "shared" / "responses" / "responses.sqlite"
     for args in (("cache", "verify"), ("cache", "verify", "--repair")):
         checked = _read_only_run(cache_dir, *args)
-        assert checked.returncode == 0 and "1 entries verified, all sound" in checked.stdout, checked.stdout + checked.stderr
+        assert checked.returncode == 0 and "1 entry verified, all sound" in checked.stdout, checked.stdout + checked.stderr
     assert database.is_file() and not list(database.parent.glob("*.damaged-*"))
     pushed = _read_only_run(cache_dir, "cache", "push", "--remote", tmp_path / "remote", "--no-progress")
     assert pushed.returncode == 2 and "Traceback" not in pushed.stderr

@@ -70,11 +70,11 @@ def test_describe_changes_names_each_kind_of_change_most_specific_first():
              "inputs": {"input": "k9:data"}, "files": {"path": "h2"}, "identity": {"model": "m2"}, "seed": 8}
     assert describe_changes(BEFORE, after) == [
         "the code of 'split' changed (version 1 to 2)",
-        "field labels.b changed from (unset) to 2",
+        "field labels.b was added (2)",
         "field test changed from 60 to 50",
-        "input input changed",
-        "the content of file path changed",
-        "model changed from (unset) to m2",
+        "its input changed",
+        "the content of the file in field path changed",
+        "model was added (m2)",
         "the recipe seed changed from 7 to 8",
     ]
 
@@ -87,7 +87,16 @@ def test_a_changed_kind_is_the_only_reason_and_equal_components_have_none():
 def test_several_tables_of_one_input_are_one_reason():
     before = {**BEFORE, "inputs": {"inputs": {"real": "k1:train", "synthetic": "k2:data"}}}
     after = {**BEFORE, "inputs": {"inputs": {"real": "k3:train", "synthetic": "k4:data"}}}
-    assert describe_changes(before, after) == ["input inputs changed"]
+    assert describe_changes(before, after) == ["its input 'inputs' changed"]
+
+
+def test_reasons_name_no_placeholder_values_or_file_labels():
+    before = {**BEFORE, "files": {"read.0": "h1"}, "identity": {"seed": None, "gone": "x"}}
+    after = {**BEFORE, "files": {"read.0": "h2"}, "identity": {"seed": 3}}
+    reasons = describe_changes(before, after)
+    assert reasons == ["a file the step reads (a model's or data file not named in the recipe) changed content",
+                       "gone was removed (was x)", "seed changed from none to 3"]
+    assert not any("(unset)" in r or "None" in r or "read.0" in r for r in reasons)
 
 
 def test_dict_changes_walks_nested_dicts_and_shortens_long_values():
@@ -128,3 +137,14 @@ def test_a_narrowed_build_merges_into_the_lockfile_and_gc_keeps_what_the_full_bu
     listed = {line.split()[-2]: line.split()[0] for line in dry[2:-1]}
     assert listed == {key: reseeded["nodes"][key]["step"] for key in doomed}
     assert all(("k=" in line) or line.split()[0] == "rows" for line in dry[2:-1])
+
+
+def test_a_field_that_is_also_identity_is_one_reason_and_names_stay_lowercase():
+    from synthforge.planning import as_sentence
+
+    before = {**BEFORE, "params": {"backend": {"base_url": "http://a"}}, "identity": {"backend": {"base_url": "http://a"}}}
+    after = {**BEFORE, "params": {"backend": {"base_url": "http://b"}}, "identity": {"backend": {"base_url": "http://b"}}}
+    assert describe_changes(before, after) == ["field backend.base_url changed from http://a to http://b"]
+    assert as_sentence(["real_emb will rebuild"]) == "real_emb will rebuild."
+    assert as_sentence(["backend.prefix changed from a to b"]) == "backend.prefix changed from a to b."
+    assert as_sentence(["the step is new"]) == "The step is new."

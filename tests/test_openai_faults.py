@@ -125,7 +125,15 @@ def test_concurrency_falls_on_rate_limits_and_rises_again(server):
     assert backend.rate_limited == server.statuses[429] > 0
 
 
-def test_the_progress_line_shows_the_current_concurrency(tmp_path, server, capsys):
+def test_the_progress_line_shows_the_current_concurrency(tmp_path, server, capsys, monkeypatch):
+    from synthforge import progress
+
+    from functools import partial
+
+    from tqdm.std import tqdm
+
+    monkeypatch.setattr(progress, "_draws_bars", lambda: True)  # as on a terminal (the capture is not one)
+    monkeypatch.setattr(progress, "_tqdm_class", lambda: partial(tqdm, mininterval=0))  # every update drawn
     run_step(tmp_path, openai_params(server.base_url, 4, concurrency=3), runtime=Runtime(progress=True))
     assert "concurrency=3" in capsys.readouterr().err
 

@@ -87,6 +87,7 @@ def test_push_then_pull_into_an_empty_cache_builds_nothing(cli, write_recipe, da
 
     plan = cli("plan", recipe, "--cache-dir", b, "--remote", remote_url)
     assert [line.split()[0] for line in plan.output.splitlines()[3:]] == ["pull", "pull"]
+    assert "0 cached, 2 to pull from the remote, 0 to run" in plan.output  # the empty local cache has nothing
     first = cli("build", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
     assert statuses(first.output) == {} and "2 pulled from" in first.output, first.output
     second = cli("build", recipe, "--cache-dir", b, "--no-remote")
@@ -109,7 +110,7 @@ def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_
     assert remote.push(keys["split"], Cache(a)) and remote.has(keys["split"]) and not remote.has(keys["rows"])
     pulled = cli("cache", "pull", recipe, "--step", "split", "--variant", "default", "--cache-dir", b,
                  "--remote", remote_url, "--no-progress")
-    assert pulled.exit_code == 0 and "pulled 1 entries" in pulled.output
+    assert pulled.exit_code == 0 and "pulled 1 entry" in pulled.output
     assert Cache(b).problems(keys["split"]) == [] and Cache(b).problems(keys["rows"]) is None
     assert not remote.fetch(keys["rows"], Cache(b))
     remote.push(keys["rows"], Cache(a))
@@ -265,9 +266,9 @@ def test_gc_removes_what_no_lockfile_references(cli, write_recipe, data_csv, tmp
     remote = Remote(remote_url, progress=False)
     before = remote_files(remote_url)
     dry = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url, "--dry-run")
-    assert "would remove 1 remote entries" in dry.output and remote_files(remote_url) == before
+    assert "would remove 1 remote entry" in dry.output and remote_files(remote_url) == before
     young = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url)
-    assert "removed 1 remote entries and 0 unreferenced objects" in young.output  # in-flight grace period
+    assert "removed 1 remote entry and 0 unreferenced objects" in young.output  # in-flight grace period
     monkeypatch.setattr("synthforge.remote.GC_GRACE_S", -1)
     old = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url)
     assert f"removed 0 remote entries and {drop_objects} unreferenced objects" in old.output
@@ -311,7 +312,7 @@ def test_pushing_generate_shares_responses_so_raising_n_generates_only_new_rows(
         cli("cache", "push", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
         recipe.write_text(GENERATE.format(n=6, url=server.base_url))
         back = cli("cache", "pull", recipe, "--cache-dir", b, "--remote", remote_url, "--no-progress")
-        assert back.exit_code == 0 and "pulled 1 entries" in back.output
+        assert back.exit_code == 0 and "pulled 1 entry" in back.output
         import sqlite3
 
         rows = sqlite3.connect(local_b / "responses.sqlite").execute("SELECT COUNT(*) FROM responses").fetchone()[0]

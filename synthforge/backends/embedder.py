@@ -61,6 +61,8 @@ class Embedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from synthforge.progress import quiet_libraries
+
         self.model_name = model
         self.path = model_path(model)
         self.device = pick_device(device)
@@ -68,6 +70,7 @@ class Embedder:
         if self.device == "cpu":
             # torch defaults to every core it sees, even outside our affinity mask or a worker's share.
             torch.set_num_threads(thread_budget())
+        quiet_libraries()  # no "Loading weights" bar of transformers' own, in any mode but -v
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token is None:  # padded positions are masked out: any token will do
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token or self.tokenizer.convert_ids_to_tokens(0)

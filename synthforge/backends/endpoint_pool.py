@@ -4,7 +4,8 @@ Each endpoint is its own backend (`OpenAILLM`, with its own concurrency and retr
 its own thread. They pull chunks of requests from one shared queue, so a faster server takes
 more of the work. An endpoint whose backend fails (down, or out of retries) leaves the pool and
 the requests of its chunk that had no answer go back to the queue for the others; only when
-every endpoint has left does the first error surface.
+every endpoint has left does the first error surface. Leaving and rejoining (at the next batch) are logged
+and kept in `events`, which `generate` records in its meta (`endpoint_events`).
 
 The pool's identity is the primary endpoint's: every replica serves the same model with the
 same seeds, so which one answered never enters a cache key, and the per-response cache makes
@@ -14,8 +15,9 @@ a rerun exact whichever server answers it. `OpenAILLM.from_config` builds a pool
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, LLMBackend, OnResponse
@@ -26,10 +28,13 @@ CHUNK_PER_SLOT = 4  # requests an endpoint takes at a time, per unit of its conc
 class EndpointPool:
     type = "openai"
 
-    def __init__(self, endpoints: Sequence[LLMBackend]):
+    def __init__(self, endpoints: Sequence[LLMBackend], log: Callable[[str], None] = print):
         self.endpoints = list(endpoints)
         self.retries = 0
         self.served: dict[str, int] = {}  # base URL -> responses it gave in the last generate()
+        self.log = log
+        self.left: set[str] = set()  # endpoints that left the pool in an earlier generate(): they rejoin the next
+        self.events: list[dict[str, Any]] = []  # endpoints leaving and rejoining, for the step's meta
 
     def identity(self) -> dict[str, Any]:
         return self.endpoints[0].identity()
@@ -47,7 +52,10 @@ class EndpointPool:
         changed = threading.Condition()  # guards everything below; signalled when a chunk ends
         in_flight = [0]  # chunks being served: their unanswered requests may come back to the queue
         errors: list[BaseException] = []
-        self.retries, self.served = 0, {}
+        self.retries, self.served, self.events = 0, {}, []
+        for name in sorted(self.left):
+            self._event(name, "rejoined", f"endpoint {name} rejoins the pool (it left in an earlier batch)")
+        self.left.clear()
 
         def take(size: int) -> list[int]:
             with changed:
@@ -79,6 +87,10 @@ class EndpointPool:
                     if failed is not None:
                         errors.append(failed)
                         queue.extend(i for i in chunk if results[i] is None)
+                        self.left.add(name)
+                        remaining = len(self.endpoints) - len(self.left)
+                        self._event(name, "left", f"endpoint {name} leaves the pool ({_one_line(failed)}); "
+                                    f"{remaining} of {len(self.endpoints)} serve the rest", error=_one_line(failed))
                     in_flight[0] -= 1
                     changed.notify_all()
                 if failed is not None:
@@ -92,3 +104,13 @@ class EndpointPool:
         if any(r is None for r in results):
             raise errors[0]
         return results  # type: ignore[return-value]
+
+    def _event(self, name: str, event: str, message: str, **extra: str) -> None:
+        self.events.append({"endpoint": name, "event": event, "at": round(time.time(), 3), **extra})
+        self.log(message)
+
+
+def _one_line(error: BaseException) -> str:
+    """An endpoint's failure, short: its type and first line (the backend's errors carry no secrets)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200]

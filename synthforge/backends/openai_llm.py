@@ -126,8 +126,8 @@ class OpenAILLM:
         for extra in config.endpoints:
             extra = extra if isinstance(extra, EndpointConfig) else EndpointConfig(base_url=extra)
             servers.append((extra.base_url, extra.concurrency or config.concurrency))
-        return EndpointPool([cls.one_server(config.model_copy(update={"base_url": url, "endpoints": []}), slots)
-                             for url, slots in servers])
+        return EndpointPool([cls.one_server(config.model_copy(update={"base_url": url, "endpoints": []}), slots, log)
+                             for url, slots in servers], log)
 
     @classmethod
     def one_server(cls, config: OpenAIBackendConfig, concurrency: int, log: Callable[[str], None] = print) -> "OpenAILLM":

@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthforge.stepapi import Runtime
 
 
+EVENTS_EVERY_S = 0.2  # how often a parent shows what its workers sent (bars, log lines) while it waits for them
+
+
 @dataclass
 class NodeRun:
     """What came of running one node: its rows, wall time, whether this run built it (False: another
@@ -46,13 +49,19 @@ class Executor(Protocol):
 
 
 def execute_node(graph: "Graph", key: str, cache_root: str | Path, runtime: "Runtime", force: bool) -> NodeRun:
-    """Run one node in a worker (a spawned process or a Ray task); its log lines travel back with the outcome."""
+    """Run one node in a worker (a spawned process or a Ray task). Its log lines reach the parent as they
+    happen when the worker forwards (`progress.forward_to`), else they travel back with the outcome."""
+    import logging
+
     from synthforge.building import run_node
     from synthforge.cache import Cache
+    from synthforge.progress import LOGGER, forwarding
 
+    node = graph.nodes[key]
     lines: list[str] = []
+    log = (lambda line: logging.getLogger(LOGGER).info(f"  {node.step}: {line}")) if forwarding() else lines.append
     start = time.perf_counter()
-    outcome = run_node(graph, graph.nodes[key], Cache(cache_root), runtime, lines.append, force=force)
+    outcome = run_node(graph, node, Cache(cache_root), runtime, log, force=force)
     return NodeRun(key, outcome.manifest.rows, time.perf_counter() - start, outcome.built, lines)
 
 

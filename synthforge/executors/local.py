@@ -1,6 +1,8 @@
 """Executors on this machine: in the calling process (sequential), or a pool of spawned worker processes.
 
 Workers are spawned, never forked: a forked child of a process that has run faiss hangs in faiss.
+Workers send their bars and log lines to the parent over a queue while a step runs (progress.forward_to);
+the parent draws one live line per running step and prints the log lines as they come.
 Each worker receives the graph once (pool initializer), then only node keys. The workers share the
 CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
 Workers die with the build: on Linux the kernel kills them when their parent dies (PR_SET_PDEATHSIG),
@@ -18,11 +20,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from synthforge.backends.devices import limit_threads, usable_cpus
-from synthforge.executors.base import NodeRun, execute_node, plan_width
+from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node, plan_width
+from synthforge.progress import forward_to, settings, show_forwarded
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
@@ -67,9 +69,11 @@ _WORKER: dict[str, object] = {}
 PARENT_POLL_S = 0.5  # the watchdog's interval where the kernel cannot signal a parent's death
 
 
-def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int, parent: int) -> None:
+def _init_worker(graph: "Graph", cache_root: str, runtime: "Runtime", threads: int, parent: int,
+                 events, level: int, bars: bool) -> None:
     die_with_parent(parent)
     limit_threads(threads)  # workers running at once share the CPUs instead of oversubscribing them
+    forward_to(events, level, bars)  # bars and log lines reach the parent while the step runs
     _WORKER.update(graph=graph, cache_root=cache_root, runtime=runtime)
 
 
@@ -106,6 +110,8 @@ class ProcessExecutor:
         self.model_slots = models
         self.graph, self.cache, self.runtime = graph, cache, runtime
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._events = self._context.SimpleQueue()  # workers' bars and log lines, drawn here (one line per running step)
         self._futures: dict[concurrent.futures.Future, str] = {}
 
     def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
@@ -114,13 +120,11 @@ class ProcessExecutor:
     def _started(self) -> concurrent.futures.ProcessPoolExecutor:
         """The pool, made on the first submit: its workers get the runtime `prepare` settled."""
         if self._pool is None:
-            # Progress bars of parallel steps would overwrite each other: workers log finished steps only.
-            worker_runtime = replace(self.runtime, progress=False)
             threads = max(1, usable_cpus() // self.slots)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self.graph, str(self.cache.root.resolve()), worker_runtime, threads, os.getpid()),
+                max_workers=self.slots, mp_context=self._context, initializer=_init_worker,
+                initargs=(self.graph, str(self.cache.root.resolve()), self.runtime, threads, os.getpid(),
+                          self._events, *settings()),
             )
         return self._pool
 
@@ -128,7 +132,11 @@ class ProcessExecutor:
         self._futures[self._started().submit(_run_in_worker, node.key, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
+        done: set = set()
+        while not done:
+            done, _ = concurrent.futures.wait(self._futures, timeout=EVENTS_EVERY_S,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            self._show_events()  # a worker's events were written before its result: all of them are here
         finished = []
         for future in done:
             key = self._futures.pop(future)
@@ -138,9 +146,26 @@ class ProcessExecutor:
             finished.append((key, error if error is not None else future.result()))
         return finished
 
+    def _show_events(self) -> None:
+        while not self._events.empty():
+            show_forwarded(self._events.get())
+
     def close(self) -> None:
+        # Keep reading while the pool shuts down: a worker still sending must not block on a full pipe.
+        stop = threading.Event()
+        reader = threading.Thread(target=self._show_events_until, args=(stop,), daemon=True)
+        reader.start()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        stop.set()
+        reader.join()
+        self._show_events()
+        self._events.close()
+
+    def _show_events_until(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._show_events()
+            stop.wait(EVENTS_EVERY_S)
 
 
 class AutoExecutor:

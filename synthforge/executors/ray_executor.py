@@ -10,6 +10,7 @@ shards run on an actor pool that holds the devices (see synthforge.sharding); ot
 load a model ask for a GPU when the cluster has one; everything else asks for one CPU.
 Row-parallel steps run on the driver's Ray node: the per-response cache is sqlite in WAL mode,
 which needs every process that opens it on one host.
+Tasks send their bars and log lines to the driver through a Ray queue while they run, as local workers do.
 
 A killed driver leaves nothing running. On a cluster (`--address`) Ray ends a dead driver's job: its tasks
 and actors are killed. A local instance this build started is watched by a reaper process (Linux): it
@@ -29,7 +30,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from synthforge.errors import UserError
-from synthforge.executors.base import NodeRun, execute_node
+from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node
+from synthforge.progress import forward_to, settings, show_forwarded
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Cache
@@ -38,6 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TASK_RETRIES = 3  # retries of a node whose worker process died (Ray's own retry)
 INSTALL_HINT = "pip install 'synthforge[ray]'"
+
+
+def execute_forwarding(events, settings: tuple[int, bool], *args) -> NodeRun:
+    """`execute_node` in a Ray task whose bars and log lines go to the driver as they happen."""
+    forward_to(events, *settings)
+    return execute_node(*args)
 
 
 def import_ray():
@@ -75,8 +83,11 @@ class RayExecutor:
         self.gpus = runtime.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
         self._graph = ray.put(graph)
         self._cache_root = str(cache.root.resolve())
-        self._runtime = replace(runtime, progress=False, ray=True)
-        self._task = ray.remote(execute_node)
+        self._runtime = replace(runtime, ray=True)
+        from ray.util.queue import Queue
+
+        self._events = Queue()  # tasks' bars and log lines, shown here while they run (progress.forward_to)
+        self._task = ray.remote(execute_forwarding)
         self._refs: dict[Any, str] = {}
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -84,16 +95,19 @@ class RayExecutor:
 
     def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
         if runtime is not None:
-            self._runtime = replace(runtime, progress=False, ray=True)
+            self._runtime = replace(runtime, ray=True)  # progress kept: bars reach the driver through the queue
 
     def submit(self, node: "Node", force: bool) -> None:
         placement = {"scheduling_strategy": self._on_driver_node} if node.resolved.step.row_parallel else {}
         task = self._task.options(**node_resources(node, self.gpus), **placement, max_retries=TASK_RETRIES,
                                   name=f"synthforge {node.step} {node.key[:12]}")
-        self._refs[task.remote(self._graph, node.key, self._cache_root, self._runtime, force)] = node.key
+        self._refs[task.remote(self._events, settings(), self._graph, node.key, self._cache_root, self._runtime, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        ready, _ = self.ray.wait(list(self._refs), num_returns=1)
+        ready: list = []
+        while not ready:
+            ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=EVENTS_EVERY_S)
+            self._show_events()  # a task's events were put (and acknowledged) before it returned
         finished = []
         for ref in ready:
             key = self._refs.pop(ref)
@@ -106,9 +120,16 @@ class RayExecutor:
                 finished.append((key, RuntimeError(f"Ray could not build {key[:12]}: {exc}")))
         return finished
 
+    def _show_events(self) -> None:
+        size = self._events.qsize()
+        for event in self._events.get_nowait_batch(size) if size else []:
+            show_forwarded(event)
+
     def close(self) -> None:
         for ref in self._refs:
             self.ray.cancel(ref)
+        self._show_events()
+        self._events.shutdown()
         if self._owns_ray:
             self.ray.shutdown()
         if self._reaper is not None:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
+from synthforge.tables import plural
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel
@@ -87,13 +88,57 @@ class Recipe:
         return line_for(self.lines, path)
 
     def variant(self, name: str | None) -> Variant:
+        """The one variant `name` selects (the first when None); a name that selects several is an error listing them."""
         if name is None:
             return self.variants[0]
-        for variant in self.variants:
-            if variant.name == name:
-                return variant
-        names = [v.name for v in self.variants]
-        raise UserError(f"no variant '{name}'", hint=did_you_mean(name, names) or f"variants: {'; '.join(names)}")
+        found = self.select_variants(name)
+        if len(found) > 1:
+            raise UserError(f"'{name}' matches {plural(len(found), 'variant')}",
+                            hint=f"name one, e.g. '{found[0].name}' (or add {_missing_pairs(name, found)})")
+        return found[0]
+
+    def select_variants(self, spec: str | None) -> list[Variant]:
+        """The variants `spec` names: all for None; else each whose matrix values match every NAME=VALUE pair of
+        `spec`, in any order and any subset ('t=40,replicate=0' = 'replicate=0,t=40'; 't=40' = every replicate)."""
+        if spec is None or (spec == DEFAULT_VARIANT and not self.variants[0].matrix_values):
+            return list(self.variants)
+        names = list(self.variants[0].matrix_values)
+        pairs = _variant_pairs(spec, names)
+        found = [v for v in self.variants if all(_same_value(v.matrix_values[n], raw) for n, raw in pairs.items())]
+        if not found:
+            values = "; ".join(f"{n} is one of {', '.join(dict.fromkeys(str(v.matrix_values[n]) for v in self.variants))}" for n in pairs)
+            raise UserError(f"no variant '{spec}'", hint=values)
+        return found
+
+
+def _variant_pairs(spec: str, names: list[str]) -> dict[str, str]:
+    """'a=1, b=2' as {'a': '1', 'b': '2'}; each NAME must be a matrix variable (or replicate)."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, raw = part.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            hint = (did_you_mean(name, names) or f"variables: {', '.join(names)}") if names else f"the recipe has no matrix: its one variant is '{DEFAULT_VARIANT}'"
+            raise UserError(f"no variant '{spec}'" if not names else f"'{part}' in variant '{spec}' names no matrix variable"
+                            if sep else f"variant '{spec}' is not NAME=VALUE,...", hint=hint)
+        pairs[name] = raw.strip()
+    return pairs
+
+
+def _same_value(value: Any, raw: str) -> bool:
+    """A written value matches a matrix value as text ('0.5') or as YAML ('0.50', '1' for 1.0)."""
+    if str(value) == raw:
+        return True
+    try:
+        return yaml.safe_load(raw) == value
+    except yaml.YAMLError:
+        return False
+
+
+def _missing_pairs(spec: str, found: list[Variant]) -> str:
+    """The matrix variables that still tell `found` apart, with their first values: what to add to `spec`."""
+    differing = [n for n in found[0].matrix_values if len({str(v.matrix_values[n]) for v in found}) > 1]
+    return ",".join(f"{n}={found[0].matrix_values[n]}" for n in differing)
 
 
 def _targets(refs: dict[str, Any]) -> list[tuple[str, RefTarget]]:
@@ -125,17 +170,30 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     except ValidationError as exc:
         raise validation_error(exc, RecipeModel, filename, lines, (), data) from None
     _check_matrix_axes(written, data, filename, lines)
-    model = apply_overrides(written, overrides or {}, filename)
+    overrides_given = dict(overrides or {})  # every --set, replicate included: a narrowed build merges its lockfile
+    overrides = dict(overrides_given)
+    replicates = _replicates_wanted(written, overrides.pop(REPLICATE_VAR, None) if written.replicates > 1 else None, filename)
+    model = apply_overrides(written, overrides, filename)
     _check_variant_count(model, filename, lines)
-    recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed_axes(written, overrides or {}),
-                    overrides=dict(overrides or {}))
-    _check_replicate_var(recipe, overrides or {})
+    narrowed = {**narrowed_axes(written, overrides), **({REPLICATE_VAR: replicates[0]} if len(replicates) < model.replicates else {})}
+    recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed, overrides=dict(overrides_given))
+    _check_replicate_var(recipe, overrides)
     for matrix_values in _matrix_combinations(model.matrix):
-        for replicate in range(model.replicates):
+        for replicate in replicates:
             values = {**matrix_values, REPLICATE_VAR: replicate} if model.replicates > 1 else matrix_values
             variables = {**model.vars, **values}
             recipe.variants.append(_resolve_variant(recipe, values, variables))
     return recipe
+
+
+def _replicates_wanted(model: RecipeModel, chosen: Any, filename: str) -> list[int]:
+    """Every replicate, or the one `--set replicate=N` narrows to (its variants keep their names and keys)."""
+    if chosen is None:
+        return list(range(model.replicates))
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen < model.replicates:
+        raise UserError(f"replicate must be one of 0..{model.replicates - 1}, got {chosen!r}", file=filename,
+                        field=f"--set {REPLICATE_VAR}", hint=f"replicates: {model.replicates} numbers them from 0")
+    return [chosen]
 
 
 def _check_replicate_var(recipe: Recipe, overrides: dict[str, Any]) -> None:

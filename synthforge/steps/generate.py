@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
+from synthforge.tables import plural
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
 from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
@@ -240,6 +241,7 @@ class _Generation:
         self.few_shot = _few_shot_rows(ctx.inputs.get("few_shot_from"))
         self.fraction = Fraction(repr(self.params.paraphrase.fraction)) if self.params.paraphrase else Fraction(0)
         self.stats = Counter()
+        self.endpoint_events: list[dict[str, Any]] = []  # a pool's endpoints leaving and rejoining
 
     # plans
     def topic_plan(self, index: int) -> RowPlan:
@@ -359,7 +361,7 @@ class _Generation:
             others = [(plan, key) for plan, key in missing if key not in mine]
             if not others:
                 break
-            self.ctx.log(f"{self.ctx.step}: waiting for {len(others)} {phase} responses another process is requesting")
+            self.ctx.log(f"{self.ctx.step}: waiting for {plural(len(others), phase + ' response')} another process is requesting")
             arrived = cache.wait_for(key for _, key in others)
             for plan, key in others:
                 if key in arrived:
@@ -397,10 +399,11 @@ class _Generation:
                 if not streaming["on"]:
                     bar.update(1, status=backend_status(), tokens=response.completion_tokens)
 
-            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int]) -> None:
-                responses, retries, rate_limited = result
+            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int, list]) -> None:
+                responses, retries, rate_limited, endpoint_events = result
                 self.stats["retries"] += retries
                 self.stats["rate_limited"] += rate_limited
+                self.endpoint_events += endpoint_events
                 if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
                     for j, response in enumerate(responses):
                         arrived(shards[shard].start + j, response)
@@ -496,6 +499,7 @@ class _Generation:
             "generated_completion_tokens": self.stats["generated_completion_tokens"],
             "retries": self.stats["retries"],
             "rate_limited": self.stats["rate_limited"],
+            **({"endpoint_events": self.endpoint_events} if self.endpoint_events else {}),
             "seconds": round(seconds, 3),
         }
 
@@ -512,14 +516,16 @@ class GenerateWorker:
         # Another process (a Ray actor) builds its own backend and logs to its own output.
         return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
 
-    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int]:
-        """The shard's responses in request order, the retries they took and the rate limits (429/503) met."""
+    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int, list]:
+        """The shard's responses in request order, the retries they took, the rate limits (429/503) met and
+        the endpoints that left or rejoined a pool meanwhile."""
         from synthforge.backends.llm import make_backend
 
         if self.backend is None:
             self.backend = make_backend(**self.backend_options)
         responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
-        return responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0)
+        return (responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0),
+                list(getattr(self.backend, "events", [])))
 
 
 # -- helpers --------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
+from synthforge.tables import plural
 from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
 
@@ -110,7 +111,7 @@ class MixStep(Step):
             data = data.sample(fraction=1.0, shuffle=True, seed=_seed_int(ctx.seed, 2))
         meta = _meta(data, wanted, pools, params.max_per_label)
         data = data.drop(ROLE_COLUMN)
-        ctx.log(f"mix: {meta['n_real']} real + {meta['n_synthetic']} synthetic = {meta['n_total']} rows")
+        ctx.log(f"mix: {meta['n_real']} real + {meta['n_synthetic']} synthetic = {plural(meta['n_total'], 'row')}")
         return StepResult(data=data, meta=meta)
 
 

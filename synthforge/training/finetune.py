@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from synthforge.progress import progress
+from synthforge.progress import progress, quiet_libraries
 from synthforge.training.scoring import confusion_matrix, scores_from_cm
 
 
@@ -43,6 +43,7 @@ def load_classifier(model_path: str, labels: list[str], device: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
+    quiet_libraries()  # no "Loading weights" bar of transformers' own
     # "Some weights were newly initialized" is expected: the head is new.
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()
