@@ -30,14 +30,22 @@ def make_rows(n: int = 300) -> pl.DataFrame:
 
 @pytest.fixture(autouse=True)
 def fresh_progress_state():
-    """Each test starts with bars on and nothing forwarded: a CLI call's --no-progress or -q (process-wide, as
-    in a real run) must not carry over into the next test run in this process."""
+    """Each test starts from a fresh process's bars, forwarding and logger: a CLI call's --no-progress or -q
+    (process-wide, as in a real run), in this test or a module fixture, must not carry over."""
+    import logging
+
     from synthforge import progress
 
-    bars, forward = dict(progress._bars), dict(progress._forward)
+    def reset() -> None:
+        logger = logging.getLogger(progress.LOGGER)
+        progress._bars["enabled"], progress._forward["queue"] = True, None
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+    reset()
     yield
-    progress._bars.update(bars)
-    progress._forward.update(forward)
+    reset()
 
 
 @pytest.fixture
