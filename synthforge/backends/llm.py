@@ -36,6 +36,7 @@ class GenerationRequest:
     top_p: float
     max_new_tokens: int
     seed: int
+    schema: str | None = None  # a JSON Schema (canonical JSON text) the reply must follow: structured output
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -218,6 +219,7 @@ class BackendParams(StepParams):
     """Base of every backend's config block: `type` names a registered backend type."""
 
     loads_model: ClassVar[bool] = False  # holds a heavy model in this process (executors run few such steps at once)
+    structured_output: ClassVar[bool] = False  # honours a request's JSON Schema (GenerationRequest.schema)
 
     type: str = Field(description="the name of a registered backend type, e.g. transformers or openai")
 
@@ -308,6 +310,8 @@ class EndpointConfig(StepParams):
 
 
 class OpenAIBackendConfig(BackendParams):
+    structured_output: ClassVar[bool] = True  # sent as response_format (vLLM, llama.cpp's server, OpenAI)
+
     type: Literal["openai"] = Field(description="`openai`: any OpenAI-compatible chat completions server (vLLM, llama.cpp...)")
     base_url: str = Field(
         description="the server's http(s) URL, e.g. http://127.0.0.1:8000/v1 (POSTs go to <base_url>/chat/completions); "

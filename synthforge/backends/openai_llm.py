@@ -297,7 +297,7 @@ class OpenAILLM:
             raise RetryableError(f"{type(exc).__name__}: {self._server_text(str(exc))}") from None
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
-        return {
+        payload = {
             "model": self.model,
             "messages": request.chat(),
             "temperature": request.temperature,
@@ -305,6 +305,10 @@ class OpenAILLM:
             "max_tokens": request.max_new_tokens,
             "seed": request.seed,
         }
+        if request.schema is not None:  # structured output, honoured by vLLM, llama.cpp's server and OpenAI
+            payload["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": "reply", "schema": json.loads(request.schema)}}
+        return payload
 
     async def _read(self, reply) -> GenerationResponse:
         status = reply.status_code

@@ -331,6 +331,9 @@ class TransformersLLM:
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
                  on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
         """`on_tokens(new, finished)` fires at every decoding step of a batch, so progress moves within a batch."""
+        if any(r.schema is not None for r in requests):  # plan refuses it first; never ignore a schema silently
+            raise UserError("structured output (json_schema) is not supported on the transformers backend yet",
+                            field="backend", hint="use an openai backend (vLLM, llama.cpp's server) for this field")
         tokenizer, model = self.load()
         prompts = [self.prompt_text(tokenizer, r) for r in requests]
         lengths = _token_counts(tokenizer, prompts)

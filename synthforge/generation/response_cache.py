@@ -55,13 +55,16 @@ _SCHEMA = (
 
 
 def response_key(backend_type: str, identity: dict[str, Any], request: GenerationRequest) -> str:
-    return key_of({
+    parts = {
         "backend": backend_type,
         "model": identity,
         "messages": [list(m) for m in request.messages],
         "sampling": request.sampling(),
         "seed": request.seed,
-    })
+    }
+    if request.schema is not None:  # only then: free-text requests keep the keys they always had
+        parts["schema"] = request.schema
+    return key_of(parts)
 
 
 _ROW = "key, text, prompt_tokens, completion_tokens, hash"

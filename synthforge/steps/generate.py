@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.tables import plural
+from synthforge.generation.fields import RecordField
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
 from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
@@ -72,14 +73,25 @@ class GenerateParams(StepParams):
         {"n": 100, "labels": ["positive", "negative"], "template": "Write a {{ label }} review about {{ topic }}.",
          "variables": {"topic": ["food", "travel"]}, "paraphrase": {"fraction": 0.25}},
         {"n": 100, "labels": {"positive": "a happy review"}, "template": "Write a {{ label }} review.",
-         "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}}]})
+         "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"}},
+        {"n": 10, "labels": ["easy", "hard"], "text": "answer", "system": "You write quiz items.",
+         "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"},
+         "fields": {
+             "topic": {"sample": "category", "values": ["maths", "history"], "weights": [2, 1]},
+             "points": {"sample": "integer", "low": 1, "high": 5},
+             "question": {"template": "Write a {{ label }} {{ topic }} question worth {{ points }} points."},
+             "answer": {"template": "Answer: {{ question }}", "hygiene": {"min_chars": 2}},
+             "tags": {"template": "Tag: {{ question }}", "json_fields": {"tags": "list[str]"}}}}]})
 
     n: int = Field(ge=0, description="the number of rows to generate, a non-negative integer counted before hygiene rejects")
     labels: Labels = Field(
         description="a list of labels, or a mapping label -> description (`label_description` in templates); "
         "row i gets label i mod the number of labels"
     )
-    template: str = Field(description="the jinja2 template of the user message, rendered in a sandbox per row")
+    template: str | None = Field(
+        None, description="the jinja2 template of the user message, rendered in a sandbox per row; required unless "
+        "the step declares fields"
+    )
     system: str | None = Field(None, description="an optional jinja2 template of the system message")
     variables: dict[str, list[str] | ValuesFile] = Field(
         default_factory=dict,
@@ -96,6 +108,15 @@ class GenerateParams(StepParams):
     few_shot_k: int = Field(default=0, ge=0, description="the number of few-shot examples drawn (seeded) for each prompt")
     paraphrase: ParaphraseConfig | None = Field(
         None, description="a mapping making a share of the rows paraphrases of seed items (default: none)"
+    )
+    fields: dict[str, RecordField] | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="a record's fields, filled in order: each generated from its own template (which sees earlier "
+        "fields) or sampled without an LLM; one output column each (instead of template)",
+    )
+    text: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="with fields: the field whose value is the text column (default: the last generated field)",
     )
     temperature: float = Field(default=0.8, ge=0, le=2, description="the sampling temperature, 0..2, where 0 is greedy")
     top_p: float = Field(default=0.95, gt=0, le=1, description="the nucleus-sampling probability mass, in (0, 1]")
@@ -141,6 +162,15 @@ class GenerateParams(StepParams):
         from synthforge.generation.prompts import check_template
 
         topic = set(self.variables) | TOPIC_CONTEXT
+        if self.fields is not None:
+            self._check_record(topic)
+            return self
+        if self.text is not None:
+            raise UserError("text names a field, and this step declares no fields", field="text",
+                            hint="remove text, or declare fields:")
+        if self.template is None:
+            raise UserError("required field is missing", field="template",
+                            hint="the user message's jinja2 template, or fields: (one template per field)")
         check_template(self.template, "template", topic)
         if self.system:
             check_template(self.system, "system", topic)
@@ -148,6 +178,31 @@ class GenerateParams(StepParams):
             seed_variables = set(self.variables) if self.paraphrase.source == "generated" else set()
             check_template(self.paraphrase.template, "paraphrase.template", seed_variables | PARAPHRASE_CONTEXT)
         return self
+
+    def _check_record(self, topic: set[str]) -> None:
+        from synthforge.generation.fields import check_fields
+        from synthforge.generation.prompts import check_template
+
+        for option in ("template", "paraphrase"):
+            if getattr(self, option) is not None:
+                raise UserError(f"{option} does not apply to a step with fields", field=option,
+                                hint="give each generated field its own template" if option == "template" else
+                                "paraphrases of records are not supported; remove paraphrase")
+        if self.system:
+            check_template(self.system, "system", topic)
+        check_fields(self.fields, topic, set(RESERVED_COLUMNS) | set(self.variables), self.text)
+        structured = [name for name, spec in self.fields.items() if spec.generated and spec.reply_schema() is not None]
+        if structured and not type(self.backend).structured_output:
+            option = "json_fields" if self.fields[structured[0]].json_fields is not None else "json_schema"
+            raise UserError(f"structured output is not supported on the {self.backend.type} backend yet",
+                            field=f"fields.{structured[0]}.{option}",
+                            hint="use an openai backend (vLLM, llama.cpp's server), or drop the schema")
+
+    def text_field(self) -> str | None:
+        """The field that becomes `text` (None without fields)."""
+        if self.fields is None:
+            return None
+        return self.text or [name for name, spec in self.fields.items() if spec.generated][-1]
 
 
 @dataclass
@@ -160,6 +215,8 @@ class RowPlan:
     request: GenerationRequest | None = None
     paraphrase_of: str | None = None
     response: GenerationResponse | None = None
+    values: dict[str, Any] | None = None  # a record's fields filled so far (steps with fields)
+    rejected: tuple[str, str] | None = None  # a record's (reason, raw reply) once one of its fields is rejected
 
 
 # -- seeded, n-independent draws ----------------------------------------------
@@ -211,7 +268,10 @@ class GenerateStep(Step):
         """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
         from synthforge.backends.llm import backend_identity
 
-        return {"backend": backend_identity(params.backend)}
+        identity = {"backend": backend_identity(params.backend)}
+        if params.fields is not None:  # their order sets the columns' order, which a key's params (sorted) lose
+            identity["field_order"] = list(params.fields)
+        return identity
 
     def plan_note(self, params: GenerateParams) -> str | None:
         total = self.estimate(params).tokens
@@ -219,7 +279,8 @@ class GenerateStep(Step):
                 f"{params.max_new_tokens:,} new)), before response-cache hits")
 
     def estimate(self, params: GenerateParams) -> Estimate:
-        return Estimate(requests=params.n, tokens=params.n * (_prompt_tokens(params) + params.max_new_tokens))
+        calls = _llm_fields(params)
+        return Estimate(requests=params.n * calls, tokens=params.n * (_prompt_tokens(params) + calls * params.max_new_tokens))
 
     def run(self, ctx: StepContext) -> StepResult:
         return _Generation(ctx).run()
@@ -233,7 +294,7 @@ class _Generation:
         self.params: GenerateParams = ctx.params  # type: ignore[assignment]
         self.labels = _label_descriptions(self.params.labels)
         self.values = {name: _values(name, spec, self.params.num_topics) for name, spec in sorted(self.params.variables.items())}
-        self.template = _template(self.params.template, "template")
+        self.template = _template(self.params.template, "template") if self.params.template is not None else None
         self.system = _template(self.params.system, "system") if self.params.system else None
         self.paraphrase_template = (
             _template(self.params.paraphrase.template, "paraphrase.template") if self.params.paraphrase else None
@@ -283,6 +344,8 @@ class _Generation:
 
     # running
     def run(self) -> StepResult:
+        if self.params.fields is not None:
+            return self.run_records()
         started = time.perf_counter()
         n = self.params.n
         topic_indices = [i for i in range(n) if not is_paraphrase_row(i, self.fraction)]
@@ -304,6 +367,118 @@ class _Generation:
         data, rejects = self._tables(plans)
         meta = self._meta(plans, data, rejects, time.perf_counter() - started)
         return StepResult(data=data, tables={"rejects": rejects}, meta=meta)
+
+    # records (steps with fields)
+    def record_plan(self, index: int) -> RowPlan:
+        """Row `index`'s label, variables, examples and sampled fields: seeded by (seed, index[, field]) only."""
+        from synthforge.generation.fields import sample_value
+
+        plan = self.topic_context(index)
+        for name, spec in self.params.fields.items():
+            if not spec.generated:
+                rng = row_rng(self.ctx.seed, f"field:{name}", index)
+                plan.values[name] = sample_value(spec, self.categories.get(name), rng)
+        return plan
+
+    def topic_context(self, index: int) -> RowPlan:
+        rng = row_rng(self.ctx.seed, "topic", index)
+        label = list(self.labels)[index % len(self.labels)]
+        variables = {name: rng.choice(values) for name, values in self.values.items()}
+        plan = RowPlan(index, "topic", label, variables, row_seed(self.ctx.seed, index))
+        plan.values = {**variables, "label": label, "label_description": self.labels[label],
+                       "labels": list(self.labels), "examples": self._examples(rng)}
+        return plan
+
+    def run_records(self) -> StepResult:
+        from synthforge.generation.fields import category_values
+        from synthforge.generation.response_cache import ResponseCache
+
+        started = time.perf_counter()
+        fields = self.params.fields
+        self.categories = {name: category_values(spec, name) for name, spec in fields.items() if spec.sample == "category"}
+        records = [self.record_plan(i) for i in range(self.params.n)]
+        self.backend = self._backend()
+        responses: list[GenerationResponse] = []
+        with ResponseCache(self.ctx.cache.shared_dir("responses"), log=self.ctx.log) as cache:
+            for name, spec in fields.items():
+                if spec.generated:
+                    responses += self._fill_field(name, spec, [r for r in records if r.rejected is None], cache)
+        data, rejects = self._record_tables(records)
+        meta = self._meta(records, data, rejects, time.perf_counter() - started, responses)
+        return StepResult(data=data, tables={"rejects": rejects}, meta=meta)
+
+    def _fill_field(self, name: str, spec: RecordField, records: list[RowPlan], cache) -> list[GenerationResponse]:
+        """Ask for field `name` of every record still standing, then clean or parse and validate each reply."""
+        from synthforge.generation.fields import schema_text
+
+        template = _template(spec.template, f"fields.{name}.template")
+        system_source = spec.system or self.params.system
+        system = _template(system_source, f"fields.{name}.system" if spec.system else "system") if system_source else None
+        schema = spec.reply_schema()
+        asks = []
+        for record in records:
+            ask = RowPlan(record.index, "topic", record.label, record.variables, record.seed)
+            messages = ([("system", system.render(record.values))] if system else []) + [("user", template.render(record.values))]
+            ask.request = GenerationRequest(tuple(messages), self.params.temperature, self.params.top_p,
+                                            self.params.max_new_tokens, record.seed,
+                                            schema_text(schema) if schema is not None else None)
+            asks.append(ask)
+        self._fetch(asks, cache, name)
+        replies = [ask.response for ask in asks]
+        values, reasons = self._field_values(spec, schema, replies)
+        for record, reply, value, reason in zip(records, replies, values, reasons):
+            reason = reply.rejected or reason
+            if reason is None:
+                record.values[name] = value
+            else:
+                record.rejected = (f"{name}: {reason}", reply.text)
+        return replies
+
+    def _field_values(self, spec: RecordField, schema, replies: list[GenerationResponse]) -> tuple[list, list]:
+        """Each reply's value and why it is rejected (None when kept): parsed and validated, or cleaned text."""
+        from synthforge.generation.fields import json_text, parse_structured
+
+        if schema is None:
+            cleaned = apply_hygiene([r.text for r in replies], spec.hygiene or self.params.hygiene,
+                                    [row["text"] for row in self.few_shot])
+            return cleaned.texts, cleaned.reasons
+        parsed = [parse_structured(r.text, schema) for r in replies]
+        seen: set[str] = set()
+        values, reasons = [], []
+        for value, reason in parsed:  # duplicates: the first occurrence stays, as for text fields
+            if reason is None and self.params.hygiene.dedupe:
+                canonical = json_text(value)
+                reason = "duplicate" if canonical in seen else None
+                seen.add(canonical)
+            values.append(value)
+            reasons.append(reason)
+        return values, reasons
+
+    def _record_tables(self, records: list[RowPlan]):
+        import polars as pl
+
+        from synthforge.generation.fields import column_type, json_text
+
+        fields, text_field = self.params.fields, self.params.text_field()
+
+        def shown(name: str, value: Any) -> Any:
+            if value is None or not fields[name].generated or fields[name].reply_schema() is None:
+                return value
+            return json_text(value)
+
+        kept, rejected = [], []
+        for record in records:
+            columns = {name: shown(name, record.values.get(name)) for name in fields}
+            text = columns[text_field]
+            row = {**self._row(record, "" if text is None else str(text)), **columns}
+            if record.rejected is None:
+                kept.append(row)
+            else:
+                rejected.append({**row, "reason": record.rejected[0], "raw": record.rejected[1]})
+        schema = {**self._schema(), **{name: getattr(pl, column_type(spec)) for name, spec in fields.items()}}
+        data = pl.DataFrame(kept, schema=schema, orient="row")
+        rejects = pl.DataFrame(rejected, schema={**schema, "reason": pl.String, "raw": pl.String}, orient="row")
+        return data, rejects
 
     def _backend(self):
         from synthforge.backends.llm import make_backend
@@ -438,7 +613,7 @@ class _Generation:
         return f"{self.ctx.step}-{index}"
 
     def _row(self, plan: RowPlan, text: str) -> dict[str, Any]:
-        request = plan.request
+        params = self.params  # every request of the step samples with these settings
         return {
             "id": self._row_id(plan.index),
             "text": text,
@@ -447,9 +622,9 @@ class _Generation:
             **{name: plan.variables.get(name) for name in self.values},
             "mode": plan.mode,
             "paraphrase_of": plan.paraphrase_of,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_new_tokens": request.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
             "row_seed": plan.seed,
             "model": self.backend.identity().get("model"),
         }
@@ -482,7 +657,9 @@ class _Generation:
             "max_new_tokens": pl.Int64, "row_seed": pl.Int64, "model": pl.String,
         }
 
-    def _meta(self, plans: list[RowPlan], data, rejects, seconds: float) -> dict[str, Any]:
+    def _meta(self, plans: list[RowPlan], data, rejects, seconds: float,
+              responses: list[GenerationResponse] | None = None) -> dict[str, Any]:
+        responses = [p.response for p in plans] if responses is None else responses
         return {
             "rows_requested": self.params.n,
             "rows": data.height,
@@ -490,8 +667,8 @@ class _Generation:
             "reject_reasons": dict(Counter(rejects["reason"].to_list())),
             "modes": dict(Counter(p.mode for p in plans)),
             "backend": {"type": self.backend.type, **self.backend.identity()},
-            "prompt_tokens": sum(p.response.prompt_tokens for p in plans),
-            "completion_tokens": sum(p.response.completion_tokens for p in plans),
+            "prompt_tokens": sum(r.prompt_tokens for r in responses),
+            "completion_tokens": sum(r.completion_tokens for r in responses),
             "responses_cached": self.stats["responses_cached"],
             "responses_generated": self.stats["responses_generated"],
             "responses_from_other_process": self.stats["responses_from_other_process"],
@@ -530,9 +707,19 @@ class GenerateWorker:
 
 # -- helpers --------------------------------------------------------------------
 def _prompt_tokens(params: GenerateParams) -> int:
-    """A rough prompt size: ~4 characters a token, ~40 characters a variable, few-shot examples as long as replies."""
-    prompt_chars = len(params.template) + len(params.system or "") + 40 * len(params.variables)
-    return prompt_chars // 4 + params.few_shot_k * params.max_new_tokens
+    """A rough prompt size (of all a row's requests): ~4 characters a token, ~40 characters a variable, few-shot
+    examples and earlier fields as long as replies."""
+    calls = _llm_fields(params)
+    templates = [params.template or ""] if params.fields is None else [
+        spec.template + (spec.system or "") for spec in params.fields.values() if spec.generated]
+    prompt_chars = sum(map(len, templates)) + calls * (len(params.system or "") + 40 * len(params.variables))
+    earlier_fields = calls * (calls - 1) // 2
+    return prompt_chars // 4 + (calls * params.few_shot_k + earlier_fields) * params.max_new_tokens
+
+
+def _llm_fields(params: GenerateParams) -> int:
+    """LLM requests per row: one, or one per generated field."""
+    return 1 if params.fields is None else sum(spec.generated for spec in params.fields.values())
 
 
 def _template(source: str, field: str):
