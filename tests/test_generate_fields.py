@@ -95,3 +95,177 @@ def test_per_field_hygiene_replaces_the_steps(tmp_path, server):
     data = run_step(tmp_path, params).data
     assert all(a.startswith("Sure! Here is the text:") for a in data["answer"])
     assert not any(q.startswith("Sure!") for q in data["question"])
+
+
+# -- structured output ------------------------------------------------------------------------------
+ASPECTS = {"type": "object", "properties": {"aspect": {"type": "string"}, "score": {"type": "integer", "minimum": 1}},
+           "required": ["aspect", "score"], "additionalProperties": False}
+
+
+def structured_params(base_url: str, n: int, **field):
+    return record_params(base_url, n, fields={
+        "review": {"template": "Write a {{ label }} review of {{ topic }}."},
+        "aspects": {"template": "List the aspects of: {{ review }}", **field},
+        "summary": {"template": "Summarise {{ aspects.aspect }} scored {{ aspects.score }}."},
+    }, text="review")
+
+
+def json_replies(server, bad_every: int = 0):
+    def reply(messages, seed):
+        last = messages[-1]["content"]
+        if not last.startswith("List the aspects"):
+            return reply_text(messages, seed)
+        if bad_every and seed % bad_every == 0:
+            return json.dumps({"aspect": "price", "score": 0})  # below the minimum
+        return json.dumps({"aspect": f"aspect {seed}", "score": 1 + seed % 5})
+
+    server.reply = reply
+
+
+def test_the_schema_is_sent_as_response_format_and_replies_become_json_columns(tmp_path, server):
+    json_replies(server)
+    result = run_step(tmp_path, structured_params(server.base_url, 6, json_schema=ASPECTS))
+    sent = [body for body in server.requests if body["messages"][-1]["content"].startswith("List the aspects")]
+    assert len(sent) == 6
+    assert all(body["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": ASPECTS}}
+               for body in sent)
+    assert not any("response_format" in body for body in server.requests if body not in sent)
+    data = result.data
+    assert data.height == 6
+    for row in data.iter_rows(named=True):
+        value = json.loads(row["aspects"])
+        assert set(value) == {"aspect", "score"}
+    summaries = [b["messages"][-1]["content"] for b in server.requests if b["messages"][-1]["content"].startswith("Summarise")]
+    assert sorted(summaries) == sorted(f"Summarise {json.loads(a)['aspect']} scored {json.loads(a)['score']}."
+                                       for a in data["aspects"])  # later templates see the parsed object
+
+
+def test_invalid_replies_go_to_rejects_with_the_validation_error(tmp_path, server):
+    json_replies(server, bad_every=3)
+    result = run_step(tmp_path, structured_params(server.base_url, 30, json_schema=ASPECTS))
+    rejects = result.tables["rejects"]
+    assert rejects.height > 0 and result.data.height + rejects.height == 30
+    assert set(rejects["reason"]) == {"aspects: schema: score: 0 is less than the minimum of 1"}
+    assert all(json.loads(raw)["score"] == 0 for raw in rejects["raw"])
+
+
+def test_a_reply_that_is_not_json_is_rejected(tmp_path, server):
+    result = run_step(tmp_path, structured_params(server.base_url, 2, json_schema=ASPECTS))  # replies are prose
+    reasons = result.tables["rejects"]["reason"].to_list()
+    assert len(reasons) == 2 and all(r.startswith("aspects: not JSON: ") for r in reasons)
+
+
+def test_compact_json_fields_stand_for_a_strict_object_schema(tmp_path, server):
+    json_replies(server)
+    result = run_step(tmp_path, structured_params(server.base_url, 3, json_fields={"aspect": "str", "score": "int"}))
+    sent = next(b for b in server.requests if "response_format" in b)["response_format"]["json_schema"]["schema"]
+    assert sent == {"type": "object", "properties": {"aspect": {"type": "string"}, "score": {"type": "integer"}},
+                    "required": ["aspect", "score"], "additionalProperties": False}
+    assert result.data.height == 3
+
+
+def test_the_schema_enters_the_response_key(tmp_path, server):
+    json_replies(server)
+    run_step(tmp_path, structured_params(server.base_url, 2, json_schema=ASPECTS))
+    asked = len(server.requests)
+    run_step(tmp_path, structured_params(server.base_url, 2, json_schema=ASPECTS))
+    assert len(server.requests) == asked  # all cached
+    looser = {**ASPECTS, "properties": {**ASPECTS["properties"], "score": {"type": "integer"}}}
+    run_step(tmp_path, structured_params(server.base_url, 2, json_schema=looser))
+    assert len(server.requests) == asked + 2  # only the aspects: the same replies give the summaries' cached prompts
+
+
+# -- mistakes: one located line at plan time -------------------------------------------------------
+GEN = """name: bad
+seed: 1
+steps:
+  gen:
+    kind: generate
+    n: 4
+    labels: [good, bad]
+    backend: {type: openai, base_url: "http://127.0.0.1:9/v1", model: m}
+    fields:
+      question:
+        template: Ask about {{ label }}.
+"""  # the fields below start on line 12
+
+FIELD_CASES = [
+    ("later-field", "      answer:\n        template: '{{ verdict }} {{ question }}'\n      verdict:\n        sample: category\n        values: [a]\n",
+     13, ["steps.gen.fields.answer.template", "uses 'verdict'", "'verdict' is filled after this field: declare it above"]),
+    ("typo-in-reference", "      answer:\n        template: '{{ qustion }}'\n", 13,
+     ["fields.answer.template", "did you mean 'question'"]),
+    ("both-template-and-sample", "      level:\n        template: x\n        sample: integer\n        low: 1\n        high: 2\n", 13,
+     ["fields.level.template", "does not apply to the integer sampler"]),
+    ("sampler-option-missing", "      level:\n        sample: uniform\n        low: 1\n", 12, ["fields.level", "needs 'high'"]),
+    ("weights-mismatch", "      level:\n        sample: category\n        values: [a, b]\n        weights: [1]\n", 15,
+     ["fields.level.weights", "one number per value"]),
+    ("low-above-high", "      level:\n        sample: integer\n        low: 5\n        high: 1\n", 14, ["fields.level.low", "above high"]),
+    ("unknown-sampler", "      level:\n        sample: poisson\n", 13, ["fields.level.sample", "'poisson'"]),
+    ("reserved-name", "      label:\n        sample: integer\n        low: 1\n        high: 2\n", 12, ["fields.label", "is taken"]),
+    ("bad-schema", "      aspects:\n        template: x\n        json_schema: {type: objekt}\n", 14,
+     ["fields.aspects.json_schema", "not a valid JSON Schema"]),
+    ("bad-compact-type", "      aspects:\n        template: x\n        json_fields: {score: integer}\n", 14,
+     ["fields.aspects.json_fields.score", "unknown type 'integer'"]),
+    ("text-not-a-field", "    text: anser\n", 12, ["steps.gen.text", "'anser' is not a field"]),
+    ("template-with-fields", "    template: x\n", 12, ["steps.gen.template", "does not apply to a step with fields"]),
+]
+
+
+@pytest.mark.parametrize("tail,line,needles", [c[1:] for c in FIELD_CASES], ids=[c[0] for c in FIELD_CASES])
+def test_field_mistakes_are_one_located_line(cli, write_recipe, tail, line, needles):
+    path = write_recipe(GEN + tail)
+    result = cli("plan", path)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip().splitlines()[-1]
+    assert "Traceback" not in result.output
+    assert message.startswith(f"error: {path}:{line}:"), message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_a_schema_on_the_transformers_backend_is_refused_not_ignored(cli, write_recipe):
+    text = GEN.replace('    backend: {type: openai, base_url: "http://127.0.0.1:9/v1", model: m}\n', "")
+    path = write_recipe(text + "      aspects:\n        template: x\n        json_fields: {a: str}\n")
+    result = cli("plan", path)
+    assert result.exit_code == 2
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith(f"error: {path}:13:"), message
+    assert "structured output is not supported on the transformers backend yet" in message
+
+
+def test_the_transformers_backend_refuses_a_schema_request_itself():
+    from synthforge.backends.llm import GenerationRequest
+    from synthforge.backends.transformers_llm import TransformersLLM
+
+    backend = TransformersLLM.__new__(TransformersLLM)  # never loads: the refusal comes first
+    request = GenerationRequest((("user", "x"),), 0.0, 1.0, 4, 1, schema='{"type":"object"}')
+    with pytest.raises(UserError, match="not supported on the transformers backend"):
+        backend.generate([request])
+
+
+# -- keys ---------------------------------------------------------------------------------------------
+def test_the_order_of_fields_is_in_the_key_and_a_recipe_without_fields_keeps_its_params(server):
+    step = GenerateStep()
+    params = record_params(server.base_url, 4)
+    swapped = {**params, "fields": {"points": params["fields"]["points"],
+                                    **{k: v for k, v in params["fields"].items() if k != "points"}}}
+    first = step.identity(GenerateStep.Params.model_validate(params))
+    second = step.identity(GenerateStep.Params.model_validate(swapped))
+    assert first["field_order"] == ["level", "points", "question", "answer"]
+    assert second["field_order"] == ["points", "level", "question", "answer"]
+    plain = GenerateStep.Params.model_validate(openai_params(server.base_url, 4))
+    assert "fields" not in plain.model_dump(mode="json") and "text" not in plain.model_dump(mode="json")
+    assert "field_order" not in step.identity(plain)
+
+
+def test_free_text_requests_keep_their_response_keys():
+    from synthforge.backends.llm import GenerationRequest
+    from synthforge.generation.response_cache import response_key
+    from synthforge.keys import key_of
+
+    request = GenerationRequest((("user", "hi"),), 0.5, 0.9, 8, 3)
+    before = key_of({"backend": "openai", "model": {"model": "m"}, "messages": [["user", "hi"]],
+                     "sampling": request.sampling(), "seed": 3})  # the key every cached response was stored under
+    assert response_key("openai", {"model": "m"}, request) == before
+    structured = GenerationRequest((("user", "hi"),), 0.5, 0.9, 8, 3, schema='{"type":"object"}')
+    assert response_key("openai", {"model": "m"}, structured) != before

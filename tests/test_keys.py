@@ -31,6 +31,7 @@ from synthforge.stepapi import FILE, REF
 from tests.tiny_models import tiny_chat_model_dir
 
 OTHER_UPSTREAM = "other_upstream"
+ENTRY_OPTION: dict[tuple, tuple] = {}  # a path inside a mapping of models -> the option it sets, with the entry as '*'
 COVERED: Counter = Counter()  # (kind, ingredient) pairs checked, for the closing count
 
 
@@ -126,11 +127,21 @@ def candidates(annotation: Any, value: Any) -> list[Any]:
         value = value if isinstance(value, list) else None
         item = args[0] if args else str
         fresh = [c for c in candidates(item, None) if c is not None]
-        return [value + fresh[:1], value[:-1]] if value else [fresh[:2], *([c] for c in fresh)]
+        if not value:
+            return [fresh[:2], *([c] for c in fresh)]
+        first_changed = [[c, *value[1:]] for c in candidates(item, value[0]) if c is not None]  # same length
+        return [value + fresh[:1], value[:-1], *first_changed]
     if origin is dict:
         value = value if isinstance(value, dict) else None
-        extra = [c for c in candidates(args[1] if args else str, None) if c is not None][:1]
-        return [{**(value or {}), "extra_name": extra[0]}] if extra else []
+        item = args[1] if args else str
+        extra = [c for c in candidates(item, None) if c is not None][:1]
+        added = [{**(value or {}), "extra_name": extra[0]}] if extra else []
+        if not value:
+            return added
+        first = next(iter(value))  # same names, the first one's value changed
+        return added + [{**value, first: c} for c in candidates(item, value[first]) if c is not None]
+    if annotation is Any:
+        return ["changed"] if value != "changed" else ["other"]
     return []
 
 
@@ -145,6 +156,24 @@ def leaves(model: type[BaseModel], value: dict[str, Any], prefix: tuple = ()) ->
             found += leaves(nested, current, path)
         else:
             found.append((path, _annotation(info), bool(info.exclude)))
+            found += _entry_leaves(info, current, path)
+    return found
+
+
+def _entry_leaves(info, current: Any, path: tuple) -> list[tuple[tuple, Any, bool]]:
+    """The set fields of each model in a mapping of models (generate's `fields`): every one must change the key."""
+    if info.exclude or not isinstance(current, dict):
+        return []
+    models = {name: _nested_model(info.annotation, value) for name, value in current.items() if isinstance(value, dict)}
+    if not current or len(models) < len(current) or None in models.values():
+        return []
+    found = []
+    for name, model in models.items():
+        entry = current[name]
+        set_fields = {k: v for k, v in entry.items() if v is not None}
+        found += [leaf for leaf in leaves(model, set_fields, path + (name,)) if leaf[0][len(path) + 1] in set_fields]
+    for leaf_path, _, _ in found:  # each option must vary in some entry (a category's `sample` cannot, a uniform's can)
+        ENTRY_OPTION[leaf_path] = path + ("*",) + leaf_path[len(path) + 1:]
     return found
 
 
@@ -193,11 +222,11 @@ def test_every_field_changes_the_key_and_no_runtime_field_does(kind, tmp_path):
                     assert key == base_key, f"{kind}: runtime-only field {'.'.join(path)} changed the key"
                 else:
                     assert key != base_key, f"{kind}: field {'.'.join(path)} = {candidate!r} did not change the key"
-                varied[path] = True
+                varied[ENTRY_OPTION.get(path, path)] = True
                 COVERED[(kind, "field " + ".".join(map(str, path)))] += 1
                 break
             else:
-                varied.setdefault(path, False)
+                varied.setdefault(ENTRY_OPTION.get(path, path), False)
     constant = {p for p, annotation, _ in leaves(params_model, base) if typing.get_origin(annotation) is Literal
                 and len(typing.get_args(annotation)) == 1}  # a discriminator: fixed by its model, dumped into the key
     stuck = sorted(".".join(map(str, p)) for p, ok in varied.items() if not ok and p not in constant)

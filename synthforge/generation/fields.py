@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from synthforge.errors import UserError, did_you_mean
 from synthforge.generation.hygiene import HygieneConfig
@@ -35,6 +35,8 @@ MAX_SCHEMA_ERROR_CHARS = 200
 
 
 class RecordField(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"template": "Write about {{ label }}."}]})
+
     template: str | None = Field(
         None, description="the jinja2 prompt of a generated field; it sees the step's template variables and every "
         "earlier field's value"
@@ -83,8 +85,6 @@ class RecordField(StepParams):
 # -- checks (plan time) -----------------------------------------------------------------------------
 def check_fields(fields: dict[str, RecordField], provided: set[str], reserved: set[str], text: str | None) -> str:
     """Refuse a mistake in the fields now, naming `fields.<name>.<option>`; the field that becomes `text`."""
-    from synthforge.generation.prompts import check_template
-
     earlier: set[str] = set()
     for name, spec in fields.items():
         where = f"fields.{name}"
@@ -95,10 +95,10 @@ def check_fields(fields: dict[str, RecordField], provided: set[str], reserved: s
                             hint="rename the field")
         _check_options(name, spec)
         if spec.generated:
-            context = provided | earlier
-            check_template(spec.template, f"{where}.template", context)
-            if spec.system:
-                check_template(spec.system, f"{where}.system", context)
+            later = [other for other in fields if other not in earlier and other != name]
+            for option in ("template", "system"):
+                if getattr(spec, option):
+                    _check_field_template(getattr(spec, option), f"{where}.{option}", provided | earlier, later)
             _check_schema(spec, where)
         earlier.add(name)
     generated = [name for name, spec in fields.items() if spec.generated]
@@ -110,6 +110,18 @@ def check_fields(fields: dict[str, RecordField], provided: set[str], reserved: s
         raise UserError(f"'{text}' is not a field", field="text", hint=did_you_mean(text, fields) or
                         f"the fields: {', '.join(fields)}")
     return text
+
+
+def _check_field_template(source: str, where: str, context: set[str], later: list[str]) -> None:
+    from synthforge.generation.prompts import check_template
+
+    try:
+        check_template(source, where, context)
+    except UserError as exc:
+        named_later = [name for name in later if f"uses '{name}'" in exc.message]
+        if named_later:
+            exc.hint = f"'{named_later[0]}' is filled after this field: declare it above"
+        raise
 
 
 def _check_options(name: str, spec: RecordField) -> None:

@@ -78,10 +78,16 @@ class GenerateParams(StepParams):
          "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "some-model"},
          "fields": {
              "topic": {"sample": "category", "values": ["maths", "history"], "weights": [2, 1]},
-             "points": {"sample": "integer", "low": 1, "high": 5},
+             "points": {"sample": "integer", "low": 2, "high": 8},
              "question": {"template": "Write a {{ label }} {{ topic }} question worth {{ points }} points."},
              "answer": {"template": "Answer: {{ question }}", "hygiene": {"min_chars": 2}},
-             "tags": {"template": "Tag: {{ question }}", "json_fields": {"tags": "list[str]"}}}}]})
+             "tags": {"template": "Tag: {{ question }}", "json_fields": {"tags": "list[str]"}}}},
+        {"n": 5, "labels": ["a", "b"], "backend": {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m"},
+         "fields": {
+             "topic": {"sample": "uniform", "low": 0, "high": 1},
+             "noise": {"sample": "gaussian", "mean": 0, "std": 1, "decimals": 2},
+             "review": {"template": "Review {{ topic }} {{ noise }}", "system": "Be brief.",
+                        "json_schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}}]})
 
     n: int = Field(ge=0, description="the number of rows to generate, a non-negative integer counted before hygiene rejects")
     labels: Labels = Field(
