@@ -214,6 +214,7 @@ VALID = {
     "backend transformers": {"type": "transformers"},
     "backend openai": OPENAI,
 }
+RECORD = {"n": 4, "labels": ["a", "b"], "fields": {"topic": {"template": "Write about {{ label }}.", "hygiene": {}}}}
 WRONG_VALUES = ({"not": ["valid"]}, 5, [[]])
 
 
@@ -237,6 +238,8 @@ def _hint_for(region: str, path: str) -> tuple[str, str | None]:
     model, prefix = (step_class("generate").Params, ["backend"]) if region.startswith("backend ") else \
         (documented_models()[region], [])
     base = {**VALID["generate"], "backend": VALID[region]} if prefix else VALID[region]
+    if region == "generate" and steps[0] == "fields":  # a record's fields exclude the step's template
+        base = RECORD
     expected = ".".join(prefix + steps).replace("<name>", "topic").replace("[]", "0")
     for value in WRONG_VALUES:
         data = _at(base, prefix + steps, value)

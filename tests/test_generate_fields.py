@@ -269,3 +269,41 @@ def test_free_text_requests_keep_their_response_keys():
     assert response_key("openai", {"model": "m"}, request) == before
     structured = GenerationRequest((("user", "hi"),), 0.5, 0.9, 8, 3, schema='{"type":"object"}')
     assert response_key("openai", {"model": "m"}, structured) != before
+
+
+def test_category_values_from_a_file_are_relative_to_the_recipe_and_in_the_key(tmp_path, server):
+    from synthforge.graph import build_graph
+    from synthforge.recipe.resolve import load_recipe
+
+    (tmp_path / "personas.txt").write_text("# who writes\na chef\n\na pilot\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(GEN.replace("http://127.0.0.1:9/v1", server.base_url)
+                      + "      persona:\n        sample: category\n        file: personas.txt\n"
+                      + "      answer:\n        template: 'As {{ persona }}: {{ question }}'\n")
+
+    def key() -> str:
+        return build_graph(load_recipe(recipe)).keys["default"]["gen"]
+
+    before = key()
+    (tmp_path / "personas.txt").write_text("a chef\na pilot\na nurse\n")
+    assert key() != before
+    params = record_params(server.base_url, 30, fields={
+        "persona": {"sample": "category", "file": str(tmp_path / "personas.txt")},
+        "answer": {"template": "As {{ persona }}: hello"}})
+    assert set(run_step(tmp_path, params).data["persona"]) == {"a chef", "a pilot", "a nurse"}
+
+
+def test_the_documented_record_example_is_a_valid_step(tmp_path):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "steps" / "generate.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL) if "fields:" in b)
+    step = yaml.safe_load(block)["steps"]["qa"]
+    assert step.pop("kind") == "generate"
+    params = GenerateStep.Params.model_validate(step)
+    assert list(params.fields) == ["subject", "points", "question", "answer", "review"]
+    assert params.text_field() == "answer"
+    assert params.fields["review"].reply_schema()["properties"]["verdict"] == {"type": "string", "enum": ["keep", "drop"]}
