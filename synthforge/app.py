@@ -78,7 +78,8 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     for node in nodes:
         if node.kind == "generate":
             params = node.resolved.run_params
-            text = estimate(cache, node.step, params.backend.type, params.backend.model_label(), params.n, params.max_new_tokens)
+            requests = node.resolved.step.estimate(params).requests  # one per row, or per generated field of a record
+            text = estimate(cache, node.step, params.backend.type, params.backend.model_label(), requests, params.max_new_tokens)
             said[text] = said.get(text, 0) + 1
     return [f"expected generation time{f' (each of {count} outputs)' if count > 1 else ''}: {text}" for text, count in said.items()]
 

@@ -307,3 +307,32 @@ def test_the_documented_record_example_is_a_valid_step(tmp_path):
     assert list(params.fields) == ["subject", "points", "question", "answer", "review"]
     assert params.text_field() == "answer"
     assert params.fields["review"].reply_schema()["properties"]["verdict"] == {"type": "string", "enum": ["keep", "drop"]}
+
+
+def test_records_on_the_transformers_backend_are_reproducible_and_cached(tmp_path):
+    from tests.tiny_models import tiny_chat_model_dir
+
+    params = {
+        "n": 6, "labels": ["positive", "negative"], "max_new_tokens": 6, "temperature": 1.0,
+        "backend": {"type": "transformers", "model": str(tiny_chat_model_dir()), "batch_size": 4},
+        "hygiene": {"dedupe": False, "min_chars": 0},
+        "fields": {"mood": {"sample": "category", "values": ["calm", "angry"]},
+                   "title": {"template": "a {{ mood }} {{ label }} title"},
+                   "body": {"template": "a review titled {{ title }}"}},
+    }
+    first = run_step(tmp_path, params)
+    assert first.data.height + first.tables["rejects"].height == 6
+    assert first.meta["responses_generated"] == 12 - sum(r.startswith("title:") for r in first.tables["rejects"]["reason"])
+    again = run_step(tmp_path / "fresh", {**params, "backend": {**params["backend"], "batch_size": 1}})
+    assert again.data.equals(first.data)  # the same records from an empty cache, whatever the batch size
+    cached = run_step(tmp_path, params)
+    assert cached.meta["responses_generated"] == 0 and cached.data.equals(first.data)
+
+
+def test_plan_counts_a_request_per_generated_field(server):
+    params = GenerateStep.Params.model_validate(record_params(server.base_url, 10, max_new_tokens=50))
+    estimate = GenerateStep().estimate(params)
+    assert estimate.requests == 20  # question and answer; the samplers ask nothing
+    note = GenerateStep().plan_note(params)
+    assert "10 rows ×" in note and "2 × 50 new, a request per field" in note
+    assert estimate.tokens == int(note.split("~")[1].split(" ")[0].replace(",", ""))

@@ -218,14 +218,18 @@ def category_values(spec: RecordField, name: str) -> list[str]:
     """The values a category field draws from: its list, or its file's lines."""
     if spec.values is not None:
         return [str(v) for v in spec.values]
-    path = Path(spec.file)
-    if not path.is_file():
-        raise UserError(f"values file {path} does not exist", field=f"fields.{name}.file")
-    values = [line.strip() for line in path.read_text().splitlines()]
-    values = [v for v in values if v and not v.startswith("#")]
+    values = values_file(Path(spec.file), f"fields.{name}.file")
     if not values:
         raise UserError("no values to draw from", field=f"fields.{name}.file")
     return values
+
+
+def values_file(path: Path, field: str) -> list[str]:
+    """A values file's lines, stripped, without blank lines and # comments."""
+    if not path.is_file():
+        raise UserError(f"values file {path} does not exist", field=field)
+    values = [line.strip() for line in path.read_text().splitlines()]
+    return [v for v in values if v and not v.startswith("#")]
 
 
 def sample_value(spec: RecordField, values: list[str] | None, rng: random.Random) -> Any:

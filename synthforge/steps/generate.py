@@ -221,7 +221,7 @@ class RowPlan:
     request: GenerationRequest | None = None
     paraphrase_of: str | None = None
     response: GenerationResponse | None = None
-    values: dict[str, Any] | None = None  # a record's fields filled so far (steps with fields)
+    values: dict[str, Any] | None = None  # what its templates get: context, variables and (records) fields so far
     rejected: tuple[str, str] | None = None  # a record's (reason, raw reply) once one of its fields is rejected
 
 
@@ -280,9 +280,9 @@ class GenerateStep(Step):
         return identity
 
     def plan_note(self, params: GenerateParams) -> str | None:
-        total = self.estimate(params).tokens
-        return (f"~{total:,} tokens ({params.n:,} rows × (~{_prompt_tokens(params):,} prompt + "
-                f"{params.max_new_tokens:,} new)), before response-cache hits")
+        total, calls = self.estimate(params).tokens, _llm_fields(params)
+        new = f"{params.max_new_tokens:,} new" if calls == 1 else f"{calls} × {params.max_new_tokens:,} new, a request per field"
+        return f"~{total:,} tokens ({params.n:,} rows × (~{_prompt_tokens(params):,} prompt + {new})), before response-cache hits"
 
     def estimate(self, params: GenerateParams) -> Estimate:
         calls = _llm_fields(params)
@@ -312,17 +312,21 @@ class _Generation:
 
     # plans
     def topic_plan(self, index: int) -> RowPlan:
+        plan = self.topic_context(index)
+        plan.request = self._request(self.template, plan.values, plan.seed)
+        return plan
+
+    def topic_context(self, index: int) -> RowPlan:
+        """Row `index`'s label, variables and few-shot examples, as `values` (what its templates get)."""
         rng = row_rng(self.ctx.seed, "topic", index)
         # Labels cycle over topic rows, not all rows: paraphrase rows inherit their seed's label,
         # so cycling over every index would give every seed the same label at fraction 1/2.
         topic_ordinal = index - paraphrase_ordinal(index, self.fraction)
         label = list(self.labels)[topic_ordinal % len(self.labels)]
         variables = {name: rng.choice(values) for name, values in self.values.items()}
-        examples = self._examples(rng)
-        context = {**variables, "label": label, "label_description": self.labels[label],
-                   "labels": list(self.labels), "examples": examples}
         plan = RowPlan(index, "topic", label, variables, row_seed(self.ctx.seed, index))
-        plan.request = self._request(self.template, context, plan.seed)
+        plan.values = {**variables, "label": label, "label_description": self.labels[label],
+                       "labels": list(self.labels), "examples": self._examples(rng)}
         return plan
 
     def _examples(self, rng: random.Random) -> list[dict[str, str]]:
@@ -384,15 +388,6 @@ class _Generation:
             if not spec.generated:
                 rng = row_rng(self.ctx.seed, f"field:{name}", index)
                 plan.values[name] = sample_value(spec, self.categories.get(name), rng)
-        return plan
-
-    def topic_context(self, index: int) -> RowPlan:
-        rng = row_rng(self.ctx.seed, "topic", index)
-        label = list(self.labels)[index % len(self.labels)]
-        variables = {name: rng.choice(values) for name, values in self.values.items()}
-        plan = RowPlan(index, "topic", label, variables, row_seed(self.ctx.seed, index))
-        plan.values = {**variables, "label": label, "label_description": self.labels[label],
-                       "labels": list(self.labels), "examples": self._examples(rng)}
         return plan
 
     def run_records(self) -> StepResult:
@@ -745,11 +740,9 @@ def _label_descriptions(labels: list[str] | dict[str, str]) -> dict[str, str]:
 def _values(name: str, spec: list[str] | ValuesFile, num_topics: int | None) -> list[str]:
     """The values a variable draws from: its list (or file lines), cut to the first `num_topics`."""
     if isinstance(spec, ValuesFile):
-        path = Path(spec.file)
-        if not path.is_file():
-            raise UserError(f"values file {path} does not exist", field=f"variables.{name}.file")
-        values = [line.strip() for line in path.read_text().splitlines()]
-        values = [v for v in values if v and not v.startswith("#")]
+        from synthforge.generation.fields import values_file
+
+        values = values_file(Path(spec.file), f"variables.{name}.file")
     else:
         values = [str(v) for v in spec]
     if not values:
