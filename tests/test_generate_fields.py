@@ -204,6 +204,10 @@ FIELD_CASES = [
     ("reserved-name", "      label:\n        sample: integer\n        low: 1\n        high: 2\n", 12, ["fields.label", "is taken"]),
     ("bad-schema", "      aspects:\n        template: x\n        json_schema: {type: objekt}\n", 14,
      ["fields.aspects.json_schema", "not a valid JSON Schema"]),
+    ("remote-ref", "      aspects:\n        template: x\n        json_schema:\n          properties:\n            a: {$ref: 'http://x/s.json'}\n",
+     16, ["fields.aspects.json_schema.properties.a.$ref", "does not point inside this schema"]),
+    ("ref-to-nowhere", "      aspects:\n        template: x\n        json_schema:\n          items: {$ref: '#/$defs/gone'}\n",
+     15, ["fields.aspects.json_schema.items.$ref", "'#/$defs/gone'"]),
     ("bad-compact-type", "      aspects:\n        template: x\n        json_fields: {score: integer}\n", 14,
      ["fields.aspects.json_fields.score", "unknown type 'integer'"]),
     ("text-not-a-field", "    text: anser\n", 12, ["steps.gen.text", "'anser' is not a field"]),
@@ -336,3 +340,12 @@ def test_plan_counts_a_request_per_generated_field(server):
     note = GenerateStep().plan_note(params)
     assert "10 rows ×" in note and "2 × 50 new, a request per field" in note
     assert estimate.tokens == int(note.split("~")[1].split(" ")[0].replace(",", ""))
+
+
+def test_a_schema_may_refer_to_its_own_definitions(tmp_path, server):
+    json_replies(server, bad_every=3)
+    schema = {"$defs": {"score": {"type": "integer", "minimum": 1}}, "type": "object",
+              "properties": {"aspect": {"type": "string"}, "score": {"$ref": "#/$defs/score"}}, "required": ["score"]}
+    result = run_step(tmp_path, structured_params(server.base_url, 12, json_schema=schema))
+    assert set(result.tables["rejects"]["reason"]) == {"aspects: schema: score: 0 is less than the minimum of 1"}
+    assert result.data.height > 0

@@ -190,6 +190,38 @@ def _check_schema(spec: RecordField, where: str) -> None:
         path = ".".join(str(p) for p in exc.path)
         raise UserError(f"not a valid JSON Schema: {_short(exc.message)}", field=f"{where}.json_schema" + (f".{path}" if path else ""),
                         hint="see https://json-schema.org/understanding-json-schema") from None
+    _check_refs(spec.json_schema, spec.json_schema, f"{where}.json_schema")
+
+
+def _check_refs(schema: dict[str, Any], node: Any, where: str) -> None:
+    """Every `$ref` points inside the schema (`#/$defs/...`): nothing is fetched, and none points nowhere."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_refs(schema, item, f"{where}.{i}")
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not _resolves(schema, ref):
+        raise UserError(f"$ref '{ref}' does not point inside this schema", field=f"{where}.$ref",
+                        hint="refer to a part of the same schema, e.g. '#/$defs/item'; nothing is fetched")
+    for key, value in node.items():
+        _check_refs(schema, value, f"{where}.{key}")
+
+
+def _resolves(schema: dict[str, Any], ref: str) -> bool:
+    if not ref.startswith("#"):
+        return False
+    target: Any = schema
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return False
+    return isinstance(target, (dict, bool))
 
 
 # -- compact schemas ---------------------------------------------------------------------------------
