@@ -65,8 +65,24 @@ def test_samplers_are_seeded_per_row_and_independent_of_n(tmp_path, server):
     assert big.head(20)["points"].to_list() == small["points"].to_list()
     other_seed = run_step(tmp_path / "c", record_params(server.base_url, 40), seed=1).data
     assert other_seed["points"].to_list() != big["points"].to_list()
-    counts = Counter(run_step(tmp_path / "d", record_params(server.base_url, 400)).data["level"])
-    assert 0.65 < counts["easy"] / 400 < 0.85  # weights 3:1
+
+
+def test_samplers_follow_their_distributions():
+    from synthforge.generation.fields import RecordField, sample_value
+    from synthforge.steps.generate import row_rng
+
+    def draws(spec: dict, values=None) -> list:
+        field = RecordField.model_validate(spec)
+        return [sample_value(field, values, row_rng(0, "field:x", i)) for i in range(4000)]
+
+    counts = Counter(draws({"sample": "category", "values": ["easy", "hard"], "weights": [3, 1]}, ["easy", "hard"]))
+    assert 0.72 < counts["easy"] / 4000 < 0.78  # weights 3:1
+    assert set(draws({"sample": "integer", "low": -2, "high": 2})) == {-2, -1, 0, 1, 2}
+    uniform = draws({"sample": "uniform", "low": 10, "high": 20, "decimals": 1})
+    assert min(uniform) >= 10 and max(uniform) <= 20 and all(round(v, 1) == v for v in uniform)
+    gauss = draws({"sample": "gaussian", "mean": 5, "std": 2})
+    mean = sum(gauss) / len(gauss)
+    assert abs(mean - 5) < 0.15 and abs((sum((v - mean) ** 2 for v in gauss) / len(gauss)) ** 0.5 - 2) < 0.15
 
 
 def test_a_rejected_field_rejects_the_row_with_the_field_in_the_reason(tmp_path, server):
