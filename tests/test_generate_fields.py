@@ -365,3 +365,20 @@ def test_a_schema_may_refer_to_its_own_definitions(tmp_path, server):
     result = run_step(tmp_path, structured_params(server.base_url, 12, json_schema=schema))
     assert set(result.tables["rejects"]["reason"]) == {"aspects: schema: score: 0 is less than the minimum of 1"}
     assert result.data.height > 0
+
+
+def test_the_shipped_recipes_keep_their_locked_generate_keys(tmp_path):
+    """Recipes without fields keep their keys: every generate output of a shipped recipe is in its lockfile."""
+    from pathlib import Path
+
+    import synthforge as sf
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    checked = 0
+    for lockfile in sorted(recipes.glob("*.lock")):
+        locked = set(json.loads(lockfile.read_text())["nodes"])
+        graph = sf.open(lockfile.with_suffix(".yaml"), cache_dir=tmp_path / "cache").graph
+        generate_keys = {key for key, node in graph.nodes.items() if node.kind == "generate"}
+        assert generate_keys <= locked, f"{lockfile.name}: generate keys changed"
+        checked += len(generate_keys)
+    assert checked > 0
