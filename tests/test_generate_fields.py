@@ -382,3 +382,25 @@ def test_the_shipped_recipes_keep_their_locked_generate_keys(tmp_path):
         assert generate_keys <= locked, f"{lockfile.name}: generate keys changed"
         checked += len(generate_keys)
     assert checked > 0
+
+
+def test_a_fields_system_message_replaces_the_steps(tmp_path, server):
+    params = record_params(server.base_url, 2, system="Step system about {{ topic }}.")
+    params["fields"]["answer"]["system"] = "Answer system for {{ question }}."
+    run_step(tmp_path, params)
+    systems = {body["messages"][-1]["content"].split(" ")[0]: body["messages"][0]["content"] for body in server.requests}
+    assert systems["Ask"].startswith("Step system about ")
+    assert systems["Answer"].startswith("Answer system for synthetic reply to")
+
+
+@pytest.mark.parametrize("tail,needles", [
+    ("    text: x\n    template: hi\n", ["steps.gen.text", "declares no fields"]),
+    ("    system: hi\n", ["steps.gen.template", "required field is missing", "or fields:"]),
+], ids=["text-without-fields", "no-template-no-fields"])
+def test_a_step_without_fields_still_needs_its_template(cli, write_recipe, tail, needles):
+    text = GEN.split("    fields:\n")[0] + tail
+    result = cli("plan", write_recipe(text))
+    assert result.exit_code == 2
+    message = result.output.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in message, message

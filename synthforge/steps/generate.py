@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
 from synthforge.tables import plural
-from synthforge.generation.fields import RecordField
+from synthforge.generation.fields import RecordField, values_file
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
 from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
@@ -345,12 +345,15 @@ class _Generation:
         plan.request = self._request(self.paraphrase_template, context, plan.seed)
         return plan
 
-    def _request(self, template, context: dict[str, Any], seed: int) -> GenerationRequest:
+    def _request(self, template, context: dict[str, Any], seed: int, system=None, schema: str | None = None) -> GenerationRequest:
+        """A chat request at the step's sampling settings, with `system` (a field's) or else the step's system message."""
+        system = system or self.system
         messages = []
-        if self.system:
-            messages.append(("system", self.system.render(context)))
+        if system:
+            messages.append(("system", system.render(context)))
         messages.append(("user", template.render(context)))
-        return GenerationRequest(tuple(messages), self.params.temperature, self.params.top_p, self.params.max_new_tokens, seed)
+        return GenerationRequest(tuple(messages), self.params.temperature, self.params.top_p, self.params.max_new_tokens,
+                                 seed, schema)
 
     # running
     def run(self) -> StepResult:
@@ -413,16 +416,13 @@ class _Generation:
         from synthforge.generation.fields import schema_text
 
         template = _template(spec.template, f"fields.{name}.template")
-        system_source = spec.system or self.params.system
-        system = _template(system_source, f"fields.{name}.system" if spec.system else "system") if system_source else None
+        system = _template(spec.system, f"fields.{name}.system") if spec.system else None
         schema = spec.reply_schema()
+        schema_json = schema_text(schema) if schema is not None else None
         asks = []
         for record in records:
             ask = RowPlan(record.index, "topic", record.label, record.variables, record.seed)
-            messages = ([("system", system.render(record.values))] if system else []) + [("user", template.render(record.values))]
-            ask.request = GenerationRequest(tuple(messages), self.params.temperature, self.params.top_p,
-                                            self.params.max_new_tokens, record.seed,
-                                            schema_text(schema) if schema is not None else None)
+            ask.request = self._request(template, record.values, record.seed, system, schema_json)
             asks.append(ask)
         self._fetch(asks, cache, name)
         replies = [ask.response for ask in asks]
@@ -711,9 +711,9 @@ def _prompt_tokens(params: GenerateParams) -> int:
     """A rough prompt size (of all a row's requests): ~4 characters a token, ~40 characters a variable, few-shot
     examples and earlier fields as long as replies."""
     calls = _llm_fields(params)
-    templates = [params.template or ""] if params.fields is None else [
-        spec.template + (spec.system or "") for spec in params.fields.values() if spec.generated]
-    prompt_chars = sum(map(len, templates)) + calls * (len(params.system or "") + 40 * len(params.variables))
+    messages = [(params.template, params.system)] if params.fields is None else [
+        (spec.template, spec.system or params.system) for spec in params.fields.values() if spec.generated]
+    prompt_chars = sum(len(user) + len(system or "") for user, system in messages) + calls * 40 * len(params.variables)
     earlier_fields = calls * (calls - 1) // 2
     return prompt_chars // 4 + (calls * params.few_shot_k + earlier_fields) * params.max_new_tokens
 
@@ -740,8 +740,6 @@ def _label_descriptions(labels: list[str] | dict[str, str]) -> dict[str, str]:
 def _values(name: str, spec: list[str] | ValuesFile, num_topics: int | None) -> list[str]:
     """The values a variable draws from: its list (or file lines), cut to the first `num_topics`."""
     if isinstance(spec, ValuesFile):
-        from synthforge.generation.fields import values_file
-
         values = values_file(Path(spec.file), f"variables.{name}.file")
     else:
         values = [str(v) for v in spec]
