@@ -404,3 +404,16 @@ def test_a_step_without_fields_still_needs_its_template(cli, write_recipe, tail,
     message = result.output.strip().splitlines()[-1]
     for needle in needles:
         assert needle in message, message
+
+
+def test_replies_are_parsed_strictly_but_a_code_fence_is_tolerated():
+    from synthforge.generation.fields import compact_schema, parse_structured
+
+    schema = compact_schema({"n": "int", "tags": "list[str]", "mood": ["up", "down"], "ok": "bool", "x": "float"})
+    good = '{"n": 1, "tags": ["a"], "mood": "up", "ok": true, "x": 0.5}'
+    assert parse_structured(good, schema) == ({"n": 1, "tags": ["a"], "mood": "up", "ok": True, "x": 0.5}, None)
+    assert parse_structured(f"```json\n{good}\n```", schema)[1] is None
+    assert parse_structured(f"Sure! {good}", schema)[1].startswith("not JSON: ")
+    assert parse_structured(good.replace('"up"', '"sideways"'), schema)[1] == "schema: mood: 'sideways' is not one of ['up', 'down']"
+    assert parse_structured(good.replace('"n": 1, ', ""), schema)[1] == "schema: 'n' is a required property"
+    assert parse_structured(good[:-1] + ', "extra": 1}', schema)[1].startswith("schema: Additional properties are not allowed")
