@@ -8,6 +8,9 @@ paraphrase row when floor((i+1)·r) > floor(i·r) (exactly floor(n·r) of the fi
 n rows). The j-th paraphrase row paraphrases seed item j // m: the (j // m)-th
 topic row (source `generated`, generated even if its index is ≥ n) or a
 few-shot example picked by a seeded draw (source `few_shot`).
+
+With `fields:` a row is a record: its fields are filled in declaration order, one phase of requests per
+generated field over the rows still standing (generation/fields.py declares, checks and samples them).
 """
 
 from __future__ import annotations
