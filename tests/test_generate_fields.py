@@ -417,3 +417,26 @@ def test_replies_are_parsed_strictly_but_a_code_fence_is_tolerated():
     assert parse_structured(good.replace('"up"', '"sideways"'), schema)[1] == "schema: mood: 'sideways' is not one of ['up', 'down']"
     assert parse_structured(good.replace('"n": 1, ', ""), schema)[1] == "schema: 'n' is a required property"
     assert parse_structured(good[:-1] + ', "extra": 1}', schema)[1].startswith("schema: Additional properties are not allowed")
+
+
+def test_a_run_failing_in_a_later_field_resumes_with_only_the_missing_responses(tmp_path, server):
+    server.fail_plan = ["ok"] * 9  # the 6 questions, then 3 answers
+    server.default = "500"
+    params = record_params(server.base_url, 6, concurrency=1, backend={"max_retries": 0})
+    with pytest.raises(UserError):
+        run_step(tmp_path, params)
+    assert server.ok_count == 9
+    server.default = "ok"
+    result = run_step(tmp_path, params)
+    assert server.ok_count == 12  # the 3 missing answers, nothing twice
+    assert result.meta["responses_cached"] == 9 and result.meta["responses_generated"] == 3
+    assert result.data.height == 6
+    assert result.data.equals(run_step(tmp_path, params).data)
+
+
+def test_records_do_not_depend_on_the_shard_size(tmp_path, server):
+    from synthforge.stepapi import Runtime
+
+    whole = run_step(tmp_path / "whole", record_params(server.base_url, 9))
+    sharded = run_step(tmp_path / "sharded", record_params(server.base_url, 9), runtime=Runtime(progress=False, shard_rows=2))
+    assert sharded.data.equals(whole.data) and sharded.tables["rejects"].equals(whole.tables["rejects"])
