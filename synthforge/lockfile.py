@@ -15,7 +15,7 @@ from typing import Any
 
 from synthforge.cache import atomic_write_text
 from synthforge.errors import UserError
-from synthforge.keys import checked_key
+from synthforge.keys import checked_key, is_key
 
 LOCK_FORMAT = 1
 
@@ -118,10 +118,12 @@ def _check_keys(lock: Lock, path: Path, text: str) -> None:
         raise UserError("'nodes' is not a mapping of key -> components", file=str(path), field="nodes", hint=_REWRITE)
     for variant, steps in lock.variants.items():
         for step, key in steps.items():
-            line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
-            checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
+            if not is_key(key):  # the line is looked for only then: finding it scans the whole text
+                line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
+                checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
     for key in lock.nodes:
-        checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
+        if not is_key(key):
+            checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
 
 
 def write_lock(path: Path, lock: Lock) -> None:
