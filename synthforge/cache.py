@@ -461,6 +461,27 @@ def read_table(folder: Path, table: str = "data", columns: list[str] | None = No
     return (frame.select(columns) if columns is not None else frame).collect()
 
 
+def _entry_files(manifest: Manifest) -> dict[str, tuple[str, int | None, str | None]]:
+    """Every file of an entry the manifest hashes: relative path -> (content hash, size if known, table name)."""
+    files: dict[str, tuple[str, int | None, str | None]] = {
+        f"{name}.parquet": (info.content_hash, info.bytes, name) for name, info in manifest.tables.items() if info.union is None}
+    files.update({rel: (digest, None, None) for rel, digest in manifest.artifacts.items()})
+    return files
+
+
+def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
+    """The stamp of every file the manifest hashes (None when one is missing)."""
+    try:
+        return {rel: file_stamp(Path(folder) / rel) for rel in sorted(_entry_files(manifest))}
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _stamps_key(key: str) -> str:
+    """The derived record of an entry's remembered file stamps."""
+    return key_of(["file stamps", key])
+
+
 @dataclass
 class Entry:
     key: str
@@ -539,40 +560,46 @@ class Cache:
     def problems(self, key: str) -> list[str] | None:
         """None when `key` is not cached; else what is wrong with its entry (empty: sound).
 
-        Checks the manifest and the content hash of every table: what every read checks."""
+        Checks the manifest, and every table and artifact file against its content hash through the
+        remembered stamps (`file_problems`): what plan and build ask before they count an entry as cached.
+        Reading a table (`scan_table`) or an artifact (`artifact_path`) hashes it in full again."""
         path = self.entry_path(key)
         if not path.is_dir():
             return None
-        return verify_folder(path, key, full=False) or self.artifact_problems(key)
+        try:
+            manifest = read_manifest(path, key)
+        except DamagedEntry as exc:
+            return [exc.problem]
+        return self.file_problems(key, manifest)
 
-    def artifact_problems(self, key: str) -> list[str]:
-        """The entry's artifacts against the manifest's hashes, cheaply: a file whose stamp (size, mtime, ctime,
-        inode, device) is the one remembered when it last hashed sound is not read again; any write to it
-        changes the stamp and forces a full hash. The stamps are a derived record that gc drops with the entry."""
+    def file_problems(self, key: str, manifest: Manifest) -> list[str]:
+        """The entry's table and artifact files against the manifest's hashes, cheaply: a file whose stamp (size,
+        mtime, ctime, inode, device) is the one remembered when it last hashed sound is not read again; any
+        write to it changes the stamp and forces a full hash. The stamps are a derived record (gc drops it with
+        the entry), written when the entry is installed and whenever a file hashed sound under a new stamp."""
         folder = self.entry_path(key)
-        manifest = read_manifest(folder, key)
-        if not manifest.artifacts:
-            return []
-        record_key = key_of(["artifact stamps", key])
-        known = (self.read_derived(record_key) or {}).get("stamps", {})
+        known = (self.read_derived(_stamps_key(key)) or {}).get("stamps", {})
         stamps, problems = {}, []
-        for rel, digest in sorted(manifest.artifacts.items()):
+        for rel, (digest, size, name) in sorted(_entry_files(manifest).items()):
             try:
                 stamp = file_stamp(folder / rel)
             except (FileNotFoundError, NotADirectoryError):
-                problems.append(f"{rel}: missing")
+                problems.append(f"table {name}: file missing" if name else f"{rel}: missing")
                 continue
             if known.get(rel) != stamp:
-                if hash_file(folder / rel) != digest:
-                    problems.append(f"{rel}: content hash mismatch")
+                if (size is not None and stamp[0] != size) or hash_file(folder / rel) != digest:
+                    problems.append(f"table {name}: content hash mismatch" if name else f"{rel}: content hash mismatch")
                     continue
                 if file_stamp(folder / rel) != stamp:  # written while it was read: hash it again next time
                     continue
             stamps[rel] = stamp
         if not problems and stamps != known:
-            with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
-                self.write_derived(record_key, {"stamps": stamps}, [key])
+            self._remember_stamps(key, stamps)
         return problems
+
+    def _remember_stamps(self, key: str, stamps: dict[str, list[int]]) -> None:
+        with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
+            self.write_derived(_stamps_key(key), {"stamps": stamps}, [key])
 
     def entries(self) -> Iterator[Entry]:
         """Every entry folder, sound or not."""
@@ -670,7 +697,9 @@ class Cache:
         entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
         installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound.
         Callers hold `lock(key)` (`staging` does): two unlocked installs of one key can collide on the rename."""
-        folder = Path(folder)
+        folder, stamps = Path(folder), None
+        with contextlib.suppress(DamagedEntry):  # taken before the files are hashed, compared after
+            stamps = _stamps(folder, read_manifest(folder))
         problems = verify_folder(folder, key)
         if problems:
             raise DamagedEntry(folder, problems[0])
@@ -678,16 +707,18 @@ class Cache:
             self._fsync_tree(folder)
             final = self.entry_path(key)
             final.parent.mkdir(parents=True, exist_ok=True)
-            if not final.exists():
+            if final.exists():
+                if not replace and not verify_folder(final, key, full=False):
+                    return False
+                trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))  # under the caller's lock
+                os.rename(final, trash / "entry")
                 os.rename(folder, final)
-                return True
-            if not replace and not verify_folder(final, key, full=False):
-                return False
-            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))  # under the caller's lock
-            os.rename(final, trash / "entry")
-            os.rename(folder, final)
-            shutil.rmtree(trash, ignore_errors=True)
-            return True
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(folder, final)
+        if stamps is not None and _stamps(final, read_manifest(final)) == stamps:  # untouched since it hashed sound
+            self._remember_stamps(key, stamps)
+        return True
 
     @staticmethod
     def _fsync_tree(path: Path) -> None:
