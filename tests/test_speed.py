@@ -155,3 +155,39 @@ def test_a_cached_build_of_a_recipe_without_levels_reads_no_manifest_for_warning
     graph, cache = built(write_recipe(MATRIX), cache_dir)
     monkeypatch.setattr(Cache, "get", lambda self, key: pytest.fail("selection_warnings read an entry"))
     assert app.selection_warnings(graph, cache) == []
+
+
+def test_a_remote_is_asked_one_listing_per_shard_in_parallel_not_one_question_per_object(tmp_path, monkeypatch):
+    import synthforge.remote as remote_module
+    from synthforge.keys import key_of
+
+    remote = remote_module.Remote(str(tmp_path / "remote"), progress=False)
+    assert remote._connection is None  # nothing imported or contacted until a question is asked
+    names = sorted(key_of(i) for i in range(400))
+    path_of = remote.object_path
+    for name in names[:300]:
+        Path(path_of(name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(path_of(name)).write_text("x")
+    asked = {"ls": 0, "exists": 0, "find": 0}
+    for method in asked:
+        real = getattr(remote.fs, method)
+        monkeypatch.setattr(remote.fs, method, lambda *a, _real=real, _m=method, **k: asked.__setitem__(_m, asked[_m] + 1) or _real(*a, **k))
+    wanted = [n for n in names if n[:2] in ("0a", "1b", "2c", "ff")] + names[:3]
+    shards = {n[:2] for n in wanted}
+    monkeypatch.setattr(remote_module, "LIST_PAGE", 2)  # a big remote: listing it all would take many pages
+    assert remote._present(f"{remote.root}/objects", wanted, path_of) == set(wanted) & set(names[:300])
+    assert asked == {"ls": len(shards), "exists": 0, "find": 0}
+    asked.update(ls=0)
+    monkeypatch.setattr(remote_module, "LIST_PAGE", 1000)  # a small remote: one listing of the folder
+    assert remote._present(f"{remote.root}/objects", wanted, path_of) == set(wanted) & set(names[:300])
+    assert asked["find"] == 1 and asked["exists"] == 0  # (a local folder's find walks it with ls)
+
+
+def test_a_fully_cached_build_with_a_remote_never_connects(write_recipe, data_csv, cache_dir, tmp_path):
+    from synthforge import app
+    from synthforge.remote import Remote
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    remote = Remote(str(tmp_path / "remote"), progress=False)
+    app.build_text(graph, cache, remote=remote, log=lambda m: None)
+    assert remote._connection is None
