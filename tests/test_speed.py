@@ -191,3 +191,27 @@ def test_a_fully_cached_build_with_a_remote_never_connects(write_recipe, data_cs
     remote = Remote(str(tmp_path / "remote"), progress=False)
     app.build_text(graph, cache, remote=remote, log=lambda m: None)
     assert remote._connection is None
+
+
+def test_a_sequential_build_caps_its_threads_as_a_worker_does_and_keeps_the_users_settings(
+        write_recipe, data_csv, cache_dir, monkeypatch):
+    from synthforge.backends.devices import THREAD_LIBRARY_VARIABLES, THREADS_VARIABLE
+
+    for name in (THREADS_VARIABLE, *THREAD_LIBRARY_VARIABLES, "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice: kept, and the step's budget
+    seen = {}
+    real = Cache.writing
+
+    def writing(self, key):
+        seen.update({name: os.environ.get(name) for name in (THREADS_VARIABLE, "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")})
+        return real(self, key)
+
+    monkeypatch.setattr(Cache, "writing", writing)
+    built(write_recipe(BASIC), cache_dir)
+    assert seen == {THREADS_VARIABLE: "1", "OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    from synthforge.backends.devices import limit_threads
+
+    limit_threads(2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
