@@ -204,18 +204,13 @@ class Manifest(_Frozen):
         return draft.model_copy(update={"checksum": draft.computed_checksum()})
 
     def computed_checksum(self) -> str:
-        data = self.model_dump(mode="json")
-        data.pop("checksum")
-        for info in data["tables"].values():  # manifests from before unions existed keep their checksum
-            if info.get("union") is None:
-                info.pop("union", None)
-        # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
-        return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        return _checksum_of(self.model_dump(mode="json"))
 
-    def problems(self, key: str | None = None, full: bool = False) -> list[str]:
-        """Inconsistencies inside the manifest itself (empty when sound); `full` also re-derives the key."""
+    def problems(self, key: str | None = None, full: bool = False, checksum_sound: bool = False) -> list[str]:
+        """Inconsistencies inside the manifest itself (empty when sound); `full` also re-derives the key.
+        `checksum_sound`: the JSON it was read from already matched its checksum (see `_read_manifest`)."""
         found = []
-        if self.computed_checksum() != self.checksum:
+        if not checksum_sound and self.computed_checksum() != self.checksum:
             found.append("manifest checksum mismatch (edited or damaged)")
         if "data" not in self.tables:
             found.append("manifest lists no 'data' table")
@@ -227,6 +222,17 @@ class Manifest(_Frozen):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
+
+
+def _checksum_of(data: dict[str, Any]) -> str:
+    """The checksum of a manifest's JSON form (its `checksum` field left out)."""
+    data = {**data, "tables": {name: dict(info) if isinstance(info, dict) else info for name, info in data.get("tables", {}).items()}}
+    data.pop("checksum", None)
+    for info in data["tables"].values():  # manifests from before unions existed keep their checksum
+        if isinstance(info, dict) and info.get("union") is None:
+            info.pop("union", None)
+    # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
+    return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 class DamagedEntry(UserError):
@@ -271,12 +277,17 @@ def _read_manifest(path: Path, folder: Path, key: str | None, full: bool) -> Man
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         found = data.get("format", 1) if isinstance(data, dict) else "?"
         raise DamagedEntry(folder, f"manifest format {found}, expected {MANIFEST_FORMAT} (written by another synthforge version)")
+    # The file's own JSON matching its checksum is the sealed manifest's dump, unedited: no second dump to hash.
+    try:
+        sound = _checksum_of(data) == data.get("checksum")
+    except (AttributeError, TypeError, ValueError):  # malformed: validation below names what is wrong
+        sound = False
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DamagedEntry(folder, f"invalid manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    problems = manifest.problems(key, full)
+    problems = manifest.problems(key, full, checksum_sound=sound)
     if problems:
         raise DamagedEntry(folder, problems[0], manifest.step)
     return manifest

@@ -40,9 +40,11 @@ class Lock:
         """The content hash of the entry the lockfile's build made for `key` (None: not recorded)."""
         return self.nodes.get(key, {}).get("content")
 
+    def data(self) -> dict[str, Any]:
+        return {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
+
     def to_json(self) -> str:
-        data = {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
-        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+        return json.dumps(self.data(), indent=1, sort_keys=True) + "\n"
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -127,6 +129,13 @@ def _check_keys(lock: Lock, path: Path, text: str) -> None:
 
 
 def write_lock(path: Path, lock: Lock) -> None:
+    """Write the lockfile, unless the file already holds exactly this lock: a no-op build rewrites nothing
+    (comparing compact JSON is C speed; the indented text is made only for a write)."""
+    try:
+        if json.dumps(json.loads(path.read_text()), sort_keys=True) == json.dumps(lock.data(), sort_keys=True):
+            return
+    except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
+        pass
     atomic_write_text(path, lock.to_json())
 
 

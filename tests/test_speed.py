@@ -215,3 +215,28 @@ def test_a_sequential_build_caps_its_threads_as_a_worker_does_and_keeps_the_user
 
     limit_threads(2)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_no_op_build_leaves_the_lockfile_untouched_and_a_changed_one_is_rewritten(write_recipe, data_csv, cache_dir):
+    recipe = write_recipe(MATRIX)
+    graph, cache = built(recipe, cache_dir)
+    lock = recipe.with_suffix(".lock")
+    before = lock.stat()
+    built(recipe, cache_dir)
+    assert (lock.stat().st_ino, lock.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    text = lock.read_text()
+    lock.write_text(text.replace(graph.keys["k=4"]["split"], graph.keys["k=6"]["split"], 1))
+    built(recipe, cache_dir)
+    assert lock.read_text() == text
+
+
+def test_an_edited_manifest_is_found_by_its_checksum(write_recipe, data_csv, cache_dir):
+    import json
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    key = graph.keys["k=8"]["split"]
+    path = cache.entry_path(key) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["tables"]["train"]["rows"] += 1
+    path.write_text(json.dumps(data))
+    assert cache.problems(key) == ["manifest checksum mismatch (edited or damaged)"]
