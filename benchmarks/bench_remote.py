@@ -1,7 +1,8 @@
 """Remote cache throughput: `synthforge cache push` / `cache pull` vs `dvc push`/`dvc pull`, `aws s3 sync`
 and `s5cmd` (each when installed) moving the same cache entries to and from one local S3 server (moto, in its own process).
-Prints a table: median and spread of wall time per tool and direction, MB/s of the entries' bytes, and
-the ratio reference time / synthforge time (> 1: synthforge is faster).
+Prints a table: median and spread of wall time per tool and direction (push, a no-op push of the same data right
+after it, pull), MB/s of the entries' bytes, and the ratio reference time / synthforge time (> 1: synthforge is
+faster); `--before TREE` adds the synthforge code of another source tree as a tool.
 
 The reference tools live in their own venv (CI does not need them):
 
@@ -99,9 +100,12 @@ def source_bytes(cache: Path) -> int:
 class Tool:
     """One tool's push and pull commands of a data set; `aim` points them at a fresh prefix (untimed)."""
 
-    def __init__(self, name: str, cache: Path, lock: Path, work: Path, jobs: int, env: dict[str, str], ref_bin: Path):
+    def __init__(self, name: str, cache: Path, lock: Path, work: Path, jobs: int, env: dict[str, str], ref_bin: Path,
+                 tree: Path = ROOT):
         self.name, self.cache, self.lock, self.jobs, self.env, self.ref_bin = name, cache, lock, jobs, env, ref_bin
-        self.work = work / name.split()[0]
+        self.work = work / name.replace(" ", "-")
+        if name.startswith("synthforge"):  # this checkout, or the code before (`--before`)
+            self.env = {**env, "PYTHONPATH": str(tree)}
         self.dest = self.work / "pulled"
         if name == "dvc":
             self._dvc_repos()
@@ -109,7 +113,7 @@ class Tool:
     def aim(self, url: str) -> tuple[list[str], list[str]]:
         shutil.rmtree(self.pulled(), ignore_errors=True)
         endpoint = self.env["AWS_ENDPOINT_URL"]
-        if self.name == "synthforge":
+        if self.name.startswith("synthforge"):
             sf = [sys.executable, "-m", "synthforge", "cache"]
             jobs = ["--remote", url, "--jobs", str(self.jobs), "--no-progress"]
             return ([*sf, "push", "--cache-dir", str(self.cache), *jobs],
@@ -162,6 +166,7 @@ def main() -> None:
     parser.add_argument("--ref-bin", type=Path, default=Path("/tmp/bench-ref/bin"), help="venv bin with aws / s5cmd")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=10, help="concurrent transfers, for every tool (aws default: 10)")
+    parser.add_argument("--before", type=Path, default=None, help="a synthforge source tree to time beside this checkout")
     args = parser.parse_args()
 
     import s3fs
@@ -169,7 +174,8 @@ def main() -> None:
     from synthforge.tables import render_table
 
     refs = (("dvc", "dvc"), ("aws s3 sync", "aws"), ("s5cmd", "s5cmd"))
-    tools = ["synthforge"] + [t for t, exe in refs if (args.ref_bin / exe).exists()]
+    tools = ["synthforge"] + (["synthforge before"] if args.before else []) + [t for t, exe in refs if (args.ref_bin / exe).exists()]
+    directions = ("push", "no-op push", "pull")
     work = Path(tempfile.mkdtemp(prefix="bench-remote."))
     port = free_port()
     server = start_moto(port)
@@ -185,25 +191,29 @@ def main() -> None:
     if args.large_mb:
         datasets[f"large ({args.large_mb} MB)"] = synthetic_cache(work, args.large_mb)
     loads = [os.getloadavg()[0]]
-    rows = []
+    rows, noop_shares = [], {}
     try:
         for name, cache in datasets.items():
             lock = lockfile_of(cache, work / f"{cache.name}.lock")
             nbytes, nfiles = source_bytes(cache), sum(1 for p in cache.rglob("*") if p.is_file())
-            runners = {tool: Tool(tool, cache, lock, work / "tools" / cache.name, args.jobs, env, args.ref_bin) for tool in tools}
-            times = {(tool, d): [] for tool in tools for d in ("push", "pull")}
+            runners = {tool: Tool(tool, cache, lock, work / "tools" / cache.name, args.jobs, env, args.ref_bin,
+                                  args.before if tool == "synthforge before" else ROOT) for tool in tools}
+            times = {(tool, d): [] for tool in tools for d in directions}
             for rep in range(args.repeat):
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)]
                 for tool in order:
-                    prefix = f"bench/{cache.name}-{tool.split()[0]}-{rep}"
+                    prefix = f"bench/{cache.name}-{tool.replace(' ', '-')}-{rep}"
                     push, pull = runners[tool].aim(f"s3://{prefix}")
-                    times[(tool, "push")].append(run(push, env))
-                    times[(tool, "pull")].append(run(pull, env))
+                    times[(tool, "push")].append(run(push, runners[tool].env))
+                    times[(tool, "no-op push")].append(run(push, runners[tool].env))  # everything is there already
+                    times[(tool, "pull")].append(run(pull, runners[tool].env))
                     got = source_bytes(runners[tool].pulled())
                     assert got >= 0.99 * source_bytes(cache / "entries"), f"{tool} pulled {got} bytes"
                     fs.rm(prefix, recursive=True)
                     loads.append(os.getloadavg()[0])
-            for direction in ("push", "pull"):
+            for tool in tools:
+                noop_shares[(name, tool)] = statistics.median(times[(tool, "no-op push")]) / statistics.median(times[(tool, "push")])
+            for direction in directions:
                 base = statistics.median(times[("synthforge", direction)])
                 for tool in tools:
                     ts = times[(tool, direction)]
@@ -214,6 +224,8 @@ def main() -> None:
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
+    for name, tool in sorted(noop_shares):
+        print(f"{name}: {tool} no-op push = {noop_shares[(name, tool)]:.0%} of its full push")
     print(render_table(["data", "files", "direction", "tool", "median s", "range s", "MB/s", "ref/synthforge"], rows,
                        align_right=(4, 6, 7)))
     print(f"repeats {args.repeat}, concurrency {args.jobs} for every tool, one local moto S3 server (its own process); "

@@ -57,21 +57,22 @@ def table_digests(cache: Path) -> dict[str, str]:
 
 
 # -- the study ---------------------------------------------------------------------
-def study_graph(sets: tuple[str, ...]):
+def study_graph(sets: tuple[str, ...], recipe: Path = STUDY):
     from synthforge import api
     from synthforge.recipe.resolve import parse_overrides
 
-    return api.open(STUDY, set=parse_overrides(sets)).graph
+    return api.open(recipe, set=parse_overrides(sets)).graph
 
 
-def seeded_cache(source: Path, target: Path, sets: tuple[str, ...]) -> None:
+def seeded_cache(source: Path, target: Path, sets: tuple[str, ...], recipe: Path = STUDY) -> None:
     """A cache with only the study's `generate` entry and the shared caches (models linked, responses copied)."""
     from synthforge.cache import Cache
 
-    graph = study_graph(sets)
+    graph = study_graph(sets, recipe)
     generated = {node.key for node in graph.nodes_of_step("generated")}
     (target / "shared").mkdir(parents=True)
-    os.symlink((source / "shared" / "models").resolve(), target / "shared" / "models")
+    if (source / "shared" / "models").exists():
+        os.symlink((source / "shared" / "models").resolve(), target / "shared" / "models")
     shutil.copytree(source / "shared" / "responses", target / "shared" / "responses")
     for key in generated:
         entry = Cache(source).entry_path(key)
@@ -80,35 +81,48 @@ def seeded_cache(source: Path, target: Path, sets: tuple[str, ...]) -> None:
         shutil.copytree(entry, Cache(target).entry_path(key))
 
 
-def study(source: Path, runs: int, sets: tuple[str, ...], keep: Path | None) -> None:
+def study(source: Path, runs: int, sets: tuple[str, ...], keep: Path | None, recipe_source: Path = STUDY,
+          before: Path | None = None, busy: int = 0, modes: list[str] | None = None) -> None:
+    """The study rebuilt (generate cached) by each executor mode; with `before`, also by that synthforge tree
+    (interleaved); with `busy`, under that many busy-looping processes (a second load on the machine)."""
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    recipe = work / STUDY.name
-    shutil.copy(STUDY, recipe)  # build writes its lockfile beside the recipe
+    recipe = work / recipe_source.name
+    shutil.copy(recipe_source, recipe)  # build writes its lockfile beside the recipe
+    chosen = {mode: flags for mode, flags in MODES.items() if modes is None or mode in modes}
+    trees = {"now": ROOT} if before is None else {"before": before, "now": ROOT}
+    load_procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     rows, digests = [], {}
-    for run in range(runs):
-        for mode, flags in MODES.items():  # interleaved: each mode sees the same drift in machine load
-            cache = work / f"cache-{run}-{len(digests)}"
-            seeded_cache(source, cache, sets)
-            before, cpu = loadavg(), children_cpu()
-            start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "synthforge", "build", str(recipe), "--no-progress",
-                                   "--cache-dir", str(cache), *flags, *(f"--set={v}" for v in sets)],
-                                  capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if proc.returncode != 0:
-                raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-            built = proc.stdout.count(" built ")
-            digests[(run, mode)] = table_digests(cache)
-            rows.append([run + 1, mode, built, f"{wall:.1f}", f"{children_cpu() - cpu:.1f}", before, loadavg()])
-            if keep is not None and run == 0 and flags == MODES["sequential (--jobs 1)"]:
-                shutil.move(cache, keep)  # its manifests' per-step times feed `project`
-            else:
-                shutil.rmtree(cache)
+    try:
+        for run in range(runs):
+            for mode, flags in chosen.items():  # interleaved: each mode sees the same drift in machine load
+                for tree_name, tree in trees.items():
+                    cache = work / f"cache-{run}-{len(digests)}"
+                    seeded_cache(source, cache, sets, recipe_source)
+                    before_load, cpu = loadavg(), children_cpu()
+                    start = time.perf_counter()
+                    proc = subprocess.run([sys.executable, "-m", "synthforge", "build", str(recipe), "--no-progress",
+                                           "--cache-dir", str(cache), *flags, *(f"--set={v}" for v in sets)],
+                                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+                    wall = time.perf_counter() - start
+                    if proc.returncode != 0:
+                        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+                    built = proc.stdout.count(" built ")
+                    digests[(run, mode, tree_name)] = table_digests(cache)
+                    label = mode if before is None else f"{mode}, {tree_name}"
+                    rows.append([run + 1, label, built, f"{wall:.1f}", f"{children_cpu() - cpu:.1f}", before_load, loadavg()])
+                    if keep is not None and run == 0 and flags == MODES["sequential (--jobs 1)"] and tree_name == "now":
+                        shutil.move(cache, keep)  # its manifests' per-step times feed `project`
+                    else:
+                        shutil.rmtree(cache)
+    finally:
+        for proc in load_procs:
+            proc.kill()
     reference = next(iter(digests.values()))
     same = all(d == reference for d in digests.values())
     print(render_table(["run", "executor", "steps built", "wall s", "CPU s", "load before", "load after"], rows,
                        align_right=(0, 2, 3, 4)))
-    print(f"\n{len(reference)} table files per build; byte-identical across all builds: {'yes' if same else 'NO'}")
+    print(f"\n{len(reference)} table files per build; byte-identical across all builds: {'yes' if same else 'NO'}"
+          + (f"; {busy} busy-looping process(es) ran throughout (the second load)" if busy else ""))
 
 
 # -- shards ------------------------------------------------------------------------
@@ -278,6 +292,10 @@ def main() -> None:
     study_parser.add_argument("--runs", type=int, default=1)
     study_parser.add_argument("--set", dest="sets", action="append", default=[], help="a recipe variable, NAME=VALUE")
     study_parser.add_argument("--keep", type=Path, default=None, help="keep the first sequential build's cache here")
+    study_parser.add_argument("--recipe", type=Path, default=STUDY, help="the study recipe (e.g. a copy with a fake endpoint)")
+    study_parser.add_argument("--before", type=Path, default=None, help="a synthforge source tree to time beside this one")
+    study_parser.add_argument("--busy", type=int, default=0, help="busy-looping processes running throughout (a second load)")
+    study_parser.add_argument("--modes", nargs="+", default=None, choices=list(MODES), help="executor modes (default: all)")
     shard_parser = sub.add_parser("shards")
     shard_parser.add_argument("--repeats", type=int, default=3)
     shard_parser.add_argument("--embed-rows", type=int, default=3072)
@@ -293,7 +311,7 @@ def main() -> None:
     if args.part == "project":
         project(args.finetune_s)
     elif args.part == "study":
-        study(args.source_cache, args.runs, tuple(args.sets), args.keep)
+        study(args.source_cache, args.runs, tuple(args.sets), args.keep, args.recipe, args.before, args.busy, args.modes)
     else:
         shards(args.repeats, args.embed_rows, args.generate_rows, args.generate_batch, args.models, args.steps)
 

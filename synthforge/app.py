@@ -149,9 +149,19 @@ def build_summary(graph: Graph, report, pulled: set[str], seconds: float, pulled
 
 def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
     """Diversity levels that select identical rows or do not raise measured Vendi (see report.level_warnings)."""
+    if not any(level_var in variant.matrix_values for variant in graph.recipe.variants):
+        return []  # no level varies: nothing to compare, nothing to read
     from synthforge.report import level_warnings
 
-    return level_warnings(variant_records(graph, cache), level_var)
+    metas = {}  # each entry's manifest read once, not once per variant sharing it
+    for key in graph.nodes:
+        entry = cache.get(key)
+        if entry is not None and "selection_hash" in entry.manifest.meta:
+            metas[key] = entry.manifest.meta
+    records = [{"variant": variant.name, "vars": variant.matrix_values,
+                "steps": {step: {"meta": metas[key]} for step, key in graph.keys[variant.name].items() if key in metas}}
+               for variant in graph.recipe.variants]
+    return level_warnings(records, level_var)
 
 
 def read_through(graph: Graph, cache: Cache, remote: Remote, only: tuple[str, ...], force: tuple[str, ...],

@@ -204,18 +204,13 @@ class Manifest(_Frozen):
         return draft.model_copy(update={"checksum": draft.computed_checksum()})
 
     def computed_checksum(self) -> str:
-        data = self.model_dump(mode="json")
-        data.pop("checksum")
-        for info in data["tables"].values():  # manifests from before unions existed keep their checksum
-            if info.get("union") is None:
-                info.pop("union", None)
-        # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
-        return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        return _checksum_of(self.model_dump(mode="json"))
 
-    def problems(self, key: str | None = None, full: bool = False) -> list[str]:
-        """Inconsistencies inside the manifest itself (empty when sound); `full` also re-derives the key."""
+    def problems(self, key: str | None = None, full: bool = False, checksum_sound: bool = False) -> list[str]:
+        """Inconsistencies inside the manifest itself (empty when sound); `full` also re-derives the key.
+        `checksum_sound`: the JSON it was read from already matched its checksum (see `_read_manifest`)."""
         found = []
-        if self.computed_checksum() != self.checksum:
+        if not checksum_sound and self.computed_checksum() != self.checksum:
             found.append("manifest checksum mismatch (edited or damaged)")
         if "data" not in self.tables:
             found.append("manifest lists no 'data' table")
@@ -227,6 +222,17 @@ class Manifest(_Frozen):
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
+
+
+def _checksum_of(data: dict[str, Any]) -> str:
+    """The checksum of a manifest's JSON form (its `checksum` field left out)."""
+    data = {**data, "tables": {name: dict(info) if isinstance(info, dict) else info for name, info in data.get("tables", {}).items()}}
+    data.pop("checksum", None)
+    for info in data["tables"].values():  # manifests from before unions existed keep their checksum
+        if isinstance(info, dict) and info.get("union") is None:
+            info.pop("union", None)
+    # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
+    return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 class DamagedEntry(UserError):
@@ -271,12 +277,17 @@ def _read_manifest(path: Path, folder: Path, key: str | None, full: bool) -> Man
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         found = data.get("format", 1) if isinstance(data, dict) else "?"
         raise DamagedEntry(folder, f"manifest format {found}, expected {MANIFEST_FORMAT} (written by another synthforge version)")
+    # The file's own JSON matching its checksum is the sealed manifest's dump, unedited: no second dump to hash.
+    try:
+        sound = _checksum_of(data) == data.get("checksum")
+    except (AttributeError, TypeError, ValueError):  # malformed: validation below names what is wrong
+        sound = False
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DamagedEntry(folder, f"invalid manifest: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    problems = manifest.problems(key, full)
+    problems = manifest.problems(key, full, checksum_sound=sound)
     if problems:
         raise DamagedEntry(folder, problems[0], manifest.step)
     return manifest
@@ -461,6 +472,27 @@ def read_table(folder: Path, table: str = "data", columns: list[str] | None = No
     return (frame.select(columns) if columns is not None else frame).collect()
 
 
+def _entry_files(manifest: Manifest) -> dict[str, tuple[str, int | None, str | None]]:
+    """Every file of an entry the manifest hashes: relative path -> (content hash, size if known, table name)."""
+    files: dict[str, tuple[str, int | None, str | None]] = {
+        f"{name}.parquet": (info.content_hash, info.bytes, name) for name, info in manifest.tables.items() if info.union is None}
+    files.update({rel: (digest, None, None) for rel, digest in manifest.artifacts.items()})
+    return files
+
+
+def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
+    """The stamp of every file the manifest hashes (None when one is missing)."""
+    try:
+        return {rel: file_stamp(Path(folder) / rel) for rel in sorted(_entry_files(manifest))}
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _stamps_key(key: str) -> str:
+    """The derived record of an entry's remembered file stamps."""
+    return key_of(["file stamps", key])
+
+
 @dataclass
 class Entry:
     key: str
@@ -550,40 +582,46 @@ class Cache:
     def problems(self, key: str) -> list[str] | None:
         """None when `key` is not cached; else what is wrong with its entry (empty: sound).
 
-        Checks the manifest and the content hash of every table: what every read checks."""
+        Checks the manifest, and every table and artifact file against its content hash through the
+        remembered stamps (`file_problems`): what plan and build ask before they count an entry as cached.
+        Reading a table (`scan_table`) or an artifact (`artifact_path`) hashes it in full again."""
         path = self.entry_path(key)
         if not path.is_dir():
             return None
-        return verify_folder(path, key, full=False) or self.artifact_problems(key)
+        try:
+            manifest = read_manifest(path, key)
+        except DamagedEntry as exc:
+            return [exc.problem]
+        return self.file_problems(key, manifest)
 
-    def artifact_problems(self, key: str) -> list[str]:
-        """The entry's artifacts against the manifest's hashes, cheaply: a file whose stamp (size, mtime, ctime,
-        inode, device) is the one remembered when it last hashed sound is not read again; any write to it
-        changes the stamp and forces a full hash. The stamps are a derived record that gc drops with the entry."""
+    def file_problems(self, key: str, manifest: Manifest) -> list[str]:
+        """The entry's table and artifact files against the manifest's hashes, cheaply: a file whose stamp (size,
+        mtime, ctime, inode, device) is the one remembered when it last hashed sound is not read again; any
+        write to it changes the stamp and forces a full hash. The stamps are a derived record (gc drops it with
+        the entry), written when the entry is installed and whenever a file hashed sound under a new stamp."""
         folder = self.entry_path(key)
-        manifest = read_manifest(folder, key)
-        if not manifest.artifacts:
-            return []
-        record_key = key_of(["artifact stamps", key])
-        known = (self.read_derived(record_key) or {}).get("stamps", {})
+        known = (self.read_derived(_stamps_key(key)) or {}).get("stamps", {})
         stamps, problems = {}, []
-        for rel, digest in sorted(manifest.artifacts.items()):
+        for rel, (digest, size, name) in sorted(_entry_files(manifest).items()):
             try:
                 stamp = file_stamp(folder / rel)
             except (FileNotFoundError, NotADirectoryError):
-                problems.append(f"{rel}: missing")
+                problems.append(f"table {name}: file missing" if name else f"{rel}: missing")
                 continue
             if known.get(rel) != stamp:
-                if hash_file(folder / rel) != digest:
-                    problems.append(f"{rel}: content hash mismatch")
+                if (size is not None and stamp[0] != size) or hash_file(folder / rel) != digest:
+                    problems.append(f"table {name}: content hash mismatch" if name else f"{rel}: content hash mismatch")
                     continue
                 if file_stamp(folder / rel) != stamp:  # written while it was read: hash it again next time
                     continue
             stamps[rel] = stamp
         if not problems and stamps != known:
-            with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
-                self.write_derived(record_key, {"stamps": stamps}, [key])
+            self._remember_stamps(key, stamps)
         return problems
+
+    def _remember_stamps(self, key: str, stamps: dict[str, list[int]]) -> None:
+        with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
+            self.write_derived(_stamps_key(key), {"stamps": stamps}, [key])
 
     def entries(self) -> Iterator[Entry]:
         """Every entry folder, sound or not."""
@@ -683,7 +721,9 @@ class Cache:
         entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
         installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound.
         Callers hold `lock(key)` (`staging` does): two unlocked installs of one key can collide on the rename."""
-        folder = Path(folder)
+        folder, stamps = Path(folder), None
+        with contextlib.suppress(DamagedEntry):  # taken before the files are hashed, compared after
+            stamps = _stamps(folder, read_manifest(folder))
         problems = verify_folder(folder, key)
         if problems:
             raise DamagedEntry(folder, problems[0])
@@ -691,16 +731,18 @@ class Cache:
             self._fsync_tree(folder)
             final = self.entry_path(key)
             final.parent.mkdir(parents=True, exist_ok=True)
-            if not final.exists():
+            if final.exists():
+                if not replace and not verify_folder(final, key, full=False):
+                    return False
+                trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))  # under the caller's lock
+                os.rename(final, trash / "entry")
                 os.rename(folder, final)
-                return True
-            if not replace and not verify_folder(final, key, full=False):
-                return False
-            trash = Path(tempfile.mkdtemp(dir=self._tmp_root(), prefix=f"{key}.old."))  # under the caller's lock
-            os.rename(final, trash / "entry")
-            os.rename(folder, final)
-            shutil.rmtree(trash, ignore_errors=True)
-            return True
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(folder, final)
+        if stamps is not None and _stamps(final, read_manifest(final)) == stamps:  # untouched since it hashed sound
+            self._remember_stamps(key, stamps)
+        return True
 
     @staticmethod
     def _fsync_tree(path: Path) -> None:

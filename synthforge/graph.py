@@ -71,12 +71,18 @@ def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
     """The recipe's keyed nodes; `cache` (optional) remembers input files' hashes across processes."""
     nodes: dict[str, Node] = {}
     keys: dict[str, dict[str, str]] = {}
+    keyed: dict[tuple, tuple[str, dict[str, Any]]] = {}  # what a key is made of -> (key, components), computed once
     for variant in recipe.variants:
         variant_keys: dict[str, str] = {}
         for step_name in variant.order:
             resolved = variant.steps[step_name]
-            components = _components(resolved, variant_keys, step_seed(variant, resolved), cache)
-            key = key_of(components)
+            seed = step_seed(variant, resolved)
+            # Variants that share a ResolvedStep (same config), its upstream keys and seed share the key.
+            made_of = (id(resolved), seed, tuple(variant_keys[s] for s in resolved.upstream()))
+            if made_of not in keyed:
+                components = _components(resolved, variant_keys, seed, cache)
+                keyed[made_of] = key_of(components), components
+            key, components = keyed[made_of]
             variant_keys[step_name] = key
             if key not in nodes:
                 upstream = sorted({variant_keys[s] for s in resolved.upstream()})

@@ -15,7 +15,7 @@ from typing import Any
 
 from synthforge.cache import atomic_write_text
 from synthforge.errors import UserError
-from synthforge.keys import checked_key
+from synthforge.keys import checked_key, is_key
 
 LOCK_FORMAT = 1
 
@@ -40,9 +40,11 @@ class Lock:
         """The content hash of the entry the lockfile's build made for `key` (None: not recorded)."""
         return self.nodes.get(key, {}).get("content")
 
+    def data(self) -> dict[str, Any]:
+        return {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
+
     def to_json(self) -> str:
-        data = {"synthforge_lock": LOCK_FORMAT, "recipe": self.recipe, "variants": self.variants, "nodes": self.nodes}
-        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+        return json.dumps(self.data(), indent=1, sort_keys=True) + "\n"
 
 
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -144,13 +146,22 @@ def _check_keys(lock: Lock, path: Path, text: str) -> None:
         raise UserError("'nodes' is not a mapping of key -> components", file=str(path), field="nodes", hint=_REWRITE)
     for variant, steps in lock.variants.items():
         for step, key in steps.items():
-            line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
-            checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
+            if not is_key(key):  # the line is looked for only then: finding it scans the whole text
+                line = where(f"{json.dumps(step)}: {json.dumps(key)}", json.dumps(key))
+                checked_key(key, file=str(path), line=line, field=f"variants.{variant}.{step}", fix=_REWRITE)
     for key in lock.nodes:
-        checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
+        if not is_key(key):
+            checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
 
 
 def write_lock(path: Path, lock: Lock) -> None:
+    """Write the lockfile, unless the file already holds exactly this lock: a no-op build rewrites nothing
+    (comparing compact JSON is C speed; the indented text is made only for a write)."""
+    try:
+        if json.dumps(json.loads(path.read_text()), sort_keys=True) == json.dumps(lock.data(), sort_keys=True):
+            return
+    except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
+        pass
     atomic_write_text(path, lock.to_json())
 
 

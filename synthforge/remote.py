@@ -72,10 +72,9 @@ def open_remote(url: str | None, jobs: int = DEFAULT_JOBS, progress: bool = True
     return Remote(url, jobs=jobs, progress=progress)
 
 
-def _filesystem(url: str) -> tuple[Any, str]:
+def _check_url(url: str) -> None:
+    """Refuse a URL that carries credentials or a query string (before anything is imported or contacted)."""
     from urllib.parse import urlsplit
-
-    from fsspec.core import url_to_fs
 
     parts = urlsplit(url)
     authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
@@ -86,6 +85,15 @@ def _filesystem(url: str) -> tuple[Any, str]:
         raise UserError(f"the remote URL carries a query string or fragment ({parts.scheme}://...)", field="--remote",
                         hint="give the URL as scheme://bucket/prefix only; credentials and options go in the backend's own "
                              "configuration (AWS env vars or profile, gcloud, az login)")
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    from urllib.parse import urlsplit
+
+    from fsspec.core import url_to_fs
+
+    _check_url(url)
+    parts = urlsplit(url)
     try:
         fs, root = url_to_fs(url, skip_instance_cache=True)  # fresh listings; endpoint from the current env
     except ImportError:
@@ -147,11 +155,32 @@ class Remote:
     """A remote cache at `url`; all transfers are parallel (`jobs` objects at once) and resumable."""
 
     def __init__(self, url: str, jobs: int = DEFAULT_JOBS, progress: bool = True):
+        _check_url(url)
         self.url = url
-        self.fs, self.root = _filesystem(url)
         self.jobs = max(1, jobs)
         self.progress = progress
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._connection: tuple[Any, str] | None = None
+        self._connecting = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, made on first use: importing and configuring a cloud backend (s3fs,
+        aiobotocore, certificates) costs about a second, which a command with nothing to ask never pays."""
+        return self._connected()[0]
+
+    @property
+    def root(self) -> str:
+        return self._connected()[1]
+
+    def _connected(self) -> tuple[Any, str]:
+        with self._connecting:
+            if self._connection is None:
+                self._connection = _filesystem(self.url)
+            return self._connection
+
+    @property
+    def _local(self) -> bool:
+        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     # -- layout ------------------------------------------------------------
     def record_path(self, key: str) -> str:
@@ -172,22 +201,43 @@ class Remote:
             return self._present(f"{self.root}/entries", list(dict.fromkeys(keys)), self.record_path)
 
     def _present(self, folder: str, names: list[str], path_of: Callable[[str], str]) -> set[str]:
-        """Which of `names` exist under `folder`: one request each when the folder is much larger than the
-        question (its size estimated from one shard, as DVC does), else one listing of the folder."""
+        """Which of `names` exist under `folder`, in the fewest requests (as DVC, the folder's size is estimated
+        from one shard): one listing per shard (prefix) the names fall in, run in parallel; one listing of the
+        whole folder when it is small; one question per name when the shards are much larger than the question."""
         if not names:
             return set()
         self.fs.invalidate_cache()
+        if len(names) == 1:
+            return {names[0]} if self.fs.exists(path_of(names[0])) else set()
+        shards: dict[str, list[str]] = {}
+        for name in names:
+            shards.setdefault(path_of(name).rsplit("/", 1)[0], []).append(name)
+        first, *rest = shards
+        listed = {first: self._listing(first)}
+        asked = [name for shard in rest for name in shards[shard]]
+        costs = {"shards": len(rest) * _pages(len(listed[first])), "folder": _pages(len(listed[first]) * 256),
+                 "names": len(asked)}
+        cheapest = min(costs, key=costs.get) if rest else "none"
+        if cheapest == "names":
+            found = {name for name, there in zip(asked, self._map(lambda n: self.fs.exists(path_of(n)), asked)) if there}
+            listed.update({shard: {path_of(n).rsplit("/", 1)[-1] for n in shards[shard] if n in found} for shard in rest})
+        elif cheapest == "folder":
+            try:
+                everything = {path.rsplit("/", 1)[-1] for path in self.fs.find(folder)}
+            except FileNotFoundError:
+                everything = set()
+            listed.update({shard: everything for shard in rest})
+        elif cheapest == "shards":
+            listed.update(zip(rest, self._map(self._listing, rest)))
+        return {name for shard, members in shards.items() for name in members
+                if path_of(name).rsplit("/", 1)[-1] in listed[shard]}
+
+    def _listing(self, shard: str) -> set[str]:
+        """The names in one shard folder (empty when it does not exist)."""
         try:
-            in_shard = len(self.fs.ls(path_of(names[0]).rsplit("/", 1)[0], detail=False)) if len(names) > 1 else 0
-        except FileNotFoundError:
-            in_shard = 0
-        if len(names) == 1 or in_shard * 256 > LIST_PAGE * len(names):
-            return {name for name, found in zip(names, self._map(lambda n: self.fs.exists(path_of(n)), names)) if found}
-        try:
-            listed = {path.rsplit("/", 1)[-1] for path in self.fs.find(folder)}
+            return {path.rsplit("/", 1)[-1] for path in self.fs.ls(shard, detail=False)}
         except FileNotFoundError:
             return set()
-        return {name for name in names if path_of(name).rsplit("/", 1)[-1] in listed}
 
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
@@ -531,6 +581,11 @@ class Remote:
 
 class _Damaged(Exception):
     """A remote object that is missing or does not hash to its name."""
+
+
+def _pages(names: int) -> float:
+    """Listing requests that return `names` names (LIST_PAGE 0: listings are too costly to consider)."""
+    return -(-max(1, names) // LIST_PAGE) if LIST_PAGE > 0 else float("inf")
 
 
 def _one_line(exc: Exception) -> str:

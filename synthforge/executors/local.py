@@ -4,7 +4,9 @@ Workers are spawned, never forked: a forked child of a process that has run fais
 Workers send their bars and log lines to the parent over a queue while a step runs (progress.forward_to);
 the parent draws one live line per running step and prints the log lines as they come.
 Each worker receives the graph once (pool initializer), then only node keys. The workers share the
-CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin).
+CPUs: each caps its math libraries at CPUs // jobs threads (threads beyond the cores only spin); the
+sequential build caps this process the same way (all CPUs, or the user's OMP_NUM_THREADS), and idle
+OpenMP threads sleep (`limit_threads`).
 Workers die with the build: on Linux the kernel kills them when their parent dies (PR_SET_PDEATHSIG),
 elsewhere a watchdog thread notices the parent is gone; a killed build leaves no worker spending CPU or
 an LLM budget.
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from synthforge.backends.devices import limit_threads, usable_cpus
+from synthforge.backends.devices import limit_threads, thread_budget, usable_cpus
 from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node, plan_width
 from synthforge.progress import forward_to, settings, show_forwarded
 
@@ -41,6 +43,7 @@ class InlineExecutor:
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", log: Callable[[str], None]):
         self.graph, self.cache, self.runtime, self.log = graph, cache, runtime, log
         self._queued: list[tuple["Node", bool]] = []
+        limit_threads(thread_budget())  # as a worker does: one pool of threads per library, idle ones asleep
 
     def prepare(self, nodes: list["Node"], log: Callable[[str], None], runtime: "Runtime | None" = None) -> None:
         self.runtime = runtime or self.runtime

@@ -12,6 +12,7 @@ integer powers or products of literals that exceed the bounds.
 from __future__ import annotations
 
 import contextvars
+import functools
 from typing import Any
 
 from synthforge.errors import UserError, did_you_mean
@@ -97,8 +98,6 @@ def _charged_lipsum(lipsum):
 
 def _bounded_filter(filter_function, error: type[Exception]):
     """A filter refusing huge size arguments (`center(10**9)`, `indent(10**9)`): filters bypass the sandbox's call()."""
-    import functools
-
     skip = 2 if hasattr(filter_function, "jinja_pass_arg") else 1  # (context or environment,) value
 
     @functools.wraps(filter_function)  # keeps jinja's pass_context / pass_environment marker
@@ -161,15 +160,31 @@ def _parse(source: str, field: str):
 
 
 def check_template(source: str, field: str, provided: set[str]) -> None:
-    """Fail now, not mid-build: a syntax error, or a variable the step will not provide."""
+    """Fail now, not mid-build: a syntax error, or a variable the step will not provide.
+
+    The verdict is remembered per (template, field, variables): every variant of a matrix validates its
+    generate step again, and parsing a template costs milliseconds. A refusal is raised afresh each time."""
+    refusal = _template_refusal(source, field, frozenset(provided))
+    if refusal is not None:
+        message, hint = refusal
+        raise UserError(message, field=field, hint=hint)
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_refusal(source: str, field: str, provided: frozenset[str]) -> tuple[str, str | None] | None:
+    """(message, hint) of check_template's refusal, or None when the template is fine."""
     from jinja2 import meta
 
-    environment, ast = _parse(source, field)
-    unknown = sorted(meta.find_undeclared_variables(ast) - provided - set(environment.globals))
-    if unknown:
-        hint = did_you_mean(unknown[0], provided) or f"this template gets: {', '.join(sorted(provided))}"
-        raise UserError(f"template uses '{unknown[0]}', which this step does not provide", field=field, hint=hint)
-    _check_static_costs(ast, field)
+    try:
+        environment, ast = _parse(source, field)
+        unknown = sorted(meta.find_undeclared_variables(ast) - provided - set(environment.globals))
+        if unknown:
+            hint = did_you_mean(unknown[0], provided) or f"this template gets: {', '.join(sorted(provided))}"
+            return f"template uses '{unknown[0]}', which this step does not provide", hint
+        _check_static_costs(ast, field)
+    except UserError as exc:
+        return exc.message, exc.hint
+    return None
 
 
 def _check_static_costs(ast, field: str) -> None:

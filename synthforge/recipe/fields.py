@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Any
 
@@ -17,12 +18,15 @@ def _mentions(annotation: Any, marker: object) -> bool:
     return any(_mentions(arg, marker) for arg in typing.get_args(annotation))
 
 
+@functools.lru_cache(maxsize=None)
+def _marked(params_model: type[BaseModel], marker: object) -> tuple[str, ...]:
+    """Fields of a model class marked `marker`: the same for every instance, so found once per class."""
+    return tuple(name for name, info in params_model.model_fields.items()
+                 if any(m is marker for m in info.metadata) or _mentions(info.annotation, marker))
+
+
 def marked_fields(params_model: type[BaseModel], marker: object) -> list[str]:
-    names = []
-    for name, info in params_model.model_fields.items():
-        if any(m is marker for m in info.metadata) or _mentions(info.annotation, marker):
-            names.append(name)
-    return names
+    return list(_marked(params_model, marker))
 
 
 def ref_fields(params_model: type[BaseModel]) -> list[str]:
@@ -58,9 +62,10 @@ def map_strings(value: Any, fn: typing.Callable[[str], Any]) -> Any:
 def file_locations(params: BaseModel, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
     """(path, value) of every FilePath string in `params`, nested models included."""
     found = []
-    for name, info in type(params).model_fields.items():
+    file_fields = _marked(type(params), FILE)
+    for name in type(params).model_fields:
         value = getattr(params, name)
-        if any(m is FILE for m in info.metadata) or _mentions(info.annotation, FILE):
+        if name in file_fields:
             found += [(path + (name,) + sub, text) for sub, text in strings_in(value)]
         else:
             found += _nested_file_locations(value, path + (name,))

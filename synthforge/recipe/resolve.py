@@ -178,11 +178,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     narrowed = {**narrowed_axes(written, overrides), **({REPLICATE_VAR: replicates[0]} if len(replicates) < model.replicates else {})}
     recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed, overrides=dict(overrides_given))
     _check_replicate_var(recipe, overrides)
+    resolved: dict[tuple[str, str], ResolvedStep] = {}  # shared by the variants a step's config does not differ in
     for matrix_values in _matrix_combinations(model.matrix):
         for replicate in replicates:
             values = {**matrix_values, REPLICATE_VAR: replicate} if model.replicates > 1 else matrix_values
             variables = {**model.vars, **values}
-            recipe.variants.append(_resolve_variant(recipe, values, variables))
+            recipe.variants.append(_resolve_variant(recipe, values, variables, resolved))
     return recipe
 
 
@@ -207,12 +208,40 @@ def _check_replicate_var(recipe: Recipe, overrides: dict[str, Any]) -> None:
 
 
 def replicate_seed(base_seed: int, replicate: int) -> int:
-    """Replicate 0 keeps the recipe seed (its cache is the unreplicated study's); others get an independent one."""
-    import numpy as np
-
+    """Replicate 0 keeps the recipe seed (its cache is the unreplicated study's); others get an independent one:
+    numpy's `SeedSequence([base_seed & 0xFFFFFFFF, replicate]).generate_state(1)[0] & 0x7FFFFFFF`."""
     if replicate == 0:
         return base_seed
-    return int(np.random.SeedSequence([base_seed & 0xFFFFFFFF, replicate]).generate_state(1)[0]) & 0x7FFFFFFF
+    return _seed_sequence_word([base_seed & _MASK32, replicate]) & 0x7FFFFFFF
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _seed_sequence_word(entropy: list[int]) -> int:
+    """The first uint32 of numpy's `SeedSequence(entropy).generate_state(1)`, in plain Python: planning a
+    cached build must not import numpy (~0.1 s) for two multiplications. `entropy`: uint32 words, at most 4
+    (the pool size); tests/test_replicates.py checks it against numpy."""
+    multiplier = 0x43B0D7E5  # numpy's INIT_A, advanced by MULT_A at every hashmix
+
+    def hashmix(value: int) -> int:
+        nonlocal multiplier
+        value ^= multiplier
+        multiplier = (multiplier * 0x931E8875) & _MASK32
+        value = (value * multiplier) & _MASK32
+        return value ^ (value >> 16)
+
+    def mix(x: int, y: int) -> int:
+        result = (0xCA01F9DD * x - 0x4973F715 * y) & _MASK32
+        return result ^ (result >> 16)
+
+    pool = [hashmix(entropy[i] if i < len(entropy) else 0) for i in range(4)]
+    for source in range(4):
+        for target in range(4):
+            if source != target:
+                pool[target] = mix(pool[target], hashmix(pool[source]))
+    word = ((pool[0] ^ 0x8B51F9DD) * 0x8B51F9DD * 0x58F38DED) & _MASK32  # generate_state: INIT_B, times MULT_B
+    return word ^ (word >> 16)
 
 
 def _variant_seed(recipe: Recipe, variables: dict[str, Any]) -> int:
@@ -282,7 +311,10 @@ def variant_name(matrix_values: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in matrix_values.items())
 
 
-def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any]) -> Variant:
+def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any],
+                     resolved: dict[tuple[str, str], ResolvedStep]) -> Variant:
+    """One variant's steps; `resolved` remembers each (step, interpolated config) already validated, so
+    variants that agree on a step share one ResolvedStep (validation, templates and files checked once)."""
     base_seed = _variant_seed(recipe, variables)
     replicated = recipe.model.replicates > 1
     seed = replicate_seed(base_seed, variables[REPLICATE_VAR]) if replicated else base_seed
@@ -296,9 +328,12 @@ def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: d
             raise exc.located(str(recipe.path), recipe.line(*path)) from None
         if replicated and not recipe.model.vary_test:
             config = _fix_held_out_seed(config, base_seed)
-        steps[name] = _resolve_step(recipe, name, config)
-    for resolved in steps.values():
-        _check_refs(recipe, resolved, steps)
+        memo = (name, repr(config))  # YAML values: repr tells 1, 1.0, True and '1' apart
+        if memo not in resolved:
+            resolved[memo] = _resolve_step(recipe, name, config)
+        steps[name] = resolved[memo]
+    for step in steps.values():
+        _check_refs(recipe, step, steps)
     order = _topological_order(recipe, steps)
     return Variant(variant_name(matrix_values), matrix_values, variables, steps, order, seed, base_seed)
 

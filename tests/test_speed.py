@@ -1,0 +1,242 @@
+"""What keeps a cached build fast without weakening it: work shared by variants done once, table and artifact
+files checked at plan time through remembered stamps (and in full whenever they are read), no numpy to plan."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import synthforge.cache as cache_module
+from synthforge.building import build
+from synthforge.cache import Cache, DamagedEntry
+from synthforge.errors import UserError
+from synthforge.generation import prompts
+from synthforge.graph import build_graph
+from synthforge.planning import plan
+from synthforge.recipe import resolve
+from synthforge.recipe.resolve import load_recipe
+from synthforge.stepapi import Runtime
+from tests.conftest import BASIC
+
+MATRIX = BASIC.replace("vars:\n  k: 10\n", "vars:\n  k: 10\nmatrix:\n  k: [4, 6, 8]\n")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def built(recipe: Path, cache_dir: Path):
+    graph = build_graph(load_recipe(recipe))
+    cache = Cache(cache_dir)
+    build(graph, cache, runtime=Runtime(progress=False), log=lambda m: None)
+    return graph, cache
+
+
+def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hashed: list[str] = []
+    real = cache_module.hash_file
+    monkeypatch.setattr(cache_module, "hash_file", lambda path: hashed.append(Path(path).name) or real(path))
+    return hashed
+
+
+def test_replicate_seeds_are_numpys_seed_sequence_without_numpy():
+    import numpy as np
+
+    draw = random.Random(0)
+    for _ in range(5000):
+        base, replicate = draw.choice([0, 1, 2**31 - 1, draw.randrange(2**31)]), draw.randrange(1, 1000)
+        expected = int(np.random.SeedSequence([base & 0xFFFFFFFF, replicate]).generate_state(1)[0]) & 0x7FFFFFFF
+        assert resolve.replicate_seed(base, replicate) == expected
+    assert resolve.replicate_seed(7, 0) == 7
+
+
+def test_planning_a_replicated_study_imports_no_numpy():
+    code = ("import sys; from synthforge.recipe.resolve import load_recipe; "
+            "r = load_recipe('recipes/diversity_study.yaml'); assert len(r.variants) == 60; "
+            "print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_variants_that_agree_on_a_step_share_its_resolution_and_key(write_recipe, data_csv, monkeypatch):
+    calls = []
+    real = resolve._resolve_step
+    monkeypatch.setattr(resolve, "_resolve_step", lambda recipe, name, config: calls.append(name) or real(recipe, name, config))
+    recipe = load_recipe(write_recipe(MATRIX))
+    assert sorted(calls) == ["rows", "split", "split", "split"]  # load is the same for the 3 variants
+    assert len({id(v.steps["rows"]) for v in recipe.variants}) == 1
+    graph = build_graph(recipe)
+    assert len(graph.nodes) == 4 and len({keys["rows"] for keys in graph.keys.values()}) == 1
+
+
+def test_a_template_is_parsed_once_and_its_refusal_raised_every_time(monkeypatch):
+    prompts._template_refusal.cache_clear()
+    parsed = []
+    real = prompts._parse
+    monkeypatch.setattr(prompts, "_parse", lambda source, field: parsed.append(source) or real(source, field))
+    for _ in range(3):
+        prompts.check_template("Write about {{ topic }}.", "template", {"topic"})
+    assert parsed == ["Write about {{ topic }}."]
+    errors = []
+    for _ in range(2):
+        with pytest.raises(UserError) as caught:
+            prompts.check_template("Write about {{ topik }}.", "template", {"topic"})
+        errors.append(caught.value)
+    assert errors[0] is not errors[1] and str(errors[0]) == str(errors[1])
+    assert "template: template uses 'topik'" in str(errors[1]) and "did you mean 'topic'" in str(errors[1])
+    with pytest.raises(UserError, match="nested loops run"):  # the operation budget's static check is kept
+        prompts.check_template("{% for a in range(3000) %}{% for b in range(3000) %}x{% endfor %}{% endfor %}",
+                               "template", set())
+
+
+def test_plan_hashes_each_file_once_then_trusts_its_remembered_stamp(write_recipe, data_csv, cache_dir, monkeypatch):
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    hashed = counting_hashes(monkeypatch)
+    assert all(item.action == "cached" for item in plan(graph, cache))
+    assert hashed == []  # stamps were remembered when the entries were installed
+    split = graph.nodes[graph.keys["k=4"]["split"]]
+    entry = cache.get(split.key)
+    frame = entry.read_table("train")  # reading still hashes the table in full
+    assert hashed == ["train.parquet"] and frame.height > 0
+
+
+def test_any_write_to_a_table_is_caught_at_plan_time_and_a_rebuild_follows(write_recipe, data_csv, cache_dir, monkeypatch):
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    key = graph.keys["k=6"]["split"]
+    path = cache.entry_path(key) / "train.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, and the mtime put back: only the ctime and the bytes tell
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    hashed = counting_hashes(monkeypatch)
+    assert cache.problems(key) == ["table train: content hash mismatch"]
+    assert hashed == ["train.parquet"]
+    items = {item.node.key: item for item in plan(graph, cache)}
+    assert items[key].action == "run" and "damaged" in items[key].reasons[0]
+    assert [i.action for k, i in items.items() if k != key] == ["cached"] * 3
+
+
+def test_a_stamp_is_trusted_only_at_plan_time_never_on_read(write_recipe, data_csv, cache_dir):
+    """A remembered stamp that no longer matches the bytes (forged here: ctime cannot be set back) fools
+    plan, never a read: every step reads its inputs through scan_table, which hashes them."""
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    key = graph.keys["k=8"]["split"]
+    path = cache.entry_path(key) / "test.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    stamps = cache_module._stamps(cache.entry_path(key), cache.get(key).manifest)
+    cache._remember_stamps(key, stamps)
+    assert cache.problems(key) == []
+    with pytest.raises(DamagedEntry, match="content hash mismatch"):
+        cache.get(key).read_table("test")
+
+
+def test_a_missing_table_or_a_changed_size_is_found_without_hashing(write_recipe, data_csv, cache_dir, monkeypatch):
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    first, second = graph.keys["k=4"]["split"], graph.keys["k=6"]["split"]
+    (cache.entry_path(first) / "train.parquet").unlink()
+    with open(cache.entry_path(second) / "test.parquet", "ab") as fh:
+        fh.write(b"x")
+    hashed = counting_hashes(monkeypatch)
+    assert cache.problems(first) == ["table train: file missing"]
+    assert cache.problems(second) == ["table test: content hash mismatch"]
+    assert hashed == []
+
+
+def test_a_cached_build_of_a_recipe_without_levels_reads_no_manifest_for_warnings(write_recipe, data_csv, cache_dir, monkeypatch):
+    from synthforge import app
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    monkeypatch.setattr(Cache, "get", lambda self, key: pytest.fail("selection_warnings read an entry"))
+    assert app.selection_warnings(graph, cache) == []
+
+
+def test_a_remote_is_asked_one_listing_per_shard_in_parallel_not_one_question_per_object(tmp_path, monkeypatch):
+    import synthforge.remote as remote_module
+    from synthforge.keys import key_of
+
+    remote = remote_module.Remote(str(tmp_path / "remote"), progress=False)
+    assert remote._connection is None  # nothing imported or contacted until a question is asked
+    names = sorted(key_of(i) for i in range(400))
+    path_of = remote.object_path
+    for name in names[:300]:
+        Path(path_of(name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(path_of(name)).write_text("x")
+    asked = {"ls": 0, "exists": 0, "find": 0}
+    for method in asked:
+        real = getattr(remote.fs, method)
+        monkeypatch.setattr(remote.fs, method, lambda *a, _real=real, _m=method, **k: asked.__setitem__(_m, asked[_m] + 1) or _real(*a, **k))
+    wanted = [n for n in names if n[:2] in ("0a", "1b", "2c", "ff")] + names[:3]
+    shards = {n[:2] for n in wanted}
+    monkeypatch.setattr(remote_module, "LIST_PAGE", 2)  # a big remote: listing it all would take many pages
+    assert remote._present(f"{remote.root}/objects", wanted, path_of) == set(wanted) & set(names[:300])
+    assert asked == {"ls": len(shards), "exists": 0, "find": 0}
+    asked.update(ls=0)
+    monkeypatch.setattr(remote_module, "LIST_PAGE", 1000)  # a small remote: one listing of the folder
+    assert remote._present(f"{remote.root}/objects", wanted, path_of) == set(wanted) & set(names[:300])
+    assert asked["find"] == 1 and asked["exists"] == 0  # (a local folder's find walks it with ls)
+
+
+def test_a_fully_cached_build_with_a_remote_never_connects(write_recipe, data_csv, cache_dir, tmp_path):
+    from synthforge import app
+    from synthforge.remote import Remote
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    remote = Remote(str(tmp_path / "remote"), progress=False)
+    app.build_text(graph, cache, remote=remote, log=lambda m: None)
+    assert remote._connection is None
+
+
+def test_a_sequential_build_caps_its_threads_as_a_worker_does_and_keeps_the_users_settings(
+        write_recipe, data_csv, cache_dir, monkeypatch):
+    from synthforge.backends.devices import THREAD_LIBRARY_VARIABLES, THREADS_VARIABLE
+
+    for name in (THREADS_VARIABLE, *THREAD_LIBRARY_VARIABLES, "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice: kept, and the step's budget
+    seen = {}
+    real = Cache.writing
+
+    def writing(self, key):
+        seen.update({name: os.environ.get(name) for name in (THREADS_VARIABLE, "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")})
+        return real(self, key)
+
+    monkeypatch.setattr(Cache, "writing", writing)
+    built(write_recipe(BASIC), cache_dir)
+    assert seen == {THREADS_VARIABLE: "1", "OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    from synthforge.backends.devices import limit_threads
+
+    limit_threads(2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_no_op_build_leaves_the_lockfile_untouched_and_a_changed_one_is_rewritten(write_recipe, data_csv, cache_dir):
+    recipe = write_recipe(MATRIX)
+    graph, cache = built(recipe, cache_dir)
+    lock = recipe.with_suffix(".lock")
+    before = lock.stat()
+    built(recipe, cache_dir)
+    assert (lock.stat().st_ino, lock.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    text = lock.read_text()
+    lock.write_text(text.replace(graph.keys["k=4"]["split"], graph.keys["k=6"]["split"], 1))
+    built(recipe, cache_dir)
+    assert lock.read_text() == text
+
+
+def test_an_edited_manifest_is_found_by_its_checksum(write_recipe, data_csv, cache_dir):
+    import json
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    key = graph.keys["k=8"]["split"]
+    path = cache.entry_path(key) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["tables"]["train"]["rows"] += 1
+    path.write_text(json.dumps(data))
+    assert cache.problems(key) == ["manifest checksum mismatch (edited or damaged)"]
