@@ -1,0 +1,245 @@
+"""`synthforge tune` against a fake OpenAI server whose replies spread with temperature (so Vendi moves with it):
+the search meets a target the default settings miss, pins it with --write, resumes after a kill without
+recomputing a probe, keeps to its budget, and refuses impossible searches with located one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from synthforge.cli import main
+from tests.fake_openai_server import FakeOpenAIServer, spread_reply
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPE = """\
+name: tune-test
+seed: 1
+steps:
+  real:
+    kind: load
+    path: reviews.csv
+    text_column: review
+    label_column: stars
+    labels: [good, bad]
+  real_emb: {kind: embed, input: real, model: "ENCODER"}
+  gen:
+    kind: generate
+    n: 100
+    labels: [good, bad]
+    variables: {topic: [plot, cast, music, pace]}
+    template: "Write a {{ label }} review about {{ topic }}."
+    temperature: 0.1  # too uniform
+    backend: {type: openai, base_url: 'URL', model: m, concurrency: 2, max_retries: 2, backoff_s: 0.01}
+  gen_emb: {kind: embed, input: gen, model: "ENCODER"}
+tune:
+  gen:
+    reference: real_emb
+    embed: gen_emb
+    probe_rows: 24
+    probes: 6
+    space:
+      temperature: 0.1..1.6
+    targets: ["vendi >= 1.45"]
+"""
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as fake:
+        fake.reply_body = spread_reply
+        yield fake
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch, server, tiny_encoder, data_csv):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHFORGE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE.replace("ENCODER", str(tiny_encoder)).replace("URL", server.base_url))
+    return path
+
+
+def tune(*args: str):
+    return CliRunner().invoke(main, ["tune", *map(str, args), "--no-progress"], catch_exceptions=False)
+
+
+def test_the_search_meets_a_target_the_default_misses_and_write_pins_it(recipe, server):
+    result = tune(recipe, "gen", "--write")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "default settings (#0): misses vendi >= 1.45" in out
+    assert "stopped: a probe met every target" in out
+    best_line = next(line for line in out.splitlines() if line.startswith("best (*): "))
+    temperature = float(best_line.split("temperature=")[1].split()[0].rstrip(";"))
+    assert temperature > 0.1
+    assert "recipe fragment (--write applies it):" in out and "steps:\n  gen:\n    temperature:" in out
+    written = recipe.read_text()
+    assert "temperature: 0.1  # too uniform" not in written
+    line = next(line for line in written.splitlines() if line.strip().startswith("temperature:"))
+    assert line.endswith("# too uniform") and abs(float(line.split(":")[1].split("#")[0]) - temperature) < 1e-3
+
+    sent = len(server.requests)  # the same search from the command line: its study, every probe done
+    again = tune(recipe, "gen", "--probes", "6", "--target", "vendi >= 1.45", "--space", "temperature=0.1..1.6")
+    assert again.exit_code == 0, again.output
+    assert len(server.requests) == sent and best_line in again.output
+
+
+def test_a_finished_search_reruns_from_its_storage_with_no_request(recipe, server):
+    first = tune(recipe, "gen")
+    assert first.exit_code == 0, first.output
+    sent = len(server.requests)
+    second = tune(recipe, "gen")
+    assert second.exit_code == 0, second.output
+    assert len(server.requests) == sent
+    table = lambda text: [line for line in text.splitlines() if line.lstrip().startswith(("#", "*#"))]  # noqa: E731
+    assert table(second.output) == table(first.output)
+
+
+def test_a_probe_is_an_ordinary_cached_step(recipe, server):
+    """The recipe at the probe's settings (n = probe rows) builds from the cache: same keys, no request."""
+    result = tune(recipe, "gen", "--write")
+    assert result.exit_code == 0, result.output
+    sent = len(server.requests)
+    recipe.write_text(recipe.read_text().replace("n: 100", "n: 24"))
+    built = CliRunner().invoke(main, ["build", str(recipe), "--only", "gen_emb", "--no-progress"], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    assert len(server.requests) == sent
+    assert "built 0, cached 2" in built.output
+
+
+def test_two_objectives_search_with_nsga2_and_plot_the_front(recipe, server, tmp_path):
+    plot = tmp_path / "front.png"
+    result = tune(recipe, "gen", "--target", "maximize vendi", "--target", "minimize mmd_rbf", "--probes", "5",
+                  "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert "Pareto front (*): " in result.output
+    assert plot.read_bytes()[:4] == b"\x89PNG" and f"plot: {plot}" in result.output
+
+
+def test_the_budget_stops_the_search_before_a_probe_it_cannot_pay(recipe, server):
+    result = tune(recipe, "gen", "--target", "vendi >= 20", "--max-requests", "50")
+    assert result.exit_code == 0, result.output
+    assert "stopped: the budget would not cover another probe (48 requests" in result.output
+    assert len(server.requests) <= 50
+    assert "no probe met every target; the closest, #" in result.output and "missed 'vendi >= 20' by" in result.output
+
+    refused = tune(recipe, "gen", "--max-requests", "10")
+    assert refused.exit_code == 2 and "budget of 10 LLM requests is spent" in refused.output
+
+
+def test_a_killed_search_resumes_with_no_probe_recomputed(recipe, server, tmp_path):
+    server.latency_s = 0.02
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SYNTHFORGE_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "synthforge", "tune", str(recipe), "gen", "--target", "vendi >= 20",
+               "--probes", "5", "--no-progress"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + 120
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("probe 2/5"):
+            time.sleep(0.3)  # into the third probe
+            process.send_signal(signal.SIGKILL)
+            break
+        assert time.time() < deadline, "".join(seen)
+    process.wait()
+    assert any(line.startswith("probe 2/5") for line in seen), "".join(seen)
+    prompts_before = len(server.requests)
+
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    ran = [line for line in resumed.stderr.splitlines() if line.startswith("probe ")]
+    assert not any(line.startswith(("probe 1/5", "probe 2/5")) for line in ran), ran  # the two done probes stay done
+    assert len(ran) == 3, ran
+    rows = [line for line in resumed.stdout.splitlines() if line.lstrip().startswith(("#", "*#"))]
+    assert len(rows) == 5
+    # every response is asked once: the killed probe's answered responses came from the response cache
+    requests = [str(body["messages"]) + str(body["seed"]) + str(body["temperature"]) for body in server.requests]
+    assert len(requests) - len(set(requests)) <= 2  # at most the requests in flight at the kill
+    assert prompts_before < len(server.requests)
+
+
+# -- refused before any probe ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("edit", "message"), [
+    ("temperature: 0.1..1.6", "tune.gen.space.tempreature: 'tempreature' is no field of a generate step (did you mean 'temperature'?)"),
+    ("temperature: 0.1..1.6", "tune.gen.space.concurrency: 'concurrency' is runtime-only"),
+    ('targets: ["vendi >= 1.45"]', "tune.gen.targets.0: no metric 'coverage' to tune for"),
+    ('targets: ["vendi >= 1.45"]', "tune.gen.targets.1: targets contradict each other: 'mmd_rbf >= 0.5' and 'mmd_rbf <= 0.01'"),
+    ('targets: ["vendi >= 1.45"]', "'cluster_entropy >= 2' is unreachable: cluster_entropy is at most 1"),
+    ("temperature: 0.1..1.6", "tune.gen.space.temperature: 'temperature' = 3 makes an invalid step"),
+    ("temperature: 0.1..1.6", "tune.gen.space.variables.mood: 'variables.mood': the step has no variables entry 'mood' (entries: topic)"),
+])
+def test_an_impossible_search_is_a_located_one_line_error(recipe, server, edit, message):
+    replacement = {
+        "'tempreature'": "tempreature: 0.1..1.6",
+        "'concurrency'": "concurrency: {choices: [1, 2]}",
+        "'coverage'": 'targets: ["coverage >= 0.5"]',
+        "contradict": 'targets: ["mmd_rbf >= 0.5", "mmd_rbf <= 0.01"]',
+        "'cluster_entropy >= 2'": 'targets: ["cluster_entropy >= 2"]',
+        "= 3 makes": "temperature: 0.1..3",
+        "'mood'": "variables.mood: {choices: [[a], [b]]}",
+    }
+    new = next(value for key, value in replacement.items() if key in message)
+    text = recipe.read_text()
+    recipe.write_text(text.replace(edit, new))
+    line = max(number for number, text in enumerate(recipe.read_text().splitlines(), 1) if new in text)
+    result = tune(recipe, "gen")
+    assert result.exit_code == 2, result.output
+    err = result.output.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in result.output, result.output
+    assert message in err[0], err[0]
+    assert f"r.yaml:{line}: " in err[0], err[0]
+    assert not server.requests
+
+
+def test_shift_targets_need_a_reference_and_the_step_must_generate(recipe, server):
+    recipe.write_text(recipe.read_text().replace("    reference: real_emb\n", ""))
+    result = tune(recipe, "gen", "--target", "mmd_rbf <= 0.1")
+    assert result.exit_code == 2 and "compares to real rows: the search needs a reference" in result.output
+    other = tune(recipe, "real_emb")
+    assert other.exit_code == 2 and "is a embed step; tune searches the settings of a generate step" in other.output
+
+
+def test_write_keeps_comments_and_adds_missing_and_nested_fields(tmp_path):
+    from synthforge.tuning import write_settings
+
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        "name: w\nsteps:\n  gen:\n    kind: generate  # the step\n    n: 10\n    labels: [a, b]\n"
+        "    template: 'Write {{ label }} about {{ topic }}.'\n    variables:\n      topic: [x, y, z]  # topics\n"
+        "    temperature: 0.8  # warm\n    paraphrase: {fraction: 0.1}\n")
+    write_settings(path, "gen", {"temperature": 1.2346, "top_p": 0.9, "paraphrase.per_seed": 2,
+                                 "variables.topic": ("x", "y"), "few_shot_k": 0})
+    text = path.read_text()
+    assert "    temperature: 1.2346  # warm\n" in text
+    assert "    kind: generate  # the step\n" in text
+    assert "      topic: [x, y]  # topics\n" in text
+    assert "    paraphrase: {fraction: 0.1, per_seed: 2}\n" in text
+    assert "    top_p: 0.9\n" in text and "    few_shot_k: 0\n" in text
+
+
+def test_pareto_front_is_the_feasible_non_dominated_probes():
+    from synthforge.tuning import Probe, Search, Target, best_probes
+
+    search = Search("gen", (), (Target("vendi", "max"), Target("mmd_rbf", "min"), Target("vendi", ">=", 2.0)))
+    probes = [Probe(0, {}, {}, 10, {}, values=[3.0, 0.5], violations=[-1.0]),
+              Probe(1, {}, {}, 10, {}, values=[4.0, 0.6], violations=[-2.0]),
+              Probe(2, {}, {}, 10, {}, values=[2.5, 0.7], violations=[-0.5]),  # dominated by #0
+              Probe(3, {}, {}, 10, {}, values=[9.0, 0.1], violations=[0.5])]  # best, but misses the constraint
+    assert [p.number for p in best_probes(probes, search)] == [0, 1]
+
+
+def test_tune_help_imports_no_optuna_or_torch():
+    code = ("import sys; from click.testing import CliRunner; from synthforge.cli import main; "
+            "assert CliRunner().invoke(main, ['tune', '--help']).exit_code == 0; import synthforge.tuning; "
+            "print(sorted(m for m in ('optuna', 'torch', 'transformers', 'faiss') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
