@@ -625,7 +625,7 @@ def _resume(optuna: Any, study: Any, search: Search, defaults: dict[str, Any]) -
         return
     for trial in trials:
         if trial.state == TrialState.RUNNING:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)  # killed mid-probe: it never finished
             study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
 
 
