@@ -260,11 +260,17 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
             raise at("space").error("space is a mapping of step fields to ranges or choices", hint="e.g. temperature: 0.2..1.4")
         parsed_space = [parse_dimension(str(name), spec, at("space", name)) for name, spec in written.items()]
     budget = block.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"max_requests", "max_tokens"}:
+        raise at("budget").error("budget is a mapping of max_requests and max_tokens", hint="e.g. budget: {max_requests: 1000}")
+    for name, value in budget.items():
+        _whole(value, at("budget", name), minimum=0)
+    if not isinstance(seed if seed is not None else block.get("seed", 0), int):
+        raise at("seed").error(f"the seed must be an integer, got {block.get('seed')!r}")
     search = Search(
         step=step, space=tuple(parsed_space), targets=tuple(parsed_targets),
         reference=reference or block.get("reference"), embed=embed or block.get("embed"),
-        probe_rows=_positive(probe_rows if probe_rows is not None else block.get("probe_rows", 40), at("probe_rows")),
-        probes=_positive(probes if probes is not None else block.get("probes", 20), at("probes")),
+        probe_rows=_whole(probe_rows if probe_rows is not None else block.get("probe_rows", 40), at("probe_rows")),
+        probes=_whole(probes if probes is not None else block.get("probes", 20), at("probes")),
         seed=int(seed if seed is not None else block.get("seed", 0)), model=model or block.get("model", "minilm"),
         max_requests=max_requests if max_requests is not None else budget.get("max_requests", recipe.model.budget.max_requests),
         max_tokens=max_tokens if max_tokens is not None else budget.get("max_tokens", recipe.model.budget.max_tokens),
@@ -273,9 +279,9 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
     return search
 
 
-def _positive(value: Any, where: Where) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise where.error(f"must be a positive integer, got {value!r}")
+def _whole(value: Any, where: Where, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise where.error(f"must be an integer of at least {minimum}, got {value!r}")
     return value
 
 
@@ -305,6 +311,11 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
         step_name = (name or "").split(".")[0]
         if name is not None and step_name not in recipe.model.steps:
             raise at(what).error(f"no step '{step_name}' in the recipe", hint=did_you_mean(step_name, recipe.model.steps))
+    if search.embed is not None:
+        embed_step = recipe.variants[0].steps[search.embed]
+        if search.step not in embed_step.upstream():
+            raise at("embed").error(f"step '{search.embed}' does not read '{search.step}': its rows would not change with the settings",
+                                    hint=f"name the step that embeds {search.step} (kind: embed, input: {search.step})")
     if search.reference is None:
         needing = [t for t in search.targets if t.metric in NEEDS_REFERENCE]
         if needing:
@@ -317,6 +328,8 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
 
 def check_field(params: type[BaseModel], dim: Dimension, config: dict[str, Any]) -> None:
     """`dim.field` names a field of the step that changes its output (not `n`: that is the probe size)."""
+    from synthforge.recipe.resolve import _model_in  # the one walk from a field's annotation to its nested model
+
     model: type[BaseModel] | None = params
     parts = dim.field.split(".")
     for depth, part in enumerate(parts):
@@ -337,16 +350,6 @@ def check_field(params: type[BaseModel], dim: Dimension, config: dict[str, Any])
         model = None if _is_mapping(fields[part].annotation) else _model_in(fields[part].annotation)
         if model is None and depth + 1 < len(parts) and not _is_mapping(fields[part].annotation):
             raise dim.where.error(f"'{dim.field}': '{part}' has no fields")
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _is_mapping(annotation: Any) -> bool:
@@ -433,10 +436,10 @@ class ProbeRunner:
 
         self.r, self.search, self.device, self.progress, self.jobs, self.log = r, search, device, progress, jobs, log
         self.text = read_recipe_text(r.path)
-        chosen = r.graph.recipe.variant(variant) if variant is not None or len(r.variants) > 1 else None
-        if chosen is None and len(r.variants) > 1:  # pragma: no cover - variant() returns the first
-            chosen = r.graph.recipe.variants[0]
-        self.overrides = {**r.graph.recipe.overrides, **(chosen.matrix_values if chosen is not None else {})}
+        for name in dict.fromkeys([search.step, search.measured_step]):
+            r.key(name, variant)  # a step that differs across the variants `variant` selects: an error naming them
+        chosen = r.graph.recipe.variant(variant)  # probes narrow the matrix to it (the first when all share the step)
+        self.overrides = {**r.graph.recipe.overrides, **chosen.matrix_values}
 
     def graph(self, settings: dict[str, Any]):
         from synthforge.graph import build_graph
@@ -869,6 +872,8 @@ def _set_in_text(text: str, filename: str, path: list[str], value: Any) -> str:
         if line is None:
             continue
         found = _KEY_LINE.match(rows[line - 1])
+        if found and found["key"].strip("'\"") != str(path[depth - 1]):
+            continue  # a key inside a flow mapping: its line starts with a parent's key
         if not found:
             break
         indent = len(found["indent"])

@@ -176,6 +176,8 @@ def test_a_killed_search_resumes_with_no_probe_recomputed(recipe, server, tmp_pa
     ('targets: ["vendi >= 1.45"]', "'cluster_entropy >= 2' is unreachable: cluster_entropy is at most 1"),
     ("temperature: 0.1..1.6", "tune.gen.space.temperature: 'temperature' = 3 makes an invalid step"),
     ("temperature: 0.1..1.6", "tune.gen.space.variables.mood: 'variables.mood': the step has no variables entry 'mood' (entries: topic)"),
+    ("embed: gen_emb", "tune.gen.embed: step 'real_emb' does not read 'gen'"),
+    ("probes: 6", "tune.gen.probes: must be an integer of at least 1, got 0"),
 ])
 def test_an_impossible_search_is_a_located_one_line_error(recipe, server, edit, message):
     replacement = {
@@ -186,6 +188,8 @@ def test_an_impossible_search_is_a_located_one_line_error(recipe, server, edit, 
         "'cluster_entropy >= 2'": 'targets: ["cluster_entropy >= 2"]',
         "= 3 makes": "temperature: 0.1..3",
         "'mood'": "variables.mood: {choices: [[a], [b]]}",
+        "does not read": "embed: real_emb",
+        "got 0": "probes: 0",
     }
     new = next(value for key, value in replacement.items() if key in message)
     text = recipe.read_text()
@@ -198,6 +202,21 @@ def test_an_impossible_search_is_a_located_one_line_error(recipe, server, edit, 
     assert message in err[0], err[0]
     assert f"r.yaml:{line}: " in err[0], err[0]
     assert not server.requests
+
+
+def test_choices_of_lists_and_integer_ranges_are_searched_and_written(recipe, server):
+    recipe.write_text(recipe.read_text().replace("      temperature: 0.1..1.6\n", (
+        "      temperature: {choices: [0.1, 1.5]}\n      num_topics: 1..4\n"
+        "      variables.topic: {choices: [[plot], [plot, cast, music, pace]]}\n")))
+    result = tune(recipe, "gen", "--write", "--probes", "10")
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    best = next(line for line in result.output.splitlines() if line.startswith("best (*): "))
+    step = yaml.safe_load(recipe.read_text())["steps"]["gen"]
+    assert f"temperature={step['temperature']}" in best and f"num_topics={step['num_topics']}" in best
+    assert step["variables"]["topic"] in (["plot"], ["plot", "cast", "music", "pace"])
+    assert step["temperature"] == 1.5 and isinstance(step["num_topics"], int)
 
 
 def test_shift_targets_need_a_reference_and_the_step_must_generate(recipe, server):
