@@ -588,7 +588,7 @@ def tune_text(r: Any, step: str, *, write: bool = False, plot: str | None = None
     drawn = plot_result(result, out)
     if drawn is not None:
         lines.append(f"plot: {drawn}")
-    if write:
+    if write and not options.get("dry_run"):
         if not result.best:
             raise UserError("nothing to write: no probe met every target", field="--write",
                             hint="loosen the targets, widen the space or run more probes")

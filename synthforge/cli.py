@@ -233,6 +233,7 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--max-tokens", type=click.IntRange(min=0), default=None,
               help="LLM tokens the whole search may spend (default: the tune block's budget, else the recipe's).")
 @click.option("--write", is_flag=True, help="Write the best settings into the recipe file (in place, comments kept).")
+@click.option("--dry-run", is_flag=True, help="Check the search and estimate its LLM requests and tokens; show the probes done so far; run none.")
 @click.option("--plot", default=None, metavar="PNG", help="Where the plot of the probes goes (default: reports/<recipe name>/tune-STEP.png).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Steps of a probe run at once (spawned workers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
@@ -242,7 +243,7 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @cache_option
 @user_errors
 def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes, seed, max_requests, max_tokens, write,
-             plot, jobs, device, progress, variant, sets, cache_dir):
+             dry_run, plot, jobs, device, progress, variant, sets, cache_dir):
     """Search generate STEP's settings for the targets of RECIPE's tune block; resumes a killed search (docs/tune.md)."""
     from synthforge import app
     from synthforge.progress import bars_enabled
@@ -251,7 +252,7 @@ def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes,
     click.echo(app.tune_text(r, step, write=write, plot=plot, targets=targets, space=space, reference=reference,
                              embed=embed, probe_rows=probe_rows, probes=probes, seed=seed, variant=variant,
                              max_requests=max_requests, max_tokens=max_tokens, device=device,
-                             progress=progress and bars_enabled(), jobs=jobs))
+                             progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run))
 
 
 @main.command("report")

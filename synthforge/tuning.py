@@ -571,9 +571,10 @@ def search_key(r: "OpenRecipe", search: Search, runner: ProbeRunner) -> str:
 
 
 def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device: str = "auto", progress: bool = False,
-         jobs: int | None = None, log: Callable[[str], None] = lambda m: None) -> TuneResult:
+         jobs: int | None = None, log: Callable[[str], None] = lambda m: None, dry_run: bool = False) -> TuneResult:
     """Run (or resume) the search: probes until `search.probes` have completed, the budget is spent or, with
-    constraints and no objective, a probe meets every target."""
+    constraints and no objective, a probe meets every target. `dry_run`: check it, estimate it, show the probes
+    done so far; run none."""
     import optuna
 
     runner = ProbeRunner(r, search, variant, device=device, progress=progress, jobs=jobs, log=lambda m: None)
@@ -594,7 +595,7 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
     with r.cache.lock(key):  # one process drives a study at a time; probes are shared through the cache anyway
         study = _study(optuna, storage, key, search)
         _resume(optuna, study, search, defaults)
-        return _run(optuna, study, runner, search, key, defaults, log)
+        return _run(optuna, study, runner, search, key, defaults, log, dry_run)
 
 
 def _trial_constraints(optuna: Any) -> bool:
@@ -646,7 +647,7 @@ def _internal(search: Search, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(optuna: Any, study: Any, runner: ProbeRunner, search: Search, key: str, defaults: dict[str, Any],
-         log: Callable[[str], None]) -> TuneResult:
+         log: Callable[[str], None], dry_run: bool = False) -> TuneResult:
     from optuna.trial import TrialState
 
     per_probe = runner.estimate({})
@@ -664,7 +665,11 @@ def _run(optuna: Any, study: Any, runner: ProbeRunner, search: Search, key: str,
             raise UserError(f"the budget of {limit:,} LLM {what} is spent ({used:,} used by earlier probes)",
                             field=f"tune.{search.step}.budget", hint=f"raise the budget (--max-{what}) or lower probes")
     stopped = f"{plural(search.probes, 'probe')} run"
-    while len(done()) < search.probes:
+    if dry_run:
+        stopped = (f"dry run: {plural(left, 'probe')} to run, at most ~{estimate[0]:,} LLM requests and ~{estimate[1]:,} "
+                   f"tokens (budget {search.max_requests:,} requests, {search.max_tokens:,} tokens; {requests_spent:,} "
+                   f"and {tokens_spent:,} spent)")
+    while not dry_run and len(done()) < search.probes:
         if not search.objectives and any(_probe_of(t, search).feasible for t in done()):
             stopped = "a probe met every target"
             break
@@ -758,7 +763,7 @@ def format_result(result: TuneResult) -> str:
              f"and {sum(p.tokens for p in result.probes):,} tokens spent over {plural(len(result.probes), 'probe')}"]
     default = next((p for p in result.probes if p.default), None)
     if not result.best:
-        lines.append(result.closest_miss() or "no probe completed")
+        lines.append(result.closest_miss() or "no probe completed yet")
         return "\n".join(lines)
     kind = "Pareto front" if len(search.objectives) >= 2 else "best"
     lines.append(f"{kind} (*): " + "; ".join(f"#{p.number} {_settings_text(p.settings)}" for p in result.best))

@@ -125,6 +125,9 @@ def test_two_objectives_search_with_nsga2_and_plot_the_front(recipe, server, tmp
 
 
 def test_the_budget_stops_the_search_before_a_probe_it_cannot_pay(recipe, server):
+    planned = tune(recipe, "gen", "--target", "vendi >= 20", "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    assert "dry run: 6 probes to run, at most ~144 LLM requests" in planned.output and not server.requests
     result = tune(recipe, "gen", "--target", "vendi >= 20", "--max-requests", "50")
     assert result.exit_code == 0, result.output
     assert "stopped: the budget would not cover another probe (48 requests" in result.output
