@@ -590,10 +590,9 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
                 for dim in search.space}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = r.cache.shared_dir("tune")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / (key + '.sqlite')}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    storage = _storage(optuna, folder / (key + ".sqlite"))
     with r.cache.lock(key):  # one process drives a study at a time; probes are shared through the cache anyway
-        study = _study(optuna, storage, key, search)
+        study = _open_study(optuna, storage, key, search, folder / (key + ".sqlite"))
         _resume(optuna, study, search, defaults)
         return _run(optuna, study, runner, search, key, defaults, log, dry_run)
 
@@ -601,6 +600,29 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
 def _trial_constraints(optuna: Any) -> bool:
     """Optuna 5 takes constraints from the trial (`set_constraint`); earlier versions from `constraints_func`."""
     return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _storage(optuna: Any, path: Path) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 60}})
+    except SQLAlchemyError as exc:
+        raise UserError(f"the stored search {path.stem[:12]} cannot be read ({type(exc).__name__})",
+                        hint=f"delete {path}: its probes are cached, so running the search again costs no request") from None
+
+
+def _open_study(optuna: Any, storage: Any, key: str, search: Search, path: Path) -> Any:
+    """The search's study, or a one-line error when its storage cannot be read (never a half-read study)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        study = _study(optuna, storage, key, search)
+        study.get_trials(deepcopy=False)
+        return study
+    except SQLAlchemyError as exc:
+        raise UserError(f"the stored search {key[:12]} cannot be read ({type(exc).__name__})",
+                        hint=f"delete {path}: its probes are cached, so running the search again costs no request") from None
 
 
 def _study(optuna: Any, storage: Any, key: str, search: Search) -> Any:

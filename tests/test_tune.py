@@ -248,6 +248,20 @@ def test_write_keeps_comments_and_adds_missing_and_nested_fields(tmp_path):
     assert "    top_p: 0.9\n" in text and "    few_shot_k: 0\n" in text
 
 
+def test_a_damaged_study_is_a_one_line_error_and_deleting_it_costs_no_request(recipe, server, tmp_path):
+    assert tune(recipe, "gen").exit_code == 0
+    sent = len(server.requests)
+    (stored,) = (tmp_path / "cache" / "shared" / "tune").glob("*.sqlite")
+    stored.write_bytes(b"not a database" * 100)
+    damaged = tune(recipe, "gen")
+    assert damaged.exit_code == 2 and "cannot be read" in damaged.output and f"delete {stored}" in damaged.output
+    assert len(damaged.output.strip().splitlines()) == 1, damaged.output
+    stored.unlink()
+    again = tune(recipe, "gen")
+    assert again.exit_code == 0, again.output
+    assert len(server.requests) == sent
+
+
 def test_pareto_front_is_the_feasible_non_dominated_probes():
     from synthforge.tuning import Probe, Search, Target, best_probes
 
