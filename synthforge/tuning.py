@@ -672,59 +672,82 @@ def _run(optuna: Any, study: Any, runner: ProbeRunner, search: Search, key: str,
          log: Callable[[str], None], dry_run: bool = False) -> TuneResult:
     from optuna.trial import TrialState
 
-    per_probe = runner.estimate({})
-    done = lambda: [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]  # noqa: E731
+    def done() -> list[Any]:
+        return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+    per_probe = runner.estimate({})  # before response-cache hits: an upper bound, like a build's budget check
     left = max(0, search.probes - len(done()))
     estimate = (per_probe[0] * left, per_probe[1] * left)
-    spent = lambda: (sum(t.user_attrs.get("requests", 0) for t in done()), sum(t.user_attrs.get("tokens", 0) for t in done()))  # noqa: E731
-    requests_spent, tokens_spent = spent()
+    spent = _spent(done())
     if left:
         log(f"tune {search.step}: {plural(left, 'probe')} of {search.probe_rows} rows to run, at most ~{estimate[0]:,} LLM "
             f"requests and ~{estimate[1]:,} tokens (cached responses cost nothing); search {key[:12]}")
-    for what, planned, used, limit in (("requests", estimate[0], requests_spent, search.max_requests),
-                                       ("tokens", estimate[1], tokens_spent, search.max_tokens)):
-        if limit is not None and used + per_probe[0 if what == "requests" else 1] > limit and left:
-            raise UserError(f"the budget of {limit:,} LLM {what} is spent ({used:,} used by earlier probes)",
-                            field=f"tune.{search.step}.budget", hint=f"raise the budget (--max-{what}) or lower probes")
+        if not _affords(search, spent, per_probe):
+            what = "requests" if search.max_requests is not None and spent[0] + per_probe[0] > search.max_requests else "tokens"
+            limit = search.max_requests if what == "requests" else search.max_tokens
+            raise UserError(f"the budget of {limit:,} LLM {what} is spent ({spent[0 if what == 'requests' else 1]:,} used by "
+                            "earlier probes)", field=f"tune.{search.step}.budget",
+                            hint=f"raise the budget (--max-{what}) or lower probes")
     stopped = f"{plural(search.probes, 'probe')} run"
     if dry_run:
         stopped = (f"dry run: {plural(left, 'probe')} to run, at most ~{estimate[0]:,} LLM requests and ~{estimate[1]:,} "
-                   f"tokens (budget {search.max_requests:,} requests, {search.max_tokens:,} tokens; {requests_spent:,} "
-                   f"and {tokens_spent:,} spent)")
+                   f"tokens (budget {search.max_requests:,} requests, {search.max_tokens:,} tokens; {spent[0]:,} "
+                   f"and {spent[1]:,} spent)")
     while not dry_run and len(done()) < search.probes:
         if not search.objectives and any(_probe_of(t, search).feasible for t in done()):
             stopped = "a probe met every target"
             break
-        requests_spent, tokens_spent = spent()
-        needs = runner.estimate({})
-        if search.max_requests is not None and requests_spent + needs[0] > search.max_requests or \
-                search.max_tokens is not None and tokens_spent + needs[1] > search.max_tokens:
-            stopped = f"the budget would not cover another probe ({requests_spent:,} requests, {tokens_spent:,} tokens spent)"
+        spent = _spent(done())
+        if not _affords(search, spent, per_probe):
+            stopped = f"the budget would not cover another probe ({spent[0]:,} requests, {spent[1]:,} tokens spent)"
             break
-        number = len(done())
-
-        def objective(trial: Any) -> Any:
-            settings = {dim.field: dim.suggest(trial) for dim in search.space}
-            probe = runner.run(trial.number, settings, _left(search.max_requests, requests_spent),
-                               _left(search.max_tokens, tokens_spent))
-            if _trial_constraints(optuna):
-                for index, (target, violation) in enumerate(zip(search.constraints, probe.violations)):
-                    trial.set_constraint(f"{index}: {target}", violation)
-            for name, value in (("settings", {k: _thawed(v) for k, v in settings.items()}), ("metrics", probe.metrics),
-                                ("rows", probe.rows), ("keys", probe.keys), ("requests", probe.requests),
-                                ("tokens", probe.tokens), ("violations", probe.violations)):
-                trial.set_user_attr(name, value)
-            log(f"probe {number + 1}/{search.probes}: {_settings_text(settings)} -> "
-                f"{', '.join(f'{t.metric} {probe.metrics[t.metric]:.4g}' for t in search.targets)}"
-                f"{' (meets every target)' if probe.feasible and search.constraints else ''}"
-                f"{'' if probe.requests else ' [cached]'}")
-            if search.objectives:
-                return probe.values if len(probe.values) > 1 else probe.values[0]
-            return sum(t.relative_miss(probe.metrics[t.metric]) for t in search.constraints)
-
+        objective = _Objective(optuna, runner, search, spent, len(done()), log)
         study.optimize(objective, n_trials=1, catch=())
     probes = [_probe_of(t, search) for t in done()]
     return TuneResult(search, key, probes, best_probes(probes, search), stopped, estimate, defaults, runner.r.path)
+
+
+def _spent(trials: list[Any]) -> tuple[int, int]:
+    """The LLM requests and tokens the finished probes sent."""
+    return sum(t.user_attrs.get("requests", 0) for t in trials), sum(t.user_attrs.get("tokens", 0) for t in trials)
+
+
+def _affords(search: Search, spent: tuple[int, int], per_probe: tuple[int, int]) -> bool:
+    return all(limit is None or used + need <= limit
+               for limit, used, need in zip((search.max_requests, search.max_tokens), spent, per_probe))
+
+
+@dataclass
+class _Objective:
+    """One probe for Optuna: the trial's settings built and measured; its constraints, metrics and cost stored
+    on the trial (what a resumed search reads back)."""
+
+    optuna: Any
+    runner: ProbeRunner
+    search: Search
+    spent: tuple[int, int]
+    number: int  # probes finished before this one
+    log: Callable[[str], None]
+
+    def __call__(self, trial: Any) -> Any:
+        search = self.search
+        settings = {dim.field: dim.suggest(trial) for dim in search.space}
+        probe = self.runner.run(trial.number, settings, _left(search.max_requests, self.spent[0]),
+                                _left(search.max_tokens, self.spent[1]))
+        if _trial_constraints(self.optuna):
+            for index, (target, violation) in enumerate(zip(search.constraints, probe.violations)):
+                trial.set_constraint(f"{index}: {target}", violation)
+        for name, value in (("settings", {k: _thawed(v) for k, v in settings.items()}), ("metrics", probe.metrics),
+                            ("rows", probe.rows), ("keys", probe.keys), ("requests", probe.requests),
+                            ("tokens", probe.tokens), ("violations", probe.violations)):
+            trial.set_user_attr(name, value)
+        self.log(f"probe {self.number + 1}/{search.probes}: {_settings_text(settings)} -> "
+                 f"{', '.join(f'{t.metric} {probe.metrics[t.metric]:.4g}' for t in search.targets)}"
+                 f"{' (meets every target)' if probe.feasible and search.constraints else ''}"
+                 f"{'' if probe.requests else ' [cached]'}")
+        if search.objectives:
+            return probe.values if len(probe.values) > 1 else probe.values[0]
+        return sum(t.relative_miss(probe.metrics[t.metric]) for t in search.constraints)
 
 
 def _left(limit: int | None, used: int) -> int | None:
