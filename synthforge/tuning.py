@@ -618,7 +618,7 @@ def _open_study(optuna: Any, storage: Any, key: str, search: Search, path: Path)
 
     try:
         study = _study(optuna, storage, key, search)
-        study.get_trials(deepcopy=False)
+        study.sampler = _sampler(optuna, search, len(study.get_trials(deepcopy=False)))
         return study
     except SQLAlchemyError as exc:
         raise UserError(f"the stored search {key[:12]} cannot be read ({type(exc).__name__})",
@@ -626,33 +626,44 @@ def _open_study(optuna: Any, storage: Any, key: str, search: Search, path: Path)
 
 
 def _study(optuna: Any, storage: Any, key: str, search: Search) -> Any:
+    directions = [("maximize" if t.op == "max" else "minimize") for t in search.objectives] or ["minimize"]
+    return optuna.create_study(study_name=key, storage=storage, sampler=_sampler(optuna, search, 0),
+                               directions=directions, load_if_exists=True)
+
+
+def _sampler(optuna: Any, search: Search, trials: int) -> Any:
+    """TPE for one objective (or constraints only), NSGA-II for two or more. Seeded by the search's seed and the
+    trials already stored, so a resumed search does not draw again what its first process drew."""
     def constraints(trial: Any) -> list[float]:
         return trial.user_attrs.get("violations", [1.0] * len(search.constraints))
 
     constraints_func = constraints if search.constraints and not _trial_constraints(optuna) else None
+    seed = search.seed + trials
     if len(search.objectives) >= 2:
-        sampler = optuna.samplers.NSGAIISampler(seed=search.seed, constraints_func=constraints_func,
-                                                population_size=max(4, min(50, search.probes // 3)))
-    else:
-        sampler = optuna.samplers.TPESampler(seed=search.seed, constraints_func=constraints_func,
-                                             n_startup_trials=max(3, min(10, search.probes // 3)))
-    directions = [("maximize" if t.op == "max" else "minimize") for t in search.objectives] or ["minimize"]
-    return optuna.create_study(study_name=key, storage=storage, sampler=sampler, directions=directions, load_if_exists=True)
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func,
+                                             population_size=max(4, min(50, search.probes // 3)))
+    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func,
+                                      n_startup_trials=max(3, min(10, search.probes // 3)))
 
 
 def _resume(optuna: Any, study: Any, search: Search, defaults: dict[str, Any]) -> None:
-    """A new study probes the recipe's own settings first; a killed one re-runs the probe it was in (its
-    responses and entries are cached, so nothing is recomputed) before asking the sampler for more."""
+    """A new study probes the recipe's own settings first; a killed or interrupted one re-runs the probe it was
+    in, once (its responses and entries are cached, so nothing is recomputed), before asking the sampler for more."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     if not trials:
         study.enqueue_trial(_internal(search, defaults), user_attrs={"default": True})
         return
+    resumed = {t.user_attrs.get("resumes") for t in trials}
     for trial in trials:
-        if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)  # killed mid-probe: it never finished
-            study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs))
+        killed = trial.state == TrialState.RUNNING  # the process died mid-probe
+        stopped = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")  # Ctrl-C, an error
+        if (killed or stopped) and trial.number not in resumed:
+            if killed:
+                study.tell(trial.number, state=TrialState.FAIL)
+            attrs = {k: v for k, v in trial.user_attrs.items() if k != "interrupted"}
+            study.enqueue_trial(trial.params, user_attrs={**attrs, "resumes": trial.number})
 
 
 def _internal(search: Search, settings: dict[str, Any]) -> dict[str, Any]:
@@ -732,8 +743,12 @@ class _Objective:
     def __call__(self, trial: Any) -> Any:
         search = self.search
         settings = {dim.field: dim.suggest(trial) for dim in search.space}
-        probe = self.runner.run(trial.number, settings, _left(search.max_requests, self.spent[0]),
-                                _left(search.max_tokens, self.spent[1]))
+        try:
+            probe = self.runner.run(trial.number, settings, _left(search.max_requests, self.spent[0]),
+                                    _left(search.max_tokens, self.spent[1]))
+        except BaseException:  # Ctrl-C, the budget spent mid-probe, a server down: the next run takes it up again
+            trial.set_user_attr("interrupted", True)
+            raise
         if _trial_constraints(self.optuna):
             for index, (target, violation) in enumerate(zip(search.constraints, probe.violations)):
                 trial.set_constraint(f"{index}: {target}", violation)

@@ -172,6 +172,18 @@ def test_a_killed_search_resumes_with_no_probe_recomputed(recipe, server, tmp_pa
     assert prompts_before < len(server.requests)
 
 
+def test_a_probe_stopped_by_an_error_is_taken_up_again_with_its_answers_reused(recipe, server):
+    server.fail_plan = ["ok"] * 30  # the default probe (24 requests), then 6 answers of the next one
+    server.default = "500"
+    failed = tune(recipe, "gen", "--target", "vendi >= 20", "--probes", "3")
+    assert failed.exit_code != 0 and "probe 1/3" in failed.output and "probe 2/3" not in failed.output, failed.output
+    server.default = "ok"
+    resumed = tune(recipe, "gen", "--target", "vendi >= 20", "--probes", "3")
+    assert resumed.exit_code == 0, resumed.output
+    rows = [line.split() for line in resumed.output.splitlines() if line.lstrip().startswith(("#", "*#"))]
+    assert [row[-1] for row in rows] == ["24", "18", "24"], resumed.output  # the stopped probe asked only the rest
+
+
 # -- refused before any probe ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("edit", "message"), [
     ("temperature: 0.1..1.6", "tune.gen.space.tempreature: 'tempreature' is no field of a generate step (did you mean 'temperature'?)"),
