@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -854,42 +855,47 @@ def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
 
 
 def plot_result(result: TuneResult, path: Path) -> Path | None:
-    """A PNG of the probes on two metrics (the first two targets' metrics), feasible ones filled, the best (or
-    the Pareto front) joined; None when the targets name one metric only."""
-    metrics = list(dict.fromkeys(t.metric for t in result.search.objectives + result.search.constraints))
-    if len(metrics) < 2 or not result.probes:
+    """A PNG of the probes: on the first two target metrics, or with one metric against the first numeric field
+    searched; feasible probes filled, constraints dashed, the best (or the Pareto front) joined in red. None
+    when there is nothing to put on two axes."""
+    from synthforge.metric_registry import label
+
+    search = result.search
+    metrics = list(dict.fromkeys(t.metric for t in search.objectives + search.constraints))
+    numeric = [d.field for d in search.space if not d.choices]
+    if not result.probes or (len(metrics) < 2 and not numeric):
         return None
+    axes = ([(m, label(m), lambda p, m=m: p.metrics[m]) for m in metrics[:2]] if len(metrics) >= 2 else
+            [(numeric[0], numeric[0], lambda p: p.settings[numeric[0]]), (metrics[0], label(metrics[0]), lambda p: p.metrics[metrics[0]])])
+    (x_name, x_label, x), (y_name, y_label, y) = axes
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synthforge.metric_registry import label
-
-    x, y = metrics[:2]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for feasible, style in ((False, {"facecolors": "none", "edgecolors": "tab:gray", "label": "misses a target"}),
                             (True, {"color": "tab:blue", "label": "meets every target"})):
         chosen = [p for p in result.probes if p.feasible == feasible]
         if chosen:
-            ax.scatter([p.metrics[x] for p in chosen], [p.metrics[y] for p in chosen], **style)
-    front = sorted(result.best, key=lambda p: p.metrics[x])
+            ax.scatter([x(p) for p in chosen], [y(p) for p in chosen], **style)
+    front = sorted(result.best, key=x)
     if front:
-        ax.plot([p.metrics[x] for p in front], [p.metrics[y] for p in front], "o-", color="tab:red",
-                label="Pareto front" if len(result.search.objectives) >= 2 else "best")
-    for target in result.search.constraints:
-        if target.metric in (x, y):
-            (ax.axvline if target.metric == x else ax.axhline)(target.bound, ls="--", color="tab:orange", lw=1)
+        ax.plot([x(p) for p in front], [y(p) for p in front], "o-", color="tab:red",
+                label="Pareto front" if len(search.objectives) >= 2 else "best")
+    for target in search.constraints:
+        if target.metric in (x_name, y_name):
+            (ax.axvline if target.metric == x_name else ax.axhline)(target.bound, ls="--", color="tab:orange", lw=1)
     for p in result.probes:
         if p.default:
-            ax.annotate("default", (p.metrics[x], p.metrics[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(label(x))
-    ax.set_ylabel(label(y))
-    ax.set_title(f"tune {result.search.step}: {len(result.probes)} probes of {result.search.probe_rows} rows")
+            ax.annotate("default", (x(p), y(p)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(f"tune {search.step}: {len(result.probes)} probes of {search.probe_rows} rows")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # written whole, then renamed into place
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
@@ -901,7 +907,6 @@ def write_settings(path: Path, step: str, settings: dict[str, Any]) -> str:
     """Set the step's fields in the recipe file in place, line by line, so comments and layout stay: a field
     written on one line gets its new value on that line (its comment kept), a block becomes a flow value, a
     field not written is added under its parent. The result is loaded before it replaces the file (atomically)."""
-    import os
     import tempfile
 
     from synthforge.recipe.resolve import load_recipe, read_recipe_text
