@@ -1,7 +1,8 @@
-"""`synthforge tune` against a fake OpenAI server whose replies spread with temperature (so distinct-n and Vendi move with it; targets
-on distinct-1 do not depend on the tiny encoder, whose vocabulary differs between test sessions):
-the search meets a target the default settings miss, pins it with --write, resumes after a kill without
-recomputing a probe, keeps to its budget, and refuses impossible searches with located one-line errors."""
+"""`synthforge tune` against a fake OpenAI server whose replies spread with temperature, so distinct-n and Vendi
+move with it (targets name distinct-1, which does not depend on the tiny encoder: its vocabulary differs
+between test sessions). The search meets a target the default settings miss, pins it with --write, resumes
+after a kill without recomputing a probe, keeps to its budget, and refuses impossible searches with located
+one-line errors."""
 
 from __future__ import annotations
 
