@@ -576,7 +576,10 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
     """Run (or resume) the search: probes until `search.probes` have completed, the budget is spent or, with
     constraints and no objective, a probe meets every target. `dry_run`: check it, estimate it, show the probes
     done so far; run none."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("tune needs the 'optuna' package", hint="pip install 'optuna>=3.6' (scripts/setup.sh installs it)") from None
 
     runner = ProbeRunner(r, search, variant, device=device, progress=progress, jobs=jobs, log=lambda m: None)
     for dim in search.space:  # every end of the space makes a valid step, before any probe is built
@@ -818,13 +821,15 @@ def format_result(result: TuneResult) -> str:
                      *[_metric_text(p, m) for m in metrics], p.rows,
                      "yes" if p.feasible else "no", p.requests])
     lines = [f"tune {search.step} of {result.recipe}: {'; '.join(map(str, search.targets))}",
-             f"space: {'; '.join(d.describe() for d in search.space)}; {search.probe_rows} rows a probe; search {result.search_key[:12]}",
-             render_table(headers, rows, align_right=tuple(range(1 + len(search.space), len(headers)))),
-             f"stopped: {result.stopped}; {plural(sum(p.requests for p in result.probes), 'LLM request')} "
-             f"and {sum(p.tokens for p in result.probes):,} tokens spent over {plural(len(result.probes), 'probe')}"]
+             f"space: {'; '.join(d.describe() for d in search.space)}; {search.probe_rows} rows a probe; search {result.search_key[:12]}"]
+    if not result.probes:
+        return "\n".join([*lines, f"no probe run yet; {result.stopped}"])
+    lines += [render_table(headers, rows, align_right=tuple(range(1 + len(search.space), len(headers)))),
+              f"stopped: {result.stopped}; {plural(sum(p.requests for p in result.probes), 'LLM request')} "
+              f"and {sum(p.tokens for p in result.probes):,} tokens spent over {plural(len(result.probes), 'probe')}"]
     default = next((p for p in result.probes if p.default), None)
     if not result.best:
-        lines.append(result.closest_miss() or "no probe completed yet")
+        lines.append(result.closest_miss())
         return "\n".join(lines)
     kind = "Pareto front" if len(search.objectives) >= 2 else "best"
     lines.append(f"{kind} (*): " + "; ".join(f"#{p.number} {_settings_text(p.settings)}" for p in result.best))
