@@ -708,7 +708,9 @@ def _run(optuna: Any, study: Any, runner: ProbeRunner, search: Search, key: str,
         stopped = (f"dry run: {plural(left, 'probe')} to run, at most ~{estimate[0]:,} LLM requests and ~{estimate[1]:,} "
                    f"tokens (budget {search.max_requests:,} requests, {search.max_tokens:,} tokens; {spent[0]:,} "
                    f"and {spent[1]:,} spent)")
-    while not dry_run and len(done()) < search.probes:
+    attempts = 0  # a probe Optuna refuses (a metric that is NaN on an empty pool) fails; it still counts here
+    while not dry_run and len(done()) < search.probes and attempts < search.probes:
+        attempts += 1
         if not search.objectives and any(_probe_of(t, search).feasible for t in done()):
             stopped = "a probe met every target"
             break
