@@ -239,6 +239,16 @@ def test_choices_of_lists_and_integer_ranges_are_searched_and_written(recipe, se
     assert step["temperature"] == 1.5 and isinstance(step["num_topics"], int)
 
 
+def test_a_matrix_recipe_is_tuned_for_one_variant(recipe, server):
+    text = recipe.read_text().replace("seed: 1\n", "seed: 1\nmatrix: {tone: [calm, loud]}\n")
+    recipe.write_text(text.replace("review about {{ topic }}.", "${tone} review about {{ topic }}."))
+    unnamed = tune(recipe, "gen")
+    assert unnamed.exit_code == 2 and "step 'gen' has 2 distinct outputs" in unnamed.output, unnamed.output
+    named = tune(recipe, "gen", "--variant", "tone=loud")
+    assert named.exit_code == 0, named.output
+    assert server.requests and all("loud review" in body["messages"][-1]["content"] for body in server.requests)
+
+
 def test_shift_targets_need_a_reference_and_the_step_must_generate(recipe, server):
     recipe.write_text(recipe.read_text().replace("    reference: real_emb\n", ""))
     result = tune(recipe, "gen", "--target", "mmd_rbf <= 0.1")
