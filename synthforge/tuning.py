@@ -442,16 +442,20 @@ class ProbeRunner:
         chosen = r.graph.recipe.variant(variant)  # probes narrow the matrix to it (the first when all share the step)
         self.overrides = {**r.graph.recipe.overrides, **chosen.matrix_values}
 
-    def graph(self, settings: dict[str, Any]):
+    def load(self, settings: dict[str, Any]):
+        """The probe's graph; its recipe's own error when the settings make an invalid step (located in the
+        probe's generated text: callers say where the settings came from)."""
         from synthforge.graph import build_graph
         from synthforge.recipe.resolve import load_recipe
 
         text = probe_text(self.text, self.search.step, settings, self.search.probe_rows)
+        return build_graph(load_recipe(self.r.path, self.overrides, text=text), self.r.cache)
+
+    def graph(self, settings: dict[str, Any]):
         try:
-            return build_graph(load_recipe(self.r.path, self.overrides, text=text), self.r.cache)
+            return self.load(settings)
         except UserError as exc:
-            shown = ", ".join(f"{k}={_show(v)}" for k, v in settings.items())
-            raise UserError(f"the probe with {shown} is not a valid step: {exc.message}",
+            raise UserError(f"the probe with {_settings_text(settings)} is not a valid step: {_what(exc)}",
                             file=str(self.r.path), line=self.r.graph.recipe.line("tune", self.search.step),
                             field=f"tune.{self.search.step}", hint=exc.hint) from None
 
@@ -507,6 +511,12 @@ class ProbeRunner:
         probe.violations = [t.violation(metrics[t.metric]) for t in self.search.constraints]
         probe.values = [metrics[t.metric] for t in self.search.objectives]
         return probe
+
+
+def _what(error: UserError) -> str:
+    """A probe recipe's error without its location (the lines of the generated probe text mean nothing to a user)."""
+    field = (error.field or "").removeprefix("steps.")
+    return f"{field}: {error.message}" if field else error.message
 
 
 def _show(value: Any) -> str:
@@ -585,10 +595,9 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
     for dim in search.space:  # every end of the space makes a valid step, before any probe is built
         for value in dim.extremes():
             try:
-                runner.graph({dim.field: value})
+                runner.load({dim.field: value})
             except UserError as exc:
-                raise dim.where.error(f"'{dim.field}' = {_show(value)} makes an invalid step: {exc.message.split(': ', 1)[-1]}",
-                                      hint=exc.hint) from None
+                raise dim.where.error(f"'{dim.field}' = {_show(value)} makes an invalid step: {_what(exc)}", hint=exc.hint) from None
     key = search_key(r, search, runner)
     defaults = {dim.field: _get(r.graph.recipe.variants[0].steps[search.step].params.model_dump(mode="json"), dim.field.split("."))
                 for dim in search.space}
