@@ -106,6 +106,16 @@ def test_a_finished_search_reruns_from_its_storage_with_no_request(recipe, serve
     assert table(second.output) == table(first.output)
 
 
+def test_a_finished_search_shown_again_imports_no_torch(recipe, server, tmp_path):
+    assert tune(recipe, "gen").exit_code == 0
+    code = ("import sys; from click.testing import CliRunner; from synthforge.cli import main; "
+            "result = CliRunner().invoke(main, ['tune', 'r.yaml', 'gen', '--no-progress']); "
+            "print(result.exit_code, sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SYNTHFORGE_CACHE": str(tmp_path / "cache")}
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.stdout.strip() == "0 []", shown.stdout + shown.stderr
+
+
 def test_a_probe_is_an_ordinary_cached_step(recipe, server):
     """The recipe at the probe's settings (n = probe rows) builds from the cache: same keys, no request."""
     result = tune(recipe, "gen", "--write")
