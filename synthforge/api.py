@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import polars as pl
 
+    from synthforge.tuning import TuneResult
+
 PROVENANCE_KEY = "synthforge"  # parquet key-value metadata key holding the provenance JSON
 
 
@@ -120,6 +122,25 @@ class OpenRecipe:
         log = logging.getLogger(LOGGER).info
         return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log,
                      keep_going=keep_going)
+
+    def tune(self, step: str, *, targets: Sequence[str] = (), space: Sequence[str] = (), reference: str | None = None,
+             embed: str | None = None, probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
+             variant: str | None = None, max_requests: int | None = None, max_tokens: int | None = None,
+             device: str = "auto", progress: bool = False, jobs: int | None = None, dry_run: bool = False) -> "TuneResult":
+        """Search the settings of generate step `step` for its recipe `tune:` block's targets (or `targets` and
+        `space` given here, e.g. ['vendi >= 20'], ['temperature=0.2..1.4']); resumes a killed search (docs/tune.md).
+        The result's `.best`, `.probes`, `.fragment()`; `synthforge.tuning.write_settings` pins the best."""
+        import logging
+
+        from synthforge.progress import LOGGER, ensure_logging
+        from synthforge.tuning import search_from, tune
+
+        ensure_logging()
+        search = search_from(self.graph.recipe, step, targets=targets, space=space, reference=reference, embed=embed,
+                             probe_rows=probe_rows, probes=probes, seed=seed, max_requests=max_requests,
+                             max_tokens=max_tokens)
+        return tune(self, search, variant=variant, device=device, progress=progress, jobs=jobs,
+                    log=logging.getLogger(LOGGER).info, dry_run=dry_run)
 
     # -- reading ------------------------------------------------------------
     def key(self, step: str, variant: str | None = None) -> str:

@@ -586,3 +586,23 @@ def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str
     verb = "would remove" if dry_run else "removed"
     return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; {verb} {plural(entries, 'remote entry', 'remote entries')} and "
             f"{plural(objects, 'unreferenced object')} ({freed / 1e6:.1f} MB) from {remote.url}")
+
+
+def tune_text(r: Any, step: str, *, write: bool = False, plot: str | None = None, **options: Any) -> str:
+    """`synthforge tune`: run or resume the search, then the probes' table, the best settings (or the Pareto
+    front), the plot's path and the recipe fragment; `write` pins the best settings in the recipe file."""
+    from synthforge.tuning import format_result, plot_result, write_settings
+
+    result = r.tune(step, **options)
+    lines = [format_result(result)]
+    out = Path(plot) if plot else Path("reports") / r.name / f"tune-{step}.png"
+    drawn = plot_result(result, out)
+    if drawn is not None:
+        lines.append(f"plot: {drawn}")
+    if write and not options.get("dry_run"):
+        if not result.best:
+            raise UserError("nothing to write: no probe met every target", field="--write",
+                            hint="loosen the targets, widen the space or run more probes")
+        write_settings(r.path, step, result.best[0].settings)
+        lines.append(f"wrote probe #{result.best[0].number}'s settings into {r.path}")
+    return "\n".join(lines)

@@ -216,6 +216,45 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     click.echo(app.stats_text(r.graph, r.cache, step, variant, table, reference, device))
 
 
+@main.command("tune")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("step")
+@click.option("--target", "targets", multiple=True, metavar="TARGET",
+              help="A target replacing the recipe's tune block's: 'METRIC >= N', 'METRIC <= N', 'maximize METRIC' or 'minimize METRIC'.")
+@click.option("--space", multiple=True, metavar="FIELD=RANGE",
+              help="A field of the step to search, replacing the recipe's space: FIELD=LOW..HIGH or FIELD=A,B,C.")
+@click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real rows the shift metrics and label agreement compare to.")
+@click.option("--embed", default=None, metavar="STEP", help="The step embedding the generated rows (default: stats embeds them).")
+@click.option("--probe-rows", type=click.IntRange(min=1), default=None, help="Rows of each probe (default: the tune block's, else 40).")
+@click.option("--probes", type=click.IntRange(min=1), default=None, help="Probes to run in all, earlier ones included (default 20).")
+@click.option("--seed", type=int, default=None, help="The sampler's seed (default: the tune block's, else 0); part of the search's name.")
+@click.option("--max-requests", type=click.IntRange(min=0), default=None,
+              help="LLM requests the whole search may send (default: the tune block's budget, else the recipe's).")
+@click.option("--max-tokens", type=click.IntRange(min=0), default=None,
+              help="LLM tokens the whole search may spend (default: the tune block's budget, else the recipe's).")
+@click.option("--write", is_flag=True, help="Write the best settings into the recipe file (in place, comments kept).")
+@click.option("--dry-run", is_flag=True, help="Check the search and estimate its LLM requests and tokens; show the probes done so far; run none.")
+@click.option("--plot", default=None, metavar="PNG", help="Where the plot of the probes goes (default: reports/<recipe name>/tune-STEP.png).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Steps of a probe run at once (spawned workers).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@variant_option
+@set_option
+@cache_option
+@user_errors
+def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes, seed, max_requests, max_tokens, write,
+             dry_run, plot, jobs, device, progress, variant, sets, cache_dir):
+    """Search generate STEP's settings for the targets of RECIPE's tune block; resumes a killed search (docs/tune.md)."""
+    from synthforge import app
+    from synthforge.progress import bars_enabled
+
+    r = _open(recipe, sets, cache_dir)
+    click.echo(app.tune_text(r, step, write=write, plot=plot, targets=targets, space=space, reference=reference,
+                             embed=embed, probe_rows=probe_rows, probes=probes, seed=seed, variant=variant,
+                             max_requests=max_requests, max_tokens=max_tokens, device=device,
+                             progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run))
+
+
 @main.command("report")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", default=None, help="Output folder (default: reports/<recipe name>).")

@@ -29,6 +29,27 @@ class _Server(ThreadingHTTPServer):
         pass  # clients that hang up (killed runs, timeouts) are part of the tests
 
 
+SPREAD_WORDS = (
+    "the movie was great and actors were wonderful a dull film with boring plot weak acting soundtrack is lovely "
+    "but story drags an instant classic that everyone should see worst of year avoid it funny warm surprisingly "
+    "moving cats dogs play in garden all day stock prices fell sharply on monday morning recipe needs two eggs "
+    "flour sugar rain expected over weekend north"
+).split()
+
+
+def spread_reply(body: dict) -> str:
+    """A reply whose spread follows the sampling settings, like a real model's: 8 words drawn (seeded by the
+    prompt and seed) from the first k words of a fixed vocabulary, k growing with temperature and top_p; at
+    temperature 0 every reply to a prompt is the same few words. Tune tests need metrics that move with settings."""
+    import random
+
+    temperature, top_p = float(body.get("temperature", 1.0)), float(body.get("top_p", 1.0))
+    k = max(2, min(len(SPREAD_WORDS), round(2 + temperature * top_p * (len(SPREAD_WORDS) - 2) / 1.6)))
+    last = (body.get("messages") or [{}])[-1].get("content", "")
+    rng = random.Random(f"{last}|{body.get('seed')}")
+    return " ".join(rng.choice(SPREAD_WORDS[:k]) for _ in range(8))
+
+
 def reply_text(messages: list[dict], seed: int | None) -> str:
     last = messages[-1]["content"] if messages else ""
     return f"Sure! Here is the text: \"synthetic reply to <{last[-200:]}> seed {seed}\""
@@ -47,6 +68,7 @@ class FakeOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.reply = reply_text
+        self.reply_body = None  # when set, reply_body(request body) -> text replaces reply (e.g. spread_reply)
         self.trickle_s = 0.25
         self.huge_bytes = 5_000_000
         self.capacity: int | None = None
@@ -168,7 +190,8 @@ class FakeOpenAIServer:
                 else:
                     if behaviour == "slow":
                         time.sleep(server.slow_s)
-                    text = server.reply(body.get("messages", []), body.get("seed"))
+                    text = (server.reply_body(body) if server.reply_body is not None
+                            else server.reply(body.get("messages", []), body.get("seed")))
                     self._send_reply(body, text, trickle=behaviour == "trickle")
 
             def _send_reply(self, body: dict, text: str, trickle: bool = False) -> None:

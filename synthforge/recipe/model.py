@@ -55,6 +55,11 @@ class RecipeModel(BaseModel):
     )
     steps: dict[str, dict[str, Any]] = Field(description="a mapping of step names to step configs, each with a 'kind'")
     budget: Budget = Field(default_factory=Budget, description="max_requests and max_tokens a build may plan (never in a key)")
+    tune: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="a mapping of generate steps to the search `synthforge tune` runs on them: targets, space, "
+        "reference, probe_rows, probes (docs/tune.md); never in a key",
+    )
 
     @field_validator("seed", mode="before")
     @classmethod
