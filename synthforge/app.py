@@ -331,7 +331,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
                 metric: str | None, correction: str = "holm", html: bool = False) -> str:
-    from synthforge.report import format_table, heading, slug, write_report
+    from synthforge.report import analysis_text, format_table, heading, slug, write_report
 
     records = variant_records(graph, cache)
     if not any(r["steps"] for r in records):
@@ -344,6 +344,7 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
         paths.append(_html_report(graph, cache, out_dir, level_var))
     table = format_table(records, diversity_metric=metric, study=study)
     top = heading(study) if study else ""
+    table += analysis_text(study, level_var, fraction_var) if study else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
 
 

@@ -25,7 +25,9 @@ from synthforge.metric_registry import names as metric_names
 DIVERSITY_METRICS = ("vendi", "dcscore")
 SHIFT_METRICS = metric_names("shift")
 COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, "overall")
-PAIRED_COLUMNS = ("delta_lo", "delta_hi", "p_mcnemar", "p_adj")
+# Per-cell paired columns beside `delta_<score>` (see study_stats): the headline test is the paired t.
+PAIRED_COLUMNS = ("delta_lo", "delta_hi", "delta_df", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "mde_adj", "duplicate_of")
+SHOWN_PAIRED = ("p_t", "p_adj", "p_mcnemar_conditional", "mde")
 
 
 @dataclass
@@ -41,6 +43,10 @@ class Study:
     correction: str = "holm"
     confidence: float = 0.95
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def replicates(self) -> int:
+        return max((len(c.variants) for c in self.cells), default=1)
 
 
 @dataclass
@@ -58,7 +64,7 @@ def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", stud
     `interval` picks which of a score's intervals becomes `.lo`/`.hi`: `ci` (the train
     step's headline), `seed_ci` (t over seeds) or `bootstrap_ci` (over the test set).
     With a `study`, one row per cell (replicates pooled): the score interval and the paired
-    columns `delta_<score>`, `delta_lo`, `delta_hi`, `p_mcnemar`, `p_adj` come from it.
+    columns `delta_<score>` and PAIRED_COLUMNS (intervals, paired t, adjusted p, McNemar, power) come from it.
     """
     import polars as pl
 
@@ -87,8 +93,11 @@ def format_table(
 
 def heading(study: Study) -> str:
     """What the sweep table is: recipe, test rows, replicates, interval method, paired tests, warnings."""
-    replicates = max((len(c.variants) for c in study.cells), default=1)
-    tested = sum(1 for c in study.cells if c.p_mcnemar is not None)
+    from synthforge.study_stats import headline_test
+
+    replicates = study.replicates
+    tested = [c for c in study.cells if c.p_adj is not None]
+    distinct = sum(1 for c in tested if c.duplicate_of is None)
     correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}.get(study.correction, study.correction)
     lines = [
         f"# {study.recipe}: {metric_label(study.score)} by cell",
@@ -96,11 +105,68 @@ def heading(study: Study) -> str:
         f"n_test = {study.n_test} held-out real rows; {replicates} replicate(s) per cell; "
         f"{study.confidence:.0%} intervals: {study.method}.",
         f"Δ = {metric_label(study.score)} minus the real-only baseline (synthetic fraction 0) of the same replicate "
-        f"on the same test rows; p_mcnemar: exact McNemar test on accuracy, pooled over replicates; "
-        f"p_adj: {correction}-adjusted over {tested} cells.",
+        f"on the same test rows. Headline test: {headline_test(replicates)} (p_t); p_adj: {correction}-adjusted over "
+        f"{distinct} distinct cells (cells with predictions identical to another's in every replicate count once: duplicate_of).",
+        "p_mcnemar_conditional: exact McNemar on accuracy pooled over replicates, conditional on the drawn training "
+        "sets (it ignores their variance; not a test of the design). mde: the smallest |Δ| the paired t detects "
+        "with 80% power at alpha 0.05 (mde_adj: at the first Holm step), from the pooled within-cell SD of the Δs.",
     ]
     lines += [f"", *(f"> warning: {w}" for w in study.warnings)] if study.warnings else []
     return "\n".join(lines) + "\n\n"
+
+
+def analysis_text(study: Study, level_var: str, fraction_var: str, digits: int = 3) -> str:
+    """Markdown sections under the sweep table: the level model with its contrasts, and the power table."""
+    from synthforge.study_stats import level_analysis, power_table
+    from synthforge.tables import render_markdown
+
+    parts = []
+    analyses = level_analysis(study.cells, level_var, fraction_var, study.confidence)
+    if analyses:
+        body = []
+        for a in analyses:
+            group = ", ".join(f"{k}={v}" for k, v in a.group.items()) or "all"
+            body.append([group, a.formula, str(a.n), f"F({a.df_level[0]:.0f}, {a.df_level[1]:.0f}) = {a.f_level:.2f}",
+                         _fmt_p(a.p_level), "-", "-"])
+            for c in a.contrasts:
+                body.append([group, f"contrast: {c.name}", "", "", _fmt_p(c.p),
+                             _fmt_interval(c.estimate, c.lo, c.hi, digits, signed=True), ", ".join(f"{w:+.2f}" for w in c.weights.values())])
+        parts.append(
+            f"## The level: per-replicate Δ ~ {level_var} + {fraction_var} + replicate (OLS)\n\n"
+            f"F test for {level_var}, and the paper's hypothesis as contrasts over the {level_var} means "
+            f"(positive: moderate levels do better; {study.confidence:.0%} intervals, not adjusted).\n\n"
+            + render_markdown(["group", "term", "n", "F", "p", "estimate [CI]", "weights by level"], body)
+        )
+    power = power_table(study.cells)
+    if power:
+        body = [[str(r["replicates"]), f"{r['sd_delta']:.{digits}f}", _fmt(r["mde"], digits), _fmt(r["mde_adj"], digits)] for r in power]
+        parts.append(
+            f"## Power: the smallest Δ a cell can detect (80% power, paired t)\n\n"
+            f"From the pooled within-cell SD of the per-replicate Δs ({power[0]['cells']} distinct cells; "
+            f"this study: {study.replicates} replicates).\n\n"
+            + render_markdown(["replicates", "SD of Δ", "mde (alpha 0.05)", f"mde (Holm over {power[0]['cells']})"], body)
+        )
+    return "".join(f"\n\n{p}" for p in parts)
+
+
+def level_table(study: Study, level_var: str, fraction_var: str):
+    """The level analyses as rows (polars): one per F test and contrast, for levels.csv."""
+    import polars as pl
+
+    from synthforge.study_stats import level_analysis
+
+    rows = []
+    for a in level_analysis(study.cells, level_var, fraction_var, study.confidence):
+        group = ", ".join(f"{k}={v}" for k, v in a.group.items()) or "all"
+        rows.append({"group": group, "term": f"F test: {level_var}", "n": a.n, "estimate": a.f_level, "lo": None, "hi": None,
+                     "df_num": a.df_level[0], "df_den": a.df_level[1], "p": a.p_level})
+        rows += [{"group": group, "term": f"contrast: {c.name}", "n": a.n, "estimate": c.estimate, "lo": c.lo, "hi": c.hi,
+                  "df_num": 1.0, "df_den": a.df_level[1], "p": c.p} for c in a.contrasts]
+    return pl.DataFrame(rows) if rows else None
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.1e}" if p < 0.001 else f"{p:.3f}")
 
 
 def write_report(
@@ -127,7 +193,12 @@ def write_report(
     table.write_parquet(written[0])
     table.write_csv(written[1])
     top = heading(study) if study else ""
-    written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study))
+    sections = analysis_text(study, level_var, fraction_var) if study else ""
+    written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study) + sections)
+    levels = level_table(study, level_var, fraction_var) if study else None
+    if levels is not None:
+        levels.write_csv(out / "levels.csv")
+        written.append(out / "levels.csv")
     sweep = _collect(records, interval, study)
     caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None
     plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption)
@@ -194,8 +265,9 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
         row[f"{study.train_step}.n_replicates"] = len(members)
         row[f"delta_{study.score}"] = cell.delta.get("mean")
-        row["delta_lo"], row["delta_hi"] = cell.delta.get("lo"), cell.delta.get("hi")
-        row["p_mcnemar"], row["p_adj"] = cell.p_mcnemar, cell.p_adj
+        row["delta_lo"], row["delta_hi"], row["delta_df"] = (cell.delta.get(k) for k in ("lo", "hi", "df"))
+        row["p_t"], row["p_adj"], row["p_mcnemar_conditional"] = cell.p_t, cell.p_adj, cell.p_mcnemar
+        row["mde"], row["mde_adj"], row["duplicate_of"] = cell.mde, cell.mde_adj, cell.duplicate_of
         rows.append(row)
     return _Sweep(rows, var_names, sweep.train_steps, sweep.metric_columns)
 
@@ -273,14 +345,15 @@ def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int) -> tuple[
     ]
     deltas = [n for n in (sweep.rows[0] if sweep.rows else {}) if n.startswith("delta_") and n not in PAIRED_COLUMNS]
     headers = ["variant", *sweep.var_names, *(_header(c) for c in sizes + shown_metrics + scores)]
-    headers += [f"Δ {metric_label(d[len('delta_'):])}" for d in deltas] + (["p_mcnemar", "p_adj"] if deltas else [])
+    paired = list(SHOWN_PAIRED) if deltas else []
+    headers += [f"Δ {metric_label(d[len('delta_'):])}" for d in deltas] + paired
     body = []
     for row in sweep.rows:
         cells = [row["variant"], *(_fmt(row.get(v), digits) for v in sweep.var_names)]
         cells += [_fmt(row.get(c), 0 if c.endswith(("n_train", "n_replicates")) else digits) for c in sizes + shown_metrics]
         cells += [_fmt_interval(row.get(c), row.get(f"{c}.lo"), row.get(f"{c}.hi"), digits) for c in scores]
         cells += [_fmt_interval(row.get(d), row.get("delta_lo"), row.get("delta_hi"), digits, signed=True) for d in deltas]
-        cells += [_fmt(row.get(p), digits) for p in (("p_mcnemar", "p_adj") if deltas else ())]
+        cells += [_fmt_p(row.get(p)) if p.startswith("p_") else _fmt(row.get(p), digits) for p in paired]
         body.append(cells)
     return headers, body
 

@@ -146,14 +146,14 @@ def test_replicated_study_reports_cells_with_paired_tests(cli, study, tmp_path):
     assert report.exit_code == 0, report.output
     table = pl.read_csv(tmp_path / "report" / "sweep.csv")
     assert table.height == 4 and "replicate" not in table.columns
-    assert {"delta_macro_f1", "delta_lo", "delta_hi", "p_mcnemar", "p_adj", "scores.n_replicates"} <= set(table.columns)
+    assert {"delta_macro_f1", "delta_lo", "delta_hi", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "scores.n_replicates"} <= set(table.columns)
     baseline = table.filter(pl.col("synthetic_fraction") == 0.0)
     mixed = table.filter(pl.col("synthetic_fraction") == 0.5)
     assert baseline["delta_macro_f1"].is_null().all() and baseline["selected.metrics.vendi"].is_null().all()
-    assert mixed["p_adj"].is_not_null().all() and (mixed["p_adj"] >= mixed["p_mcnemar"]).all()
+    assert mixed["p_adj"].is_not_null().all() and (mixed["p_adj"] >= mixed["p_t"]).all()
     assert (mixed["delta_lo"] <= mixed["delta_macro_f1"]).all() and (mixed["delta_macro_f1"] <= mixed["delta_hi"]).all()
     assert set(table["scores.n_replicates"].to_list()) == {2}
     markdown = (tmp_path / "report" / "sweep.md").read_text()
-    assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "t over replicates" in markdown
-    assert "Holm-adjusted over 2 cells" in markdown
+    assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "over replicates + test-row bootstrap" in markdown
+    assert "Holm-adjusted over 2 distinct cells" in markdown and "paired t over replicate deltas" in markdown
     assert (tmp_path / "report" / "macro_f1_vs_vendi.png").is_file()
