@@ -155,5 +155,5 @@ def test_replicated_study_reports_cells_with_paired_tests(cli, study, tmp_path):
     assert set(table["scores.n_replicates"].to_list()) == {2}
     markdown = (tmp_path / "report" / "sweep.md").read_text()
     assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "over replicates + test-row bootstrap" in markdown
-    assert "Holm-adjusted over 2 distinct cells" in markdown and "paired t over replicate deltas" in markdown
+    assert "Holm-adjusted over" in markdown and "paired t over replicate deltas" in markdown
     assert (tmp_path / "report" / "macro_f1_vs_vendi.png").is_file()
