@@ -9,12 +9,11 @@ from pydantic import ConfigDict, Field, model_validator
 from synthforge.errors import UserError
 from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
+from synthforge.steps.rows import RANK_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
-
-RANK_COLUMN = "selection_rank"
 
 
 class SelectParams(StepParams):
