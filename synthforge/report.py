@@ -24,7 +24,8 @@ from synthforge.metric_registry import names as metric_names
 # diversity, shift and fidelity metrics (`label_agreement.overall` for the last).
 DIVERSITY_METRICS = ("vendi", "dcscore")
 SHIFT_METRICS = metric_names("shift")
-COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, "overall")
+COVERAGE_METRICS = metric_names("coverage")  # PRDC: on the real manifold (precision, density) vs spanning it
+COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, *COVERAGE_METRICS, "overall")
 # Per-cell paired columns beside `delta_<score>` (see study_stats): the headline test is the paired t.
 PAIRED_COLUMNS = ("delta_lo", "delta_hi", "delta_df", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "mde_adj", "duplicate_of")
 SHOWN_PAIRED = ("p_t", "p_adj", "p_mcnemar_conditional", "mde")
@@ -203,7 +204,7 @@ def write_report(
     caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None
     plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption)
     drawn = [plots.score_vs_level(), plots.score_vs_fraction(), plots.diversity_vs_level()]
-    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS)]
+    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS, "prdc_density", "prdc_coverage")]
     written += [path for path in drawn if path]
     return written
 
