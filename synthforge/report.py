@@ -25,7 +25,7 @@ from synthforge.metric_registry import names as metric_names
 DIVERSITY_METRICS = ("vendi", "dcscore")
 SHIFT_METRICS = metric_names("shift")
 COVERAGE_METRICS = metric_names("coverage")  # PRDC: on the real manifold (precision, density) vs spanning it
-COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, *COVERAGE_METRICS, "overall")
+COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, *COVERAGE_METRICS, "overall", "fidelity_corrected")
 # Per-cell paired columns beside `delta_<score>` (see study_stats): the headline test is the paired t.
 PAIRED_COLUMNS = ("delta_lo", "delta_hi", "delta_df", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "mde_adj", "duplicate_of")
 SHOWN_PAIRED = ("p_t", "p_adj", "p_mcnemar_conditional", "mde")
