@@ -83,7 +83,8 @@ def test_shortage_error_names_field_and_what_exists(tmp_path, inputs):
 def test_shortage_take_available(tmp_path, inputs):
     result = mix(tmp_path, inputs, synthetic_fraction=0.5, total=300, on_shortage="take_available")
     assert counts(result.data, "source") == {"real": 40, "synthetic": 100}
-    assert result.meta["requested"] == {"real": 150, "synthetic": 150}
+    assert result.meta["requested"] == {"real": 150, "synthetic": 150} and result.meta["shortfall"] == 160
+    assert mix(tmp_path, inputs, synthetic_fraction=0.5, total=20).meta["shortfall"] == 0
 
 
 def test_max_per_label_caps_each_source(tmp_path, inputs):

@@ -353,6 +353,7 @@ def _meta(data, wanted: dict[str, int], pools: dict[str, Any], max_per_label: in
         "n_synthetic": by_role["synthetic"],
         "synthetic_fraction": by_role["synthetic"] / n_total if n_total else None,
         "requested": {"real": wanted["real"], "synthetic": wanted["synthetic"]},
+        "shortfall": max(0, wanted["real"] + wanted["synthetic"] - n_total),  # rows asked for but not there (take_available)
         "available": {role: _height(pool) for role, pool in pools.items()},
         "max_per_label": max_per_label,
         "per_label": per_label,
