@@ -174,3 +174,9 @@ def test_registry_names_directions_for_stats_report_and_diff():
     assert info("selected.metrics.nn_real_similarity").group == "shift"
     assert verdict("scores.accuracy", 0.01) == "better" and verdict("mmd_rbf", 0.01) == "worse"
     assert verdict("rows", 5) is None
+    assert info("selected.metrics.prdc_coverage").group == "coverage" and verdict("prdc_density", -0.1) == "worse"
+    assert info("selected.fidelity.fidelity_corrected").group == "fidelity" and "in-sample" in info("label_agreement").label
+    from synthforge.diff import compare_metrics
+
+    changed = compare_metrics({"metrics": {"prdc_coverage": 0.5}}, {"metrics": {"prdc_coverage": 0.7}})
+    assert changed["metrics.prdc_coverage"]["delta"] == pytest.approx(0.2)
