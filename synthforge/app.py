@@ -351,7 +351,7 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
 def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_var: str, fraction_var: str, score: str,
              correction: str):
     """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""
-    from synthforge.report import Study, level_warnings
+    from synthforge.report import Study, level_overlap, level_warnings
     from synthforge.study_stats import study_statistics
 
     train_steps = [name for name, step in graph.recipe.variants[0].steps.items() if step.kind == "train"]
@@ -364,8 +364,23 @@ def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_va
     variants = [(v.name, v.matrix_values) for v in graph.recipe.variants]
     cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
                                      confidence=confidence, seed=graph.recipe.seed)
+    overlap, overlap_warnings = level_overlap(selected_ids(graph, cache), level_var)
     return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
-                 level_warnings(records, level_var))
+                 level_warnings(records, level_var) + overlap_warnings, overlap)
+
+
+def selected_ids(graph: Graph, cache: Cache) -> list[tuple[dict[str, Any], str, str, set[str]]]:
+    """Per variant and built select step: its matrix values, the step, the entry key and the selected ids."""
+    found, read = [], {}
+    for variant in graph.recipe.variants:
+        for name, step in variant.steps.items():
+            key = graph.keys[variant.name][name]
+            if step.kind != "select" or (key not in read and cache.get(key) is None):
+                continue
+            if key not in read:
+                read[key] = set(cache.get(key).read_table(columns=["id"])["id"].to_list())
+            found.append((variant.matrix_values, name, key, read[key]))
+    return found
 
 
 def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[str, Any], int | None, float]:

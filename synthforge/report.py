@@ -44,6 +44,7 @@ class Study:
     correction: str = "holm"
     confidence: float = 0.95
     warnings: list[str] = field(default_factory=list)
+    overlap: list[dict[str, Any]] = field(default_factory=list)  # adjacent levels' shared rows (level_overlap)
 
     @property
     def replicates(self) -> int:
@@ -137,6 +138,15 @@ def analysis_text(study: Study, level_var: str, fraction_var: str, digits: int =
             f"F test for {level_var}, and the paper's hypothesis as contrasts over the {level_var} means "
             f"(positive: moderate levels do better; {study.confidence:.0%} intervals, not adjusted).\n\n"
             + render_markdown(["group", "term", "n", "F", "p", "estimate [CI]", "weights by level"], body)
+        )
+    if study.overlap:
+        body = [[r["step"], f"{r['from']} -> {r['to']}", str(r["pairs"]), f"{r['jaccard']:.2f}", f"{r['jaccard_max']:.2f}", f"{r['shared']:.2f}"]
+                for r in study.overlap]
+        parts.append(
+            f"## Adjacent {level_var} levels: shared rows\n\n"
+            "Jaccard index of the selected ids of adjacent levels (same replicate and other values), mean and max over "
+            "replicates; `shared`: the share of the lower level's rows the higher level also selects.\n\n"
+            + render_markdown(["step", "levels", "pairs", "Jaccard (mean)", "Jaccard (max)", "shared (mean)"], body)
         )
     power = power_table(study.cells)
     if power:
@@ -641,6 +651,35 @@ def level_warnings(records: Sequence[dict[str, Any]], level_var: str, select_ste
             if vendi_a is not None and vendi_b is not None and vendi_b <= vendi_a:
                 found.append(f"{step}: measured Vendi does not rise from {level_var} {level_a} to {level_b} ({vendi_a:.2f} -> {vendi_b:.2f}; {where})")
     return list(dict.fromkeys(found))
+
+
+def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]], level_var: str,
+                  limit: float = 0.5) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows shared by adjacent levels: [(matrix values, select step, entry key, selected ids)] ->
+    per step and pair of levels the mean and max Jaccard index over the groups (replicates and other values),
+    and warnings where the mean exceeds `limit`."""
+    groups: dict[tuple, dict[Any, tuple[str, set[str]]]] = {}
+    for values, step, key, ids in selections:
+        if level_var in values:
+            rest = tuple((k, _hashable(v)) for k, v in values.items() if k != level_var)
+            groups.setdefault((step, rest), {})[_hashable(values[level_var])] = (key, ids)
+    pairs: dict[tuple, dict[tuple[str, str], tuple[float, float]]] = {}
+    for (step, _), by_level in groups.items():
+        ordered = sorted(by_level, key=lambda v: (_number(v) is None, _number(v) or 0.0, str(v)))
+        for low, high in zip(ordered, ordered[1:]):
+            (key_a, a), (key_b, b) = by_level[low], by_level[high]
+            if a and b:  # each pair of entries once, however many variants share it
+                pairs.setdefault((step, low, high), {})[(key_a, key_b)] = (len(a & b) / len(a | b), len(a & b) / len(a))
+    rows, warnings = [], []
+    for (step, low, high), found in pairs.items():
+        jaccards = [j for j, _ in found.values()]
+        row = {"step": step, "from": low, "to": high, "pairs": len(found), "jaccard": sum(jaccards) / len(jaccards),
+               "jaccard_max": max(jaccards), "shared": sum(s for _, s in found.values()) / len(found)}
+        rows.append(row)
+        if row["jaccard"] > limit:
+            warnings.append(f"{step}: {level_var} {low} and {high} share {row['jaccard']:.0%} of their rows (Jaccard, mean "
+                            f"over {len(found)} selections): the levels barely differ (a larger pool or fewer rows selected)")
+    return rows, warnings
 
 
 def slug(text: str) -> str:

@@ -223,5 +223,6 @@ def test_arms_study_with_an_oracle_judge_reports_paired_tests_and_the_level_mode
     assert "selected.metrics.prdc_coverage" in table.columns
     markdown = (tmp_path / "report" / "sweep.md").read_text()
     assert "## The level" in markdown and "## Power" in markdown and "moderate - extremes" in markdown
+    assert "## Adjacent diversity levels: shared rows" in markdown
     levels = pl.read_csv(tmp_path / "report" / "levels.csv")
     assert set(levels["group"].to_list()) <= {"arm=replace", "arm=augment"} and levels.height >= 3

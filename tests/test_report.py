@@ -124,3 +124,19 @@ def test_level_warnings_name_coinciding_levels_and_falling_vendi():
     assert any("0.0 and 0.25 select identical rows" in w for w in warnings)
     assert any("does not rise from diversity 0.5 to 1.0" in w for w in warnings)
     assert level_warnings([rec(0.0, "a", 2.0), rec(0.5, "b", 3.0)], "diversity") == []
+
+
+def test_level_overlap_is_the_jaccard_of_adjacent_levels_and_warns_above_half():
+    from synthforge.report import level_overlap
+
+    ids = {0.0: set("abcd"), 0.5: set("abcx"), 1.0: set("wxyz")}
+    selections = [({"diversity": lv, "synthetic_fraction": f, "replicate": 0}, "selected", f"k{lv}", rows)
+                  for lv, rows in ids.items() for f in (0.25, 0.5)]  # two fractions share one selection entry
+    selections += [({"diversity": lv, "replicate": 1}, "selected", f"r1-{lv}", set("pqrs")) for lv in ids]
+    rows, warnings = level_overlap(selections, "diversity")
+    first, second = rows
+    assert (first["from"], first["to"], first["pairs"]) == (0.0, 0.5, 2)  # replicate 0 once, replicate 1 once
+    assert first["jaccard"] == pytest.approx((3 / 5 + 1.0) / 2) and first["jaccard_max"] == 1.0
+    assert first["shared"] == pytest.approx((3 / 4 + 1.0) / 2)
+    assert second["jaccard"] == pytest.approx((1 / 7 + 1.0) / 2)
+    assert len(warnings) == 2 and "share 80% of their rows" in warnings[0]
