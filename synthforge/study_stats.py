@@ -368,7 +368,7 @@ def level_analysis(
     """
     groups: dict[tuple, list[CellStats]] = {}
     for cell in cells:
-        if level_var in cell.values and cell.replicate_deltas and cell.duplicate_of is None:
+        if level_var in cell.values and cell.replicate_deltas:  # a duplicate of another arm's cell is still this arm's data
             rest = tuple((k, _hashable(v)) for k, v in cell.values.items() if k not in (level_var, fraction_var))
             groups.setdefault(rest, []).append(cell)
     found = []

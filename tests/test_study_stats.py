@@ -130,6 +130,8 @@ def test_level_model_finds_an_inverted_u_and_its_contrasts():
     assert moderate.estimate == pytest.approx(np.mean([means[0.25], means[0.5], means[0.75]]) - (means[0.0] + means[1.0]) / 2)
     assert found.formula == "delta ~ C(diversity) + C(synthetic_fraction) + C(replicate)"
     assert smf  # statsmodels does the fitting
+    cells[0].duplicate_of = "arm=upper,..."  # identical to another arm's cell: still this group's data point
+    assert study_stats.level_analysis(cells, "diversity")[0].n == found.n
 
 
 def test_level_model_sees_no_effect_where_there_is_none_and_skips_constant_groups():
