@@ -389,7 +389,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
                 metric: str | None, correction: str = "holm", html: bool = False) -> str:
-    from synthforge.report import format_table, heading, slug, write_report
+    from synthforge.report import analysis_text, format_table, heading, slug, write_report
 
     records, missing = built_records(graph, cache)
     study = study_of(graph, cache, records, level_var, fraction_var, score, correction)
@@ -402,6 +402,7 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
         paths.append(_html_report(graph, cache, out_dir, level_var, study, [p for p in paths if p.suffix == ".png"]))
     table = format_table(records, diversity_metric=metric, study=study)
     top = heading(study) if study else (f"warning: {missing}\n\n" if missing else "")
+    table += analysis_text(study, level_var, fraction_var) if study else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
 
 
@@ -432,7 +433,7 @@ def built_records(graph: Graph, cache: Cache) -> tuple[list[dict[str, Any]], str
 def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_var: str, fraction_var: str, score: str,
              correction: str):
     """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""
-    from synthforge.report import Study, level_warnings
+    from synthforge.report import Study, level_overlap, level_warnings
     from synthforge.study_stats import study_statistics
 
     train_steps = [name for name, step in graph.recipe.variants[0].steps.items() if step.kind == "train"]
@@ -445,8 +446,23 @@ def study_of(graph: Graph, cache: Cache, records: list[dict[str, Any]], level_va
     variants = [(v.name, v.matrix_values) for v in graph.recipe.variants]
     cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
                                      confidence=confidence, seed=graph.recipe.seed)
+    overlap, overlap_warnings = level_overlap(selected_ids(graph, cache), level_var)
     return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
-                 level_warnings(records, level_var), fraction_var)
+                 level_warnings(records, level_var) + overlap_warnings, fraction_var, overlap)
+
+
+def selected_ids(graph: Graph, cache: Cache) -> list[tuple[dict[str, Any], str, str, set[str]]]:
+    """Per variant and built select step: its matrix values, the step, the entry key and the selected ids."""
+    found, read = [], {}
+    for variant in graph.recipe.variants:
+        for name, step in variant.steps.items():
+            key = graph.keys[variant.name][name]
+            if step.kind != "select" or (key not in read and cache.get(key) is None):
+                continue
+            if key not in read:
+                read[key] = set(cache.get(key).read_table(columns=["id"])["id"].to_list())
+            found.append((variant.matrix_values, name, key, read[key]))
+    return found
 
 
 def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[str, Any], int | None, float]:

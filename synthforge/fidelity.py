@@ -6,6 +6,15 @@ with the label the row was generated for, overall and per label. A row the probe
 disagrees with is either mislabelled (the LLM wrote a positive review when asked
 for a negative one) or hard; at low agreement rates the former dominates.
 
+That probe is weak when the reference is the few real training rows (64 rows: about 0.65
+accurate on Rotten Tomatoes, so even perfectly labelled rows "agree" about 0.65 of the time):
+it is for production recipes, where no other labelled data exists. Studies use an
+**oracle judge** (`judge`, `judged_fidelity`): a probe trained on a large real pool disjoint
+from the training and test rows, with its JUDGE_FOLDS-fold cross-validated sensitivity and
+specificity per label, and the observed agreement corrected for them (Rogan & Gladen 1978,
+one label against the rest: (observed + specificity - 1) / (sensitivity + specificity - 1),
+clipped to [0, 1]).
+
 `copied_ngram_share` is the share of a text's word n-grams that occur in any of
 the source texts (few-shot examples, the real training rows).
 """
@@ -13,12 +22,14 @@ the source texts (few-shot examples, the real training rows).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+import numpy as np
 
 COPY_NGRAM = 4
+JUDGE_FOLDS = 5
+IN_SAMPLE_PROBE = "in-sample probe on the reference rows (weak; for production recipes)"
+_JUDGES: dict[bytes, "Judge"] = {}  # fitted judges by content: every select of a study shares one pool
 
 
 @dataclass
@@ -35,7 +46,7 @@ class Agreement:
             name: float(self.agrees[labels_arr == name].mean()) for name in sorted(set(labels_arr.tolist()))
         }
         overall = float(self.agrees.mean()) if len(self.agrees) else None
-        return {"overall": overall, "per_label": per_label, "rows": int(len(self.agrees))}
+        return {"overall": overall, "per_label": per_label, "rows": int(len(self.agrees)), "probe": IN_SAMPLE_PROBE}
 
 
 def label_agreement(
@@ -55,6 +66,95 @@ def label_agreement(
     predicted = [names[i] for i in probe.predict_proba(np.asarray(emb, dtype=np.float32)).argmax(axis=1)]
     agrees = np.array([p == str(t) for p, t in zip(predicted, labels)], dtype=bool)
     return Agreement(predicted, agrees)
+
+
+@dataclass
+class Judge:
+    names: list[str]
+    probe: Any  # training.linear_probe.LinearProbe fitted on every pool row
+    cv_counts: "np.ndarray"  # cross-validated confusion counts, rows = true label, columns = judged label
+
+    def sensitivity(self, i: int) -> float:
+        return float(self.cv_counts[i, i] / self.cv_counts[i].sum())
+
+    def specificity(self, i: int) -> float:
+        others = np.delete(np.delete(self.cv_counts, i, axis=0), i, axis=1) if len(self.names) > 1 else None
+        rest = np.delete(self.cv_counts, i, axis=0).sum()
+        return float(others.sum() / rest) if others is not None and rest else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": int(self.cv_counts.sum()),
+            "cv_accuracy": float(np.trace(self.cv_counts) / self.cv_counts.sum()),
+            "sensitivity": {name: self.sensitivity(i) for i, name in enumerate(self.names)},
+            "specificity": {name: self.specificity(i) for i, name in enumerate(self.names)},
+        }
+
+    def predict(self, emb: "np.ndarray") -> list[str]:
+        return [self.names[i] for i in self.probe.predict_proba(np.asarray(emb, dtype=np.float32)).argmax(axis=1)]
+
+
+def fit_judge(emb: "np.ndarray", labels: list[Any], folds: int = JUDGE_FOLDS, seed: int = 0) -> Judge | None:
+    """A probe on a large real pool, with cross-validated error rates (stratified folds); None below 2 labels.
+
+    Fitted once per pool content in a process (every `select` of a study shares one judge pool).
+    """
+    import xxhash
+
+    from synthforge.training.linear_probe import fit_linear_probe
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    names = sorted({str(v) for v in labels})
+    if len(names) < 2:
+        return None
+    targets = np.array([names.index(str(v)) for v in labels], dtype=np.int64)
+    digest = xxhash.xxh3_128(emb.tobytes() + targets.tobytes() + repr((names, folds, seed)).encode()).digest()
+    if digest in _JUDGES:
+        return _JUDGES[digest]
+    fold = np.empty(len(targets), dtype=np.int64)
+    rng = np.random.default_rng([seed, 0x1D6E])
+    for code in range(len(names)):  # stratified: each label's rows dealt round the folds in a seeded order
+        rows = rng.permutation(np.flatnonzero(targets == code))
+        fold[rows] = np.arange(len(rows)) % folds
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    for k in range(folds):
+        held = fold == k
+        probe = fit_linear_probe(emb[~held], targets[~held], len(names), seed=seed)
+        np.add.at(counts, (targets[held], probe.predict_proba(emb[held]).argmax(axis=1)), 1)
+    judge = Judge(names, fit_linear_probe(emb, targets, len(names), seed=seed), counts)
+    _JUDGES[digest] = judge
+    return judge
+
+
+def judged_fidelity(judge: Judge, emb: "np.ndarray", labels: list[Any]) -> dict[str, Any]:
+    """Share of rows the judge gives their own label (observed) and that share corrected for its error rates.
+
+    `fidelity_observed`/`fidelity_corrected` overall (weighted by rows per label), and per label;
+    `clipped` lists labels whose correction fell outside [0, 1] (sampling noise at small n).
+    """
+    labels = [str(v) for v in labels]
+    predicted = judge.predict(emb) if len(labels) else []
+    per_label, clipped, corrected_rows = {}, [], 0.0
+    for i, name in enumerate(judge.names):
+        mine = [p == name for p, t in zip(predicted, labels) if t == name]
+        if not mine:
+            continue
+        observed = float(np.mean(mine))
+        sensitivity, specificity = judge.sensitivity(i), judge.specificity(i)
+        raw = (observed + specificity - 1) / (sensitivity + specificity - 1) if sensitivity + specificity > 1 else float("nan")
+        corrected = float(min(1.0, max(0.0, raw))) if raw == raw else float("nan")
+        if raw == raw and corrected != raw:
+            clipped.append(name)
+        per_label[name] = {"observed": observed, "corrected": corrected, "rows": len(mine)}
+        corrected_rows += corrected * len(mine)
+    rows = sum(v["rows"] for v in per_label.values())
+    return {
+        "fidelity_observed": float(np.mean([p == t for p, t in zip(predicted, labels)])) if labels else None,
+        "fidelity_corrected": corrected_rows / rows if rows else None,
+        "per_label": per_label,
+        "clipped": ",".join(clipped) or None,
+        "judge": f"oracle probe on {int(judge.cv_counts.sum())} held-out real rows ({JUDGE_FOLDS}-fold CV error rates)",
+    }
 
 
 def ngrams(text: str, n: int = COPY_NGRAM) -> set[tuple[str, ...]]:

@@ -16,7 +16,7 @@ class MetricInfo:
     label: str
     meaning: str
     better: Literal["higher", "lower"] | None  # None: neither (a count, a setting)
-    group: Literal["diversity", "shift", "fidelity", "score", "size"]
+    group: Literal["diversity", "shift", "coverage", "fidelity", "score", "size"]
 
 
 _ALL = (
@@ -30,7 +30,13 @@ _ALL = (
     MetricInfo("nn_real_similarity", "nearest-real similarity", "mean cosine to the nearest reference row", "higher", "shift"),
     MetricInfo("mmd_rbf", "MMD^2 (RBF)", "squared MMD to the reference", "lower", "shift"),
     MetricInfo("frechet", "Frechet distance", "between Gaussians fitted to rows and reference", "lower", "shift"),
-    MetricInfo("label_agreement", "label agreement", "share of rows whose label a probe trained on real rows agrees with", "higher", "fidelity"),
+    MetricInfo("prdc_precision", "precision (PRDC)", "share of rows inside a real row's k-NN ball: on the real manifold", "higher", "coverage"),
+    MetricInfo("prdc_density", "density (PRDC)", "mean real k-NN balls per row / k: about 1 when rows look real", "higher", "coverage"),
+    MetricInfo("prdc_recall", "recall (PRDC)", "share of real rows inside a row's k-NN ball", "higher", "coverage"),
+    MetricInfo("prdc_coverage", "coverage (PRDC)", "share of real rows whose k-NN ball holds a row: real modes reached", "higher", "coverage"),
+    MetricInfo("label_agreement", "label agreement (in-sample probe)", "share of rows whose label a probe trained on the reference rows agrees with (weak with few rows)", "higher", "fidelity"),
+    MetricInfo("fidelity_observed", "judged fidelity (raw)", "share of rows an oracle judge (probe on a large held-out real pool) gives their own label", "higher", "fidelity"),
+    MetricInfo("fidelity_corrected", "judged fidelity", "the raw judged share corrected for the judge's cross-validated sensitivity and specificity", "higher", "fidelity"),
     MetricInfo("accuracy", "accuracy", "share of test rows classified correctly", "higher", "score"),
     MetricInfo("macro_f1", "macro-F1", "F1 averaged over labels", "higher", "score"),
     MetricInfo("n_train", "n_train", "training rows", None, "size"),

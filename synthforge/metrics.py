@@ -22,6 +22,15 @@ Shift to the reference (lower = closer):
   frechet               Frechet distance between Gaussians fitted to both sets;
   nn_real_similarity    mean cosine similarity to the nearest reference row (higher = closer);
                         over a seeded sample of NN_MAX_ROWS rows when there are more.
+Precision, recall, density and coverage (Naeem et al. 2020; `prdc` is the reference implementation):
+Euclidean distances between unit rows, a reference row's ball reaches its PRDC_K-th nearest reference row.
+  prdc_precision        share of rows inside some reference ball (on the real manifold);
+  prdc_density          mean number of reference balls a row lies in / k (about 1 when rows look like
+                        the reference, above 1 where they crowd its dense parts);
+  prdc_recall           share of reference rows inside some row's ball (k-th nearest row);
+  prdc_coverage         share of reference rows whose ball holds a row (the real modes the rows reach).
+  Precision and density separate "on the real distribution" from diversity; recall and coverage say how
+  much of the real distribution the rows span. Over seeded samples of PRDC_MAX_ROWS rows per side.
 
 Every metric costs at most linear time in the rows (the quadratic ones are
 sampled above a fixed size, see `metric_methods`) and streams the rows in
@@ -38,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
 
-METRICS_VERSION = "3"  # 2: DCScore and nearest-real similarity sampled above a size; 3: DCScore at tau 0.1
+METRICS_VERSION = "4"  # 2: DCScore and nearest-real similarity sampled above a size; 3: DCScore at tau 0.1; 4: PRDC
 DCSCORE_TAU = 0.1
 MMD_MAX_ROWS = 2000  # per side; the kernel matrices are (2 * MMD_MAX_ROWS)^2
 CLUSTER_ENTROPY_MAX_K = 50
@@ -46,6 +55,9 @@ DCSCORE_EXACT_MAX_ROWS = 10_000  # exact (n^2 d work) up to here
 DCSCORE_SAMPLE_ROWS = 1_000  # above: this many sampled rows, each against all n (linear in n)
 NN_MAX_ROWS = 2_000  # rows whose nearest reference row is searched (all reference rows are searched)
 BLOCK_ROWS = 16_384  # rows per block when streaming over a matrix
+PRDC_K = 5  # nearest neighbours that set a ball's radius (the paper's default)
+PRDC_MAX_ROWS = 5_000  # per side; distances are computed in blocks of about BLOCK_CELLS
+BLOCK_CELLS = 4_000_000  # matrix cells per block of a distance computation
 
 
 def _unit(x: Any) -> "np.ndarray":
@@ -290,6 +302,43 @@ def nn_real_similarity(x: Any, reference: Any, seed: int = 0, max_rows: int = NN
     return float(sims[:, 0].mean())
 
 
+def prdc(x: Any, reference: Any, k: int = PRDC_K, seed: int = 0, max_rows: int = PRDC_MAX_ROWS) -> dict[str, float]:
+    """Precision, recall, density and coverage of rows x against reference rows (see the module docstring)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0x5D0C])
+    x = _subsample(_unit(x), max_rows, rng).astype(np.float64)
+    ref = _subsample(_unit(reference), max_rows, rng).astype(np.float64)
+    if len(x) <= k or len(ref) <= k:
+        return dict.fromkeys(("prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage"), float("nan"))
+    real_radii, fake_radii = _kth_neighbour_distance(ref, k), _kth_neighbour_distance(x, k)
+    in_real_ball = np.zeros(len(x), dtype=np.int64)
+    recalled, covered = np.zeros(len(ref), dtype=bool), np.zeros(len(ref), dtype=bool)
+    for start in _blocks(len(ref), max(1, BLOCK_CELLS // len(x))):
+        block = slice(start, start + max(1, BLOCK_CELLS // len(x)))
+        dist = np.sqrt(_sq_dists(ref[block], x))  # reference rows x rows
+        inside = dist < real_radii[block, None]
+        in_real_ball += inside.sum(axis=0)
+        recalled[block] = (dist < fake_radii[None, :]).any(axis=1)
+        covered[block] = inside.any(axis=1)
+    return {
+        "prdc_precision": float((in_real_ball > 0).mean()),
+        "prdc_recall": float(recalled.mean()),
+        "prdc_density": float(in_real_ball.mean() / k),
+        "prdc_coverage": float(covered.mean()),
+    }
+
+
+def _kth_neighbour_distance(x: "np.ndarray", k: int) -> "np.ndarray":
+    """Each row's Euclidean distance to its k-th nearest other row (the row itself is the 0th), in blocks."""
+    import numpy as np
+
+    step = max(1, BLOCK_CELLS // len(x))
+    return np.concatenate([
+        np.partition(np.sqrt(_sq_dists(x[start : start + step], x)), k, axis=1)[:, k] for start in _blocks(len(x), step)
+    ])
+
+
 def metric_methods(rows: int, reference_rows: int | None = None) -> dict[str, str]:
     """How each size-dependent metric was computed for `rows` rows (recorded in step metas)."""
     methods = {
@@ -302,6 +351,8 @@ def metric_methods(rows: int, reference_rows: int | None = None) -> dict[str, st
         sampled = rows > MMD_MAX_ROWS or reference_rows > MMD_MAX_ROWS
         methods["mmd_rbf"] = f"{MMD_MAX_ROWS} sampled rows per side" if sampled else "exact"
         methods["nn_real_similarity"] = f"{NN_MAX_ROWS} sampled rows" if rows > NN_MAX_ROWS else "exact"
+        prdc_sampled = rows > PRDC_MAX_ROWS or reference_rows > PRDC_MAX_ROWS
+        methods["prdc"] = f"k = {PRDC_K}" + (f", {PRDC_MAX_ROWS} sampled rows per side" if prdc_sampled else ", exact")
     return methods
 
 
@@ -339,5 +390,6 @@ def diversity_metrics(
             frechet=_frechet_of_moments(_mean_cov(n, *moments), _mean_cov(len(ref), *_moments(ref)))
             if n >= 2 and len(ref) >= 2 else float("nan"),
             nn_real_similarity=nn_real_similarity(x, ref, seed=seed),
+            **prdc(x, ref, seed=seed),
         )
     return out

@@ -25,8 +25,11 @@ from synthforge.metric_registry import names as metric_names
 # diversity, shift and fidelity metrics (`label_agreement.overall` for the last).
 DIVERSITY_METRICS = ("vendi", "dcscore")
 SHIFT_METRICS = metric_names("shift")
-COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, "overall")
-PAIRED_COLUMNS = ("delta_lo", "delta_hi", "p_mcnemar", "p_adj")
+COVERAGE_METRICS = metric_names("coverage")  # PRDC: on the real manifold (precision, density) vs spanning it
+COMPACT_METRICS = (*DIVERSITY_METRICS, *SHIFT_METRICS, *COVERAGE_METRICS, "overall", "fidelity_corrected")
+# Per-cell paired columns beside `delta_<score>` (see study_stats): the headline test is the paired t.
+PAIRED_COLUMNS = ("delta_lo", "delta_hi", "delta_df", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "mde_adj", "duplicate_of")
+SHOWN_PAIRED = ("p_t", "p_adj", "p_mcnemar_conditional", "mde")
 BOUNDED_SCORES = ("accuracy", "macro_f1")
 
 
@@ -44,11 +47,16 @@ class Study:
     confidence: float = 0.95
     warnings: list[str] = field(default_factory=list)
     fraction_var: str = "synthetic_fraction"
+    overlap: list[dict[str, Any]] = field(default_factory=list)  # adjacent levels' shared rows (level_overlap)
 
     @property
     def paired(self) -> bool:
         """Whether a real-only baseline cell exists: without one there is no paired difference to show."""
         return any(_is_baseline(cell.values, self.fraction_var) for cell in self.cells)
+
+    @property
+    def replicates(self) -> int:
+        return max((len(c.variants) for c in self.cells), default=1)
 
 
 @dataclass
@@ -67,7 +75,7 @@ def build_table(records: Sequence[dict[str, Any]], *, interval: str = "ci", stud
     `interval` picks which of a score's intervals becomes `.lo`/`.hi`: `ci` (the train
     step's headline), `seed_ci` (t over seeds) or `bootstrap_ci` (over the test set).
     With a `study`, one row per cell (replicates pooled): the score interval and the paired
-    columns `delta_<score>`, `delta_lo`, `delta_hi`, `p_mcnemar`, `p_adj` come from it.
+    columns `delta_<score>` and PAIRED_COLUMNS (intervals, paired t, adjusted p, McNemar, power) come from it.
     """
     import polars as pl
 
@@ -162,8 +170,11 @@ def format_table(
 
 def heading(study: Study) -> str:
     """What the sweep table is: recipe, test rows, replicates, interval method, paired tests, warnings."""
-    replicates = max((len(c.variants) for c in study.cells), default=1)
-    tested = sum(1 for c in study.cells if c.p_mcnemar is not None)
+    from synthforge.study_stats import headline_test
+
+    replicates = study.replicates
+    tested = [c for c in study.cells if c.p_adj is not None]
+    distinct = sum(1 for c in tested if c.duplicate_of is None)
     correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}.get(study.correction, study.correction)
     lines = [
         f"# {study.recipe}: {metric_label(study.score)} by cell",
@@ -171,13 +182,79 @@ def heading(study: Study) -> str:
         f"n_test = {study.n_test} held-out real rows; {replicates} replicate(s) per cell; "
         f"{study.confidence:.0%} intervals: {study.method}.",
         f"Δ = {metric_label(study.score)} minus the real-only baseline (synthetic fraction 0) of the same replicate "
-        f"on the same test rows; p_mcnemar: exact McNemar test on accuracy, pooled over replicates; "
-        f"p_adj: {correction}-adjusted over {tested} cells."
+        f"on the same test rows. Headline test: {headline_test(replicates)} (p_t); p_adj: {correction}-adjusted over "
+        f"{distinct} distinct cells (cells with predictions identical to another's in every replicate count once: duplicate_of)."
         if study.paired else
         f"No paired differences: no cell has {study.fraction_var} = 0 (a real-only baseline) to compare against.",
+        *([] if not study.paired else ["p_mcnemar_conditional: exact McNemar on accuracy pooled over replicates, conditional on the drawn training "
+        "sets (it ignores their variance; not a test of the design). mde: the smallest |Δ| the paired t detects "
+        "with 80% power at alpha 0.05 (mde_adj: at the first Holm step), from the pooled within-cell SD of the Δs."]),
     ]
     lines += [f"", *(f"> warning: {w}" for w in study.warnings)] if study.warnings else []
     return "\n".join(lines) + "\n\n"
+
+
+def analysis_text(study: Study, level_var: str, fraction_var: str, digits: int = 3) -> str:
+    """Markdown sections under the sweep table: the level model with its contrasts, and the power table."""
+    from synthforge.study_stats import level_analysis, power_table
+    from synthforge.tables import render_markdown
+
+    parts = []
+    analyses = level_analysis(study.cells, level_var, fraction_var, study.confidence)
+    if analyses:
+        body = []
+        for a in analyses:
+            group = ", ".join(f"{k}={v}" for k, v in a.group.items()) or "all"
+            body.append([group, a.formula, str(a.n), f"F({a.df_level[0]:.0f}, {a.df_level[1]:.0f}) = {a.f_level:.2f}",
+                         _fmt_p(a.p_level), "-", "-"])
+            for c in a.contrasts:
+                body.append([group, f"contrast: {c.name}", "", "", _fmt_p(c.p),
+                             _fmt_interval(c.estimate, c.lo, c.hi, digits, signed=True), ", ".join(f"{w:+.2f}" for w in c.weights.values())])
+        parts.append(
+            f"## The level: per-replicate Δ ~ {level_var} + {fraction_var} + replicate (OLS)\n\n"
+            f"F test for {level_var}, and the paper's hypothesis as contrasts over the {level_var} means "
+            f"(positive: moderate levels do better; {study.confidence:.0%} intervals, not adjusted).\n\n"
+            + render_markdown(["group", "term", "n", "F", "p", "estimate [CI]", "weights by level"], body)
+        )
+    if study.overlap:
+        body = [[r["step"], f"{r['from']} -> {r['to']}", str(r["pairs"]), f"{r['jaccard']:.2f}", f"{r['jaccard_max']:.2f}", f"{r['shared']:.2f}"]
+                for r in study.overlap]
+        parts.append(
+            f"## Adjacent {level_var} levels: shared rows\n\n"
+            "Jaccard index of the selected ids of adjacent levels (same replicate and other values), mean and max over "
+            "replicates; `shared`: the share of the lower level's rows the higher level also selects.\n\n"
+            + render_markdown(["step", "levels", "pairs", "Jaccard (mean)", "Jaccard (max)", "shared (mean)"], body)
+        )
+    power = power_table(study.cells)
+    if power:
+        body = [[str(r["replicates"]), f"{r['sd_delta']:.{digits}f}", _fmt(r["mde"], digits), _fmt(r["mde_adj"], digits)] for r in power]
+        parts.append(
+            f"## Power: the smallest Δ a cell can detect (80% power, paired t)\n\n"
+            f"From the pooled within-cell SD of the per-replicate Δs ({power[0]['cells']} distinct cells; "
+            f"this study: {study.replicates} replicates).\n\n"
+            + render_markdown(["replicates", "SD of Δ", "mde (alpha 0.05)", f"mde (Holm over {power[0]['cells']})"], body)
+        )
+    return "".join(f"\n\n{p}" for p in parts)
+
+
+def level_table(study: Study, level_var: str, fraction_var: str):
+    """The level analyses as rows (polars): one per F test and contrast, for levels.csv."""
+    import polars as pl
+
+    from synthforge.study_stats import level_analysis
+
+    rows = []
+    for a in level_analysis(study.cells, level_var, fraction_var, study.confidence):
+        group = ", ".join(f"{k}={v}" for k, v in a.group.items()) or "all"
+        rows.append({"group": group, "term": f"F test: {level_var}", "n": a.n, "estimate": a.f_level, "lo": None, "hi": None,
+                     "df_num": a.df_level[0], "df_den": a.df_level[1], "p": a.p_level})
+        rows += [{"group": group, "term": f"contrast: {c.name}", "n": a.n, "estimate": c.estimate, "lo": c.lo, "hi": c.hi,
+                  "df_num": 1.0, "df_den": a.df_level[1], "p": c.p} for c in a.contrasts]
+    return pl.DataFrame(rows) if rows else None
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.1e}" if p < 0.001 else f"{p:.3f}")
 
 
 def write_report(
@@ -204,13 +281,18 @@ def write_report(
     table.write_parquet(written[0])
     table.write_csv(written[1])
     top = heading(study) if study else ""
-    written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study))
+    sections = analysis_text(study, level_var, fraction_var) if study else ""
+    written[2].write_text(top + format_table(records, diversity_metric=diversity_metric, interval=interval, markdown=True, study=study) + sections)
+    levels = level_table(study, level_var, fraction_var) if study else None
+    if levels is not None:
+        levels.write_csv(out / "levels.csv")
+        written.append(out / "levels.csv")
     sweep = _collect(records, interval, study)
     caption = f"{study.confidence:.0%} intervals: {study.method}" if study else None
     plots = _Plots(sweep, level_var, fraction_var, score, diversity_metric, train_step, dpi, out, caption)
     drawn = [plots.score_vs_level(), plots.score_vs_fraction(), plots.measured_vs_level()]
     # score against a measured metric only where it is not the level axis relabelled (same order of points)
-    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS)
+    drawn += [plots.score_vs_measured(metric) for metric in (*DIVERSITY_METRICS, *SHIFT_METRICS, "prdc_density", "prdc_coverage")
               if not plots.follows_level(metric)]
     written += [path for path in drawn if path]
     return written
@@ -274,8 +356,9 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         row[f"{study.train_step}.n_replicates"] = len(members)
         if study.paired:  # without a real-only cell every "difference" would be a cell against itself
             row[f"delta_{study.score}"] = cell.delta.get("mean")
-            row["delta_lo"], row["delta_hi"] = cell.delta.get("lo"), cell.delta.get("hi")
-            row["p_mcnemar"], row["p_adj"] = cell.p_mcnemar, cell.p_adj
+            row["delta_lo"], row["delta_hi"], row["delta_df"] = (cell.delta.get(k) for k in ("lo", "hi", "df"))
+            row["p_t"], row["p_adj"], row["p_mcnemar_conditional"] = cell.p_t, cell.p_adj, cell.p_mcnemar
+            row["mde"], row["mde_adj"], row["duplicate_of"] = cell.mde, cell.mde_adj, cell.duplicate_of
         rows.append(row)
     return _Sweep(rows, var_names, sweep.train_steps, sweep.metric_columns)
 
@@ -352,7 +435,8 @@ def _compact(sweep: _Sweep, diversity_metric: str | None, digits: int,
     scores = [f"{step}.{metric}" for step in sweep.train_steps for metric in _metrics_of(sweep, step)]
     names = ["variant", *sweep.var_names, *scores, *_delta_columns(sweep), *shown_metrics, *sizes]
     scores = [c for c in ordered_columns(names, sweep.var_names, headline) if c in scores]
-    columns = [*scores[:1], *_delta_columns(sweep), *_test_columns(sweep), *scores[1:], *shown_metrics, *sizes]
+    power = [c for c in ("mde",) if any(row.get(c) is not None for row in sweep.rows)]
+    columns = [*scores[:1], *_delta_columns(sweep), *_test_columns(sweep), *power, *scores[1:], *shown_metrics, *sizes]
     cells = {c: [_compact_cell(row, c, sweep, digits) for row in sweep.rows] for c in columns}
     constant = [c for c in columns if len(sweep.rows) > 1 and len(set(cells[c])) == 1]
     shown = [c for c in columns if c not in constant]
@@ -739,6 +823,35 @@ def level_warnings(records: Sequence[dict[str, Any]], level_var: str, select_ste
             if vendi_a is not None and vendi_b is not None and vendi_b <= vendi_a:
                 found.append(f"{step}: measured Vendi does not rise from {level_var} {level_a} to {level_b} ({vendi_a:.2f} -> {vendi_b:.2f}; {where})")
     return list(dict.fromkeys(found))
+
+
+def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]], level_var: str,
+                  limit: float = 0.5) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows shared by adjacent levels: [(matrix values, select step, entry key, selected ids)] ->
+    per step and pair of levels the mean and max Jaccard index over the groups (replicates and other values),
+    and warnings where the mean exceeds `limit`."""
+    groups: dict[tuple, dict[Any, tuple[str, set[str]]]] = {}
+    for values, step, key, ids in selections:
+        if level_var in values:
+            rest = tuple((k, _hashable(v)) for k, v in values.items() if k != level_var)
+            groups.setdefault((step, rest), {})[_hashable(values[level_var])] = (key, ids)
+    pairs: dict[tuple, dict[tuple[str, str], tuple[float, float]]] = {}
+    for (step, _), by_level in groups.items():
+        ordered = sorted(by_level, key=lambda v: (_number(v) is None, _number(v) or 0.0, str(v)))
+        for low, high in zip(ordered, ordered[1:]):
+            (key_a, a), (key_b, b) = by_level[low], by_level[high]
+            if a and b:  # each pair of entries once, however many variants share it
+                pairs.setdefault((step, low, high), {})[(key_a, key_b)] = (len(a & b) / len(a | b), len(a & b) / len(a))
+    rows, warnings = [], []
+    for (step, low, high), found in pairs.items():
+        jaccards = [j for j, _ in found.values()]
+        row = {"step": step, "from": low, "to": high, "pairs": len(found), "jaccard": sum(jaccards) / len(jaccards),
+               "jaccard_max": max(jaccards), "shared": sum(s for _, s in found.values()) / len(found)}
+        rows.append(row)
+        if row["jaccard"] > limit:
+            warnings.append(f"{step}: {level_var} {low} and {high} share {row['jaccard']:.0%} of their rows (Jaccard, mean "
+                            f"over {len(found)} selections): the levels barely differ (a larger pool or fewer rows selected)")
+    return rows, warnings
 
 
 def slug(text: str) -> str:

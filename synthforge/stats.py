@@ -192,7 +192,8 @@ def _label_and_meaning(name: str) -> tuple[str, str]:
     found = info(name)
     if found is None:
         return name, ""
-    direction = f" ({found.better} = {'more diverse' if found.group == 'diversity' else 'closer' if found.group == 'shift' else 'better'})" if found.better else ""
+    wording = {"diversity": "more diverse", "shift": "closer", "coverage": "more of the real distribution"}
+    direction = f" ({found.better} = {wording.get(found.group, 'better')})" if found.better else ""
     return found.label, found.meaning + direction
 
 

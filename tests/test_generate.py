@@ -17,7 +17,7 @@ import pytest
 
 from synthforge.errors import UserError
 from synthforge.keys import key_of
-from synthforge.steps.generate import GenerateStep
+from synthforge.steps.generate import GenerateParams, GenerateStep
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.generate_helpers import openai_params, run_step, write_entry
 
@@ -419,3 +419,16 @@ def test_many_concurrent_requests_with_scattered_faults_keep_every_row_once(tmp_
     assert result.meta["retries"] == faults and result.meta["responses_generated"] == 60
     for row in result.data.iter_rows(named=True):
         assert f"seed {row['row_seed']}" in row["text"]
+
+
+def test_paraphrase_fraction_zero_is_no_paraphrase_and_one_key():
+    """A study's r = 0 cells generate the same rows whatever m is: one key, generated once."""
+    from synthforge.keys import key_of
+
+    base = {"n": 10, "labels": ["pos", "neg"], "template": "Write a {{ label }} review about {{ topic }}.",
+            "variables": {"topic": ["food"]}}
+    plain = GenerateParams(**base)
+    zeros = [GenerateParams(**base, paraphrase={"fraction": 0.0, "per_seed": m, "source": "few_shot"}) for m in (1, 3)]
+    assert all(p.paraphrase is None and p.model_dump() == plain.model_dump() for p in zeros)
+    assert key_of(zeros[0].model_dump()) == key_of(zeros[1].model_dump())
+    assert GenerateParams(**base, paraphrase={"fraction": 0.5, "per_seed": 3}).paraphrase.per_seed == 3

@@ -83,7 +83,8 @@ def test_shortage_error_names_field_and_what_exists(tmp_path, inputs):
 def test_shortage_take_available(tmp_path, inputs):
     result = mix(tmp_path, inputs, synthetic_fraction=0.5, total=300, on_shortage="take_available")
     assert counts(result.data, "source") == {"real": 40, "synthetic": 100}
-    assert result.meta["requested"] == {"real": 150, "synthetic": 150}
+    assert result.meta["requested"] == {"real": 150, "synthetic": 150} and result.meta["shortfall"] == 160
+    assert mix(tmp_path, inputs, synthetic_fraction=0.5, total=20).meta["shortfall"] == 0
 
 
 def test_max_per_label_caps_each_source(tmp_path, inputs):
@@ -164,3 +165,52 @@ def test_embedding_arrays_survive_the_mix(tmp_path):
     synthetic = write_entry(tmp_path, "s", embedded("s", "synthetic"))
     data = mix(tmp_path, {"real": real, "synthetic": synthetic}, real_count="all", synthetic_count="all").data
     assert data.schema["embedding"] == pl.Array(pl.Float32, dim) and data.height == 12
+
+
+def ranked(prefix: str, per_label: int) -> pl.DataFrame:
+    """Selected rows: ids in reverse of their selection rank, interleaved by label as `select` writes them."""
+    frame = rows(prefix, {"neg": per_label, "pos": per_label}, "synthetic")
+    rank = [2 * (per_label - 1 - i) + (label == "pos") for label, i in zip(frame["label"], [*range(per_label)] * 2)]
+    return frame.with_columns(pl.Series("selection_rank", rank, dtype=pl.Int64))
+
+
+def test_rank_order_takes_the_selections_first_picks_and_random_keeps_the_old_draw(tmp_path, inputs):
+    inputs = {"real": write_entry(tmp_path, "real24", rows("r", {"neg": 24, "pos": 24}, "real")),
+              "synthetic": write_entry(tmp_path, "selected", ranked("s", 24))}
+    picked = mix(tmp_path, inputs, synthetic_fraction=0.25, total=32, balance=True).data.filter(pl.col("source") == "synthetic")
+    assert sorted(picked["selection_rank"].to_list()) == list(range(8))  # the top 8 of 48, 4 per label
+    unbalanced = mix(tmp_path, inputs, synthetic_fraction=0.25, total=32).data.filter(pl.col("source") == "synthetic")
+    assert sorted(unbalanced["selection_rank"].to_list()) == list(range(8))
+    drawn = mix(tmp_path, inputs, synthetic_fraction=0.25, total=32, balance=True, order="random").data
+    assert sorted(drawn.filter(pl.col("source") == "synthetic")["selection_rank"].to_list()) != list(range(8))
+    real_rows = lambda data: sorted(data.filter(pl.col("source") == "real")["id"].to_list())
+    ranked_mix = mix(tmp_path, inputs, synthetic_fraction=0.25, total=32, balance=True).data
+    assert real_rows(ranked_mix) == real_rows(drawn)  # the order of the synthetic rows does not move the real draw
+    assert MixStep.version == "2"
+
+
+def test_arms_replace_augment_and_the_real_upper_bound(tmp_path, inputs):
+    extra = write_entry(tmp_path, "more_real", pl.concat([rows("r", {"neg": 30, "pos": 10}, "real"), rows("x", {"neg": 20, "pos": 20}, "real")]))
+    base = dict(synthetic_fraction=0.25, total=40, balance=False)
+    replace = mix(tmp_path, inputs, **base).data
+    assert counts(replace, "source") == {"real": 30, "synthetic": 10}
+    augment = mix(tmp_path, inputs, arm="augment", **base)
+    assert counts(augment.data, "source") == {"real": 40, "synthetic": 10} and augment.meta["arm"] == "augment"
+    upper = mix(tmp_path, {**inputs, "extra_real": extra}, arm="upper", **base).data
+    assert counts(upper, "source") == {"real": 50} and upper["id"].n_unique() == 50
+    assert set(upper["id"]) >= {f"r-neg-{i}" for i in range(30)}  # every real row, then 10 rows not already in it
+    assert len(set(upper["id"]) - set(rows("r", {"neg": 30, "pos": 10}, "real")["id"])) == 10
+    balanced = mix(tmp_path, {**inputs, "extra_real": extra}, arm="upper", synthetic_fraction=0.5, total=40, balance=True).data
+    extra_rows = balanced.filter(pl.col("id").str.starts_with("x-"))
+    assert counts(extra_rows, "label") == {"neg": 10, "pos": 10}
+    zero = mix(tmp_path, {**inputs, "extra_real": extra}, arm="upper", synthetic_fraction=0.0, total=40).data
+    assert sorted(zero["id"]) == sorted(mix(tmp_path, inputs, arm="augment", synthetic_fraction=0.0, total=40).data["id"])
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"real": "a", "synthetic": "b", "synthetic_fraction": 0.5, "arm": "augment"}, "needs real, synthetic_fraction and total"),
+    ({"real": "a", "synthetic": "b", "synthetic_fraction": 0.5, "total": 10, "arm": "upper"}, "needs extra_real"),
+])
+def test_arms_need_their_inputs(params, message):
+    with pytest.raises(ValidationError, match=message):
+        MixParams(**params)

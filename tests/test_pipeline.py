@@ -146,16 +146,87 @@ def test_replicated_study_reports_cells_with_paired_tests(cli, study, tmp_path):
     assert report.exit_code == 0, report.output
     table = pl.read_csv(tmp_path / "report" / "sweep.csv")
     assert table.height == 4 and "replicate" not in table.columns
-    assert {"delta_macro_f1", "delta_lo", "delta_hi", "p_mcnemar", "p_adj", "scores.n_replicates"} <= set(table.columns)
+    assert {"delta_macro_f1", "delta_lo", "delta_hi", "p_t", "p_adj", "p_mcnemar_conditional", "mde", "scores.n_replicates"} <= set(table.columns)
     baseline = table.filter(pl.col("synthetic_fraction") == 0.0)
     mixed = table.filter(pl.col("synthetic_fraction") == 0.5)
     assert baseline["delta_macro_f1"].is_null().all() and baseline["selected.metrics.vendi"].is_null().all()
-    assert mixed["p_adj"].is_not_null().all() and (mixed["p_adj"] >= mixed["p_mcnemar"]).all()
+    assert mixed["p_adj"].is_not_null().all() and (mixed["p_adj"] >= mixed["p_t"]).all()
     assert (mixed["delta_lo"] <= mixed["delta_macro_f1"]).all() and (mixed["delta_macro_f1"] <= mixed["delta_hi"]).all()
     assert set(table["scores.n_replicates"].to_list()) == {2}
     markdown = (tmp_path / "report" / "sweep.md").read_text()
-    assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "t over replicates" in markdown
-    assert "Holm-adjusted over 2 cells" in markdown
+    assert markdown.startswith("# tiny-study") and "n_test = 60" in markdown and "over replicates + test-row bootstrap" in markdown
+    assert "Holm-adjusted over" in markdown and "paired t over replicate deltas" in markdown
     # two levels: measured Vendi orders the cells as the level does, so no score-vs-Vendi plot repeats that curve
     assert (tmp_path / "report" / "measured_vs_diversity.png").is_file()
     assert not (tmp_path / "report" / "macro_f1_vs_vendi.png").exists()
+
+
+ARMS_STUDY = """
+name: tiny-arms
+seed: 3
+replicates: 3
+vars: {diversity: 0.5, synthetic_fraction: 0.5, arm: augment}
+matrix:
+  arm: [replace, augment, upper]
+  diversity: [0.0, 0.5, 1.0]
+  synthetic_fraction: [0.0, 0.5]
+steps:
+  rows: {kind: load, path: reviews.csv, text_column: review, label_column: stars, labels: [good, bad]}
+  rows_emb: {kind: embed, input: rows, model: "ENCODER"}
+  split: {kind: split, input: rows_emb, test: 60, validation: 60, train_per_label: 8}
+  more_real: {kind: split, input: rows_emb, test: 60, validation: 60, train_per_label: 12}
+  generated:
+    kind: generate
+    n: 40
+    labels: [good, bad]
+    variables: {topic: [plot, acting, music, pace]}
+    few_shot_from: split.train
+    few_shot_k: 1
+    template: "Example: {{ examples[0].text }} Write a {{ label }} review about {{ topic }}."
+    max_new_tokens: 12
+    backend: {type: transformers, model: "MODEL", batch_size: 8}
+    hygiene: {min_chars: 1, dedupe: true}
+  synth_emb: {kind: embed, input: generated, model: "ENCODER"}
+  selected: {kind: select, input: synth_emb, n: 8, diversity: "${diversity}", per_label: true, reference: split.train, judge: split.validation}
+  mixed:
+    kind: mix
+    real: split.train
+    synthetic: selected
+    extra_real: more_real.train
+    arm: ${arm}
+    synthetic_fraction: ${synthetic_fraction}
+    total: 16
+    balance: true
+  scores: {kind: train, method: linear-probe, train: mixed, test: split.test}
+"""
+
+
+@pytest.mark.integration
+def test_arms_study_with_an_oracle_judge_reports_paired_tests_and_the_level_model(cli, write_recipe, data_csv, tiny_encoder, tmp_path):
+    text = ARMS_STUDY.replace("MODEL", str(tiny_chat_model_dir())).replace("ENCODER", str(tiny_encoder))
+    recipe = write_recipe(text, "arms.yaml")
+    built = cli("build", recipe, "--no-progress")
+    assert built.exit_code == 0, built.output
+    steps = [n["step"] for n in json.loads(recipe.with_suffix(".lock").read_text())["nodes"].values()]
+    assert steps.count("rows_emb") == 1  # the real rows are embedded once for every replicate
+    report = cli("report", recipe, "--out", tmp_path / "report")
+    assert report.exit_code == 0, report.output
+    table = pl.read_csv(tmp_path / "report" / "sweep.csv")
+    sizes = {(arm, frac): set(table.filter((pl.col("arm") == arm) & (pl.col("synthetic_fraction") == frac))["scores.n_train"].to_list())
+             for arm in ("replace", "augment", "upper") for frac in (0.0, 0.5)}
+    assert sizes[("replace", 0.5)] == sizes[("replace", 0.0)] == sizes[("augment", 0.0)] == {16.0}
+    assert sizes[("augment", 0.5)] == sizes[("upper", 0.5)] == {24.0}  # 16 real + k = 8 synthetic, or 8 more real
+    mixed = table.filter(pl.col("synthetic_fraction") == 0.5)
+    assert mixed["p_t"].is_not_null().all() and "delta_df" in mixed.columns
+    upper = mixed.filter(pl.col("arm") == "upper")
+    assert upper["duplicate_of"].null_count() <= 1  # one upper cell per level, identical: counted once
+    judged = mixed.group_by("arm").agg(pl.col("selected.fidelity.fidelity_corrected").is_not_null().all())
+    assert dict(judged.iter_rows()) == {"replace": True, "augment": True, "upper": False}  # upper uses no synthetic rows
+    assert "selected.metrics.prdc_coverage" in table.columns
+    markdown = (tmp_path / "report" / "sweep.md").read_text()
+    assert "## Power" in markdown and "## Adjacent diversity levels: shared rows" in markdown
+    by_arm = mixed.group_by("arm").agg(pl.col("delta_macro_f1").n_unique().alias("n"))
+    if (by_arm.filter(pl.col("arm") != "upper")["n"] > 1).any():  # tiny models: the Δs may not move with the level
+        assert "## The level" in markdown and "moderate - extremes" in markdown
+        levels = pl.read_csv(tmp_path / "report" / "levels.csv")
+        assert set(levels["group"].to_list()) <= {"arm=replace", "arm=augment"} and levels.height >= 3

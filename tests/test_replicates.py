@@ -82,9 +82,18 @@ def test_bad_seeds_and_replicate_vars_are_one_line_errors(write_recipe, data_csv
 def test_shipped_studies_resolve_with_replicates_and_quoted_flow_placeholders():
     root = Path(__file__).parent.parent / "recipes"
     para = load_recipe(root / "paraphrase_study.yaml")
-    assert {v.variables["replicate"] for v in para.variants} == {0, 1}
-    fractions = {v.steps["generated"].params.paraphrase.fraction for v in para.variants}
-    assert fractions == {0.0, 0.5}  # "${r}" inside {..} keeps the float
+    assert {v.variables["replicate"] for v in para.variants} == set(range(10))
+    fractions = {v.steps["generated"].params.paraphrase.fraction for v in para.variants if v.variables["r"] == 0.5}
+    assert fractions == {0.5}  # "${r}" inside {..} keeps the float
+    at_zero = {(v.variables["replicate"], v.variables["num_topics"], v.variables["m"]): v.steps["generated"].params
+               for v in para.variants if v.variables["r"] == 0.0}
+    assert all(p.paraphrase is None and p == at_zero[(rep, topics, 1)] for (rep, topics, _), p in at_zero.items())  # one generation
+    # the generator's inputs are the real rows the baseline trains on, and the training set is 32 rows
+    assert {v.steps["split"].params.train_per_label * 2 for v in para.variants} == {v.steps["mixed"].params.total for v in para.variants} == {32}
+    assert {str(v.steps["generated"].params.few_shot_from) for v in para.variants} == {str(v.steps["mixed"].params.real) for v in para.variants}
     diversity = load_recipe(root / "diversity_study.yaml")
-    assert {v.variables["replicate"] for v in diversity.variants} == {0, 1, 2}
+    assert {v.variables["replicate"] for v in diversity.variants} == set(range(10))
     assert {v.steps["mixed"].params.total for v in diversity.variants} == {64}
+    assert {v.steps["mixed"].params.arm for v in diversity.variants} == {"replace", "augment", "upper"}
+    assert {v.steps["mixed"].params.order for v in diversity.variants} == {"rank"}
+    assert all(v.steps["selected"].params.judge is not None for v in diversity.variants)

@@ -189,3 +189,19 @@ def test_score_vs_a_measured_metric_only_when_it_is_not_the_level_relabelled(rec
             r["steps"]["select"]["meta"]["vendi"] = 9.0
     names = {p.name for p in write_report(records, tmp_path / "crossing")}
     assert "macro_f1_vs_vendi.png" in names and "macro_f1_vs_dcscore.png" not in names  # DCScore still follows it
+
+
+def test_level_overlap_is_the_jaccard_of_adjacent_levels_and_warns_above_half():
+    from synthforge.report import level_overlap
+
+    ids = {0.0: set("abcd"), 0.5: set("abcx"), 1.0: set("wxyz")}
+    selections = [({"diversity": lv, "synthetic_fraction": f, "replicate": 0}, "selected", f"k{lv}", rows)
+                  for lv, rows in ids.items() for f in (0.25, 0.5)]  # two fractions share one selection entry
+    selections += [({"diversity": lv, "replicate": 1}, "selected", f"r1-{lv}", set("pqrs")) for lv in ids]
+    rows, warnings = level_overlap(selections, "diversity")
+    first, second = rows
+    assert (first["from"], first["to"], first["pairs"]) == (0.0, 0.5, 2)  # replicate 0 once, replicate 1 once
+    assert first["jaccard"] == pytest.approx((3 / 5 + 1.0) / 2) and first["jaccard_max"] == 1.0
+    assert first["shared"] == pytest.approx((3 / 4 + 1.0) / 2)
+    assert second["jaccard"] == pytest.approx((1 / 7 + 1.0) / 2)
+    assert len(warnings) == 2 and "share 80% of their rows" in warnings[0]

@@ -334,3 +334,50 @@ def test_select_step_shift_band_and_label_filter_reject_rows_with_reasons(tmp_pa
         SelectParams(input="e", n=5, diversity=0.5, shift_band=(0.2, 0.8))
     with pytest.raises(UserError, match="quantiles"):
         SelectParams(input="e", n=5, diversity=0.5, reference="r", shift_band=(0.8, 0.2))
+
+
+def noisy_blobs(n: int, flipped: float, seed: int, overlap: float = 1.2):
+    """Two overlapping label blobs in 16-d; a share `flipped` of the rows carry the other label."""
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) % 2
+    x = rng.normal(0, 1, (n, 16)) + overlap * np.where(truth[:, None] == 0, 1.0, -1.0) * np.eye(16)[0]
+    flip = rng.random(n) < flipped
+    labels = [["pos", "neg"][t ^ f] for t, f in zip(truth, flip)]
+    return x.astype(np.float32), labels
+
+
+def test_oracle_judge_corrects_fidelity_for_its_error_rates():
+    from synthforge.fidelity import fit_judge, judged_fidelity
+
+    pool, pool_labels = noisy_blobs(2000, 0.0, seed=1)
+    judge = fit_judge(pool, pool_labels)
+    summary = judge.summary()
+    assert 0.8 < summary["cv_accuracy"] < 0.95 and summary["rows"] == 2000  # an imperfect judge
+    assert fit_judge(pool, pool_labels) is judge  # fitted once per pool
+    for flipped in (0.0, 0.4):
+        rows, labels = noisy_blobs(4000, flipped, seed=2)
+        found = judged_fidelity(judge, rows, labels)
+        assert found["fidelity_observed"] < 0.95  # the judge's own errors pull the raw agreement down
+        assert found["fidelity_corrected"] == pytest.approx(1 - flipped, abs=0.04)
+        assert abs(found["fidelity_corrected"] - (1 - flipped)) < abs(found["fidelity_observed"] - (1 - flipped)) or flipped == 0.4
+
+
+def test_select_step_reports_judged_fidelity_and_labels_the_in_sample_probe(tmp_path):
+    from synthforge.fidelity import IN_SAMPLE_PROBE
+    from synthforge.steps.select import JUDGE_REASON
+
+    pool, pool_labels = noisy_blobs(1000, 0.0, seed=3, overlap=2.5)
+    judge = write_entry(tmp_path, "judge", pool, pool_labels)
+    rows, labels = noisy_blobs(200, 0.3, seed=4, overlap=2.5)
+    table = write_entry(tmp_path, "syn", rows, labels)
+    reference = write_entry(tmp_path, "real", *noisy_blobs(64, 0.0, seed=5, overlap=2.5))
+    params = SelectParams(input="e", n=120, method="random", reference="r", judge="j")
+    meta = run_select(tmp_path, params, {"input": table, "reference": reference, "judge": judge}).meta
+    assert meta["fidelity"]["fidelity_corrected"] == pytest.approx(0.7, abs=0.15) and meta["fidelity"]["rows"] == 1000
+    assert set(meta["fidelity"]["sensitivity"]) == {"neg", "pos"} and "oracle probe on 1000" in meta["fidelity"]["judge"]
+    assert meta["label_agreement"]["probe"] == IN_SAMPLE_PROBE
+    filtered = run_select(tmp_path, SelectParams(input="e", n=40, diversity=0.5, judge="j", label_filter=True),
+                          {"input": table, "judge": judge})
+    assert set(filtered.tables["rejects"]["reason"].to_list()) == {JUDGE_REASON} and filtered.tables["rejects"].height > 40
+    assert filtered.meta["fidelity"]["fidelity_observed"] == 1.0  # every kept row agrees with the judge
+    json.dumps(meta)

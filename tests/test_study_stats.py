@@ -37,19 +37,108 @@ def runs_for(accuracy_by_cell: dict[tuple[float, int], float], n: int = 400, see
 
 def test_a_clear_gain_is_significant_and_a_null_effect_is_not():
     cells = {(0.0, r): 0.70 for r in range(3)}
-    cells.update({(0.5, r): 0.85 for r in range(3)})  # +15 points in every replicate
-    cells.update({(1.0, r): 0.70 for r in range(3)})  # same accuracy, different errors
+    cells.update({(0.5, r): 0.85 + 0.01 * r for r in range(3)})  # +15 points in every replicate
+    cells.update({(1.0, r): 0.70 + 0.02 * (r - 1) for r in range(3)})  # no gain on average
     variants, runs = runs_for(cells)
     stats, method = study_statistics(variants, runs, score="accuracy", resamples=200)
     by_fraction = {c.values["synthetic_fraction"]: c for c in stats}
     assert method == study_stats.INTERVAL_METHOD
     assert by_fraction[0.0].delta == {} and by_fraction[0.0].p_adj is None
     gain = by_fraction[0.5]
-    assert gain.delta["mean"] == pytest.approx(0.15, abs=0.01) and gain.delta["lo"] > 0
-    assert gain.p_adj < 0.001 and gain.p_adj >= gain.p_mcnemar
+    assert gain.delta["mean"] == pytest.approx(0.16, abs=0.01) and gain.delta["lo"] > 0
+    assert gain.p_t < 0.01 and gain.p_adj >= gain.p_t
     null = by_fraction[1.0]
     assert null.delta["lo"] < 0 < null.delta["hi"] and null.p_adj > 0.05
     assert gain.score["lo"] < gain.score["mean"] < gain.score["hi"]
+
+
+def test_the_headline_is_the_paired_t_over_replicates_not_mcnemar():
+    """Opposite per-replicate effects: McNemar on the pooled test rows can be tiny, the design-level test is not."""
+    from scipy import stats as scipy_stats
+
+    cells = {(0.0, r): 0.70 for r in range(3)}
+    cells.update({(0.5, 0): 0.62, (0.5, 1): 0.77, (0.5, 2): 0.64})
+    variants, runs = runs_for(cells, n=2000)
+    cell = next(c for c in study_statistics(variants, runs, score="accuracy", resamples=200)[0] if c.values["synthetic_fraction"] == 0.5)
+    deltas = list(cell.replicate_deltas.values())
+    assert deltas == pytest.approx([-0.08, 0.07, -0.06], abs=0.005)
+    assert cell.p_t == pytest.approx(scipy_stats.ttest_1samp(deltas, 0).pvalue)
+    assert cell.p_t > 0.5 and cell.p_adj == pytest.approx(cell.p_t)  # one cell: Holm leaves it
+    assert cell.p_mcnemar < 0.05  # pooled discordant rows: conditional on these training sets
+
+
+def test_interval_uses_satterthwaite_df_of_replicate_plus_test_variance():
+    from scipy import stats as scipy_stats
+
+    cells = {(0.0, r): 0.70 for r in range(4)}
+    cells.update({(0.5, r): 0.74 + 0.01 * r for r in range(4)})
+    variants, runs = runs_for(cells, n=300)
+    cell = next(c for c in study_statistics(variants, runs, score="accuracy", resamples=300)[0] if c.values["synthetic_fraction"] == 0.5)
+    between = np.var(list(cell.replicate_deltas.values()), ddof=1) / 4
+    half = (cell.delta["hi"] - cell.delta["lo"]) / 2
+    test = (half / scipy_stats.t.ppf(0.975, cell.delta["df"])) ** 2 - between
+    assert test > 0  # the fixed test set's variance is in the interval
+    expected_df = (between + test) ** 2 / (between**2 / 3 + test**2 / 299)
+    assert cell.delta["df"] == pytest.approx(expected_df, rel=1e-6)
+    assert 3 < cell.delta["df"]  # more than R-1: the bootstrap term is well estimated
+
+
+def test_identical_cells_count_once_in_the_correction():
+    cells = {(0.0, r): 0.70 for r in range(3)}
+    cells.update({(0.5, r): 0.80 + 0.01 * r for r in range(3)})
+    variants, runs = runs_for(cells)
+    twins = [(name.replace("f=", "twin,f="), {**values, "m": 3}) for name, values in variants]
+    variants = [(name, {**values, "m": 1}) for name, values in variants] + twins
+    runs.update({twin: runs[name] for (twin, _), (name, _) in zip(twins, variants)})
+    stats = study_statistics(variants, runs, score="accuracy", resamples=100)[0]
+    tested = [c for c in stats if c.p_adj is not None]
+    assert len(tested) == 2 and [c.duplicate_of for c in tested] == [None, tested[0].name]
+    assert tested[0].p_adj == tested[1].p_adj == pytest.approx(tested[0].p_t)  # a family of one, not two
+
+
+def test_power_matches_the_noncentral_t():
+    """SD 0.045: 3 replicates detect 0.147 (0.248 at Holm's first step over 15 cells), 10 detect 0.045."""
+    assert study_stats.detectable_effect(0.045, 3) == pytest.approx(0.147, abs=0.001)
+    assert study_stats.detectable_effect(0.045, 3, 0.05 / 15) == pytest.approx(0.2475, abs=0.001)
+    assert study_stats.detectable_effect(0.045, 10) == pytest.approx(0.045, abs=0.001)
+    assert study_stats.detectable_effect(0.045, 20) == pytest.approx(0.030, abs=0.001)
+    assert study_stats.pooled_sd([[1.0, 3.0], [0.0, 0.0, 3.0]]) == pytest.approx(((2 + 6) / 3) ** 0.5)
+
+
+def level_study(effect_by_level: dict[float, float], replicates: int = 8, noise: float = 0.01):
+    rng = np.random.default_rng(1)
+    cells = []
+    for level, effect in effect_by_level.items():
+        for fraction in (0.25, 0.5):
+            deltas = {r: effect + fraction * 0.02 + 0.01 * r + rng.normal(0, noise) for r in range(replicates)}
+            cells.append(study_stats.CellStats({"diversity": level, "synthetic_fraction": fraction}, [], replicate_deltas=deltas))
+    return cells
+
+
+def test_level_model_finds_an_inverted_u_and_its_contrasts():
+    import statsmodels.formula.api as smf
+
+    cells = level_study({0.0: 0.0, 0.25: 0.03, 0.5: 0.05, 0.75: 0.03, 1.0: 0.0})
+    (found,) = study_stats.level_analysis(cells, "diversity")
+    assert found.p_level < 1e-6 and found.df_level == (4.0, found.n - 4 - 1 - 7 - 1)
+    moderate, quadratic = found.contrasts
+    assert moderate.name == "moderate - extremes" and moderate.estimate == pytest.approx(0.0367, abs=0.006)
+    assert moderate.lo < moderate.estimate < moderate.hi and moderate.p < 1e-6
+    assert quadratic.estimate > 0 and quadratic.p < 1e-6 and sum(quadratic.weights.values()) == pytest.approx(0)
+    # the same contrast by hand from the level means (a balanced design: the model's contrast is the raw one)
+    means = {lv: np.mean([d for c in cells if c.values["diversity"] == lv for d in c.replicate_deltas.values()]) for lv in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert moderate.estimate == pytest.approx(np.mean([means[0.25], means[0.5], means[0.75]]) - (means[0.0] + means[1.0]) / 2)
+    assert found.formula == "delta ~ C(diversity) + C(synthetic_fraction) + C(replicate)"
+    assert smf  # statsmodels does the fitting
+    cells[0].duplicate_of = "arm=upper,..."  # identical to another arm's cell: still this group's data point
+    assert study_stats.level_analysis(cells, "diversity")[0].n == found.n
+
+
+def test_level_model_sees_no_effect_where_there_is_none_and_skips_constant_groups():
+    (found,) = study_stats.level_analysis(level_study({lv: 0.0 for lv in (0.0, 0.5, 1.0)}, noise=0.01), "diversity")
+    assert found.p_level > 0.01 and all(c.lo < 0 < c.hi for c in found.contrasts)
+    flat = level_study({lv: 0.0 for lv in (0.0, 0.5, 1.0)}, noise=0.0)
+    assert study_stats.level_analysis(flat, "diversity") == []  # the deltas do not depend on the level at all
 
 
 def test_one_replicate_falls_back_to_the_test_bootstrap():
@@ -87,3 +176,9 @@ def test_registry_names_directions_for_stats_report_and_diff():
     assert info("selected.metrics.nn_real_similarity").group == "shift"
     assert verdict("scores.accuracy", 0.01) == "better" and verdict("mmd_rbf", 0.01) == "worse"
     assert verdict("rows", 5) is None
+    assert info("selected.metrics.prdc_coverage").group == "coverage" and verdict("prdc_density", -0.1) == "worse"
+    assert info("selected.fidelity.fidelity_corrected").group == "fidelity" and "in-sample" in info("label_agreement").label
+    from synthforge.diff import compare_metrics
+
+    changed = compare_metrics({"metrics": {"prdc_coverage": 0.5}}, {"metrics": {"prdc_coverage": 0.7}})
+    assert changed["metrics.prdc_coverage"]["delta"] == pytest.approx(0.2)

@@ -213,6 +213,21 @@ class GenerateParams(StepParams):
             return None
         return self.text or [name for name, spec in self.fields.items() if spec.generated][-1]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_paraphrase_at_fraction_zero(cls, data: Any) -> Any:
+        """No row is a paraphrase at fraction 0: per_seed, source and template cannot matter, so they do not
+        enter the key (a study's r = 0 cells share one generation whatever m says)."""
+        if not isinstance(data, dict) or data.get("paraphrase") is None:
+            return data
+        paraphrase = data["paraphrase"]
+        fraction = paraphrase.get("fraction") if isinstance(paraphrase, dict) else getattr(paraphrase, "fraction", None)
+        try:
+            zero = fraction is not None and float(fraction) == 0.0
+        except (TypeError, ValueError):
+            return data  # the field's own validation says what is wrong
+        return {k: v for k, v in data.items() if k != "paraphrase"} if zero else data
+
 
 @dataclass
 class RowPlan:

@@ -8,8 +8,16 @@ How many rows of each source (first rule that applies):
 Then `balance` spreads each source's count equally over its labels, and
 `max_per_label` caps each label of each source before sampling.
 
-Sampling is a seeded permutation per (source, label) taking a prefix, so a
-larger request with the same seed is a superset of a smaller one.
+`arm` turns a fraction into a study design with k = round(f * total):
+  - `replace`: total rows, k of them synthetic (synthetic rows replace real ones);
+  - `augment`: every real row plus k synthetic rows;
+  - `upper`: every real row plus k more real rows from `extra_real` (the upper bound of augment).
+
+Rows are taken per (source, label) as a prefix of an order: synthetic rows with a
+`selection_rank` (from `select`) in that order (`order: rank`: the rows the
+selection picked first, whose diversity its metrics describe), everything else in
+a seeded permutation (`order: random`), so a larger request with the same seed is
+a superset of a smaller one.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from synthforge.errors import UserError
 from synthforge.tables import plural
 from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
+from synthforge.steps.rows import RANK_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -62,6 +71,20 @@ class MixParams(StepParams):
         "error", description="`error` when asked for more rows than exist, or `take_available` to take what there is"
     )
     shuffle: bool = Field(True, description="true to shuffle the output rows (seeded)")
+    order: Literal["rank", "random"] = Field(
+        "rank",
+        description="`rank`: take synthetic rows in their `selection_rank` order (the selection's first picks), "
+        "or `random`: a seeded random draw per label (always for rows without a rank)",
+    )
+    arm: Literal["replace", "augment", "upper"] = Field(
+        "replace",
+        description="with synthetic_fraction f and total: `replace` (total rows, round(f * total) synthetic), "
+        "`augment` (every real row + round(f * total) synthetic) or `upper` (every real row + round(f * total) "
+        "more real rows from extra_real)",
+    )
+    extra_real: Ref | None = Field(
+        None, description="real rows the `upper` arm draws its additional rows from (rows also in `real` are skipped)"
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> "MixParams":
@@ -78,12 +101,16 @@ class MixParams(StepParams):
                 raise ValueError(f"{name} must be >= 0")
         if self.real is None and self.synthetic is None:
             raise ValueError("give at least one of real, synthetic")
+        if self.arm != "replace" and (self.synthetic_fraction is None or self.total is None or self.real is None):
+            raise ValueError(f"arm '{self.arm}' needs real, synthetic_fraction and total (it adds round(f * total) rows)")
+        if self.arm == "upper" and self.extra_real is None:
+            raise ValueError("arm 'upper' needs extra_real: the real rows its additional rows come from")
         return self
 
 
 class MixStep(Step):
     kind = "mix"
-    version = "1"
+    version = "2"  # 2: synthetic rows in selection_rank order by default; arms
     Params = MixParams
 
     def run(self, ctx: StepContext) -> StepResult:
@@ -93,10 +120,13 @@ class MixStep(Step):
         params: MixParams = ctx.params  # type: ignore[assignment]
         pools = {role: _load_pool(ctx.inputs.get(role), role) for role in SOURCES}
         rngs = {role: np.random.default_rng(_seed_int(ctx.seed, i)) for i, role in enumerate(SOURCES)}
-        groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label) for role in SOURCES}
+        groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label, params.order) for role in SOURCES}
         available = {role: _group_total(groups[role]) for role in SOURCES}
         wanted = requested_counts(params, available)
-        picked = {"real": _sample_source(pools["real"], groups["real"], "real", wanted["real"], params, rngs["real"])}
+        if params.arm == "replace":
+            picked = {"real": _sample_source(pools["real"], groups["real"], "real", wanted["real"], params, rngs["real"])}
+        else:  # every real row, whatever balance says (it applies to the added rows)
+            picked = {"real": pools["real"]}
         if _tops_up(params) and picked["real"] is not None:
             # "all real + f synthetic": size the synthetic part on the real rows actually taken
             # (fewer than asked when balance + take_available trimmed them).
@@ -104,12 +134,14 @@ class MixStep(Step):
         picked["synthetic"] = _sample_source(
             pools["synthetic"], groups["synthetic"], "synthetic", wanted["synthetic"], params, rngs["synthetic"]
         )
+        if params.arm == "upper":
+            picked["real"] = _with_extra_real(picked["real"], ctx.inputs["extra_real"], params, ctx.seed)
         _check_unique_ids(picked)
         parts = [frame for frame in picked.values() if frame is not None and frame.height]
         data = pl.concat(parts, how="diagonal_relaxed") if parts else _empty_like(pools)
         if params.shuffle and data.height:
             data = data.sample(fraction=1.0, shuffle=True, seed=_seed_int(ctx.seed, 2))
-        meta = _meta(data, wanted, pools, params.max_per_label)
+        meta = {**_meta(data, wanted, pools, params.max_per_label), "arm": params.arm, "order": params.order}
         data = data.drop(ROLE_COLUMN)
         ctx.log(f"mix: {meta['n_real']} real + {meta['n_synthetic']} synthetic = {plural(meta['n_total'], 'row')}")
         return StepResult(data=data, meta=meta)
@@ -122,6 +154,9 @@ def requested_counts(params: MixParams, available: dict[str, int | None]) -> dic
         return {role: _explicit_count(params, role, available[role]) for role in SOURCES}
     fraction = params.synthetic_fraction
     _require_inputs_for_fraction(params, available)
+    if params.arm != "replace":  # every real row, plus k synthetic (augment) or k more real rows (upper)
+        added = round(fraction * params.total)
+        return {"real": available["real"] or 0, "synthetic": added if params.arm == "augment" else 0}
     if params.total is not None:
         synthetic = round(fraction * params.total)
         return {"real": params.total - synthetic, "synthetic": synthetic}
@@ -133,6 +168,20 @@ def requested_counts(params: MixParams, available: dict[str, int | None]) -> dic
 
 def _tops_up(params: MixParams) -> bool:
     return params.synthetic_fraction is not None and params.total is None and params.synthetic_fraction < 1.0
+
+
+def _with_extra_real(real: "pl.DataFrame", extra_table: Any, params: MixParams, seed: int) -> "pl.DataFrame":
+    """The upper arm: every real row plus round(f * total) rows of extra_real that are not already in it."""
+    import numpy as np
+    import polars as pl
+
+    extra = _load_pool(extra_table, "real")
+    extra = extra.filter(~pl.col("id").is_in(real["id"].implode()))
+    rng = np.random.default_rng(_seed_int(seed, 3))
+    groups = _label_groups(extra, rng, params.max_per_label, "random")
+    count = round(params.synthetic_fraction * params.total)
+    more = _sample_source(extra, groups, "extra_real", count, params, rng)
+    return pl.concat([real, more], how="diagonal_relaxed") if more is not None and more.height else real
 
 
 def _top_up_count(n_real: int, fraction: float) -> int:
@@ -191,12 +240,15 @@ def _sample_source(pool, groups, role: str, count: int, params: MixParams, rng) 
     else:
         usable = np.concatenate(list(groups.values())) if groups else np.array([], dtype=np.int64)
         count = _shortage(count, len(usable), role, params, _per_label_counts(groups))
-        chosen = rng.permutation(usable)[:count]
+        shuffled = rng.permutation(usable)
+        ranked = params.order == "rank" and RANK_COLUMN in pool.columns
+        chosen = usable[np.argsort(pool[RANK_COLUMN].to_numpy()[usable], kind="stable")][:count] if ranked else shuffled[:count]
     return pool[np.sort(chosen)]
 
 
-def _label_groups(pool, rng, cap: int | None) -> "dict[str, np.ndarray] | None":
-    """Row indices per label, each group in a seeded random order, capped."""
+def _label_groups(pool, rng, cap: int | None, order: str = "random") -> "dict[str, np.ndarray] | None":
+    """Row indices per label, each group in selection_rank order (`rank`, when the rows have one) or a seeded
+    random order, capped."""
     import numpy as np
 
     from synthforge.steps.rows import label_codes
@@ -205,9 +257,11 @@ def _label_groups(pool, rng, cap: int | None) -> "dict[str, np.ndarray] | None":
         return None
     names, codes = label_codes(pool["label"])
     by_label = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes, minlength=len(names)))[:-1])
+    ranks = pool[RANK_COLUMN].to_numpy() if order == "rank" and RANK_COLUMN in pool.columns else None
     groups = {}
     for label, members in zip(names, by_label):  # one seeded shuffle per label, in label order
-        indices = rng.permutation(members)
+        shuffled = rng.permutation(members)  # drawn in rank order too, so the other sources' draws do not move
+        indices = members[np.argsort(ranks[members], kind="stable")] if ranks is not None else shuffled
         groups[label] = indices[:cap] if cap is not None else indices
     return groups
 
@@ -230,7 +284,7 @@ def _balanced_quotas(groups: dict[str, "np.ndarray"], count: int, role: str, par
         raise UserError(
             f"balance needs {max(quotas.values())} '{role}' rows per label but "
             + ", ".join(f"'{label}' has {n}" for label, n in short.items()),
-            field=f"{role}_count" if params.synthetic_fraction is None else "total",
+            field="extra_real" if role == "extra_real" else f"{role}_count" if params.synthetic_fraction is None else "total",
             hint=f"available per label: {_per_label_counts(groups)}; or set on_shortage: take_available",
         )
     # take_available keeps the output balanced: every label shrinks to the scarcest one.
@@ -244,6 +298,7 @@ def _shortage(count: int, available: int, role: str, params: MixParams, per_labe
     if params.on_shortage == "take_available":
         return available
     field = f"{role}_count" if params.synthetic_fraction is None else ("total" if params.total is not None else role)
+    field = "extra_real" if role == "extra_real" else field
     capped = f" after max_per_label={params.max_per_label}" if params.max_per_label else ""
     raise UserError(
         f"needs {count} '{role}' rows but the input has {available}{capped}",
@@ -299,6 +354,7 @@ def _meta(data, wanted: dict[str, int], pools: dict[str, Any], max_per_label: in
         "n_synthetic": by_role["synthetic"],
         "synthetic_fraction": by_role["synthetic"] / n_total if n_total else None,
         "requested": {"real": wanted["real"], "synthetic": wanted["synthetic"]},
+        "shortfall": max(0, wanted["real"] + wanted["synthetic"] - n_total),  # rows asked for but not there (take_available)
         "available": {role: _height(pool) for role, pool in pools.items()},
         "max_per_label": max_per_label,
         "per_label": per_label,

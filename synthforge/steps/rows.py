@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 STANDARD_COLUMNS = ["id", "text", "label", "source"]
 EMBEDDING_COLUMN = "embedding"  # added by `embed`: a fixed-size float32 array per row
+RANK_COLUMN = "selection_rank"  # added by `select`: 0 for the row picked first (mix takes rows in this order)
 
 
 def stable_ids(texts: "pl.Series | list[str]", labels: "pl.Series | list[str]", prefix: str = "") -> "pl.Series":

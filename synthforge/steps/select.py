@@ -9,18 +9,18 @@ from pydantic import ConfigDict, Field, model_validator
 from synthforge.errors import UserError
 from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
+from synthforge.steps.rows import RANK_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
 
-RANK_COLUMN = "selection_rank"
-
 
 class SelectParams(StepParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5},
-        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "shift_band": [0.2, 0.8], "label_filter": True}]})
+        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "shift_band": [0.2, 0.8], "label_filter": True},
+        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "judge": "held_out"}]})
 
     input: Ref = Field(description="the step (or step.table) whose rows, with an `embedding` column, to select from")
     n: int | None = Field(None, ge=1, description="the number of rows to select (a positive integer; optional only for semdedup)")
@@ -53,8 +53,13 @@ class SelectParams(StepParams):
     dcscore_tau: float = Field(0.1, gt=0.0, description="DCScore's softmax temperature for the reported metrics")
     label_filter: bool = Field(
         False,
-        description="drop rows whose label a linear probe trained on the reference rows disagrees with "
-        "(needs a labelled reference); dropped rows land in the `rejects` table",
+        description="drop rows whose label a linear probe disagrees with: the judge's when a `judge` is given, "
+        "else one trained on the reference rows; dropped rows land in the `rejects` table",
+    )
+    judge: Ref | None = Field(
+        None,
+        description="labelled real rows with embeddings, disjoint from the training and test rows (e.g. split.validation): "
+        "an oracle label judge whose cross-validated error rates correct the fidelity of the selected rows (studies)",
     )
 
     @model_validator(mode="after")
@@ -67,7 +72,7 @@ class SelectParams(StepParams):
             )
         if self.n is None and self.method != "semdedup":
             raise UserError("`n` (rows to select) is required", field="n", hint="only semdedup may omit it")
-        if (self.shift_band is not None or self.label_filter) and self.reference is None:
+        if (self.shift_band is not None or (self.label_filter and self.judge is None)) and self.reference is None:
             field = "shift_band" if self.shift_band is not None else "label_filter"
             raise UserError(f"{field} needs a `reference`", field=field, hint="reference: the real rows' embed step")
         if self.shift_band is not None and not 0.0 <= self.shift_band[0] < self.shift_band[1] <= 1.0:
@@ -80,7 +85,7 @@ class SelectParams(StepParams):
 
 class SelectStep(Step):
     kind = "select"
-    version = "3"  # 2: big selections' DCScore is a sampled estimate; 3: rejects table, label agreement, shift band
+    version = "4"  # 2: big selections' DCScore is a sampled estimate; 3: rejects table, label agreement, shift band; 4: judge
     Params = SelectParams
     tables = ("rejects",)
 
@@ -104,9 +109,10 @@ class SelectStep(Step):
         ref_frame = reference.frame() if reference is not None else None
         ref_emb = embeddings_of(ref_frame) if ref_frame is not None else None
         meta: dict = {"method": params.method or "diversity", "level": params.diversity, "rows_in": frame.height}
+        judge = _judge(ctx.inputs.get("judge"), params)
         eligible, rejects = np.arange(frame.height), []
-        if ref_frame is not None:
-            eligible, rejects = _screen(emb, frame, ref_emb, ref_frame, params, ctx.seed, meta)
+        if ref_frame is not None or judge is not None:
+            eligible, rejects = _screen(emb, frame, ref_emb, ref_frame, params, ctx.seed, meta, judge)
         rows = eligible[choose_rows(emb[eligible], frame[eligible.tolist()], params, ctx.seed)]
         chosen = frame[rows.tolist()].with_columns(pl.Series(RANK_COLUMN, range(len(rows)), dtype=pl.Int64))
         texts = chosen["text"].cast(pl.Utf8).fill_null("") if "text" in chosen.columns else None
@@ -116,6 +122,10 @@ class SelectStep(Step):
             emb[rows], texts, reference_emb=ref_emb, seed=ctx.seed, pool_emb=emb, tau=params.dcscore_tau
         )
         meta["metric_methods"] = metric_methods(len(rows), len(ref_emb) if ref_emb is not None else None)
+        if judge is not None:
+            from synthforge.fidelity import judged_fidelity
+
+            meta["fidelity"] = {**judged_fidelity(judge, emb[rows], chosen[params.label_column].to_list()), **judge.summary()}
         if ref_emb is not None:
             meta["reference"] = reference.key
         rejected = pl.concat(rejects) if rejects else frame.head(0).with_columns(pl.lit(None, pl.Utf8).alias("reason"))
@@ -123,10 +133,24 @@ class SelectStep(Step):
 
 
 LABEL_REASON = "label disagrees with a probe trained on the reference"
+JUDGE_REASON = "label disagrees with the oracle judge"
 SHIFT_REASON = "nearest-reference similarity outside shift_band"
 
 
-def _screen(emb, frame, ref_emb, ref_frame, params: SelectParams, seed: int, meta: dict):
+def _judge(table, params: SelectParams):
+    """The oracle label judge fitted on the `judge` rows (None without them)."""
+    if table is None:
+        return None
+    from synthforge.fidelity import fit_judge
+    from synthforge.steps.rows import embeddings_of
+
+    frame = table.frame()
+    if params.label_column not in frame.columns:
+        raise UserError(f"the judge rows need a '{params.label_column}' column", field="judge")
+    return fit_judge(embeddings_of(frame), frame[params.label_column].to_list())
+
+
+def _screen(emb, frame, ref_emb, ref_frame, params: SelectParams, seed: int, meta: dict, judge=None):
     """Rows eligible for selection after the label check and the shift band; rejected rows with reasons."""
     import numpy as np
     import polars as pl
@@ -136,19 +160,23 @@ def _screen(emb, frame, ref_emb, ref_frame, params: SelectParams, seed: int, met
 
     keep = np.ones(frame.height, dtype=bool)
     rejects = []
-    labelled = params.label_column in frame.columns and params.label_column in ref_frame.columns
+    labelled = ref_frame is not None and params.label_column in frame.columns and params.label_column in ref_frame.columns
     agreement = (
         label_agreement(emb, frame[params.label_column].to_list(), ref_emb, ref_frame[params.label_column].to_list(), seed)
         if labelled else None
     )
     if agreement is not None:
         meta["label_agreement"] = agreement.summary(frame[params.label_column].to_list())
-        if params.label_filter:
-            rejects.append(frame.filter(pl.Series(~agreement.agrees)).with_columns(pl.lit(LABEL_REASON).alias("reason")))
-            keep &= agreement.agrees
+    if judge is not None and params.label_column in frame.columns:
+        agrees = np.array([p == str(t) for p, t in zip(judge.predict(emb), frame[params.label_column].to_list())], dtype=bool)
+    else:
+        agrees = agreement.agrees if agreement is not None else None
+    if agrees is not None and params.label_filter:
+        rejects.append(frame.filter(pl.Series(~agrees)).with_columns(pl.lit(JUDGE_REASON if judge else LABEL_REASON).alias("reason")))
+        keep &= agrees
     elif params.label_filter:
         raise UserError(f"label_filter needs a '{params.label_column}' column in the input and the reference", field="label_filter")
-    if params.shift_band is not None:
+    if params.shift_band is not None and ref_emb is not None:
         similarity = max_similarity(as_unit_float32(emb), as_unit_float32(ref_emb))
         band_rows, bounds = within_shift_band(similarity[keep], params.shift_band)
         in_band = np.zeros(frame.height, dtype=bool)

@@ -40,6 +40,22 @@ def scores_from_cm(cm: np.ndarray) -> dict[str, float]:
     return {"accuracy": accuracy, "macro_f1": macro_f1}
 
 
+def scores_from_cms(cms: np.ndarray) -> dict[str, np.ndarray]:
+    """`scores_from_cm` for a stack of confusion matrices (shape: matrices x classes x classes), vectorised."""
+    total = cms.sum(axis=(1, 2))
+    tp = np.diagonal(cms, axis1=1, axis2=2)
+    predicted, support = cms.sum(axis=1), cms.sum(axis=2)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp, dtype=float), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp, dtype=float), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
+    present = support > 0
+    n_present = present.sum(axis=1)
+    macro_f1 = np.divide((f1 * present).sum(axis=1), n_present, out=np.zeros(len(cms)), where=n_present > 0)
+    accuracy = np.divide(tp.sum(axis=1), total, out=np.zeros(len(cms)), where=total > 0)
+    return {"accuracy": accuracy, "macro_f1": macro_f1}
+
+
 def t_interval(values: list[float], confidence: float = 0.95) -> list[float] | None:
     """Student-t interval of the mean over seeds; None with fewer than two values."""
     from scipy import stats
