@@ -54,7 +54,7 @@ def test_replicate_seeds_are_numpys_seed_sequence_without_numpy():
 
 def test_planning_a_replicated_study_imports_no_numpy():
     code = ("import sys; from synthforge.recipe.resolve import load_recipe; "
-            "r = load_recipe('recipes/diversity_study.yaml'); assert len(r.variants) == 60; "
+            "r = load_recipe('recipes/diversity_study.yaml'); assert len(r.variants) == 450; "
             "print('numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
