@@ -24,6 +24,7 @@ from synthforge.progress import LOGGER, labelled
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget
 from synthforge.stepapi import InputTable, Runtime, StepContext
+from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.backends.llm import RequestBudget
@@ -165,8 +166,8 @@ class _BuildLines:
         self.report.seconds[node.key] = run.seconds
         if not run.built:
             self.report.built_elsewhere.add(node.key)
-        done = "rows" if run.built else "rows, built by another process"
-        self.log(f"✓ {self.where(node)}: {run.rows} {done} in {run.seconds:.1f}s{_dropped_note(self.cache, node.key)}")
+        done = plural(run.rows, "row") + ("" if run.built else ", built by another process")
+        self.log(f"✓ {self.where(node)}: {done} in {run.seconds:.1f}s{_dropped_note(self.cache, node.key)}")
         if run.built:
             self._compare_with_lock(node)
 

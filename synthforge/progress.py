@@ -213,7 +213,8 @@ def plain_line(snapshot: dict[str, Any]) -> str:
     parts += [f"{name} {value}" for name, value in snapshot["status"].items()]
     per_unit = speeds[f"{unit}/s"]
     if snapshot["closed"]:
-        parts.append(f"done in {format_seconds(snapshot['elapsed'])}")
+        finished = not total or done >= total  # a bar closed short (Ctrl-C, an error) did not finish
+        parts.append(f"{'done in' if finished else 'stopped after'} {format_seconds(snapshot['elapsed'])}")
     elif total and per_unit > 0:
         parts.append(f"ETA {format_seconds((total - done) / per_unit)}")
     return f"{snapshot['desc']}: " + ", ".join(parts)

@@ -88,7 +88,7 @@ def test_plain_lines_off_a_terminal_come_at_most_every_interval(monkeypatch):
     with progress.progress(10, "gen: generate") as bar:
         bar.update(4, tokens=40)
     assert printed[0].startswith("gen: generate: 4/10 rows (40%), ") and "tokens/s" in printed[0] and "ETA" in printed[0]
-    assert "done in" in printed[-1]
+    assert "stopped after" in printed[-1]  # closed at 4 of 10: not "done"
 
 
 def test_format_seconds_rounds_for_a_reader():
@@ -133,3 +133,11 @@ def test_a_notebook_without_ipywidgets_gets_text_bars_not_a_warning(monkeypatch)
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     assert progress._draws_bars() and progress._tqdm_class() is tqdm  # tqdm.auto would warn "IProgress not found"
+
+
+def test_a_bar_closed_short_says_it_stopped_not_done():
+    snapshot = {"desc": "gen: topic", "unit": "rows", "total": 150, "done": 64, "elapsed": 42.0, "counters": {},
+                "status": {}, "closed": True}
+    assert progress.plain_line(snapshot).endswith("stopped after 42s")
+    assert progress.plain_line({**snapshot, "done": 150}).endswith("done in 42s")
+    assert progress.plain_line({**snapshot, "total": None}).endswith("done in 42s")  # no total: nothing to fall short of
