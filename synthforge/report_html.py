@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SAMPLE_SEED = 0
 DELTA_BOUNDS = ("delta_lo", "delta_hi")
+DELTA_FACTS = (*DELTA_BOUNDS, "delta_df")  # `delta_*` columns that describe a Δ, not Δs themselves (unsigned)
 INTERVAL_ROLES = ("headline", "delta", "score")
 WIDE_PLOT_PX = 1200  # a figure of small multiples: shown at full width
 
@@ -170,7 +171,7 @@ def _cells(table: "pl.DataFrame") -> dict[str, Any]:
 
 def _merged(columns: list[str], table: "pl.DataFrame", roles: dict[str, str]) -> list[_Column]:
     """Columns to show, an interval's bounds folded into its estimate's cell (`X.lo`/`X.hi`, `delta_lo`/`delta_hi`)."""
-    deltas = [c for c in columns if c.startswith("delta_") and c not in DELTA_BOUNDS]
+    deltas = [c for c in columns if c.startswith("delta_") and c not in DELTA_FACTS]
     merged = []
     for name in columns:
         bounds = (f"{name}.lo", f"{name}.hi") if f"{name}.lo" in table.columns else None
@@ -178,7 +179,7 @@ def _merged(columns: list[str], table: "pl.DataFrame", roles: dict[str, str]) ->
             bounds = DELTA_BOUNDS
         if name in DELTA_BOUNDS and deltas or name.endswith((".lo", ".hi")) and name[:-3] in columns:
             continue
-        merged.append(_Column(name, table.schema[name].is_numeric(), bounds, name.startswith("delta_"),
+        merged.append(_Column(name, table.schema[name].is_numeric(), bounds, name.startswith("delta_") and name != "delta_df",
                               "p" if name.startswith("p_") else "fixed" if roles[name] in INTERVAL_ROLES else "general"))
     return merged
 
@@ -203,7 +204,7 @@ def _delta_view(table: "pl.DataFrame") -> dict[str, Any] | None:
     """Rows with a paired difference: the estimate, its interval and adjusted p, plus an SVG forest plot."""
     import polars as pl
 
-    deltas = [c for c in table.columns if c.startswith("delta_") and c not in DELTA_BOUNDS]
+    deltas = [c for c in table.columns if c.startswith("delta_") and c not in DELTA_FACTS]
     if not deltas:
         return None
     estimate = deltas[0]

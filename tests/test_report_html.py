@@ -188,3 +188,15 @@ def test_generator_card_facts_name_the_full_model_and_its_quantization(tmp_path)
     assert gguf["quantization"].startswith("GGUF Q5_K_M")
     served = model_card_facts(OpenAIBackendConfig(type="openai", base_url="http://127.0.0.1:8000/v1", model="meta/llama"))
     assert served["model_id"] == "meta/llama"
+
+
+def test_the_degrees_of_freedom_of_a_delta_are_not_shown_as_a_signed_difference():
+    import polars as pl
+
+    from synthforge.report_html import _merged, _roles, _rows
+
+    table = pl.DataFrame({"variant": ["a"], "delta_macro_f1": [0.02], "delta_lo": [-0.01], "delta_hi": [0.05],
+                          "delta_df": [19.5]})
+    columns = _merged(table.columns, table, _roles(table))
+    shown = dict(zip([c.name for c in columns], [text for _, text in _rows(table, columns)[0]]))
+    assert shown["delta_macro_f1"].startswith("+0.02") and not shown["delta_df"].startswith("+")
