@@ -9,6 +9,20 @@ import pytest
 
 from tests.tiny_models import tiny_chat_model_dir
 
+# The tiny generate step both studies use: few-shot from split.train, the tiny chat model (MODEL).
+GENERATED = """  generated:
+    kind: generate
+    n: 40
+    labels: [good, bad]
+    variables: {topic: [plot, acting, music, pace]}
+    few_shot_from: split.train
+    few_shot_k: 1
+    template: "Example: {{ examples[0].text }} Write a {{ label }} review about {{ topic }}."
+    max_new_tokens: 12
+    backend: {type: transformers, model: "MODEL", batch_size: 8}
+    hygiene: {min_chars: 1, dedupe: true}
+"""
+
 STUDY = """
 name: tiny-study
 seed: 3
@@ -28,18 +42,7 @@ steps:
     input: rows
     test: 60
     train_per_label: 12
-  generated:
-    kind: generate
-    n: 40
-    labels: [good, bad]
-    variables: {topic: [plot, acting, music, pace]}
-    few_shot_from: split.train
-    few_shot_k: 1
-    template: "Example: {{ examples[0].text }} Write a {{ label }} review about {{ topic }}."
-    max_new_tokens: 12
-    backend: {type: transformers, model: "MODEL", batch_size: 8}
-    hygiene: {min_chars: 1, dedupe: true}
-  real_emb: {kind: embed, input: split.train, model: "ENCODER"}
+""" + GENERATED + """  real_emb: {kind: embed, input: split.train, model: "ENCODER"}
   test_emb: {kind: embed, input: split.test, model: "ENCODER"}
   synth_emb: {kind: embed, input: generated, model: "ENCODER"}
   selected:
@@ -175,18 +178,7 @@ steps:
   rows_emb: {kind: embed, input: rows, model: "ENCODER"}
   split: {kind: split, input: rows_emb, test: 60, validation: 60, train_per_label: 8}
   more_real: {kind: split, input: rows_emb, test: 60, validation: 60, train_per_label: 12}
-  generated:
-    kind: generate
-    n: 40
-    labels: [good, bad]
-    variables: {topic: [plot, acting, music, pace]}
-    few_shot_from: split.train
-    few_shot_k: 1
-    template: "Example: {{ examples[0].text }} Write a {{ label }} review about {{ topic }}."
-    max_new_tokens: 12
-    backend: {type: transformers, model: "MODEL", batch_size: 8}
-    hygiene: {min_chars: 1, dedupe: true}
-  synth_emb: {kind: embed, input: generated, model: "ENCODER"}
+""" + GENERATED + """  synth_emb: {kind: embed, input: generated, model: "ENCODER"}
   selected: {kind: select, input: synth_emb, n: 8, diversity: "${diversity}", per_label: true, reference: split.train, judge: split.validation}
   mixed:
     kind: mix
