@@ -392,6 +392,7 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     from synthforge.report import analysis_text, format_table, heading, slug, write_report
 
     records, missing = built_records(graph, cache)
+    score = reported_score(records, score)
     study = study_of(graph, cache, records, level_var, fraction_var, score, correction)
     if study is not None and missing:
         study.warnings.insert(0, missing)
@@ -404,6 +405,18 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     top = heading(study) if study else (f"warning: {missing}\n\n" if missing else "")
     table += analysis_text(study, level_var, fraction_var) if study else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
+
+
+def reported_score(records: list[dict[str, Any]], score: str) -> str:
+    """`score` when the train steps report it; for the default (macro_f1) a method without it (sft) gets its
+    first score (exact_match, else perplexity); any other name they lack is an error naming theirs."""
+    reported = [name for record in records for step in record["steps"].values()
+                for name in ((step.get("meta") or {}).get("scores") or {})]
+    if not reported or score in reported:
+        return score
+    if score == "macro_f1":
+        return reported[0]
+    raise UserError(f"no train step reports '{score}'", field="--score", hint=f"scores reported: {', '.join(dict.fromkeys(reported))}")
 
 
 def built_records(graph: Graph, cache: Cache) -> tuple[list[dict[str, Any]], str]:
@@ -480,17 +493,22 @@ def prediction_runs(graph: Graph, cache: Cache, train_step: str) -> tuple[dict[s
         meta = entry.manifest.meta or {}
         labels = list(meta.get("labels") or [])
         index = {label: i for i, label in enumerate(labels)}
-        frame = pl.read_parquet(entry.table_path("predictions"), columns=["seed", "id", "label", "prediction"])
-        per_seed = frame.partition_by("seed", maintain_order=True)
+        losses = meta.get("method") == "sft"  # per-row response NLL; any answer outside the labels is one more class
+        columns = ["seed", "id", "label", "prediction", *(["response_nll", "response_tokens"] if losses else [])]
+        per_seed = pl.read_parquet(entry.table_path("predictions"), columns=columns).partition_by("seed", maintain_order=True)
         first = per_seed[0]
-        truth = np.array([index[v] for v in first["label"].to_list()], dtype=np.int64)
+        truth = np.array([index[v] for v in first["label"].to_list()] if labels else [], dtype=np.int64)
         predictions, seen = [], set()
-        for part in per_seed:
-            pred = np.array([index[v] for v in part["prediction"].to_list()], dtype=np.int64)
-            if pred.tobytes() not in seen:  # identical seeds count once
+        for part in per_seed if labels else []:
+            pred = np.array([index.get(v, len(labels)) for v in part["prediction"].to_list()], dtype=np.int64)
+            if losses or pred.tobytes() not in seen:  # identical classifier seeds count once; LoRA seeds always differ
                 seen.add(pred.tobytes())
                 predictions.append(pred)
-        runs[variant.name] = Run(tuple(first["id"].to_list()), truth, predictions)
+        run = Run(tuple(first["id"].to_list()), truth, predictions)
+        if losses:
+            run.losses = [part["response_nll"].to_numpy() for part in per_seed]
+            run.tokens = first["response_tokens"].to_numpy()
+        runs[variant.name] = run
         n_test, confidence = meta.get("n_test", n_test), meta.get("confidence", confidence)
     return runs, n_test, confidence
 
