@@ -125,3 +125,26 @@ def test_lora_settings_are_checked_and_sft_fields_need_sft():
             TrainParams(train="a", test="b", method="sft", **bad)
     with pytest.raises(ValidationError, match="applies to method sft only"):
         TrainParams(train="a", test="b", prompt="{{ text }}")
+
+
+def test_the_base_model_files_enter_the_key():
+    from synthforge.backends.transformers_llm import smollm2_gguf_path
+    from synthforge.steps.train import TrainParams
+
+    assert TrainStep().files_read(TrainParams(train="a", test="b", method="sft")) == [smollm2_gguf_path()]
+    with pytest.raises(UserError) as error:
+        TrainStep().files_read(TrainParams(train="a", test="b", method="sft", model="/no/such/model"))
+    assert error.value.field == "model"
+
+
+def test_report_scores_an_sft_study_by_its_own_scores():
+    from synthforge.app import reported_score
+
+    sft = [{"steps": {"sft": {"meta": {"scores": {"exact_match": {}, "response_loss": {}, "perplexity": {}}}}}}]
+    assert reported_score(sft, "macro_f1") == "exact_match"  # the default falls to the method's first score
+    assert reported_score(sft, "perplexity") == "perplexity"
+    with pytest.raises(UserError, match="no train step reports 'accuracy'") as error:
+        reported_score(sft, "accuracy")
+    assert "exact_match, response_loss, perplexity" in error.value.hint
+    classifier = [{"steps": {"train": {"meta": {"scores": {"accuracy": {}, "macro_f1": {}}}}}}]
+    assert reported_score(classifier, "macro_f1") == "macro_f1"
