@@ -15,11 +15,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthforge.metric_registry import info as metric_info
 from synthforge.metric_registry import label as metric_label
 from synthforge.metric_registry import names as metric_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Cache
+    from synthforge.graph import Graph
 
 # Meta keys shown in the compact view (terminal, markdown) when a step reports them: the registry's
 # diversity, shift and fidelity metrics (`label_agreement.overall` for the last).
@@ -852,6 +856,41 @@ def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]
             warnings.append(f"{step}: {level_var} {low} and {high} share {row['jaccard']:.0%} of their rows (Jaccard, mean "
                             f"over {len(found)} selections): the levels barely differ (a larger pool or fewer rows selected)")
     return rows, warnings
+
+
+def study_of(graph: "Graph", cache: "Cache", records: list[dict[str, Any]], level_var: str, fraction_var: str,
+             score: str, correction: str) -> Study | None:
+    """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""
+    from synthforge.study_stats import prediction_runs, study_statistics
+
+    train_steps = [name for name, step in graph.recipe.variants[0].steps.items() if step.kind == "train"]
+    if not train_steps:
+        return None
+    train_step = train_steps[0]
+    built = {v.name: cache.get(graph.keys[v.name][train_step]) for v in graph.recipe.variants}
+    runs, n_test, confidence = prediction_runs({name: entry for name, entry in built.items() if entry is not None})
+    if not runs:
+        return None
+    variants = [(v.name, v.matrix_values) for v in graph.recipe.variants]
+    cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
+                                     confidence=confidence, seed=graph.recipe.seed)
+    overlap, overlap_warnings = level_overlap(selected_ids(graph, cache), level_var)
+    return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
+                 level_warnings(records, level_var) + overlap_warnings, fraction_var, overlap)
+
+
+def selected_ids(graph: "Graph", cache: "Cache") -> list[tuple[dict[str, Any], str, str, set[str]]]:
+    """Per variant and built select step: its matrix values, the step, the entry key and the selected ids."""
+    found, read = [], {}
+    for variant in graph.recipe.variants:
+        for name, step in variant.steps.items():
+            key = graph.keys[variant.name][name]
+            if step.kind != "select" or (key not in read and cache.get(key) is None):
+                continue
+            if key not in read:
+                read[key] = set(cache.get(key).read_table(columns=["id"])["id"].to_list())
+            found.append((variant.matrix_values, name, key, read[key]))
+    return found
 
 
 def slug(text: str) -> str:

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-REPLICATE_VAR = "replicate"
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Entry
+
+REPLICATE_VAR = "replicate"  # the variable a recipe's `replicates: N` adds (0..N-1)
 INTERVAL_METHOD = "t (Welch-Satterthwaite df) over replicates + test-row bootstrap variance"
 BOOTSTRAP_METHOD = "test-row percentile bootstrap (one replicate)"
 PAIRED_T = "paired t over replicate deltas"
@@ -48,6 +51,31 @@ class Run:
     test_ids: tuple[str, ...]
     truth: Any  # np.ndarray of label indices
     predictions: list[Any]  # np.ndarray per distinct seed
+
+
+def prediction_runs(entries: dict[str, "Entry"]) -> tuple[dict[str, Run], int | None, float]:
+    """Per built variant (name -> its train step's entry): its test truth and the predictions of each seed
+    with distinct predictions; with the test rows' count and the confidence the step scored at."""
+    import numpy as np
+
+    runs, n_test, confidence = {}, None, 0.95
+    for name, entry in entries.items():
+        meta = entry.manifest.meta or {}
+        labels = list(meta.get("labels") or [])
+        index = {label: i for i, label in enumerate(labels)}
+        frame = entry.read_table("predictions", columns=["seed", "id", "label", "prediction"])
+        per_seed = frame.partition_by("seed", maintain_order=True)
+        first = per_seed[0]
+        truth = np.array([index[v] for v in first["label"].to_list()], dtype=np.int64)
+        predictions, seen = [], set()
+        for part in per_seed:
+            pred = np.array([index[v] for v in part["prediction"].to_list()], dtype=np.int64)
+            if pred.tobytes() not in seen:  # identical seeds count once
+                seen.add(pred.tobytes())
+                predictions.append(pred)
+        runs[name] = Run(tuple(first["id"].to_list()), truth, predictions)
+        n_test, confidence = meta.get("n_test", n_test), meta.get("confidence", confidence)
+    return runs, n_test, confidence
 
 
 @dataclass
