@@ -231,7 +231,7 @@ def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
             freed, removed = freed + size, removed + 1
         else:
             in_use += 1
-    swept = cache.sweep_tmp() + cache.sweep_partial_models()
+    swept = cache.sweep_tmp() + cache.sweep_shared_partials()
     cache.sweep_derived({e.key for e in cache.entries()})
     busy = f"; kept {in_use} in use by a running build" if in_use else ""
     return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; removed {plural(removed, 'entry', 'entries')} ({freed / 1e6:.1f} MB){busy}; "

@@ -822,17 +822,17 @@ class Cache:
                     swept += 1
         return swept
 
-    def sweep_partial_models(self) -> int:
-        """Delete dead partial model conversions (shared/models/.<name>.*) whose converter's lock is free."""
-        models = self.root / "shared" / "models"
-        if not models.is_dir():
-            return 0
+    def sweep_shared_partials(self) -> int:
+        """Delete dead half-made folders in the shared caches. The convention every shared cache that assembles
+        a folder follows (e.g. a converted model): it is made as shared/<name>/.<owner>.<anything> while its maker
+        holds the flock shared/<name>/<owner>.lock, then renamed into place; one whose lock is free is dead."""
+        shared = self.root / "shared"
         swept = 0
-        for path in list(models.glob(".*")):
-            name = path.name[1:].split(".")[0]
-            if not path.is_dir() or not name:
+        for path in sorted(shared.glob("*/.*")) if shared.is_dir() else []:
+            owner = path.name[1:].split(".")[0]
+            if not path.is_dir() or not owner:
                 continue
-            with try_file_lock(models / f"{name}.lock") as free:
+            with try_file_lock(path.parent / f"{owner}.lock") as free:
                 if free:
                     shutil.rmtree(path, ignore_errors=True)
                     swept += 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthforge.metric_registry import Interval, flatten_metrics
 from synthforge.metric_registry import info as metric_info
 from synthforge.metric_registry import label as metric_label
 from synthforge.metric_registry import names as metric_names
@@ -321,7 +322,7 @@ def _collect_variants(records: Sequence[dict[str, Any]], interval: str) -> _Swee
                 _append_new(train_steps, step)
                 row.update(_train_columns(step, meta, interval))
             else:
-                for name, value in _flatten(meta, step):
+                for name, value in flatten_metrics(meta, step, intervals=False):
                     _append_new(metric_columns, name)
                     row[name] = value
         for step in _unused_selections(record):
@@ -356,11 +357,10 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         for name in [n for n in row if n.startswith(f"{study.train_step}.") and n.endswith((".lo", ".hi"))]:
             row[name] = None  # averaged per-replicate intervals are no interval: only the study's score has one
         column = f"{study.train_step}.{study.score}"
-        row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
+        row[column], row[f"{column}.lo"], row[f"{column}.hi"] = _parts(cell.score, "mean", "lo", "hi")
         row[f"{study.train_step}.n_replicates"] = len(members)
         if study.paired:  # without a real-only cell every "difference" would be a cell against itself
-            row[f"delta_{study.score}"] = cell.delta.get("mean")
-            row["delta_lo"], row["delta_hi"], row["delta_df"] = (cell.delta.get(k) for k in ("lo", "hi", "df"))
+            row[f"delta_{study.score}"], row["delta_lo"], row["delta_hi"], row["delta_df"] = _parts(cell.delta, "mean", "lo", "hi", "df")
             row["p_t"], row["p_adj"], row["p_mcnemar_conditional"] = cell.p_t, cell.p_adj, cell.p_mcnemar
             row["mde"], row["mde_adj"], row["duplicate_of"] = cell.mde, cell.mde_adj, cell.duplicate_of
         rows.append(row)
@@ -378,12 +378,11 @@ def _pooled(values: list[Any]) -> Any:
 def _train_columns(step: str, meta: dict[str, Any], interval: str) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for metric, summary in meta["scores"].items():
-        if not isinstance(summary, dict) or "mean" not in summary:
+        score = Interval.read(summary, interval)
+        if score is None:
             continue
-        ci = summary.get(interval) or [None, None]
         columns[f"{step}.{metric}"] = summary["mean"]
-        columns[f"{step}.{metric}.lo"] = ci[0]
-        columns[f"{step}.{metric}.hi"] = ci[1]
+        columns[f"{step}.{metric}.lo"], columns[f"{step}.{metric}.hi"] = score.lo, score.hi
         columns[f"{step}.{metric}.std"] = summary.get("std")
     columns[f"{step}.n_seeds"] = meta.get("n_distinct_seeds", len(meta.get("seeds") or []))
     for name in ("method", "n_train", "n_test"):
@@ -401,13 +400,9 @@ def _score_columns(sweep: _Sweep) -> list[str]:
     return names
 
 
-def _flatten(meta: dict[str, Any], prefix: str):
-    for key, value in meta.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, name)
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            yield name, value
+def _parts(interval: Interval | None, *names: str) -> tuple[float | None, ...]:
+    """The named parts of an interval, all None when there is none (a cell without a run or a baseline)."""
+    return tuple(getattr(interval, name) if interval is not None else None for name in names)
 
 
 def _append_new(items: list[str], item: str) -> None:

@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from synthforge.metric_registry import Interval
+
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.cache import Entry
 
@@ -82,8 +84,8 @@ def prediction_runs(entries: dict[str, "Entry"]) -> tuple[dict[str, Run], int | 
 class CellStats:
     values: dict[str, Any]  # the cell's matrix values (no replicate)
     variants: list[str]
-    score: dict[str, float | None] = field(default_factory=dict)  # mean, lo, hi, df
-    delta: dict[str, float | None] = field(default_factory=dict)  # mean, lo, hi, df
+    score: Interval | None = None  # over replicates (None: no run)
+    delta: Interval | None = None  # paired against the real-only baseline (None: no baseline)
     replicate_deltas: dict[Any, float] = field(default_factory=dict)  # replicate -> score(cell) - score(baseline)
     p_t: float | None = None  # paired t over replicate deltas (the headline test)
     p_mcnemar: float | None = None  # conditional on the drawn training sets
@@ -325,13 +327,13 @@ def _resample_weights(runs: dict[str, Run], resamples: int, rng) -> dict[tuple[s
     return out
 
 
-def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confidence: float) -> dict[str, float | None]:
+def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confidence: float) -> Interval | None:
     """Mean over replicates of sum(sign * score) and its interval (see the module docstring)."""
     import numpy as np
     from scipy import stats
 
     if not terms:
-        return {}
+        return None
     per_rep = np.array([scorer.point(parts) for parts in terms.values()])
     mean = float(per_rep.mean())
     boot = np.mean([sum(sign * scorer.boot(name) for name, sign in parts) for parts in terms.values()], axis=0) \
@@ -341,11 +343,11 @@ def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confid
         test = boot.var(ddof=1) if len(boot) > 1 else 0.0
         df = satterthwaite_df([(between, len(per_rep) - 1), (test, max(len(boot) - 1, 1))])
         half = float(stats.t.ppf(0.5 + confidence / 2, df=df)) * math.sqrt(between + test) if df else 0.0
-        return {"mean": mean, "lo": mean - half, "hi": mean + half, "df": df}
+        return Interval(mean, mean - half, mean + half, df)
     if len(boot) < 2:
-        return {"mean": mean, "lo": None, "hi": None, "df": None}
+        return Interval(mean)
     alpha = (1 - confidence) / 2
-    return {"mean": mean, "lo": float(np.quantile(boot, alpha)), "hi": float(np.quantile(boot, 1 - alpha)), "df": None}
+    return Interval(mean, float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha)))
 
 
 def satterthwaite_df(parts: list[tuple[float, int]]) -> float | None:
