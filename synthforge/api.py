@@ -26,7 +26,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor, executor_from
 from synthforge.frames import stack_variants, to_hf_dataset
 from synthforge.graph import Graph, build_graph
-from synthforge.planning import PlanItem, plan, variant_label
+from synthforge.planning import PlanItem, check_step_names, plan, variant_label
 from synthforge.recipe.resolve import load_recipe
 from synthforge.stepapi import InputTable, Runtime
 from synthforge.tables import plural
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthforge.report import Study
     from synthforge.tuning import TuneResult
 
-__all__ = ["open", "OpenRecipe", "read_table", "diff", "Plan", "BuildResult", "Report"]
+__all__ = ["open", "OpenRecipe", "read_table", "diff", "verify", "gc", "push", "pull", "Plan", "BuildResult", "Report"]
 
 
 def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> "OpenRecipe":  # noqa: A001
@@ -295,6 +295,131 @@ def diff(a: str, b: str, cache_dir: str | Path | None = None, *, fail_on: Sequen
 
     return run_diff(a, b, Cache(cache_dir), fail_on=list(fail_on), build_missing=build_missing, sets=dict(set or {}),
                     log=app.status_line, runtime=Runtime(progress=progress))
+
+
+@dataclass
+class Verification:
+    """What `verify` found: (the entry, or None for the LLM response cache; the problem) per problem, and with
+    `repair` what was done."""
+
+    root: Path
+    entries: int
+    problems: list[tuple[Entry | None, str]]
+    damaged: int  # entries with a problem
+    read_only: bool
+    removed: int | None = None  # repair: damaged entries removed (the rest are in use by a running build)
+    responses_repaired: str | None = None
+
+
+def verify(cache_dir: str | Path | None = None, repair: bool = False) -> Verification:
+    """`synthforge cache verify`: check every entry and cached LLM response; `repair` removes damaged entries
+    (unless a running build uses them) and damaged responses (a read-only cache is left as it is)."""
+    from synthforge.generation.response_cache import repair_response_db, response_db_problems
+
+    cache = Cache(cache_dir)
+    problems, damaged = [], []
+    entries = list(cache.entries())
+    for entry in entries:
+        found = cache.verify(entry)
+        problems += [(entry, problem) for problem in found]
+        if found:
+            damaged.append(entry)
+    responses_dir = cache.root / "shared" / "responses"
+    responses = response_db_problems(responses_dir, read_only=cache.read_only)
+    problems += [(None, problem) for problem in responses]
+    result = Verification(cache.root, len(entries), problems, len(damaged), cache.read_only)
+    if repair and problems and not cache.read_only:
+        result.removed = sum(cache.remove(entry) for entry in damaged)
+        result.responses_repaired = repair_response_db(responses_dir) if responses else None
+    return result
+
+
+@dataclass
+class Collection:
+    """What `gc` removed (or, `dry_run`, would remove): from the local cache, or from `remote`."""
+
+    locks: int  # lockfiles found
+    kept: int  # keys they reference
+    dry_run: bool
+    doomed: list[tuple[Entry, int]] = field(default_factory=list)  # local: unreferenced entries and their sizes
+    removed: int = 0
+    freed: int = 0  # bytes
+    in_use: int = 0  # local: kept because a running build leases them
+    swept: int = 0  # local: dead writers' leftovers
+    objects: int = 0  # remote: unreferenced objects
+    remote: str | None = None
+
+
+def gc(roots: Sequence[str | Path] = (), dry_run: bool = False, cache_dir: str | Path | None = None,
+       remote: "Remote | None" = None) -> Collection:
+    """`synthforge cache gc`: remove the entries no lockfile under `roots` (default '.') references, from the
+    local cache or from `remote`; entries a running build leases stay."""
+    from synthforge.lockfile import find_locks, referenced_keys
+
+    locks = find_locks([Path(r) for r in (roots or (".",))])
+    keep = referenced_keys(locks)
+    if remote is not None:
+        removed, objects, freed = remote.gc(keep, dry_run)
+        return Collection(len(locks), len(keep), dry_run, removed=removed, freed=freed, objects=objects, remote=remote.url)
+    cache = Cache(cache_dir)
+    collected = Collection(len(locks), len(keep), dry_run, [(e, e.size_bytes()) for e in cache.entries() if e.key not in keep])
+    if dry_run:
+        return collected
+    for entry, size in collected.doomed:
+        if cache.remove(entry):  # refused while a running build holds a lease on it
+            collected.freed, collected.removed = collected.freed + size, collected.removed + 1
+        else:
+            collected.in_use += 1
+    collected.swept = cache.sweep_tmp() + cache.sweep_shared_partials()
+    cache.sweep_derived({e.key for e in cache.entries()})
+    return collected
+
+
+def push(remote: "Remote", recipes: Sequence[str] = (), set: Mapping[str, Any] | None = None,  # noqa: A002
+         cache_dir: str | Path | None = None) -> Any:
+    """`synthforge cache push`: upload the entries of `recipes` or lockfiles (every local entry when none is
+    given) and their LLM responses; a `remote.Transfer` (failures raised as one error)."""
+    cache = Cache(cache_dir)
+    done = remote.push_many(recipe_keys(recipes, set) if recipes else [entry.key for entry in cache.entries()], cache)
+    remote.raise_failures(done)
+    return done
+
+
+def pull(remote: "Remote", recipe: str, variant: str | None = None, steps: Sequence[str] = (),
+         set: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Any:  # noqa: A002
+    """`synthforge cache pull`: download a recipe's (or lockfile's) entries, each verified before it appears;
+    a `remote.Transfer` (`.refused`: damaged entries left out)."""
+    done = remote.pull_many(recipe_keys((recipe,), set, variant, steps), Cache(cache_dir), app.status_line)
+    remote.raise_failures(done)
+    return done
+
+
+def recipe_keys(recipes: Sequence[str], sets: Mapping[str, Any] | None = None, variant: str | None = None,
+                steps: Sequence[str] = ()) -> list[str]:
+    """The keys of RECIPEs' (or lockfiles') steps (every variant unless one is named; every step unless some are)."""
+    keys: list[str] = []
+    for recipe_path in recipes:
+        if recipe_path.endswith(".lock"):
+            keys += _lock_keys(Path(recipe_path), variant, steps)
+            continue
+        graph = build_graph(load_recipe(recipe_path, dict(sets or {})))
+        check_step_names(graph, list(steps))
+        variants = graph.recipe.select_variants(variant)
+        for v in variants:
+            keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
+    return list(dict.fromkeys(keys))
+
+
+def _lock_keys(path: Path, variant: str | None, steps: Sequence[str]) -> list[str]:
+    from synthforge.lockfile import read_lock
+
+    lock = read_lock(path)
+    if lock is None:
+        raise UserError(f"{path} is not a synthforge lockfile", hint="pass a recipe, or the RECIPE.lock that build wrote")
+    if variant is not None and variant not in lock.variants:
+        raise UserError(f"no variant '{variant}' in {path}", field="--variant", hint=did_you_mean(variant, lock.variants) or "")
+    chosen = [lock.variants[variant]] if variant is not None else list(lock.variants.values())
+    return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
 
 
 def _build(graph: Graph, cache: Cache, only: list[str], force: list[str], runtime: Runtime, log: Callable[[str], None],

@@ -1,6 +1,6 @@
-"""What each command prints: the text of a plan, a build, a step's rows, stats, a report, a diff, and the
-cache commands' work over a `Cache` (ls, verify, gc, push, pull). The API (api.py) does a recipe's work and
-calls these to render it; nothing here opens a recipe or imports the API."""
+"""What each command prints: the text of a plan, a build, a step's rows, stats, a report, a diff, a tune, and
+of the cache commands (ls, verify, gc, push, pull). The API (api.py) does the work and returns data; these
+render it. Nothing here opens a recipe, changes the cache or imports the API."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthforge.cache import Cache, DamagedEntry, Entry
-from synthforge.errors import UserError, did_you_mean
-from synthforge.graph import Graph, build_graph
-from synthforge.planning import as_sentence, check_step_names, planned_usage, variant_label
+from synthforge.errors import UserError
+from synthforge.graph import Graph
+from synthforge.planning import as_sentence, planned_usage, variant_label
 from synthforge.progress import LOGGER, format_seconds, verbose
-from synthforge.recipe.resolve import load_recipe, parse_overrides
 from synthforge.tables import plural, render_table
 
 if TYPE_CHECKING:
@@ -166,34 +165,51 @@ def cache_ls_text(cache: Cache) -> str:
     return render_table(["key", "recipe", "step", "kind", "rows", "MB", "built"], rows, align_right=(4, 5))
 
 
-def cache_verify_text(cache: Cache, repair: bool = False) -> tuple[str, bool]:
-    from synthforge.generation.response_cache import repair_response_db, response_db_problems
-
-    bad, corrupt = [], []
-    entries = list(cache.entries())
-    for entry in entries:
-        problems = cache.verify(entry)
-        bad += [[entry.key[:12], _step_of(entry), problem] for problem in problems]
-        if problems:
-            corrupt.append(entry)
-    responses = response_db_problems(cache.root / "shared" / "responses", read_only=cache.read_only)
-    bad += [["responses", "-", problem] for problem in responses]
-    if not bad:
-        return f"{plural(len(entries), 'entry', 'entries')} verified, all sound", True
-    text = render_table(["key", "step", "problem"], bad) + f"\n{plural(len(bad), 'problem')} in {plural(len(entries), 'entry', 'entries')}"
-    if cache.read_only:
-        return text + (f"; the cache {cache.root} is read-only, so nothing was removed or moved (make it writable "
+def cache_verify_text(found: Any) -> tuple[str, bool]:
+    """`cache verify`: the problems `api.verify` found as a table, and what --repair did; whether all is sound."""
+    if not found.problems:
+        return f"{plural(found.entries, 'entry', 'entries')} verified, all sound", True
+    rows = [[entry.key[:12], _step_and_variants(entry)[0], problem] if entry else ["responses", "-", problem]
+            for entry, problem in found.problems]
+    text = render_table(["key", "step", "problem"], rows) + \
+        f"\n{plural(len(rows), 'problem')} in {plural(found.entries, 'entry', 'entries')}"
+    if found.read_only:
+        return text + (f"; the cache {found.root} is read-only, so nothing was removed or moved (make it writable "
                        "first to repair)"), False
-    if repair:
-        removed = sum(cache.remove(entry) for entry in corrupt)
-        text += f"; removed {removed} damaged entries (the next build recomputes them)"
-        if removed < len(corrupt):
-            text += f"; {len(corrupt) - removed} in use by a running build, left for now"
-        if responses:
-            text += f"; {repair_response_db(cache.root / 'shared' / 'responses')}"
-    else:
-        text += "; run 'synthforge cache verify --repair' to remove them"
-    return text, False
+    if found.removed is None:
+        return text + "; run 'synthforge cache verify --repair' to remove them", False
+    text += f"; removed {found.removed} damaged entries (the next build recomputes them)"
+    if found.removed < found.damaged:
+        text += f"; {found.damaged - found.removed} in use by a running build, left for now"
+    return text + (f"; {found.responses_repaired}" if found.responses_repaired else ""), False
+
+
+def cache_gc_text(collected: Any) -> str:
+    """`cache gc`: what `api.gc` removed (or, dry, would remove) of the local cache or a remote."""
+    referenced = (f"{plural(collected.locks, 'lockfile')} {'references' if collected.locks == 1 else 'reference'} "
+                  f"{plural(collected.kept, 'key')}")
+    if collected.remote is not None:
+        verb = "would remove" if collected.dry_run else "removed"
+        return (f"{referenced}; {verb} {plural(collected.removed, 'remote entry', 'remote entries')} and "
+                f"{plural(collected.objects, 'unreferenced object')} ({collected.freed / 1e6:.1f} MB) from {collected.remote}")
+    if collected.dry_run:
+        sizes = [size for _, size in collected.doomed]
+        summary = f"{referenced}; would remove {plural(len(sizes), 'entry', 'entries')} ({sum(sizes) / 1e6:.1f} MB)"
+        if not collected.doomed:
+            return summary
+        rows = [[*_step_and_variants(entry), entry.key, f"{size / 1e6:.2f}"] for entry, size in collected.doomed]
+        return render_table(["step", "variant", "key", "MB"], rows, align_right=(3,)) + "\n" + summary
+    busy = f"; kept {collected.in_use} in use by a running build" if collected.in_use else ""
+    return (f"{referenced}; removed {plural(collected.removed, 'entry', 'entries')} ({collected.freed / 1e6:.1f} MB){busy}; "
+            f"swept {collected.swept} leftover folder(s)")
+
+
+def transfer_text(done: Any, verb: str, where: str) -> str:
+    """`cache push` / `cache pull`: what moved (`remote.Transfer`), and the damaged entries a pull refused."""
+    text = f"{done.summary(verb)} {'to' if verb == 'pushed' else 'from'} {where}"
+    if done.refused:
+        text += f"; refused {len(done.refused)} damaged entries (a build recomputes them)"
+    return text
 
 
 def _step_and_variants(entry: Entry) -> tuple[str, str]:
@@ -206,99 +222,11 @@ def _step_and_variants(entry: Entry) -> tuple[str, str]:
     return manifest.step, variants[0] + (f" (+{len(variants) - 1} more)" if len(variants) > 1 else "")
 
 
-def _step_of(entry: Entry) -> str:
-    return _step_and_variants(entry)[0]
-
-
-def cache_gc_text(cache: Cache, roots: tuple[str, ...], dry_run: bool) -> str:
-    from synthforge.lockfile import find_locks, referenced_keys
-
-    locks = find_locks([Path(r) for r in (roots or (".",))])
-    keep = referenced_keys(locks)
-    doomed = [e for e in cache.entries() if e.key not in keep]
-    if dry_run:
-        sizes = [entry.size_bytes() for entry in doomed]
-        summary = (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} "
-                   f"{plural(len(keep), 'key')}; would remove {plural(len(doomed), 'entry', 'entries')} ({sum(sizes) / 1e6:.1f} MB)")
-        if not doomed:
-            return summary
-        rows = [[*_step_and_variants(entry), entry.key, f"{size / 1e6:.2f}"] for entry, size in zip(doomed, sizes)]
-        return render_table(["step", "variant", "key", "MB"], rows, align_right=(3,)) + "\n" + summary
-    freed, removed, in_use = 0, 0, 0
-    for entry in doomed:
-        size = entry.size_bytes()
-        if cache.remove(entry):  # refused while a running build holds a lease on it
-            freed, removed = freed + size, removed + 1
-        else:
-            in_use += 1
-    swept = cache.sweep_tmp() + cache.sweep_shared_partials()
-    cache.sweep_derived({e.key for e in cache.entries()})
-    busy = f"; kept {in_use} in use by a running build" if in_use else ""
-    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; removed {plural(removed, 'entry', 'entries')} ({freed / 1e6:.1f} MB){busy}; "
-            f"swept {swept} leftover folder(s)")
-
-
 def _per_variant(outputs: list[tuple[str, Entry]], blocks: list[str]) -> str:
     """One block as it is; several each under the variants they serve."""
     if len(blocks) == 1:
         return blocks[0]
     return "\n\n".join(f"== variant {label} ==\n{block}" for (label, _), block in zip(outputs, blocks))
-
-
-def remote_keys(recipes: tuple[str, ...], sets: tuple[str, ...], variant: str | None = None,
-                steps: tuple[str, ...] = ()) -> list[str]:
-    """The keys of RECIPEs' (or lockfiles') steps (every variant unless one is named; every step unless some are)."""
-    keys: list[str] = []
-    for recipe_path in recipes:
-        if recipe_path.endswith(".lock"):
-            keys += _lock_keys(Path(recipe_path), variant, steps)
-            continue
-        graph = build_graph(load_recipe(recipe_path, parse_overrides(sets)))
-        check_step_names(graph, list(steps))
-        variants = graph.recipe.select_variants(variant)
-        for v in variants:
-            keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
-    return list(dict.fromkeys(keys))
-
-
-def _lock_keys(path: Path, variant: str | None, steps: tuple[str, ...]) -> list[str]:
-    from synthforge.lockfile import read_lock
-
-    lock = read_lock(path)
-    if lock is None:
-        raise UserError(f"{path} is not a synthforge lockfile", hint="pass a recipe, or the RECIPE.lock that build wrote")
-    if variant is not None and variant not in lock.variants:
-        raise UserError(f"no variant '{variant}' in {path}", field="--variant", hint=did_you_mean(variant, lock.variants) or "")
-    chosen = [lock.variants[variant]] if variant is not None else list(lock.variants.values())
-    return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
-
-
-def cache_push_text(cache: Cache, remote: Remote, recipes: tuple[str, ...], sets: tuple[str, ...]) -> str:
-    keys = remote_keys(recipes, sets) if recipes else [entry.key for entry in cache.entries()]
-    done = remote.push_many(keys, cache)
-    remote.raise_failures(done)
-    return f"{done.summary('pushed')} to {remote.url}"
-
-
-def cache_pull_text(cache: Cache, remote: Remote, recipe: str, variant: str | None, steps: tuple[str, ...],
-                    sets: tuple[str, ...]) -> tuple[str, bool]:
-    done = remote.pull_many(remote_keys((recipe,), sets, variant, steps), cache, status_line)
-    remote.raise_failures(done)
-    text = f"{done.summary('pulled')} from {remote.url}"
-    if done.refused:
-        text += f"; refused {len(done.refused)} damaged entries (a build recomputes them)"
-    return text, not done.refused
-
-
-def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str:
-    from synthforge.lockfile import find_locks, referenced_keys
-
-    locks = find_locks([Path(r) for r in (roots or (".",))])
-    keep = referenced_keys(locks)
-    entries, objects, freed = remote.gc(keep, dry_run)
-    verb = "would remove" if dry_run else "removed"
-    return (f"{plural(len(locks), 'lockfile')} {'references' if len(locks) == 1 else 'reference'} {plural(len(keep), 'key')}; {verb} {plural(entries, 'remote entry', 'remote entries')} and "
-            f"{plural(objects, 'unreferenced object')} ({freed / 1e6:.1f} MB) from {remote.url}")
 
 
 def tune_text(r: Any, step: str, result: Any, *, write: bool = False, plot: str | None = None,

@@ -325,7 +325,9 @@ def cache_verify(repair, cache_dir):
     """Check every entry (manifest, content hashes, rows, columns, tables, artifacts) and every cached LLM response; exit 1 if any is damaged."""
     from synthforge import app
 
-    text, ok = app.cache_verify_text(_cache(cache_dir), repair)
+    from synthforge import api
+
+    text, ok = app.cache_verify_text(api.verify(cache_dir, repair))
     click.echo(text)
     sys.exit(0 if ok else 1)
 
@@ -339,12 +341,10 @@ def cache_verify(repair, cache_dir):
 @user_errors
 def cache_gc(locks, dry_run, remote_url, cache_dir):
     """Remove entries no lockfile references (lockfiles found under LOCKS, default '.')."""
-    from synthforge import app
+    from synthforge import api, app
 
-    if remote_url is not None:
-        click.echo(app.remote_gc_text(_remote(remote_url), locks, dry_run))
-        return
-    click.echo(app.cache_gc_text(_cache(cache_dir), locks, dry_run))
+    remote = _remote(remote_url) if remote_url is not None else None
+    click.echo(app.cache_gc_text(api.gc(locks, dry_run, cache_dir, remote)))
 
 
 @cache_group.command("push")
@@ -357,9 +357,11 @@ def cache_gc(locks, dry_run, remote_url, cache_dir):
 @user_errors
 def cache_push(recipes, progress, remote_url, jobs, sets, cache_dir):
     """Upload the entries of RECIPES or lockfiles (all variants; every local entry when none is given) and their LLM responses."""
-    from synthforge import app
+    from synthforge import api, app
+    from synthforge.recipe.resolve import parse_overrides
 
-    click.echo(app.cache_push_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipes, sets))
+    remote = _remote(remote_url, jobs, progress)
+    click.echo(app.transfer_text(api.push(remote, recipes, parse_overrides(sets), cache_dir), "pushed", remote.url))
 
 
 @cache_group.command("pull")
@@ -379,9 +381,13 @@ def cache_pull(recipe, steps, progress, variant, remote_url, jobs, sets, cache_d
     """
     from synthforge import app
 
-    text, ok = app.cache_pull_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipe, variant, steps, sets)
-    click.echo(text)
-    sys.exit(0 if ok else 1)
+    from synthforge import api
+    from synthforge.recipe.resolve import parse_overrides
+
+    remote = _remote(remote_url, jobs, progress)
+    done = api.pull(remote, recipe, variant, steps, parse_overrides(sets), cache_dir)
+    click.echo(app.transfer_text(done, "pulled", remote.url))
+    sys.exit(1 if done.refused else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,10 +247,11 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(write_recipe, data_csv
     nothing_referenced.mkdir()
     build = _build(recipe, cache_dir, SF_TEST_SLEEP="2")
     gc_runs, kept = 0, 0
+    from synthforge import api
     from synthforge.app import cache_gc_text
 
     while build.poll() is None:
-        report = cache_gc_text(Cache(cache_dir), (str(nothing_referenced),), dry_run=False)
+        report = cache_gc_text(api.gc([nothing_referenced], cache_dir=cache_dir))
         kept += "in use by a running build" in report
         gc_runs += 1
         time.sleep(0.05)
@@ -272,7 +273,7 @@ def test_gc_between_the_build_and_its_closing_reads_removes_nothing(cli, write_r
     real_warnings = api.selection_warnings
 
     def gc_then_warnings(graph, cache, *args, **kwargs):
-        reports.append(app.cache_gc_text(Cache(cache_dir), (str(nothing_referenced),), dry_run=False))
+        reports.append(app.cache_gc_text(api.gc([nothing_referenced], cache_dir=cache_dir)))
         return real_warnings(graph, cache, *args, **kwargs)
 
     monkeypatch.setattr(api, "selection_warnings", gc_then_warnings)
