@@ -138,13 +138,15 @@ def test_the_base_model_files_enter_the_key():
 
 
 def test_report_scores_an_sft_study_by_its_own_scores():
-    from synthforge.app import reported_score
+    from synthforge.report import reported_score
 
-    sft = [{"steps": {"sft": {"meta": {"scores": {"exact_match": {}, "response_loss": {}, "perplexity": {}}}}}}]
+    summary = {"mean": 0.5}
+    sft = [{"steps": {"sft": {"meta": {"scores": {"exact_match": summary, "response_loss": summary, "perplexity": summary}}},
+                      "quality": {"meta": {"scores": {"counts": {"1": 3}, "mean": 1.0}}}}}]  # a judge's scores are no train scores
     assert reported_score(sft, "macro_f1") == "exact_match"  # the default falls to the method's first score
     assert reported_score(sft, "perplexity") == "perplexity"
     with pytest.raises(UserError, match="no train step reports 'accuracy'") as error:
         reported_score(sft, "accuracy")
     assert "exact_match, response_loss, perplexity" in error.value.hint
-    classifier = [{"steps": {"train": {"meta": {"scores": {"accuracy": {}, "macro_f1": {}}}}}}]
+    classifier = [{"steps": {"train": {"meta": {"scores": {"accuracy": summary, "macro_f1": summary}}}}}]
     assert reported_score(classifier, "macro_f1") == "macro_f1"
