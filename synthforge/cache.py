@@ -194,7 +194,7 @@ class Manifest(_Frozen):
     def content_hash(self) -> str:
         """One identity of the entry's output bytes: every table's and artifact's content hash (no timings, meta,
         versions or variants): two builds of a key made the same bytes exactly when these are equal."""
-        return key_of({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
+        return _plain_key({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
 
     @classmethod
     def seal(cls, **fields: Any) -> "Manifest":
@@ -490,7 +490,7 @@ def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
         return None
 
 
-def _plain_key(record: dict[str, Any]) -> str:
+def _plain_key(record: dict[str, Any] | list[Any]) -> str:
     """`key_of` of JSON as read (string keys), without `canonical`'s walk: equal to `key_of(record)` unless the
     record holds a whole-number float (which `canonical` writes as an int)."""
     return xxhash.xxh3_128_hexdigest(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
@@ -498,7 +498,7 @@ def _plain_key(record: dict[str, Any]) -> str:
 
 def _stamps_key(key: str) -> str:
     """The derived record of an entry's remembered file stamps."""
-    return key_of(["file stamps", key])
+    return _plain_key(["file stamps", key])
 
 
 @dataclass
