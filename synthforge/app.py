@@ -389,7 +389,7 @@ def variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
 
 def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fraction_var: str, score: str,
                 metric: str | None, correction: str = "holm", html: bool = False) -> str:
-    from synthforge.report import analysis_text, format_table, heading, slug, write_report
+    from synthforge.report import analysis_text, format_table, heading, slug, tuned_text, write_report
 
     records, missing = built_records(graph, cache)
     study = study_of(graph, cache, records, level_var, fraction_var, score, correction)
@@ -403,6 +403,8 @@ def report_text(graph: Graph, cache: Cache, out: str | None, level_var: str, fra
     table = format_table(records, diversity_metric=metric, study=study)
     top = heading(study) if study else (f"warning: {missing}\n\n" if missing else "")
     table += analysis_text(study, level_var, fraction_var) if study else ""
+    tuned = tuned_text(graph.recipe, cache)
+    table += f"\n\n{tuned}" if tuned else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in paths)
 
 
@@ -604,12 +606,18 @@ def remote_gc_text(remote: Remote, roots: tuple[str, ...], dry_run: bool) -> str
             f"{plural(objects, 'unreferenced object')} ({freed / 1e6:.1f} MB) from {remote.url}")
 
 
-def tune_text(r: Any, step: str, *, write: bool = False, plot: str | None = None, **options: Any) -> str:
+def tune_text(r: Any, step: str, *, write: bool = False, plot: str | None = None, as_json: bool = False,
+              **options: Any) -> str:
     """`synthforge tune`: run or resume the search, then the probes' table, the best settings (or the Pareto
-    front), the plot's path and the recipe fragment; `write` pins the best settings in the recipe file."""
-    from synthforge.tuning import format_result, plot_result, write_settings
+    front), the plot's path and the recipe fragment (`as_json`: the result as JSON); `write` pins the best
+    settings in the recipe file with a note of the search that chose them."""
+    import json
+
+    from synthforge.tuning import format_result, pinned_note, plot_result, write_settings
 
     result = r.tune(step, **options)
+    if as_json:
+        return json.dumps(result.to_json(), indent=1, sort_keys=True)
     lines = [format_result(result)]
     out = Path(plot) if plot else Path("reports") / r.name / f"tune-{step}.png"
     drawn = plot_result(result, out)
@@ -619,6 +627,6 @@ def tune_text(r: Any, step: str, *, write: bool = False, plot: str | None = None
         if not result.best:
             raise UserError("nothing to write: no probe met every target", field="--write",
                             hint="loosen the targets, widen the space or run more probes")
-        write_settings(r.path, step, result.best[0].settings)
+        write_settings(r.path, step, result.best[0].settings, pinned_note(result, result.best[0]))
         lines.append(f"wrote probe #{result.best[0].number}'s settings into {r.path}")
     return "\n".join(lines)

@@ -101,11 +101,13 @@ class StepDiff:
     reasons: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned: dict[str, Any] = field(default_factory=dict)  # {"a": line, "b": line}: the search that pinned each side
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step, "variants": self.variants, "status": self.status, "key_a": self.key_a,
             "key_b": self.key_b, "reasons": self.reasons, "outputs": self.outputs, "metrics": self.metrics,
+            **({"tuned": self.tuned} if self.tuned else {}),
         }
 
 
@@ -177,12 +179,34 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
         return StepDiff(step, variants, "unchanged", key_a, key_b)
     result = StepDiff(step, variants, "changed", key_a, key_b)
     result.reasons = describe_changes(a.components.get(key_a, {}), b.components.get(key_b, {})) or ["outputs differ"]
+    result.tuned = tuned_sides(step, a, b, cache)
     entry_a, entry_b = cache.get(key_a), cache.get(key_b)
     result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
     if entry_a and entry_b:
         result.outputs.update(compare_rows(entry_a, entry_b))
         result.metrics = compare_metrics(entry_a.manifest.meta, entry_b.manifest.meta)
     return result
+
+
+def tuned_sides(step: str, a: Side, b: Side, cache: Cache) -> dict[str, str]:
+    """For a step a search pinned on either side (a recipe's `tune.STEP.pinned`): which search and probe, and
+    whether its settings were edited since; empty when neither side was tuned (or a side is a lockfile)."""
+    from synthforge.tuning import describe_pinned, edited_since, pinned_notes, study_path
+
+    found = {}
+    for name, side in (("a", a), ("b", b)):
+        note = pinned_notes(side.graph.recipe).get(step) if side.graph is not None else None
+        if note is None:
+            found[name] = "not tuned" if side.graph is not None else "a lockfile: no recipe to read"
+            continue
+        edited = edited_since(side.graph.recipe, step, note)
+        found[name] = describe_pinned(note, study_path(cache, note)) + (
+            f"; edited since: {', '.join(edited)}" if edited else "")
+    return found if any(line.startswith("search ") for line in found.values()) else {}
+
+
+def _tuned_lines(step: StepDiff) -> list[str]:
+    return [f"tuned {side.upper()}: {line}" for side, line in step.tuned.items()]
 
 
 def compare_rows(entry_a: Entry, entry_b: Entry) -> dict[str, Any]:
@@ -377,6 +401,7 @@ def render_text(diff: Diff) -> str:
         keys = f"{(step.key_a or '-')[:12]} -> {(step.key_b or '-')[:12]}"
         lines.append(f"{marks[step.status]} {step.step} [{', '.join(step.variants)}]  {keys}")
         lines += [f"    why: {r}" for r in step.reasons]
+        lines += [f"    {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"    {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:
@@ -422,6 +447,7 @@ def render_markdown(diff: Diff) -> str:
             continue
         lines += ["", f"#### `{step.step}` ({step.status}) — {', '.join(f'`{v}`' for v in step.variants)}", ""]
         lines += [f"- why: {r}" for r in step.reasons]
+        lines += [f"- {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"- {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:

@@ -857,3 +857,16 @@ def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]
 def slug(text: str) -> str:
     """A safe file or folder name: letters, digits, '-' and '_' only (no '/', no '..')."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "_"
+
+
+def tuned_text(recipe: Any, cache: Any) -> str:
+    """Which search pinned each tuned step's settings (`tune.STEP.pinned`, left by `tune --write`): the study,
+    targets, probe and its metrics, and whether the settings were edited by hand since."""
+    from synthforge.tuning import describe_pinned, edited_since, pinned_notes, study_path
+
+    lines = []
+    for step, note in pinned_notes(recipe).items():
+        edited = edited_since(recipe, step, note)
+        lines += [f"  {step}: {describe_pinned(note, study_path(cache, note))}",
+                  f"    settings {'edited since: ' + ', '.join(edited) if edited else 'as pinned'}"]
+    return "\n".join(["tuned steps (settings pinned by `synthforge tune --write`):", *lines]) if lines else ""
