@@ -1034,18 +1034,32 @@ def edited_since(recipe: "Recipe", step: str, note: dict[str, Any]) -> list[str]
     if step not in recipe.variants[0].steps:
         return [f"step {step} is gone"]
     params = recipe.variants[0].steps[step].params.model_dump(mode="json")
-    return [f"{name} {_show(value)} -> {_show(_get(params, name.split('.')))}"
-            for name, value in (note.get("settings") or {}).items() if _get(params, name.split(".")) != value]
+    return [f"{name} {_show(value)} -> {_show(_get(params, str(name).split('.')))}"
+            for name, value in (note.get("settings") if isinstance(note.get("settings"), dict) else {}).items()
+            if _get(params, str(name).split(".")) != value]
 
 
 def describe_pinned(note: dict[str, Any], study: Path | None = None) -> str:
     """One line: the search, the probe chosen, its metrics (and intervals) on the targets; where the study is."""
-    metrics = ", ".join(f"{m} {v:.4g}" + (f" [{note['intervals'][m][0]:.3g}, {note['intervals'][m][1]:.3g}]"
-                                          if m in (note.get("intervals") or {}) else "")
-                        for m, v in (note.get("metrics") or {}).items() if v is not None)
+    intervals = note.get("intervals") if isinstance(note.get("intervals"), dict) else {}
+    metrics = ", ".join(f"{m} {v:.4g}" + (f" [{intervals[m][0]:.3g}, {intervals[m][1]:.3g}]" if _pair(intervals.get(m)) else "")
+                        for m, v in (note.get("metrics") if isinstance(note.get("metrics"), dict) else {}).items()
+                        if _number(v))
     where = "" if study is None else (f"; study {study}" if study.exists() else "; its study is not in this cache")
     return (f"search {str(note['search'])[:12]}, probe #{note.get('probe')} of {note.get('probes')} "
-            f"({note.get('probe_rows')} rows a probe) on {'; '.join(note.get('targets') or [])}: {metrics}{where}")
+            f"({note.get('probe_rows')} rows a probe) on {'; '.join(map(str, _listed(note.get('targets'))))}: {metrics}{where}")
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_number, value))
 
 
 def study_path(cache: Any, note: dict[str, Any]) -> Path | None:

@@ -145,6 +145,14 @@ def test_probes_carry_intervals_and_an_oracle_judge_measures_fidelity(recipe, se
     assert "interval straddles" in table.output and "distinct_1, fidelity_corrected: jackknife" in table.output, table.output
 
 
+def test_a_hand_edited_note_is_shown_as_far_as_it_reads():
+    from synthforge.tuning import describe_pinned
+
+    note = {"search": "f6fc064f64e027ee07f634c0003df5eb", "probe": 5, "probes": 6, "probe_rows": 32,
+            "targets": "vendi >= 13.5", "metrics": {"vendi": "high", "mmd_rbf": 0.034}, "intervals": {"mmd_rbf": [0.02, "x"]}}
+    assert describe_pinned(note) == "search f6fc064f64e0, probe #5 of 6 (32 rows a probe) on vendi >= 13.5: mmd_rbf 0.034"
+
+
 def test_straddles_names_the_constraints_whose_threshold_is_inside_the_interval():
     from synthforge.tuning import Probe, Target
 
