@@ -28,6 +28,7 @@ from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.api import OpenRecipe
+    from synthforge.metric_registry import Interval
     from synthforge.recipe.resolve import Recipe
 
 TUNE_VERSION = 1  # bump when what a probe measures or how a study is keyed changes
@@ -444,11 +445,17 @@ class Probe:
         """Every constraint met by its point estimate."""
         return all(v <= 0 for v in self.violations)
 
+    def interval(self, metric: str) -> "Interval | None":
+        """The metric with its 95% interval (None when either is missing)."""
+        from synthforge.metric_registry import Interval
+
+        value, bounds = self.metrics.get(metric), self.intervals.get(metric)
+        return Interval(value, *bounds) if value is not None and bounds else None
+
     def straddles(self, constraints: list[Target]) -> list[Target]:
         """The constraints whose threshold lies inside the metric's interval: met or missed, another draw of
         rows at these settings could land on the other side."""
-        return [t for t in constraints if t.metric in self.intervals
-                and self.intervals[t.metric][0] < t.bound < self.intervals[t.metric][1]]
+        return [t for t in constraints if (found := self.interval(t.metric)) is not None and found.lo < t.bound < found.hi]
 
 
 class ProbeRunner:
@@ -506,7 +513,7 @@ class ProbeRunner:
         runtime = Runtime(device=self.device, progress=self.progress, max_requests=requests_left, max_tokens=tokens_left)
         executor = None
         if self.jobs and self.jobs > 1:
-            from synthforge.app import executor_from
+            from synthforge.executors import executor_from
 
             executor = executor_from("local", graph, self.r.cache, runtime, self.jobs, None, None)
         report = build(graph, self.r.cache, only=list(keys), runtime=runtime, log=self.log, write_lockfile=False,
@@ -917,11 +924,10 @@ def format_result(result: TuneResult) -> str:
 
 
 def _metric_text(probe: Probe, metric: str) -> str:
-    value = probe.metrics.get(metric)
+    value, found = probe.metrics.get(metric), probe.interval(metric)
     if value is None:
         return "-"
-    interval = probe.intervals.get(metric)
-    return f"{value:.4g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
+    return f"{value:.4g}" + (f" [{found.lo:.3g}, {found.hi:.3g}]" if found else "")
 
 
 def interval_note(probes: list[Probe], metrics: list[str]) -> str:
@@ -997,8 +1003,8 @@ def plot_result(result: TuneResult, path: Path) -> Path | None:
 
 
 def _error_bar(probe: Probe, metric: str, value: float) -> list[list[float]] | None:
-    found = probe.intervals.get(metric)
-    return None if found is None else [[max(0.0, value - found[0])], [max(0.0, found[1] - value)]]
+    found = probe.interval(metric)
+    return None if found is None else [[max(0.0, value - found.lo)], [max(0.0, found.hi - value)]]
 
 
 # -- provenance: which search pinned a step's settings ---------------------------------------------------
@@ -1067,6 +1073,34 @@ def study_path(cache: Any, note: dict[str, Any]) -> Path | None:
 
     key = str(note.get("search"))
     return cache.shared_dir("tune") / f"{key}.sqlite" if is_key(key) else None
+
+
+def tuned_text(recipe: "Recipe", cache: Any) -> str:
+    """Which search pinned each tuned step's settings: the study, targets, probe and its metrics, and whether
+    the settings were edited by hand since (the end of `synthforge report`)."""
+    lines = []
+    for step, note in pinned_notes(recipe).items():
+        edited = edited_since(recipe, step, note)
+        lines += [f"  {step}: {describe_pinned(note, study_path(cache, note))}",
+                  f"    settings {'edited since: ' + ', '.join(edited) if edited else 'as pinned'}"]
+    return "\n".join(["tuned steps (settings pinned by `synthforge tune --write`):", *lines]) if lines else ""
+
+
+def note_tuned_steps(diff: Any, cache: Any) -> None:
+    """Under each changed step of a `diff.Diff` that a search pinned on either side: which search and probe,
+    and whether its settings were edited since (`tuned A/B`); a lockfile side has no recipe to read."""
+    for changed in (d for d in diff.steps if d.status == "changed"):
+        found = {}
+        for name, graph in (("a", diff.a.graph), ("b", diff.b.graph)):
+            note = pinned_notes(graph.recipe).get(changed.step) if graph is not None else None
+            if note is None:
+                found[name] = "not tuned" if graph is not None else "a lockfile: no recipe to read"
+                continue
+            edited = edited_since(graph.recipe, changed.step, note)
+            found[name] = describe_pinned(note, study_path(cache, note)) + (
+                f"; edited since: {', '.join(edited)}" if edited else "")
+        if any(line.startswith("search ") for line in found.values()):
+            changed.tuned = found
 
 
 # -- --write: the best settings into the recipe ----------------------------------------------------------

@@ -99,7 +99,7 @@ def test_write_leaves_a_note_of_the_search_that_report_and_diff_show(recipe, ser
     import yaml
 
     from synthforge.api import open as open_recipe
-    from synthforge.report import tuned_text
+    from synthforge.tuning import tuned_text
 
     before = tmp_path / "before.yaml"
     before.write_text(recipe.read_text())
