@@ -86,7 +86,7 @@ class Report:
     study: "Study | None"
     missing: str
     paths: list[Path]
-    tuned: str = ""  # report.tuned_text: the search behind each `tune --write`-pinned step ("" when none)
+    tuned: str = ""  # tuning.tuned_text: the search behind each `tune --write`-pinned step ("" when none)
 
 
 class OpenRecipe:
