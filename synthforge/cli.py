@@ -194,14 +194,19 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 
 @main.command("export")
 @click.option("--to", "to", required=True, help="Output file (.parquet, .jsonl, .csv) or, with --format hf, a folder.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf"]), default=None,
-              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf", "messages"]), default=None,
+              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card "
+                   "(record fields typed). messages: chat JSONL for SFT (--prompt, --response, --system).")
+@click.option("--prompt", default=None, metavar="COLUMN", help="--format messages: the column of the user turn.")
+@click.option("--response", default=None, metavar="COLUMN", help="--format messages: the column of the assistant turn.")
+@click.option("--system", default=None, metavar="COLUMN", help="--format messages: the column of the system turn (optional).")
 @step_output_options
-def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
-    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
+def export_cmd(recipe, step, to, fmt, prompt, response, system, variant, table, sets, cache_dir):
+    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf), or as chat messages."""
     from synthforge.export import export
 
-    click.echo(export(_open(recipe, sets, cache_dir), step, to, variant, table, fmt))
+    roles = {"system": system, "user": prompt, "assistant": response}
+    click.echo(export(_open(recipe, sets, cache_dir), step, to, variant, table, fmt, roles))
 
 
 @main.command("stats")
