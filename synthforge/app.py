@@ -357,13 +357,13 @@ def executor_from(kind: str, graph: Graph, cache: Cache, runtime: Runtime, jobs:
 
 
 def diff_text(a: str, b: str, cache: Cache, fmt: str, fail_on: tuple[str, ...], build_missing: bool,
-              output: str | None, sets: tuple[str, ...], progress: bool = True) -> tuple[str, bool]:
+              output: str | None, sets: tuple[str, ...], progress: bool = True, records: int = 5) -> tuple[str, bool]:
     import json
 
     from synthforge import diff as diffing
 
     result = diffing.run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing,
-                              sets=parse_overrides(sets), log=_log, runtime=Runtime(progress=progress))
+                              sets=parse_overrides(sets), log=_log, runtime=Runtime(progress=progress), records=records)
     renderers = {"text": diffing.render_text, "markdown": diffing.render_markdown,
                  "json": lambda d: json.dumps(d.to_json(), indent=1, sort_keys=True)}
     text = renderers[fmt](result)

@@ -290,10 +290,13 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
 @click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr (with --build).")
 @click.option("--output", "-o", default=None, help="Also write the report to this file.")
+@click.option("--records", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
+              help="Changed, added and removed records listed per step (by id, with each changed field's before and "
+                   "after); the counts are always complete.")
 @set_option
 @cache_option
 @user_errors
-def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_dir):
+def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, records, sets, cache_dir):
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP).
 
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
@@ -301,7 +304,8 @@ def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_di
     from synthforge import app
     from synthforge.progress import bars_enabled  # --no-progress (here or before the command) turned them off
 
-    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets, bars_enabled())
+    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets, bars_enabled(),
+                                  records)
     click.echo(text)
     sys.exit(1 if tripped else 0)
 

@@ -1,4 +1,4 @@
-"""Records out: typed Hugging Face features and chat `messages` JSONL."""
+"""Records out: typed Hugging Face features, chat `messages` JSONL, and `diff` by record id with per-field changes."""
 
 from __future__ import annotations
 
@@ -228,3 +228,59 @@ def test_role_options_without_messages_and_rows_missing_a_turn_are_refused(cli, 
                               "paraphrase_of", "--to", tmp_path / "x.jsonl"))  # null in every topic row
     assert "--response: 6 rows of qa's data table have no 'paraphrase_of' (first: id qa-0)" in line
     assert not (tmp_path / "x.jsonl").exists()
+
+
+# -- diff by record id ------------------------------------------------------------------------------
+def test_diff_reports_changed_records_with_their_fields(cli, records):
+    a = records(name="a.yaml")
+    b = records("Answer in one word: {{ question }}", name="b.yaml", n=8)  # two more rows, every answer new
+    result = cli("diff", a, b, "--records", "2")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "rows: 6 -> 8 (+2 added, -0 removed, 6 changed)" in out
+    assert "fields changed: answer 6, text 6" in out  # the question, samples and structured fields did not change
+    assert out.count("    ~ qa-") == 2 and "    ... and 4 more changed records (--records N shows more)" in out
+    assert "    + added ids: qa-6, qa-7" in out
+    line = next(line for line in out.splitlines() if line.startswith("    ~ qa-0"))
+    assert "Answer briefly:" in line and "Answer in one word:" in line and " -> " in line
+    data = json.loads(cli("diff", a, b, "--format", "json", "--records", "3").output)
+    found = next(s for s in data["steps"] if s["step"] == "qa")["outputs"]
+    assert found["rows_changed"] == 6 and found["rows_added"] == 2
+    records_ = found["records"]
+    assert records_["fields_changed"] == {"answer": 6, "text": 6}
+    assert [r["id"] for r in records_["changed"]] == ["qa-0", "qa-1", "qa-2"] and records_["more_changed"] == 3
+    assert records_["added"] == ["qa-6", "qa-7"] and records_["removed"] == [] and records_["more_added"] == 0
+    change = records_["changed"][0]["fields"]["answer"]
+    assert "Answer briefly" in change["a"] and "one word" in change["b"] and len(change["a"]) <= 66
+    markdown = cli("diff", a, b, "--format", "markdown", "--records", "1").output
+    assert "| `qa-0` | `answer` |" in markdown and "Changed records (5 more not listed):" in markdown
+
+
+def test_a_record_whose_structured_field_changed_names_only_that_field(tmp_path):
+    import polars as pl
+
+    from synthforge.cache import Entry
+    from synthforge.record_diff import compare_records
+    from tests.helpers import fixture_entry
+
+    def entry(name: str, frame: pl.DataFrame) -> Entry:
+        folder = fixture_entry(tmp_path / name, {"data": frame})
+        return Entry(json.loads((folder / "manifest.json").read_text())["key"], folder)
+
+    rows = {"id": ["r1", "r2", "r3"], "text": ["a", "b", "c"], "review": ['{"s":1}', '{"s":2}', '{"s":3}']}
+    before = entry("a", pl.DataFrame(rows))
+    after = entry("b", pl.DataFrame({**rows, "review": ['{"s":1}', '{"s":5}', '{"s":3}'], "extra": [1, 2, 3]}))
+    found = compare_records(before, after)
+    assert found["changed_count"] == 1 and found["fields_changed"] == {"review": 1}
+    assert found["changed"] == [{"id": "r2", "fields": {"review": {"a": '{"s":2}', "b": '{"s":5}'}}}]
+    assert found["columns_added"] == ["extra"] and found["columns_removed"] == []
+
+
+def test_excerpts_show_where_long_values_start_to_differ():
+    from synthforge.record_diff import excerpts
+
+    a = "x" * 100 + "the service was great" + "y" * 100
+    b = "x" * 100 + "the service was awful" + "y" * 100
+    before, after = excerpts(a, b)
+    assert before.startswith("...") and before.endswith("...") and "was great" in before and "was awful" in after
+    assert excerpts("short", None) == ("short", None) and excerpts([1, 2], [1, 3]) == ("[1, 2]", "[1, 3]")
