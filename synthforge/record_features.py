@@ -185,9 +185,10 @@ def declared_columns(lineage: list) -> dict[str, Column]:
     two steps declare differently keeps what is stored (its meaning says so)."""
     found: dict[str, list[tuple[str, Column]]] = {}
     for node in lineage:
-        for name in getattr(node.resolved.params, "variables", None) or {}:
+        params = node.resolved.run_params  # with its files' absolute paths (a category's values file)
+        for name in getattr(params, "variables", None) or {}:
             found.setdefault(name, []).append((node.step, Column(None, "template variable drawn per row")))
-        for name, spec in (getattr(node.resolved.params, "fields", None) or {}).items():
+        for name, spec in (getattr(params, "fields", None) or {}).items():
             found.setdefault(name, []).append((node.step, _field_column(name, spec)))
     return {name: _agreed(declared) for name, declared in found.items()}
 

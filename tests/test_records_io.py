@@ -22,6 +22,7 @@ steps:
     fields:
       subject: {sample: category, values: [maths, history, biology]}
       points: {sample: integer, low: 1, high: 5}
+      level: {sample: category, file: levels.txt}
       question:
         template: "Write one {{ label }} {{ subject }} question worth {{ points }} points."
       answer:
@@ -75,6 +76,7 @@ def records(cli, write_recipe, server):
     def write(answer: str = "Answer briefly: {{ question }}", name: str = "records.yaml", n: int = 6):
         text = RECORDS.replace("BASE_URL", server.base_url).replace("ANSWER_TEMPLATE", answer).replace("n: 6", f"n: {n}")
         path = write_recipe(text, name)
+        (path.parent / "levels.txt").write_text("# levels\nintro\nadvanced\n")
         result = cli("build", path, "--no-progress")
         assert result.exit_code == 0, result.output
         return path
@@ -106,6 +108,7 @@ def test_hf_export_types_record_fields_and_round_trips_through_datasets(cli, rec
         assert features["label"] == datasets.ClassLabel(names=["easy", "hard", "unused"])  # the recipe's label set
         assert features["subject"] == datasets.ClassLabel(names=["maths", "history", "biology"])  # declared order
         assert features["points"] == datasets.Value("int64")
+        assert features["level"] == datasets.ClassLabel(names=["intro", "advanced"])  # a values file's, in its order
         review = features["review"]
         assert review["correct"] == datasets.Value("bool") and review["score"] == datasets.Value("int64")
         assert review["tags"] == datasets.List(datasets.Value("string"))
