@@ -168,6 +168,20 @@ def test_unmappable_schemas_keep_their_json_text_and_say_why():
             schema_shape(schema)
 
 
+def test_stored_values_that_do_not_fit_their_schema_are_a_one_line_error_not_a_wrong_dataset(tmp_path):
+    import polars as pl
+
+    from synthforge.errors import UserError
+    from synthforge.export import write_hf_folder
+    from synthforge.record_features import Column, schema_shape
+
+    shape = schema_shape({"type": "object", "additionalProperties": False, "properties": {"score": {"type": "integer"}}})
+    rows = pl.LazyFrame({"id": ["a", "b"], "review": ['{"score": 1}', '{"score": "high"}']})
+    with pytest.raises(UserError, match=r"the record columns \(review\) do not fit their declared types"):
+        write_hf_folder({None: rows}, tmp_path / "hf", {"label_counts": {}}, {"review": Column(shape, "x", structured=True)})
+    assert not (tmp_path / "hf").exists()
+
+
 # -- chat messages ----------------------------------------------------------------------------------
 def test_messages_export_writes_openai_chat_rows(cli, records, tmp_path):
     from synthforge import api
