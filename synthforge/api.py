@@ -266,9 +266,10 @@ class OpenRecipe:
                correction: str = "holm", html: bool = False) -> Report:
         """Write the sweep report of the fully built variants (table, plots; `html`: report.html) into `out`
         (default reports/<recipe name>/); the study's statistics pool replicates (docs/report.md)."""
-        from synthforge.report import slug, study_of, write_report
+        from synthforge.report import reported_score, slug, study_of, write_report
 
         records, missing = _built_records(self.graph, self.cache)
+        score = reported_score(records, score)
         study = study_of(self.graph, self.cache, records, level_var, fraction_var, score, correction)
         if study is not None and missing:
             study.warnings.insert(0, missing)

@@ -263,7 +263,8 @@ def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes,
 @click.option("--out", default=None, help="Output folder (default: reports/<recipe name>).")
 @click.option("--level-var", default="diversity", show_default=True, help="The matrix variable on the x axis.")
 @click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
-@click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
+@click.option("--score", default="macro_f1", show_default=True,
+              help="accuracy or macro_f1; for sft exact_match, perplexity or response_loss (its first when macro_f1 is left).")
 @click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
 @click.option("--correction", type=click.Choice(["holm", "bh"]), default="holm", show_default=True,
               help="Multiple-comparison correction of the paired tests across cells (Holm or Benjamini-Hochberg).")

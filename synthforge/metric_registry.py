@@ -40,6 +40,9 @@ _ALL = (
     MetricInfo("fidelity_corrected", "judged fidelity", "the raw judged share corrected for the judge's cross-validated sensitivity and specificity", "higher", "fidelity"),
     MetricInfo("accuracy", "accuracy", "share of test rows classified correctly", "higher", "score"),
     MetricInfo("macro_f1", "macro-F1", "F1 averaged over labels", "higher", "score"),
+    MetricInfo("exact_match", "exact match", "share of held-out prompts whose greedy answer is their label (sft)", "higher", "score"),
+    MetricInfo("response_loss", "response loss", "per-token negative log-likelihood of held-out real responses, nats (sft)", "lower", "score"),
+    MetricInfo("perplexity", "perplexity", "exp of the per-token response loss on held-out real responses (sft)", "lower", "score"),
     MetricInfo("n_train", "n_train", "training rows", None, "size"),
     MetricInfo("n_test", "n_test", "test rows", None, "size"),
 )
