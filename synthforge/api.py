@@ -283,23 +283,24 @@ class OpenRecipe:
         return Report(records, study, missing, paths, tuned_text(self.graph.recipe, self.cache))
 
     def export(self, step: str, to: str | Path, variant: str | None = None, table: str = "data",
-               fmt: str | None = None) -> str:
-        """Write a step's table with its provenance (parquet, jsonl, csv, or a Hugging Face folder: `fmt='hf'`)."""
+               fmt: str | None = None, roles: Mapping[str, str | None] | None = None) -> str:
+        """Write a step's table with its provenance (parquet, jsonl, csv, or a Hugging Face folder: `fmt='hf'`), or
+        chat JSONL (`fmt='messages'`, `roles` naming the columns: {"user": ..., "assistant": ..., "system": ...})."""
         from synthforge.export import export
 
-        return export(self, step, str(to), variant, table, fmt)
+        return export(self, step, str(to), variant, table, fmt, dict(roles or {}))
 
 
 def diff(a: str, b: str, cache_dir: str | Path | None = None, *, fail_on: Sequence[str] = (), build_missing: bool = False,
-         set: Mapping[str, Any] | None = None, progress: bool = True) -> "Diff":  # noqa: A002
+         set: Mapping[str, Any] | None = None, progress: bool = True, records: int = 5) -> "Diff":  # noqa: A002
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP); `.tripped` says
-    whether a `fail_on` gate tripped (docs/diff.md)."""
+    whether a `fail_on` gate tripped (docs/diff.md). `records`: changed, added and removed records listed per step."""
     from synthforge.diff import run_diff
     from synthforge.tuning import note_tuned_steps
 
     cache = Cache(cache_dir)
     result = run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing, sets=dict(set or {}),
-                      log=app.status_line, runtime=Runtime(progress=progress))
+                      log=app.status_line, runtime=Runtime(progress=progress), records=records)
     note_tuned_steps(result, cache)  # which search pinned a changed tuned step, on each side
     return result
 

@@ -194,12 +194,17 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 
 @main.command("export")
 @click.option("--to", "to", required=True, help="Output file (.parquet, .jsonl, .csv) or, with --format hf, a folder.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf"]), default=None,
-              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf", "messages"]), default=None,
+              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card "
+                   "(record fields typed). messages: chat JSONL for SFT (--prompt, --response, --system).")
+@click.option("--prompt", default=None, metavar="COLUMN", help="--format messages: the column of the user turn.")
+@click.option("--response", default=None, metavar="COLUMN", help="--format messages: the column of the assistant turn.")
+@click.option("--system", default=None, metavar="COLUMN", help="--format messages: the column of the system turn (optional).")
 @step_output_options
-def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
-    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
-    click.echo(_open(recipe, sets, cache_dir).export(step, to, variant, table, fmt))
+def export_cmd(recipe, step, to, fmt, prompt, response, system, variant, table, sets, cache_dir):
+    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf), or as chat messages."""
+    roles = {"system": system, "user": prompt, "assistant": response}
+    click.echo(_open(recipe, sets, cache_dir).export(step, to, variant, table, fmt, roles))
 
 
 @main.command("stats")
@@ -288,10 +293,13 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
 @click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr (with --build).")
 @click.option("--output", "-o", default=None, help="Also write the report to this file.")
+@click.option("--records", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
+              help="Changed, added and removed records listed per step (by id, with each changed field's before and "
+                   "after); the counts are always complete.")
 @set_option
 @cache_option
 @user_errors
-def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_dir):
+def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, records, sets, cache_dir):
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP).
 
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
@@ -301,7 +309,7 @@ def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_di
     from synthforge.recipe.resolve import parse_overrides
 
     result = api.diff(a, b, cache_dir, fail_on=fail_on, build_missing=build_missing, set=parse_overrides(sets),
-                      progress=bars_enabled())
+                      progress=bars_enabled(), records=records)
     click.echo(app.diff_text(result, fmt, output))
     sys.exit(1 if result.tripped else 0)
 
