@@ -1,5 +1,5 @@
-"""Structured output on the transformers backend: decoding under the schema (xgrammar), its keys, and a clear
-error (exit 2) where the library is missing."""
+"""Structured output beyond the OpenAI default: the transformers backend decoding under the schema (xgrammar),
+its keys, a clear error (exit 2) where the library is missing; the schema in llama-cpp-python's form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from synthforge.errors import UserError
 from synthforge.steps.generate import GenerateStep
 from tests.fake_openai_server import FakeOpenAIServer
 from tests.generate_helpers import run_step
-from tests.test_generate_fields import GEN, json_replies, structured_params
+from tests.test_generate_fields import ASPECTS, GEN, json_replies, structured_params
 
 VERDICT = {"mood": ["calm", "angry"], "verdict": ["keep", "drop"], "ok": "bool"}  # bounded: a random model finishes
 
@@ -106,3 +106,17 @@ def test_invalid_server_replies_still_go_to_rejects_without_the_library(tmp_path
         result = run_step(tmp_path, structured_params(server.base_url, 9, json_fields={"aspect": "str", "score": "int"}))
     rejects = result.tables["rejects"]
     assert rejects.height > 0 and result.data.height + rejects.height == 9
+
+
+def test_json_object_sends_the_schema_in_llama_cpp_pythons_form_and_keys_its_replies_apart(tmp_path):
+    with FakeOpenAIServer() as server:
+        json_replies(server)
+        params = structured_params(server.base_url, 3, json_schema=ASPECTS)
+        params["backend"]["response_format"] = "json_object"
+        assert run_step(tmp_path, params).data.height == 3
+        sent = [body["response_format"] for body in server.requests if "response_format" in body]
+        assert sent == [{"type": "json_object", "schema": ASPECTS}] * 3
+        asked = len(server.requests)
+        run_step(tmp_path, structured_params(server.base_url, 3, json_schema=ASPECTS))  # the same response cache
+        again = [body["response_format"]["type"] for body in server.requests[asked:]]
+        assert again == ["json_schema"] * 3  # the free-text fields are served from the cache, these asked anew

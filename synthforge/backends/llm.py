@@ -321,6 +321,12 @@ class OpenAIBackendConfig(BackendParams):
         "no user:password@, the key goes in api_key_env"
     )
     model: str = Field(description="the model name the server serves; it enters every response key with base_url")
+    response_format: Literal["json_schema", "json_object"] = Field(
+        default="json_schema", exclude_if=lambda value: value == "json_schema",
+        description="how a field's JSON Schema is sent: json_schema ({type: json_schema, json_schema: {name, schema}}: "
+        "OpenAI, vLLM, llama.cpp's llama-server) or json_object ({type: json_object, schema}: llama-cpp-python's "
+        "server); json_object enters the keys of structured fields",
+    )
     api_key_env: str | None = Field(
         default=None, exclude=True,
         description="the NAME of the environment variable holding the API key; runtime-only, never in a key",
