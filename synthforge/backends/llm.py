@@ -325,7 +325,7 @@ class OpenAIBackendConfig(BackendParams):
         default="json_schema", exclude_if=lambda value: value == "json_schema",
         description="how a field's JSON Schema is sent: json_schema ({type: json_schema, json_schema: {name, schema}}: "
         "OpenAI, vLLM, llama.cpp's llama-server) or json_object ({type: json_object, schema}: llama-cpp-python's "
-        "server); json_object enters the keys of structured fields",
+        "server); json_object enters the step's key and each structured response's key",
     )
     api_key_env: str | None = Field(
         default=None, exclude=True,
