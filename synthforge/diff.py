@@ -101,11 +101,13 @@ class StepDiff:
     reasons: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned: dict[str, Any] = field(default_factory=dict)  # {"a": line, "b": line}: tuning.note_tuned_steps fills it
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step, "variants": self.variants, "status": self.status, "key_a": self.key_a,
             "key_b": self.key_b, "reasons": self.reasons, "outputs": self.outputs, "metrics": self.metrics,
+            **({"tuned": self.tuned} if self.tuned else {}),
         }
 
 
@@ -183,6 +185,10 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
         result.outputs.update(compare_rows(entry_a, entry_b))
         result.metrics = compare_metrics(entry_a.manifest.meta, entry_b.manifest.meta)
     return result
+
+
+def _tuned_lines(step: StepDiff) -> list[str]:
+    return [f"tuned {side.upper()}: {line}" for side, line in step.tuned.items()]
 
 
 def compare_rows(entry_a: Entry, entry_b: Entry) -> dict[str, Any]:
@@ -358,6 +364,7 @@ def render_text(diff: Diff) -> str:
         keys = f"{(step.key_a or '-')[:12]} -> {(step.key_b or '-')[:12]}"
         lines.append(f"{marks[step.status]} {step.step} [{', '.join(step.variants)}]  {keys}")
         lines += [f"    why: {r}" for r in step.reasons]
+        lines += [f"    {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"    {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:
@@ -403,6 +410,7 @@ def render_markdown(diff: Diff) -> str:
             continue
         lines += ["", f"#### `{step.step}` ({step.status}) — {', '.join(f'`{v}`' for v in step.variants)}", ""]
         lines += [f"- why: {r}" for r in step.reasons]
+        lines += [f"- {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"- {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:
