@@ -243,26 +243,6 @@ def test_field_mistakes_are_one_located_line(cli, write_recipe, tail, line, need
         assert needle in message, message
 
 
-def test_a_schema_on_the_transformers_backend_is_refused_not_ignored(cli, write_recipe):
-    text = GEN.replace('    backend: {type: openai, base_url: "http://127.0.0.1:9/v1", model: m}\n', "")
-    path = write_recipe(text + "      aspects:\n        template: x\n        json_fields: {a: str}\n")
-    result = cli("plan", path)
-    assert result.exit_code == 2
-    message = result.output.strip().splitlines()[-1]
-    assert message.startswith(f"error: {path}:13:"), message
-    assert "structured output is not supported on the transformers backend yet" in message
-
-
-def test_the_transformers_backend_refuses_a_schema_request_itself():
-    from synthforge.backends.llm import GenerationRequest
-    from synthforge.backends.transformers_llm import TransformersLLM
-
-    backend = TransformersLLM.__new__(TransformersLLM)  # never loads: the refusal comes first
-    request = GenerationRequest((("user", "x"),), 0.0, 1.0, 4, 1, schema='{"type":"object"}')
-    with pytest.raises(UserError, match="not supported on the transformers backend"):
-        backend.generate([request])
-
-
 # -- keys ---------------------------------------------------------------------------------------------
 def test_the_order_of_fields_is_in_the_key_and_a_recipe_without_fields_keeps_its_params(server):
     step = GenerateStep()

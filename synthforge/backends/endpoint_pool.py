@@ -39,6 +39,9 @@ class EndpointPool:
     def identity(self) -> dict[str, Any]:
         return self.endpoints[0].identity()
 
+    def structured_identity(self) -> dict[str, Any]:
+        return self.endpoints[0].structured_identity()
+
     def use_budget(self, budget) -> None:
         """Every endpoint charges the one budget (`RequestBudget`) for each request it sends."""
         for endpoint in self.endpoints:

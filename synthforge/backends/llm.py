@@ -253,6 +253,8 @@ class BackendClass(Protocol):
         ...
 
     # optional: `card_facts(config) -> {"model_id": ..., "quantization": ...}` for dataset cards (model_card_facts)
+    # optional: `structured_identity_of(config)` (and the backend's `structured_identity()`): what decodes under a
+    # schema (a library and its version), added to the identity only where a schema is used (backend_identity)
 
     @classmethod
     def from_config(cls, config: Any, *, models_dir: Path | None, device: str, batch_size: int | None,
@@ -263,6 +265,7 @@ class BackendClass(Protocol):
 
 class TransformersBackendConfig(BackendParams):
     loads_model: ClassVar[bool] = True
+    structured_output: ClassVar[bool] = True  # decoded under the schema (backends/constrained.py, xgrammar)
 
     type: Literal["transformers"] = Field(description="`transformers`: a local Hugging Face model run in this process")
     model: str = Field(
@@ -318,6 +321,12 @@ class OpenAIBackendConfig(BackendParams):
         "no user:password@, the key goes in api_key_env"
     )
     model: str = Field(description="the model name the server serves; it enters every response key with base_url")
+    response_format: Literal["json_schema", "json_object"] = Field(
+        default="json_schema", exclude_if=lambda value: value == "json_schema",
+        description="how a field's JSON Schema is sent: json_schema ({type: json_schema, json_schema: {name, schema}}: "
+        "OpenAI, vLLM, llama.cpp's llama-server) or json_object ({type: json_object, schema}: llama-cpp-python's "
+        "server); json_object enters the step's key and each structured response's key",
+    )
     api_key_env: str | None = Field(
         default=None, exclude=True,
         description="the NAME of the environment variable holding the API key; runtime-only, never in a key",
@@ -414,11 +423,29 @@ def _registered_config(value: Any, info: ValidationInfo) -> Any:
 BackendConfig = Annotated[SerializeAsAny[BackendParams], BeforeValidator(_registered_config)]
 
 
-def backend_identity(config: BackendParams) -> dict[str, Any]:
+def backend_identity(config: BackendParams, structured: bool = False) -> dict[str, Any]:
     """What decides a backend's outputs, without loading it: enters the generate step's key.
 
-    The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type."""
-    return {"type": config.type, **backend_class(config.type).identity_of(config)}
+    The same facts as `LLMBackend.identity()` (which keys each response), plus the backend type; with
+    `structured` (a reply follows a schema), what decodes under the schema where the type says (keys without
+    a schema stay as they were)."""
+    identity = {"type": config.type, **backend_class(config.type).identity_of(config)}
+    return {**identity, **structured_identity(config)} if structured else identity
+
+
+def structured_identity(config: BackendParams) -> dict[str, Any]:
+    """What decodes under a schema on this backend type (none: a server does it, and its identity says so);
+    raises a UserError where the type cannot (a missing library)."""
+    describe = getattr(backend_class(config.type), "structured_identity_of", None)
+    return describe(config) if describe is not None else {}
+
+
+def request_identity(backend: LLMBackend, identity: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """The backend's `identity()` as one response's key holds it (`backend_identity`'s rule, per request)."""
+    structured = getattr(backend, "structured_identity", None)
+    if request.schema is not None and structured is not None:
+        return {**identity, **structured()}
+    return identity
 
 
 def model_card_facts(config: BackendParams) -> dict[str, str]:

@@ -134,11 +134,11 @@ class OpenAILLM:
         """One OpenAI-compatible server (`config.base_url`) at `concurrency` requests in flight."""
         return cls(config.base_url, config.model, api_key_env=config.api_key_env, concurrency=concurrency,
                    timeout_s=config.timeout_s, max_retries=config.max_retries, backoff_s=config.backoff_s,
-                   max_retry_after_s=config.max_retry_after_s, log=log)
+                   max_retry_after_s=config.max_retry_after_s, response_format=config.response_format, log=log)
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, concurrency: int = 8,
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 0.5, max_retry_after_s: float = 60.0,
-                 log: Callable[[str], None] | None = None):
+                 response_format: str = "json_schema", log: Callable[[str], None] | None = None):
         self.base_url = base_url.rstrip("/")
         self.shown_url = shown_url(base_url)  # what every message and log line names: no query, no credentials
         self.model = model
@@ -150,6 +150,7 @@ class OpenAILLM:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_retry_after_s = max_retry_after_s
+        self.response_format = response_format
         self.log = log or (lambda message: None)
         self.retries = 0  # retries spent in the last generate() call
         self.rate_limited = 0  # 429/503 answers in the last generate() call
@@ -174,6 +175,11 @@ class OpenAILLM:
 
     def identity(self) -> dict[str, Any]:
         return endpoint_identity(self.base_url, self.model)
+
+    def structured_identity(self) -> dict[str, str]:
+        """Added to a structured response's key: the schema's wire form, where it is not the default (a server
+        that ignores a form it does not know answers free text, which must not be served for the other form)."""
+        return {} if self.response_format == "json_schema" else {"response_format": self.response_format}
 
     def status(self) -> dict[str, Any]:
         """What the progress line shows: the requests allowed in flight now."""
@@ -305,9 +311,10 @@ class OpenAILLM:
             "max_tokens": request.max_new_tokens,
             "seed": request.seed,
         }
-        if request.schema is not None:  # structured output, honoured by vLLM, llama.cpp's server and OpenAI
-            payload["response_format"] = {"type": "json_schema",
-                                          "json_schema": {"name": "reply", "schema": json.loads(request.schema)}}
+        if request.schema is not None:  # structured output: the form the server reads (backend.response_format)
+            schema = json.loads(request.schema)
+            payload["response_format"] = ({"type": "json_object", "schema": schema} if self.response_format == "json_object"
+                                          else {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}})
         return payload
 
     async def _read(self, reply) -> GenerationResponse:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from synthforge.backends.constrained import decoder_identity, schema_masks
 from synthforge.backends.devices import pick_device
 from synthforge.backends.llm import GenerationRequest, GenerationResponse, OnResponse, OnTokens, TransformersBackendConfig
 from synthforge.cache import file_lock
@@ -234,6 +235,14 @@ class TransformersLLM:
         return model_identity(config.model, config.gguf_file)
 
     @classmethod
+    def structured_identity_of(cls, config: TransformersBackendConfig) -> dict[str, str]:
+        """Added to the identity where a schema is used: the constrained-decoding library and its version."""
+        return decoder_identity()
+
+    def structured_identity(self) -> dict[str, str]:
+        return decoder_identity()
+
+    @classmethod
     def card_facts(cls, config: TransformersBackendConfig) -> dict[str, str]:
         """Full model id and quantization for a dataset card, from the model folder's config.json (no loading)."""
         if config.model == SMOLLM2:
@@ -331,9 +340,8 @@ class TransformersLLM:
     def generate(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None = None,
                  on_tokens: OnTokens | None = None) -> list[GenerationResponse]:
         """`on_tokens(new, finished)` fires at every decoding step of a batch, so progress moves within a batch."""
-        if any(r.schema is not None for r in requests):  # plan refuses it first; never ignore a schema silently
-            raise UserError("structured output (json_schema) is not supported on the transformers backend yet",
-                            field="backend", hint="use an openai backend (vLLM, llama.cpp's server) for this field")
+        if any(r.schema is not None for r in requests):
+            decoder_identity()  # a missing library fails before the model loads
         tokenizer, model = self.load()
         prompts = [self.prompt_text(tokenizer, r) for r in requests]
         lengths = _token_counts(tokenizer, prompts)
@@ -378,9 +386,10 @@ class TransformersLLM:
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=_eos_ids(tokenizer, model),
                                   bos_token_id=model.generation_config.bos_token_id)
         streamer = _TokenCounter(len(requests), config.eos_token_id, on_tokens) if on_tokens is not None else None
+        mask = schema_masks(tokenizer, model, [r.schema for r in requests], config.eos_token_id)
+        processors = LogitsProcessorList([mask, sampler] if mask is not None else [sampler])  # mask first: the draw obeys it
         with torch.inference_mode():
-            output = model.generate(**encoded, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
-                                    streamer=streamer)
+            output = model.generate(**encoded, generation_config=config, logits_processor=processors, streamer=streamer)
         prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
         return [
             _response(tokenizer, output[row, prompt_len:], config.eos_token_id, prompt_tokens[row])

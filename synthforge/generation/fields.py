@@ -47,7 +47,7 @@ class RecordField(StepParams):
     )
     json_schema: dict[str, Any] | None = Field(
         None, description="a JSON Schema the reply must validate against; sent as the request's response_format "
-        "(OpenAI-compatible backends); the column holds the reply as compact JSON"
+        "(OpenAI-compatible backends) or decoded under (transformers, with xgrammar); the column holds the reply as compact JSON"
     )
     json_fields: dict[str, str | list[str]] | None = Field(
         None, description="a compact schema: reply fields -> str, int, float, bool, list[<type>] or a list of allowed "

@@ -189,6 +189,7 @@ class GenerateParams(StepParams):
         return self
 
     def _check_record(self, topic: set[str]) -> None:
+        from synthforge.backends.llm import structured_identity
         from synthforge.generation.fields import check_fields
         from synthforge.generation.prompts import check_template
 
@@ -200,12 +201,22 @@ class GenerateParams(StepParams):
         if self.system:
             check_template(self.system, "system", topic)
         check_fields(self.fields, topic, set(RESERVED_COLUMNS) | set(self.variables), self.text)
-        structured = [name for name, spec in self.fields.items() if spec.generated and spec.reply_schema() is not None]
-        if structured and not type(self.backend).structured_output:
-            option = "json_fields" if self.fields[structured[0]].json_fields is not None else "json_schema"
-            raise UserError(f"structured output is not supported on the {self.backend.type} backend yet",
-                            field=f"fields.{structured[0]}.{option}",
+        structured = self.structured_fields()
+        if not structured:
+            return
+        where = f"fields.{structured[0]}." + ("json_fields" if self.fields[structured[0]].json_fields is not None else "json_schema")
+        if not type(self.backend).structured_output:
+            raise UserError(f"structured output is not supported on the {self.backend.type} backend yet", field=where,
                             hint="use an openai backend (vLLM, llama.cpp's server), or drop the schema")
+        try:
+            structured_identity(self.backend)  # e.g. a missing decoding library: refused here, where it is located
+        except UserError as exc:
+            exc.field = where
+            raise
+
+    def structured_fields(self) -> list[str]:
+        """The generated fields whose replies follow a JSON Schema."""
+        return [name for name, spec in (self.fields or {}).items() if spec.generated and spec.reply_schema() is not None]
 
     def text_field(self) -> str | None:
         """The field that becomes `text` (None without fields)."""
@@ -292,7 +303,7 @@ class GenerateStep(Step):
         """The backend's identity: model files and sampler version, or an endpoint's model and URL."""
         from synthforge.backends.llm import backend_identity
 
-        identity = {"backend": backend_identity(params.backend)}
+        identity = {"backend": backend_identity(params.backend, structured=params.structured_fields() != [])}
         if params.fields is not None:  # their order sets the columns' order, which a key's params (sorted) lose
             identity["field_order"] = list(params.fields)
         return identity
@@ -535,12 +546,14 @@ class _Generation:
         """Fill in every plan's response: from the cache, else from the backend (cached as it arrives).
 
         Prompts another process is already requesting are waited for, not requested again."""
+        from synthforge.backends.llm import request_identity
         from synthforge.generation.response_cache import response_key
 
         if not plans:
             return
         identity = self.backend.identity()
-        keys = [response_key(self.backend.type, identity, p.request) for p in plans]
+        keys = [response_key(self.backend.type, request_identity(self.backend, identity, p.request), p.request)
+                for p in plans]
         hits = cache.get_many(keys)
         missing = []
         for plan, key in zip(plans, keys):
