@@ -207,6 +207,7 @@ VALID = {
     "split": {"input": "rows"},
     "generate": {"n": 4, "labels": ["a", "b"], "template": "Write a {{ label }} text about {{ topic }}.",
                  "variables": {"topic": {"file": "topics.txt"}}, "paraphrase": {"fraction": 0.25}, "hygiene": {}},
+    "judge": {"input": "rows", "template": "Rate {{ text }}", "scale": {"min": 1, "max": 5}},
     "embed": {"input": "rows"},
     "select": {"input": "emb", "n": 10, "method": "kcenter"},
     "mix": {"real": "a", "synthetic": "b", "synthetic_fraction": 0.5},
