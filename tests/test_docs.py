@@ -209,7 +209,7 @@ VALID = {
                  "variables": {"topic": {"file": "topics.txt"}}, "paraphrase": {"fraction": 0.25}, "hygiene": {}},
     "judge": {"input": "rows", "template": "Rate {{ text }}", "scale": {"min": 1, "max": 5}},
     "embed": {"input": "rows"},
-    "select": {"input": "emb", "n": 10, "method": "kcenter"},
+    "select": {"input": "emb", "n": 10, "method": "kcenter", "where": {"column": "score", "min": 4}},
     "mix": {"real": "a", "synthetic": "b", "synthetic_fraction": 0.5},
     "train": {"train": "a", "test": "b"},
     "backend transformers": {"type": "transformers"},
