@@ -405,14 +405,14 @@ def timed(owner, name, label):
     setattr(owner, name, wrapper)
 
 
-from synthforge import building, cache as cache_module
+from synthforge import cache as cache_module, running
 from synthforge.steps import load, rows, split
 for owner, name, label in [(load, "read_source", "load: read csv"), (load, "_usable_rows", "load: blank/unlabelled rows"),
                            (rows, "stable_ids", "load: stable ids"), (split, "id_order", "split: order by id"),
                            (split, "label_codes", "split: label codes"), (split, "_take", "split: stratified draw"),
                            (cache_module, "read_table", "split: read load's table (checked)"),
-                           (building, "write_entry_files", "write entry (parquet, hash, manifest)"),
-                           (building, "run_node", "steps (all of the above and the rest)")]:
+                           (running, "write_entry_files", "write entry (parquet, hash, manifest)"),
+                           (running, "run_node", "steps (all of the above and the rest)")]:
     if label:
         timed(owner, name, label)
 timed(pl.DataFrame, "unique", "load: dedup (unique)")

@@ -136,6 +136,9 @@ def strongly_connected(nodes: set[str], edges: dict[str, set[str]]) -> list[list
     return sorted(found)
 
 
+RUNTIME = ("module", "deferred")  # the imports that run; a type-only one never does
+
+
 def circles(nodes: set[str], arrows: list[Arrow], kinds: tuple[str, ...] = ("module",)) -> list[list[str]]:
     edges: dict[str, set[str]] = defaultdict(set)
     for arrow in arrows:
@@ -207,6 +210,8 @@ def report(package_dir: Path) -> str:
     lines += ["", "circles among all imports (deferred and type-only included):"]
     lines += [f"  {' <-> '.join(short(m) for m in circle)}"
               for circle in circles(modules, arrows, ("module", "type", "deferred"))] or ["  none"]
+    lines += ["", "circles among imports that run (module-level and deferred; tests/test_layers.py forbids them):"]
+    lines += [f"  {' <-> '.join(short(m) for m in circle)}" for circle in circles(modules, arrows, RUNTIME)] or ["  none"]
     lines += ["", "circles among module-level imports:"]
     lines += [f"  {' <-> '.join(short(m) for m in circle)}" for circle in circles(modules, arrows)] or ["  none"]
     lines += ["", "circles between packages (all imports, deferred included):"]

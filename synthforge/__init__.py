@@ -4,7 +4,7 @@
     r = sf.open("recipes/demo.yaml")   # see docs/python.md
 """
 
-__version__ = "0.1.0"
+from synthforge.version import __version__  # noqa: F401 (the package's version, re-exported)
 
 _API = ("open", "OpenRecipe", "read_table")
 

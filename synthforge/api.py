@@ -1,29 +1,34 @@
-"""The Python API: open a recipe, plan and build it, read any step's table.
+"""The Python API, the one front end: open a recipe, plan and build it, read, show, measure, report and export
+any step's output, compare two recipes. Every CLI command is a call here plus the text `app.py` renders.
 
     import synthforge as sf
     r = sf.open("recipes/diversity_study.yaml", set={"pool": 800})
-    r.plan(); r.build()
+    r.plan(); r.build(jobs=4)
     df = r.table("selected", variant="diversity=0.5,synthetic_fraction=0.5")   # polars
     ds = r.to_hf("selected", variant=...)                                       # datasets.Dataset, label as ClassLabel
 
-The CLI is a client of this module. Reading a built table imports polars only
-(no torch); `to_hf` imports `datasets` (the `hf` extra).
+Reading a built table imports polars only (no torch); `to_hf` imports `datasets` (the `hf` extra).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from synthforge import app
 from synthforge.building import BuildReport, build
-from synthforge.graph import Graph, build_graph
-from synthforge.planning import PlanItem, plan
-from synthforge.cache import Cache, Entry
+from synthforge.cache import Cache, Entry, read_table
 from synthforge.errors import UserError, did_you_mean
+from synthforge.executors import Executor, executor_from
+from synthforge.frames import stack_variants, to_hf_dataset
+from synthforge.graph import Graph, build_graph
+from synthforge.planning import PlanItem, check_step_names, plan, variant_label
 from synthforge.recipe.resolve import load_recipe
-from synthforge.stepapi import Runtime
+from synthforge.stepapi import InputTable, Runtime
 from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,9 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import polars as pl
 
+    from synthforge.diff import Diff
+    from synthforge.remote import Remote
+    from synthforge.report import Study
     from synthforge.tuning import TuneResult
 
-PROVENANCE_KEY = "synthforge"  # parquet key-value metadata key holding the provenance JSON
+__all__ = ["open", "OpenRecipe", "read_table", "diff", "verify", "gc", "push", "pull", "Plan", "BuildResult", "Report"]
 
 
 def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> "OpenRecipe":  # noqa: A001
@@ -45,21 +53,6 @@ def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str 
     return OpenRecipe(build_graph(load_recipe(path, dict(set or {})), cache), cache)
 
 
-def table_path(entry: Entry, table: str = "data") -> Path:
-    """The parquet file of one table of an entry; a clear error when the step has no such table."""
-    manifest = entry.manifest
-    if table not in manifest.tables:
-        raise UserError(f"step '{manifest.step}' has no table '{table}'", field="--table",
-                        hint=f"tables: {', '.join(manifest.tables)}")
-    return entry.table_path(table)
-
-
-def read_table(entry: Entry, table: str = "data", columns: Sequence[str] | None = None) -> "pl.DataFrame":
-    """One table of a cache entry as polars, its bytes checked against the manifest (the one place tables are read for users)."""
-    table_path(entry, table)
-    return entry.read_table(table, columns=list(columns) if columns is not None else None)
-
-
 class Plan(list):
     """The plan's items (`PlanItem`: .action, .node.step, .reasons), shown as the table `synthforge plan` prints."""
 
@@ -69,6 +62,30 @@ class Plan(list):
 
     def __repr__(self) -> str:
         return self.text
+
+
+@dataclass(repr=False)
+class BuildResult(BuildReport):
+    """The builder's report (`BuildReport`) and what the build command did around it: the entries pulled from
+    the remote, the push, its wall time and the diversity levels' warnings."""
+
+    pulled: set[str] = field(default_factory=set)
+    pulled_from: str | None = None
+    pushed: Any = None  # remote.Transfers
+    pushed_to: str | None = None
+    wall_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What `r.report()` wrote: the fully built variants' records, the study's statistics (None without a
+    built train step), a sentence naming unbuilt variants, and the files."""
+
+    records: list[dict[str, Any]]
+    study: "Study | None"
+    missing: str
+    paths: list[Path]
 
 
 class OpenRecipe:
@@ -99,29 +116,47 @@ class OpenRecipe:
         return [v.name for v in self.graph.recipe.variants]
 
     # -- plan and build ---------------------------------------------------
-    def plan(self, only: Sequence[str] = (), force: Sequence[str] = ()) -> "Plan":
-        """What is cached and what would run, with the reasons (nothing is built)."""
-        from synthforge.app import format_plan
-
+    def plan(self, only: Sequence[str] = (), force: Sequence[str] = (), *, remote: "Remote | None" = None) -> "Plan":
+        """What is cached and what would run, with the reasons (nothing is built); with `remote`, steps it has
+        are marked 'pull' (an unreachable remote is said in the text, not raised)."""
         items = plan(self.graph, self.cache, list(only), list(force))
-        return Plan(items, format_plan(self.graph, self.cache, items))
+        unreachable = ""
+        if remote is not None:
+            try:
+                on_remote = remote.available(i.node.key for i in items if i.action == "run" and i.node.step not in force)
+            except UserError as exc:
+                on_remote, unreachable = set(), f"\n(not marking remote steps: {exc})"
+            for item in items:
+                if item.node.key in on_remote:
+                    item.action, item.reasons = "pull", [f"on the remote {remote.url}"]
+        return Plan(items, app.format_plan(self.graph, self.cache, items, remote) + unreachable)
 
     def build(self, only: Sequence[str] = (), force: Sequence[str] = (), *, device: str = "auto",
               progress: bool = True, concurrency: int | None = None, batch_size: int | None = None,
-              keep_going: bool = False) -> BuildReport:
-        """Build what is missing (in dependency order) and write the recipe's lockfile.
+              keep_going: bool = False, executor: "str | Executor" = "local", jobs: int | None = 1,
+              address: str | None = None, models_per_device: int | None = None, shard_rows: int | None = None,
+              max_requests: int | None = None, max_tokens: int | None = None, remote: "str | Remote | None" = None,
+              pull: bool = True, push: bool = False, log: Callable[[str], None] | None = None) -> BuildResult:
+        """Build what is missing (in dependency order) and write the recipe's lockfile; the options of
+        `synthforge build` (docs/cli.md). `executor`: 'local', 'ray' or an `Executor`; `jobs=None` lets the
+        local executor choose (the CLI's default), the default 1 builds in this process. `remote`: a URL or
+        a `synthforge.remote.Remote`, read through before building (`pull`) and pushed to after (`push`).
 
         `keep_going=True`: a failing step does not stop the steps that do not depend on it; at the end
         `synthforge.errors.BuildFailed` says how many were built, failed and skipped (`.report` has them)."""
-        import logging
-
-        from synthforge.progress import LOGGER, ensure_logging
+        from synthforge.progress import ensure_logging
 
         ensure_logging()
-        runtime = Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size)
-        log = logging.getLogger(LOGGER).info
-        return build(self.graph, self.cache, only=list(only), force=list(force), runtime=runtime, log=log,
-                     keep_going=keep_going)
+        runtime = Runtime(device=device, progress=progress, concurrency=concurrency, batch_size=batch_size,
+                          shard_rows=shard_rows, max_requests=max_requests, max_tokens=max_tokens)
+        if isinstance(executor, str):
+            executor = executor_from(executor, self.graph, self.cache, runtime, jobs, address, models_per_device)
+        if isinstance(remote, str) or (remote is None and push):
+            from synthforge.remote import open_remote
+
+            remote = open_remote(remote, progress=progress)
+        return _build(self.graph, self.cache, list(only), list(force), runtime, log or app.status_line, remote,
+                      pull, push, executor, keep_going)
 
     def tune(self, step: str, *, targets: Sequence[str] = (), space: Sequence[str] = (), reference: str | None = None,
              embed: str | None = None, probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
@@ -157,8 +192,6 @@ class OpenRecipe:
 
     def outputs(self, step: str, variant: str | None = None) -> dict[str, str]:
         """The distinct outputs of `step` among the variants `variant` selects: key -> which variants it serves."""
-        from synthforge.planning import variant_label
-
         recipe = self.graph.recipe
         if step not in recipe.model.steps:
             raise UserError(f"no step '{step}' in {recipe.path}", hint=did_you_mean(step, self.steps) or f"steps: {', '.join(self.steps)}")
@@ -210,47 +243,299 @@ class OpenRecipe:
         return provenance(self, step, variant, table)
 
 
+    # -- measuring, reporting, exporting -----------------------------------
+    def stats(self, step: str, variant: str | None = None, table: str = "data", reference: str | None = None,
+              device: str = "auto") -> list[tuple[str, Entry, dict[str, Any]]]:
+        """Diversity metrics (and with `reference`, STEP[.TABLE], the shift from it) of each distinct output of
+        `step` the variant name selects: (variants served, entry, metrics); cached as derived records."""
+        from synthforge.stats import entry_stats
+
+        measured = []
+        for label, entry in self.entries(step, variant):
+            ref = None
+            if reference:
+                ref_step, _, ref_table = reference.partition(".")
+                served = self.graph.nodes[entry.key].variants[0]  # the reference as built for this output's (first) variant
+                ref = _input_table(self.entry(ref_step, served), ref_table or "data")
+            stats = entry_stats(_input_table(entry, table), ref, cache=self.cache, seed=self.graph.recipe.seed, device=device)
+            measured.append((label, entry, stats))
+        return measured
+
+    def report(self, out: str | Path | None = None, *, level_var: str = "diversity",
+               fraction_var: str = "synthetic_fraction", score: str = "macro_f1", metric: str | None = None,
+               correction: str = "holm", html: bool = False) -> Report:
+        """Write the sweep report of the fully built variants (table, plots; `html`: report.html) into `out`
+        (default reports/<recipe name>/); the study's statistics pool replicates (docs/report.md)."""
+        from synthforge.report import slug, study_of, write_report
+
+        records, missing = _built_records(self.graph, self.cache)
+        study = study_of(self.graph, self.cache, records, level_var, fraction_var, score, correction)
+        if study is not None and missing:
+            study.warnings.insert(0, missing)
+        out_dir = Path(out) if out else Path("reports") / slug(self.name)
+        paths = write_report(records, out_dir, level_var=level_var, fraction_var=fraction_var, score=score,
+                             diversity_metric=metric, study=study)
+        if html:
+            paths.append(_html_report(self, out_dir, level_var, study, [p for p in paths if p.suffix == ".png"]))
+        return Report(records, study, missing, paths)
+
+    def export(self, step: str, to: str | Path, variant: str | None = None, table: str = "data",
+               fmt: str | None = None) -> str:
+        """Write a step's table with its provenance (parquet, jsonl, csv, or a Hugging Face folder: `fmt='hf'`)."""
+        from synthforge.export import export
+
+        return export(self, step, str(to), variant, table, fmt)
+
+
+def diff(a: str, b: str, cache_dir: str | Path | None = None, *, fail_on: Sequence[str] = (), build_missing: bool = False,
+         set: Mapping[str, Any] | None = None, progress: bool = True) -> "Diff":  # noqa: A002
+    """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP); `.tripped` says
+    whether a `fail_on` gate tripped (docs/diff.md)."""
+    from synthforge.diff import run_diff
+
+    return run_diff(a, b, Cache(cache_dir), fail_on=list(fail_on), build_missing=build_missing, sets=dict(set or {}),
+                    log=app.status_line, runtime=Runtime(progress=progress))
+
+
+@dataclass
+class Verification:
+    """What `verify` found: (the entry, or None for the LLM response cache; the problem) per problem, and with
+    `repair` what was done."""
+
+    root: Path
+    entries: int
+    problems: list[tuple[Entry | None, str]]
+    damaged: int  # entries with a problem
+    read_only: bool
+    removed: int | None = None  # repair: damaged entries removed (the rest are in use by a running build)
+    responses_repaired: str | None = None
+
+
+def verify(cache_dir: str | Path | None = None, repair: bool = False) -> Verification:
+    """`synthforge cache verify`: check every entry and cached LLM response; `repair` removes damaged entries
+    (unless a running build uses them) and damaged responses (a read-only cache is left as it is)."""
+    from synthforge.generation.response_cache import repair_response_db, response_db_problems
+
+    cache = Cache(cache_dir)
+    problems, damaged = [], []
+    entries = list(cache.entries())
+    for entry in entries:
+        found = cache.verify(entry)
+        problems += [(entry, problem) for problem in found]
+        if found:
+            damaged.append(entry)
+    responses_dir = cache.root / "shared" / "responses"
+    responses = response_db_problems(responses_dir, read_only=cache.read_only)
+    problems += [(None, problem) for problem in responses]
+    result = Verification(cache.root, len(entries), problems, len(damaged), cache.read_only)
+    if repair and problems and not cache.read_only:
+        result.removed = sum(cache.remove(entry) for entry in damaged)
+        result.responses_repaired = repair_response_db(responses_dir) if responses else None
+    return result
+
+
+@dataclass
+class Collection:
+    """What `gc` removed (or, `dry_run`, would remove): from the local cache, or from `remote`."""
+
+    locks: int  # lockfiles found
+    kept: int  # keys they reference
+    dry_run: bool
+    doomed: list[tuple[Entry, int]] = field(default_factory=list)  # local: unreferenced entries and their sizes
+    removed: int = 0
+    freed: int = 0  # bytes
+    in_use: int = 0  # local: kept because a running build leases them
+    swept: int = 0  # local: dead writers' leftovers
+    objects: int = 0  # remote: unreferenced objects
+    remote: str | None = None
+
+
+def gc(roots: Sequence[str | Path] = (), dry_run: bool = False, cache_dir: str | Path | None = None,
+       remote: "Remote | None" = None) -> Collection:
+    """`synthforge cache gc`: remove the entries no lockfile under `roots` (default '.') references, from the
+    local cache or from `remote`; entries a running build leases stay."""
+    from synthforge.lockfile import find_locks, referenced_keys
+
+    locks = find_locks([Path(r) for r in (roots or (".",))])
+    keep = referenced_keys(locks)
+    if remote is not None:
+        removed, objects, freed = remote.gc(keep, dry_run)
+        return Collection(len(locks), len(keep), dry_run, removed=removed, freed=freed, objects=objects, remote=remote.url)
+    cache = Cache(cache_dir)
+    collected = Collection(len(locks), len(keep), dry_run, [(e, e.size_bytes()) for e in cache.entries() if e.key not in keep])
+    if dry_run:
+        return collected
+    for entry, size in collected.doomed:
+        if cache.remove(entry):  # refused while a running build holds a lease on it
+            collected.freed, collected.removed = collected.freed + size, collected.removed + 1
+        else:
+            collected.in_use += 1
+    collected.swept = cache.sweep_tmp() + cache.sweep_shared_partials()
+    cache.sweep_derived({e.key for e in cache.entries()})
+    return collected
+
+
+def push(remote: "Remote", recipes: Sequence[str] = (), set: Mapping[str, Any] | None = None,  # noqa: A002
+         cache_dir: str | Path | None = None) -> Any:
+    """`synthforge cache push`: upload the entries of `recipes` or lockfiles (every local entry when none is
+    given) and their LLM responses; a `remote.Transfer` (failures raised as one error)."""
+    cache = Cache(cache_dir)
+    done = remote.push_many(recipe_keys(recipes, set) if recipes else [entry.key for entry in cache.entries()], cache)
+    remote.raise_failures(done)
+    return done
+
+
+def pull(remote: "Remote", recipe: str, variant: str | None = None, steps: Sequence[str] = (),
+         set: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Any:  # noqa: A002
+    """`synthforge cache pull`: download a recipe's (or lockfile's) entries, each verified before it appears;
+    a `remote.Transfer` (`.refused`: damaged entries left out)."""
+    done = remote.pull_many(recipe_keys((recipe,), set, variant, steps), Cache(cache_dir), app.status_line)
+    remote.raise_failures(done)
+    return done
+
+
+def recipe_keys(recipes: Sequence[str], sets: Mapping[str, Any] | None = None, variant: str | None = None,
+                steps: Sequence[str] = ()) -> list[str]:
+    """The keys of RECIPEs' (or lockfiles') steps (every variant unless one is named; every step unless some are)."""
+    keys: list[str] = []
+    for recipe_path in recipes:
+        if recipe_path.endswith(".lock"):
+            keys += _lock_keys(Path(recipe_path), variant, steps)
+            continue
+        graph = build_graph(load_recipe(recipe_path, dict(sets or {})))
+        check_step_names(graph, list(steps))
+        variants = graph.recipe.select_variants(variant)
+        for v in variants:
+            keys += [key for step, key in graph.keys[v.name].items() if not steps or step in steps]
+    return list(dict.fromkeys(keys))
+
+
+def _lock_keys(path: Path, variant: str | None, steps: Sequence[str]) -> list[str]:
+    from synthforge.lockfile import read_lock
+
+    lock = read_lock(path)
+    if lock is None:
+        raise UserError(f"{path} is not a synthforge lockfile", hint="pass a recipe, or the RECIPE.lock that build wrote")
+    if variant is not None and variant not in lock.variants:
+        raise UserError(f"no variant '{variant}' in {path}", field="--variant", hint=did_you_mean(variant, lock.variants) or "")
+    chosen = [lock.variants[variant]] if variant is not None else list(lock.variants.values())
+    return [key for step_keys in chosen for step, key in step_keys.items() if not steps or step in steps]
+
+
+def _build(graph: Graph, cache: Cache, only: list[str], force: list[str], runtime: Runtime, log: Callable[[str], None],
+           remote: "Remote | None", pull: bool, push: bool, executor: Executor | None, keep_going: bool) -> BuildResult:
+    """Read through the remote, build, push, read back the selection warnings: all under one lease on every
+    key of the graph (the builder's own lease nests in it), so `cache gc` removes nothing this command uses."""
+    start = time.perf_counter()
+    with cache.lease(graph.nodes):
+        pulled = _read_through(graph, cache, remote, only, force, log) if remote is not None and pull else set()
+        report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor,
+                       keep_going=keep_going)
+        pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
+        warnings = selection_warnings(graph, cache)
+    result = BuildResult(**{f.name: getattr(report, f.name) for f in fields(BuildReport)}, pulled=pulled,
+                         pulled_from=remote.url if pulled else None, pushed=pushed,
+                         pushed_to=remote.url if pushed is not None else None,
+                         wall_seconds=time.perf_counter() - start, warnings=warnings)
+    if pushed is not None:
+        remote.raise_failures(pushed)
+    return result
+
+
+def _read_through(graph: Graph, cache: Cache, remote: "Remote", only: list[str], force: list[str],
+                  log: Callable[[str], None]) -> set[str]:
+    """Before building, fetch every step the remote has; before generating, merge its LLM responses."""
+    items = plan(graph, cache, only, force)
+    wanted = [i.node.key for i in items if i.action == "run" and i.node.step not in force]
+    try:
+        done = remote.pull_many(wanted, cache, log)
+        still_to_run = [i for i in items if i.action == "run" and cache.problems(i.node.key) != []]
+        added = remote.pull_responses(cache, log=log) if any(i.node.kind == "generate" for i in still_to_run) else 0
+    except UserError as exc:
+        log(f"{exc}; building without it")
+        return set()
+    if done.entries:
+        log(done.summary("pulled") + f" from {remote.url}")
+    for key, why in done.failed.items():
+        log(f"remote: could not fetch {key[:12]} ({why}); building it here")
+    if added:
+        log(f"remote: merged {added} LLM responses from {remote.url}")
+    return set(done.entries)
+
+
+def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
+    """Diversity levels that select identical rows or do not raise measured Vendi (see report.level_warnings)."""
+    if not any(level_var in variant.matrix_values for variant in graph.recipe.variants):
+        return []  # no level varies: nothing to compare, nothing to read
+    from synthforge.report import level_warnings
+
+    metas = {}  # each entry's manifest read once, not once per variant sharing it
+    for key in graph.nodes:
+        entry = cache.get(key)
+        if entry is not None and "selection_hash" in entry.manifest.meta:
+            metas[key] = entry.manifest.meta
+    records = [{"variant": variant.name, "vars": variant.matrix_values,
+                "steps": {step: {"meta": metas[key]} for step, key in graph.keys[variant.name].items() if key in metas}}
+               for variant in graph.recipe.variants]
+    return level_warnings(records, level_var)
+
+
+def _input_table(entry: Entry, table: str) -> InputTable:
+    entry.table_path(table)  # a clear error for a table the step lacks, before anything is measured
+    return InputTable(entry.path, table)
+
+
+def _variant_records(graph: Graph, cache: Cache) -> list[dict[str, Any]]:
+    """Per variant: its matrix values and the manifests of its built steps (what a report reads)."""
+    records = []
+    for variant in graph.recipe.variants:
+        steps = {}
+        for step, key in graph.keys[variant.name].items():
+            entry = cache.get(key)
+            if entry is not None:
+                steps[step] = entry.manifest.model_dump(mode="json")
+        records.append({"variant": variant.name, "vars": variant.matrix_values, "steps": steps})
+    return records
+
+
+def _built_records(graph: Graph, cache: Cache) -> tuple[list[dict[str, Any]], str]:
+    """The records of fully built variants, and a sentence naming what is not built (empty when all is).
+
+    A report of a recipe with nothing fully built is a UserError: rows of unbuilt variants would be empty."""
+    records = _variant_records(graph, cache)
+    wanted = {v.name: set(graph.keys[v.name]) for v in graph.recipe.variants}
+    unbuilt = {r["variant"]: sorted(wanted[r["variant"]] - set(r["steps"])) for r in records}
+    complete = [r for r in records if not unbuilt[r["variant"]]]
+    lacking = {name: steps for name, steps in unbuilt.items() if steps}
+    if not lacking:
+        return complete, ""
+    counts: dict[str, int] = {}
+    for steps in lacking.values():
+        for step in steps:
+            counts[step] = counts.get(step, 0) + 1
+    what = ", ".join(f"{step} in {n}" for step, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
+    sentence = (f"{len(lacking)} of {len(records)} variants of {graph.recipe.path} are not fully built "
+                f"(missing: {what}); they are left out")
+    if not complete:
+        raise UserError(f"no variant of {graph.recipe.path} is fully built (missing: {what})",
+                        hint=f"run: synthforge build {graph.recipe.path}")
+    return complete, sentence
+
+
+def _html_report(recipe: "OpenRecipe", out_dir: Path, level_var: str, study: "Study | None", plots: list[Path]) -> Path:
+    from synthforge.report import heading
+    from synthforge.report_html import rejected_rows, subset_samples, write_html
+
+    lines = [line.strip() for line in heading(study).splitlines() if line.strip()] if study else []
+    subtitle = lines[0].lstrip("# ") if lines else ""
+    notes = [line.removeprefix("> ") for line in lines[1:]]
+    model = recipe.graph.recipe.model
+    return write_html(out_dir, f"{recipe.name}: sweep report", subtitle, subset_samples(recipe, level_var),
+                      description=model.description.strip(), notes=notes, rejects=rejected_rows(recipe), plots=plots)
+
+
 def _short_name(graph: Graph, key: str) -> str:
     """A variant name that selects this output: the matrix values its variants share, else its first variant."""
-    from synthforge.planning import variant_label
-
     label = variant_label(graph, graph.nodes[key])
     shared = label.split(" (")[0]
     return shared if "=" in shared else graph.nodes[key].variants[0]
-
-
-def stack_variants(frames: list[tuple[str, Any]]) -> Any:
-    """Tables (polars, eager or lazy) of several variants as one, with a leading `variant` column naming each row's."""
-    import polars as pl
-
-    labelled = [frame.select(pl.lit(label).alias("variant"), pl.all()) for label, frame in frames]
-    return pl.concat(labelled, how="vertical_relaxed")
-
-
-def import_datasets() -> Any:
-    """The `datasets` module, or a clear error when it is not installed."""
-    try:
-        import datasets
-    except ImportError:
-        raise UserError("reading into Hugging Face datasets needs the 'datasets' package",
-                        hint="pip install 'synthforge[hf]' (scripts/setup.sh installs it)") from None
-    return datasets
-
-
-def to_hf_dataset(frame: "pl.DataFrame", labels: Sequence[str] | None = None, description: str = "") -> "datasets.Dataset":
-    datasets = import_datasets()
-    if "label" not in frame.columns:
-        return datasets.Dataset(frame.to_arrow(), info=datasets.DatasetInfo(description=description))
-    import polars as pl
-
-    present = sorted(set(frame["label"].drop_nulls().to_list()))
-    names = list(labels) if labels is not None else present
-    unknown = sorted(set(present) - set(names))
-    if unknown:
-        raise UserError(f"labels {unknown} are not in the given label names {names}", field="labels")
-    # Labels become ClassLabel ids here, not by Dataset.cast_column (which draws a progress bar per call).
-    codes = frame.with_columns(pl.col("label").replace_strict(names, list(range(len(names))), return_dtype=pl.Int64))
-    table = codes.to_arrow()
-    features = datasets.Features.from_arrow_schema(table.schema)
-    features["label"] = datasets.ClassLabel(names=names)
-    return datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(description=description, features=features))

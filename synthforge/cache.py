@@ -33,10 +33,10 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -98,15 +98,20 @@ def storage_errors(path: Path | str) -> Iterator[None]:
         raise error from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """The one atomic file write: `content` (text, bytes, or a function writing into the open binary file)
+    goes to a temporary file beside `path`, synced, then renamed over it; readers see the old file or the new."""
     with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         # os.open with 0o666 applies the umask (mkstemp would make every written file 0600)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                if callable(content):
+                    content(fh)
+                else:
+                    fh.write(content.encode() if isinstance(content, str) else content)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -132,12 +137,13 @@ def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def try_file_lock(path: Path) -> Iterator[bool]:
-    """An exclusive flock on `path` if nobody holds it now: yields whether we got it."""
+def try_file_lock(path: Path, shared: bool = False) -> Iterator[bool]:
+    """An flock on `path` (exclusive unless `shared`) if no one holds a conflicting one now: yields whether we
+    got it. The one way to ask whether a lock's holder is alive (gc, tmp sweeps, dead converters)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -427,14 +433,20 @@ def verify_folder(folder: Path, key: str | None = None, full: bool = True) -> li
     return table_problems(folder, manifest, full)
 
 
+def check_table(manifest: Manifest, table: str) -> None:
+    """A clear error for a table the step does not have (`--table` on the command line)."""
+    if table not in manifest.tables:
+        raise UserError(f"step '{manifest.step}' has no table '{table}'", field="--table",
+                        hint=f"tables: {', '.join(manifest.tables)}")
+
+
 def scan_table(folder: Path, table: str = "data") -> "pl.LazyFrame":
     """The one way a cached table is read: its files' bytes are checked against the manifest's
     content hashes (DamagedEntry otherwise), then scanned lazily, so a head or a column reads only that."""
     import polars as pl
 
     manifest = read_manifest(folder)
-    if table not in manifest.tables:
-        raise UserError(f"step '{manifest.step}' has no table '{table}'", hint=f"tables: {', '.join(manifest.tables)}")
+    check_table(manifest, table)
     parts = manifest.tables[table].union or [table]
     checked = manifest.model_copy(update={"tables": {part: manifest.tables[part] for part in parts if part in manifest.tables}})
     problems = table_problems(folder, checked, full=False)
@@ -466,10 +478,11 @@ def artifact_path(folder: Path, relative: str) -> Path:
     return target
 
 
-def read_table(folder: Path, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
-    """A table of an entry folder, checked (see `scan_table`)."""
-    frame = scan_table(folder, table)
-    return (frame.select(columns) if columns is not None else frame).collect()
+def read_table(entry: "Entry | Path", table: str = "data", columns: Sequence[str] | None = None) -> "pl.DataFrame":
+    """One table of an entry (or an entry folder) as polars, its bytes checked against the manifest (see
+    `scan_table`): the one place a table is read whole, for steps, commands and users (`synthforge.read_table`)."""
+    frame = scan_table(entry.path if isinstance(entry, Entry) else entry, table)
+    return (frame.select(list(columns)) if columns is not None else frame).collect()
 
 
 def _entry_files(manifest: Manifest) -> dict[str, tuple[str, int | None, str | None]]:
@@ -504,13 +517,15 @@ class Entry:
         return read_manifest(self.path, self.key)
 
     def table_path(self, table: str = "data") -> Path:
+        """The parquet file of a table the entry has (UserError for one it lacks; a union table has none)."""
+        check_table(self.manifest, table)
         return self.path / f"{table}.parquet"
 
     def scan(self, table: str = "data") -> "pl.LazyFrame":
         return scan_table(self.path, table)
 
-    def read_table(self, table: str = "data", columns: list[str] | None = None) -> "pl.DataFrame":
-        return read_table(self.path, table, columns)
+    def read_table(self, table: str = "data", columns: Sequence[str] | None = None) -> "pl.DataFrame":
+        return read_table(self, table, columns)
 
     def artifact(self, relative: str) -> Path:
         """The path of an artifact file or folder (`artifacts/...`), after its every file hashed as the manifest says."""
@@ -521,8 +536,6 @@ class Entry:
 
 
 class Cache:
-    read_manifest = staticmethod(read_manifest)  # for pulling entries from elsewhere: check, then `install`
-    verify_folder = staticmethod(verify_folder)
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -556,7 +569,7 @@ class Cache:
             return
         with storage_errors(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.root / ".gitignore", "# synthforge cache (recreated by builds): never commit it\n*\n")
+            atomic_write(self.root / ".gitignore", "# synthforge cache (recreated by builds): never commit it\n*\n")
 
     def shared_dir(self, name: str) -> Path:
         """A folder for caches below step level (per-response, converted models)."""
@@ -770,7 +783,7 @@ class Cache:
         plain = json.loads(json.dumps({**record, "derived_from": sorted(entries)}))
         plain["checksum"] = key_of(plain)
         self._ensure_root()
-        atomic_write_text(self.derived_path(key), json.dumps(plain, indent=1, sort_keys=True))
+        atomic_write(self.derived_path(key), json.dumps(plain, indent=1, sort_keys=True))
         return plain
 
     # -- maintenance ----------------------------------------------------
@@ -809,17 +822,17 @@ class Cache:
                     swept += 1
         return swept
 
-    def sweep_partial_models(self) -> int:
-        """Delete dead partial model conversions (shared/models/.<name>.*) whose converter's lock is free."""
-        models = self.root / "shared" / "models"
-        if not models.is_dir():
-            return 0
+    def sweep_shared_partials(self) -> int:
+        """Delete dead half-made folders in the shared caches. The convention every shared cache that assembles
+        a folder follows (e.g. a converted model): it is made as shared/<name>/.<owner>.<anything> while its maker
+        holds the flock shared/<name>/<owner>.lock, then renamed into place; one whose lock is free is dead."""
+        shared = self.root / "shared"
         swept = 0
-        for path in list(models.glob(".*")):
-            name = path.name[1:].split(".")[0]
-            if not path.is_dir() or not name:
+        for path in sorted(shared.glob("*/.*")) if shared.is_dir() else []:
+            owner = path.name[1:].split(".")[0]
+            if not path.is_dir() or not owner:
                 continue
-            with try_file_lock(models / f"{name}.lock") as free:
+            with try_file_lock(path.parent / f"{owner}.lock") as free:
                 if free:
                     shutil.rmtree(path, ignore_errors=True)
                     swept += 1

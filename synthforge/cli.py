@@ -1,4 +1,5 @@
-"""The `synthforge` command line: parse arguments, call `synthforge.app`, print. No logic here."""
+"""The `synthforge` command line: parse arguments, call the API (`synthforge.api`), print the text `synthforge.app`
+renders. No logic here."""
 
 from __future__ import annotations
 
@@ -138,15 +139,16 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     from synthforge.progress import bars_enabled
 
     r = _open(recipe, sets, cache_dir)
-    remote = _remote(remote_url, progress=progress and bars_enabled(), required=push) if use_remote or push else None
-    if dry_run:
-        click.echo(app.plan_text(r.graph, r.cache, only, force, remote if use_remote else None))
-        return
     progress = progress and bars_enabled()
-    runtime = app.runtime_from(device, progress, concurrency, batch_size, shard_rows, max_requests, max_tokens)
-    runner = app.executor_from(executor, r.graph, r.cache, runtime, jobs, address, models_per_device)
-    click.echo(app.build_text(r.graph, r.cache, only, force, runtime, remote=remote, pull=use_remote, push=push,
-                              executor=runner, keep_going=keep_going))
+    remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
+    if dry_run:
+        click.echo(r.plan(only, force, remote=remote if use_remote else None).text)
+        return
+    result = r.build(only, force, device=device, progress=progress, concurrency=concurrency, batch_size=batch_size,
+                     keep_going=keep_going, executor=executor, jobs=jobs, address=address,
+                     models_per_device=models_per_device, shard_rows=shard_rows, max_requests=max_requests,
+                     max_tokens=max_tokens, remote=remote, pull=use_remote, push=push)
+    click.echo(app.build_text(r.graph, result))
 
 
 @main.command("new")
@@ -175,11 +177,9 @@ def new_cmd(name, starter, folder):
 @user_errors
 def plan_cmd(recipe, only, force, use_remote, remote_url, sets, cache_dir):
     """For every step: cached, on the remote, or will run and why (against RECIPE.lock)."""
-    from synthforge import app
-
     r = _open(recipe, sets, cache_dir)
     remote = _remote(remote_url, required=False) if use_remote else None
-    click.echo(app.plan_text(r.graph, r.cache, only, force, remote))
+    click.echo(r.plan(only, force, remote=remote).text)
 
 
 @main.command("show")
@@ -189,7 +189,7 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
     """Rows, schema, labels and the first rows of STEP's output."""
     from synthforge import app
 
-    click.echo(app.show_variants_text(_open(recipe, sets, cache_dir), step, variant, table, rows))
+    click.echo(app.show_outputs_text(_open(recipe, sets, cache_dir).entries(step, variant), table, rows, step))
 
 
 @main.command("export")
@@ -199,9 +199,7 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 @step_output_options
 def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
     """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
-    from synthforge.export import export
-
-    click.echo(export(_open(recipe, sets, cache_dir), step, to, variant, table, fmt))
+    click.echo(_open(recipe, sets, cache_dir).export(step, to, variant, table, fmt))
 
 
 @main.command("stats")
@@ -212,8 +210,8 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
     """Diversity metrics of STEP's output (and its distance to --reference); cached under the cache's derived/."""
     from synthforge import app
 
-    r = _open(recipe, sets, cache_dir)
-    click.echo(app.stats_text(r.graph, r.cache, step, variant, table, reference, device))
+    measured = _open(recipe, sets, cache_dir).stats(step, variant, table, reference, device)
+    click.echo(app.stats_text(measured, step, table, reference))
 
 
 @main.command("tune")
@@ -249,10 +247,10 @@ def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes,
     from synthforge.progress import bars_enabled
 
     r = _open(recipe, sets, cache_dir)
-    click.echo(app.tune_text(r, step, write=write, plot=plot, targets=targets, space=space, reference=reference,
-                             embed=embed, probe_rows=probe_rows, probes=probes, seed=seed, variant=variant,
-                             max_requests=max_requests, max_tokens=max_tokens, device=device,
-                             progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run))
+    result = r.tune(step, targets=targets, space=space, reference=reference, embed=embed, probe_rows=probe_rows,
+                    probes=probes, seed=seed, variant=variant, max_requests=max_requests, max_tokens=max_tokens,
+                    device=device, progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run)
+    click.echo(app.tune_text(r, step, result, write=write, plot=plot, dry_run=dry_run))
 
 
 @main.command("report")
@@ -272,8 +270,9 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
     """Table (parquet, CSV, markdown) and plots of every cell of RECIPE's matrix (replicates pooled)."""
     from synthforge import app
 
-    r = _open(recipe, sets, cache_dir)
-    click.echo(app.report_text(r.graph, r.cache, out, level_var, fraction_var, score, metric, correction, html))
+    result = _open(recipe, sets, cache_dir).report(out, level_var=level_var, fraction_var=fraction_var, score=score,
+                                                   metric=metric, correction=correction, html=html)
+    click.echo(app.report_text(result, level_var, fraction_var, metric))
 
 
 @main.command("diff")
@@ -293,12 +292,14 @@ def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_di
 
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
     """
-    from synthforge import app
+    from synthforge import api, app
     from synthforge.progress import bars_enabled  # --no-progress (here or before the command) turned them off
+    from synthforge.recipe.resolve import parse_overrides
 
-    text, tripped = app.diff_text(a, b, _cache(cache_dir), fmt, fail_on, build_missing, output, sets, bars_enabled())
-    click.echo(text)
-    sys.exit(1 if tripped else 0)
+    result = api.diff(a, b, cache_dir, fail_on=fail_on, build_missing=build_missing, set=parse_overrides(sets),
+                      progress=bars_enabled())
+    click.echo(app.diff_text(result, fmt, output))
+    sys.exit(1 if result.tripped else 0)
 
 
 @main.group("cache")
@@ -324,7 +325,9 @@ def cache_verify(repair, cache_dir):
     """Check every entry (manifest, content hashes, rows, columns, tables, artifacts) and every cached LLM response; exit 1 if any is damaged."""
     from synthforge import app
 
-    text, ok = app.cache_verify_text(_cache(cache_dir), repair)
+    from synthforge import api
+
+    text, ok = app.cache_verify_text(api.verify(cache_dir, repair))
     click.echo(text)
     sys.exit(0 if ok else 1)
 
@@ -338,12 +341,10 @@ def cache_verify(repair, cache_dir):
 @user_errors
 def cache_gc(locks, dry_run, remote_url, cache_dir):
     """Remove entries no lockfile references (lockfiles found under LOCKS, default '.')."""
-    from synthforge import app
+    from synthforge import api, app
 
-    if remote_url is not None:
-        click.echo(app.remote_gc_text(_remote(remote_url), locks, dry_run))
-        return
-    click.echo(app.cache_gc_text(_cache(cache_dir), locks, dry_run))
+    remote = _remote(remote_url) if remote_url is not None else None
+    click.echo(app.cache_gc_text(api.gc(locks, dry_run, cache_dir, remote)))
 
 
 @cache_group.command("push")
@@ -356,9 +357,11 @@ def cache_gc(locks, dry_run, remote_url, cache_dir):
 @user_errors
 def cache_push(recipes, progress, remote_url, jobs, sets, cache_dir):
     """Upload the entries of RECIPES or lockfiles (all variants; every local entry when none is given) and their LLM responses."""
-    from synthforge import app
+    from synthforge import api, app
+    from synthforge.recipe.resolve import parse_overrides
 
-    click.echo(app.cache_push_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipes, sets))
+    remote = _remote(remote_url, jobs, progress)
+    click.echo(app.transfer_text(api.push(remote, recipes, parse_overrides(sets), cache_dir), "pushed", remote.url))
 
 
 @cache_group.command("pull")
@@ -378,9 +381,13 @@ def cache_pull(recipe, steps, progress, variant, remote_url, jobs, sets, cache_d
     """
     from synthforge import app
 
-    text, ok = app.cache_pull_text(_cache(cache_dir), _remote(remote_url, jobs, progress), recipe, variant, steps, sets)
-    click.echo(text)
-    sys.exit(0 if ok else 1)
+    from synthforge import api
+    from synthforge.recipe.resolve import parse_overrides
+
+    remote = _remote(remote_url, jobs, progress)
+    done = api.pull(remote, recipe, variant, steps, parse_overrides(sets), cache_dir)
+    click.echo(app.transfer_text(done, "pulled", remote.url))
+    sys.exit(1 if done.refused else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ from synthforge.graph import Graph, build_graph
 from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import describe_changes, read_lock
-from synthforge.metric_registry import RUN_FACTS
+from synthforge.metric_registry import RUN_FACTS, Interval, flatten_metrics
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.stepapi import Runtime
 from synthforge.tables import render_markdown as markdown_table
@@ -231,35 +231,16 @@ def _label_deltas(a: Any, b: Any) -> dict[str, dict[str, int]]:
     }
 
 
-def flatten_metrics(meta: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """Numbers in a manifest's meta by dotted path (not the run's facts: `RUN_FACTS`); a dict with `mean` is
-    one metric with its interval."""
-    found: dict[str, dict[str, Any]] = {}
-    if isinstance(meta, dict):
-        if "mean" in meta and isinstance(meta["mean"], (int, float)):
-            found[prefix] = {"value": float(meta["mean"]), "ci": _interval(meta)}
-            return found
-        for key, value in meta.items():
-            if key not in RUN_FACTS:  # how the run went (seconds, rows/s, cache hits) is no change of the data
-                found.update(flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(meta, (int, float)) and not isinstance(meta, bool) and prefix:
-        found[prefix] = {"value": float(meta), "ci": None}
-    return found
-
-
-def _interval(meta: dict[str, Any]) -> list[float] | None:
-    for low, high in (("ci_low", "ci_high"), ("low", "high"), ("lo", "hi")):
-        if low in meta and high in meta:
-            return [float(meta[low]), float(meta[high])]
-    for name in ("ci95", "ci", "interval"):
-        value = meta.get(name)
-        if isinstance(value, (list, tuple)) and len(value) == 2:
-            return [float(value[0]), float(value[1])]
-    return None
+def numeric_metrics(meta: Any) -> dict[str, dict[str, Any]]:
+    """The numbers in a manifest's meta by dotted name, each with its interval's bounds (or None); not the run's
+    facts (`RUN_FACTS`: how the run went is no change of the data)."""
+    return {name: {"value": value.mean, "ci": value.bounds} if isinstance(value, Interval) else {"value": float(value), "ci": None}
+            for name, value in flatten_metrics(meta, skip=RUN_FACTS)
+            if isinstance(value, Interval) or (isinstance(value, (int, float)) and not isinstance(value, bool))}
 
 
 def compare_metrics(meta_a: dict[str, Any], meta_b: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    flat_a, flat_b = flatten_metrics(meta_a), flatten_metrics(meta_b)
+    flat_a, flat_b = numeric_metrics(meta_a), numeric_metrics(meta_b)
     out = {}
     for name in sorted(set(flat_a) & set(flat_b)):
         va, vb = flat_a[name]["value"], flat_b[name]["value"]
@@ -460,7 +441,7 @@ def side_metric_names(side: Side, cache: Cache) -> set[str]:
     for key in {key for steps in side.keys.values() for key in steps.values()}:
         entry = cache.get(key)
         if entry is not None:
-            names |= set(flatten_metrics(entry.manifest.meta))
+            names |= set(numeric_metrics(entry.manifest.meta))
     return names
 
 

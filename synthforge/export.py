@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.api import PROVENANCE_KEY, import_datasets, table_path
+from synthforge.cache import check_table
 from synthforge.errors import UserError
+from synthforge.frames import PROVENANCE_KEY, import_datasets
 from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +37,7 @@ def provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str)
 def _provenance(recipe: "OpenRecipe", step: str, variant: str | None, table: str) -> dict[str, Any]:
     entry = recipe.entry(step, variant)
     manifest = entry.manifest
-    table_path(entry, table)
+    check_table(manifest, table)
     labels = entry.scan(table).group_by("label").len() if "label" in manifest.tables[table].columns else None
     origins = entry.scan(table).group_by("source").len() if "source" in manifest.tables[table].columns else None
     lineage = _lineage(recipe, entry.key)
@@ -159,7 +160,7 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
 def _stacked(recipe: "OpenRecipe", step: str, outputs: list, table: str) -> tuple[dict[str, Any], Any]:
     """The provenance and the lazy stacked table of several outputs of one step: each output's facts under
     `outputs`; variant, key, rows and label counts summed up at the top."""
-    from synthforge.api import stack_variants
+    from synthforge.frames import stack_variants
 
     parts = [_provenance(recipe, step, recipe.graph.nodes[entry.key].variants[0], table) for _, entry in outputs]
     labels: dict[str, int] = {}

@@ -23,7 +23,7 @@ import math
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import xxhash
@@ -33,7 +33,15 @@ from synthforge.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import BaseModel
 
-    from synthforge.cache import Cache
+
+
+class DerivedRecords(Protocol):
+    """Where file hashes are remembered across processes: a `cache.Cache` (its derived records)."""
+
+    def read_derived(self, key: str) -> dict[str, Any] | None: ...
+
+    def write_derived(self, key: str, record: dict[str, Any], entries: list[str]) -> dict[str, Any]: ...
+
 
 # Files whose content defines what a model computes (config, tokenizer, weights, chat template);
 # READMEs, licences and the like do not.
@@ -106,7 +114,7 @@ def hash_file(path: str | os.PathLike) -> str:
 _file_hashes: dict[tuple[str, int, int, int], str] = {}
 
 
-def file_hash(path: Path, cache: "Cache | None" = None) -> str:
+def file_hash(path: Path, cache: "DerivedRecords | None" = None) -> str:
     """Content hash of an input file, memoized per (path, inode, mtime, size) within the process and, given
     a cache, remembered across processes in its derived records (see `_remembered_hash`)."""
     stat = os.stat(path)
@@ -122,7 +130,7 @@ def file_stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
-def _remembered_hash(path: Path, cache: "Cache") -> str:
+def _remembered_hash(path: Path, cache: DerivedRecords) -> str:
     """The hash recorded for `path` while its (size, mtime, ctime, inode, device) stay the same, as DVC's
     state does (plus ctime, which no tool sets back: `touch -d`/`cp -p` restore mtime, not ctime). Missed
     is an edit that keeps the size within one ctime tick (nanoseconds on ext4/xfs); without a record a
@@ -218,7 +226,7 @@ def model_types(annotation: Any) -> list[type]:
 
 # -- a step's key -----------------------------------------------------------------
 def step_components(kind: str, version: str, params: "BaseModel", inputs: dict[str, Any],
-                    files: dict[str, Path], identity: dict[str, Any], seed: int, cache: "Cache | None" = None) -> dict[str, Any]:
+                    files: dict[str, Path], identity: dict[str, Any], seed: int, cache: "DerivedRecords | None" = None) -> dict[str, Any]:
     """Everything a step's output depends on; its key is `key_of` of this (`cache` remembers file hashes)."""
     return {
         "kind": kind,

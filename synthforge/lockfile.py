@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthforge.cache import atomic_write_text
+from synthforge.cache import atomic_write
 from synthforge.errors import UserError
 from synthforge.keys import checked_key, is_key
 
@@ -162,7 +162,7 @@ def write_lock(path: Path, lock: Lock) -> None:
             return
     except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
         pass
-    atomic_write_text(path, lock.to_json())
+    atomic_write(path, lock.to_json())
 
 
 def merge_locks(old: Lock | None, new: Lock) -> Lock:

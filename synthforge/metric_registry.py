@@ -6,8 +6,9 @@ under the same label everywhere, and a report's columns say what they measure.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,54 @@ RUN_FACTS = frozenset({
     "responses_from_other_process", "generated_prompt_tokens", "generated_completion_tokens", "retries",
     "rate_limited", "shards", "shards_resumed", "iterations", "endpoint_events",
 })
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A score with its interval: the one shape every reader uses (diff, report, study statistics).
+    `lo`/`hi` are None when there is no interval; `df` is the t interval's degrees of freedom (None: a
+    percentile bootstrap, or none). Manifests store a train score as {"mean", "ci": [lo, hi], ...} (`read`)."""
+
+    mean: float
+    lo: float | None = None
+    hi: float | None = None
+    df: float | None = None
+
+    @classmethod
+    def read(cls, summary: Any, bounds: str = "ci") -> "Interval | None":
+        """The interval a stored summary holds ({"mean": m, bounds: [lo, hi] or null}), None when it holds none;
+        `bounds` picks which pair of a train score: `ci` (the headline), `seed_ci` or `bootstrap_ci`."""
+        if not isinstance(summary, dict) or not _is_number(summary.get("mean")):
+            return None
+        pair = summary.get(bounds)
+        lo, hi = pair if isinstance(pair, (list, tuple)) and len(pair) == 2 else (None, None)
+        return cls(float(summary["mean"]), _float_or_none(lo), _float_or_none(hi))
+
+    @property
+    def bounds(self) -> list[float] | None:
+        return [self.lo, self.hi] if self.lo is not None and self.hi is not None else None
+
+
+def flatten_metrics(meta: Any, prefix: str = "", *, intervals: bool = True,
+                    skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, Any]]:
+    """Every scalar in a step's meta by dotted name (`prefix.a.b`), lists left out, keys in `skip` left out at any
+    depth; with `intervals`, a summary with a numeric `mean` is one `Interval` (not its parts). The one walk of a
+    manifest's meta: `diff` compares what it yields, `report` makes its columns of it."""
+    if isinstance(meta, dict):
+        interval = Interval.read(meta) if intervals else None
+        if interval is not None:
+            yield prefix, interval
+            return
+        for key, value in meta.items():
+            if key not in skip:
+                yield from flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key), intervals=intervals, skip=skip)
+    elif (meta is None or isinstance(meta, (bool, int, float, str))) and prefix:
+        yield prefix, meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if _is_number(value) else None

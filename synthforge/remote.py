@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write_text
+from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write
 from synthforge.errors import UserError
 from synthforge.keys import checked_key, hash_file, is_key
 from synthforge.tables import plural
@@ -192,10 +192,6 @@ class Remote:
     def snapshot_path(self, name: str) -> str:
         return f"{self.root}/responses/{name}.sqlite"
 
-    # -- the small API (also for executors that build on several machines) -----
-    def has(self, key: str) -> bool:
-        return self.fs.exists(self.record_path(key))
-
     def available(self, keys: Iterable[str]) -> set[str]:
         with self._reachable():
             return self._present(f"{self.root}/entries", list(dict.fromkeys(keys)), self.record_path)
@@ -249,18 +245,6 @@ class Remote:
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"remote {self.url}: {_one_line(exc)}",
                             hint="check the endpoint and credentials in the backend's own configuration") from None
-
-    def push(self, key: str, cache: Cache) -> bool:
-        """Upload entry `key` of `cache`; True once the remote has it."""
-        done = self.push_many([key], cache)
-        self.raise_failures(done)
-        return key in done.entries or key in done.present
-
-    def fetch(self, key: str, cache: Cache) -> bool:
-        """Download entry `key` into `cache` (verified); True once the local cache has it."""
-        done = self.pull_many([key], cache)
-        self.raise_failures(done)
-        return _sound(cache, key)
 
     # -- push --------------------------------------------------------------
     def push_many(self, keys: Iterable[str], cache: Cache) -> Transfer:
@@ -333,7 +317,7 @@ class Remote:
         if not self._local:
             self.fs.pipe_file(target, data)
             return
-        atomic_write_text(Path(target), data.decode())
+        atomic_write(Path(target), data)
 
     # -- pull --------------------------------------------------------------
     def pull_many(self, keys: Iterable[str], cache: Cache, log: Callable[[str], None] = lambda m: None) -> Transfer:

@@ -15,11 +15,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from synthforge.metric_registry import Interval, flatten_metrics
 from synthforge.metric_registry import info as metric_info
 from synthforge.metric_registry import label as metric_label
 from synthforge.metric_registry import names as metric_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Cache
+    from synthforge.graph import Graph
 
 # Meta keys shown in the compact view (terminal, markdown) when a step reports them: the registry's
 # diversity, shift and fidelity metrics (`label_agreement.overall` for the last).
@@ -317,7 +322,7 @@ def _collect_variants(records: Sequence[dict[str, Any]], interval: str) -> _Swee
                 _append_new(train_steps, step)
                 row.update(_train_columns(step, meta, interval))
             else:
-                for name, value in _flatten(meta, step):
+                for name, value in flatten_metrics(meta, step, intervals=False):
                     _append_new(metric_columns, name)
                     row[name] = value
         for step in _unused_selections(record):
@@ -352,11 +357,10 @@ def _pool_cells(sweep: _Sweep, study: Study) -> _Sweep:
         for name in [n for n in row if n.startswith(f"{study.train_step}.") and n.endswith((".lo", ".hi"))]:
             row[name] = None  # averaged per-replicate intervals are no interval: only the study's score has one
         column = f"{study.train_step}.{study.score}"
-        row[column], row[f"{column}.lo"], row[f"{column}.hi"] = (cell.score.get(k) for k in ("mean", "lo", "hi"))
+        row[column], row[f"{column}.lo"], row[f"{column}.hi"] = _parts(cell.score, "mean", "lo", "hi")
         row[f"{study.train_step}.n_replicates"] = len(members)
         if study.paired:  # without a real-only cell every "difference" would be a cell against itself
-            row[f"delta_{study.score}"] = cell.delta.get("mean")
-            row["delta_lo"], row["delta_hi"], row["delta_df"] = (cell.delta.get(k) for k in ("lo", "hi", "df"))
+            row[f"delta_{study.score}"], row["delta_lo"], row["delta_hi"], row["delta_df"] = _parts(cell.delta, "mean", "lo", "hi", "df")
             row["p_t"], row["p_adj"], row["p_mcnemar_conditional"] = cell.p_t, cell.p_adj, cell.p_mcnemar
             row["mde"], row["mde_adj"], row["duplicate_of"] = cell.mde, cell.mde_adj, cell.duplicate_of
         rows.append(row)
@@ -374,12 +378,11 @@ def _pooled(values: list[Any]) -> Any:
 def _train_columns(step: str, meta: dict[str, Any], interval: str) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for metric, summary in meta["scores"].items():
-        if not isinstance(summary, dict) or "mean" not in summary:
+        score = Interval.read(summary, interval)
+        if score is None:
             continue
-        ci = summary.get(interval) or [None, None]
         columns[f"{step}.{metric}"] = summary["mean"]
-        columns[f"{step}.{metric}.lo"] = ci[0]
-        columns[f"{step}.{metric}.hi"] = ci[1]
+        columns[f"{step}.{metric}.lo"], columns[f"{step}.{metric}.hi"] = score.lo, score.hi
         columns[f"{step}.{metric}.std"] = summary.get("std")
     columns[f"{step}.n_seeds"] = meta.get("n_distinct_seeds", len(meta.get("seeds") or []))
     for name in ("method", "n_train", "n_test"):
@@ -397,13 +400,9 @@ def _score_columns(sweep: _Sweep) -> list[str]:
     return names
 
 
-def _flatten(meta: dict[str, Any], prefix: str):
-    for key, value in meta.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, name)
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            yield name, value
+def _parts(interval: Interval | None, *names: str) -> tuple[float | None, ...]:
+    """The named parts of an interval, all None when there is none (a cell without a run or a baseline)."""
+    return tuple(getattr(interval, name) if interval is not None else None for name in names)
 
 
 def _append_new(items: list[str], item: str) -> None:
@@ -852,6 +851,41 @@ def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]
             warnings.append(f"{step}: {level_var} {low} and {high} share {row['jaccard']:.0%} of their rows (Jaccard, mean "
                             f"over {len(found)} selections): the levels barely differ (a larger pool or fewer rows selected)")
     return rows, warnings
+
+
+def study_of(graph: "Graph", cache: "Cache", records: list[dict[str, Any]], level_var: str, fraction_var: str,
+             score: str, correction: str) -> Study | None:
+    """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""
+    from synthforge.study_stats import prediction_runs, study_statistics
+
+    train_steps = [name for name, step in graph.recipe.variants[0].steps.items() if step.kind == "train"]
+    if not train_steps:
+        return None
+    train_step = train_steps[0]
+    built = {v.name: cache.get(graph.keys[v.name][train_step]) for v in graph.recipe.variants}
+    runs, n_test, confidence = prediction_runs({name: entry for name, entry in built.items() if entry is not None})
+    if not runs:
+        return None
+    variants = [(v.name, v.matrix_values) for v in graph.recipe.variants]
+    cells, method = study_statistics(variants, runs, fraction_var=fraction_var, score=score, correction=correction,
+                                     confidence=confidence, seed=graph.recipe.seed)
+    overlap, overlap_warnings = level_overlap(selected_ids(graph, cache), level_var)
+    return Study(graph.recipe.name, cells, method, score, train_step, n_test, correction, confidence,
+                 level_warnings(records, level_var) + overlap_warnings, fraction_var, overlap)
+
+
+def selected_ids(graph: "Graph", cache: "Cache") -> list[tuple[dict[str, Any], str, str, set[str]]]:
+    """Per variant and built select step: its matrix values, the step, the entry key and the selected ids."""
+    found, read = [], {}
+    for variant in graph.recipe.variants:
+        for name, step in variant.steps.items():
+            key = graph.keys[variant.name][name]
+            if step.kind != "select" or (key not in read and cache.get(key) is None):
+                continue
+            if key not in read:
+                read[key] = set(cache.get(key).read_table(columns=["id"])["id"].to_list())
+            found.append((variant.matrix_values, name, key, read[key]))
+    return found
 
 
 def slug(text: str) -> str:

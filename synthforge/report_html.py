@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthforge.cache import atomic_write_text
+from synthforge.cache import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -44,7 +44,7 @@ def subset_samples(recipe: "OpenRecipe", level_var: str, per_label: int = 4) -> 
     """A seeded sample of each select step's rows at every level of `level_var` (steps that do not vary with it are skipped)."""
     import polars as pl
 
-    from synthforge.api import read_table
+    from synthforge.cache import read_table
 
     found = []
     for step in recipe.steps:
@@ -88,7 +88,7 @@ class Rejects:
 
 def rejected_rows(recipe: "OpenRecipe", per_entry: int = 20) -> list[Rejects]:
     """Each built entry's non-empty `rejects` table (generate: hygiene, select: label check and shift band)."""
-    from synthforge.api import read_table
+    from synthforge.cache import read_table
 
     found = []
     for node in recipe.graph.nodes.values():
@@ -123,7 +123,7 @@ def write_html(out_dir: str | Path, title: str, subtitle: str = "", samples: lis
         deltas=_delta_view(table), plots=plots, samples=samples, rejects=rejects, fmt=_fmt,
     )
     path = out / "report.html"
-    atomic_write_text(path, html)
+    atomic_write(path, html)
     return path
 
 

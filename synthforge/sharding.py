@@ -13,10 +13,7 @@ shard size.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,18 +131,9 @@ class ShardStore:
     def save(self, rows: range, array: "np.ndarray") -> None:
         import numpy as np
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".shard.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(rows))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        from synthforge.cache import atomic_write
+
+        atomic_write(self.path(rows), lambda fh: np.save(fh, array, allow_pickle=False))
 
     def discard(self) -> None:
         """Drop the shards once the step's output holds them all."""

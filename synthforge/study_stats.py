@@ -30,9 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-REPLICATE_VAR = "replicate"
+from synthforge.metric_registry import Interval
+
+if TYPE_CHECKING:  # pragma: no cover
+    from synthforge.cache import Entry
+
+REPLICATE_VAR = "replicate"  # the variable a recipe's `replicates: N` adds (0..N-1)
 INTERVAL_METHOD = "t (Welch-Satterthwaite df) over replicates + test-row bootstrap variance"
 BOOTSTRAP_METHOD = "test-row percentile bootstrap (one replicate)"
 PAIRED_T = "paired t over replicate deltas"
@@ -50,12 +55,37 @@ class Run:
     predictions: list[Any]  # np.ndarray per distinct seed
 
 
+def prediction_runs(entries: dict[str, "Entry"]) -> tuple[dict[str, Run], int | None, float]:
+    """Per built variant (name -> its train step's entry): its test truth and the predictions of each seed
+    with distinct predictions; with the test rows' count and the confidence the step scored at."""
+    import numpy as np
+
+    runs, n_test, confidence = {}, None, 0.95
+    for name, entry in entries.items():
+        meta = entry.manifest.meta or {}
+        labels = list(meta.get("labels") or [])
+        index = {label: i for i, label in enumerate(labels)}
+        frame = entry.read_table("predictions", columns=["seed", "id", "label", "prediction"])
+        per_seed = frame.partition_by("seed", maintain_order=True)
+        first = per_seed[0]
+        truth = np.array([index[v] for v in first["label"].to_list()], dtype=np.int64)
+        predictions, seen = [], set()
+        for part in per_seed:
+            pred = np.array([index[v] for v in part["prediction"].to_list()], dtype=np.int64)
+            if pred.tobytes() not in seen:  # identical seeds count once
+                seen.add(pred.tobytes())
+                predictions.append(pred)
+        runs[name] = Run(tuple(first["id"].to_list()), truth, predictions)
+        n_test, confidence = meta.get("n_test", n_test), meta.get("confidence", confidence)
+    return runs, n_test, confidence
+
+
 @dataclass
 class CellStats:
     values: dict[str, Any]  # the cell's matrix values (no replicate)
     variants: list[str]
-    score: dict[str, float | None] = field(default_factory=dict)  # mean, lo, hi, df
-    delta: dict[str, float | None] = field(default_factory=dict)  # mean, lo, hi, df
+    score: Interval | None = None  # over replicates (None: no run)
+    delta: Interval | None = None  # paired against the real-only baseline (None: no baseline)
     replicate_deltas: dict[Any, float] = field(default_factory=dict)  # replicate -> score(cell) - score(baseline)
     p_t: float | None = None  # paired t over replicate deltas (the headline test)
     p_mcnemar: float | None = None  # conditional on the drawn training sets
@@ -297,13 +327,13 @@ def _resample_weights(runs: dict[str, Run], resamples: int, rng) -> dict[tuple[s
     return out
 
 
-def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confidence: float) -> dict[str, float | None]:
+def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confidence: float) -> Interval | None:
     """Mean over replicates of sum(sign * score) and its interval (see the module docstring)."""
     import numpy as np
     from scipy import stats
 
     if not terms:
-        return {}
+        return None
     per_rep = np.array([scorer.point(parts) for parts in terms.values()])
     mean = float(per_rep.mean())
     boot = np.mean([sum(sign * scorer.boot(name) for name, sign in parts) for parts in terms.values()], axis=0) \
@@ -313,11 +343,11 @@ def _interval(scorer: _Scorer, terms: dict[Any, list[tuple[str, float]]], confid
         test = boot.var(ddof=1) if len(boot) > 1 else 0.0
         df = satterthwaite_df([(between, len(per_rep) - 1), (test, max(len(boot) - 1, 1))])
         half = float(stats.t.ppf(0.5 + confidence / 2, df=df)) * math.sqrt(between + test) if df else 0.0
-        return {"mean": mean, "lo": mean - half, "hi": mean + half, "df": df}
+        return Interval(mean, mean - half, mean + half, df)
     if len(boot) < 2:
-        return {"mean": mean, "lo": None, "hi": None, "df": None}
+        return Interval(mean)
     alpha = (1 - confidence) / 2
-    return {"mean": mean, "lo": float(np.quantile(boot, alpha)), "hi": float(np.quantile(boot, 1 - alpha)), "df": None}
+    return Interval(mean, float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha)))
 
 
 def satterthwaite_df(parts: list[tuple[float, int]]) -> float | None:

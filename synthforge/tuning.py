@@ -481,7 +481,7 @@ class ProbeRunner:
         runtime = Runtime(device=self.device, progress=self.progress, max_requests=requests_left, max_tokens=tokens_left)
         executor = None
         if self.jobs and self.jobs > 1:
-            from synthforge.app import executor_from
+            from synthforge.executors import executor_from
 
             executor = executor_from("local", graph, self.r.cache, runtime, self.jobs, None, None)
         report = build(graph, self.r.cache, only=list(keys), runtime=runtime, log=self.log, write_lockfile=False,

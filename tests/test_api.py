@@ -212,13 +212,11 @@ def test_a_fresh_clone_says_the_lockfile_records_a_build_elsewhere(built, tmp_pa
 
 
 def test_plan_states_the_expected_generation_time_from_the_measured_speed(built, tmp_path):
-    from synthforge import app
-
     changed = tmp_path / "study.yaml"
     changed.write_text(built.path.read_text().replace("n: 40\n", "n: 30\n"))
     (tmp_path / "reviews.csv").write_bytes((built.path.parent / "reviews.csv").read_bytes())
-    text = app.plan_text(sf.open(changed, cache_dir=built.cache.root).graph, built.cache)
+    text = sf.open(changed, cache_dir=built.cache.root).plan().text
     line = next(line for line in text.splitlines() if line.startswith("expected generation time"))
     assert "generated: at most 360 new tokens" in line and "new tokens/s measured here" in line
-    fresh = app.plan_text(sf.open(changed, cache_dir=tmp_path / "empty").graph, sf.api.Cache(tmp_path / "empty"))
+    fresh = sf.open(changed, cache_dir=tmp_path / "empty").plan().text
     assert "no speed recorded on this machine yet" in fresh

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from synthforge.cache import Cache, DamagedEntry, atomic_write_text, read_manifest, write_entry_files
+from synthforge.cache import Cache, DamagedEntry, atomic_write, read_manifest, write_entry_files
 from synthforge.keys import key_of
 
 COMPONENTS = {"kind": "fixture", "n": 1}
@@ -152,10 +152,10 @@ def test_sweep_removes_scratch_of_dead_writers_only(tmp_path):
     assert not dead.exists()
 
 
-def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "recipe.lock"
-    atomic_write_text(path, "one")
-    atomic_write_text(path, "two")
+    atomic_write(path, "one")
+    atomic_write(path, "two")
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["recipe.lock"]
 
 

@@ -236,13 +236,13 @@ def test_parallel_workers_cap_their_math_threads_but_keep_the_users_settings(mon
 @pytest.mark.parametrize("device, gpu_driver, expected", [("auto", False, None), ("auto", True, 1), ("cpu", True, None),
                                                           ("cuda:0", False, 1)])
 def test_default_model_limit_is_one_per_gpu_and_one_per_worker_on_the_cpu(monkeypatch, device, gpu_driver, expected):
-    from synthforge import app
+    from synthforge.executors import executor_from
     from synthforge.backends import devices
     from synthforge.executors import local
     from synthforge.stepapi import Runtime
 
     monkeypatch.setattr(devices.os.path, "exists", lambda path: gpu_driver and path in devices.ACCELERATOR_NODES)
-    executor = app.executor_from("local", None, None, Runtime(device=device), None, None, None)
+    executor = executor_from("local", None, None, Runtime(device=device), None, None, None)
     assert isinstance(executor, local.AutoExecutor) and executor.models == expected
-    explicit = app.executor_from("local", None, None, Runtime(device=device), None, None, 2)
+    explicit = executor_from("local", None, None, Runtime(device=device), None, None, 2)
     assert explicit.models == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from synthforge.cache import Cache, DamagedEntry, Manifest, read_manifest
+from synthforge.cache import Cache, DamagedEntry, Manifest, read_manifest, verify_folder
 from synthforge.keys import key_of
 from tests.conftest import BASIC
 from tests.fake_openai_server import FakeOpenAIServer
@@ -158,7 +158,7 @@ def test_install_verifies_before_renaming(tmp_path):
         key = read_manifest(good).key
         bad = shutil.copytree(good, scratch / "bad")
         (bad / "data.parquet").write_bytes(b"PAR1 not really")
-        assert Cache.verify_folder(bad, key) == ["table data: content hash mismatch"]
+        assert verify_folder(bad, key) == ["table data: content hash mismatch"]
         with pytest.raises(DamagedEntry, match="content hash mismatch"):
             cache.install(key, bad)
         assert cache.get(key) is None
@@ -247,10 +247,11 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(write_recipe, data_csv
     nothing_referenced.mkdir()
     build = _build(recipe, cache_dir, SF_TEST_SLEEP="2")
     gc_runs, kept = 0, 0
+    from synthforge import api
     from synthforge.app import cache_gc_text
 
     while build.poll() is None:
-        report = cache_gc_text(Cache(cache_dir), (str(nothing_referenced),), dry_run=False)
+        report = cache_gc_text(api.gc([nothing_referenced], cache_dir=cache_dir))
         kept += "in use by a running build" in report
         gc_runs += 1
         time.sleep(0.05)
@@ -264,18 +265,18 @@ def test_gc_during_a_build_deletes_nothing_the_build_uses(write_recipe, data_csv
 def test_gc_between_the_build_and_its_closing_reads_removes_nothing(cli, write_recipe, data_csv, cache_dir, tmp_path,
                                                                   monkeypatch):
     """The command keeps its leases until it has read back what it built (rows, selection warnings)."""
-    from synthforge import app
+    from synthforge import api, app
 
     nothing_referenced = tmp_path / "no-lockfiles"
     nothing_referenced.mkdir()
     reports: list[str] = []
-    real_warnings = app.selection_warnings
+    real_warnings = api.selection_warnings
 
     def gc_then_warnings(graph, cache, *args, **kwargs):
-        reports.append(app.cache_gc_text(Cache(cache_dir), (str(nothing_referenced),), dry_run=False))
+        reports.append(app.cache_gc_text(api.gc([nothing_referenced], cache_dir=cache_dir)))
         return real_warnings(graph, cache, *args, **kwargs)
 
-    monkeypatch.setattr(app, "selection_warnings", gc_then_warnings)
+    monkeypatch.setattr(api, "selection_warnings", gc_then_warnings)
     result = cli("build", write_recipe(BASIC), "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "removed 0 entries" in reports[0] and "kept 2 in use" in reports[0]

@@ -106,15 +106,17 @@ def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_
     cli("build", recipe, "--cache-dir", a)
     keys = graph_keys(recipe)
     remote = Remote(remote_url, progress=False)
-    assert not remote.has(keys["split"])
-    assert remote.push(keys["split"], Cache(a)) and remote.has(keys["split"]) and not remote.has(keys["rows"])
+    assert not remote.available([keys["split"]])
+    assert keys["split"] in remote.push_many([keys["split"]], Cache(a)).entries
+    assert remote.available([keys["split"], keys["rows"]]) == {keys["split"]}
     pulled = cli("cache", "pull", recipe, "--step", "split", "--variant", "default", "--cache-dir", b,
                  "--remote", remote_url, "--no-progress")
     assert pulled.exit_code == 0 and "pulled 1 entry" in pulled.output
     assert Cache(b).problems(keys["split"]) == [] and Cache(b).problems(keys["rows"]) is None
-    assert not remote.fetch(keys["rows"], Cache(b))
-    remote.push(keys["rows"], Cache(a))
-    assert remote.fetch(keys["rows"], Cache(b)) and Cache(b).verify(Cache(b).get(keys["rows"])) == []
+    assert not remote.pull_many([keys["rows"]], Cache(b)).entries and Cache(b).problems(keys["rows"]) is None
+    remote.raise_failures(remote.push_many([keys["rows"]], Cache(a)))
+    assert keys["rows"] in remote.pull_many([keys["rows"]], Cache(b)).entries
+    assert Cache(b).verify(Cache(b).get(keys["rows"])) == []
     by_lock = cli("cache", "pull", recipe.with_suffix(".lock"), "--cache-dir", tmp_path / "c", "--remote", remote_url,
                   "--no-progress")
     assert by_lock.exit_code == 0 and "pulled 2 entries" in by_lock.output
@@ -184,8 +186,7 @@ def test_a_connection_dropped_mid_upload_leaves_no_entry_and_push_resumes(
     monkeypatch.setattr("synthforge.remote.LIST_PAGE", 0)  # as on a huge remote: the resume asks per object
     assert proxy.sent > total // 2 and done.failed and done.entries, "the line was cut in the middle of the push"
     remote = Remote(s3_url, progress=False)
-    for key in done.failed:
-        assert not remote.has(key)
+    assert not remote.available(done.failed)
     for path, data in remote_files(s3_url).items():
         if "/objects/" in path:
             from xxhash import xxh3_128_hexdigest
@@ -272,7 +273,7 @@ def test_gc_removes_what_no_lockfile_references(cli, write_recipe, data_csv, tmp
     monkeypatch.setattr("synthforge.remote.GC_GRACE_S", -1)
     old = cli("cache", "gc", str(keep.with_suffix(".lock")), "--remote", remote_url)
     assert f"removed 0 remote entries and {drop_objects} unreferenced objects" in old.output
-    assert remote.keys() == sorted(graph_keys(keep).values()) and not remote.has(drop_split)
+    assert remote.keys() == sorted(graph_keys(keep).values()) and not remote.available([drop_split])
     pulled = cli("cache", "pull", keep, "--cache-dir", tmp_path / "b", "--remote", remote_url, "--no-progress")
     assert pulled.exit_code == 0 and "pulled 2 entries" in pulled.output
 

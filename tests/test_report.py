@@ -159,13 +159,14 @@ def test_sweep_files_lead_with_the_answer(records, tmp_path):
 
 def _study(records, fractions):
     from synthforge.report import Study
+    from synthforge.metric_registry import Interval
     from synthforge.study_stats import CellStats
 
     cells = []
     for r, fraction in zip(records, fractions):
         values = {**r["vars"], "synthetic_fraction": fraction}
         r["vars"] = values
-        cells.append(CellStats(values, [r["variant"]], {"mean": 0.7, "lo": 0.6, "hi": 0.8}, {"mean": 0.0, "lo": 0.0, "hi": 0.0}, 1.0, 1.0))
+        cells.append(CellStats(values, [r["variant"]], Interval(0.7, 0.6, 0.8), Interval(0.0, 0.0, 0.0), 1.0, 1.0))
     return Study("t", cells, "bootstrap", "macro_f1", "train", 50)
 
 

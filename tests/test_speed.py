@@ -150,11 +150,11 @@ def test_a_missing_table_or_a_changed_size_is_found_without_hashing(write_recipe
 
 
 def test_a_cached_build_of_a_recipe_without_levels_reads_no_manifest_for_warnings(write_recipe, data_csv, cache_dir, monkeypatch):
-    from synthforge import app
+    from synthforge import api
 
     graph, cache = built(write_recipe(MATRIX), cache_dir)
     monkeypatch.setattr(Cache, "get", lambda self, key: pytest.fail("selection_warnings read an entry"))
-    assert app.selection_warnings(graph, cache) == []
+    assert api.selection_warnings(graph, cache) == []
 
 
 def test_a_remote_is_asked_one_listing_per_shard_in_parallel_not_one_question_per_object(tmp_path, monkeypatch):
@@ -184,12 +184,12 @@ def test_a_remote_is_asked_one_listing_per_shard_in_parallel_not_one_question_pe
 
 
 def test_a_fully_cached_build_with_a_remote_never_connects(write_recipe, data_csv, cache_dir, tmp_path):
-    from synthforge import app
+    from synthforge.api import OpenRecipe
     from synthforge.remote import Remote
 
     graph, cache = built(write_recipe(MATRIX), cache_dir)
     remote = Remote(str(tmp_path / "remote"), progress=False)
-    app.build_text(graph, cache, remote=remote, log=lambda m: None)
+    OpenRecipe(graph, cache).build(remote=remote, log=lambda m: None)
     assert remote._connection is None
 
 

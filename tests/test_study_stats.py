@@ -43,13 +43,13 @@ def test_a_clear_gain_is_significant_and_a_null_effect_is_not():
     stats, method = study_statistics(variants, runs, score="accuracy", resamples=200)
     by_fraction = {c.values["synthetic_fraction"]: c for c in stats}
     assert method == study_stats.INTERVAL_METHOD
-    assert by_fraction[0.0].delta == {} and by_fraction[0.0].p_adj is None
+    assert by_fraction[0.0].delta is None and by_fraction[0.0].p_adj is None
     gain = by_fraction[0.5]
-    assert gain.delta["mean"] == pytest.approx(0.16, abs=0.01) and gain.delta["lo"] > 0
+    assert gain.delta.mean == pytest.approx(0.16, abs=0.01) and gain.delta.lo > 0
     assert gain.p_t < 0.01 and gain.p_adj >= gain.p_t
     null = by_fraction[1.0]
-    assert null.delta["lo"] < 0 < null.delta["hi"] and null.p_adj > 0.05
-    assert gain.score["lo"] < gain.score["mean"] < gain.score["hi"]
+    assert null.delta.lo < 0 < null.delta.hi and null.p_adj > 0.05
+    assert gain.score.lo < gain.score.mean < gain.score.hi
 
 
 def test_the_headline_is_the_paired_t_over_replicates_not_mcnemar():
@@ -75,12 +75,12 @@ def test_interval_uses_satterthwaite_df_of_replicate_plus_test_variance():
     variants, runs = runs_for(cells, n=300)
     cell = next(c for c in study_statistics(variants, runs, score="accuracy", resamples=300)[0] if c.values["synthetic_fraction"] == 0.5)
     between = np.var(list(cell.replicate_deltas.values()), ddof=1) / 4
-    half = (cell.delta["hi"] - cell.delta["lo"]) / 2
-    test = (half / scipy_stats.t.ppf(0.975, cell.delta["df"])) ** 2 - between
+    half = (cell.delta.hi - cell.delta.lo) / 2
+    test = (half / scipy_stats.t.ppf(0.975, cell.delta.df)) ** 2 - between
     assert test > 0  # the fixed test set's variance is in the interval
     expected_df = (between + test) ** 2 / (between**2 / 3 + test**2 / 299)
-    assert cell.delta["df"] == pytest.approx(expected_df, rel=1e-6)
-    assert 3 < cell.delta["df"]  # more than R-1: the bootstrap term is well estimated
+    assert cell.delta.df == pytest.approx(expected_df, rel=1e-6)
+    assert 3 < cell.delta.df  # more than R-1: the bootstrap term is well estimated
 
 
 def test_identical_cells_count_once_in_the_correction():
@@ -146,7 +146,7 @@ def test_one_replicate_falls_back_to_the_test_bootstrap():
     stats, method = study_statistics(variants, runs, score="accuracy", resamples=200)
     assert method == study_stats.BOOTSTRAP_METHOD
     cell = next(c for c in stats if c.values["synthetic_fraction"] == 0.5)
-    assert cell.delta["lo"] < cell.delta["mean"] < cell.delta["hi"]
+    assert cell.delta.lo < cell.delta.mean < cell.delta.hi
 
 
 def test_label_agreement_flags_rows_labelled_against_the_reference():

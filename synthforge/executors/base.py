@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from synthforge import running
+from synthforge.cache import Cache
+from synthforge.progress import LOGGER, forwarding
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.graph import Graph, Node
@@ -51,17 +56,11 @@ class Executor(Protocol):
 def execute_node(graph: "Graph", key: str, cache_root: str | Path, runtime: "Runtime", force: bool) -> NodeRun:
     """Run one node in a worker (a spawned process or a Ray task). Its log lines reach the parent as they
     happen when the worker forwards (`progress.forward_to`), else they travel back with the outcome."""
-    import logging
-
-    from synthforge.building import run_node
-    from synthforge.cache import Cache
-    from synthforge.progress import LOGGER, forwarding
-
     node = graph.nodes[key]
     lines: list[str] = []
     log = (lambda line: logging.getLogger(LOGGER).info(f"  {node.step}: {line}")) if forwarding() else lines.append
     start = time.perf_counter()
-    outcome = run_node(graph, node, Cache(cache_root), runtime, log, force=force)
+    outcome = running.run_node(graph, node, Cache(cache_root), runtime, log, force=force)
     return NodeRun(key, outcome.manifest.rows, time.perf_counter() - start, outcome.built, lines)
 
 

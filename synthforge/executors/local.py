@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from synthforge import running
 from synthforge.backends.devices import limit_threads, thread_budget, usable_cpus
 from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node, plan_width
 from synthforge.progress import forward_to, settings, show_forwarded
@@ -52,12 +53,10 @@ class InlineExecutor:
         self._queued.append((node, force))
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
-        from synthforge.building import run_node
-
         node, force = self._queued.pop(0)
         start = time.perf_counter()
         try:
-            outcome = run_node(self.graph, node, self.cache, self.runtime, self.log, force=force)
+            outcome = running.run_node(self.graph, node, self.cache, self.runtime, self.log, force=force)
         except Exception as exc:  # handed to the loop, which lets running nodes finish, then raises it
             return [(node.key, exc)]
         return [(node.key, NodeRun(node.key, outcome.manifest.rows, time.perf_counter() - start, outcome.built))]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthforge.cache import Cache, atomic_write_text
+from synthforge.cache import Cache, atomic_write
 
 
 def _path(cache: Cache, backend: str, model: str) -> Path:
@@ -24,7 +24,7 @@ def record(cache: Cache, backend: str, model: str, new_tokens: int, seconds: flo
         return
     facts = {"new_tokens_per_s": new_tokens / seconds, "new_tokens": new_tokens, "seconds": round(seconds, 3),
              "measured": time.strftime("%Y-%m-%d %H:%M")}
-    atomic_write_text(_path(cache, backend, model), json.dumps(facts, indent=1))
+    atomic_write(_path(cache, backend, model), json.dumps(facts, indent=1))
 
 
 def recorded(cache: Cache, backend: str, model: str) -> dict[str, Any] | None:

@@ -21,10 +21,10 @@ from synthforge.recipe.overrides import apply_overrides, narrowed_axes
 from synthforge.recipe.yaml_lines import line_for, load_yaml_with_lines
 from synthforge.steps import known_kinds, step_class
 from synthforge.stepapi import SEED_LIMIT, StepParams
+from synthforge.study_stats import REPLICATE_VAR
 from synthforge.steps.base import Step
 
 DEFAULT_VARIANT = "default"
-REPLICATE_VAR = "replicate"  # the variable `replicates: N` adds (0..N-1)
 MAX_VARIANTS = 10_000  # resolving is per variant: a typo'd range must not hang `plan`
 
 
