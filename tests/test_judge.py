@@ -200,3 +200,33 @@ def test_stats_shows_the_judges_score_distribution():
     text = format_stats({"metrics": {"rows": 4.0}, "judge_scores": scores})
     assert "judge score: mean" in text and "integer 1 to 5, over 4 rows" in text
     assert any(line.startswith("judge score = 4") and " 2 " in line for line in text.splitlines())
+
+
+def test_the_agreement_recipe_reuses_the_diversity_studys_pools(tmp_path):
+    """recipes/judge_agreement.yaml repeats the study's steps: every key but its judge's is in the study's lockfile."""
+    from pathlib import Path
+
+    import synthforge as sf
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    locked = set(json.loads((recipes / "diversity_study.lock").read_text())["nodes"])
+    graph = sf.open(recipes / "judge_agreement.yaml", cache_dir=tmp_path / "cache").graph
+    others = {key for key, node in graph.nodes.items() if node.kind != "judge"}
+    assert len(others) == 1 + 1 + 3 * 10 and others <= locked
+
+
+def test_verdict_agreement_counts_kappa_and_bootstraps_paired_rows():
+    import numpy as np
+
+    from synthforge.fidelity import verdict_agreement
+
+    first = np.array([True] * 40 + [False] * 60)
+    second = np.array([True] * 30 + [False] * 10 + [True] * 10 + [False] * 50)
+    found = verdict_agreement(first, second, resamples=500)
+    assert found["table"] == [[30, 10], [10, 50]] and found["agreement"] == pytest.approx(0.8)
+    expected = 0.4 * 0.4 + 0.6 * 0.6  # chance agreement from the two pass rates
+    assert found["kappa"] == pytest.approx((0.8 - expected) / (1 - expected))
+    lo, hi = found["kappa_ci"]
+    assert lo < found["kappa"] < hi and 0.3 < lo and hi < 0.8
+    same = verdict_agreement(np.ones(10, bool), np.ones(10, bool), resamples=50)
+    assert same["agreement"] == 1.0 and same["kappa"] is None  # one verdict for every row: kappa is undefined
