@@ -230,3 +230,34 @@ def test_verdict_agreement_counts_kappa_and_bootstraps_paired_rows():
     assert lo < found["kappa"] < hi and 0.3 < lo and hi < 0.8
     same = verdict_agreement(np.ones(10, bool), np.ones(10, bool), resamples=50)
     assert same["agreement"] == 1.0 and same["kappa"] is None  # one verdict for every row: kappa is undefined
+
+
+def test_a_recipe_builds_a_judge_resumes_it_from_cache_and_locates_a_template_mistake(cli, write_recipe, data_csv, server):
+    server.reply_body = score_by_length
+    recipe = f"""
+        name: judged
+        seed: 3
+        steps:
+          rows:
+            kind: load
+            path: reviews.csv
+            text_column: review
+            label_column: stars
+          judged:
+            kind: judge
+            input: rows
+            n: 6
+            template: "Rate this {{{{ label }}}} review:\\n{{{{ text }}}}"
+            backend: {{type: openai, base_url: "{server.base_url}", model: judge-model, backoff_s: 0.01}}
+        """
+    path = write_recipe(recipe)
+    built = cli("build", path)
+    assert built.exit_code == 0, built.output
+    assert len(server.requests) == 6
+    again = cli("build", path)
+    assert again.exit_code == 0 and len(server.requests) == 6  # fully cached: nothing asked again
+    wrong = write_recipe(recipe.replace("{{ text }}", "{{ txet }}"), "wrong.yaml")
+    refused = cli("build", wrong)
+    lines = refused.output.strip().splitlines()
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert any("wrong.yaml:" in line and "judged.template" in line and "'txet'" in line for line in lines)
