@@ -234,22 +234,12 @@ def test_verdict_agreement_counts_kappa_and_bootstraps_paired_rows():
 
 def test_a_recipe_builds_a_judge_resumes_it_from_cache_and_locates_a_template_mistake(cli, write_recipe, data_csv, server):
     server.reply_body = score_by_length
-    recipe = f"""
-        name: judged
-        seed: 3
-        steps:
-          rows:
-            kind: load
-            path: reviews.csv
-            text_column: review
-            label_column: stars
-          judged:
-            kind: judge
-            input: rows
-            n: 6
-            template: "Rate this {{{{ label }}}} review:\\n{{{{ text }}}}"
-            backend: {{type: openai, base_url: "{server.base_url}", model: judge-model, backoff_s: 0.01}}
-        """
+    from tests.conftest import BASIC
+
+    recipe = BASIC + (
+        "  judged:\n    kind: judge\n    input: rows\n    n: 6\n"
+        "    template: \"Rate this {{ label }} review:\\n{{ text }}\"\n"
+        f"    backend: {{type: openai, base_url: \"{server.base_url}\", model: judge-model, backoff_s: 0.01}}\n")
     path = write_recipe(recipe)
     built = cli("build", path)
     assert built.exit_code == 0, built.output
