@@ -6,7 +6,7 @@ Every case is a fresh process timed for wall and CPU (user + sys), interleaved w
     the code before (REV, its own cache) and by this code; beside it `dvc repro` of the same DAG (one load stage,
     N split stages over a `foreach`, every stage cached; dvc from `--dvc`, e.g. /tmp/bench-ref/bin/dvc).
     The growth per variant is (CPU at the largest N - CPU at the smallest) / (difference in N).
-  - the study: the 60-variant diversity study (151 outputs) fully cached, before and now, beside the import floor
+  - the study: the diversity study (450 variants, 992 outputs) fully cached, before and now, beside the import floor
     (`python -c "import synthforge.app"`): built here with SmolLM2 swapped for a local fake endpoint (same DAG and
     table sizes), or as built in `--study-cache` (`--study-set` passes the --set values it was built with).
 `--artifact-mb N` also times the artifact check of one entry holding an N MB model file: the first check
@@ -75,6 +75,13 @@ def before_tree(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "synthforge"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def compile_bytecode(tree: Path) -> None:
+    """Write the .pyc files of `tree`'s synthforge, as installing a package does: otherwise every timed run
+    compiles every module from source (PYTHONDONTWRITEBYTECODE keeps them from being written), which a
+    user never pays and dvc, installed by pip, does not either."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "synthforge")], check=True, capture_output=True)
 
 
 def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -151,7 +158,7 @@ def n_variants(n: int, work: Path, before: Path, repeats: int, dvc: Path | None)
     return interleaved(cases, repeats)
 
 
-def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work: Path) -> tuple[dict[str, list[tuple[float, float]]] | None, str]:
+def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work: Path) -> tuple[dict[str, list[tuple[float, float]]] | None, str, str]:
     """The study's fully cached build, timed before and now beside the import floor: on `cache` as built, or
     built here with a local fake endpoint."""
     recipe = work / "diversity_study.yaml"  # a copy: its lockfile lands beside it, not over the committed one
@@ -179,11 +186,20 @@ def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work:
     plan = subprocess.run([sys.executable, "-m", "synthforge", "plan", str(recipe), *overrides], cwd=work,
                           env={**os.environ, **env_cache}, capture_output=True, text=True)
     if plan.returncode != 0 or " 0 to run" not in plan.stdout:
-        return None, how
+        return None, how, ""
     build = ["build", str(recipe), "--no-progress", *overrides]
     cases = {name: (cmd + build, {**env, **env_cache}, work) for name, (cmd, env) in commands(before).items()}
     cases["import floor"] = ([sys.executable, "-c", "import synthforge.app"], {**os.environ, "PYTHONPATH": str(ROOT)}, work)
-    return interleaved(cases, repeats), how
+    return interleaved(cases, repeats), how, study_size(recipe, sets)
+
+
+def study_size(recipe: Path, sets: list[str]) -> str:
+    """'N variants (M outputs)' of the study as built."""
+    from synthforge.graph import build_graph
+    from synthforge.recipe.resolve import load_recipe, parse_overrides
+
+    resolved = load_recipe(recipe, parse_overrides(tuple(sets)))
+    return f"{len(resolved.variants)} variants ({len(build_graph(resolved).nodes)} outputs)"
 
 
 def heavy_imports(folder: Path) -> list[str]:
@@ -283,6 +299,8 @@ def main() -> None:
     rows, cpu_of = [], {}
     with tempfile.TemporaryDirectory() as work, tempfile.TemporaryDirectory() as old:
         before = before_tree(rev, Path(old))
+        for tree in (before, ROOT):
+            compile_bytecode(tree)
         for n in args.variants:
             times = n_variants(n, Path(work), before, args.repeats, dvc)
             loads.append(load())
@@ -293,11 +311,11 @@ def main() -> None:
                              summary(times[name], 1), vs])
                 cpu_of[(name, n)] = median(times[name], 1)
         heavy = heavy_imports(Path(work) / f"variants-{args.variants[0]}") if args.variants else []
-        studied, how = None, "skipped"
+        studied, how, size = None, "skipped", ""
         if not args.no_study:
             study_work = Path(args.keep) if args.keep else Path(work)
             study_work.mkdir(parents=True, exist_ok=True)
-            studied, how = study(Path(args.study_cache) if args.study_cache else None, args.study_set, before,
+            studied, how, size = study(Path(args.study_cache) if args.study_cache else None, args.study_set, before,
                                  args.repeats, study_work)
             loads.append(load())
         artifacts = artifact_cost(args.artifact_mb, Path(work)) if args.artifact_mb else []
@@ -310,10 +328,10 @@ def main() -> None:
         floor = median(studied["import floor"], 0)
         for name in ("before", "now", "import floor"):
             label = f"before ({rev[:10]})" if name == "before" else name
-            rows.append([f"diversity study, 60 variants (151 outputs), fully cached: {label}", summary(studied[name], 0),
+            rows.append([f"diversity study, {size}, fully cached: {label}", summary(studied[name], 0),
                          summary(studied[name], 1), f"{median(studied[name], 0) / floor:.2f}x floor"])
     elif not args.no_study:
-        rows.append(["diversity study, 60 variants", f"not fully built ({how}): skipped", "", ""])
+        rows.append(["diversity study", f"not fully built ({how}): skipped", "", ""])
     rows += [row[:2] + ["", ""] for row in artifacts]
     rows.append(["fully cached build imports", ", ".join(heavy) or "none of torch, transformers, faiss, numpy", "", ""])
     if args.hashing:

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import io
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -106,7 +107,7 @@ def study(source: Path, runs: int, sets: tuple[str, ...], keep: Path | None, rec
                     wall = time.perf_counter() - start
                     if proc.returncode != 0:
                         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-                    built = proc.stdout.count(" built ")
+                    built = int(re.search(r"\bbuilt (\d+),", proc.stdout).group(1))  # the summary line: "built N, cached M in ..."
                     digests[(run, mode, tree_name)] = table_digests(cache)
                     label = mode if before is None else f"{mode}, {tree_name}"
                     rows.append([run + 1, label, built, f"{wall:.1f}", f"{children_cpu() - cpu:.1f}", before_load, loadavg()])

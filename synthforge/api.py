@@ -80,12 +80,13 @@ class BuildResult(BuildReport):
 @dataclass
 class Report:
     """What `r.report()` wrote: the fully built variants' records, the study's statistics (None without a
-    built train step), a sentence naming unbuilt variants, and the files."""
+    built train step), a sentence naming unbuilt variants, the files, and which searches pinned tuned steps."""
 
     records: list[dict[str, Any]]
     study: "Study | None"
     missing: str
     paths: list[Path]
+    tuned: str = ""  # tuning.tuned_text: the search behind each `tune --write`-pinned step ("" when none)
 
 
 class OpenRecipe:
@@ -159,7 +160,7 @@ class OpenRecipe:
                       pull, push, executor, keep_going)
 
     def tune(self, step: str, *, targets: Sequence[str] = (), space: Sequence[str] = (), reference: str | None = None,
-             embed: str | None = None, probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
+             embed: str | None = None, judge: str | None = None, probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
              variant: str | None = None, max_requests: int | None = None, max_tokens: int | None = None,
              device: str = "auto", progress: bool = False, jobs: int | None = None, dry_run: bool = False) -> "TuneResult":
         """Search the settings of generate step `step` for its recipe `tune:` block's targets (or `targets` and
@@ -172,7 +173,7 @@ class OpenRecipe:
 
         ensure_logging()
         search = search_from(self.graph.recipe, step, targets=targets, space=space, reference=reference, embed=embed,
-                             probe_rows=probe_rows, probes=probes, seed=seed, max_requests=max_requests,
+                             judge=judge, probe_rows=probe_rows, probes=probes, seed=seed, max_requests=max_requests,
                              max_tokens=max_tokens)
         return tune(self, search, variant=variant, device=device, progress=progress, jobs=jobs,
                     log=logging.getLogger(LOGGER).info, dry_run=dry_run)
@@ -266,9 +267,11 @@ class OpenRecipe:
                correction: str = "holm", html: bool = False) -> Report:
         """Write the sweep report of the fully built variants (table, plots; `html`: report.html) into `out`
         (default reports/<recipe name>/); the study's statistics pool replicates (docs/report.md)."""
-        from synthforge.report import slug, study_of, write_report
+        from synthforge.report import reported_score, slug, study_of, write_report
+        from synthforge.tuning import tuned_text
 
         records, missing = _built_records(self.graph, self.cache)
+        score = reported_score(records, score)
         study = study_of(self.graph, self.cache, records, level_var, fraction_var, score, correction)
         if study is not None and missing:
             study.warnings.insert(0, missing)
@@ -277,24 +280,29 @@ class OpenRecipe:
                              diversity_metric=metric, study=study)
         if html:
             paths.append(_html_report(self, out_dir, level_var, study, [p for p in paths if p.suffix == ".png"]))
-        return Report(records, study, missing, paths)
+        return Report(records, study, missing, paths, tuned_text(self.graph.recipe, self.cache))
 
     def export(self, step: str, to: str | Path, variant: str | None = None, table: str = "data",
-               fmt: str | None = None) -> str:
-        """Write a step's table with its provenance (parquet, jsonl, csv, or a Hugging Face folder: `fmt='hf'`)."""
+               fmt: str | None = None, roles: Mapping[str, str | None] | None = None) -> str:
+        """Write a step's table with its provenance (parquet, jsonl, csv, or a Hugging Face folder: `fmt='hf'`), or
+        chat JSONL (`fmt='messages'`, `roles` naming the columns: {"user": ..., "assistant": ..., "system": ...})."""
         from synthforge.export import export
 
-        return export(self, step, str(to), variant, table, fmt)
+        return export(self, step, str(to), variant, table, fmt, dict(roles or {}))
 
 
 def diff(a: str, b: str, cache_dir: str | Path | None = None, *, fail_on: Sequence[str] = (), build_missing: bool = False,
-         set: Mapping[str, Any] | None = None, progress: bool = True) -> "Diff":  # noqa: A002
+         set: Mapping[str, Any] | None = None, progress: bool = True, records: int = 5) -> "Diff":  # noqa: A002
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP); `.tripped` says
-    whether a `fail_on` gate tripped (docs/diff.md)."""
+    whether a `fail_on` gate tripped (docs/diff.md). `records`: changed, added and removed records listed per step."""
     from synthforge.diff import run_diff
+    from synthforge.tuning import note_tuned_steps
 
-    return run_diff(a, b, Cache(cache_dir), fail_on=list(fail_on), build_missing=build_missing, sets=dict(set or {}),
-                    log=app.status_line, runtime=Runtime(progress=progress))
+    cache = Cache(cache_dir)
+    result = run_diff(a, b, cache, fail_on=list(fail_on), build_missing=build_missing, sets=dict(set or {}),
+                      log=app.status_line, runtime=Runtime(progress=progress), records=records)
+    note_tuned_steps(result, cache)  # which search pinned a changed tuned step, on each side
+    return result
 
 
 @dataclass

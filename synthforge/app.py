@@ -230,11 +230,16 @@ def _per_variant(outputs: list[tuple[str, Entry]], blocks: list[str]) -> str:
 
 
 def tune_text(r: Any, step: str, result: Any, *, write: bool = False, plot: str | None = None,
-              dry_run: bool = False) -> str:
+              dry_run: bool = False, as_json: bool = False) -> str:
     """`synthforge tune`: the probes' table, the best settings (or the Pareto front), the plot's path and the
-    recipe fragment of `result` (`r.tune(step)`); `write` pins the best settings in the recipe file."""
-    from synthforge.tuning import format_result, plot_result, write_settings
+    recipe fragment of `result` (`r.tune(step)`; `as_json`: the result as JSON); `write` pins the best settings
+    in the recipe file with a note of the search that chose them."""
+    import json
 
+    from synthforge.tuning import format_result, pinned_note, plot_result, write_settings
+
+    if as_json:
+        return json.dumps(result.to_json(), indent=1, sort_keys=True)
     lines = [format_result(result)]
     out = Path(plot) if plot else Path("reports") / r.name / f"tune-{step}.png"
     drawn = plot_result(result, out)
@@ -244,7 +249,7 @@ def tune_text(r: Any, step: str, result: Any, *, write: bool = False, plot: str 
         if not result.best:
             raise UserError("nothing to write: no probe met every target", field="--write",
                             hint="loosen the targets, widen the space or run more probes")
-        write_settings(r.path, step, result.best[0].settings)
+        write_settings(r.path, step, result.best[0].settings, pinned_note(result, result.best[0]))
         lines.append(f"wrote probe #{result.best[0].number}'s settings into {r.path}")
     return "\n".join(lines)
 
@@ -272,6 +277,7 @@ def report_text(result: Any, level_var: str, fraction_var: str, metric: str | No
     table = format_table(result.records, diversity_metric=metric, study=study)
     top = heading(study) if study else (f"warning: {missing}\n\n" if missing else "")
     table += analysis_text(study, level_var, fraction_var) if study else ""
+    table += f"\n\n{result.tuned}" if result.tuned else ""
     return top + table + "\n\nwrote:\n" + "\n".join(f"  {p}" for p in result.paths)
 
 

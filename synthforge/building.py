@@ -201,8 +201,6 @@ def _incomplete(graph: Graph, report: BuildReport) -> BuildFailed:
 def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime, cache: Cache | None = None) -> "RequestBudget | None":
     """Refuse, before any work, a build that plans more LLM requests or tokens than its budget; else, when the
     build asks an LLM and `cache` is given, the budget its backends charge every request to while it runs."""
-    from synthforge.backends.llm import RequestBudget
-
     usage = planned_usage(items)
     budget = graph.recipe.model.budget
     limits = {}
@@ -218,6 +216,8 @@ def check_budget(graph: Graph, items: list[PlanItem], runtime: Runtime, cache: C
             hint=f"lower n, or raise budget.max_{what} in the recipe or --max-{what} on the command line")
     if not usage or cache is None:
         return None
+    from synthforge.backends.llm import RequestBudget  # only when the build asks an LLM
+
     return RequestBudget.create(cache.shared_dir("budgets"), limits["requests"], limits["tokens"])
 
 

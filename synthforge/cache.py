@@ -200,7 +200,7 @@ class Manifest(_Frozen):
     def content_hash(self) -> str:
         """One identity of the entry's output bytes: every table's and artifact's content hash (no timings, meta,
         versions or variants): two builds of a key made the same bytes exactly when these are equal."""
-        return key_of({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
+        return _plain_key({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
 
     @classmethod
     def seal(cls, **fields: Any) -> "Manifest":
@@ -260,22 +260,24 @@ def read_manifest(folder: Path, key: str | None = None, full: bool = False) -> M
 
     A manifest checked once is not checked again in this process while its file is unchanged
     (same inode, mtime and size): a build reads each several times."""
-    path = Path(folder) / MANIFEST
+    path = os.path.join(folder, MANIFEST)  # plain strings: a plan reads hundreds of these
     try:
-        stat = path.stat()
-    except FileNotFoundError:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
         raise DamagedEntry(folder, "no manifest.json") from None
-    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size, key, full)
-    if memo not in _checked:
+    memo = (path, stat.st_ino, stat.st_mtime_ns, stat.st_size, key, full)
+    manifest = _checked.get(memo)
+    if manifest is None:
         if len(_checked) > 4096:
             _checked.clear()
-        _checked[memo] = _read_manifest(path, folder, key, full)
-    return _checked[memo]
+        manifest = _checked[memo] = _read_manifest(path, folder, key, full)
+    return manifest
 
 
-def _read_manifest(path: Path, folder: Path, key: str | None, full: bool) -> Manifest:
+def _read_manifest(path: str, folder: Path, key: str | None, full: bool) -> Manifest:
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
     except FileNotFoundError:
         raise DamagedEntry(folder, "no manifest.json") from None
     except (OSError, ValueError) as exc:
@@ -501,9 +503,15 @@ def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
         return None
 
 
+def _plain_key(record: dict[str, Any] | list[Any]) -> str:
+    """`key_of` of JSON as read (string keys), without `canonical`'s walk: equal to `key_of(record)` unless the
+    record holds a whole-number float (which `canonical` writes as an int)."""
+    return xxhash.xxh3_128_hexdigest(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def _stamps_key(key: str) -> str:
     """The derived record of an entry's remembered file stamps."""
-    return key_of(["file stamps", key])
+    return _plain_key(["file stamps", key])
 
 
 @dataclass
@@ -541,6 +549,7 @@ class Cache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self._leased: set[str] = set()  # keys this Cache object holds a lease on now
         self._locked: dict[tuple[str, int], int] = {}  # (key, thread) -> depth of the key locks this object holds
+        self._entry_paths: dict[str, Path] = {}  # key -> its folder (a plan asks for each several times)
 
     def __getstate__(self) -> dict[str, Any]:
         # leases and locks are this process's: a copy elsewhere holds none
@@ -548,7 +557,10 @@ class Cache:
 
     # -- layout (every path named by a key refuses anything that is not one: no '../x') ------------
     def entry_path(self, key: str) -> Path:
-        return self.root / "entries" / key[:2] / checked_key(key)
+        path = self._entry_paths.get(key)
+        if path is None:
+            path = self._entry_paths[key] = self.root / "entries" / key[:2] / checked_key(key)
+        return path
 
     def _lock_path(self, key: str, kind: str = "lock") -> Path:
         return self.root / "locks" / f"{checked_key(key)}.{kind}"
@@ -599,12 +611,10 @@ class Cache:
         remembered stamps (`file_problems`): what plan and build ask before they count an entry as cached.
         Reading a table (`scan_table`) or an artifact (`artifact_path`) hashes it in full again."""
         path = self.entry_path(key)
-        if not path.is_dir():
-            return None
         try:
             manifest = read_manifest(path, key)
         except DamagedEntry as exc:
-            return [exc.problem]
+            return [exc.problem] if path.is_dir() else None
         return self.file_problems(key, manifest)
 
     def file_problems(self, key: str, manifest: Manifest) -> list[str]:
@@ -612,20 +622,21 @@ class Cache:
         mtime, ctime, inode, device) is the one remembered when it last hashed sound is not read again; any
         write to it changes the stamp and forces a full hash. The stamps are a derived record (gc drops it with
         the entry), written when the entry is installed and whenever a file hashed sound under a new stamp."""
-        folder = self.entry_path(key)
+        folder = str(self.entry_path(key))
         known = (self.read_derived(_stamps_key(key)) or {}).get("stamps", {})
         stamps, problems = {}, []
         for rel, (digest, size, name) in sorted(_entry_files(manifest).items()):
+            path = os.path.join(folder, rel)
             try:
-                stamp = file_stamp(folder / rel)
+                stamp = file_stamp(path)
             except (FileNotFoundError, NotADirectoryError):
                 problems.append(f"table {name}: file missing" if name else f"{rel}: missing")
                 continue
             if known.get(rel) != stamp:
-                if (size is not None and stamp[0] != size) or hash_file(folder / rel) != digest:
+                if (size is not None and stamp[0] != size) or hash_file(path) != digest:
                     problems.append(f"table {name}: content hash mismatch" if name else f"{rel}: content hash mismatch")
                     continue
-                if file_stamp(folder / rel) != stamp:  # written while it was read: hash it again next time
+                if file_stamp(path) != stamp:  # written while it was read: hash it again next time
                     continue
             stamps[rel] = stamp
         if not problems and stamps != known:
@@ -766,15 +777,24 @@ class Cache:
 
     # -- derived results (computed later from entries, never written into them) --------
     def derived_path(self, key: str) -> Path:
-        return self.root / "derived" / key[:2] / f"{checked_key(key)}.json"
+        return Path(self._derived_file(key))
+
+    def _derived_file(self, key: str) -> str:
+        return os.path.join(self.root, "derived", key[:2], f"{checked_key(key)}.json")
 
     def read_derived(self, key: str) -> dict[str, Any] | None:
         """A derived record, or None when missing or not intact (it is then recomputed)."""
         try:
-            record = json.loads(self.derived_path(key).read_text())
+            with open(self._derived_file(key), "rb") as fh:
+                record = json.loads(fh.read())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("checksum") != key_of({k: v for k, v in record.items() if k != "checksum"}):
+        if not isinstance(record, dict):
+            return None
+        body = {k: v for k, v in record.items() if k != "checksum"}
+        # A record holding no whole-number float is its own canonical form: one C-speed dump checks it.
+        checksum = record.get("checksum")
+        if checksum != _plain_key(body) and checksum != key_of(body):
             return None
         return record
 

@@ -194,12 +194,17 @@ def show_cmd(recipe, step, variant, table, rows, sets, cache_dir):
 
 @main.command("export")
 @click.option("--to", "to", required=True, help="Output file (.parquet, .jsonl, .csv) or, with --format hf, a folder.")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf"]), default=None,
-              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "csv", "hf", "messages"]), default=None,
+              help="Default: from the --to file name. hf: a datasets.load_from_disk folder with a dataset card "
+                   "(record fields typed). messages: chat JSONL for SFT (--prompt, --response, --system).")
+@click.option("--prompt", default=None, metavar="COLUMN", help="--format messages: the column of the user turn.")
+@click.option("--response", default=None, metavar="COLUMN", help="--format messages: the column of the assistant turn.")
+@click.option("--system", default=None, metavar="COLUMN", help="--format messages: the column of the system turn (optional).")
 @step_output_options
-def export_cmd(recipe, step, to, fmt, variant, table, sets, cache_dir):
-    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf)."""
-    click.echo(_open(recipe, sets, cache_dir).export(step, to, variant, table, fmt))
+def export_cmd(recipe, step, to, fmt, prompt, response, system, variant, table, sets, cache_dir):
+    """Write STEP's output with its provenance (parquet metadata, or a dataset card for hf), or as chat messages."""
+    roles = {"system": system, "user": prompt, "assistant": response}
+    click.echo(_open(recipe, sets, cache_dir).export(step, to, variant, table, fmt, roles))
 
 
 @main.command("stats")
@@ -223,6 +228,8 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
               help="A field of the step to search, replacing the recipe's space: FIELD=LOW..HIGH or FIELD=A,B,C.")
 @click.option("--reference", default=None, metavar="STEP[.TABLE]", help="Real rows the shift metrics and label agreement compare to.")
 @click.option("--embed", default=None, metavar="STEP", help="The step embedding the generated rows (default: stats embeds them).")
+@click.option("--judge", default=None, metavar="STEP[.TABLE]",
+              help="Real labelled rows held out from training: an oracle judge trained on them measures fidelity_observed/_corrected.")
 @click.option("--probe-rows", type=click.IntRange(min=1), default=None, help="Rows of each probe (default: the tune block's, else 40).")
 @click.option("--probes", type=click.IntRange(min=1), default=None, help="Probes to run in all, earlier ones included (default 20).")
 @click.option("--seed", type=int, default=None, help="The sampler's seed (default: the tune block's, else 0); part of the search's name.")
@@ -233,6 +240,7 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--write", is_flag=True, help="Write the best settings into the recipe file (in place, comments kept).")
 @click.option("--dry-run", is_flag=True, help="Check the search and estimate its LLM requests and tokens; show the probes done so far; run none.")
 @click.option("--plot", default=None, metavar="PNG", help="Where the plot of the probes goes (default: reports/<recipe name>/tune-STEP.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the search and its probes (metrics, intervals, verdicts) as JSON.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Steps of a probe run at once (spawned workers).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
@@ -240,17 +248,17 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @set_option
 @cache_option
 @user_errors
-def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes, seed, max_requests, max_tokens, write,
-             dry_run, plot, jobs, device, progress, variant, sets, cache_dir):
+def tune_cmd(recipe, step, targets, space, reference, embed, judge, probe_rows, probes, seed, max_requests, max_tokens, write,
+             dry_run, plot, as_json, jobs, device, progress, variant, sets, cache_dir):
     """Search generate STEP's settings for the targets of RECIPE's tune block; resumes a killed search (docs/tune.md)."""
     from synthforge import app
     from synthforge.progress import bars_enabled
 
     r = _open(recipe, sets, cache_dir)
-    result = r.tune(step, targets=targets, space=space, reference=reference, embed=embed, probe_rows=probe_rows,
-                    probes=probes, seed=seed, variant=variant, max_requests=max_requests, max_tokens=max_tokens,
-                    device=device, progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run)
-    click.echo(app.tune_text(r, step, result, write=write, plot=plot, dry_run=dry_run))
+    result = r.tune(step, targets=targets, space=space, reference=reference, embed=embed, judge=judge,
+                    probe_rows=probe_rows, probes=probes, seed=seed, variant=variant, max_requests=max_requests,
+                    max_tokens=max_tokens, device=device, progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run)
+    click.echo(app.tune_text(r, step, result, write=write, plot=plot, dry_run=dry_run, as_json=as_json))
 
 
 @main.command("report")
@@ -258,7 +266,8 @@ def tune_cmd(recipe, step, targets, space, reference, embed, probe_rows, probes,
 @click.option("--out", default=None, help="Output folder (default: reports/<recipe name>).")
 @click.option("--level-var", default="diversity", show_default=True, help="The matrix variable on the x axis.")
 @click.option("--fraction-var", default="synthetic_fraction", show_default=True, help="One line per value of this variable.")
-@click.option("--score", default="macro_f1", show_default=True, help="accuracy or macro_f1.")
+@click.option("--score", default="macro_f1", show_default=True,
+              help="accuracy or macro_f1; for sft exact_match, perplexity or response_loss (its first when macro_f1 is left).")
 @click.option("--metric", default=None, help="Diversity metric to plot (default: vendi when present).")
 @click.option("--correction", type=click.Choice(["holm", "bh"]), default="holm", show_default=True,
               help="Multiple-comparison correction of the paired tests across cells (Holm or Benjamini-Hochberg).")
@@ -284,10 +293,13 @@ def report_cmd(recipe, out, level_var, fraction_var, score, metric, correction, 
 @click.option("--build", "build_missing", is_flag=True, help="Build what is missing on either side first.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr (with --build).")
 @click.option("--output", "-o", default=None, help="Also write the report to this file.")
+@click.option("--records", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
+              help="Changed, added and removed records listed per step (by id, with each changed field's before and "
+                   "after); the counts are always complete.")
 @set_option
 @cache_option
 @user_errors
-def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_dir):
+def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, records, sets, cache_dir):
     """Compare two recipes, lockfiles, git revisions (REV:path) or step outputs (RECIPE#STEP).
 
     Exit code 1 when a --fail-on gate trips, 0 otherwise, 2 on usage errors.
@@ -297,7 +309,7 @@ def diff_cmd(a, b, fmt, fail_on, build_missing, progress, output, sets, cache_di
     from synthforge.recipe.resolve import parse_overrides
 
     result = api.diff(a, b, cache_dir, fail_on=fail_on, build_missing=build_missing, set=parse_overrides(sets),
-                      progress=bars_enabled())
+                      progress=bars_enabled(), records=records)
     click.echo(app.diff_text(result, fmt, output))
     sys.exit(1 if result.tripped else 0)
 

@@ -20,6 +20,7 @@ from synthforge.cache import Cache, Entry
 from synthforge.errors import UserError, did_you_mean
 from synthforge.lockfile import describe_changes, read_lock
 from synthforge.metric_registry import RUN_FACTS, Interval, flatten_metrics
+from synthforge.record_diff import SHOWN, compare_records, record_lines, record_markdown
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.stepapi import Runtime
 from synthforge.tables import render_markdown as markdown_table
@@ -101,11 +102,13 @@ class StepDiff:
     reasons: list[str] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuned: dict[str, Any] = field(default_factory=dict)  # {"a": line, "b": line}: tuning.note_tuned_steps fills it
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step": self.step, "variants": self.variants, "status": self.status, "key_a": self.key_a,
             "key_b": self.key_b, "reasons": self.reasons, "outputs": self.outputs, "metrics": self.metrics,
+            **({"tuned": self.tuned} if self.tuned else {}),
         }
 
 
@@ -134,13 +137,13 @@ class Diff:
         }
 
 
-def diff_sides(a: Side, b: Side, cache: Cache) -> Diff:
+def diff_sides(a: Side, b: Side, cache: Cache, shown: int = SHOWN) -> Diff:
     variants = variant_pairs(a, b)
     pairs = _pairs(a, b, variants)
     grouped: dict[tuple[str, str | None, str | None], list[str]] = {}
     for variant, step, key_a, key_b in pairs:
         grouped.setdefault((step, key_a, key_b), []).append(variant)
-    steps = [_compare(step, variants, key_a, key_b, a, b, cache) for (step, key_a, key_b), variants in grouped.items()]
+    steps = [_compare(step, variants, key_a, key_b, a, b, cache, shown) for (step, key_a, key_b), variants in grouped.items()]
     paired_a = {name_a for name_a, _ in variants}
     paired_b = {name_b for _, name_b in variants}
     return Diff(a, b, steps, sorted(set(b.keys) - paired_b), sorted(set(a.keys) - paired_a))
@@ -170,7 +173,8 @@ def variant_pairs(a: Side, b: Side) -> list[tuple[str, str]]:
     return common
 
 
-def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | None, a: Side, b: Side, cache: Cache) -> StepDiff:
+def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | None, a: Side, b: Side, cache: Cache,
+             shown: int = SHOWN) -> StepDiff:
     if key_a is None or key_b is None:
         return StepDiff(step, variants, "added" if key_a is None else "removed", key_a, key_b)
     if key_a == key_b:
@@ -180,36 +184,37 @@ def _compare(step: str, variants: list[str], key_a: str | None, key_b: str | Non
     entry_a, entry_b = cache.get(key_a), cache.get(key_b)
     result.outputs = {"a_built": entry_a is not None, "b_built": entry_b is not None}
     if entry_a and entry_b:
-        result.outputs.update(compare_rows(entry_a, entry_b))
+        result.outputs.update(compare_rows(entry_a, entry_b, shown))
         result.metrics = compare_metrics(entry_a.manifest.meta, entry_b.manifest.meta)
     return result
 
 
-def compare_rows(entry_a: Entry, entry_b: Entry) -> dict[str, Any]:
-    """Rows added, removed and changed (by id) between two entries' main tables (each read checked)."""
+def _tuned_lines(step: StepDiff) -> list[str]:
+    return [f"tuned {side.upper()}: {line}" for side, line in step.tuned.items()]
+
+
+def compare_rows(entry_a: Entry, entry_b: Entry, shown: int = SHOWN) -> dict[str, Any]:
+    """Rows added, removed and changed (by id: any field) between two entries' main tables (each read checked);
+    the first `shown` records of each kind with their changed fields (`record_diff`)."""
     import polars as pl
 
     def rows(entry: Entry) -> pl.DataFrame:
         columns = [c for c in ("id", "text", "label") if c in entry.manifest.tables["data"].columns]
-        frame = entry.read_table("data", columns or None)
-        text = frame["text"] if "text" in frame.columns else pl.Series([""] * frame.height)
-        label = frame["label"] if "label" in frame.columns else pl.Series([""] * frame.height)
-        digest = (text.fill_null("") + "\x1f" + label.cast(pl.String).fill_null("")).hash(seed=0)
-        return frame.with_columns(digest.alias("_digest"))
+        return entry.read_table("data", columns or None)
 
     a, b = rows(entry_a), rows(entry_b)
-    if "id" not in a.columns or "id" not in b.columns:  # e.g. a table of scores: counts only
+    records = compare_records(entry_a, entry_b, shown=shown)
+    if records is None:  # no ids, e.g. a table of scores: counts only
         return {"rows_a": a.height, "rows_b": b.height}
     ids_a, ids_b = set(a["id"]), set(b["id"])
-    joined = a.join(b, on="id", suffix="_b")
-    changed = joined.filter(pl.col("_digest") != pl.col("_digest_b"))
     out: dict[str, Any] = {
         "rows_a": a.height, "rows_b": b.height,
-        "rows_added": len(ids_b - ids_a), "rows_removed": len(ids_a - ids_b), "rows_changed": changed.height,
+        "rows_added": len(ids_b - ids_a), "rows_removed": len(ids_a - ids_b), "rows_changed": records.pop("changed_count"),
         "examples": {
             "added": _texts(b.filter(pl.col("id").is_in(list(ids_b - ids_a)))),
             "removed": _texts(a.filter(pl.col("id").is_in(list(ids_a - ids_b)))),
         },
+        "records": records,
     }
     if "label" in a.columns and "label" in b.columns:
         out["labels"] = _label_deltas(a, b)
@@ -358,6 +363,7 @@ def render_text(diff: Diff) -> str:
         keys = f"{(step.key_a or '-')[:12]} -> {(step.key_b or '-')[:12]}"
         lines.append(f"{marks[step.status]} {step.step} [{', '.join(step.variants)}]  {keys}")
         lines += [f"    why: {r}" for r in step.reasons]
+        lines += [f"    {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"    {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:
@@ -367,6 +373,7 @@ def render_text(diff: Diff) -> str:
                 lines.append(f"    {_fmt_labels(o)}")
             examples = o.get("examples", {"added": [], "removed": []})
             lines += [f"    + {t}" for t in examples["added"]] + [f"    - {t}" for t in examples["removed"]]
+            lines += [f"    {line}" for line in record_lines(o["records"])] if o.get("records") else []
         lines += [f"    {_fmt_metric(n, m)}" for n, m in _changed(step.metrics).items()]
     lines += [""] + _gate_lines(diff) if diff.gates else []
     return "\n".join(lines)
@@ -403,12 +410,14 @@ def render_markdown(diff: Diff) -> str:
             continue
         lines += ["", f"#### `{step.step}` ({step.status}) — {', '.join(f'`{v}`' for v in step.variants)}", ""]
         lines += [f"- why: {r}" for r in step.reasons]
+        lines += [f"- {line}" for line in _tuned_lines(step)]
         if _not_built(step.outputs):
             lines.append(f"- {_not_built(step.outputs)}")
         if "rows_a" in step.outputs:
             lines.append(f"- {_fmt_rows(step.outputs)}")
             if step.outputs.get("labels"):
                 lines.append(f"- {_fmt_labels(step.outputs)}")
+            lines += record_markdown(step.outputs["records"]) if step.outputs.get("records") else []
         if _changed(step.metrics):
             rows = [_markdown_metric_row(name, m) for name, m in _changed(step.metrics).items()]
             lines += ["", markdown_table(["metric", "A", "B", "Δ"], rows).rstrip("\n")]
@@ -419,7 +428,7 @@ def render_markdown(diff: Diff) -> str:
 
 
 def run_diff(spec_a: str, spec_b: str, cache: Cache, *, fail_on: list[str] = (), build_missing: bool = False,
-             runtime: Runtime = Runtime(), sets: dict[str, Any] | None = None, log: Any = None) -> Diff:
+             runtime: Runtime = Runtime(), sets: dict[str, Any] | None = None, log: Any = None, records: int = SHOWN) -> Diff:
     for expression in fail_on:  # reject bad gates before any work
         parse_gate(expression)
     a, b = open_side(spec_a, sets), open_side(spec_b, sets)
@@ -430,7 +439,7 @@ def run_diff(spec_a: str, spec_b: str, cache: Cache, *, fail_on: list[str] = (),
             only = [side.only_step] if side.only_step else []
             build(side.graph, cache, only=only, runtime=runtime, log=log or (lambda m: None), write_lockfile=False)
     check_gate_metrics(list(fail_on), side_metric_names(a, cache) | side_metric_names(b, cache))
-    diff = diff_sides(a, b, cache)
+    diff = diff_sides(a, b, cache, records)
     apply_gates(diff, list(fail_on))
     return diff
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from synthforge.cache import check_table
-from synthforge.errors import UserError
+from synthforge.errors import UserError, did_you_mean
 from synthforge.frames import PROVENANCE_KEY, import_datasets
+from synthforge.record_features import (Column, declared_columns, declared_labels, decode_expression, feature_rows,
+                                        hf_feature)
 from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,10 +137,12 @@ def _generator(recipe: "OpenRecipe", node) -> dict[str, Any]:
 
 # -- writing ---------------------------------------------------------------------
 def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None = None, table: str = "data",
-           fmt: str | None = None) -> str:
-    """Write a step's table to `to` with its provenance; returns a one-line summary."""
+           fmt: str | None = None, roles: "dict[str, str | None] | None" = None) -> str:
+    """Write a step's table to `to` with its provenance; returns a one-line summary. `roles`: for the
+    `messages` format, the columns of the chat turns ({"user": ..., "assistant": ..., "system": ...})."""
     target = Path(to)
     fmt = fmt or _format_from_name(target)
+    _check_roles_apply(fmt, roles or {})
     outputs = recipe.entries(step, variant)
     if len(outputs) == 1:
         facts, frame = _provenance(recipe, step, variant, table), outputs[0][1].scan(table)
@@ -149,10 +153,15 @@ def export(recipe: "OpenRecipe", step: str, to: str | Path, variant: str | None 
         # several outputs stacked (a partial variant name) stay one Dataset with a `variant` column
         splits = facts["splits"] if len(outputs) == 1 else {}
         parts = {name: _without(outputs[0][1].scan(name), "split") for name in splits} or {None: frame}
-        write_hf_folder(parts, target, {**facts, "splits": splits})
+        lineage = [node for _, entry in outputs for node in _lineage(recipe, entry.key)]
+        names = sorted(set(facts["label_counts"]) | declared_labels(lineage))
+        write_hf_folder(parts, target, {**facts, "splits": splits, "label_names": names}, declared_columns(lineage))
         kind = f"a DatasetDict ({', '.join(splits)})" if splits else "a Dataset"
         return (f"wrote {plural(facts['rows'], 'row')} to {target}/ as {kind} "
                 f"(datasets.load_from_disk; card in {target / 'README.md'})")
+    if fmt == "messages":
+        write_messages(frame, target, roles or {}, f"{step}'s {table} table")
+        return f"wrote {plural(facts['rows'], 'chat')} to {target} (one {{\"messages\": [...]}} per line)"
     write_file(frame, target, fmt, facts)
     return f"wrote {plural(facts['rows'], 'row')} to {target}"
 
@@ -202,11 +211,13 @@ def write_file(scan: "pl.LazyFrame", target: Path, fmt: str, facts: dict[str, An
     tmp.replace(target)
 
 
-def write_hf_folder(parts: "dict[str | None, pl.LazyFrame]", target: Path, facts: dict[str, Any]) -> None:
+def write_hf_folder(parts: "dict[str | None, pl.LazyFrame]", target: Path, facts: dict[str, Any],
+                    columns: dict[str, Column] | None = None) -> None:
     """A `datasets.save_to_disk` folder plus README.md, written beside and renamed into place.
 
     `parts`: {None: scan} for one Dataset, or {split name: scan} for a DatasetDict (a `split` step's
-    train/test/validation), every split with the same ClassLabel names."""
+    train/test/validation), every split with the same ClassLabel names. `columns`: what the recipe declares
+    of the record columns (`record_features.declared_columns`): structured fields become typed features."""
     from synthforge.progress import verbose
 
     datasets = import_datasets()
@@ -215,11 +226,12 @@ def write_hf_folder(parts: "dict[str | None, pl.LazyFrame]", target: Path, facts
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        built = {name: _streamed_dataset(scan, work / (name or "all"), facts) for name, scan in parts.items()}
+        built = {name: _streamed_dataset(scan, work / (name or "all"), facts, columns or {})
+                 for name, scan in parts.items()}
         dataset = built[None] if None in built else datasets.DatasetDict(built)
         dataset.save_to_disk(str(work / "dataset"))
         features = next(iter(built.values())).features
-        (work / "dataset" / "README.md").write_text(dataset_card(facts, features))
+        (work / "dataset" / "README.md").write_text(dataset_card(facts, features, columns))
         if target.exists():
             if not any((target / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json")):
                 raise UserError(f"{target} exists and is not an exported dataset", field="--to", hint="pick a new folder")
@@ -229,26 +241,98 @@ def write_hf_folder(parts: "dict[str | None, pl.LazyFrame]", target: Path, facts
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _streamed_dataset(scan: "pl.LazyFrame", work: Path, facts: dict[str, Any]) -> Any:
-    """The table as a `datasets.Dataset`, labels as `ClassLabel` ids (names sorted), never whole in memory:
-    polars streams it into a parquet file, which `datasets` converts batch by batch into its memory-mapped
-    Arrow files (10M rows: 1.9 GiB max RSS, mostly mapped file pages, against 6.2 GiB built in memory)."""
+def _streamed_dataset(scan: "pl.LazyFrame", work: Path, facts: dict[str, Any], columns: dict[str, Column]) -> Any:
+    """The table as a `datasets.Dataset`, labels as `ClassLabel` ids, record columns typed (structured fields
+    parsed into dicts and lists, enums as ClassLabel ids), never whole in memory: polars streams it into a
+    parquet file, which `datasets` converts batch by batch into its memory-mapped Arrow files (10M rows:
+    1.9 GiB max RSS, mostly mapped file pages, against 6.2 GiB built in memory)."""
     import polars as pl
     import pyarrow.parquet as pq
 
     datasets = import_datasets()
-    names = sorted(label for label in facts["label_counts"] if label is not None)
-    if "label" in scan.collect_schema():
+    names = facts.get("label_names") or sorted(label for label in facts["label_counts"] if label is not None)
+    schema = scan.collect_schema()
+    typed = {name: column for name, column in columns.items()
+             if column.shape is not None and schema.get(name) == pl.String}
+    if "label" in schema:
         scan = scan.with_columns(pl.col("label").replace_strict(names, list(range(len(names))), return_dtype=pl.Int64))
+    scan = scan.with_columns(decode_expression(name, column) for name, column in typed.items())
     work.mkdir(parents=True, exist_ok=True)
     rows = work / "rows.parquet"
-    scan.sink_parquet(rows)
+    try:
+        scan.sink_parquet(rows)
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"the record columns ({', '.join(typed)}) do not fit their declared types: {first}",
+                        field="--format", hint="--format parquet or jsonl keep them as stored (JSON text)") from None
     features = datasets.Features.from_arrow_schema(pq.read_schema(rows))
     if "label" in features:
         features["label"] = datasets.ClassLabel(names=names)
+    for name, column in typed.items():
+        features[name] = hf_feature(column.shape)
     dataset = datasets.Dataset.from_parquet(str(rows), features=features, cache_dir=str(work / "arrow"))
     dataset.info.description = json.dumps({k: v for k, v in facts.items() if k != "recipe_text"})
     return dataset
+
+
+# -- chat messages -------------------------------------------------------------------------------------
+ROLE_OPTIONS = {"system": "--system", "user": "--prompt", "assistant": "--response"}
+
+
+def _check_roles_apply(fmt: str, roles: dict[str, str | None]) -> None:
+    given = [ROLE_OPTIONS[role] for role, column in roles.items() if column]
+    if fmt != "messages" and given:
+        raise UserError(f"{given[0]} applies to --format messages only", field=given[0],
+                        hint="add --format messages, or leave the option out")
+    if fmt == "messages":
+        for role in ("user", "assistant"):
+            if not roles.get(role):
+                raise UserError(f"--format messages needs {ROLE_OPTIONS[role]} COLUMN (the {role} turn)",
+                                field=ROLE_OPTIONS[role], hint=f"e.g. {ROLE_OPTIONS[role]} text")
+
+
+def write_messages(scan: "pl.LazyFrame", target: Path, roles: dict[str, str | None], what: str) -> None:
+    """One `{"messages": [{"role": ..., "content": ...}, ...]}` per row (the OpenAI and TRL chat format): the system
+    turn (when a column is given), the user turn, the assistant turn; each column's values as text. Streamed."""
+    import polars as pl
+
+    schema = scan.collect_schema()
+    turns = [(role, roles[role]) for role in ("system", "user", "assistant") if roles.get(role)]
+    for role, column in turns:
+        if column not in schema:
+            raise UserError(f"{what} has no column '{column}'", field=ROLE_OPTIONS[role],
+                            hint=did_you_mean(column, list(schema)) or f"columns: {', '.join(schema)}")
+    message = [pl.struct(pl.lit(role).alias("role"), _as_text(column, schema[column], ROLE_OPTIONS[role]).alias("content"))
+               for role, column in turns]
+    _refuse_missing_turns(scan, turns, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    scan.select(pl.concat_list(message).alias("messages")).sink_ndjson(tmp)
+    tmp.replace(target)
+
+
+def _as_text(column: str, dtype: Any, option: str) -> "pl.Expr":
+    """A column's values as message text: strings (structured fields are JSON text) as they are, numbers written out."""
+    import polars as pl
+
+    if dtype == pl.String:
+        return pl.col(column)
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return pl.col(column).cast(pl.String)
+    raise UserError(f"column '{column}' holds {dtype}, not text", field=option, hint="pick a text column")
+
+
+def _refuse_missing_turns(scan: "pl.LazyFrame", turns: list[tuple[str, str]], what: str) -> None:
+    """A row without a turn's content (null) would be a broken chat: one line naming the column and a row."""
+    import polars as pl
+
+    nulls = scan.select([pl.col(column).null_count().alias(role) for role, column in turns]).collect().row(0, named=True)
+    for role, column in turns:
+        if nulls[role]:
+            first = scan.filter(pl.col(column).is_null()).select("id").head(1).collect() if "id" in scan.collect_schema() else None
+            where = f" (first: id {first['id'][0]})" if first is not None and first.height else ""
+            raise UserError(f"{plural(nulls[role], 'row')} of {what} have no '{column}'{where}", field=ROLE_OPTIONS[role],
+                            hint="export the data table (a rejected row lacks its later fields), or pick another column")
 
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -260,9 +344,10 @@ def size_category(rows: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
 
 
-def dataset_card(facts: dict[str, Any], features: Any = None) -> str:
-    """A Hub dataset card: YAML metadata (license, language, tasks, size, sources, creators, the splits' files),
-    then what the data is, how it was made, a few rows, and the commands that rebuild it."""
+def dataset_card(facts: dict[str, Any], features: Any = None, columns: dict[str, Column] | None = None) -> str:
+    """A Hub dataset card: YAML metadata (license, language, tasks, size, sources, creators, the splits' files,
+    the features), then what the data is, how it was made, each feature, a few rows, and the commands that
+    rebuild it."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     origins = facts.get("row_sources") or {}  # the rows' `source` column; without one, what the lineage holds
@@ -287,11 +372,13 @@ def dataset_card(facts: dict[str, Any], features: Any = None) -> str:
         configs=[{"config_name": "default", "data_files": files}],
         tags=["synthforge"] + (["synthetic"] if synthetic else []),
     )
-    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts, features)}")
+    if features is not None:  # the Hub's viewer and `load_dataset` read the types from here
+        data.dataset_info = {"features": features._to_yaml_list()}
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(facts, features, columns or {})}")
     return str(card)
 
 
-def _card_body(facts: dict[str, Any], features: Any) -> str:
+def _card_body(facts: dict[str, Any], features: Any, columns: dict[str, Column]) -> str:
     from synthforge.tables import render_markdown
 
     lines = [
@@ -311,7 +398,7 @@ def _card_body(facts: dict[str, Any], features: Any) -> str:
     if facts["label_counts"]:
         lines += ["## Labels", "", render_markdown(["label", "rows"], list(facts["label_counts"].items()))]
     if features is not None:
-        lines += ["## Columns", "", render_markdown(["column", "type"], [[n, str(f)] for n, f in features.items()])]
+        lines += ["## Features", "", render_markdown(["feature", "type", "meaning"], feature_rows(features, columns))]
     for source in facts.get("sources", []):
         what = f"the packaged dataset `{source['dataset']}`" if source.get("dataset") else \
             f"the file `{source['file']}` (content hash `{source.get('content_hash')}`)"

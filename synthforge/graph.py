@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from synthforge.keys import key_of, step_components
+from synthforge.keys import config_components, key_of, with_inputs
 from synthforge.lockfile import Lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
@@ -72,6 +72,7 @@ def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
     nodes: dict[str, Node] = {}
     keys: dict[str, dict[str, str]] = {}
     keyed: dict[tuple, tuple[str, dict[str, Any]]] = {}  # what a key is made of -> (key, components), computed once
+    configs: dict[int, dict[str, Any]] = {}  # id(resolved step) -> its config_components (files listed and hashed once)
     for variant in recipe.variants:
         variant_keys: dict[str, str] = {}
         for step_name in variant.order:
@@ -80,7 +81,9 @@ def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
             # Variants that share a ResolvedStep (same config), its upstream keys and seed share the key.
             made_of = (id(resolved), seed, tuple(variant_keys[s] for s in resolved.upstream()))
             if made_of not in keyed:
-                components = _components(resolved, variant_keys, seed, cache)
+                if id(resolved) not in configs:
+                    configs[id(resolved)] = _config_components(resolved, cache)
+                components = with_inputs(configs[id(resolved)], _inputs(resolved, variant_keys), seed)
                 keyed[made_of] = key_of(components), components
             key, components = keyed[made_of]
             variant_keys[step_name] = key
@@ -97,14 +100,15 @@ def step_seed(variant: Variant, resolved: ResolvedStep) -> int:
     return variant.seed if resolved.step.seeded else variant.base_seed
 
 
-def _components(resolved: ResolvedStep, variant_keys: dict[str, str], seed: int,
-                cache: "Cache | None" = None) -> dict[str, Any]:
-    """Everything a step's output depends on (see `keys.step_components`); its key is the hash of this."""
+def _config_components(resolved: ResolvedStep, cache: "Cache | None" = None) -> dict[str, Any]:
+    """What a resolved step's key takes from its config (see `keys.step_components`), the same for every node of it."""
     step = resolved.step
-    inputs = {
-        name: map_leaves(value, lambda t: f"{variant_keys[t.step]}:{t.table}", RefTarget)
-        for name, value in resolved.refs.items()
-    }
     extra_files = {f"read.{i}": p for i, p in enumerate(step.files_read(resolved.run_params))}
-    return step_components(resolved.kind, step.version, resolved.params, inputs, {**resolved.files, **extra_files},
-                           step.identity(resolved.run_params), seed, cache)
+    return config_components(resolved.kind, step.version, resolved.params, {**resolved.files, **extra_files},
+                             step.identity(resolved.run_params), cache)
+
+
+def _inputs(resolved: ResolvedStep, variant_keys: dict[str, str]) -> dict[str, Any]:
+    """The upstream outputs a node reads, as 'key:table' (its variant's keys of the steps its refs name)."""
+    return {name: map_leaves(value, lambda t: f"{variant_keys[t.step]}:{t.table}", RefTarget)
+            for name, value in resolved.refs.items()}

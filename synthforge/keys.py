@@ -228,12 +228,24 @@ def model_types(annotation: Any) -> list[type]:
 def step_components(kind: str, version: str, params: "BaseModel", inputs: dict[str, Any],
                     files: dict[str, Path], identity: dict[str, Any], seed: int, cache: "DerivedRecords | None" = None) -> dict[str, Any]:
     """Everything a step's output depends on; its key is `key_of` of this (`cache` remembers file hashes)."""
+    return with_inputs(config_components(kind, version, params, files, identity, cache), inputs, seed)
+
+
+def config_components(kind: str, version: str, params: "BaseModel", files: dict[str, Path], identity: dict[str, Any],
+                      cache: "Cache | None" = None) -> dict[str, Any]:
+    """The components a step's config alone decides: the same for every node of one resolved step, so a
+    graph computes them once (`with_inputs` adds each node's upstream keys and seed)."""
     return {
         "kind": kind,
         "version": version,
         "params": key_params(params),
-        "inputs": inputs,
+        "inputs": {},
         "files": {label: file_hash(path, cache) for label, path in files.items()},
         "identity": identity,
-        "seed": seed,
+        "seed": None,
     }
+
+
+def with_inputs(config: dict[str, Any], inputs: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A node's components: its step's `config_components` with its upstream keys and seed."""
+    return {**config, "inputs": inputs, "seed": seed}

@@ -9,6 +9,7 @@ built for its key: a rebuild that makes other bytes for that key says so (not re
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,7 @@ def read_lock(path: Path) -> Lock | None:
     """The lockfile at `path`; None when there is none (or the file is no lockfile). A lockfile whose keys
     are not keys (a '../x' would name a path outside the cache) is a UserError naming the line."""
     try:
-        text = path.read_text()
-        data = json.loads(text)
+        text, data = _parsed(path)
     except (FileNotFoundError, ValueError):
         return None
     if not isinstance(data, dict) or "synthforge_lock" not in data:
@@ -124,6 +124,21 @@ def read_lock(path: Path) -> Lock | None:
     lock = Lock(data.get("recipe", ""), data.get("variants", {}), data.get("nodes", {}))
     _check_keys(lock, path, text)
     return lock
+
+
+_parsed_files: dict[tuple[str, int, int, int], tuple[str, Any]] = {}
+
+
+def _parsed(path: Path) -> tuple[str, Any]:
+    """A lockfile's text and JSON, parsed once per process while its file is unchanged (same inode, mtime and
+    size): a build reads it three times (plan, build lines, the unchanged-lockfile check)."""
+    stat = os.stat(path)
+    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if memo not in _parsed_files:
+        text = path.read_text()
+        _parsed_files.clear()  # one lockfile at a time is read again: keep only the latest
+        _parsed_files[memo] = text, json.loads(text)
+    return _parsed_files[memo]
 
 
 _REWRITE = "restore the lockfile from git, or delete it (the next full build writes a new one)"
@@ -158,7 +173,7 @@ def write_lock(path: Path, lock: Lock) -> None:
     """Write the lockfile, unless the file already holds exactly this lock: a no-op build rewrites nothing
     (comparing compact JSON is C speed; the indented text is made only for a write)."""
     try:
-        if json.dumps(json.loads(path.read_text()), sort_keys=True) == json.dumps(lock.data(), sort_keys=True):
+        if json.dumps(_parsed(path)[1], sort_keys=True) == json.dumps(lock.data(), sort_keys=True):
             return
     except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
         pass

@@ -40,16 +40,50 @@ _ALL = (
     MetricInfo("fidelity_corrected", "judged fidelity", "the raw judged share corrected for the judge's cross-validated sensitivity and specificity", "higher", "fidelity"),
     MetricInfo("accuracy", "accuracy", "share of test rows classified correctly", "higher", "score"),
     MetricInfo("macro_f1", "macro-F1", "F1 averaged over labels", "higher", "score"),
+    MetricInfo("exact_match", "exact match", "share of held-out prompts whose greedy answer is their label (sft)", "higher", "score"),
+    MetricInfo("response_loss", "response loss", "per-token negative log-likelihood of held-out real responses, nats (sft)", "lower", "score"),
+    MetricInfo("perplexity", "perplexity", "exp of the per-token response loss on held-out real responses (sft)", "lower", "score"),
     MetricInfo("n_train", "n_train", "training rows", None, "size"),
     MetricInfo("n_test", "n_test", "test rows", None, "size"),
 )
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _ALL}
 
+# Short names a user may write (tune targets), each for one metric above. PRDC's coverage is written without
+# its prefix in the literature (Naeem et al. 2020): `coverage` is its documented name. Precision and recall keep
+# the prefix: a classifier's precision and recall are other metrics.
+ALIASES: dict[str, str] = {"coverage": "prdc_coverage"}
+
+
+def canonical(name: str) -> str | None:
+    """The metric a name (or an alias) stands for; None when it names none."""
+    name = ALIASES.get(name, name)
+    return name if name in METRICS else None
+
+
+def resolve(name: str, allowed: tuple[str, ...], *, file: str | None = None, line: int | None = None,
+            field: str | None = None, what: str = "here") -> str:
+    """`name` as the metric it stands for, one of `allowed`; else a one-line error at file:line: field listing
+    the valid names (each alias beside its metric)."""
+    from synthforge.errors import UserError, did_you_mean
+
+    found = canonical(name)
+    if found in allowed:
+        return found
+    written = [*allowed, *(alias for alias, target in ALIASES.items() if target in allowed)]
+    close = did_you_mean(name, written)
+    raise UserError(f"no metric '{name}' {what}", file=file, line=line, field=field,
+                    hint=(f"{close} " if close else "") + f"metrics: {', '.join(_with_aliases(allowed))}")
+
+
+def _with_aliases(allowed: tuple[str, ...]) -> list[str]:
+    shorts = {target: alias for alias, target in ALIASES.items()}
+    return [f"{shorts[m]} ({m})" if m in shorts else m for m in allowed]
+
 
 def info(name: str) -> MetricInfo | None:
-    """The entry for a metric name or a flattened column ending in it (`selected.metrics.vendi`)."""
-    return METRICS.get(name) or METRICS.get(name.rsplit(".", 1)[-1])
+    """The entry for a metric name (or alias) or a flattened column ending in its name (`selected.metrics.vendi`)."""
+    return METRICS.get(canonical(name) or "") or METRICS.get(name.rsplit(".", 1)[-1])
 
 
 def names(*groups: str) -> tuple[str, ...]:

@@ -204,18 +204,35 @@ def cluster_entropy(x: Any, k: int | None = None, seed: int = 0, basis: Any = No
     """
     import numpy as np
 
-    from synthforge.selection import _flat_ip_index, kmeans, use_gpu
+    from synthforge.selection import _flat_ip_index, use_gpu
 
     x = _unit(x)
     basis = x if basis is None else _unit(basis)
     k = k or min(CLUSTER_ENTROPY_MAX_K, max(2, round(math.sqrt(len(basis) / 2))))
     if len(x) < 2 or len(basis) < 2 or k < 2:
         return 0.0
-    centroids = kmeans(basis, k, seed=seed).centroids
+    centroids = _centroids(basis, k, seed)
     _, labels = _flat_ip_index(centroids, use_gpu()).search(x, 1)
     shares = np.bincount(labels[:, 0], minlength=k) / len(x)
     shares = shares[shares > 0]
     return float(-(shares * np.log(shares)).sum() / math.log(k))
+
+
+_CENTROIDS: dict[bytes, "np.ndarray"] = {}  # k-means of a basis by content: a jackknife measures many subsets against one
+
+
+def _centroids(basis: "np.ndarray", k: int, seed: int) -> "np.ndarray":
+    import numpy as np
+    import xxhash
+
+    from synthforge.selection import kmeans
+
+    digest = xxhash.xxh3_128(np.ascontiguousarray(basis).tobytes() + repr((basis.shape, k, seed)).encode()).digest()
+    if digest not in _CENTROIDS:
+        if len(_CENTROIDS) >= 8:
+            _CENTROIDS.pop(next(iter(_CENTROIDS)))
+        _CENTROIDS[digest] = kmeans(basis, k, seed=seed).centroids
+    return _CENTROIDS[digest]
 
 
 # -- shift to a reference -----------------------------------------------------
@@ -265,9 +282,9 @@ def _frechet_of_moments(moments_x: tuple["np.ndarray", "np.ndarray"], moments_y:
     import numpy as np
 
     (mu_x, s_x), (mu_y, s_y) = moments_x, moments_y
-    root_x = _psd_sqrt(s_x)
-    # tr((S_x S_y)^(1/2)) = sum sqrt(eig(S_x^(1/2) S_y S_x^(1/2))), which is symmetric PSD
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_x @ s_y @ root_x), 0.0, None)).sum()
+    root_y = _reference_sqrt(s_y)
+    # tr((S_x S_y)^(1/2)) = sum sqrt(eig(S_y^(1/2) S_x S_y^(1/2))), which is symmetric PSD
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_y @ s_x @ root_y), 0.0, None)).sum()
     value = float(((mu_x - mu_y) ** 2).sum() + np.trace(s_x) + np.trace(s_y) - 2 * cross)
     return max(value, 0.0)
 
@@ -278,6 +295,21 @@ def _mean_cov(n: int, total: "np.ndarray", gram: "np.ndarray") -> tuple["np.ndar
 
     mean = total / n
     return mean, (gram - n * np.outer(mean, mean)) / (n - 1)
+
+
+_ROOTS: dict[bytes, "np.ndarray"] = {}  # the reference's covariance root by content: one eigh for many measured sets
+
+
+def _reference_sqrt(matrix: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+    import xxhash
+
+    digest = xxhash.xxh3_128(np.ascontiguousarray(matrix).tobytes()).digest()
+    if digest not in _ROOTS:
+        if len(_ROOTS) >= 8:
+            _ROOTS.pop(next(iter(_ROOTS)))
+        _ROOTS[digest] = _psd_sqrt(matrix)
+    return _ROOTS[digest]
 
 
 def _psd_sqrt(matrix: "np.ndarray") -> "np.ndarray":
@@ -393,3 +425,77 @@ def diversity_metrics(
             **prdc(x, ref, seed=seed),
         )
     return out
+
+
+# -- intervals -----------------------------------------------------------------
+JACKKNIFE_GROUPS = 50  # delete-one up to this many rows; above, delete-a-group with this many seeded groups
+
+
+def jackknife_intervals(
+    emb: Any, texts: "list[str] | pl.Series | None" = None, reference_emb: Any = None, seed: int = 0,
+    pool_emb: Any = None, tau: float = DCSCORE_TAU, confidence: float = 0.95,
+) -> dict[str, list[float]]:
+    """95% intervals of `diversity_metrics` over the draw of the rows: the delete-one jackknife (delete-a-group
+    above JACKKNIFE_GROUPS rows), estimate ± t(G-1) · SE with SE² = (G-1)/G · Σ (θ₋g - mean θ₋)².
+
+    Why the jackknife and not the bootstrap: a bootstrap resample repeats rows, and a repeated row is a
+    duplicate to every set metric here (Vendi, DCScore, distinct-n fall, MMD² and coverage move), so the
+    resampled values are biased; a jackknife subset never repeats a row. The reference (and the pool) stay
+    fixed: the interval is over new rows from the same generator, not over new real rows. For cluster
+    entropy and PRDC, which are not smooth in the rows, the jackknife's SE is a rough guide."""
+    import numpy as np
+
+    x = np.asarray(emb)
+    n = len(x)
+    if n < 3:
+        return {}
+    full = diversity_metrics(x, texts, reference_emb=reference_emb, seed=seed, pool_emb=pool_emb, tau=tau)
+    text_list = list(texts) if texts is not None else None
+    left_out = []
+    for keep in jackknife_subsets(n, seed):
+        left_out.append(diversity_metrics(x[keep], [text_list[i] for i in keep] if text_list is not None else None,
+                                          reference_emb=reference_emb, seed=seed, pool_emb=pool_emb, tau=tau))
+    out = {}
+    for name, value in full.items():
+        if name in ("rows", "dcscore_se"):
+            continue
+        found = jackknife_interval(value, [values.get(name, math.nan) for values in left_out], confidence)
+        if found is not None:
+            out[name] = found
+    return out
+
+
+def jackknife_subsets(n: int, seed: int = 0) -> list["np.ndarray"]:
+    """The rows each jackknife replicate keeps: all but one (n <= JACKKNIFE_GROUPS), else all but one of
+    JACKKNIFE_GROUPS seeded groups."""
+    import numpy as np
+
+    groups = min(n, JACKKNIFE_GROUPS)
+    group_of = np.random.default_rng([seed, 0x7AC7]).permutation(np.arange(n) % groups)
+    return [np.flatnonzero(group_of != g) for g in range(groups)]
+
+
+def jackknife_interval(value: float, left_out: list[float], confidence: float = 0.95) -> list[float] | None:
+    """estimate ± t(G-1) · SE, SE² = (G-1)/G · Σ (θ₋g - mean θ₋)² over G replicates; None when any is not finite."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    values = np.array([math.nan if v is None else v for v in left_out], dtype=np.float64)
+    groups = len(values)
+    if groups < 3 or value is None or not math.isfinite(value) or not np.isfinite(values).all():
+        return None
+    half = float(student_t.ppf(0.5 + confidence / 2, groups - 1)) * math.sqrt(
+        (groups - 1) / groups * float(((values - values.mean()) ** 2).sum()))
+    return [value - half, value + half]
+
+
+def wilson_interval(share: float, n: int, confidence: float = 0.95) -> list[float] | None:
+    """The Wilson score interval of a share of n rows (sound near 0 and 1 and at small n, unlike mean ± z·SE)."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return None
+    z = float(norm.ppf(0.5 + confidence / 2))
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]

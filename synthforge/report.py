@@ -853,6 +853,21 @@ def level_overlap(selections: Sequence[tuple[dict[str, Any], str, str, set[str]]
     return rows, warnings
 
 
+def reported_score(records: Sequence[dict[str, Any]], score: str) -> str:
+    """`score` when the train steps report it; for the default (macro_f1) a method without it (sft) gets its
+    first score (exact_match, else perplexity); any other name they lack is an error naming theirs."""
+    from synthforge.errors import UserError
+
+    reported = [name for record in records for step in record["steps"].values()
+                for name, summary in ((step.get("meta") or {}).get("scores") or {}).items()
+                if isinstance(summary, dict) and "mean" in summary]  # a train step's scores (as _train_columns reads them)
+    if not reported or score in reported:
+        return score
+    if score == "macro_f1":
+        return reported[0]
+    raise UserError(f"no train step reports '{score}'", field="--score", hint=f"scores reported: {', '.join(dict.fromkeys(reported))}")
+
+
 def study_of(graph: "Graph", cache: "Cache", records: list[dict[str, Any]], level_var: str, fraction_var: str,
              score: str, correction: str) -> Study | None:
     """Replicate-pooled cell statistics from the train step's predictions; None when no train step is built."""

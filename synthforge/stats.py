@@ -130,6 +130,77 @@ def _with_judge_scores(stats: dict[str, Any], entry: InputTable) -> dict[str, An
     return {**stats, "judge_scores": scores} if isinstance(scores, dict) else stats
 
 
+INTERVALS_VERSION = "1"
+
+
+def entry_intervals(entry: InputTable | Path | str, reference: InputTable | Path | str | None = None, *, cache: Cache,
+                    model: str = "minilm", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """95% intervals of `entry_stats`'s metrics over the draw of the rows (`metrics.jackknife_intervals`; label
+    agreement: Wilson), a derived record of its own beside the stats: {"intervals": {metric: [lo, hi]},
+    "methods": {metric: method}}."""
+    from synthforge.metrics import DCSCORE_TAU, jackknife_intervals, wilson_interval
+
+    entry, reference = _as_table(entry), _as_table(reference) if reference is not None else None
+    measured = measured_as(entry, cache)
+    seed = measured.seed if measured.seed is not None else seed
+    key = _derived_key("stats intervals", INTERVALS_VERSION, stats_key(entry, reference, model, seed, measured))
+    cached = cache.read_derived(key)
+    if cached is not None:
+        return cached
+    stats = entry_stats(entry, reference, cache=cache, model=model, seed=seed, device=device)
+    emb, texts, _ = _embeddings_and_texts(entry, model, device)
+    ref_emb = _embeddings_and_texts(reference, model, device)[0] if reference is not None else None
+    pool_emb = _embeddings_and_texts(measured.pool, model, device)[0] if measured.pool is not None else None
+    intervals = jackknife_intervals(emb, texts, reference_emb=ref_emb, seed=seed, pool_emb=pool_emb,
+                                    tau=measured.tau if measured.tau is not None else DCSCORE_TAU)
+    methods = dict.fromkeys(intervals, "jackknife")
+    agreement = stats.get("label_agreement") or {}
+    if agreement.get("overall") is not None:
+        intervals["label_agreement"] = wilson_interval(agreement["overall"], agreement["rows"])
+        methods["label_agreement"] = "wilson"
+    record = {"intervals": intervals, "methods": methods, "seed": seed}
+    return cache.write_derived(key, record, [entry.key] + [t.key for t in (reference, measured.pool) if t is not None])
+
+
+def entry_fidelity(entry: InputTable | Path | str, judge: InputTable | Path | str, *, cache: Cache,
+                   model: str = "minilm", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """The rows' label fidelity judged by an oracle (`fidelity.fit_judge` on the `judge` rows, real and held
+    out), with 95% intervals: the observed share Wilson's, the corrected one the jackknife's over the rows
+    (the judge's error rates held fixed). A derived record keyed by both tables."""
+    from synthforge.fidelity import JUDGE_FOLDS, fit_judge, judged_fidelity
+    from synthforge.metrics import jackknife_interval, jackknife_subsets, wilson_interval
+
+    entry, judge_rows = _as_table(entry), _as_table(judge)
+    key = _derived_key("judged fidelity", f"{INTERVALS_VERSION}/{JUDGE_FOLDS}", stats_key(entry, judge_rows, model, seed))
+    cached = cache.read_derived(key)
+    if cached is not None:
+        return cached
+    emb, _, labels = _embeddings_and_texts(entry, model, device)
+    judge_emb, _, judge_labels = _embeddings_and_texts(judge_rows, model, device)
+    if labels is None or judge_labels is None:
+        raise UserError(f"judged fidelity needs a 'label' column in {entry} and in the judge's rows {judge_rows}")
+    fitted = fit_judge(judge_emb, judge_labels, seed=seed)
+    if fitted is None:
+        raise UserError(f"the judge's rows {judge_rows} hold fewer than 2 labels", hint="name real rows of every label")
+    found = judged_fidelity(fitted, emb, labels)
+    intervals: dict[str, Any] = {}
+    if found["fidelity_observed"] is not None:
+        intervals["fidelity_observed"] = wilson_interval(found["fidelity_observed"], len(labels))
+    if found["fidelity_corrected"] is not None and len(labels) >= 3:
+        held_out = [judged_fidelity(fitted, emb[keep], [labels[i] for i in keep])["fidelity_corrected"]
+                    for keep in jackknife_subsets(len(labels), seed)]
+        intervals["fidelity_corrected"] = jackknife_interval(found["fidelity_corrected"], held_out)
+    record = {**found, "judge_summary": fitted.summary(), "intervals": intervals,
+              "methods": {"fidelity_observed": "wilson", "fidelity_corrected": "jackknife"}}
+    return cache.write_derived(key, record, [entry.key, judge_rows.key])
+
+
+def _derived_key(kind: str, version: str, of: str) -> str:
+    from synthforge.keys import key_of
+
+    return key_of({"derived": kind, "version": version, "of": of})
+
+
 def _cluster_basis(measured: Measured, reference: InputTable | None) -> str:
     """What cluster entropy's k-means was fit on (metrics.diversity_metrics: the pool, else the reference, else the rows)."""
     if measured.pool is not None:

@@ -48,11 +48,14 @@ ALPHA = 0.05
 
 @dataclass
 class Run:
-    """One variant's test predictions: truth and one prediction array per distinct seed (label indices)."""
+    """One variant's test predictions: truth and one prediction array per distinct seed (label indices);
+    for sft also the test responses' summed NLL per row and seed, and their token counts."""
 
     test_ids: tuple[str, ...]
-    truth: Any  # np.ndarray of label indices
+    truth: Any  # np.ndarray of label indices (empty when the responses are no labels)
     predictions: list[Any]  # np.ndarray per distinct seed
+    losses: list[Any] = field(default_factory=list)  # np.ndarray of per-row NLL per seed (sft)
+    tokens: Any = None  # np.ndarray of per-row response tokens (sft)
 
 
 def prediction_runs(entries: dict[str, "Entry"]) -> tuple[dict[str, Run], int | None, float]:
@@ -65,17 +68,21 @@ def prediction_runs(entries: dict[str, "Entry"]) -> tuple[dict[str, Run], int | 
         meta = entry.manifest.meta or {}
         labels = list(meta.get("labels") or [])
         index = {label: i for i, label in enumerate(labels)}
-        frame = entry.read_table("predictions", columns=["seed", "id", "label", "prediction"])
-        per_seed = frame.partition_by("seed", maintain_order=True)
+        losses = meta.get("method") == "sft"  # per-row response NLL; any answer outside the labels is one more class
+        columns = ["seed", "id", "label", "prediction", *(["response_nll", "response_tokens"] if losses else [])]
+        per_seed = entry.read_table("predictions", columns=columns).partition_by("seed", maintain_order=True)
         first = per_seed[0]
-        truth = np.array([index[v] for v in first["label"].to_list()], dtype=np.int64)
+        truth = np.array([index[v] for v in first["label"].to_list()] if labels else [], dtype=np.int64)
         predictions, seen = [], set()
-        for part in per_seed:
-            pred = np.array([index[v] for v in part["prediction"].to_list()], dtype=np.int64)
-            if pred.tobytes() not in seen:  # identical seeds count once
+        for part in per_seed if labels else []:
+            pred = np.array([index.get(v, len(labels)) for v in part["prediction"].to_list()], dtype=np.int64)
+            if losses or pred.tobytes() not in seen:  # identical classifier seeds count once; LoRA seeds always differ
                 seen.add(pred.tobytes())
                 predictions.append(pred)
         runs[name] = Run(tuple(first["id"].to_list()), truth, predictions)
+        if losses:
+            runs[name].losses = [part["response_nll"].to_numpy() for part in per_seed]
+            runs[name].tokens = first["response_tokens"].to_numpy()
         n_test, confidence = meta.get("n_test", n_test), meta.get("confidence", confidence)
     return runs, n_test, confidence
 
@@ -150,7 +157,8 @@ def study_statistics(
         cells.setdefault(key, CellStats({k: v for k, v in values.items() if k != REPLICATE_VAR}, []))
         cells[key].variants.append(name)
         replicates.setdefault(key, {})[values.get(REPLICATE_VAR, 0)] = name
-    n_classes = 1 + max(int(max(r.truth.max(), *(p.max() for p in r.predictions))) for r in runs.values()) if runs else 0
+    n_classes = 1 + max((int(max(r.truth.max(), *(p.max() for p in r.predictions))) for r in runs.values() if len(r.truth)),
+                        default=-1)
     scorer = _Scorer(runs, score, n_classes, resamples, np.random.default_rng(seed))
     n_reps = max((len(v) for v in replicates.values()), default=1)
     method = INTERVAL_METHOD if n_reps > 1 else BOOTSTRAP_METHOD
@@ -167,7 +175,7 @@ def study_statistics(
         cell.replicate_deltas = {r: scorer.point(parts) for r, parts in pairs.items()}
         cell.p_t = paired_t(list(cell.replicate_deltas.values()))
         cell.discordant = _discordant([(runs[reps[r]], runs[baseline[r]]) for r in shared])
-        cell.p_mcnemar = _mcnemar(*cell.discordant)
+        cell.p_mcnemar = _mcnemar(*cell.discordant) if any(runs[reps[r]].predictions for r in shared) else None
         cell.duplicate_of = fingerprints.setdefault(_fingerprint(runs, reps, shared), cell.name)
         if cell.duplicate_of == cell.name:
             cell.duplicate_of = None
@@ -256,7 +264,7 @@ def _fingerprint(runs: dict[str, Run], reps: dict[Any, str], shared: list[Any]) 
     for replicate in shared:
         run = runs[reps[replicate]]
         digest.update(repr((replicate, len(run.test_ids))).encode())
-        for prediction in run.predictions:
+        for prediction in [*run.predictions, *run.losses]:
             digest.update(prediction.tobytes())
     return digest.digest()
 
@@ -302,15 +310,19 @@ class _Scorer:
         """Seed-averaged score, and per resample (one matrix product per seed: resamples x label pairs)."""
         import numpy as np
 
-        from synthforge.training.scoring import scores_from_cms
+        from synthforge.training.scoring import LOSS_METRICS, loss_scores, scores_from_cms
 
         k = self.n_classes
         weights = np.vstack([np.ones((1, len(run.test_ids))), self.weights[run.test_ids]])
+        if self.metric in LOSS_METRICS:
+            mean = np.mean([loss_scores(nll, run.tokens, weights)[self.metric] for nll in run.losses], axis=0)
+            return float(mean[0]), mean[1:]
+        metric = "accuracy" if self.metric == "exact_match" else self.metric  # sft: exact match is accuracy on labels
         values = []
         for prediction in run.predictions:
             onehot = np.zeros((len(run.truth), k * k))
             onehot[np.arange(len(run.truth)), run.truth * k + prediction] = 1.0
-            values.append(scores_from_cms((weights @ onehot).reshape(-1, k, k))[self.metric])
+            values.append(scores_from_cms((weights @ onehot).reshape(-1, k, k))[metric])
         mean = np.mean(values, axis=0)
         return float(mean[0]), mean[1:]
 

@@ -28,6 +28,7 @@ from synthforge.tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.api import OpenRecipe
+    from synthforge.metric_registry import Interval
     from synthforge.recipe.resolve import Recipe
 
 TUNE_VERSION = 1  # bump when what a probe measures or how a study is keyed changes
@@ -37,18 +38,23 @@ RUNTIME_FIELDS_NOTE = "runtime-only fields never change the output"
 _BOUNDS: dict[str, tuple[float, float | str]] = {
     "vendi": (1.0, "rows"), "dcscore": (1.0, "rows"), "mean_cosine_distance": (0.0, 2.0), "cluster_entropy": (0.0, 1.0),
     "distinct_1": (0.0, 1.0), "distinct_2": (0.0, 1.0), "nn_real_similarity": (-1.0, 1.0), "mmd_rbf": (0.0, math.inf),
-    "frechet": (0.0, math.inf), "label_agreement": (0.0, 1.0),
+    "frechet": (0.0, math.inf), "label_agreement": (0.0, 1.0), "prdc_precision": (0.0, 1.0), "prdc_recall": (0.0, 1.0),
+    "prdc_density": (0.0, math.inf), "prdc_coverage": (0.0, 1.0), "fidelity_observed": (0.0, 1.0),
+    "fidelity_corrected": (0.0, 1.0),
 }
-NEEDS_REFERENCE = frozenset({"nn_real_similarity", "mmd_rbf", "frechet", "label_agreement"})
+NEEDS_REFERENCE = frozenset({"nn_real_similarity", "mmd_rbf", "frechet", "label_agreement", "prdc_precision",
+                             "prdc_recall", "prdc_density", "prdc_coverage"})
+NEEDS_JUDGE = frozenset({"fidelity_observed", "fidelity_corrected"})
 _TARGET = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=)\s*(?P<bound>[-+0-9.eE]+)\s*$")
 _GOAL = re.compile(r"^\s*(?P<goal>maximi[sz]e|minimi[sz]e|max|min)\s+(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*$")
 
 
 def tunable_metrics() -> tuple[str, ...]:
-    """Metric names a target may name: every diversity and shift metric `stats` measures, and label agreement."""
+    """Metric names a target may name: every diversity, shift and coverage metric `stats` measures, label
+    agreement and the oracle judge's fidelity (aliases such as `coverage` resolve through the metric registry)."""
     from synthforge.metric_registry import names
 
-    return tuple(name for name in names("diversity", "shift", "fidelity") if name in _BOUNDS)
+    return tuple(name for name in names("diversity", "shift", "coverage", "fidelity") if name in _BOUNDS)
 
 
 # -- the search's declaration ---------------------------------------------------------------------------
@@ -132,6 +138,7 @@ class Search:
     targets: tuple[Target, ...]
     reference: str | None = None  # the step (or step.table) of real rows the shift metrics compare to
     embed: str | None = None  # the step that embeds the probe's rows; None: stats embeds them with `model`
+    judge: str | None = None  # real held-out labelled rows (step or step.table): the oracle judge's training pool
     probe_rows: int = 40
     probes: int = 20
     seed: int = 0
@@ -170,11 +177,13 @@ def parse_target(text: str, where: Where) -> Target:
 
 
 def _known_metric(target: Target) -> Target:
-    known = tunable_metrics()
-    if target.metric not in known:
-        raise target.where.error(f"no metric '{target.metric}' to tune for",
-                                 hint=did_you_mean(target.metric, known) or f"metrics: {', '.join(known)}")
-    return target
+    from dataclasses import replace
+
+    from synthforge.metric_registry import resolve
+
+    where = target.where
+    return replace(target, metric=resolve(target.metric, tunable_metrics(), file=where.file, line=where.line,
+                                          field=where.field, what="to tune for"))
 
 
 def parse_dimension(name: str, spec: Any, where: Where) -> Dimension:
@@ -221,7 +230,7 @@ def _thawed(value: Any) -> Any:
 
 
 def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = (), space: typing.Sequence[str] = (),
-                reference: str | None = None, embed: str | None = None, probe_rows: int | None = None,
+                reference: str | None = None, embed: str | None = None, judge: str | None = None, probe_rows: int | None = None,
                 probes: int | None = None, seed: int | None = None, model: str | None = None,
                 max_requests: int | None = None, max_tokens: int | None = None) -> Search:
     """The search for `step`: the recipe's `tune:` block for it, with anything given here replacing its part
@@ -237,7 +246,8 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
     block = recipe.model.tune.get(step) or {}
     if not isinstance(block, dict):
         raise UserError("a tune block is a mapping", file=file, line=recipe.line("tune", step), field=f"tune.{step}")
-    allowed = {"targets", "space", "reference", "embed", "probe_rows", "probes", "seed", "model", "budget"}
+    allowed = {"targets", "space", "reference", "embed", "judge", "probe_rows", "probes", "seed", "model", "budget",
+               "pinned"}
     for name in block:
         if name not in allowed:
             raise UserError(f"unknown key '{name}'", file=file, line=recipe.line("tune", step, name), field=f"tune.{step}.{name}",
@@ -269,7 +279,7 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
         raise at("seed").error(f"the seed must be an integer, got {block.get('seed')!r}")
     search = Search(
         step=step, space=tuple(parsed_space), targets=tuple(parsed_targets),
-        reference=reference or block.get("reference"), embed=embed or block.get("embed"),
+        reference=reference or block.get("reference"), embed=embed or block.get("embed"), judge=judge or block.get("judge"),
         probe_rows=_whole(probe_rows if probe_rows is not None else block.get("probe_rows", 40), at("probe_rows")),
         probes=_whole(probes if probes is not None else block.get("probes", 20), at("probes")),
         seed=int(seed if seed is not None else block.get("seed", 0)), model=model or block.get("model", "minilm"),
@@ -308,7 +318,7 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
     params = step_class("generate").Params
     for dim in search.space:
         check_field(params, dim, recipe.model.steps[search.step])
-    for name, what in ((search.reference, "reference"), (search.embed, "embed")):
+    for name, what in ((search.reference, "reference"), (search.embed, "embed"), (search.judge, "judge")):
         step_name = (name or "").split(".")[0]
         if name is not None and step_name not in recipe.model.steps:
             raise at(what).error(f"no step '{step_name}' in the recipe", hint=did_you_mean(step_name, recipe.model.steps))
@@ -322,6 +332,12 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
         if needing:
             raise needing[0].where.error(f"'{needing[0]}' compares to real rows: the search needs a reference",
                                          hint="add reference: STEP (e.g. the embedded real rows) or --reference STEP")
+    if search.judge is None:
+        needing = [t for t in search.targets if t.metric in NEEDS_JUDGE]
+        if needing:
+            raise needing[0].where.error(f"'{needing[0]}' is judged by an oracle: the search needs a judge",
+                                         hint="add judge: STEP.TABLE (real labelled rows held out from training, e.g. "
+                                              "split.validation) or --judge STEP.TABLE")
     if len(search.objectives) > len({t.metric for t in search.objectives}):
         raise search.objectives[-1].where.error(f"'{search.objectives[-1]}' is declared twice")
     _check_reachable(search)
@@ -422,10 +438,24 @@ class Probe:
     violations: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)  # the objectives' values
     default: bool = False
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% [low, high] (stats.INTERVAL_METHODS)
 
     @property
     def feasible(self) -> bool:
+        """Every constraint met by its point estimate."""
         return all(v <= 0 for v in self.violations)
+
+    def interval(self, metric: str) -> "Interval | None":
+        """The metric with its 95% interval (None when either is missing)."""
+        from synthforge.metric_registry import Interval
+
+        value, bounds = self.metrics.get(metric), self.intervals.get(metric)
+        return Interval(value, *bounds) if value is not None and bounds else None
+
+    def straddles(self, constraints: list[Target]) -> list[Target]:
+        """The constraints whose threshold lies inside the metric's interval: met or missed, another draw of
+        rows at these settings could land on the other side."""
+        return [t for t in constraints if (found := self.interval(t.metric)) is not None and found.lo < t.bound < found.hi]
 
 
 class ProbeRunner:
@@ -439,7 +469,8 @@ class ProbeRunner:
         self.text = read_recipe_text(r.path)
         for name in dict.fromkeys([search.step, search.measured_step]):
             r.key(name, variant)  # a step that differs across the variants `variant` selects: an error naming them
-        chosen = r.graph.recipe.variant(variant)  # probes narrow the matrix to it (the first when all share the step)
+        # probes narrow the matrix to it (the first it selects: r.key has checked that they all share the step)
+        chosen = r.graph.recipe.select_variants(variant)[0] if variant else r.graph.recipe.variants[0]
         self.overrides = {**r.graph.recipe.overrides, **chosen.matrix_values}
 
     def load(self, settings: dict[str, Any]):
@@ -461,7 +492,8 @@ class ProbeRunner:
 
     def keys(self, graph) -> dict[str, str]:
         variant = graph.recipe.variants[0].name
-        names = [self.search.step, self.search.measured_step] + ([self.search.reference.split(".")[0]] if self.search.reference else [])
+        names = [self.search.step, self.search.measured_step] + [
+            table.split(".")[0] for table in (self.search.reference, self.search.judge) if table]
         return {name: graph.keys[variant][name] for name in dict.fromkeys(names)}
 
     def estimate(self, settings: dict[str, Any]) -> tuple[int, int]:
@@ -473,8 +505,8 @@ class ProbeRunner:
 
     def run(self, number: int, settings: dict[str, Any], requests_left: int, tokens_left: int) -> Probe:
         from synthforge.building import build
-        from synthforge.stats import entry_stats
-        from synthforge.stepapi import InputTable, Runtime
+        from synthforge.stats import entry_fidelity, entry_intervals, entry_stats
+        from synthforge.stepapi import Runtime
 
         graph = self.graph(settings)
         keys = self.keys(graph)
@@ -491,26 +523,38 @@ class ProbeRunner:
             meta = self.r.cache.get(key).manifest.meta
             requests += int(meta.get("responses_generated", 0) or 0)
             tokens += int(meta.get("generated_prompt_tokens", 0) or 0) + int(meta.get("generated_completion_tokens", 0) or 0)
-        measured = InputTable(self.r.cache.entry_path(keys[self.search.measured_step]))
-        reference = None
-        if self.search.reference:
-            name, _, table = self.search.reference.partition(".")
-            reference = InputTable(self.r.cache.entry_path(keys[name]), table or "data")
-        stats = entry_stats(measured, reference, cache=self.r.cache, model=self.search.model, seed=self.search.seed,
-                            device=self.device)
+        measured = self.table(keys, self.search.measured_step)
+        reference = self.table(keys, self.search.reference)
+        options = {"cache": self.r.cache, "model": self.search.model, "seed": self.search.seed, "device": self.device}
+        stats = entry_stats(measured, reference, **options)
         metrics = {k: float(v) for k, v in stats["metrics"].items() if isinstance(v, (int, float)) and v is not None}
         agreement = stats.get("label_agreement") or {}
         if agreement.get("overall") is not None:
             metrics["label_agreement"] = float(agreement["overall"])
+        intervals = dict(entry_intervals(measured, reference, **options)["intervals"])
+        if self.search.judge:
+            judged = entry_fidelity(measured, self.table(keys, self.search.judge), **options)
+            metrics.update({k: float(judged[k]) for k in NEEDS_JUDGE if judged.get(k) is not None})
+            intervals.update(judged["intervals"])
         rows = int(stats["metrics"].get("rows") or measured.manifest.rows)
-        probe = Probe(number, settings, metrics, rows, keys, requests, tokens)
+        probe = Probe(number, settings, metrics, rows, keys, requests, tokens,
+                      intervals={m: list(v) for m, v in intervals.items() if v is not None})
         for target in self.search.targets:
             if target.metric not in metrics:
                 raise target.where.error(f"the probe did not measure '{target.metric}'",
-                                         hint="label_agreement needs labels in both the rows and the reference")
+                                         hint="label_agreement and fidelity need labels in the rows, the reference and the judge")
         probe.violations = [t.violation(metrics[t.metric]) for t in self.search.constraints]
         probe.values = [metrics[t.metric] for t in self.search.objectives]
         return probe
+
+    def table(self, keys: dict[str, str], name: str | None):
+        """The probe's table `STEP` or `STEP.TABLE` (None for None)."""
+        from synthforge.stepapi import InputTable
+
+        if name is None:
+            return None
+        step, _, table = name.partition(".")
+        return InputTable(self.r.cache.entry_path(keys[step]), table or "data")
 
 
 def _what(error: UserError) -> str:
@@ -547,6 +591,24 @@ class TuneResult:
                   for t, v in zip(self.search.constraints, near.violations) if v > 0]
         return f"no probe met every target; the closest, #{near.number}, missed {', '.join(misses)}"
 
+    def to_json(self) -> dict[str, Any]:
+        """The search and every probe with its metrics, 95% intervals (and their method), whether it meets the
+        targets (by point estimates) and which thresholds its intervals straddle: `tune --json`."""
+        search = self.search
+        metrics = sorted({m for p in self.probes for m in p.metrics})
+        return {
+            "recipe": str(self.recipe), "step": search.step, "search": self.search_key,
+            "targets": [str(t) for t in search.targets], "space": [d.describe() for d in search.space],
+            "probe_rows": search.probe_rows, "reference": search.reference, "judge": search.judge,
+            "interval_methods": interval_methods(metrics),
+            "probes": [{"number": p.number, "default": p.default, "settings": {k: _thawed(v) for k, v in p.settings.items()},
+                        "metrics": {k: _finite(v) for k, v in p.metrics.items()}, "intervals": p.intervals,
+                        "rows": p.rows, "meets_targets": p.feasible,
+                        "straddles": [str(t) for t in p.straddles(search.constraints)], "requests": p.requests,
+                        "tokens": p.tokens, "keys": p.keys} for p in self.probes],
+            "best": [p.number for p in self.best], "stopped": self.stopped,
+        }
+
     def fragment(self) -> str | None:
         """The best settings as a recipe fragment to pin (the first of a Pareto front)."""
         if not self.best:
@@ -555,6 +617,10 @@ class TuneResult:
         header = (f"# tuned by `synthforge tune` (search {self.search_key[:12]}, probe #{chosen.number} of {len(self.probes)}, "
                   f"{self.search.probe_rows} rows a probe): {'; '.join(map(str, self.search.targets))}")
         return header + "\n" + fragment_yaml(self.search.step, chosen.settings)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 def fragment_yaml(step: str, settings: dict[str, Any]) -> str:
@@ -769,10 +835,10 @@ class _Objective:
                 trial.set_constraint(f"{index}: {target}", violation)
         for name, value in (("settings", {k: _thawed(v) for k, v in settings.items()}), ("metrics", probe.metrics),
                             ("rows", probe.rows), ("keys", probe.keys), ("requests", probe.requests),
-                            ("tokens", probe.tokens), ("violations", probe.violations)):
+                            ("tokens", probe.tokens), ("violations", probe.violations), ("intervals", probe.intervals)):
             trial.set_user_attr(name, value)
         self.log(f"probe {self.number + 1}/{search.probes}: {_settings_text(settings)} -> "
-                 f"{', '.join(f'{t.metric} {probe.metrics[t.metric]:.4g}' for t in search.targets)}"
+                 f"{', '.join(f'{m} {probe.metrics[m]:.4g}' for m in dict.fromkeys(t.metric for t in search.targets))}"
                  f"{' (meets every target)' if probe.feasible and search.constraints else ''}"
                  f"{'' if probe.requests else ' [cached]'}")
         if search.objectives:
@@ -793,7 +859,8 @@ def _probe_of(trial: Any, search: Search) -> Probe:
     metrics = attrs.get("metrics", {})
     return Probe(trial.number, attrs.get("settings", {}), metrics, attrs.get("rows", 0), attrs.get("keys", {}),
                  attrs.get("requests", 0), attrs.get("tokens", 0), list(attrs.get("violations", [])),
-                 [metrics.get(t.metric, math.nan) for t in search.objectives], default=bool(attrs.get("default")))
+                 [metrics.get(t.metric, math.nan) for t in search.objectives], default=bool(attrs.get("default")),
+                 intervals=attrs.get("intervals", {}))
 
 
 def best_probes(probes: list[Probe], search: Search) -> list[Probe]:
@@ -823,19 +890,22 @@ def format_result(result: TuneResult) -> str:
     search = result.search
     metrics = list(dict.fromkeys(t.metric for t in search.targets))
     best = {p.number for p in result.best}
-    headers = ["probe", *[d.field for d in search.space], *metrics, "rows", "meets targets", "new requests"]
+    headers = ["probe", *[d.field for d in search.space], *metrics, "rows", "meets targets", "interval straddles",
+               "new requests"]
     rows = []
     for p in result.probes:
         mark = "*" if p.number in best else " "
         name = f"{mark}#{p.number}" + (" (default)" if p.default else "")
         rows.append([name, *[_show(p.settings.get(d.field)) for d in search.space],
                      *[_metric_text(p, m) for m in metrics], p.rows,
-                     "yes" if p.feasible else "no", p.requests])
+                     "yes" if p.feasible else "no", "; ".join(map(str, p.straddles(search.constraints))) or "-",
+                     p.requests])
     lines = [f"tune {search.step} of {result.recipe}: {'; '.join(map(str, search.targets))}",
              f"space: {'; '.join(d.describe() for d in search.space)}; {search.probe_rows} rows a probe; search {result.search_key[:12]}"]
     if not result.probes:
         return "\n".join([*lines, f"no probe run yet; {result.stopped}"])
     lines += [render_table(headers, rows, align_right=tuple(range(1 + len(search.space), len(headers)))),
+              interval_note(result.probes, metrics),
               f"stopped: {result.stopped}; {plural(sum(p.requests for p in result.probes), 'LLM request')} "
               f"and {sum(p.tokens for p in result.probes):,} tokens spent over {plural(len(result.probes), 'probe')}"]
     default = next((p for p in result.probes if p.default), None)
@@ -854,20 +924,30 @@ def format_result(result: TuneResult) -> str:
 
 
 def _metric_text(probe: Probe, metric: str) -> str:
-    value = probe.metrics.get(metric)
+    value, found = probe.metrics.get(metric), probe.interval(metric)
     if value is None:
         return "-"
-    interval = wilson(value, probe.rows) if metric == "label_agreement" else None
-    return f"{value:.4g}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+    return f"{value:.4g}" + (f" [{found.lo:.3g}, {found.hi:.3g}]" if found else "")
 
 
-def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The 95% Wilson interval of a share measured on n rows."""
-    if n <= 0:
-        return None
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def interval_note(probes: list[Probe], metrics: list[str]) -> str:
+    """Which interval each shown metric has, and why (docs/tune.md#output)."""
+    methods = interval_methods(metrics)
+    if not any(p.intervals for p in probes):
+        return "intervals: none stored (probes of an earlier version); a target is met by its point estimate"
+    by_method: dict[str, list[str]] = {}
+    for metric, method in methods.items():
+        by_method.setdefault(method, []).append(metric)
+    return ("95% intervals over the draw of a probe's rows; a target is met by its point estimate. "
+            + "; ".join(f"{', '.join(names)}: {_INTERVAL_TEXT[method]}" for method, names in by_method.items()))
+
+
+_INTERVAL_TEXT = {"wilson": "Wilson (a share of the rows)",
+                  "jackknife": "jackknife ± t·SE (a bootstrap would repeat rows, which set metrics read as duplicates)"}
+
+
+def interval_methods(metrics: list[str]) -> dict[str, str]:
+    return {m: "wilson" if m in ("label_agreement", "fidelity_observed") else "jackknife" for m in metrics}
 
 
 def plot_result(result: TuneResult, path: Path) -> Path | None:
@@ -895,6 +975,10 @@ def plot_result(result: TuneResult, path: Path) -> Path | None:
         chosen = [p for p in result.probes if p.feasible == feasible]
         if chosen:
             ax.scatter([x(p) for p in chosen], [y(p) for p in chosen], **style)
+    for p in result.probes:  # each probe's 95% intervals (docs/tune.md), on the axes that are metrics
+        x_err, y_err = (_error_bar(p, name, at(p)) for name, at in ((x_name, x), (y_name, y)))
+        if x_err is not None or y_err is not None:
+            ax.errorbar([x(p)], [y(p)], xerr=x_err, yerr=y_err, fmt="none", ecolor="tab:gray", elinewidth=0.8, alpha=0.6)
     front = sorted(result.best, key=x)
     if front:
         ax.plot([x(p) for p in front], [y(p) for p in front], "o-", color="tab:red",
@@ -907,7 +991,7 @@ def plot_result(result: TuneResult, path: Path) -> Path | None:
             ax.annotate("default", (x(p), y(p)), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_title(f"tune {search.step}: {len(result.probes)} probes of {search.probe_rows} rows")
+    ax.set_title(f"tune {search.step}: {len(result.probes)} probes of {search.probe_rows} rows (bars: 95% intervals)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -918,11 +1002,113 @@ def plot_result(result: TuneResult, path: Path) -> Path | None:
     return path
 
 
+def _error_bar(probe: Probe, metric: str, value: float) -> list[list[float]] | None:
+    found = probe.interval(metric)
+    return None if found is None else [[max(0.0, value - found.lo)], [max(0.0, found.hi - value)]]
+
+
+# -- provenance: which search pinned a step's settings ---------------------------------------------------
+# `--write` leaves `tune.STEP.pinned` in the recipe: the search's key (its study is cache/shared/tune/KEY.sqlite),
+# the targets, the probe chosen and its metrics with their intervals, and the settings pinned. The `tune:` block
+# never enters a key, so pinning changes exactly the keys the settings change; `report` and `diff` read the note.
+def pinned_note(result: TuneResult, probe: Probe) -> dict[str, Any]:
+    search = result.search
+    shown = list(dict.fromkeys(t.metric for t in search.targets))
+    return {"search": result.search_key, "probe": probe.number, "probes": len(result.probes),
+            "probe_rows": search.probe_rows, "targets": [str(t) for t in search.targets],
+            "metrics": {m: _rounded(probe.metrics.get(m)) for m in shown},
+            "intervals": {m: [_rounded(v) for v in probe.intervals[m]] for m in shown if m in probe.intervals},
+            "settings": {k: _plain(v) for k, v in probe.settings.items()}}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
+
+
+def pinned_notes(recipe: "Recipe") -> dict[str, dict[str, Any]]:
+    """The steps whose settings a search pinned, with its note (`tune.STEP.pinned`)."""
+    notes = {}
+    for step, block in (recipe.model.tune or {}).items():
+        note = block.get("pinned") if isinstance(block, dict) else None
+        if isinstance(note, dict) and isinstance(note.get("search"), str):
+            notes[step] = note
+    return notes
+
+
+def edited_since(recipe: "Recipe", step: str, note: dict[str, Any]) -> list[str]:
+    """The pinned settings the recipe no longer has (`FIELD pinned -> now`): edited by hand since `--write`."""
+    if step not in recipe.variants[0].steps:
+        return [f"step {step} is gone"]
+    params = recipe.variants[0].steps[step].params.model_dump(mode="json")
+    return [f"{name} {_show(value)} -> {_show(_get(params, str(name).split('.')))}"
+            for name, value in (note.get("settings") if isinstance(note.get("settings"), dict) else {}).items()
+            if _get(params, str(name).split(".")) != value]
+
+
+def describe_pinned(note: dict[str, Any], study: Path | None = None) -> str:
+    """One line: the search, the probe chosen, its metrics (and intervals) on the targets; where the study is."""
+    intervals = note.get("intervals") if isinstance(note.get("intervals"), dict) else {}
+    metrics = ", ".join(f"{m} {v:.4g}" + (f" [{intervals[m][0]:.3g}, {intervals[m][1]:.3g}]" if _pair(intervals.get(m)) else "")
+                        for m, v in (note.get("metrics") if isinstance(note.get("metrics"), dict) else {}).items()
+                        if _number(v))
+    where = "" if study is None else (f"; study {study}" if study.exists() else "; its study is not in this cache")
+    return (f"search {str(note['search'])[:12]}, probe #{note.get('probe')} of {note.get('probes')} "
+            f"({note.get('probe_rows')} rows a probe) on {'; '.join(map(str, _listed(note.get('targets'))))}: {metrics}{where}")
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value] if value else []
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_number, value))
+
+
+def study_path(cache: Any, note: dict[str, Any]) -> Path | None:
+    from synthforge.keys import is_key
+
+    key = str(note.get("search"))
+    return cache.shared_dir("tune") / f"{key}.sqlite" if is_key(key) else None
+
+
+def tuned_text(recipe: "Recipe", cache: Any) -> str:
+    """Which search pinned each tuned step's settings: the study, targets, probe and its metrics, and whether
+    the settings were edited by hand since (the end of `synthforge report`)."""
+    lines = []
+    for step, note in pinned_notes(recipe).items():
+        edited = edited_since(recipe, step, note)
+        lines += [f"  {step}: {describe_pinned(note, study_path(cache, note))}",
+                  f"    settings {'edited since: ' + ', '.join(edited) if edited else 'as pinned'}"]
+    return "\n".join(["tuned steps (settings pinned by `synthforge tune --write`):", *lines]) if lines else ""
+
+
+def note_tuned_steps(diff: Any, cache: Any) -> None:
+    """Under each changed step of a `diff.Diff` that a search pinned on either side: which search and probe,
+    and whether its settings were edited since (`tuned A/B`); a lockfile side has no recipe to read."""
+    for changed in (d for d in diff.steps if d.status == "changed"):
+        found = {}
+        for name, graph in (("a", diff.a.graph), ("b", diff.b.graph)):
+            note = pinned_notes(graph.recipe).get(changed.step) if graph is not None else None
+            if note is None:
+                found[name] = "not tuned" if graph is not None else "a lockfile: no recipe to read"
+                continue
+            edited = edited_since(graph.recipe, changed.step, note)
+            found[name] = describe_pinned(note, study_path(cache, note)) + (
+                f"; edited since: {', '.join(edited)}" if edited else "")
+        if any(line.startswith("search ") for line in found.values()):
+            changed.tuned = found
+
+
 # -- --write: the best settings into the recipe ----------------------------------------------------------
-def write_settings(path: Path, step: str, settings: dict[str, Any]) -> str:
+def write_settings(path: Path, step: str, settings: dict[str, Any], note: dict[str, Any] | None = None) -> str:
     """Set the step's fields in the recipe file in place, line by line, so comments and layout stay: a field
     written on one line gets its new value on that line (its comment kept), a block becomes a flow value, a
-    field not written is added under its parent. The result is loaded before it replaces the file (atomically)."""
+    field not written is added under its parent; `note` goes to `tune.STEP.pinned`. The result is loaded
+    before it replaces the file (atomically)."""
     import tempfile
 
     from synthforge.recipe.resolve import load_recipe, read_recipe_text
@@ -930,6 +1116,8 @@ def write_settings(path: Path, step: str, settings: dict[str, Any]) -> str:
     text = read_recipe_text(path)
     for name, value in settings.items():
         text = _set_in_text(text, str(path), ["steps", step, *name.split(".")], _plain(value))
+    if note is not None:
+        text = _set_note(text, str(path), step, note)
     recipe = load_recipe(path, text=text)  # a broken edit is an error here, never a broken file
     written = recipe.model.steps[step]
     for name, value in settings.items():
@@ -953,7 +1141,7 @@ def _set_in_text(text: str, filename: str, path: list[str], value: Any) -> str:
 
     data, lines = load_yaml_with_lines(text, filename)
     rows = text.split("\n")
-    for depth in range(len(path), 1, -1):  # the deepest part of the path the file already writes
+    for depth in range(len(path), 0, -1):  # the deepest part of the path the file already writes
         line = lines.get(tuple(path[:depth]))
         if line is None:
             continue
@@ -982,6 +1170,18 @@ def _set_in_text(text: str, filename: str, path: list[str], value: Any) -> str:
         return "\n".join(rows)
     raise UserError(f"cannot place {'.'.join(path[2:])} in {filename}", file=filename, field=".".join(path[:2]),
                     hint="apply the printed fragment by hand")
+
+
+def _set_note(text: str, filename: str, step: str, note: dict[str, Any]) -> str:
+    """`tune.STEP.pinned: {...}` set in place, or a `tune:` block appended when the recipe has none for STEP."""
+    from synthforge.recipe.yaml_lines import load_yaml_with_lines
+
+    data, lines = load_yaml_with_lines(text, filename)
+    if lines.get(("tune", step)) is not None:
+        return _set_in_text(text, filename, ["tune", step, "pinned"], note)
+    if isinstance(data, dict) and data.get("tune"):
+        return _set_in_text(text, filename, ["tune", step], {"pinned": note})
+    return text.rstrip("\n") + f"\n\ntune:\n  {step}:\n    pinned: {_flow(note)}\n"
 
 
 def _block_end(rows: list[str], line: int, indent: int) -> int:

@@ -188,3 +188,19 @@ def test_an_entry_holds_exactly_its_manifest_files(tmp_path):
         with pytest.raises(DamagedEntry, match="not listed in the manifest"):
             cache.install(other, folder)
     assert cache.get(other) is None
+
+
+def test_derived_records_read_back_whole_and_damaged_ones_do_not(tmp_path):
+    """A record is checked against its checksum at C speed when it is its own canonical form, and through
+    `key_of` otherwise (a whole-number float is written as such but keyed as an int); any edit is refused."""
+    cache = Cache(tmp_path / "cache")
+    plain, floats = key_of("plain record"), key_of("record with floats")
+    cache.write_derived(plain, {"stamps": {"data.parquet": [1, 2, 3]}, "name": "é"}, [KEY])
+    cache.write_derived(floats, {"seconds": 2.0, "share": 0.5}, [KEY])
+    assert cache.read_derived(plain)["stamps"] == {"data.parquet": [1, 2, 3]}
+    assert cache.read_derived(floats)["seconds"] == 2.0
+    for key in (plain, floats):
+        path = cache.derived_path(key)
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "derived_from": []}))
+        assert cache.read_derived(key) is None

@@ -146,3 +146,18 @@ def test_imports_point_down_the_documented_layers():
     upward = sorted(f"{a.source} -> {a.target} [{a.how}]" for a in ARROWS if a.source.count(".") and a.target.count(".")
                     and a.source.split(".")[1] in level and level[a.target.split(".")[1]] < level[a.source.split(".")[1]])
     assert not upward, f"imports running up the documented layers: {upward}"
+
+
+def test_the_api_build_takes_every_option_of_the_build_command():
+    """The CLI is a client of the API: each `synthforge build` option is an argument of `OpenRecipe.build`
+    (those that pick the recipe, print or only plan are the CLI's own)."""
+    import inspect
+
+    from synthforge.api import OpenRecipe
+    from synthforge.cli import main
+
+    cli_only = {"recipe", "sets", "cache_dir", "dry_run", "quiet", "verbose"}  # open(), plan(), the terminal
+    renamed = {"use_remote": "pull", "remote_url": "remote"}
+    options = {renamed.get(p.name, p.name) for p in main.commands["build"].params if p.name not in cli_only}
+    arguments = set(inspect.signature(OpenRecipe.build).parameters)
+    assert len(options) > 15 and not options - arguments, f"OpenRecipe.build lacks {sorted(options - arguments)}"

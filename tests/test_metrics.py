@@ -192,3 +192,23 @@ def test_format_stats_table():
     assert lines[-1] == "reference: rrr"
 
 
+
+
+def test_jackknife_intervals_hold_the_estimate_and_narrow_with_rows():
+    import numpy as np
+
+    from synthforge.metrics import diversity_metrics, jackknife_intervals, wilson_interval
+
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(30, 8))
+    small, large = rng.normal(size=(20, 8)), rng.normal(size=(200, 8))
+    narrow, wide = jackknife_intervals(large, reference_emb=reference), jackknife_intervals(small, reference_emb=reference)
+    for rows, intervals in ((small, wide), (large, narrow)):
+        values = diversity_metrics(rows, reference_emb=reference)
+        for name in ("vendi", "mean_cosine_distance", "mmd_rbf", "nn_real_similarity"):
+            assert intervals[name][0] < values[name] < intervals[name][1], name
+    width = {name: (v[1] - v[0]) for name, v in narrow.items()}
+    assert width["mean_cosine_distance"] < wide["mean_cosine_distance"][1] - wide["mean_cosine_distance"][0]
+    low, high = jackknife_intervals(np.ones((10, 8)))["mean_cosine_distance"]
+    assert abs(low) < 1e-6 and abs(high) < 1e-6  # identical rows: no spread, no width
+    assert wilson_interval(0.0, 10)[0] == 0.0 and 0.2 < wilson_interval(0.5, 20)[0] < 0.5

@@ -182,3 +182,26 @@ def test_registry_names_directions_for_stats_report_and_diff():
 
     changed = compare_metrics({"metrics": {"prdc_coverage": 0.5}}, {"metrics": {"prdc_coverage": 0.7}})
     assert changed["metrics.prdc_coverage"]["delta"] == pytest.approx(0.2)
+
+
+def test_sft_losses_pair_over_replicates_as_token_ratios():
+    """Response loss is summed NLL over summed tokens per variant; a lower loss in every replicate is a clear delta."""
+    rng = np.random.default_rng(0)
+    n = 300
+    tokens = rng.integers(1, 4, n)
+    variants, runs, expected = [], {}, {}
+    for fraction, level in ((0.0, 1.0), (0.5, 0.8)):
+        for replicate in range(3):
+            name = f"f={fraction},replicate={replicate}"
+            nll = tokens * (level + 0.02 * replicate) + rng.normal(0, 0.05, n)
+            variants.append((name, {"synthetic_fraction": fraction, "replicate": replicate}))
+            runs[name] = Run(tuple(map(str, range(n))), np.zeros(0, dtype=np.int64), [], losses=[nll], tokens=tokens)
+            expected[name] = nll.sum() / tokens.sum()
+    for score in ("response_loss", "perplexity"):
+        stats, _ = study_statistics(variants, runs, score=score, resamples=100)
+        mixed = next(c for c in stats if c.values["synthetic_fraction"] == 0.5)
+        transform = (lambda x: x) if score == "response_loss" else np.exp
+        want = np.mean([transform(expected[f"f=0.5,replicate={r}"]) - transform(expected[f"f=0.0,replicate={r}"]) for r in range(3)])
+        assert mixed.delta.mean == pytest.approx(want)
+        assert mixed.delta.hi < 0 and mixed.p_t < 0.01
+        assert mixed.p_mcnemar is None  # no answers to compare: no McNemar

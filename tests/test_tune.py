@@ -95,6 +95,72 @@ def test_the_search_meets_a_target_the_default_misses_and_write_pins_it(recipe, 
     assert len(server.requests) == sent and best_line in again.output
 
 
+def test_write_leaves_a_note_of_the_search_that_report_and_diff_show(recipe, server, tmp_path):
+    import yaml
+
+    from synthforge.api import open as open_recipe
+    from synthforge.tuning import tuned_text
+
+    before = tmp_path / "before.yaml"
+    before.write_text(recipe.read_text())
+    result = tune(recipe, "gen", "--write")
+    assert result.exit_code == 0, result.output
+    note = yaml.safe_load(recipe.read_text())["tune"]["gen"]["pinned"]
+    search = next(line for line in result.output.splitlines() if line.startswith("space: ")).rsplit("search ", 1)[1]
+    assert note["search"].startswith(search) and len(note["search"]) == 32
+    assert note["targets"] == ["distinct_1 >= 0.12"] and note["metrics"]["distinct_1"] >= 0.12
+    assert note["settings"]["temperature"] > 0.1 and len(note["intervals"]["distinct_1"]) == 2
+    r = open_recipe(recipe)
+    assert r.key("gen") != open_recipe(before).key("gen")  # the settings moved the key; the note is in no key
+    shown = tuned_text(r.graph.recipe, r.cache)
+    assert f"gen: search {search}, probe #{note['probe']} of {note['probes']} (24 rows a probe) on distinct_1 >= 0.12" in shown
+    assert "study " in shown and "settings as pinned" in shown
+
+    diffed = CliRunner().invoke(main, ["diff", str(before), str(recipe)], catch_exceptions=False)
+    assert diffed.exit_code == 0, diffed.output
+    assert "tuned A: not tuned" in diffed.output and f"tuned B: search {search}, probe #" in diffed.output
+    recipe.write_text(recipe.read_text().replace(f"\n    temperature: {note['settings']['temperature']}", "\n    temperature: 0.5"))
+    edited = tuned_text(open_recipe(recipe).graph.recipe, r.cache)
+    assert f"settings edited since: temperature {note['settings']['temperature']:.3g} -> 0.5" in edited
+
+
+def test_probes_carry_intervals_and_an_oracle_judge_measures_fidelity(recipe, server):
+    import json
+
+    result = tune(recipe, "gen", "--judge", "real_emb", "--target", "distinct_1 >= 0.12", "--target",
+                  "fidelity_corrected >= 0", "--probes", "2", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["judge"] == "real_emb" and found["interval_methods"]["fidelity_observed"] == "wilson"
+    assert found["interval_methods"]["distinct_1"] == "jackknife"
+    for probe in found["probes"]:
+        for metric in ("distinct_1", "vendi", "fidelity_observed", "fidelity_corrected", "label_agreement"):
+            low, high = probe["intervals"][metric]
+            assert low <= probe["metrics"][metric] <= high, (metric, probe)
+        low, high = probe["intervals"]["distinct_1"]
+        assert probe["straddles"] == (["distinct_1 >= 0.12"] if low < 0.12 < high else [])
+        assert probe["meets_targets"] == (probe["metrics"]["distinct_1"] >= 0.12)  # by the point estimate
+    table = tune(recipe, "gen", "--judge", "real_emb", "--target", "distinct_1 >= 0.12", "--target",
+                 "fidelity_corrected >= 0", "--probes", "2")
+    assert "interval straddles" in table.output and "distinct_1, fidelity_corrected: jackknife" in table.output, table.output
+
+
+def test_a_hand_edited_note_is_shown_as_far_as_it_reads():
+    from synthforge.tuning import describe_pinned
+
+    note = {"search": "f6fc064f64e027ee07f634c0003df5eb", "probe": 5, "probes": 6, "probe_rows": 32,
+            "targets": "vendi >= 13.5", "metrics": {"vendi": "high", "mmd_rbf": 0.034}, "intervals": {"mmd_rbf": [0.02, "x"]}}
+    assert describe_pinned(note) == "search f6fc064f64e0, probe #5 of 6 (32 rows a probe) on vendi >= 13.5: mmd_rbf 0.034"
+
+
+def test_straddles_names_the_constraints_whose_threshold_is_inside_the_interval():
+    from synthforge.tuning import Probe, Target
+
+    probe = Probe(0, {}, {"vendi": 13.0, "mmd_rbf": 0.05}, 40, {}, intervals={"vendi": [11.5, 14.5], "mmd_rbf": [0.04, 0.055]})
+    constraints = [Target("vendi", ">=", 12.0), Target("mmd_rbf", "<=", 0.06), Target("distinct_1", ">=", 0.1)]
+    assert [str(t) for t in probe.straddles(constraints)] == ["vendi >= 12"]
+
+
 def test_a_finished_search_reruns_from_its_storage_with_no_request(recipe, server):
     first = tune(recipe, "gen")
     assert first.exit_code == 0, first.output
@@ -201,7 +267,8 @@ def test_a_probe_stopped_by_an_error_is_taken_up_again_with_its_answers_reused(r
 @pytest.mark.parametrize(("edit", "message"), [
     ("temperature: 0.1..1.6", "tune.gen.space.tempreature: 'tempreature' is no field of a generate step (did you mean 'temperature'?)"),
     ("temperature: 0.1..1.6", "tune.gen.space.concurrency: 'concurrency' is runtime-only"),
-    ('targets: ["distinct_1 >= 0.12"]', "tune.gen.targets.0: no metric 'coverage' to tune for"),
+    ('targets: ["distinct_1 >= 0.12"]', "tune.gen.targets.0: no metric 'diversity' to tune for (metrics: vendi,"),
+    ('targets: ["distinct_1 >= 0.12"]', "tune.gen.targets.0: 'fidelity_corrected >= 0.7' is judged by an oracle: the search needs a judge"),
     ('targets: ["distinct_1 >= 0.12"]', "tune.gen.targets.1: targets contradict each other: 'mmd_rbf >= 0.5' and 'mmd_rbf <= 0.01'"),
     ('targets: ["distinct_1 >= 0.12"]', "'cluster_entropy >= 2' is unreachable: cluster_entropy is at most 1"),
     ("temperature: 0.1..1.6", "tune.gen.space.temperature: 'temperature' = 3 makes an invalid step"),
@@ -213,7 +280,8 @@ def test_an_impossible_search_is_a_located_one_line_error(recipe, server, edit, 
     replacement = {
         "'tempreature'": "tempreature: 0.1..1.6",
         "'concurrency'": "concurrency: {choices: [1, 2]}",
-        "'coverage'": 'targets: ["coverage >= 0.5"]',
+        "'diversity'": 'targets: ["diversity >= 0.5"]',
+        "needs a judge": 'targets: ["fidelity_corrected >= 0.7"]',
         "contradict": 'targets: ["mmd_rbf >= 0.5", "mmd_rbf <= 0.01"]',
         "'cluster_entropy >= 2'": 'targets: ["cluster_entropy >= 2"]',
         "= 3 makes": "temperature: 0.1..3",
@@ -265,6 +333,20 @@ def test_shift_targets_need_a_reference_and_the_step_must_generate(recipe, serve
     assert result.exit_code == 2 and "compares to real rows: the search needs a reference" in result.output
     other = tune(recipe, "real_emb")
     assert other.exit_code == 2 and "is a embed step; tune searches the settings of a generate step" in other.output
+
+
+def test_coverage_is_prdc_coverage_and_unknown_names_list_the_valid_ones():
+    from synthforge.errors import UserError
+    from synthforge.metric_registry import info, resolve
+    from synthforge.tuning import Where, parse_target
+
+    target = parse_target("coverage >= 0.8", Where("r.yaml", 3, "tune.gen.targets.0"))
+    assert target.metric == "prdc_coverage" and str(target) == "prdc_coverage >= 0.8"
+    assert info("coverage").name == "prdc_coverage" and info("scores.per_class.a.precision") is None
+    with pytest.raises(UserError) as caught:
+        resolve("covrage", ("vendi", "prdc_coverage"), file="r.yaml", line=4, field="--target")
+    assert str(caught.value) == ("r.yaml:4: --target: no metric 'covrage' here (did you mean 'coverage'? "
+                                 "metrics: vendi, coverage (prdc_coverage))")
 
 
 def test_write_keeps_comments_and_adds_missing_and_nested_fields(tmp_path):

@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|end|>", "<|pad|>", "<|user|>", "<|system|>", "<|assistant|>"]
 
 
-def build_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_chat_model(folder: Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -44,7 +44,7 @@ def build_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range)
     model = GPT2LMHeadModel(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import typing
@@ -47,8 +48,17 @@ class ResolvedStep:
     refs: dict[str, Any]  # Ref field -> RefTarget | list | dict of RefTarget | None
     files: dict[str, Path]  # "field[.sub]" -> absolute path of each file read
 
+    @functools.cached_property
+    def targets(self) -> list[tuple[str, RefTarget]]:
+        """(Ref field, target) of every upstream output it reads (found once: 450 variants share a step)."""
+        return _targets(self.refs)
+
+    @functools.cached_property
+    def _upstream(self) -> tuple[str, ...]:
+        return tuple(sorted({t.step for _, t in self.targets}))
+
     def upstream(self) -> list[str]:
-        return sorted({t.step for _, t in _targets(self.refs)})
+        return list(self._upstream)
 
 
 @dataclass
@@ -179,11 +189,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed, overrides=dict(overrides_given))
     _check_replicate_var(recipe, overrides)
     resolved: dict[tuple[str, str], ResolvedStep] = {}  # shared by the variants a step's config does not differ in
+    configs = _StepConfigs(recipe)
     for matrix_values in _matrix_combinations(model.matrix):
         for replicate in replicates:
             values = {**matrix_values, REPLICATE_VAR: replicate} if model.replicates > 1 else matrix_values
             variables = {**model.vars, **values}
-            recipe.variants.append(_resolve_variant(recipe, values, variables, resolved))
+            recipe.variants.append(_resolve_variant(recipe, values, variables, resolved, configs))
     return recipe
 
 
@@ -311,24 +322,53 @@ def variant_name(matrix_values: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in matrix_values.items())
 
 
+class _StepConfigs:
+    """Each step's interpolated config, made once per values of the variables it names (and held-out seed):
+    the 450 variants of a study share a handful."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.names: dict[str, list[str]] = {}  # step -> the variables its config names
+        self.made: dict[tuple[str, str, int | None], tuple[Any, tuple[str, str]]] = {}
+
+    def config(self, name: str, variables: dict[str, Any], base_seed: int) -> tuple[Any, tuple[str, str]]:
+        """The step's config for these variables, and the key variants sharing a ResolvedStep agree on."""
+        raw = self.recipe.model.steps[name]
+        names = self.names.get(name)
+        if names is None:
+            names = self.names[name] = sorted(placeholder_names(raw))
+        fixed_seed = self.recipe.model.replicates > 1 and not self.recipe.model.vary_test
+        made_of = (name, repr([variables.get(n, _UNSET) for n in names]), base_seed if fixed_seed else None)
+        if made_of not in self.made:
+            config = _interpolated(self.recipe, name, raw, variables)
+            if fixed_seed:
+                config = _fix_held_out_seed(config, base_seed)
+            self.made[made_of] = config, (name, repr(config))  # YAML values: repr tells 1, 1.0, True and '1' apart
+        return self.made[made_of]
+
+
+_UNSET = object()  # a variable no value is given for (interpolation names it in its error)
+
+
+def _interpolated(recipe: Recipe, name: str, raw: Any, variables: dict[str, Any]) -> Any:
+    try:
+        return interpolate(raw, variables)
+    except UserError as exc:
+        path = ("steps", name) + tuple(_path_of(exc.field))
+        exc.field = ".".join(map(str, path))
+        raise exc.located(str(recipe.path), recipe.line(*path)) from None
+
+
 def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any],
-                     resolved: dict[tuple[str, str], ResolvedStep]) -> Variant:
+                     resolved: dict[tuple[str, str], ResolvedStep], configs: _StepConfigs) -> Variant:
     """One variant's steps; `resolved` remembers each (step, interpolated config) already validated, so
     variants that agree on a step share one ResolvedStep (validation, templates and files checked once)."""
     base_seed = _variant_seed(recipe, variables)
     replicated = recipe.model.replicates > 1
     seed = replicate_seed(base_seed, variables[REPLICATE_VAR]) if replicated else base_seed
     steps = {}
-    for name, raw in recipe.model.steps.items():
-        try:
-            config = interpolate(raw, variables)
-        except UserError as exc:
-            path = ("steps", name) + tuple(_path_of(exc.field))
-            exc.field = ".".join(map(str, path))
-            raise exc.located(str(recipe.path), recipe.line(*path)) from None
-        if replicated and not recipe.model.vary_test:
-            config = _fix_held_out_seed(config, base_seed)
-        memo = (name, repr(config))  # YAML values: repr tells 1, 1.0, True and '1' apart
+    for name in recipe.model.steps:
+        config, memo = configs.config(name, variables, base_seed)
         if memo not in resolved:
             resolved[memo] = _resolve_step(recipe, name, config)
         steps[name] = resolved[memo]
@@ -421,19 +461,20 @@ def _resolve_files(recipe: Recipe, name: str, params: StepParams) -> dict[str, P
 
 
 def _check_refs(recipe: Recipe, resolved: ResolvedStep, steps: dict[str, ResolvedStep]) -> None:
-    for field_name, target in _targets(resolved.refs):
-        where = ("steps", resolved.name, field_name)
-        located = dict(file=str(recipe.path), line=recipe.line(*where), field=".".join(where))
+    for field_name, target in resolved.targets:
+        def located(message: str, hint: str) -> UserError:
+            where = ("steps", resolved.name, field_name)
+            return UserError(message, hint=hint, file=str(recipe.path), line=recipe.line(*where), field=".".join(where))
+
         if target.step not in steps:
-            hint = did_you_mean(target.step, steps) or f"steps: {', '.join(steps)}"
-            raise UserError(f"unknown input step '{target.step}'", hint=hint, **located)
+            raise located(f"unknown input step '{target.step}'", did_you_mean(target.step, steps) or f"steps: {', '.join(steps)}")
         if target.step == resolved.name:
-            raise UserError("a step cannot read its own output", hint="name an earlier step", **located)
+            raise located("a step cannot read its own output", "name an earlier step")
         upstream = steps[target.step]
         tables = ("data",) + upstream.step.tables
         if target.table not in tables:
             hint = did_you_mean(target.table, tables) or f"'{upstream.kind}' has tables: {', '.join(tables)}"
-            raise UserError(f"step '{target.step}' has no table '{target.table}'", hint=hint, **located)
+            raise located(f"step '{target.step}' has no table '{target.table}'", hint)
 
 
 def _topological_order(recipe: Recipe, steps: dict[str, ResolvedStep]) -> list[str]:

@@ -17,27 +17,62 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.stepapi import Ref, Seed, StepContext, StepParams, StepResult
 from synthforge.tables import plural
 from synthforge.steps.base import Step
 
-DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3}
+DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3, "sft": 3}
+SFT_ONLY = ("prompt", "response", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+SFT_DEFAULTS = {"prompt": "{{ prompt }}", "response": "response", "lora_rank": 8, "lora_alpha": 16.0, "lora_dropout": 0.05}
+OTHER_ANSWER = "(other)"  # an sft prediction that is none of the labels
 
 
 class TrainParams(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"train": "rows", "test": "held_out"},
+        {"train": "rows", "test": "held_out", "method": "sft", "prompt": "Review: {{ text }}", "response": "label",
+         "lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1, "lora_targets": ["c_attn"]},
+    ]})
     train: Ref = Field(description="the step (or step.table) of training rows with id, text and label")
     test: Ref = Field(description="the step (or step.table) of held-out real rows the model is scored on")
     validation: Ref | None = Field(
         None, description="the step (or step.table) of rows for finetune's early stopping (linear-probe ignores it)"
     )
-    method: Literal["linear-probe", "finetune"] = Field(
-        "linear-probe", description="`linear-probe` (logistic regression on frozen sentence embeddings) or `finetune` (the whole encoder)"
+    method: Literal["linear-probe", "finetune", "sft"] = Field(
+        "linear-probe", description="`linear-probe` (logistic regression on frozen sentence embeddings), `finetune` (the whole "
+        "encoder) or `sft` (LoRA fine-tuning of a causal LM on prompt/response records)"
     )
     model: str | None = Field(
-        None, description="a local transformers model folder (default: the packaged all-MiniLM-L6-v2); its files' content enters the key"
+        None, description="a local transformers model folder (default: the packaged all-MiniLM-L6-v2; for sft the packaged "
+        "SmolLM2-135M-Instruct, also named `smollm2`); its files' content enters the key"
+    )
+    prompt: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="sft: the jinja2 template of a record's prompt over its columns, e.g. 'Review: {{ text }}' (default: "
+        "'{{ prompt }}', the prompt column)",
+    )
+    response: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="sft: the column of the response learnt and scored (default: response); `label` makes the task "
+        "instruction-formatted classification, scored by exact match too",
+    )
+    lora_rank: int | None = Field(
+        None, ge=1, le=256, exclude_if=lambda value: value is None, description="sft: the LoRA rank r, 1..256 (default 8)"
+    )
+    lora_alpha: float | None = Field(
+        None, gt=0.0, exclude_if=lambda value: value is None,
+        description="sft: the LoRA scaling alpha (> 0; the update is scaled by alpha / r; default 16)",
+    )
+    lora_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, exclude_if=lambda value: value is None, description="sft: dropout on the LoRA input, in [0, 1) (default 0.05)"
+    )
+    lora_targets: list[str] | None = Field(
+        None, min_length=1, exclude_if=lambda value: value is None,
+        description="sft: names of the linear modules that get adapters, e.g. [q_proj, v_proj] (default: peft's choice for "
+        "the architecture)",
     )
     seeds: list[Seed] | None = Field(
         None, description="a list of distinct training seeds (0 to 2^31 - 1), one model each (or use num_seeds)"
@@ -77,6 +112,18 @@ class TrainParams(StepParams):
     )
 
     @model_validator(mode="after")
+    def _sft_fields(self) -> "TrainParams":
+        stray = [name for name in SFT_ONLY if getattr(self, name) is not None]
+        if self.method != "sft" and stray:
+            raise ValueError(f"'{stray[0]}' applies to method sft only (this step's method is {self.method})")
+        return self
+
+    def sft_setting(self, name: str) -> Any:
+        """An sft field's value, its default when left out."""
+        value = getattr(self, name)
+        return SFT_DEFAULTS.get(name) if value is None else value
+
+    @model_validator(mode="after")
     def _seeds(self) -> "TrainParams":
         if self.seeds is not None and self.num_seeds is not None:
             raise ValueError("give seeds or num_seeds, not both")
@@ -94,10 +141,14 @@ class TrainStep(Step):
     def files_read(self, params: TrainParams) -> list[Path]:  # type: ignore[override]
         from synthforge.keys import model_files
 
+        if params.method == "sft":
+            return _sft_model_files(params.model)
         folder = Path(params.model) if params.model else Path(_default_model())
         return model_files(folder) if folder.is_dir() else []
 
     def plan_note(self, params: TrainParams) -> str | None:  # type: ignore[override]
+        if params.method == "sft":
+            return f"sft (LoRA r={params.sft_setting('lora_rank')}), {len(resolve_seeds(params, 0))} seed(s)"
         return f"{params.method}, {len(resolve_seeds(params, 0))} seed(s)"
 
     def run(self, ctx: StepContext) -> StepResult:
@@ -106,6 +157,8 @@ class TrainStep(Step):
         from synthforge.training.scoring import summarize
 
         params: TrainParams = ctx.params  # type: ignore[assignment]
+        if params.method == "sft":
+            return _run_sft(ctx, params)
         _check_model(params)
         frames = {name: _frame(ctx.inputs.get(name), name) for name in ("train", "test", "validation")}
         labels = _labels(frames, ctx.log)
@@ -323,6 +376,178 @@ def _save_model(ctx: StepContext, params: TrainParams, result, seed: int, number
     return f"artifacts/{name}"
 
 
+# -- sft -----------------------------------------------------------------------
+def _run_sft(ctx: StepContext, params: TrainParams) -> StepResult:
+    """LoRA SFT once per seed; response loss and perplexity on the test rows, exact match when responses are labels."""
+    from synthforge.training.scoring import summarize_losses
+
+    template, response = params.sft_setting("prompt"), params.sft_setting("response")
+    frames = {name: _sft_frame(ctx.inputs.get(name), name, template, response) for name in ("train", "test")}
+    records = {name: (_render_prompts(frame, template), frame[response].cast(str).to_list()) for name, frame in frames.items()}
+    labels = sorted(set(records["train"][1]) | set(records["test"][1])) if response == "label" else None
+    seeds = resolve_seeds(params, ctx.seed)
+    folder = _sft_model_folder(params.model, ctx.cache.shared_dir("models"), ctx.log)
+    runs = [_sft_seed(ctx, params, folder, records, labels, seed, number, len(seeds)) for number, seed in enumerate(seeds)]
+    losses = summarize_losses([r["nll"] for r in runs], runs[0]["tokens"], resamples=params.bootstrap,
+                              confidence=params.confidence, seed=ctx.seed)
+    per_seed = [{"seed": r["seed"], **scores, **r["info"]} for r, scores in zip(runs, losses["per_seed_scores"])]
+    scores = losses["scores"]
+    if labels is not None:
+        scores = {"exact_match": _exact_match(records["test"][1], runs, labels, params, ctx.seed, per_seed), **scores}
+    meta = {
+        "method": "sft",
+        "model": params.model or "SmolLM2-135M-Instruct (packaged)",
+        "prompt": template,
+        "response": response,
+        **({"labels": labels} if labels is not None else {}),
+        "seeds": seeds,
+        "n_distinct_seeds": len(seeds),
+        "n_train": frames["train"].height,
+        "n_test": frames["test"].height,
+        "test_response_tokens": int(runs[0]["tokens"].sum()),
+        "train_sources": _source_counts(frames["train"]),
+        "scores": scores,
+        "confidence": params.confidence,
+        "bootstrap_resamples": params.bootstrap,
+        "per_seed": per_seed,
+    }
+    ctx.log(sft_score_line(scores))
+    import polars as pl
+
+    predictions = pl.concat([_sft_predictions(frames["test"], r, records["test"][1], labels) for r in runs])
+    return StepResult(data=_seed_table(per_seed), tables={"predictions": predictions}, meta=_jsonable(meta))
+
+
+def _sft_model_files(model: str | None) -> list[Path]:
+    """The files whose content is the base model's identity (the packaged SmolLM2's GGUF by default)."""
+    from synthforge.backends.transformers_llm import SMOLLM2, identity_files
+
+    try:
+        return identity_files(model or SMOLLM2)
+    except UserError as exc:  # the backend names its own field; here the model is the train step's
+        raise UserError(exc.message, field="model", hint=exc.hint) from None
+
+
+def _sft_model_folder(model: str | None, models_dir: Path, log) -> str:
+    """A loadable folder: the packaged SmolLM2 converted once per cache, or the given folder."""
+    from synthforge.backends.transformers_llm import SMOLLM2, ensure_smollm2
+
+    if not model or model == SMOLLM2:
+        return str(ensure_smollm2(models_dir, log))
+    return str(Path(model).expanduser())
+
+
+def _sft_frame(table: Any, name: str, template: str, response: str):
+    from synthforge.errors import did_you_mean
+    from synthforge.generation.prompts import check_template
+
+    frame = table.frame()
+    columns = set(frame.columns)
+    if "id" not in columns:
+        raise UserError(f"input '{name}' lacks the id column", field=name)
+    if response not in columns:
+        hint = did_you_mean(response, columns) or f"its columns: {', '.join(sorted(columns))}"
+        raise UserError(f"input '{name}' has no response column '{response}'", field="response", hint=hint)
+    check_template(template, "prompt", columns)
+    if frame.height == 0:
+        raise UserError(f"input '{name}' has no rows", field=name)
+    empty = frame.filter(frame[response].is_null() | (frame[response].cast(str).str.strip_chars() == ""))
+    if empty.height:
+        raise UserError(f"input '{name}' has {plural(empty.height, 'row')} without a '{response}' (first: id {empty['id'][0]})",
+                        field="response", hint="drop those rows upstream, or name another column")
+    return frame
+
+
+def _render_prompts(frame, template: str) -> list[str]:
+    from synthforge.generation.prompts import PromptTemplate
+
+    prompt = PromptTemplate(template, "prompt")
+    return [prompt.render(row) for row in frame.drop("embedding", strict=False).iter_rows(named=True)]
+
+
+def _sft_seed(ctx: StepContext, params: TrainParams, folder: str, records, labels, seed: int, number: int, count: int) -> dict[str, Any]:
+    from synthforge.training.sft import LoraSettingsError, SftConfig, score_responses, sft
+
+    device, batch_size = _runtime(ctx, params)
+    config = SftConfig(
+        epochs=params.epochs, learning_rate=params.learning_rate, train_batch_size=params.train_batch_size,
+        warmup_ratio=params.warmup_ratio, weight_decay=params.weight_decay, max_length=params.max_length,
+        lora_rank=params.sft_setting("lora_rank"), lora_alpha=params.sft_setting("lora_alpha"),
+        lora_dropout=params.sft_setting("lora_dropout"), lora_targets=tuple(params.lora_targets) if params.lora_targets else None,
+    )
+    ctx.log(f"train: sft seed {seed} on {device} ({number + 1}/{count})")
+    start = time.perf_counter()
+    try:
+        result = sft(*records["train"], folder, config, seed=seed, device=device, show_progress=ctx.runtime.progress, log=ctx.log)
+    except LoraSettingsError as exc:
+        raise UserError(f"LoRA settings refused: {exc}", field="lora_targets") from None
+    train_seconds = time.perf_counter() - start
+    scored = score_responses(result.model, result.tokenizer, *records["test"], device=device, batch_size=batch_size,
+                             max_length=config.max_length, answers=records["test"][1] if labels is not None else None)
+    saved = _save_adapter(ctx, params, result, seed, number)
+    info = {"train_seconds": train_seconds, "epochs_run": result.epochs_run, "history": result.history, "model_dir": saved}
+    return {"seed": seed, "nll": scored.nll, "tokens": scored.tokens, "generated": scored.generated, "info": info}
+
+
+def _save_adapter(ctx: StepContext, params: TrainParams, result, seed: int, number: int) -> str | None:
+    if params.save_models == "none" or (params.save_models == "first" and number > 0):
+        return None
+    name = "adapter" if params.save_models == "first" else f"adapter-seed{seed}"
+    result.model.save_pretrained(ctx.artifacts / name)  # a peft model saves its LoRA weights and config only
+    return f"artifacts/{name}"
+
+
+def _answers(generated: list[str], labels: list[str]) -> list[str]:
+    """Each greedy answer as the label it matches (normalized), else as generated."""
+    from synthforge.training.sft import normalize_answer
+
+    by_form = {normalize_answer(label): label for label in labels}
+    return [by_form.get(normalize_answer(text), text) for text in generated]
+
+
+def _exact_match(truth: list[str], runs: list[dict[str, Any]], labels: list[str], params: TrainParams, seed: int,
+                 per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exact match with its intervals: accuracy over the labels plus one class for any other answer."""
+    import numpy as np
+
+    from synthforge.training.scoring import summarize
+
+    classes = [*labels, OTHER_ANSWER]
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.array([index[t] for t in truth], dtype=np.int64)
+    predicted = [np.array([index.get(a, len(labels)) for a in _answers(r["generated"], labels)], dtype=np.int64) for r in runs]
+    summary = summarize(targets, predicted, classes, resamples=params.bootstrap, confidence=params.confidence, seed=seed)
+    for row, scores in zip(per_seed, summary["per_seed_scores"]):
+        row["exact_match"] = scores["accuracy"]
+    return summary["scores"]["accuracy"]
+
+
+def sft_score_line(scores: dict[str, Any]) -> str:
+    """'train: perplexity 3.21 (seeds-t ci 3.05-3.40), response loss 1.1663, exact match 0.7400'."""
+    ppl = scores["perplexity"]
+    interval = f"{ppl['ci_method']} ci {ppl['ci'][0]:.4f}-{ppl['ci'][1]:.4f}" if ppl.get("ci") else "no interval"
+    line = f"train: perplexity {ppl['mean']:.4f} ({interval}), response loss {scores['response_loss']['mean']:.4f}"
+    return line + (f", exact match {scores['exact_match']['mean']:.4f}" if "exact_match" in scores else "")
+
+
+def _sft_predictions(test, run: dict[str, Any], responses: list[str], labels: list[str] | None):
+    import polars as pl
+
+    answers = _answers(run["generated"], labels) if labels is not None else [None] * test.height
+    return pl.DataFrame(
+        {
+            "seed": [run["seed"]] * test.height,
+            "id": test["id"].cast(pl.String),
+            "label": responses if labels is not None else [None] * test.height,
+            "prediction": answers,
+            "correct": [a == r for a, r in zip(answers, responses)] if labels is not None else [None] * test.height,
+            "response_nll": run["nll"].astype("float64"),
+            "response_tokens": run["tokens"].astype("int64"),
+        },
+        schema_overrides={"seed": pl.Int64, "label": pl.String, "prediction": pl.String, "correct": pl.Boolean},
+    )
+
+
 # -- outputs -----------------------------------------------------------------
 def _predictions(test, run: dict[str, Any], labels: list[str]):
     import polars as pl
@@ -353,7 +578,8 @@ def _seed_table(per_seed: list[dict[str, Any]]):
     import polars as pl
 
     # No wall times here (they are in meta.per_seed): a table holds only what the key determines.
-    columns = {"seed": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64,
+    columns = {"seed": pl.Int64, "accuracy": pl.Float64, "macro_f1": pl.Float64, "exact_match": pl.Float64,
+               "response_loss": pl.Float64, "perplexity": pl.Float64,
                "epochs_run": pl.Int64, "best_epoch": pl.Int64, "iterations": pl.Int64}
     present = {name: dtype for name, dtype in columns.items() if any(name in row for row in per_seed)}
     return pl.DataFrame([{name: row.get(name) for name in present} for row in per_seed], schema=present)

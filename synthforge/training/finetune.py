@@ -78,7 +78,7 @@ def finetune(
 
     torch.manual_seed(seed)  # the new classifier head's init and dropout follow the seed
     model, tokenizer = load_classifier(model_path, labels, device)
-    optimizer, scheduler = _optimizer(model, config, steps=config.epochs * math.ceil(len(train_texts) / config.train_batch_size))
+    optimizer, scheduler = optimizer_and_schedule(model, config, steps=config.epochs * math.ceil(len(train_texts) / config.train_batch_size))
     order_rng = np.random.default_rng(seed)
     best_score, best_state, best_epoch, stale = None, None, None, 0
     history: list[dict[str, float]] = []
@@ -119,13 +119,15 @@ def _improves(score: tuple[float, float], best: tuple[float, float] | None) -> b
     return score[1] > best[1] + 1e-4
 
 
-def _optimizer(model, config: FinetuneConfig, steps: int):
+def optimizer_and_schedule(model, config: Any, steps: int):
+    """AdamW over the trainable parameters (no decay on biases and norms), linear warm-up then linear decay."""
     import torch
 
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     warmup = int(round(config.warmup_ratio * steps))

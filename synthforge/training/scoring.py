@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 METRICS = ("accuracy", "macro_f1")
+LOSS_METRICS = ("response_loss", "perplexity")  # sft: per-token loss of the reference responses, and exp of it
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -138,3 +139,30 @@ def _metric_summary(values: list[float], boot: list[float] | None, confidence: f
         "ci": ci,
         "ci_method": "seeds-t" if use_seed else ("bootstrap" if boot else None),
     }
+
+
+def loss_scores(nll: np.ndarray, tokens: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-token loss (summed NLL over summed tokens: a ratio, so rows weigh by their length) and perplexity;
+    one value per row of `weights` (test-row counts), or one value unweighted."""
+    weights = np.ones((1, len(nll))) if weights is None else np.atleast_2d(weights)
+    loss = (weights @ nll) / np.maximum(weights @ tokens, 1)
+    return {"response_loss": loss, "perplexity": np.exp(loss)}
+
+
+def summarize_losses(
+    nlls: list[np.ndarray], tokens: np.ndarray, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """`summarize` for response losses: per seed, with the seed-t and test-row bootstrap intervals."""
+    per_seed = [{m: float(v[0]) for m, v in loss_scores(nll, tokens).items()} for nll in nlls]
+    boot = {}
+    if resamples:
+        rng = np.random.default_rng(seed)
+        n = len(tokens)
+        weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(float)
+        draws = [loss_scores(nll, tokens, weights) for nll in nlls]
+        alpha = (1 - confidence) / 2
+        for metric in LOSS_METRICS:
+            averaged = np.mean([d[metric] for d in draws], axis=0)
+            boot[metric] = [float(np.quantile(averaged, alpha)), float(np.quantile(averaged, 1 - alpha))]
+    scores = {m: _metric_summary([s[m] for s in per_seed], boot.get(m), confidence) for m in LOSS_METRICS}
+    return {"scores": scores, "per_seed_scores": per_seed}
