@@ -173,3 +173,46 @@ def source_ngrams(texts: list[str], n: int = COPY_NGRAM) -> set[tuple[str, ...]]
     for text in texts:
         found |= ngrams(text, n)
     return found
+
+
+def verdict_agreement(first: "np.ndarray", second: "np.ndarray", resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict[str, Any]:
+    """How often two label-fidelity instruments (e.g. an LLM judge's pass/fail and the oracle judge's agreement
+    with a row's label) give the same verdict on the same rows: the raw agreement rate and Cohen's kappa (agreement
+    beyond what the two instruments' pass rates give by chance), each with a percentile bootstrap interval over the
+    rows (resampled as pairs: the design is paired, both verdicts are of the same row)."""
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    n = len(first)
+    if n == 0 or len(second) != n:
+        raise ValueError("verdict_agreement needs two verdicts for each of at least one row")
+    rng = np.random.default_rng([seed, 0x4B41])
+    draws = rng.integers(0, n, size=(resamples, n))
+    boot_agreement, boot_kappa = _agreement_and_kappa(first[draws], second[draws])
+    agreement, kappa = (float(v[0]) for v in _agreement_and_kappa(first[None, :], second[None, :]))
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: "np.ndarray") -> list[float] | None:
+        finite = values[np.isfinite(values)]
+        return [float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))] if len(finite) else None
+
+    return {
+        "rows": n,
+        "agreement": agreement,
+        "agreement_ci": interval(boot_agreement),
+        "kappa": kappa if np.isfinite(kappa) else None,
+        "kappa_ci": interval(boot_kappa),
+        "pass_rate": [float(first.mean()), float(second.mean())],
+        "table": [[int((first & second).sum()), int((first & ~second).sum())],
+                  [int((~first & second).sum()), int((~first & ~second).sum())]],
+        "interval": f"{confidence:.0%} percentile bootstrap over rows ({resamples} paired resamples)",
+    }
+
+
+def _agreement_and_kappa(first: "np.ndarray", second: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+    """Row-wise over the leading axis: observed agreement p_o and Cohen's kappa (p_o - p_e) / (1 - p_e)."""
+    observed = (first == second).mean(axis=1)
+    p1, p2 = first.mean(axis=1), second.mean(axis=1)
+    expected = p1 * p2 + (1 - p1) * (1 - p2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
+    return observed, kappa

@@ -98,7 +98,7 @@ def entry_stats(
     key = stats_key(entry, reference, model, seed, measured)
     cached = cache.read_derived(key)
     if cached is not None and not force:
-        return cached
+        return _with_judge_scores(cached, entry)
     emb, texts, labels = _embeddings_and_texts(entry, model, device)
     ref_emb, _, ref_labels = _embeddings_and_texts(reference, model, device) if reference is not None else (None, None, None)
     pool_emb = _embeddings_and_texts(measured.pool, model, device)[0] if measured.pool is not None else None
@@ -121,7 +121,13 @@ def entry_stats(
         "metric_methods": metric_methods(len(emb), len(ref_emb) if ref_emb is not None else None),
     }
     sources = [entry.key] + [t.key for t in (reference, measured.pool) if t is not None]
-    return cache.write_derived(key, stats, sources)
+    return _with_judge_scores(cache.write_derived(key, stats, sources), entry)
+
+
+def _with_judge_scores(stats: dict[str, Any], entry: InputTable) -> dict[str, Any]:
+    """The score distribution a `judge` step recorded for its rows (read from its manifest, never stored here)."""
+    scores = entry.manifest.meta.get("scores") if entry.table == "data" else None
+    return {**stats, "judge_scores": scores} if isinstance(scores, dict) else stats
 
 
 INTERVALS_VERSION = "1"
@@ -251,6 +257,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     if agreement:
         rows += [(f"label agreement: {name}", _format_value(rate), "probe trained on the reference agrees")
                  for name, rate in {"all": agreement["overall"], **agreement["per_label"]}.items()]
+    if stats.get("judge_scores"):
+        from synthforge.generation.rubric import distribution_rows
+
+        rows += distribution_rows(stats["judge_scores"])
     table = render_table(("metric", "value", "meaning"), rows, align_right=(1,))
     notes = [f"reference: {stats['reference']}"] if stats.get("reference") else []
     notes += [f"cluster entropy: k-means fit on {stats['cluster_basis']}"] if stats.get("cluster_basis") else []

@@ -1,4 +1,4 @@
-"""Helpers for generate-step tests: contexts built directly, fixture entries, params."""
+"""Helpers for LLM-step tests (generate, judge): contexts built directly, fixture entries, params."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ def write_entry(folder: Path, rows: list[dict[str, Any]]) -> InputTable:
 
 
 def make_ctx(root: Path, params: dict[str, Any], *, seed: int = 0, inputs: dict[str, Any] | None = None,
-             step: str = "gen", runtime: Runtime | None = None) -> StepContext:
+             step: str = "gen", runtime: Runtime | None = None, kind: type = GenerateStep) -> StepContext:
+    """A context for a step of `kind` (an LLM step: generate by default, or judge)."""
     return StepContext(
         step=step,
         recipe="test",
-        params=GenerateStep.Params.model_validate(params),
+        params=kind.Params.model_validate(params),
         seed=seed,
         key="test-key",
         inputs=inputs or {},

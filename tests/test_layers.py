@@ -36,7 +36,7 @@ def test_the_graph_sees_every_module_and_import_kind():
     assert {"synthforge.stepapi", "synthforge.steps.generate", "synthforge.backends.llm"} <= MODULES
     kinds = {(a.source, a.target): a.how for a in ARROWS}
     assert kinds[("synthforge.steps.generate", "synthforge.backends.llm")] == "module"
-    assert kinds[("synthforge.steps.generate", "synthforge.generation.response_cache")] == "deferred"
+    assert kinds[("synthforge.steps.generate", "synthforge.generation.responses")] == "deferred"
     assert kinds[("synthforge.sharding", "synthforge.cache")] == "type"
 
 

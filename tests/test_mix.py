@@ -214,3 +214,36 @@ def test_arms_replace_augment_and_the_real_upper_bound(tmp_path, inputs):
 def test_arms_need_their_inputs(params, message):
     with pytest.raises(ValidationError, match=message):
         MixParams(**params)
+
+
+def scored_inputs(tmp_path, scores):
+    real = write_entry(tmp_path, "real_split", rows("r", {"neg": 30, "pos": 30}, "real"))
+    synthetic = rows("s", {"neg": 100, "pos": 100}, "synthetic").with_columns(pl.Series("score", scores, dtype=pl.Int64))
+    return {"real": real, "synthetic": write_entry(tmp_path, "judged", synthetic)}
+
+
+def test_weight_by_draws_high_scores_more_often_and_a_larger_draw_is_a_superset(tmp_path):
+    inputs = scored_inputs(tmp_path, [5 if i % 4 == 0 else 1 for i in range(200)])  # a quarter of the rows score 5
+    taken = mix(tmp_path, inputs, synthetic_fraction=0.5, total=80, weight_by="score")
+    synthetic = taken.data.filter(pl.col("source") == "synthetic")
+    share_high = (synthetic["score"] == 5).mean()
+    assert synthetic.height == 40 and share_high > 0.45  # 5 times the weight: ~62% expected, 25% unweighted
+    assert taken.meta["weight_by"]["column"] == "score" and taken.meta["weight_by"]["mean_taken"] > 2.5
+    larger = mix(tmp_path, inputs, synthetic_fraction=0.5, total=120, weight_by="score").data
+    assert set(synthetic["id"]) <= set(larger.filter(pl.col("source") == "synthetic")["id"])
+    balanced = mix(tmp_path, inputs, synthetic_fraction=0.5, total=80, weight_by="score", balance=True).data
+    assert (balanced.filter(pl.col("source") == "synthetic")["score"] == 5).mean() > 0.45
+
+
+def test_weight_by_zero_and_missing_scores_come_last(tmp_path):
+    inputs = scored_inputs(tmp_path, [None if i % 2 else 3 for i in range(200)])
+    synthetic = mix(tmp_path, inputs, synthetic_count=100, real_count=0, weight_by="score").data
+    assert synthetic["score"].null_count() == 0  # exactly the 100 scored rows
+
+
+def test_weight_by_mistakes_are_located(tmp_path):
+    for scores, column, words in (([1] * 200, "scroe", "no column"), ([-1] * 200, "score", "negative"),
+                                  ([1] * 200, "text", "not numeric")):
+        with pytest.raises(UserError) as refused:
+            mix(tmp_path / column, scored_inputs(tmp_path / column, scores), synthetic_fraction=0.5, total=20, weight_by=column)
+        assert refused.value.field == "weight_by" and words in refused.value.message

@@ -381,3 +381,31 @@ def test_select_step_reports_judged_fidelity_and_labels_the_in_sample_probe(tmp_
     assert set(filtered.tables["rejects"]["reason"].to_list()) == {JUDGE_REASON} and filtered.tables["rejects"].height > 40
     assert filtered.meta["fidelity"]["fidelity_observed"] == 1.0  # every kept row agrees with the judge
     json.dumps(meta)
+
+
+def test_where_selects_only_among_rows_with_a_score_in_range(tmp_path):
+    x, _ = topics(n=200)
+    entry = write_entry(tmp_path, "judged_pool", x)
+    frame = entry.frame().with_columns(pl.Series("score", [None if i % 10 == 0 else i % 5 + 1 for i in range(200)], dtype=pl.Int64))
+    judged = InputTable(fixture_entry(tmp_path / "judged", {"data": frame}))
+    params = SelectParams(input="judged", n=30, method="kcenter", where={"column": "score", "min": 4})
+    result = run_select(tmp_path, params, {"input": judged})
+    assert result.data.height == 30 and result.data["score"].min() >= 4
+    rejects = result.tables["rejects"]
+    assert set(rejects["reason"]) == {"outside where: score >= 4"} and rejects.height == 200 - 80 + 0
+    assert rejects["score"].null_count() == 20 and result.meta["where"] == {"range": "score >= 4", "rows": 80, "outside": 120}
+    whole = run_select(tmp_path, SelectParams(input="judged", n=30, method="kcenter"), {"input": judged}).data
+    assert whole["score"].min() < 4  # without where, low scores are picked too
+
+
+def test_where_mistakes_are_located(tmp_path):
+    x, _ = topics(n=20)
+    entry = write_entry(tmp_path, "pool", x)
+    for where, field in (({"column": "scroe", "min": 4}, "where.column"), ({"column": "text", "min": 4}, "where.column")):
+        with pytest.raises(UserError) as refused:
+            run_select(tmp_path, SelectParams(input="pool", n=5, method="random", where=where), {"input": entry})
+        assert refused.value.field == field
+    for where, field in (({"column": "score"}, "where"), ({"column": "score", "min": 5, "max": 4}, "where.min")):
+        with pytest.raises(UserError) as refused:
+            SelectParams(input="pool", n=5, method="random", where=where)
+        assert refused.value.field == field

@@ -214,6 +214,37 @@ class LLMBackend(Protocol):
         """
         ...
 
+    # Optional capabilities (a backend without one behaves as its default; callers go through the
+    # functions below, never getattr):
+    #   load() -> None                 load the model now (default: on first generate)
+    #   status() -> dict               a live status for progress bars, e.g. the current concurrency (default: {})
+    #   batches_of(requests) -> list[list[int]]  the indices it decodes together, in its order (default: no batches)
+    #   retries: int, rate_limited: int, events: list[dict]  spent in the last generate() (default: 0, 0, [])
+
+
+def load_model(backend: LLMBackend) -> None:
+    """Load `backend`'s model now, if it has one to load (so its status lines come before a progress bar)."""
+    load = getattr(backend, "load", None)
+    if load is not None:
+        load()
+
+
+def backend_status(backend: LLMBackend) -> dict[str, Any]:
+    """The backend's live status for a progress bar (e.g. the HTTP backend's current concurrency), or {}."""
+    status = getattr(backend, "status", None)
+    return status() if status is not None else {}
+
+
+def decode_batches(backend: LLMBackend, requests: Sequence[GenerationRequest]) -> list[list[int]] | None:
+    """The batches (request indices) a batching backend decodes together, in its order; None if it does not batch."""
+    batches_of = getattr(backend, "batches_of", None)
+    return batches_of(requests) if batches_of is not None else None
+
+
+def attempts_spent(backend: LLMBackend) -> tuple[int, int, list[dict[str, Any]]]:
+    """What the last generate() call spent: retries, rate limits met (429/503), endpoints leaving or rejoining."""
+    return getattr(backend, "retries", 0), getattr(backend, "rate_limited", 0), list(getattr(backend, "events", []))
+
 
 class BackendParams(StepParams):
     """Base of every backend's config block: `type` names a registered backend type."""

@@ -14,6 +14,7 @@ KINDS = Registry("synthforge.steps", "step kind", {
     "load": "synthforge.steps.load:LoadStep",
     "split": "synthforge.steps.split:SplitStep",
     "generate": "synthforge.steps.generate:GenerateStep",
+    "judge": "synthforge.steps.judge:JudgeStep",
     "embed": "synthforge.steps.embed:EmbedStep",
     "select": "synthforge.steps.select:SelectStep",
     "mix": "synthforge.steps.mix:MixStep",

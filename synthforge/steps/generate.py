@@ -28,7 +28,6 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
 from synthforge.errors import UserError
-from synthforge.tables import plural
 from synthforge.generation.fields import RecordField, values_file
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
 from synthforge.stepapi import Estimate, FilePath, Labels, Ref, StepContext, StepParams, StepResult
@@ -336,8 +335,6 @@ class _Generation:
         )
         self.few_shot = _few_shot_rows(ctx.inputs.get("few_shot_from"))
         self.fraction = Fraction(repr(self.params.paraphrase.fraction)) if self.params.paraphrase else Fraction(0)
-        self.stats = Counter()
-        self.endpoint_events: list[dict[str, Any]] = []  # a pool's endpoints leaving and rejoining
 
     # plans
     def topic_plan(self, index: int) -> RowPlan:
@@ -397,13 +394,10 @@ class _Generation:
         for i in seeds_needed:  # seed rows past n are generated (and cached) but not output
             topic.setdefault(i, self.topic_plan(i))
 
-        from synthforge.generation.response_cache import ResponseCache
-
-        self.backend = self._backend()
-        with ResponseCache(self.ctx.cache.shared_dir("responses"), log=self.ctx.log) as cache:
-            self._fetch(list(topic.values()), cache, "topic")
+        with self._responses() as self.responses:
+            self._fetch(list(topic.values()), "topic")
             paraphrases = [self.paraphrase_plan(i, self._seed_item(i, topic)) for i in paraphrase_indices]
-            self._fetch(paraphrases, cache, "paraphrase")
+            self._fetch(paraphrases, "paraphrase")
 
         plans = sorted([p for i, p in topic.items() if i < n] + paraphrases, key=lambda p: p.index)
         data, rejects = self._tables(plans)
@@ -424,23 +418,21 @@ class _Generation:
 
     def run_records(self) -> StepResult:
         from synthforge.generation.fields import category_values
-        from synthforge.generation.response_cache import ResponseCache
 
         started = time.perf_counter()
         fields = self.params.fields
         self.categories = {name: category_values(spec, name) for name, spec in fields.items() if spec.sample == "category"}
         records = [self.record_plan(i) for i in range(self.params.n)]
-        self.backend = self._backend()
         responses: list[GenerationResponse] = []
-        with ResponseCache(self.ctx.cache.shared_dir("responses"), log=self.ctx.log) as cache:
+        with self._responses() as self.responses:
             for name, spec in fields.items():
                 if spec.generated:
-                    responses += self._fill_field(name, spec, [r for r in records if r.rejected is None], cache)
+                    responses += self._fill_field(name, spec, [r for r in records if r.rejected is None])
         data, rejects = self._record_tables(records)
         meta = self._meta(records, data, rejects, time.perf_counter() - started, responses)
         return StepResult(data=data, tables={"rejects": rejects}, meta=meta)
 
-    def _fill_field(self, name: str, spec: RecordField, records: list[RowPlan], cache) -> list[GenerationResponse]:
+    def _fill_field(self, name: str, spec: RecordField, records: list[RowPlan]) -> list[GenerationResponse]:
         """Ask for field `name` of every record still standing, then clean or parse and validate each reply."""
         from synthforge.generation.fields import schema_text
 
@@ -453,7 +445,7 @@ class _Generation:
             ask = RowPlan(record.index, "topic", record.label, record.variables, record.seed)
             ask.request = self._request(template, record.values, record.seed, system, schema_json)
             asks.append(ask)
-        self._fetch(asks, cache, name)
+        self._fetch(asks, name)
         replies = [ask.response for ask in asks]
         values, reasons = self._field_values(spec, schema, replies)
         for record, reply, value, reason in zip(records, replies, values, reasons):
@@ -510,20 +502,12 @@ class _Generation:
         rejects = pl.DataFrame(rejected, schema={**schema, "reason": pl.String, "raw": pl.String}, orient="row")
         return data, rejects
 
-    def _backend(self):
-        from synthforge.backends.llm import make_backend
+    def _responses(self):
+        from synthforge.generation.responses import StepResponses
 
-        runtime, params, backend = self.ctx.runtime, self.params, self.params.backend
-        self.backend_options = {
-            "config": backend,
-            "models_dir": self.ctx.cache.shared_dir("models"),
-            "device": runtime.resolve("device", params.device, getattr(backend, "device", None), default="auto"),
-            "batch_size": runtime.resolve("batch_size", params.batch_size, getattr(backend, "batch_size", None)),
-            "concurrency": runtime.resolve("concurrency", params.concurrency, getattr(backend, "concurrency", None)),
-            "log": self.ctx.log,
-            "budget": runtime.llm_budget,
-        }
-        return make_backend(**self.backend_options)
+        params = self.params
+        return StepResponses(self.ctx, params.backend, device=params.device, batch_size=params.batch_size,
+                             concurrency=params.concurrency)
 
     def _paraphrase_seed_ids(self, paraphrase_indices: list[int]) -> list[int]:
         if not paraphrase_indices or self.params.paraphrase.source != "generated":
@@ -542,103 +526,10 @@ class _Generation:
         return {"id": self._row_id(seed_plan.index), "label": seed_plan.label, "variables": seed_plan.variables,
                 "text": clean(seed_plan.response.text, self.params.hygiene).text}
 
-    def _fetch(self, plans: list[RowPlan], cache, phase: str) -> None:
-        """Fill in every plan's response: from the cache, else from the backend (cached as it arrives).
-
-        Prompts another process is already requesting are waited for, not requested again."""
-        from synthforge.backends.llm import request_identity
-        from synthforge.generation.response_cache import response_key
-
-        if not plans:
-            return
-        identity = self.backend.identity()
-        keys = [response_key(self.backend.type, request_identity(self.backend, identity, p.request), p.request)
-                for p in plans]
-        hits = cache.get_many(keys)
-        missing = []
-        for plan, key in zip(plans, keys):
-            if key in hits:
-                plan.response = hits[key]
-            else:
-                missing.append((plan, key))
-        self.stats["responses_cached"] += len(plans) - len(missing)
-        while missing:
-            mine = cache.claim(key for _, key in missing)
-            self._generate_missing([(plan, key) for plan, key in missing if key in mine], cache, phase)
-            others = [(plan, key) for plan, key in missing if key not in mine]
-            if not others:
-                break
-            self.ctx.log(f"{self.ctx.step}: waiting for {plural(len(others), phase + ' response')} another process is requesting")
-            arrived = cache.wait_for(key for _, key in others)
-            for plan, key in others:
-                if key in arrived:
-                    plan.response = arrived[key]
-                    self.stats["responses_from_other_process"] += 1
-            missing = [(plan, key) for plan, key in others if key not in arrived]  # claimed again next round
-
-    def _generate_missing(self, missing: list[tuple[RowPlan, str]], cache, phase: str) -> None:
-        from synthforge.progress import progress
-        from synthforge.sharding import run_shards, shard_rows
-
-        if not missing:
-            return
-        load = getattr(self.backend, "load", None)
-        if load is not None and not self.ctx.runtime.ray:  # on Ray the shard actors load the model
-            load()  # before the bar opens, so the model's status lines come first
-        missing, shards = self._shards(missing, shard_rows(self.ctx.runtime))
-        with progress(len(missing), f"{self.ctx.step}: {phase}", "rows", enabled=self.ctx.runtime.progress) as bar:
-            streaming = {"on": False}  # once the backend reports tokens as they decode, rows count when they end
-
-            def decoded(new_tokens: int, finished_rows: int) -> None:
-                streaming["on"] = True
-                bar.update(finished_rows, tokens=new_tokens)
-
-            backend_status = getattr(self.backend, "status", dict)  # e.g. the HTTP backend's current concurrency
-
-            def arrived(i: int, response: GenerationResponse) -> None:
-                plan, key = missing[i]
-                if response.rejected is None:
-                    cache.put(key, response)  # committed now: a killed run resumes from here
-                plan.response = response
-                self.stats["responses_generated"] += 1
-                self.stats["generated_prompt_tokens"] += response.prompt_tokens
-                self.stats["generated_completion_tokens"] += response.completion_tokens
-                if not streaming["on"]:
-                    bar.update(1, status=backend_status(), tokens=response.completion_tokens)
-
-            def shard_done(shard: int, result: tuple[list[GenerationResponse], int, int, list]) -> None:
-                responses, retries, rate_limited, endpoint_events = result
-                self.stats["retries"] += retries
-                self.stats["rate_limited"] += rate_limited
-                self.endpoint_events += endpoint_events
-                if self.ctx.runtime.ray:  # in-process shards report each response as it arrives
-                    for j, response in enumerate(responses):
-                        arrived(shards[shard].start + j, response)
-
-            started = time.perf_counter()
-            worker = GenerateWorker(self.backend_options, self.backend, on_tokens=decoded)
-            payloads = [[missing[i][0].request for i in rows] for rows in shards]
-            run_shards(self.ctx.runtime, worker, payloads, shard_done,
-                       on_item=lambda shard, j, response: arrived(shards[shard].start + j, response))
-            self._record_speed(sum(plan.response.completion_tokens for plan, _ in missing), time.perf_counter() - started)
-
-    def _shards(self, missing: list, size: int) -> tuple[list, list[range]]:
-        """`missing` cut into shards of about `size` rows. A backend that decodes in batches (`batches_of`)
-        gets shards of whole batches in its batch order, so every row meets the batch-mates it meets
-        unsharded and the merged output does not depend on the shard size."""
-        from synthforge.sharding import shard_ranges, whole_group_ranges
-
-        batches_of = getattr(self.backend, "batches_of", None)
-        if batches_of is None or len(missing) <= size:
-            return missing, shard_ranges(len(missing), size)
-        batches = batches_of([plan.request for plan, _ in missing])
-        ordered = [missing[i] for batch in batches for i in batch]
-        return ordered, whole_group_ranges([len(batch) for batch in batches], size)
-
-    def _record_speed(self, new_tokens: int, seconds: float) -> None:
-        from synthforge.generation import speed
-
-        speed.record(self.ctx.cache, self.backend.type, self.params.backend.model_label(), new_tokens, seconds)
+    def _fetch(self, plans: list[RowPlan], phase: str) -> None:
+        """Fill in every plan's response (generation/responses.py: cache, claims, shards, progress)."""
+        for plan, response in zip(plans, self.responses.fetch([p.request for p in plans], phase)):
+            plan.response = response
 
     # output
     def _row_id(self, index: int) -> str:
@@ -658,7 +549,7 @@ class _Generation:
             "top_p": params.top_p,
             "max_new_tokens": params.max_new_tokens,
             "row_seed": plan.seed,
-            "model": self.backend.identity().get("model"),
+            "model": self.responses.identity().get("model"),
         }
 
     def _tables(self, plans: list[RowPlan]):
@@ -698,43 +589,12 @@ class _Generation:
             "rejected": rejects.height,
             "reject_reasons": dict(Counter(rejects["reason"].to_list())),
             "modes": dict(Counter(p.mode for p in plans)),
-            "backend": {"type": self.backend.type, **self.backend.identity()},
+            "backend": {"type": self.responses.backend.type, **self.responses.identity()},
             "prompt_tokens": sum(r.prompt_tokens for r in responses),
             "completion_tokens": sum(r.completion_tokens for r in responses),
-            "responses_cached": self.stats["responses_cached"],
-            "responses_generated": self.stats["responses_generated"],
-            "responses_from_other_process": self.stats["responses_from_other_process"],
-            "generated_prompt_tokens": self.stats["generated_prompt_tokens"],
-            "generated_completion_tokens": self.stats["generated_completion_tokens"],
-            "retries": self.stats["retries"],
-            "rate_limited": self.stats["rate_limited"],
-            **({"endpoint_events": self.endpoint_events} if self.endpoint_events else {}),
+            **self.responses.counters(),
             "seconds": round(seconds, 3),
         }
-
-
-class GenerateWorker:
-    """Generates one shard of requests; builds its backend (and loads the model) on first use in a process."""
-
-    def __init__(self, backend_options: dict[str, Any], backend=None, on_tokens=None):
-        self.backend_options = backend_options
-        self.backend = backend  # the step's own backend, when the shards run in its process
-        self.on_tokens = on_tokens  # the step's progress bar, likewise
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Another process (a Ray actor) builds its own backend and logs to its own output.
-        return {"backend_options": {**self.backend_options, "log": print}, "backend": None, "on_tokens": None}
-
-    def __call__(self, requests: list[GenerationRequest], on_item=None) -> tuple[list[GenerationResponse], int, int, list]:
-        """The shard's responses in request order, the retries they took, the rate limits (429/503) met and
-        the endpoints that left or rejoined a pool meanwhile."""
-        from synthforge.backends.llm import make_backend
-
-        if self.backend is None:
-            self.backend = make_backend(**self.backend_options)
-        responses = self.backend.generate(requests, on_response=on_item, on_tokens=self.on_tokens)
-        return (responses, getattr(self.backend, "retries", 0), getattr(self.backend, "rate_limited", 0),
-                list(getattr(self.backend, "events", [])))
 
 
 # -- helpers --------------------------------------------------------------------

@@ -43,7 +43,8 @@ ROLE_COLUMN = "__mix_role"  # which input a row came from; dropped before output
 class MixParams(StepParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"real": "real_split", "synthetic": "generated", "synthetic_fraction": 0.5, "total": 100},
-        {"real": "real_split", "synthetic": "generated", "real_count": 50, "synthetic_count": "all"}]})
+        {"real": "real_split", "synthetic": "generated", "real_count": 50, "synthetic_count": "all"},
+        {"real": "real_split", "synthetic": "judged", "synthetic_fraction": 0.5, "total": 100, "weight_by": "score"}]})
 
     real: Ref | None = Field(None, description="the step (or step.table) of real rows (give real, synthetic or both)")
     synthetic: Ref | None = Field(None, description="the step (or step.table) of synthetic rows")
@@ -85,6 +86,12 @@ class MixParams(StepParams):
     extra_real: Ref | None = Field(
         None, description="real rows the `upper` arm draws its additional rows from (rows also in `real` are skipped)"
     )
+    weight_by: str | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="a numeric column of the synthetic rows (e.g. a judge's score) that weights their draw: a seeded "
+        "weighted order without replacement (instead of `order`), so rows with a higher value are likelier taken; "
+        "0 or no value comes last, a negative value is refused",
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> "MixParams":
@@ -120,7 +127,9 @@ class MixStep(Step):
         params: MixParams = ctx.params  # type: ignore[assignment]
         pools = {role: _load_pool(ctx.inputs.get(role), role) for role in SOURCES}
         rngs = {role: np.random.default_rng(_seed_int(ctx.seed, i)) for i, role in enumerate(SOURCES)}
-        groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label, params.order) for role in SOURCES}
+        weights = {"real": None, "synthetic": _weights(pools["synthetic"], params.weight_by)}
+        groups = {role: _label_groups(pools[role], rngs[role], params.max_per_label, params.order, weights[role])
+                  for role in SOURCES}
         available = {role: _group_total(groups[role]) for role in SOURCES}
         wanted = requested_counts(params, available)
         if params.arm == "replace":
@@ -132,7 +141,8 @@ class MixStep(Step):
             # (fewer than asked when balance + take_available trimmed them).
             wanted["synthetic"] = _top_up_count(picked["real"].height, params.synthetic_fraction)
         picked["synthetic"] = _sample_source(
-            pools["synthetic"], groups["synthetic"], "synthetic", wanted["synthetic"], params, rngs["synthetic"]
+            pools["synthetic"], groups["synthetic"], "synthetic", wanted["synthetic"], params, rngs["synthetic"],
+            weights["synthetic"],
         )
         if params.arm == "upper":
             picked["real"] = _with_extra_real(picked["real"], ctx.inputs["extra_real"], params, ctx.seed)
@@ -142,6 +152,8 @@ class MixStep(Step):
         if params.shuffle and data.height:
             data = data.sample(fraction=1.0, shuffle=True, seed=_seed_int(ctx.seed, 2))
         meta = {**_meta(data, wanted, pools, params.max_per_label), "arm": params.arm, "order": params.order}
+        if params.weight_by is not None:
+            meta["weight_by"] = _weighted_meta(data, params.weight_by)
         data = data.drop(ROLE_COLUMN)
         ctx.log(f"mix: {meta['n_real']} real + {meta['n_synthetic']} synthetic = {plural(meta['n_total'], 'row')}")
         return StepResult(data=data, meta=meta)
@@ -228,7 +240,7 @@ def _height(pool: "pl.DataFrame | None") -> int | None:
     return None if pool is None else pool.height
 
 
-def _sample_source(pool, groups, role: str, count: int, params: MixParams, rng) -> "pl.DataFrame | None":
+def _sample_source(pool, groups, role: str, count: int, params: MixParams, rng, weights=None) -> "pl.DataFrame | None":
     import numpy as np
 
     if pool is None or count == 0:
@@ -240,15 +252,17 @@ def _sample_source(pool, groups, role: str, count: int, params: MixParams, rng) 
     else:
         usable = np.concatenate(list(groups.values())) if groups else np.array([], dtype=np.int64)
         count = _shortage(count, len(usable), role, params, _per_label_counts(groups))
+        if weights is not None:
+            return pool[np.sort(weighted_order(usable, weights, rng)[:count])]
         shuffled = rng.permutation(usable)
         ranked = params.order == "rank" and RANK_COLUMN in pool.columns
         chosen = usable[np.argsort(pool[RANK_COLUMN].to_numpy()[usable], kind="stable")][:count] if ranked else shuffled[:count]
     return pool[np.sort(chosen)]
 
 
-def _label_groups(pool, rng, cap: int | None, order: str = "random") -> "dict[str, np.ndarray] | None":
-    """Row indices per label, each group in selection_rank order (`rank`, when the rows have one) or a seeded
-    random order, capped."""
+def _label_groups(pool, rng, cap: int | None, order: str = "random", weights=None) -> "dict[str, np.ndarray] | None":
+    """Row indices per label, each group in a seeded weighted order (`weights`), selection_rank order (`rank`,
+    when the rows have one) or a seeded random order, capped."""
     import numpy as np
 
     from synthforge.steps.rows import label_codes
@@ -260,10 +274,52 @@ def _label_groups(pool, rng, cap: int | None, order: str = "random") -> "dict[st
     ranks = pool[RANK_COLUMN].to_numpy() if order == "rank" and RANK_COLUMN in pool.columns else None
     groups = {}
     for label, members in zip(names, by_label):  # one seeded shuffle per label, in label order
+        if weights is not None:
+            indices = weighted_order(members, weights, rng)
+            groups[label] = indices[:cap] if cap is not None else indices
+            continue
         shuffled = rng.permutation(members)  # drawn in rank order too, so the other sources' draws do not move
         indices = members[np.argsort(ranks[members], kind="stable")] if ranks is not None else shuffled
         groups[label] = indices[:cap] if cap is not None else indices
     return groups
+
+
+def _weights(pool, column: str | None) -> "np.ndarray | None":
+    """The synthetic rows' weights from `column` (nulls weigh 0), or None without weight_by."""
+    if pool is None or column is None:
+        return None
+    if column not in pool.columns:
+        raise UserError(f"the synthetic rows have no column '{column}'", field="weight_by",
+                        hint="a numeric column such as a judge step's score (judge.column)")
+    if not pool.schema[column].is_numeric():
+        raise UserError(f"column '{column}' is {pool.schema[column]}, not numeric", field="weight_by")
+    weights = pool[column].cast(float).fill_null(0.0).to_numpy()
+    if (weights < 0).any():
+        raise UserError(f"column '{column}' has negative values ({weights.min():g}); weights must be >= 0",
+                        field="weight_by", hint="weight by a non-negative score, e.g. a judge's 1-5 score")
+    return weights
+
+
+def weighted_order(indices: "np.ndarray", weights: "np.ndarray", rng) -> "np.ndarray":
+    """`indices` in a seeded weighted random order without replacement (Efraimidis & Spirakis 2006: sort by
+    u^(1/w), here log(u)/w, descending): every prefix is a weighted sample, so a larger request takes a superset.
+    Rows of weight 0 come last, in seeded random order."""
+    import numpy as np
+
+    u = rng.random(len(indices))
+    w = weights[indices]
+    with np.errstate(divide="ignore"):
+        keys = np.where(w > 0, np.log(u) / np.where(w > 0, w, 1.0), -np.inf)
+    tiebreak = rng.random(len(indices))  # orders the weight-0 rows among themselves
+    return indices[np.lexsort((-tiebreak, -keys))]
+
+
+def _weighted_meta(data, column: str) -> dict[str, Any]:
+    """The weight column's mean over the synthetic rows taken (what weighting bought)."""
+    import polars as pl
+
+    taken = data.filter(pl.col(ROLE_COLUMN) == "synthetic")[column]
+    return {"column": column, "mean_taken": round(float(taken.mean()), 4) if taken.len() and taken.mean() is not None else None}
 
 
 def _group_total(groups: "dict[str, np.ndarray] | None") -> int | None:

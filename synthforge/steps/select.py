@@ -16,11 +16,32 @@ if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 
+class ScoreRange(StepParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"column": "score", "min": 4}]})
+
+    column: str = Field(description="a numeric column of the input, e.g. a judge step's score")
+    min: float | None = Field(None, description="the lowest value kept (inclusive)")
+    max: float | None = Field(None, description="the highest value kept (inclusive)")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> "ScoreRange":
+        if self.min is None and self.max is None:
+            raise UserError("where needs min, max or both", field="where", hint="e.g. where: {column: score, min: 4}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise UserError(f"min {self.min:g} is above max {self.max:g}", field="where.min")
+        return self
+
+    def describe(self) -> str:
+        bounds = [f"{self.column} >= {self.min:g}"] if self.min is not None else []
+        return " and ".join(bounds + ([f"{self.column} <= {self.max:g}"] if self.max is not None else []))
+
+
 class SelectParams(StepParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"input": "embed", "n": 100, "method": "kcenter"}, {"input": "embed", "n": 100, "diversity": 0.5},
         {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "shift_band": [0.2, 0.8], "label_filter": True},
-        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "judge": "held_out"}]})
+        {"input": "embed", "n": 100, "diversity": 0.5, "reference": "real", "judge": "held_out"},
+        {"input": "embed", "n": 100, "method": "kcenter", "where": {"column": "score", "min": 4, "max": 5}}]})
 
     input: Ref = Field(description="the step (or step.table) whose rows, with an `embedding` column, to select from")
     n: int | None = Field(None, ge=1, description="the number of rows to select (a positive integer; optional only for semdedup)")
@@ -60,6 +81,12 @@ class SelectParams(StepParams):
         None,
         description="labelled real rows with embeddings, disjoint from the training and test rows (e.g. split.validation): "
         "an oracle label judge whose cross-validated error rates correct the fidelity of the selected rows (studies)",
+    )
+
+    where: ScoreRange | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="select only among rows whose numeric `column` (e.g. a judge's score) is within [min, max]; "
+        "the others (and rows without a value) land in `rejects`",
     )
 
     @model_validator(mode="after")
@@ -113,6 +140,9 @@ class SelectStep(Step):
         eligible, rejects = np.arange(frame.height), []
         if ref_frame is not None or judge is not None:
             eligible, rejects = _screen(emb, frame, ref_emb, ref_frame, params, ctx.seed, meta, judge)
+        if params.where is not None:
+            eligible, outside = _within(frame, eligible, params.where, meta)
+            rejects.append(outside)
         rows = eligible[choose_rows(emb[eligible], frame[eligible.tolist()], params, ctx.seed)]
         chosen = frame[rows.tolist()].with_columns(pl.Series(RANK_COLUMN, range(len(rows)), dtype=pl.Int64))
         texts = chosen["text"].cast(pl.Utf8).fill_null("") if "text" in chosen.columns else None
@@ -130,6 +160,27 @@ class SelectStep(Step):
             meta["reference"] = reference.key
         rejected = pl.concat(rejects) if rejects else frame.head(0).with_columns(pl.lit(None, pl.Utf8).alias("reason"))
         return StepResult(chosen, tables={"rejects": rejected}, meta=meta)
+
+
+def _within(frame, eligible: "np.ndarray", where: ScoreRange, meta: dict):
+    """The eligible rows whose `where.column` lies in its range, and the others as rejects with the reason."""
+    import numpy as np
+    import polars as pl
+
+    if where.column not in frame.columns:
+        raise UserError(f"the input has no column '{where.column}'", field="where.column",
+                        hint="a numeric column such as a judge step's score (judge.column)")
+    if not frame.schema[where.column].is_numeric():
+        raise UserError(f"column '{where.column}' is {frame.schema[where.column]}, not numeric", field="where.column")
+    value = pl.col(where.column)
+    inside = value.is_not_null() & (value >= where.min if where.min is not None else True) & \
+        (value <= where.max if where.max is not None else True)
+    mask = frame.select(inside.fill_null(False)).to_series().to_numpy()
+    outside = np.zeros(frame.height, dtype=bool)
+    outside[eligible] = ~mask[eligible]
+    meta["where"] = {"range": where.describe(), "rows": int(mask[eligible].sum()), "outside": int(outside.sum())}
+    reason = f"outside where: {where.describe()}"
+    return eligible[mask[eligible]], frame.filter(pl.Series(outside)).with_columns(pl.lit(reason).alias("reason"))
 
 
 LABEL_REASON = "label disagrees with a probe trained on the reference"
