@@ -176,19 +176,22 @@ def test_a_template_that_does_not_parse_is_refused_before_the_build():
     assert refused.value.field == "template"
 
 
-def test_a_tiny_transformers_judge_without_structured_output_rejects_what_does_not_parse(tmp_path, pool):
+def test_a_tiny_transformers_judge_decodes_under_the_schema_and_rejects_what_is_cut_off(tmp_path, pool):
     pytest.importorskip("torch")
+    pytest.importorskip("xgrammar")
     from tests.tiny_models import tiny_chat_model_dir
 
-    params = {"input": "pool", "template": "review: {{ text }}", "max_new_tokens": 6, "attempts": 2,
+    params = {"input": "pool", "template": "review: {{ text }}", "max_new_tokens": 40, "attempts": 2,
               "backend": {"type": "transformers", "model": str(tiny_chat_model_dir()), "batch_size": 4}}
     result = run_judge(tmp_path, params, pool)
-    assert result.meta["structured_output"] is False  # the transformers backend gets no schema (yet)
-    assert result.meta["responses_generated"] == 16 and result.data.height == 0  # a random model writes no JSON
-    assert set(r.split(":")[0] for r in result.tables["rejects"]["reason"]) <= {"not JSON", "schema"}
+    assert result.meta["structured_output"] is True  # decoded under the verdict's schema (backends/constrained.py)
+    rejects = result.tables["rejects"]
+    assert result.meta["responses_generated"] == 16 and result.data.height == 0  # a random model never closes its rationale
+    assert all(raw.startswith('{"rationale": "') for raw in rejects["raw"])  # ...but every reply starts as the schema says
+    assert set(r.split(":")[0] for r in rejects["reason"]) == {"not JSON"}
     again = run_judge(tmp_path, params, pool)
     assert again.meta["responses_cached"] == 16 and again.meta["responses_generated"] == 0
-    assert again.tables["rejects"].equals(result.tables["rejects"])
+    assert again.tables["rejects"].equals(rejects)
 
 
 def test_stats_shows_the_judges_score_distribution():

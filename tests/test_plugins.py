@@ -170,7 +170,7 @@ def test_a_plugin_provides_a_step_kind_and_a_backend(tmp_path, installed):
     ("type: echo", ("tipe: echo", "steps.gen.backend: missing 'type' (add e.g. 'type: transformers' "
                                   "(types: transformers, openai, echo))")),
     ("    kind: shout\n", ("", "steps.loud: missing 'kind' (add e.g. 'kind: load' "
-                               "(kinds: load, split, generate, embed, select, mix, train, shout))")),
+                               "(kinds: load, split, generate, judge, embed, select, mix, train, shout))")),
 ])
 def test_error_hints_list_plugin_kinds_and_types(plugin_site, tmp_path, change, message):
     replacement, expected = message
