@@ -122,18 +122,21 @@ def atomic_write(path: Path, content: str | bytes | Callable[[BinaryIO], None]) 
 
 
 # -- locks -------------------------------------------------------------------------
+# Every flock of synthforge is taken here: key locks, leases, try-locks of gc and sweeps, the response
+# cache's owner marks and the budget ledger's counter. The OS releases an flock when its holder dies,
+# which is what lets a survivor tell a dead writer from a live one.
+def _flock_mode(shared: bool, wait: bool) -> int:
+    return (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
-    """An flock on `path` across processes (exclusive unless `shared`); the OS releases it if the holder dies."""
+    """An flock on `path` across processes (exclusive unless `shared`), waited for."""
     with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a+")
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with fh, descriptor_lock(fh.fileno(), shared):
+        yield
 
 
 @contextlib.contextmanager
@@ -143,7 +146,7 @@ def try_file_lock(path: Path, shared: bool = False) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), _flock_mode(shared, wait=False))
         except BlockingIOError:
             yield False
             return
@@ -151,6 +154,38 @@ def try_file_lock(path: Path, shared: bool = False) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def descriptor_lock(fd: int, shared: bool = False) -> Iterator[None]:
+    """An flock on an open descriptor for the block (a file kept open across many short updates)."""
+    fcntl.flock(fd, _flock_mode(shared, wait=True))
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def hold_lock(path: Path):
+    """An exclusive flock on `path`, held until the returned file is closed or this process dies: the mark
+    of a live owner that others test with `lock_is_held`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    fcntl.flock(handle.fileno(), _flock_mode(shared=False, wait=True))
+    return handle
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether someone holds an flock on `path` now; a missing file has no holder (and is not made)."""
+    try:
+        with open(path, "r") as handle:
+            try:
+                fcntl.flock(handle.fileno(), _flock_mode(shared=True, wait=False))
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return False
 
 
 # -- the manifest ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_serializer, field_validator
 
+from synthforge.cache import descriptor_lock
 from synthforge.errors import UserError
 from synthforge.plugins import Registry
 from synthforge.stepapi import StepParams
@@ -125,19 +126,14 @@ class RequestBudget:
         return self._update(lambda requests, tokens: (requests, tokens))
 
     def _update(self, change: Callable[[int, int], tuple[int, int]]) -> tuple[int, int]:
-        import fcntl
-
         with _ledger_threads:
             fd = _open_ledgers.get(self.path)
             if fd is None:
                 fd = _open_ledgers[self.path] = os.open(self.path, os.O_RDWR)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
+            with descriptor_lock(fd):
                 counts = change(*_LEDGER.unpack(os.pread(fd, _LEDGER.size, 0)))
                 os.pwrite(fd, _LEDGER.pack(*counts), 0)
                 return counts
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _remove_dead_builds(folder: Path, owner: str) -> None:

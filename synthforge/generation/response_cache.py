@@ -23,7 +23,6 @@ every row and the name, and takes nothing from a snapshot that fails either.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import xxhash
 
 from synthforge.backends.llm import GenerationRequest, GenerationResponse
-from synthforge.cache import storage_error, storage_errors
+from synthforge.cache import hold_lock, lock_is_held, storage_error, storage_errors
 from synthforge.errors import UserError
 from synthforge.keys import key_of
 
@@ -229,24 +228,14 @@ class ResponseCache:
 
     def _hold_owner_lock(self):
         """An flock held while this cache is open: other processes see our claims as alive."""
-        owners = self.folder / "owners"
-        owners.mkdir(exist_ok=True)
-        handle = open(owners / f"{self.owner}.lock", "a+")
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        return handle
+        return hold_lock(self.folder / "owners" / f"{self.owner}.lock")
 
     def _owner_alive(self, owner: str) -> bool:
         if owner == self.owner:
             return True
         path = self.folder / "owners" / f"{owner}.lock"
-        try:
-            with open(path, "r") as handle:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-        except FileNotFoundError:
-            return False
+        if lock_is_held(path):
+            return True
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a dead owner's file
         return False
