@@ -125,7 +125,7 @@ def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed:
     """Write RECIPE.lock: a full build's is exactly the recipe's nodes now; a narrowed one (`--set`, `--only`,
     the API's `set=`/`only=`) merges what it built into the lockfile, which keeps everything else."""
     path = graph.recipe.lock_path
-    with cache.lock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
+    with cache.flock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
         if narrowed:
             built = graph.to_lock(report.rows, report.contents, keys={item.node.key for item in report.items})
             write_lock(path, merge_locks(read_lock(path), built))

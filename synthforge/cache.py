@@ -694,7 +694,7 @@ class Cache:
 
     # -- writing --------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
+    def flock(self, key: str) -> Iterator[None]:
         """Exclusive per-key lock across processes; released if the holder dies.
         Reentrant within one thread of this object (a build holding it around `writing`)."""
         held = (checked_key(key), threading.get_ident())
@@ -745,7 +745,7 @@ class Cache:
         A fresh folder, removed at the end; with `resumable`, the fixed folder tmp/<key>.<resumable>,
         kept when the block leaves it (an interrupted pull resumes from it; a sweep deletes it once no
         one holds the lock)."""
-        with self.lock(key):
+        with self.flock(key):
             tmp_root = self._tmp_root()
             with storage_errors(self.root):
                 if resumable is None:
@@ -779,7 +779,7 @@ class Cache:
         `folder` must be on the cache's file system (e.g. from `staging()`). An existing sound
         entry is kept unless `replace`; a damaged one is replaced. Returns whether `folder` was
         installed. Raises DamagedEntry (and installs nothing) when `folder` is not sound.
-        Callers hold `lock(key)` (`staging` does): two unlocked installs of one key can collide on the rename."""
+        Callers hold `flock(key)` (`staging` does): two unlocked installs of one key can collide on the rename."""
         folder, stamps = Path(folder), None
         with contextlib.suppress(DamagedEntry):  # taken before the files are hashed, compared after
             stamps = _stamps(folder, read_manifest(folder))

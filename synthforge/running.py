@@ -31,7 +31,7 @@ def run_node(graph: Graph, node: Node, cache: Cache, runtime: Runtime, log: Call
     """Compute one node into the cache, unless another process did while we waited for its lock.
 
     A damaged entry counts as missing: it is rebuilt and replaced."""
-    with cache.lock(node.key):
+    with cache.flock(node.key):
         if not force and cache.problems(node.key) == []:
             return NodeOutcome(cache.get(node.key).manifest, built=False)
         with cache.writing(node.key) as work:

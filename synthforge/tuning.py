@@ -670,7 +670,7 @@ def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = r.cache.shared_dir("tune")
     storage = _storage(optuna, folder / (key + ".sqlite"))
-    with r.cache.lock(key):  # one process drives a study at a time; probes are shared through the cache anyway
+    with r.cache.flock(key):  # one process drives a study at a time; probes are shared through the cache anyway
         study = _open_study(optuna, storage, key, search, folder / (key + ".sqlite"))
         _resume(optuna, study, search, defaults)
         return _run(optuna, study, runner, search, key, defaults, log, dry_run)

@@ -81,7 +81,7 @@ def test_concurrent_writers_of_one_key_under_its_lock_build_it_once(tmp_path):
 
     def writer(name: str) -> None:
         barrier.wait()
-        with cache.lock(KEY):
+        with cache.flock(KEY):
             if cache.problems(KEY) == []:
                 return
             with cache.writing(KEY) as work:

@@ -394,7 +394,7 @@ def test_the_cache_refuses_a_key_that_is_not_one_as_a_last_line_of_defence(tmp_p
         for path_of in (cache.entry_path, cache.derived_path):
             with pytest.raises(UserError, match="not a cache key"):
                 path_of(bad)
-        for hold in (cache.lock, cache.staging, lambda key: cache.lease([key])):
+        for hold in (cache.flock, cache.staging, lambda key: cache.lease([key])):
             with pytest.raises(UserError, match="not a cache key"), hold(bad):
                 pass
         for move in (remote.pull_many, remote.push_many):
