@@ -449,6 +449,17 @@ def _registered_config(value: Any, info: ValidationInfo) -> Any:
 # A `backend:` block: any registered type's config (dumped as that class, so keys see all of its fields).
 BackendConfig = Annotated[SerializeAsAny[BackendParams], BeforeValidator(_registered_config)]
 
+# A step that asks an LLM may override its backend's runtime settings (never in a key).
+BatchSizeOverride = Annotated[int | None, Field(
+    ge=1, exclude=True,
+    description="prompts per model batch, overriding the backend's batch_size; runtime-only, never in a key")]
+ConcurrencyOverride = Annotated[int | None, Field(
+    ge=1, exclude=True,
+    description="requests in flight to an HTTP backend, overriding the backend's concurrency; runtime-only, never in a key")]
+DeviceOverride = Annotated[str | None, Field(
+    exclude=True,
+    description="the device of a local model, e.g. cpu or cuda:0, overriding the backend's device; runtime-only, never in a key")]
+
 
 def backend_identity(config: BackendParams, structured: bool = False) -> dict[str, Any]:
     """What decides a backend's outputs, without loading it: enters the generate step's key.

@@ -26,7 +26,15 @@ from typing import Any, Literal
 import xxhash
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from synthforge.backends.llm import BackendConfig, GenerationRequest, GenerationResponse, TransformersBackendConfig
+from synthforge.backends.llm import (
+    BackendConfig,
+    BatchSizeOverride,
+    ConcurrencyOverride,
+    DeviceOverride,
+    GenerationRequest,
+    GenerationResponse,
+    TransformersBackendConfig,
+)
 from synthforge.errors import UserError
 from synthforge.generation.fields import RecordField, values_file
 from synthforge.generation.hygiene import HygieneConfig, apply_hygiene, clean
@@ -137,18 +145,9 @@ class GenerateParams(StepParams):
     hygiene: HygieneConfig = Field(
         default_factory=HygieneConfig, description="a mapping of the rules that clean responses and reject rows"
     )
-    batch_size: int | None = Field(
-        default=None, ge=1, exclude=True,
-        description="prompts per model batch, overriding the backend's batch_size; runtime-only, never in a key",
-    )
-    concurrency: int | None = Field(
-        default=None, ge=1, exclude=True,
-        description="requests in flight to an HTTP backend, overriding the backend's concurrency; runtime-only, never in a key",
-    )
-    device: str | None = Field(
-        default=None, exclude=True,
-        description="the device of a local model, e.g. cpu or cuda:0, overriding the backend's device; runtime-only, never in a key",
-    )
+    batch_size: BatchSizeOverride = None
+    concurrency: ConcurrencyOverride = None
+    device: DeviceOverride = None
 
     @field_validator("labels")
     @classmethod

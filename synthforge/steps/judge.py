@@ -17,7 +17,14 @@ from typing import Any
 import xxhash
 from pydantic import ConfigDict, Field, model_validator
 
-from synthforge.backends.llm import BackendConfig, GenerationRequest, TransformersBackendConfig
+from synthforge.backends.llm import (
+    BackendConfig,
+    BatchSizeOverride,
+    ConcurrencyOverride,
+    DeviceOverride,
+    GenerationRequest,
+    TransformersBackendConfig,
+)
 from synthforge.errors import UserError
 from synthforge.generation.rubric import Scale
 from synthforge.stepapi import Estimate, Ref, StepContext, StepParams, StepResult
@@ -71,18 +78,9 @@ class JudgeParams(StepParams):
         description="the LLM backend, a mapping with a `type` (transformers or openai) and its fields; its model "
         "identity enters every response key",
     )
-    batch_size: int | None = Field(
-        default=None, ge=1, exclude=True,
-        description="prompts per model batch, overriding the backend's batch_size; runtime-only, never in a key",
-    )
-    concurrency: int | None = Field(
-        default=None, ge=1, exclude=True,
-        description="requests in flight to an HTTP backend, overriding the backend's concurrency; runtime-only, never in a key",
-    )
-    device: str | None = Field(
-        default=None, exclude=True,
-        description="the device of a local model, e.g. cpu or cuda:0, overriding the backend's device; runtime-only, never in a key",
-    )
+    batch_size: BatchSizeOverride = None
+    concurrency: ConcurrencyOverride = None
+    device: DeviceOverride = None
 
     @model_validator(mode="after")
     def _templates_parse(self) -> "JudgeParams":
