@@ -174,8 +174,8 @@ class OpenRecipe:
 
         ensure_logging()
         search = search_from(self.graph.recipe, step, targets=targets, space=space, reference=reference, embed=embed,
-                             judge=judge, llm_judge=llm_judge, pass_score=pass_score, probe_rows=probe_rows, probes=probes, seed=seed, max_requests=max_requests,
-                             max_tokens=max_tokens)
+                             judge=judge, llm_judge=llm_judge, pass_score=pass_score, probe_rows=probe_rows, probes=probes,
+                             seed=seed, max_requests=max_requests, max_tokens=max_tokens)
         return tune(self, search, variant=variant, device=device, progress=progress, jobs=jobs,
                     log=logging.getLogger(LOGGER).info, dry_run=dry_run)
 

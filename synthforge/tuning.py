@@ -53,7 +53,8 @@ _GOAL = re.compile(r"^\s*(?P<goal>maximi[sz]e|minimi[sz]e|max|min)\s+(?P<metric>
 
 def tunable_metrics() -> tuple[str, ...]:
     """Metric names a target may name: every diversity, shift and coverage metric `stats` measures, label
-    agreement, the oracle judge's fidelity and an LLM judge's pass rate (aliases such as `coverage` resolve through the metric registry)."""
+    agreement, the oracle judge's fidelity and an LLM judge's pass rate (aliases such as `coverage` resolve
+    through the metric registry)."""
     from synthforge.metric_registry import names
 
     return tuple(name for name in names("diversity", "shift", "coverage", "fidelity") if name in _BOUNDS)
@@ -251,8 +252,8 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
     block = recipe.model.tune.get(step) or {}
     if not isinstance(block, dict):
         raise UserError("a tune block is a mapping", file=file, line=recipe.line("tune", step), field=f"tune.{step}")
-    allowed = {"targets", "space", "reference", "embed", "judge", "llm_judge", "pass_score", "probe_rows", "probes", "seed",
-               "model", "budget", "pinned"}
+    allowed = {"targets", "space", "reference", "embed", "judge", "llm_judge", "pass_score", "probe_rows", "probes",
+               "seed", "model", "budget", "pinned"}
     for name in block:
         if name not in allowed:
             raise UserError(f"unknown key '{name}'", file=file, line=recipe.line("tune", step, name), field=f"tune.{step}.{name}",
@@ -374,8 +375,8 @@ def check_llm_judge(recipe: "Recipe", search: Search, at: Callable[..., Where]) 
         raise at("llm_judge").error(f"step '{name}' is a {step.kind} step; llm_judge names a judge step",
                                     hint=f"add a step of kind: judge with input: {search.step} (docs/steps/judge.md)")
     if search.step not in step.upstream():
-        raise at("llm_judge").error(f"judge step '{name}' does not read '{search.step}': it would not judge the probes' rows",
-                                    hint=f"give it input: {search.step} (or a step reading it)")
+        raise at("llm_judge").error(f"judge step '{name}' does not read '{search.step}': it would not judge the "
+                                    "probes' rows", hint=f"give it input: {search.step} (or a step reading it)")
     scale = step.params.scale
     if scale.type == "pass_fail":
         if search.pass_score is not None:
@@ -384,8 +385,9 @@ def check_llm_judge(recipe: "Recipe", search: Search, at: Callable[..., Where]) 
         return
     low, high = scale.bounds()
     if search.pass_score is None:
-        raise at("llm_judge").error(f"judge step '{name}' scores {low} to {high}: the search needs the score that passes",
-                                    hint=f"add pass_score: N ({low} < N <= {high}) or --pass-score N, or give the judge criteria")
+        raise at("llm_judge").error(f"judge step '{name}' scores {low} to {high}: the search needs the score that "
+                                    "passes", hint=f"add pass_score: N ({low} < N <= {high}) or --pass-score N, or give "
+                                                   "the judge criteria")
     if isinstance(search.pass_score, bool) or not isinstance(search.pass_score, int) or not low < search.pass_score <= high:
         raise at("pass_score").error(f"pass_score must be an integer in {low + 1}..{high} (judge step '{name}' scores "
                                      f"{low} to {high}), got {search.pass_score!r}", hint=f"e.g. pass_score: {high - 1}")
