@@ -202,7 +202,7 @@ def judge_pass_rate(judged: InputTable, column: str = "score", pass_score: int |
     from synthforge.metrics import wilson_interval
 
     seen = judged.manifest.meta.get("rows_in")
-    scores = judged.frame().get_column(column)
+    scores = judged.scan().select(column).collect().get_column(column)  # one column: not the rows' embeddings
     passed = int((scores >= pass_score).sum() if pass_score is not None else (scores == 1).sum())
     seen = int(seen) if isinstance(seen, int) else len(scores)
     share = passed / seen if seen else None
