@@ -160,7 +160,8 @@ class OpenRecipe:
                       pull, push, executor, keep_going)
 
     def tune(self, step: str, *, targets: Sequence[str] = (), space: Sequence[str] = (), reference: str | None = None,
-             embed: str | None = None, judge: str | None = None, probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
+             embed: str | None = None, judge: str | None = None, llm_judge: str | None = None, pass_score: int | None = None,
+             probe_rows: int | None = None, probes: int | None = None, seed: int | None = None,
              variant: str | None = None, max_requests: int | None = None, max_tokens: int | None = None,
              device: str = "auto", progress: bool = False, jobs: int | None = None, dry_run: bool = False) -> "TuneResult":
         """Search the settings of generate step `step` for its recipe `tune:` block's targets (or `targets` and
@@ -173,8 +174,8 @@ class OpenRecipe:
 
         ensure_logging()
         search = search_from(self.graph.recipe, step, targets=targets, space=space, reference=reference, embed=embed,
-                             judge=judge, probe_rows=probe_rows, probes=probes, seed=seed, max_requests=max_requests,
-                             max_tokens=max_tokens)
+                             judge=judge, llm_judge=llm_judge, pass_score=pass_score, probe_rows=probe_rows, probes=probes,
+                             seed=seed, max_requests=max_requests, max_tokens=max_tokens)
         return tune(self, search, variant=variant, device=device, progress=progress, jobs=jobs,
                     log=logging.getLogger(LOGGER).info, dry_run=dry_run)
 

@@ -230,6 +230,10 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @click.option("--embed", default=None, metavar="STEP", help="The step embedding the generated rows (default: stats embeds them).")
 @click.option("--judge", default=None, metavar="STEP[.TABLE]",
               help="Real labelled rows held out from training: an oracle judge trained on them measures fidelity_observed/_corrected.")
+@click.option("--llm-judge", default=None, metavar="STEP",
+              help="A judge step reading STEP: its rubric and backend judge each probe's rows and measure judge_pass_rate.")
+@click.option("--pass-score", type=int, default=None, metavar="N",
+              help="With an --llm-judge scoring integers: the lowest score that passes (pass/fail criteria: every one).")
 @click.option("--probe-rows", type=click.IntRange(min=1), default=None, help="Rows of each probe (default: the tune block's, else 40).")
 @click.option("--probes", type=click.IntRange(min=1), default=None, help="Probes to run in all, earlier ones included (default 20).")
 @click.option("--seed", type=int, default=None, help="The sampler's seed (default: the tune block's, else 0); part of the search's name.")
@@ -248,14 +252,15 @@ def stats_cmd(recipe, step, reference, variant, table, device, sets, cache_dir):
 @set_option
 @cache_option
 @user_errors
-def tune_cmd(recipe, step, targets, space, reference, embed, judge, probe_rows, probes, seed, max_requests, max_tokens, write,
-             dry_run, plot, as_json, jobs, device, progress, variant, sets, cache_dir):
+def tune_cmd(recipe, step, targets, space, reference, embed, judge, llm_judge, pass_score, probe_rows, probes, seed,
+             max_requests, max_tokens, write, dry_run, plot, as_json, jobs, device, progress, variant, sets, cache_dir):
     """Search generate STEP's settings for the targets of RECIPE's tune block; resumes a killed search (docs/tune.md)."""
     from synthforge import app
     from synthforge.progress import bars_enabled
 
     r = _open(recipe, sets, cache_dir)
     result = r.tune(step, targets=targets, space=space, reference=reference, embed=embed, judge=judge,
+                    llm_judge=llm_judge, pass_score=pass_score,
                     probe_rows=probe_rows, probes=probes, seed=seed, variant=variant, max_requests=max_requests,
                     max_tokens=max_tokens, device=device, progress=progress and bars_enabled(), jobs=jobs, dry_run=dry_run)
     click.echo(app.tune_text(r, step, result, write=write, plot=plot, dry_run=dry_run, as_json=as_json))

@@ -38,6 +38,7 @@ _ALL = (
     MetricInfo("label_agreement", "label agreement (in-sample probe)", "share of rows whose label a probe trained on the reference rows agrees with (weak with few rows)", "higher", "fidelity"),
     MetricInfo("fidelity_observed", "judged fidelity (raw)", "share of rows an oracle judge (probe on a large held-out real pool) gives their own label", "higher", "fidelity"),
     MetricInfo("fidelity_corrected", "judged fidelity", "the raw judged share corrected for the judge's cross-validated sensitivity and specificity", "higher", "fidelity"),
+    MetricInfo("judge_pass_rate", "LLM-judge pass rate", "share of rows a judge step passes (every criterion, or a score of at least the pass score); a row without a valid verdict fails", "higher", "fidelity"),
     MetricInfo("accuracy", "accuracy", "share of test rows classified correctly", "higher", "score"),
     MetricInfo("macro_f1", "macro-F1", "F1 averaged over labels", "higher", "score"),
     MetricInfo("exact_match", "exact match", "share of held-out prompts whose greedy answer is their label (sft)", "higher", "score"),

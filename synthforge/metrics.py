@@ -498,4 +498,5 @@ def wilson_interval(share: float, n: int, confidence: float = 0.95) -> list[floa
     z = float(norm.ppf(0.5 + confidence / 2))
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # at a share of 0 or 1 one end equals the share exactly; rounding must not leave the share outside
+    return [max(0.0, min(share, centre - half)), min(1.0, max(share, centre + half))]

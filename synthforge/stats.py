@@ -195,6 +195,22 @@ def entry_fidelity(entry: InputTable | Path | str, judge: InputTable | Path | st
     return cache.write_derived(key, record, [entry.key, judge_rows.key])
 
 
+def judge_pass_rate(judged: InputTable, column: str = "score", pass_score: int | None = None) -> dict[str, Any]:
+    """The share of the rows a `judge` step saw that it passed, with its 95% Wilson interval: every criterion
+    passed (`pass_score` None: the score, the share of criteria passed, is 1), or an integer score of at least
+    `pass_score`. A row without a valid verdict (the judge's rejects) counts as not passed."""
+    from synthforge.metrics import wilson_interval
+
+    seen = judged.manifest.meta.get("rows_in")
+    scores = judged.scan().select(column).collect().get_column(column)  # one column: not the rows' embeddings
+    passed = int((scores >= pass_score).sum() if pass_score is not None else (scores == 1).sum())
+    seen = int(seen) if isinstance(seen, int) else len(scores)
+    share = passed / seen if seen else None
+    intervals = {"judge_pass_rate": wilson_interval(share, seen)} if share is not None else {}
+    return {"judge_pass_rate": share, "passed": passed, "rows": seen, "intervals": intervals,
+            "methods": {"judge_pass_rate": "wilson"}}
+
+
 def _derived_key(kind: str, version: str, of: str) -> str:
     from synthforge.keys import key_of
 

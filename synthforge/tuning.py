@@ -40,18 +40,21 @@ _BOUNDS: dict[str, tuple[float, float | str]] = {
     "distinct_1": (0.0, 1.0), "distinct_2": (0.0, 1.0), "nn_real_similarity": (-1.0, 1.0), "mmd_rbf": (0.0, math.inf),
     "frechet": (0.0, math.inf), "label_agreement": (0.0, 1.0), "prdc_precision": (0.0, 1.0), "prdc_recall": (0.0, 1.0),
     "prdc_density": (0.0, math.inf), "prdc_coverage": (0.0, 1.0), "fidelity_observed": (0.0, 1.0),
-    "fidelity_corrected": (0.0, 1.0),
+    "fidelity_corrected": (0.0, 1.0), "judge_pass_rate": (0.0, 1.0),
 }
 NEEDS_REFERENCE = frozenset({"nn_real_similarity", "mmd_rbf", "frechet", "label_agreement", "prdc_precision",
                              "prdc_recall", "prdc_density", "prdc_coverage"})
 NEEDS_JUDGE = frozenset({"fidelity_observed", "fidelity_corrected"})
+NEEDS_LLM_JUDGE = frozenset({"judge_pass_rate"})
+WILSON_METRICS = frozenset({"label_agreement", "fidelity_observed", "judge_pass_rate"})  # shares of the rows
 _TARGET = re.compile(r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=)\s*(?P<bound>[-+0-9.eE]+)\s*$")
 _GOAL = re.compile(r"^\s*(?P<goal>maximi[sz]e|minimi[sz]e|max|min)\s+(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*$")
 
 
 def tunable_metrics() -> tuple[str, ...]:
     """Metric names a target may name: every diversity, shift and coverage metric `stats` measures, label
-    agreement and the oracle judge's fidelity (aliases such as `coverage` resolve through the metric registry)."""
+    agreement, the oracle judge's fidelity and an LLM judge's pass rate (aliases such as `coverage` resolve
+    through the metric registry)."""
     from synthforge.metric_registry import names
 
     return tuple(name for name in names("diversity", "shift", "coverage", "fidelity") if name in _BOUNDS)
@@ -139,6 +142,8 @@ class Search:
     reference: str | None = None  # the step (or step.table) of real rows the shift metrics compare to
     embed: str | None = None  # the step that embeds the probe's rows; None: stats embeds them with `model`
     judge: str | None = None  # real held-out labelled rows (step or step.table): the oracle judge's training pool
+    llm_judge: str | None = None  # a `judge` step reading the tuned step: its pass rate on each probe's rows
+    pass_score: int | None = None  # with an integer-scale llm_judge: the lowest score that passes
     probe_rows: int = 40
     probes: int = 20
     seed: int = 0
@@ -230,7 +235,8 @@ def _thawed(value: Any) -> Any:
 
 
 def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = (), space: typing.Sequence[str] = (),
-                reference: str | None = None, embed: str | None = None, judge: str | None = None, probe_rows: int | None = None,
+                reference: str | None = None, embed: str | None = None, judge: str | None = None,
+                llm_judge: str | None = None, pass_score: int | None = None, probe_rows: int | None = None,
                 probes: int | None = None, seed: int | None = None, model: str | None = None,
                 max_requests: int | None = None, max_tokens: int | None = None) -> Search:
     """The search for `step`: the recipe's `tune:` block for it, with anything given here replacing its part
@@ -246,8 +252,8 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
     block = recipe.model.tune.get(step) or {}
     if not isinstance(block, dict):
         raise UserError("a tune block is a mapping", file=file, line=recipe.line("tune", step), field=f"tune.{step}")
-    allowed = {"targets", "space", "reference", "embed", "judge", "probe_rows", "probes", "seed", "model", "budget",
-               "pinned"}
+    allowed = {"targets", "space", "reference", "embed", "judge", "llm_judge", "pass_score", "probe_rows", "probes",
+               "seed", "model", "budget", "pinned"}
     for name in block:
         if name not in allowed:
             raise UserError(f"unknown key '{name}'", file=file, line=recipe.line("tune", step, name), field=f"tune.{step}.{name}",
@@ -280,6 +286,8 @@ def search_from(recipe: "Recipe", step: str, *, targets: typing.Sequence[str] = 
     search = Search(
         step=step, space=tuple(parsed_space), targets=tuple(parsed_targets),
         reference=reference or block.get("reference"), embed=embed or block.get("embed"), judge=judge or block.get("judge"),
+        llm_judge=llm_judge or block.get("llm_judge"),
+        pass_score=pass_score if pass_score is not None else block.get("pass_score"),
         probe_rows=_whole(probe_rows if probe_rows is not None else block.get("probe_rows", 40), at("probe_rows")),
         probes=_whole(probes if probes is not None else block.get("probes", 20), at("probes")),
         seed=int(seed if seed is not None else block.get("seed", 0)), model=model or block.get("model", "minilm"),
@@ -318,7 +326,8 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
     params = step_class("generate").Params
     for dim in search.space:
         check_field(params, dim, recipe.model.steps[search.step])
-    for name, what in ((search.reference, "reference"), (search.embed, "embed"), (search.judge, "judge")):
+    for name, what in ((search.reference, "reference"), (search.embed, "embed"), (search.judge, "judge"),
+                       (search.llm_judge, "llm_judge")):
         step_name = (name or "").split(".")[0]
         if name is not None and step_name not in recipe.model.steps:
             raise at(what).error(f"no step '{step_name}' in the recipe", hint=did_you_mean(step_name, recipe.model.steps))
@@ -338,9 +347,50 @@ def check_search(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> 
             raise needing[0].where.error(f"'{needing[0]}' is judged by an oracle: the search needs a judge",
                                          hint="add judge: STEP.TABLE (real labelled rows held out from training, e.g. "
                                               "split.validation) or --judge STEP.TABLE")
+    check_llm_judge(recipe, search, at)
     if len(search.objectives) > len({t.metric for t in search.objectives}):
         raise search.objectives[-1].where.error(f"'{search.objectives[-1]}' is declared twice")
     _check_reachable(search)
+
+
+def check_llm_judge(recipe: "Recipe", search: Search, at: Callable[..., Where]) -> None:
+    """An LLM judge instrument is a `judge` step that reads the tuned step (so each probe's rows are judged),
+    with `pass_score` exactly when its scale is an integer score; a target on its pass rate needs one."""
+    name = search.llm_judge
+    if name is None:
+        needing = [t for t in search.targets if t.metric in NEEDS_LLM_JUDGE]
+        if needing:
+            raise needing[0].where.error(f"'{needing[0]}' is measured by an LLM judge: the search needs one",
+                                         hint=f"add llm_judge: STEP (a step of kind: judge with input: {search.step}) "
+                                              "or --llm-judge STEP")
+        if search.pass_score is not None:
+            raise at("pass_score").error("pass_score applies to an LLM judge, and the search has none",
+                                         hint="add llm_judge: STEP, or remove pass_score")
+        return
+    if "." in name:
+        raise at("llm_judge").error(f"llm_judge names a judge step, not a table: '{name}'",
+                                    hint=f"write llm_judge: {name.split('.')[0]}")
+    step = recipe.variants[0].steps[name]
+    if step.kind != "judge":
+        raise at("llm_judge").error(f"step '{name}' is a {step.kind} step; llm_judge names a judge step",
+                                    hint=f"add a step of kind: judge with input: {search.step} (docs/steps/judge.md)")
+    if search.step not in step.upstream():
+        raise at("llm_judge").error(f"judge step '{name}' does not read '{search.step}': it would not judge the "
+                                    "probes' rows", hint=f"give it input: {search.step} (or a step reading it)")
+    scale = step.params.scale
+    if scale.type == "pass_fail":
+        if search.pass_score is not None:
+            raise at("pass_score").error(f"pass_score applies to an integer scale; judge step '{name}' has pass/fail "
+                                         "criteria (a row passes when it passes every one)", hint="remove pass_score")
+        return
+    low, high = scale.bounds()
+    if search.pass_score is None:
+        raise at("llm_judge").error(f"judge step '{name}' scores {low} to {high}: the search needs the score that "
+                                    "passes", hint=f"add pass_score: N ({low} < N <= {high}) or --pass-score N, or give "
+                                                   "the judge criteria")
+    if isinstance(search.pass_score, bool) or not isinstance(search.pass_score, int) or not low < search.pass_score <= high:
+        raise at("pass_score").error(f"pass_score must be an integer in {low + 1}..{high} (judge step '{name}' scores "
+                                     f"{low} to {high}), got {search.pass_score!r}", hint=f"e.g. pass_score: {high - 1}")
 
 
 def check_field(params: type[BaseModel], dim: Dimension, config: dict[str, Any]) -> None:
@@ -493,19 +543,28 @@ class ProbeRunner:
     def keys(self, graph) -> dict[str, str]:
         variant = graph.recipe.variants[0].name
         names = [self.search.step, self.search.measured_step] + [
-            table.split(".")[0] for table in (self.search.reference, self.search.judge) if table]
+            table.split(".")[0] for table in (self.search.reference, self.search.judge, self.search.llm_judge) if table]
         return {name: graph.keys[variant][name] for name in dict.fromkeys(names)}
 
     def estimate(self, settings: dict[str, Any]) -> tuple[int, int]:
-        """The LLM requests and tokens one probe with these settings plans when nothing of it is cached."""
+        """The LLM requests and tokens one probe with these settings plans when nothing of it is cached: the
+        generate step's, and an LLM judge's on the probe's rows."""
         graph = self.graph(settings)
-        node = graph.nodes[self.keys(graph)[self.search.step]]
-        found = node.resolved.step.estimate(node.resolved.run_params)
-        return (found.requests, found.tokens) if found is not None else (0, 0)
+        keys = self.keys(graph)
+        requests = tokens = 0
+        for name in filter(None, (self.search.step, self.search.llm_judge)):
+            resolved = graph.nodes[keys[name]].resolved
+            params = resolved.run_params
+            if name == self.search.llm_judge:  # it judges at most the probe's rows
+                params = params.model_copy(update={"n": min(params.n or self.search.probe_rows, self.search.probe_rows)})
+            found = resolved.step.estimate(params)
+            if found is not None:
+                requests, tokens = requests + found.requests, tokens + found.tokens
+        return requests, tokens
 
     def run(self, number: int, settings: dict[str, Any], requests_left: int, tokens_left: int) -> Probe:
         from synthforge.building import build
-        from synthforge.stats import entry_fidelity, entry_intervals, entry_stats
+        from synthforge.stats import entry_fidelity, entry_intervals, entry_stats, judge_pass_rate
         from synthforge.stepapi import Runtime
 
         graph = self.graph(settings)
@@ -536,13 +595,19 @@ class ProbeRunner:
             judged = entry_fidelity(measured, self.table(keys, self.search.judge), **options)
             metrics.update({k: float(judged[k]) for k in NEEDS_JUDGE if judged.get(k) is not None})
             intervals.update(judged["intervals"])
+        if self.search.llm_judge:
+            column = graph.nodes[keys[self.search.llm_judge]].resolved.params.column
+            passed = judge_pass_rate(self.table(keys, self.search.llm_judge), column, self.search.pass_score)
+            metrics.update({k: float(passed[k]) for k in NEEDS_LLM_JUDGE if passed.get(k) is not None})
+            intervals.update(passed["intervals"])
         rows = int(stats["metrics"].get("rows") or measured.manifest.rows)
         probe = Probe(number, settings, metrics, rows, keys, requests, tokens,
                       intervals={m: list(v) for m, v in intervals.items() if v is not None})
         for target in self.search.targets:
             if target.metric not in metrics:
                 raise target.where.error(f"the probe did not measure '{target.metric}'",
-                                         hint="label_agreement and fidelity need labels in the rows, the reference and the judge")
+                                         hint="label_agreement and fidelity need labels in the rows, the reference and the "
+                                              "judge; judge_pass_rate needs rows the LLM judge saw")
         probe.violations = [t.violation(metrics[t.metric]) for t in self.search.constraints]
         probe.values = [metrics[t.metric] for t in self.search.objectives]
         return probe
@@ -600,6 +665,7 @@ class TuneResult:
             "recipe": str(self.recipe), "step": search.step, "search": self.search_key,
             "targets": [str(t) for t in search.targets], "space": [d.describe() for d in search.space],
             "probe_rows": search.probe_rows, "reference": search.reference, "judge": search.judge,
+            "llm_judge": search.llm_judge, "pass_score": search.pass_score,
             "interval_methods": interval_methods(metrics),
             "probes": [{"number": p.number, "default": p.default, "settings": {k: _thawed(v) for k, v in p.settings.items()},
                         "metrics": {k: _finite(v) for k, v in p.metrics.items()}, "intervals": p.intervals,
@@ -642,9 +708,10 @@ def search_key(r: "OpenRecipe", search: Search, runner: ProbeRunner) -> str:
     from synthforge.keys import key_of
 
     default_keys = runner.keys(runner.graph({dim.field: dim.extremes()[0] for dim in search.space}))
+    judged = {"pass score": search.pass_score} if search.pass_score is not None else {}  # absent: earlier keys stay
     return key_of({"search": "tune", "version": TUNE_VERSION, "probe keys": default_keys,
                    "space": [d.identity() for d in search.space], "targets": [str(t) for t in search.targets],
-                   "probe rows": search.probe_rows, "seed": search.seed, "metrics model": search.model})
+                   "probe rows": search.probe_rows, "seed": search.seed, "metrics model": search.model, **judged})
 
 
 def tune(r: "OpenRecipe", search: Search, *, variant: str | None = None, device: str = "auto", progress: bool = False,
@@ -947,7 +1014,7 @@ _INTERVAL_TEXT = {"wilson": "Wilson (a share of the rows)",
 
 
 def interval_methods(metrics: list[str]) -> dict[str, str]:
-    return {m: "wilson" if m in ("label_agreement", "fidelity_observed") else "jackknife" for m in metrics}
+    return {m: "wilson" if m in WILSON_METRICS else "jackknife" for m in metrics}
 
 
 def plot_result(result: TuneResult, path: Path) -> Path | None:

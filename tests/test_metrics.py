@@ -212,3 +212,12 @@ def test_jackknife_intervals_hold_the_estimate_and_narrow_with_rows():
     low, high = jackknife_intervals(np.ones((10, 8)))["mean_cosine_distance"]
     assert abs(low) < 1e-6 and abs(high) < 1e-6  # identical rows: no spread, no width
     assert wilson_interval(0.0, 10)[0] == 0.0 and 0.2 < wilson_interval(0.5, 20)[0] < 0.5
+
+
+def test_a_wilson_interval_holds_a_share_of_none_or_all_whatever_the_rounding():
+    from synthforge.metrics import wilson_interval
+
+    for n in range(1, 300):
+        for share in (0.0, 1.0):
+            low, high = wilson_interval(share, n)
+            assert 0.0 <= low <= share <= high <= 1.0, (share, n, low, high)
