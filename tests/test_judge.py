@@ -218,6 +218,24 @@ def test_the_agreement_recipe_reuses_the_diversity_studys_pools(tmp_path):
     assert len(others) == 1 + 1 + 3 * 10 and others <= locked
 
 
+def test_the_instruct_study_judges_its_structured_records_and_selects_among_those_passing():
+    """recipes/instruct_study.yaml: a structured field decoded under its schema, a judge on the records, and
+    the selection restricted to the rows the judge passed on every criterion (docs/instruct.md)."""
+    from pathlib import Path
+
+    from synthforge.recipe.resolve import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "instruct_study.yaml")
+    for variant in recipe.variants:
+        steps = variant.steps
+        records, judged, selected = steps["records"].params, steps["judged"].params, steps["selected"].params
+        assert records.structured_fields() == ["reading"] and records.text_field() == "review"
+        assert str(judged.input) == "records" and set(judged.scale.criteria) == {"fits_label", "on_aspect"}
+        assert str(steps["records_emb"].params.input) == "judged"
+        assert (selected.where.column, selected.where.min) == ("score", 1.0)
+        assert not records.hygiene.dedupe and records.fields["review"].hygiene.dedupe  # readings repeat, reviews do not
+
+
 def test_verdict_agreement_counts_kappa_and_bootstraps_paired_rows():
     import numpy as np
 
