@@ -42,6 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from bench_cache import compile_bytecode  # noqa: E402  (a sibling script: HERE is first on sys.path)
 WORDS = ("the a movie film great dull plot story actor scene music funny boring lovely warm dark ending script cast "
          "director slow fast brilliant weak quiet loud tender odd bright grim subtle bold").split()
 LABELS = ("positive", "negative", "neutral", "mixed")
@@ -534,15 +535,23 @@ def main() -> None:
                         help="threads for BLAS, OpenMP and polars in every child (default: the libraries' own); on a busy "
                              "machine 1 keeps CPU seconds free of the time threads spend spinning for descheduled peers")
     parser.add_argument("--clean", action="store_true", help="delete the generated data afterwards")
+    parser.add_argument("--from-source", action="store_true",
+                        help="do not write the trees' .pyc files first (rounds before 2026-12-05 timed every child compiling "
+                             "synthforge from source, as PYTHONDONTWRITEBYTECODE makes it; an installed package has them; "
+                             "delete the trees' __pycache__ folders before such a run)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     sizes = [int(v) for v in args.rows.split(",")]
     tree = args.tree.resolve()
     if args.baseline:
         BASELINE.append(args.baseline.resolve())
+    if not args.from_source:
+        for source in [tree, *BASELINE]:
+            compile_bytecode(source)
     if args.threads:
         CHILD_ENV.update({name: str(args.threads) for name in THREAD_VARIABLES})
-    print(f"tree {tree}; baseline {BASELINE[0] if BASELINE else 'none'}; rows {sizes}; repeat {args.repeat}; threads {args.threads or 'default'}; load average at start {Path('/proc/loadavg').read_text().strip()}")
+    print(f"tree {tree}; baseline {BASELINE[0] if BASELINE else 'none'}; rows {sizes}; repeat {args.repeat}; threads {args.threads or 'default'}; "
+          f"{'compiling from source' if args.from_source else 'with .pyc files'}; load average at start {Path('/proc/loadavg').read_text().strip()}")
     out: list[list[str]] = []
     tasks = args.only.split(",")
     for task in tasks:

@@ -251,11 +251,13 @@ class Remote:
         start = time.perf_counter()
         done = Transfer()
         wanted = list(dict.fromkeys(checked_key(key) for key in keys))
-        done.missing = [key for key in wanted if not _sound(cache, key)]
-        local = [key for key in wanted if key not in done.missing]
-        on_remote = self.available(local)
-        done.present = [key for key in local if key in on_remote]
-        records = {key: _record_of(cache.get(key)) for key in local if key not in on_remote}
+        # the remote first (a listing per shard): only the entries it lacks are checked here, so a no-op push
+        # reads no local entry
+        on_remote = self.available(wanted)
+        done.present = [key for key in wanted if key in on_remote]
+        done.missing = [key for key in wanted if key not in on_remote and not _sound(cache, key)]
+        unsound = set(done.missing)
+        records = {key: _record_of(cache.get(key)) for key in wanted if key not in on_remote and key not in unsound}
         generated = [key for key, record in records.items() if record["kind"] == "generate"]
         if generated and cache.read_only:  # its responses go up with it, through a snapshot in the cache's tmp/
             raise cache.read_only_error(f"pushing generate step '{records[generated[0]]['step']}' (its LLM responses)")

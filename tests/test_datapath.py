@@ -11,8 +11,8 @@ import xxhash
 
 from synthforge import metrics
 from synthforge.cache import Cache, read_table
-from synthforge.steps.rows import id_order, label_codes, rank_within_groups, stable_ids
-from synthforge.steps.split import SplitStep
+from synthforge.steps.rows import _hex64, id_order, label_codes, rank_within_groups, stable_ids
+from synthforge.steps.split import SplitStep, _ascending
 from tests.conftest import BASIC
 from tests.helpers import make_ctx, write_entry
 
@@ -36,6 +36,19 @@ def test_stable_ids_match_the_per_row_hash():
     assert stable_ids(texts, labels).to_list() == per_row_ids(texts, labels)
     assert stable_ids(pl.Series(texts), pl.Series(labels), prefix="g-").to_list() == per_row_ids(texts, labels, "g-")
     assert stable_ids([], []).to_list() == []
+
+
+def test_hex64_is_xxhash_hexdigest_at_the_edges():
+    values = np.array([0, 1, 0xFF, 1 << 63, (1 << 64) - 1, 0x0123456789ABCDEF], dtype=np.uint64)
+    assert _hex64(values).to_list() == [f"{int(v):016x}" for v in values]
+    assert _hex64(np.zeros(0, dtype=np.uint64)).to_list() == []
+
+
+def test_split_parts_in_ascending_order_without_sorting_each():
+    pool = np.random.default_rng(1).permutation(1000)
+    parts = {"train": pool[:600], "test": pool[600:700], "validation": pool[700:700]}  # 300 positions in no part
+    assert {name: rows.tolist() for name, rows in _ascending(parts, 1000).items()} == {
+        name: np.sort(rows).tolist() for name, rows in parts.items()}
 
 
 def test_rank_within_groups():

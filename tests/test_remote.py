@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -116,6 +117,9 @@ def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_
     assert not remote.pull_many([keys["rows"]], Cache(b)).entries and Cache(b).problems(keys["rows"]) is None
     remote.raise_failures(remote.push_many([keys["rows"]], Cache(a)))
     assert keys["rows"] in remote.pull_many([keys["rows"]], Cache(b)).entries
+    with mock.patch("synthforge.remote._sound", side_effect=AssertionError("a no-op push read a local entry")):
+        noop = remote.push_many([keys["rows"], keys["split"]], Cache(a))
+    assert (noop.entries, noop.present, noop.missing) == ([], [keys["rows"], keys["split"]], [])
     assert Cache(b).verify(Cache(b).get(keys["rows"])) == []
     by_lock = cli("cache", "pull", recipe.with_suffix(".lock"), "--cache-dir", tmp_path / "c", "--remote", remote_url,
                   "--no-progress")
