@@ -275,7 +275,7 @@ def median(times: list[tuple[float, float]], which: int) -> float:
 
 
 def main() -> None:
-    from synthforge.tables import render_table
+    from synthforge.text_tables import render_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synthforge.backends.llm import GenerationRequest  # noqa: E402
 from synthforge.generation.fields import compact_schema, parse_structured, schema_text  # noqa: E402
-from synthforge.tables import render_markdown  # noqa: E402
+from synthforge.text_tables import render_markdown  # noqa: E402
 
 TOPICS = ["a pizza place", "a sci-fi movie", "a seaside hotel", "a mystery novel", "running shoes", "a jazz album",
           "a city bus line", "a cooking class", "a board game", "a phone case"]

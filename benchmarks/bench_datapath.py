@@ -298,7 +298,7 @@ def loadavg() -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     return render_markdown(header, rows)
 

@@ -111,7 +111,7 @@ def bench_openai(latency_s: float) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     print(render_markdown(("backend", "setting", "ours", "reference"), rows), end="")
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from synthforge import selection
-from synthforge.tables import render_table
+from synthforge.text_tables import render_table
 
 PICKS = 1000
 REPEATS = int(__import__("os").environ.get("REPEATS", 3))

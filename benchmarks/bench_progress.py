@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synthforge.backends.llm import GenerationRequest  # noqa: E402
-from synthforge.tables import render_table  # noqa: E402
+from synthforge.text_tables import render_table  # noqa: E402
 
 
 def requests_for(rows: int, max_new_tokens: int) -> list[GenerationRequest]:

@@ -175,7 +175,7 @@ def main() -> None:
     for tree in [ROOT, *([args.before] if args.before else [])]:
         compile_bytecode(tree)  # as an install does; dvc, installed by pip, has its .pyc files
 
-    from synthforge.tables import render_table
+    from synthforge.text_tables import render_table
 
     refs = (("dvc", "dvc"), ("aws s3 sync", "aws"), ("s5cmd", "s5cmd"))
     tools = ["synthforge"] + (["synthforge before"] if args.before else []) + [t for t, exe in refs if (args.ref_bin / exe).exists()]

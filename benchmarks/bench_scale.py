@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synthforge.tables import render_table  # noqa: E402
+from synthforge.text_tables import render_table  # noqa: E402
 
 STUDY = ROOT / "recipes" / "diversity_study.yaml"
 MODES = {

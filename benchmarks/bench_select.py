@@ -213,7 +213,7 @@ def real_levels(rows: int = 2000, n: int = 200) -> None:
 
 
 def print_table(rows: list[dict[str, str]]) -> None:
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     if rows:
         print(render_markdown(list(rows[0]), [list(r.values()) for r in rows]), end="")

@@ -52,7 +52,7 @@ def timed(case: str, rounds: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    from synthforge.tables import render_table
+    from synthforge.text_tables import render_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--busy", type=int, default=1, help="busy-looping processes running throughout")

@@ -20,7 +20,7 @@ import math
 import synthforge as sf
 from synthforge.stats import entry_fidelity, entry_stats
 from synthforge.stepapi import InputTable
-from synthforge.tables import render_markdown as markdown_table
+from synthforge.text_tables import render_markdown as markdown_table
 from synthforge.training.scoring import t_interval
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

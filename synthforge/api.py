@@ -29,7 +29,7 @@ from synthforge.graph import Graph, build_graph
 from synthforge.planning import PlanItem, check_step_names, plan, variant_label
 from synthforge.recipe.resolve import load_recipe
 from synthforge.stepapi import InputTable, Runtime
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets

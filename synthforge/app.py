@@ -14,7 +14,7 @@ from synthforge.errors import UserError
 from synthforge.graph import Graph
 from synthforge.planning import as_sentence, planned_usage, variant_label
 from synthforge.progress import LOGGER, format_seconds, verbose
-from synthforge.tables import plural, render_table
+from synthforge.text_tables import plural, render_table
 
 if TYPE_CHECKING:
     from synthforge.remote import Remote

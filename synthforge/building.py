@@ -17,7 +17,7 @@ from synthforge.lockfile import Lock, merge_locks, read_lock, write_lock
 from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
 from synthforge.progress import LOGGER
 from synthforge.stepapi import Runtime
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.backends.llm import RequestBudget

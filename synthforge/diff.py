@@ -23,7 +23,7 @@ from synthforge.metric_registry import RUN_FACTS, Interval, flatten_metrics
 from synthforge.record_diff import SHOWN, compare_records, record_lines, record_markdown
 from synthforge.recipe.resolve import load_recipe, read_recipe_text
 from synthforge.stepapi import Runtime
-from synthforge.tables import render_markdown as markdown_table
+from synthforge.text_tables import render_markdown as markdown_table
 
 SCHEMA = "synthforge.diff/1"
 EXAMPLES = 3

@@ -20,7 +20,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.frames import PROVENANCE_KEY, import_datasets
 from synthforge.record_features import (Column, declared_columns, declared_labels, decode_expression, feature_rows,
                                         hf_feature)
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -379,7 +379,7 @@ def dataset_card(facts: dict[str, Any], features: Any = None, columns: dict[str,
 
 
 def _card_body(facts: dict[str, Any], features: Any, columns: dict[str, Column]) -> str:
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     lines = [
         f"# {facts['recipe']}: step `{facts['step']}`",

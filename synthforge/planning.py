@@ -11,7 +11,7 @@ from synthforge.graph import Graph, Node
 from synthforge.lockfile import Lock, describe_changes, dict_changes, input_changed, read_lock
 from synthforge.recipe.resolve import RefTarget
 from synthforge.stepapi import Estimate
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 
 @dataclass

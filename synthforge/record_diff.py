@@ -140,7 +140,7 @@ def record_lines(records: dict[str, Any]) -> list[str]:
 
 def record_markdown(records: dict[str, Any]) -> list[str]:
     """The same for a pull-request comment: the counts, then a table of the listed changed fields."""
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     lines = [f"- {line}" for line in record_lines({**records, "changed": [], "more_changed": 0})]
     rows = [[f"`{record['id']}`", f"`{name}`", _cell(change["a"]), _cell(change["b"])]

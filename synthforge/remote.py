@@ -31,7 +31,7 @@ from typing import Any
 from synthforge.cache import Cache, DamagedEntry, Entry, atomic_write
 from synthforge.errors import UserError
 from synthforge.keys import checked_key, hash_file, is_key
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 RECORD_FORMAT = 1
 DEFAULT_JOBS = 16

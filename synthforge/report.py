@@ -162,7 +162,7 @@ def format_table(
     study: Study | None = None,
 ) -> str:
     """A compact view for the terminal: settings, diversity metrics and scores as `mean [lo, hi]`."""
-    from synthforge.tables import render_markdown, render_table
+    from synthforge.text_tables import render_markdown, render_table
 
     sweep = _collect(records, interval, study)
     headline = _pick_score(sweep, study.score if study else "macro_f1", study.train_step if study else None)
@@ -202,7 +202,7 @@ def heading(study: Study) -> str:
 def analysis_text(study: Study, level_var: str, fraction_var: str, digits: int = 3) -> str:
     """Markdown sections under the sweep table: the level model with its contrasts, and the power table."""
     from synthforge.study_stats import level_analysis, power_table
-    from synthforge.tables import render_markdown
+    from synthforge.text_tables import render_markdown
 
     parts = []
     analyses = level_analysis(study.cells, level_var, fraction_var, study.confidence)

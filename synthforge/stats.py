@@ -261,7 +261,7 @@ def _embeddings_and_texts(table: InputTable, model: str, device: str) -> tuple["
 # -- display -------------------------------------------------------------------
 def format_stats(stats: dict[str, Any]) -> str:
     """A plain-text table of the metrics in `stats` (as returned by `entry_stats`)."""
-    from synthforge.tables import render_table
+    from synthforge.text_tables import render_table
 
     from synthforge.metric_registry import METRICS
 

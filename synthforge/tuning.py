@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel
 
 from synthforge.errors import UserError, did_you_mean
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthforge.api import OpenRecipe
@@ -952,7 +952,7 @@ def best_probes(probes: list[Probe], search: Search) -> list[Probe]:
 # -- output ----------------------------------------------------------------------------------------------
 def format_result(result: TuneResult) -> str:
     """The probes as a table (settings, each target's metric, whether it met every target), the best, the fragment."""
-    from synthforge.tables import render_table
+    from synthforge.text_tables import render_table
 
     search = result.search
     metrics = list(dict.fromkeys(t.metric for t in search.targets))

@@ -17,7 +17,7 @@ from synthforge.backends.llm import (
     BackendParams, GenerationRequest, GenerationResponse, attempts_spent, backend_status, decode_batches, load_model,
 )
 from synthforge.stepapi import StepContext
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 
 COUNTERS = ("responses_cached", "responses_generated", "responses_from_other_process", "generated_prompt_tokens",
             "generated_completion_tokens", "retries", "rate_limited")

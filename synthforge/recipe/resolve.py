@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from synthforge.errors import UserError, did_you_mean
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 from synthforge.recipe.fields import file_locations, map_strings, ref_fields, set_at
 from synthforge.recipe.interpolate import interpolate, placeholder_names
 from synthforge.recipe.model import RecipeModel

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 from synthforge.stepapi import Ref, StepContext, StepParams, StepResult
 from synthforge.steps.base import Step
 from synthforge.steps.rows import RANK_COLUMN

@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from synthforge.errors import UserError
 from synthforge.stepapi import Ref, Seed, StepContext, StepParams, StepResult
-from synthforge.tables import plural
+from synthforge.text_tables import plural
 from synthforge.steps.base import Step
 
 DEFAULT_NUM_SEEDS = {"linear-probe": 1, "finetune": 3, "sft": 3}
