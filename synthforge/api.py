@@ -459,7 +459,7 @@ def _read_through(graph: Graph, cache: Cache, remote: "Remote", only: list[str],
     try:
         done = remote.pull_many(wanted, cache, log)
         still_to_run = [i for i in items if i.action == "run" and cache.problems(i.node.key) != []]
-        added = remote.pull_responses(cache, log=log) if any(i.node.kind == "generate" for i in still_to_run) else 0
+        added = remote.pull_responses(cache, log=log) if any(i.node.resolved.step.carries_responses for i in still_to_run) else 0
     except UserError as exc:
         log(f"{exc}; building without it")
         return set()

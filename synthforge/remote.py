@@ -258,13 +258,14 @@ class Remote:
         done.missing = [key for key in wanted if key not in on_remote and not _sound(cache, key)]
         unsound = set(done.missing)
         records = {key: _record_of(cache.get(key)) for key in wanted if key not in on_remote and key not in unsound}
-        generated = [key for key, record in records.items() if record["kind"] == "generate"]
+        generated = [key for key, record in records.items() if _carries_responses(record["kind"])]
         if generated and cache.read_only:  # its responses go up with it, through a snapshot in the cache's tmp/
-            raise cache.read_only_error(f"pushing generate step '{records[generated[0]]['step']}' (its LLM responses)")
+            first = records[generated[0]]
+            raise cache.read_only_error(f"pushing {first['kind']} step '{first['step']}' (its LLM responses)")
         if generated:
             try:
                 snapshot = self._push_responses(cache, done)
-            except Exception as exc:  # noqa: BLE001  (a generate entry goes up only with its responses)
+            except Exception as exc:  # noqa: BLE001  (such an entry goes up only with its responses)
                 done.failed.update({key: _one_line(exc) for key in generated})
                 records = {key: record for key, record in records.items() if key not in generated}
             else:
@@ -634,6 +635,16 @@ def _modified(info: dict[str, Any]) -> float:
         except ValueError:
             pass
     return time.time()
+
+
+def _carries_responses(kind: str) -> bool:
+    """Whether entries of this step kind travel with a snapshot of the LLM response cache (the kind says so)."""
+    from synthforge.steps import KINDS
+
+    try:
+        return bool(getattr(KINDS.load(kind), "carries_responses", False))
+    except UserError:  # a plugin kind not installed here: its entry travels alone
+        return False
 
 
 def _record_of(entry: Entry) -> dict[str, Any]:

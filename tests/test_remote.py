@@ -324,6 +324,27 @@ def test_pushing_generate_shares_responses_so_raising_n_generates_only_new_rows(
         assert rows == 10, "merging an older snapshot adds nothing and removes nothing"
 
 
+def test_a_judge_entry_travels_with_its_responses_so_a_forced_rejudge_elsewhere_asks_nothing(
+        cli, write_recipe, data_csv, tmp_path):
+    """The step kind says what travels (`Step.carries_responses`), not a special case for generate."""
+    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.test_judge import score_by_length
+
+    remote = str(tmp_path / "shared" / "remote")
+    with FakeOpenAIServer() as server:
+        server.reply_body = score_by_length
+        recipe = write_recipe(BASIC + (
+            "  judged:\n    kind: judge\n    input: rows\n    n: 5\n"
+            "    template: \"Rate this {{ label }} review:\\n{{ text }}\"\n"
+            f"    backend: {{type: openai, base_url: \"{server.base_url}\", model: judge-model, backoff_s: 0.01}}\n"))
+        pushed = cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote, "--no-progress")
+        assert pushed.exit_code == 0 and len(server.requests) == 5, pushed.output
+        again = cli("build", recipe, "--cache-dir", tmp_path / "b", "--remote", remote, "--force", "judged",
+                    "--no-progress")
+        assert again.exit_code == 0 and "merged 5 LLM responses" in again.output, again.output
+        assert statuses(again.output)["judged"] == "built" and len(server.requests) == 5  # answered from the snapshot
+
+
 def test_an_unreachable_remote_is_one_line_and_a_build_goes_on_without_it(
         cli, write_recipe, data_csv, tmp_path, s3_env, monkeypatch):
     import socket

@@ -48,6 +48,9 @@ class Step:
     # without `vary_test` the resolver sets it to the recipe seed so those rows stay fixed.
     held_out_seed_field: ClassVar[str | None] = None
     row_parallel: ClassVar[bool] = False  # splits its rows into shards (synthforge.sharding) that workers share
+    # Asks an LLM through the shared response cache: a pushed entry takes a snapshot of it along (remote.py),
+    # so a rebuild elsewhere (more rows, another shard) reuses the answers.
+    carries_responses: ClassVar[bool] = False
 
     def files_read(self, params: StepParams) -> list[Path]:
         """Files whose content enters the key (a changed file rebuilds the step)."""

@@ -293,6 +293,7 @@ class GenerateStep(Step):
     Params = GenerateParams
     tables = ("rejects",)
     row_parallel = True
+    carries_responses = True
 
     def loads_model(self, params: GenerateParams) -> bool:
         return params.backend.loads_model

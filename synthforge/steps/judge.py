@@ -99,6 +99,7 @@ class JudgeStep(Step):
     kind = "judge"
     Params = JudgeParams
     tables = ("rejects",)
+    carries_responses = True
 
     def loads_model(self, params: JudgeParams) -> bool:
         return params.backend.loads_model
