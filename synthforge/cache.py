@@ -140,6 +140,27 @@ def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def shared_file_locks(paths: Sequence[Path]) -> Iterator[None]:
+    """Shared flocks on many files in one pass (a build's leases: a thousand of them for a big matrix),
+    waited for; closing each descriptor releases its lock."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            with storage_errors(path.parent):
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+                except FileNotFoundError:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+            fds.append(fd)
+            fcntl.flock(fd, _flock_mode(shared=True, wait=True))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
 def try_file_lock(path: Path, shared: bool = False) -> Iterator[bool]:
     """An flock on `path` (exclusive unless `shared`) if no one holds a conflicting one now: yields whether we
     got it. The one way to ask whether a lock's holder is alive (gc, tmp sweeps, dead converters)."""
@@ -290,11 +311,12 @@ class DamagedEntry(UserError):
 _checked: dict[tuple, Manifest] = {}  # (path, inode, mtime, size) -> manifest checked in this process
 
 
-def read_manifest(folder: Path, key: str | None = None, full: bool = False) -> Manifest:
+def read_manifest(folder: Path, key: str | None = None, full: bool = False, sound_hash: str | None = None) -> Manifest:
     """The checked manifest of an entry folder, or DamagedEntry naming what is wrong.
 
     A manifest checked once is not checked again in this process while its file is unchanged
-    (same inode, mtime and size): a build reads each several times."""
+    (same inode, mtime and size): a build reads each several times. `sound_hash`: the xxh3-128 of manifest
+    bytes remembered as matching their checksum (`Cache.file_problems`); bytes with that hash skip the check."""
     path = os.path.join(folder, MANIFEST)  # plain strings: a plan reads hundreds of these
     try:
         stat = os.stat(path)
@@ -305,17 +327,28 @@ def read_manifest(folder: Path, key: str | None = None, full: bool = False) -> M
     if manifest is None:
         if len(_checked) > 4096:
             _checked.clear()
-        manifest = _checked[memo] = _read_manifest(path, folder, key, full)
+        manifest = _checked[memo] = _read_manifest(path, folder, key, full, sound_hash)
     return manifest
 
 
-def _read_manifest(path: str, folder: Path, key: str | None, full: bool) -> Manifest:
+def _read_manifest(path: str, folder: Path, key: str | None, full: bool, sound_hash: str | None = None) -> Manifest:
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
+            raw = fh.read()
     except FileNotFoundError:
         raise DamagedEntry(folder, "no manifest.json") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise DamagedEntry(folder, f"unreadable manifest ({type(exc).__name__})") from None
+    if sound_hash is not None and xxhash.xxh3_128_hexdigest(raw) == sound_hash:
+        with contextlib.suppress(ValidationError):  # (pydantic's JSON parser refusing what json reads: the long way)
+            manifest = Manifest.model_validate_json(raw)
+            problems = manifest.problems(key, full, checksum_sound=True)
+            if problems:
+                raise DamagedEntry(folder, problems[0], manifest.step)
+            return manifest
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
         raise DamagedEntry(folder, f"unreadable manifest ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         found = data.get("format", 1) if isinstance(data, dict) else "?"
@@ -530,6 +563,18 @@ def _entry_files(manifest: Manifest) -> dict[str, tuple[str, int | None, str | N
     return files
 
 
+def sound_manifest_hash(folder: Path) -> str | None:
+    """The xxh3-128 of an entry's manifest bytes if they match their own checksum (None otherwise): what
+    `read_manifest` may trust later without decoding and hashing the JSON again."""
+    try:
+        with open(os.path.join(folder, MANIFEST), "rb") as fh:
+            raw = fh.read()
+        data = json.loads(raw)
+        return xxhash.xxh3_128_hexdigest(raw) if _checksum_of(data) == data.get("checksum") else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
     """The stamp of every file the manifest hashes (None when one is missing)."""
     try:
@@ -646,19 +691,22 @@ class Cache:
         remembered stamps (`file_problems`): what plan and build ask before they count an entry as cached.
         Reading a table (`scan_table`) or an artifact (`artifact_path`) hashes it in full again."""
         path = self.entry_path(key)
+        remembered = self.read_derived(_stamps_key(key)) or {}
         try:
-            manifest = read_manifest(path, key)
+            manifest = read_manifest(path, key, sound_hash=remembered.get("manifest"))
         except DamagedEntry as exc:
             return [exc.problem] if path.is_dir() else None
-        return self.file_problems(key, manifest)
+        return self.file_problems(key, manifest, remembered)
 
-    def file_problems(self, key: str, manifest: Manifest) -> list[str]:
+    def file_problems(self, key: str, manifest: Manifest, remembered: dict[str, Any] | None = None) -> list[str]:
         """The entry's table and artifact files against the manifest's hashes, cheaply: a file whose stamp (size,
         mtime, ctime, inode, device) is the one remembered when it last hashed sound is not read again; any
         write to it changes the stamp and forces a full hash. The stamps are a derived record (gc drops it with
         the entry), written when the entry is installed and whenever a file hashed sound under a new stamp."""
         folder = str(self.entry_path(key))
-        known = (self.read_derived(_stamps_key(key)) or {}).get("stamps", {})
+        if remembered is None:
+            remembered = self.read_derived(_stamps_key(key)) or {}
+        known = remembered.get("stamps", {})
         stamps, problems = {}, []
         for rel, (digest, size, name) in sorted(_entry_files(manifest).items()):
             path = os.path.join(folder, rel)
@@ -674,13 +722,18 @@ class Cache:
                 if file_stamp(path) != stamp:  # written while it was read: hash it again next time
                     continue
             stamps[rel] = stamp
-        if not problems and stamps != known:
+        if not problems and (stamps != known or "manifest" not in remembered):
             self._remember_stamps(key, stamps)
         return problems
 
     def _remember_stamps(self, key: str, stamps: dict[str, list[int]]) -> None:
+        """Remember the files' stamps and the hash of the manifest's bytes as they hashed sound."""
+        record: dict[str, Any] = {"stamps": stamps}
+        manifest_hash = sound_manifest_hash(self.entry_path(key))
+        if manifest_hash is not None:
+            record["manifest"] = manifest_hash
         with contextlib.suppress(OSError, UserError):  # a read-only cache: hash again next time
-            self.write_derived(_stamps_key(key), {"stamps": stamps}, [key])
+            self.write_derived(_stamps_key(key), record, [key])
 
     def entries(self) -> Iterator[Entry]:
         """Every entry folder, sound or not."""
@@ -719,9 +772,7 @@ class Cache:
         Nested leases on keys this object already holds take nothing more (a command around its build)."""
         new = sorted(set(keys) - self._leased)
         self._ensure_root()
-        with contextlib.ExitStack() as stack:
-            for key in new:
-                stack.enter_context(file_lock(self._lock_path(key, "lease"), shared=True))
+        with shared_file_locks([self._lock_path(key, "lease") for key in new]):
             self._leased.update(new)
             try:
                 yield

@@ -204,3 +204,22 @@ def test_derived_records_read_back_whole_and_damaged_ones_do_not(tmp_path):
         record = json.loads(path.read_text())
         path.write_text(json.dumps({**record, "derived_from": []}))
         assert cache.read_derived(key) is None
+
+
+def test_a_manifest_remembered_sound_skips_its_json_check_until_its_bytes_change(tmp_path, monkeypatch):
+    import xxhash
+
+    from synthforge import cache as cache_module
+
+    cache = Cache(tmp_path / "cache")
+    with cache.writing(KEY) as work:
+        write_rows(work, ["a"])
+    manifest_path = cache.entry_path(KEY) / "manifest.json"
+    remembered = cache.read_derived(cache_module._stamps_key(KEY))
+    assert remembered["manifest"] == xxhash.xxh3_128_hexdigest(manifest_path.read_bytes())
+    cache_module._checked.clear()
+    with monkeypatch.context() as patched:  # the remembered bytes: no JSON checksum computed
+        patched.setattr(cache_module, "_checksum_of", lambda data: pytest.fail("checksum recomputed"))
+        assert cache.problems(KEY) == []
+    manifest_path.write_text(manifest_path.read_text().replace('"n": 1', '"n": 10'))
+    assert cache.problems(KEY) == ["manifest checksum mismatch (edited or damaged)"]
