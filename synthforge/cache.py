@@ -297,6 +297,15 @@ def _checksum_of(data: dict[str, Any]) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+def _matches_checksum(data: dict[str, Any]) -> bool:
+    """Whether a manifest's JSON as read matches its own checksum: then it is the sealed manifest's dump,
+    unedited, and needs no second dump to hash. Malformed JSON does not (validation names what is wrong)."""
+    try:
+        return _checksum_of(data) == data.get("checksum")
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 class DamagedEntry(UserError):
     """A cache entry that cannot be trusted: reading it is an error, building over it a cache miss."""
 
@@ -353,11 +362,7 @@ def _read_manifest(path: str, folder: Path, key: str | None, full: bool, sound_h
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         found = data.get("format", 1) if isinstance(data, dict) else "?"
         raise DamagedEntry(folder, f"manifest format {found}, expected {MANIFEST_FORMAT} (written by another synthforge version)")
-    # The file's own JSON matching its checksum is the sealed manifest's dump, unedited: no second dump to hash.
-    try:
-        sound = _checksum_of(data) == data.get("checksum")
-    except (AttributeError, TypeError, ValueError):  # malformed: validation below names what is wrong
-        sound = False
+    sound = _matches_checksum(data)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -570,9 +575,9 @@ def sound_manifest_hash(folder: Path) -> str | None:
         with open(os.path.join(folder, MANIFEST), "rb") as fh:
             raw = fh.read()
         data = json.loads(raw)
-        return xxhash.xxh3_128_hexdigest(raw) if _checksum_of(data) == data.get("checksum") else None
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError):
         return None
+    return xxhash.xxh3_128_hexdigest(raw) if isinstance(data, dict) and _matches_checksum(data) else None
 
 
 def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:

@@ -201,10 +201,10 @@ def judge_pass_rate(judged: InputTable, column: str = "score", pass_score: int |
     `pass_score`. A row without a valid verdict (the judge's rejects) counts as not passed."""
     from synthforge.metrics import wilson_interval
 
-    seen = judged.manifest.meta.get("rows_in")
     scores = judged.scan().select(column).collect().get_column(column)  # one column: not the rows' embeddings
     passed = int((scores >= pass_score).sum() if pass_score is not None else (scores == 1).sum())
-    seen = int(seen) if isinstance(seen, int) else len(scores)
+    rows_in = judged.manifest.meta.get("rows_in")  # rows without a valid verdict are in rejects, not in `scores`
+    seen = rows_in if isinstance(rows_in, int) else len(scores)
     share = passed / seen if seen else None
     intervals = {"judge_pass_rate": wilson_interval(share, seen)} if share is not None else {}
     return {"judge_pass_rate": share, "passed": passed, "rows": seen, "intervals": intervals,
