@@ -479,8 +479,8 @@ def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity")
     from synthforge.report import level_warnings
 
     metas = {}  # each entry's manifest read once, not once per variant sharing it
-    for key in graph.nodes:
-        entry = cache.get(key)
+    for key, node in graph.nodes.items():
+        entry = cache.get(key) if node.resolved.step.reports_selection else None
         if entry is not None and "selection_hash" in entry.manifest.meta:
             metas[key] = entry.manifest.meta
     records = [{"variant": variant.name, "vars": variant.matrix_values,

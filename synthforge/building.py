@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from synthforge.cache import Cache
+from synthforge.cache import Cache, EntryState
 from synthforge.errors import BuildFailed, UserError
 from synthforge.executors.base import Executor, Failures, NodeRun, run_ready
 from synthforge.executors.local import InlineExecutor
@@ -112,10 +112,12 @@ def build(
     if report.failures.errors:
         raise _incomplete(graph, report)
     for item in items:
-        entry = cache.get(item.node.key)
-        if entry is not None:
-            report.rows[item.node.key] = entry.manifest.rows
-            report.contents[item.node.key] = entry.manifest.content_hash
+        key, state = item.node.key, item.state
+        if item.action == "run" or state.rows is None:  # built now (or by another process): read what it made
+            entry = cache.get(key)
+            state = EntryState([], entry.manifest.rows, entry.manifest.content_hash) if entry is not None else state
+        if state.rows is not None:
+            report.rows[key], report.contents[key] = state.rows, state.content
     if write_lockfile:
         write_recipe_lock(graph, cache, report, narrowed=bool(only) or bool(graph.recipe.overrides))
     return report

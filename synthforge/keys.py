@@ -76,6 +76,12 @@ def key_of(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(encode(value))
 
 
+def key_of_canonical(value: Any) -> str:
+    """`key_of(value)` for a value already in `canonical` form (or built only of canonical parts, string keys,
+    ints and strings): the same bytes without walking it again."""
+    return xxhash.xxh3_128_hexdigest(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 KEY_CHARS = frozenset("0123456789abcdef")
 KEY_LENGTH = 32  # what key_of returns: the hex of an xxh3-128
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from synthforge.cache import Cache
+from synthforge.cache import Cache, EntryState
 from synthforge.errors import UserError, did_you_mean
 from synthforge.graph import Graph, Node
 from synthforge.lockfile import Lock, describe_changes, dict_changes, input_changed, read_lock
@@ -20,6 +20,7 @@ class PlanItem:
     action: str  # "cached" | "run"
     reasons: list[str]
     note: str | None = None
+    state: EntryState = EntryState(None)  # a cached item's rows and content hash, as checked by the plan
 
 
 def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()) -> list[PlanItem]:
@@ -31,13 +32,14 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
     lock = read_lock(graph.recipe.lock_path)
     items = []
     will_run: set[str] = set()
+    states = cache.entry_states([key for key in graph.nodes if key in wanted], _plan_name(graph, only))
     for key, node in graph.nodes.items():
         if key not in wanted:
             continue
         forced = node.step in force
-        problems = cache.problems(key)
+        problems = states[key].problems
         if problems == [] and not forced:
-            items.append(PlanItem(node, "cached", []))
+            items.append(PlanItem(node, "cached", [], state=states[key]))
             continue
         if forced:
             reasons = ["forced with --force"]
@@ -48,6 +50,11 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
         will_run.add(key)
         items.append(PlanItem(node, "run", reasons, node.resolved.step.plan_note(node.resolved.run_params)))
     return items
+
+
+def _plan_name(graph: Graph, only: list[str]) -> list[Any]:
+    """What names a plan's remembered entry states: the recipe file, its overrides and --only."""
+    return [str(graph.recipe.lock_path.resolve()), repr(sorted(graph.recipe.overrides.items())), sorted(only)]
 
 
 def check_step_names(graph: Graph, names: list[str]) -> None:

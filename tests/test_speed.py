@@ -240,3 +240,52 @@ def test_an_edited_manifest_is_found_by_its_checksum(write_recipe, data_csv, cac
     data["tables"]["train"]["rows"] += 1
     path.write_text(json.dumps(data))
     assert cache.problems(key) == ["manifest checksum mismatch (edited or damaged)"]
+
+
+def test_a_no_op_plan_reads_no_manifest_once_the_entry_states_are_remembered(write_recipe, data_csv, cache_dir, monkeypatch):
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    first = {item.node.key: item.state for item in plan(graph, cache)}  # checks each entry, remembers the states
+    monkeypatch.setattr(cache_module, "read_manifest", lambda *a, **k: pytest.fail("a manifest was read"))
+    monkeypatch.setattr(Cache, "problems", lambda self, key: pytest.fail("an entry was checked one by one"))
+    items = plan(graph, cache)
+    assert [item.action for item in items] == ["cached"] * 4
+    assert {item.node.key: item.state for item in items} == first
+    monkeypatch.undo()
+    for key, state in first.items():
+        manifest = cache.get(key).manifest
+        assert (state.problems, state.rows, state.content) == ([], manifest.rows, manifest.content_hash)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "table"])
+def test_remembered_entry_states_still_catch_any_write_to_a_manifest_or_table(damage, write_recipe, data_csv, cache_dir):
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    plan(graph, cache)  # the states are remembered
+    key = graph.keys["k=6"]["split"]
+    path = cache.entry_path(key) / ("manifest.json" if damage == "manifest" else "train.parquet")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, and the mtime put back: only the ctime and the bytes tell
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    items = {item.node.key: item for item in plan(graph, cache)}
+    assert items[key].action == "run" and "damaged" in items[key].reasons[0]
+    assert [i.action for k, i in items.items() if k != key] == ["cached"] * 3
+
+
+def test_a_gone_entry_is_not_cached_whatever_its_remembered_state(write_recipe, data_csv, cache_dir):
+    import shutil
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    plan(graph, cache)
+    key = graph.keys["k=8"]["split"]
+    shutil.rmtree(cache.entry_path(key))
+    items = {item.node.key: item for item in plan(graph, cache)}
+    assert items[key].action == "run" and items[key].state.problems is None
+
+
+def test_every_node_key_is_key_of_its_components_for_every_step_kind_of_the_study():
+    from synthforge.keys import key_of
+
+    graph = build_graph(load_recipe(ROOT / "recipes" / "diversity_study.yaml"))
+    assert len(graph.nodes) == 992 and len({node.kind for node in graph.nodes.values()}) == 7
+    assert all(key_of(node.components) == key for key, node in graph.nodes.items())

@@ -51,6 +51,9 @@ class Step:
     # Asks an LLM through the shared response cache: a pushed entry takes a snapshot of it along (remote.py),
     # so a rebuild elsewhere (more rows, another shard) reuses the answers.
     carries_responses: ClassVar[bool] = False
+    # Records a selection in its manifest's meta (`selection_hash`, `metrics.vendi`): a build compares
+    # those across diversity levels and warns (api.selection_warnings); only such entries' manifests are read.
+    reports_selection: ClassVar[bool] = False
 
     def files_read(self, params: StepParams) -> list[Path]:
         """Files whose content enters the key (a changed file rebuilds the step)."""

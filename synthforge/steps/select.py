@@ -115,6 +115,7 @@ class SelectStep(Step):
     version = "4"  # 2: big selections' DCScore is a sampled estimate; 3: rejects table, label agreement, shift band; 4: judge
     Params = SelectParams
     tables = ("rejects",)
+    reports_selection = True
 
     def identity(self, params: SelectParams) -> dict[str, Any]:
         from synthforge.metrics import METRICS_VERSION
