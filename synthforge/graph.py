@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from synthforge.keys import canonical, config_components, key_of_canonical, with_inputs
+from synthforge.keys import config_components, node_keyer, with_inputs
 from synthforge.lockfile import Lock
 from synthforge.recipe.fields import map_leaves
 from synthforge.recipe.resolve import Recipe, RefTarget, ResolvedStep, Variant
@@ -72,8 +73,8 @@ def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
     nodes: dict[str, Node] = {}
     keys: dict[str, dict[str, str]] = {}
     keyed: dict[tuple, tuple[str, dict[str, Any]]] = {}  # what a key is made of -> (key, components), computed once
-    # id(resolved step) -> its config_components and their canonical form (files listed and hashed once)
-    configs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    # id(resolved step) -> its config_components (files listed and hashed once) and their keyer
+    configs: dict[int, tuple[dict[str, Any], Callable[[dict[str, Any], int], str]]] = {}
     for variant in recipe.variants:
         variant_keys: dict[str, str] = {}
         for step_name in variant.order:
@@ -84,12 +85,10 @@ def build_graph(recipe: Recipe, cache: "Cache | None" = None) -> Graph:
             if made_of not in keyed:
                 if id(resolved) not in configs:
                     config = _config_components(resolved, cache)
-                    configs[id(resolved)] = config, canonical(config)
-                config, canonical_config = configs[id(resolved)]
+                    configs[id(resolved)] = config, node_keyer(config)
+                config, keyer = configs[id(resolved)]
                 inputs = _inputs(resolved, variant_keys)
-                # = key_of(components), without walking the config (the same for every node of the step) again
-                key = key_of_canonical(with_inputs(canonical_config, canonical(inputs), seed))
-                keyed[made_of] = key, with_inputs(config, inputs, seed)
+                keyed[made_of] = keyer(inputs, seed), with_inputs(config, inputs, seed)
             key, components = keyed[made_of]
             variant_keys[step_name] = key
             if key not in nodes:

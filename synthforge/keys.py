@@ -22,6 +22,7 @@ import json
 import math
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
@@ -69,17 +70,13 @@ def canonical(value: Any) -> Any:
 
 
 def encode(value: Any) -> bytes:
-    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _json(canonical(value)).encode()
 
 
 def key_of(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(encode(value))
 
 
-def key_of_canonical(value: Any) -> str:
-    """`key_of(value)` for a value already in `canonical` form (or built only of canonical parts, string keys,
-    ints and strings): the same bytes without walking it again."""
-    return xxhash.xxh3_128_hexdigest(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 KEY_CHARS = frozenset("0123456789abcdef")
@@ -255,3 +252,23 @@ def config_components(kind: str, version: str, params: "BaseModel", files: dict[
 def with_inputs(config: dict[str, Any], inputs: dict[str, Any], seed: int) -> dict[str, Any]:
     """A node's components: its step's `config_components` with its upstream keys and seed."""
     return {**config, "inputs": inputs, "seed": seed}
+
+
+def node_keyer(config: dict[str, Any]) -> Callable[[dict[str, Any], int], str]:
+    """`lambda inputs, seed: key_of(with_inputs(config, inputs, seed))` for the many nodes of one step (450
+    variants share a few), with the config's part of the bytes encoded once: `encode` of a dict is its items in
+    sorted key order, so the node's bytes are the config's JSON around those of its inputs and seed."""
+    if sorted(config) != _CONFIG_PARTS:
+        return lambda inputs, seed: key_of(with_inputs(config, inputs, seed))
+    plain = canonical(config)
+    head = f'{{"files":{_json(plain["files"])},"identity":{_json(plain["identity"])},"inputs":'
+    middle = f',"kind":{_json(plain["kind"])},"params":{_json(plain["params"])},"seed":'
+    tail = f',"version":{_json(plain["version"])}}}'
+    return lambda inputs, seed: xxhash.xxh3_128_hexdigest(f"{head}{encode(inputs).decode()}{middle}{encode(seed).decode()}{tail}".encode())
+
+
+_CONFIG_PARTS = ["files", "identity", "inputs", "kind", "params", "seed", "version"]  # config_components' keys, sorted
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
