@@ -98,7 +98,7 @@ def build(
     report = BuildReport(items)
     to_run = [item for item in items if item.action == "run"]
     runtime = replace(runtime, llm_budget=check_budget(graph, to_run, runtime, cache))
-    lines = _BuildLines(graph, cache, to_run, report, log, read_lock(graph.recipe.lock_path))
+    lines = _BuildLines(graph, cache, to_run, report, log)
     executor = executor or InlineExecutor(graph, cache, runtime, log)
     try:
         executor.prepare([item.node for item in to_run], log, runtime)
@@ -138,11 +138,15 @@ def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed:
 class _BuildLines:
     """The build's log: a line when a step starts, finishes, fails or is skipped, each naming its place in the run."""
 
-    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None],
-                 lock: Lock | None = None):
-        self.graph, self.cache, self.report, self.log, self.lock = graph, cache, report, log, lock
+    def __init__(self, graph: Graph, cache: Cache, to_run: list[PlanItem], report: BuildReport, log: Callable[[str], None]):
+        self.graph, self.cache, self.report, self.log = graph, cache, report, log
         self.position = {item.node.key: (index, item) for index, item in enumerate(to_run, 1)}
         self.first_said: dict[str, int] = {}  # reason -> the position whose line said it
+
+    @functools.cached_property
+    def lock(self) -> Lock | None:
+        """The lockfile as it was before this build wrote it (read only when a step runs: a no-op build needs none)."""
+        return read_lock(self.graph.recipe.lock_path)
 
     def where(self, node: Node) -> str:
         return f"[{self.position[node.key][0]}/{len(self.position)}] {node.step} for {variant_label(self.graph, node)}"
@@ -168,7 +172,7 @@ class _BuildLines:
 
     def _compare_with_lock(self, node: Node) -> None:
         """One line when this build made other bytes for a key than the lockfile's build did."""
-        before = self.lock.content_of(node.key) if self.lock else None
+        before = self.lock.content_of(node.key) if self.lock else None  # read once a step has run
         entry = self.cache.get(node.key)
         if before is None or entry is None or entry.manifest.content_hash == before:
             return

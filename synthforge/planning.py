@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
     wanted = set(graph.nodes)
     if only:
         wanted = graph.ancestors({n.key for s in only for n in graph.nodes_of_step(s)})
-    lock = read_lock(graph.recipe.lock_path)
+    lock = functools.cache(lambda: read_lock(graph.recipe.lock_path))  # read only when something will run
     items = []
     will_run: set[str] = set()
     states = cache.entry_states([key for key in graph.nodes if key in wanted], _plan_name(graph, only))
@@ -46,7 +47,7 @@ def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()
         elif problems:
             reasons = [f"cached entry is damaged ({problems[0]}): rebuilding it"]
         else:
-            reasons = why_rebuild(node, graph, lock, will_run)
+            reasons = why_rebuild(node, graph, lock(), will_run)
         will_run.add(key)
         items.append(PlanItem(node, "run", reasons, node.resolved.step.plan_note(node.resolved.run_params)))
     return items
