@@ -130,9 +130,9 @@ def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed:
     with cache.flock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
         if narrowed:
             built = graph.to_lock(report.rows, report.contents, keys={item.node.key for item in report.items})
-            write_lock(path, merge_locks(read_lock(path), built))
+            write_lock(path, merge_locks(read_lock(path), built), cache)
         else:
-            write_lock(path, graph.to_lock(report.rows, report.contents))
+            write_lock(path, graph.to_lock(report.rows, report.contents), cache)
 
 
 class _BuildLines:

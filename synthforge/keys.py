@@ -114,14 +114,14 @@ def hash_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-_file_hashes: dict[tuple[str, int, int, int], str] = {}
+_file_hashes: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_hash(path: Path, cache: "DerivedRecords | None" = None) -> str:
-    """Content hash of an input file, memoized per (path, inode, mtime, size) within the process and, given
-    a cache, remembered across processes in its derived records (see `_remembered_hash`)."""
+    """Content hash of an input file, memoized per (path, inode, mtime, ctime, size) within the process and,
+    given a cache, remembered across processes in its derived records (see `_remembered_hash`)."""
     stat = os.stat(path)
-    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     if memo not in _file_hashes:
         _file_hashes[memo] = _remembered_hash(Path(path), cache) if cache is not None else hash_file(path)
     return _file_hashes[memo]

@@ -8,15 +8,18 @@ built for its key: a rebuild that makes other bytes for that key says so (not re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from synthforge.cache import atomic_write
 from synthforge.errors import UserError
-from synthforge.keys import checked_key, is_key
+from synthforge.keys import DerivedRecords, checked_key, file_stamp, is_key, key_of
 
 LOCK_FORMAT = 1
 
@@ -126,14 +129,14 @@ def read_lock(path: Path) -> Lock | None:
     return lock
 
 
-_parsed_files: dict[tuple[str, int, int, int], tuple[str, Any]] = {}
+_parsed_files: dict[tuple[str, int, int, int, int], tuple[str, Any]] = {}
 
 
 def _parsed(path: Path) -> tuple[str, Any]:
-    """A lockfile's text and JSON, parsed once per process while its file is unchanged (same inode, mtime and
-    size): a build reads it three times (plan, build lines, the unchanged-lockfile check)."""
+    """A lockfile's text and JSON, parsed once per process while its file is unchanged (same inode, mtime, ctime
+    and size): a build that runs steps reads it three times (plan, build lines, the unchanged-lockfile check)."""
     stat = os.stat(path)
-    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    memo = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
     if memo not in _parsed_files:
         text = path.read_text()
         _parsed_files.clear()  # one lockfile at a time is read again: keep only the latest
@@ -169,15 +172,32 @@ def _check_keys(lock: Lock, path: Path, text: str) -> None:
             checked_key(key, file=str(path), line=where(f"{json.dumps(key)}: "), field="nodes", fix=_REWRITE)
 
 
-def write_lock(path: Path, lock: Lock) -> None:
+def write_lock(path: Path, lock: Lock, records: DerivedRecords | None = None) -> None:
     """Write the lockfile, unless the file already holds exactly this lock: a no-op build rewrites nothing
-    (comparing compact JSON is C speed; the indented text is made only for a write)."""
-    try:
-        if json.dumps(_parsed(path)[1], sort_keys=True) == json.dumps(lock.data(), sort_keys=True):
-            return
-    except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
-        pass
+    (comparing the hashes of compact JSON, C speed; the indented text is made only for a write). `records`
+    (the cache) remembers the hash of the file's content while its stamp stays the same, so a no-op build of
+    a 1.5 MB lockfile does not parse it again."""
+    digest = xxhash.xxh3_128_hexdigest(json.dumps(lock.data(), sort_keys=True).encode())
+    if _holds(path, digest, records):
+        return
     atomic_write(path, lock.to_json())
+
+
+def _holds(path: Path, digest: str, records: DerivedRecords | None) -> bool:
+    """Whether the lockfile at `path` is the lock whose compact JSON hashes to `digest`."""
+    record_key = key_of(["lockfile content", str(path.resolve())])
+    try:
+        stamp = file_stamp(path)
+        remembered = records.read_derived(record_key) if records is not None else None
+        if remembered is not None and remembered.get("stamp") == stamp:
+            return remembered.get("digest") == digest
+        found = xxhash.xxh3_128_hexdigest(json.dumps(_parsed(path)[1], sort_keys=True).encode())
+    except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
+        return False
+    if records is not None and file_stamp(path) == stamp:  # unchanged while it was read
+        with contextlib.suppress(OSError, UserError):  # a read-only cache: parse it again next time
+            records.write_derived(record_key, {"stamp": stamp, "digest": found}, [])
+    return found == digest
 
 
 def merge_locks(old: Lock | None, new: Lock) -> Lock:

@@ -289,3 +289,40 @@ def test_every_node_key_is_key_of_its_components_for_every_step_kind_of_the_stud
     graph = build_graph(load_recipe(ROOT / "recipes" / "diversity_study.yaml"))
     assert len(graph.nodes) == 992 and len({node.kind for node in graph.nodes.values()}) == 7
     assert all(key_of(node.components) == key for key, node in graph.nodes.items())
+
+
+def test_a_no_op_build_does_not_parse_the_lockfile_once_its_content_is_remembered(write_recipe, data_csv, cache_dir, monkeypatch):
+    from synthforge import lockfile
+
+    recipe = write_recipe(MATRIX)
+    built(recipe, cache_dir)
+    built(recipe, cache_dir)  # parses the lockfile once and remembers what it holds
+    lock = recipe.with_suffix(".lock")
+    text, before = lock.read_text(), lock.stat()
+    monkeypatch.setattr(lockfile, "_parsed", lambda path: pytest.fail("the lockfile was parsed"))
+    built(recipe, cache_dir)
+    assert lock.read_text() == text and lock.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_an_edit_to_a_remembered_lockfile_is_rewritten_even_with_its_size_and_mtime_kept(write_recipe, data_csv, cache_dir):
+    recipe = write_recipe(MATRIX)
+    graph, _ = built(recipe, cache_dir)
+    built(recipe, cache_dir)  # the lockfile's content is remembered
+    lock = recipe.with_suffix(".lock")
+    text, before = lock.read_text(), lock.stat()
+    first, second = graph.keys["k=4"]["split"], graph.keys["k=6"]["split"]
+    lock.write_text(text.replace(first, second, 1))  # same size
+    os.utime(lock, ns=(before.st_atime_ns, before.st_mtime_ns))
+    built(recipe, cache_dir)
+    assert lock.read_text() == text
+
+
+def test_an_input_file_rewritten_with_its_size_and_mtime_kept_is_hashed_again_in_the_same_process(tmp_path):
+    from synthforge.keys import file_hash
+
+    path = tmp_path / "rows.csv"
+    path.write_text("text,label\na,x\n")
+    first, stat = file_hash(path), path.stat()
+    path.write_text("text,label\nb,x\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_hash(path) != first
