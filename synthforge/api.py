@@ -26,7 +26,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor, executor_from
 from synthforge.frames import stack_variants, to_hf_dataset
 from synthforge.graph import Graph, build_graph
-from synthforge.planning import PlanItem, check_step_names, plan, variant_label
+from synthforge.planning import PlanItem, check_step_names, collector_paused, plan, variant_label
 from synthforge.recipe.resolve import load_recipe
 from synthforge.stepapi import InputTable, Runtime
 from synthforge.text_tables import plural
@@ -50,7 +50,8 @@ def open(path: str | Path, set: Mapping[str, Any] | None = None, cache_dir: str 
     `cache_dir=None` uses the CLI's default: `$SYNTHFORGE_CACHE`, else `cache/` in the current folder.
     """
     cache = Cache(cache_dir)
-    return OpenRecipe(build_graph(load_recipe(path, dict(set or {})), cache), cache)
+    with collector_paused():
+        return OpenRecipe(build_graph(load_recipe(path, dict(set or {})), cache), cache)
 
 
 class Plan(list):

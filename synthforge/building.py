@@ -14,7 +14,7 @@ from synthforge.executors.local import InlineExecutor
 from synthforge.graph import Graph, Node
 from synthforge.keys import key_of
 from synthforge.lockfile import Lock, merge_locks, read_lock, write_lock
-from synthforge.planning import PlanItem, as_sentence, plan, planned_usage, variant_label
+from synthforge.planning import PlanItem, as_sentence, collector_paused, plan, planned_usage, variant_label
 from synthforge.progress import LOGGER
 from synthforge.stepapi import Runtime
 from synthforge.text_tables import plural
@@ -127,7 +127,7 @@ def write_recipe_lock(graph: Graph, cache: Cache, report: BuildReport, narrowed:
     """Write RECIPE.lock: a full build's is exactly the recipe's nodes now; a narrowed one (`--set`, `--only`,
     the API's `set=`/`only=`) merges what it built into the lockfile, which keeps everything else."""
     path = graph.recipe.lock_path
-    with cache.flock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
+    with collector_paused(), cache.flock(key_of(("lockfile", str(path.resolve())))):  # read, merge, write: one build at a time
         if narrowed:
             built = graph.to_lock(report.rows, report.contents, keys={item.node.key for item in report.items})
             write_lock(path, merge_locks(read_lock(path), built), cache)

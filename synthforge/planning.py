@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +27,27 @@ class PlanItem:
     state: EntryState = EntryState(None)  # a cached item's rows and content hash, as checked by the plan
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a build is planned: resolving, keying and checking a study's 992
+    entries allocate many long-lived objects and make almost no cycles, and the collector's passes over them
+    were ~7% of a cached build. The collector's state is restored after (steps run with it on)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def plan(graph: Graph, cache: Cache, only: list[str] = (), force: list[str] = ()) -> list[PlanItem]:
     """Every wanted node (all, or what `only` needs): cached, or to run with the reasons why."""
+    with collector_paused():
+        return _plan(graph, cache, only, force)
+
+
+def _plan(graph: Graph, cache: Cache, only: list[str], force: list[str]) -> list[PlanItem]:
     check_step_names(graph, list(only) + list(force))
     wanted = set(graph.nodes)
     if only:

@@ -326,3 +326,20 @@ def test_an_input_file_rewritten_with_its_size_and_mtime_kept_is_hashed_again_in
     path.write_text("text,label\nb,x\n")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_hash(path) != first
+
+
+def test_planning_pauses_the_cyclic_collector_and_restores_its_state(write_recipe, data_csv, cache_dir, monkeypatch):
+    import gc
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    seen = []
+    real = Cache.entry_states
+    monkeypatch.setattr(Cache, "entry_states", lambda self, *a: seen.append(gc.isenabled()) or real(self, *a))
+    plan(graph, cache)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        plan(graph, cache)
+        assert not gc.isenabled()  # a caller's own choice is kept
+    finally:
+        gc.enable()
