@@ -12,6 +12,7 @@ Reading a built table imports polars only (no torch); `to_hf` imports `datasets`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from synthforge.errors import UserError, did_you_mean
 from synthforge.executors import Executor, executor_from
 from synthforge.frames import stack_variants, to_hf_dataset
 from synthforge.graph import Graph, build_graph
+from synthforge.keys import key_of
 from synthforge.planning import PlanItem, check_step_names, collector_paused, plan, variant_label
 from synthforge.recipe.resolve import load_recipe
 from synthforge.stepapi import InputTable, Runtime
@@ -442,7 +444,7 @@ def _build(graph: Graph, cache: Cache, only: list[str], force: list[str], runtim
         report = build(graph, cache, only=only, force=force, runtime=runtime, log=log, executor=executor,
                        keep_going=keep_going)
         pushed = remote.push_many([i.node.key for i in report.items], cache) if push else None
-        warnings = selection_warnings(graph, cache)
+        warnings = selection_warnings(graph, cache, contents=report.contents)
     result = BuildResult(**{f.name: getattr(report, f.name) for f in fields(BuildReport)}, pulled=pulled,
                          pulled_from=remote.url if pulled else None, pushed=pushed,
                          pushed_to=remote.url if pushed is not None else None,
@@ -473,21 +475,38 @@ def _read_through(graph: Graph, cache: Cache, remote: "Remote", only: list[str],
     return set(done.entries)
 
 
-def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity") -> list[str]:
-    """Diversity levels that select identical rows or do not raise measured Vendi (see report.level_warnings)."""
+def selection_warnings(graph: Graph, cache: Cache, level_var: str = "diversity",
+                       contents: dict[str, str] | None = None) -> list[str]:
+    """Diversity levels that select identical rows or do not raise measured Vendi (see report.level_warnings).
+    `contents` (key -> content hash, as a build reports them): when every selecting entry has one, the
+    warnings are a derived record of those entries and variants, and a no-op build reads no manifest for them."""
     if not any(level_var in variant.matrix_values for variant in graph.recipe.variants):
         return []  # no level varies: nothing to compare, nothing to read
-    from synthforge.report import level_warnings
+    from synthforge.report import LEVEL_WARNINGS_VERSION, level_warnings
 
+    selecting = [key for key, node in graph.nodes.items() if node.resolved.step.reports_selection]
+    record_key = None
+    if contents is not None and all(key in contents for key in selecting):
+        chosen = set(selecting)
+        made_of = [[v.name, v.matrix_values, {step: [key, contents[key]] for step, key in graph.keys[v.name].items() if key in chosen}]
+                   for v in graph.recipe.variants]
+        record_key = key_of(["selection warnings", LEVEL_WARNINGS_VERSION, level_var, made_of])
+        remembered = cache.read_derived(record_key)
+        if remembered is not None and isinstance(remembered.get("warnings"), list):
+            return remembered["warnings"]
     metas = {}  # each entry's manifest read once, not once per variant sharing it
-    for key, node in graph.nodes.items():
-        entry = cache.get(key) if node.resolved.step.reports_selection else None
+    for key in selecting:
+        entry = cache.get(key)
         if entry is not None and "selection_hash" in entry.manifest.meta:
             metas[key] = entry.manifest.meta
     records = [{"variant": variant.name, "vars": variant.matrix_values,
                 "steps": {step: {"meta": metas[key]} for step, key in graph.keys[variant.name].items() if key in metas}}
                for variant in graph.recipe.variants]
-    return level_warnings(records, level_var)
+    warnings = level_warnings(records, level_var)
+    if record_key is not None:
+        with contextlib.suppress(OSError, UserError):  # a read-only cache: read them again next time
+            cache.write_derived(record_key, {"warnings": warnings}, selecting)
+    return warnings
 
 
 def _input_table(entry: Entry, table: str) -> InputTable:

@@ -796,6 +796,9 @@ def _nice(column: str) -> str:
     return column.rsplit(".", 1)[-1]
 
 
+LEVEL_WARNINGS_VERSION = "1"  # bump when level_warnings says something else of the same selections (a build remembers them)
+
+
 def level_warnings(records: Sequence[dict[str, Any]], level_var: str, select_step: str | None = None) -> list[str]:
     """Levels that pick identical rows, and measured Vendi that does not rise with the level (other vars fixed)."""
     groups: dict[tuple, list[tuple[Any, dict[str, Any]]]] = {}

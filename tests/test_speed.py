@@ -343,3 +343,27 @@ def test_planning_pauses_the_cyclic_collector_and_restores_its_state(write_recip
         assert not gc.isenabled()  # a caller's own choice is kept
     finally:
         gc.enable()
+
+
+def test_selection_warnings_are_remembered_for_the_entries_and_contents_they_were_read_from(write_recipe, data_csv, cache_dir,
+                                                                                            monkeypatch):
+    from synthforge import api
+    from synthforge.steps.split import SplitStep
+
+    graph, cache = built(write_recipe(MATRIX), cache_dir)
+    monkeypatch.setattr(SplitStep, "reports_selection", True)  # split's entries stand in for a selecting step's
+    reads: list[str] = []
+    real_get = Cache.get
+    monkeypatch.setattr(Cache, "get", lambda self, key: reads.append(key) or real_get(self, key))
+    contents = {item.node.key: item.state.content for item in plan(graph, cache)}
+    splits = {key for key, node in graph.nodes.items() if node.step == "split"}
+    assert api.selection_warnings(graph, cache, "k", contents) == [] and set(reads) == splits
+    reads.clear()
+    assert api.selection_warnings(graph, cache, "k", contents) == [] and reads == []  # remembered
+    changed = {**contents, next(iter(splits)): "another content hash"}  # a rebuild that made other bytes
+    assert api.selection_warnings(graph, cache, "k", changed) == [] and set(reads) == splits
+    reads.clear()
+    missing = {k: v for k, v in contents.items() if k not in splits}  # not built: nothing is remembered
+    api.selection_warnings(graph, cache, "k", missing)
+    api.selection_warnings(graph, cache, "k", missing)
+    assert len(reads) == 2 * len(splits)
