@@ -94,6 +94,15 @@ def test_a_cached_build_imports_no_event_loop_pool_or_toml_parser(write_recipe, 
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_variants_sharing_their_steps_check_refs_and_order_them_once(write_recipe, data_csv, monkeypatch):
+    ordered = []
+    real = resolve._topological_order
+    monkeypatch.setattr(resolve, "_topological_order", lambda recipe, steps: ordered.append(1) or real(recipe, steps))
+    recipe = load_recipe(write_recipe(MATRIX.replace("seed: 7\n", "seed: 7\nreplicates: 2\n")))
+    assert len(recipe.variants) == 6 and len(ordered) == 3  # the replicates of a k share its steps
+    assert all(v.order == ["rows", "split"] for v in recipe.variants)
+
+
 def test_variants_that_agree_on_a_step_share_its_resolution_and_key(write_recipe, data_csv, monkeypatch):
     calls = []
     real = resolve._resolve_step
