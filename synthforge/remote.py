@@ -437,6 +437,8 @@ class Remote:
     def _transfer(self, desc: str, items: dict[Any, Any], move: Callable[[Any, Any], int],
                   on_done: Callable[[Any], None] = lambda ident: None) -> tuple[dict[Any, str], int, int]:
         """Run `move(id, item)` on every item in parallel: errors by id (one line each), objects and bytes moved."""
+        if not items:  # a no-op push or pull: no bar (tqdm) and no pool to import
+            return {}, 0, 0
         from concurrent.futures import ThreadPoolExecutor
 
         total = sum(item[-1] for item in items.values())
