@@ -218,6 +218,7 @@ def _check_replicate_var(recipe: Recipe, overrides: dict[str, Any]) -> None:
         )
 
 
+@functools.cache  # 450 variants ask for 10 replicates' seeds
 def replicate_seed(base_seed: int, replicate: int) -> int:
     """Replicate 0 keeps the recipe seed (its cache is the unreplicated study's); others get an independent one:
     numpy's `SeedSequence([base_seed & 0xFFFFFFFF, replicate]).generate_state(1)[0] & 0x7FFFFFFF`."""
