@@ -1,6 +1,6 @@
 """Remote cache throughput: `synthforge cache push` / `cache pull` vs `dvc push`/`dvc pull`, `aws s3 sync`
 and `s5cmd` (each when installed) moving the same cache entries to and from one local S3 server (moto, in its own process).
-Prints a table: median and spread of wall time per tool and direction (push, a no-op push of the same data right
+Prints a table: median and spread of wall time (and median CPU time) per tool and direction (push, a no-op push of the same data right
 after it, pull), MB/s of the entries' bytes, and the ratio reference time / synthforge time (> 1: synthforge is
 faster); `--before TREE` adds the synthforge code of another source tree as a tool.
 
@@ -151,13 +151,18 @@ class Tool:
         subprocess.run([str(self.ref_bin / "dvc"), *args], cwd=cwd, env=self.env, check=True, capture_output=True)
 
 
-def run(cmd: list[str], env: dict[str, str]) -> float:
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + sys of the tool's process and its children; the S3 server is not one)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return seconds
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -203,14 +208,16 @@ def main() -> None:
             runners = {tool: Tool(tool, cache, lock, work / "tools" / cache.name, args.jobs, env, args.ref_bin,
                                   args.before if tool == "synthforge before" else ROOT) for tool in tools}
             times = {(tool, d): [] for tool in tools for d in directions}
+            cpu = {(tool, d): [] for tool in tools for d in directions}
             for rep in range(args.repeat):
                 order = tools[rep % len(tools):] + tools[:rep % len(tools)]
                 for tool in order:
                     prefix = f"bench/{cache.name}-{tool.replace(' ', '-')}-{rep}"
                     push, pull = runners[tool].aim(f"s3://{prefix}")
-                    times[(tool, "push")].append(run(push, runners[tool].env))
-                    times[(tool, "no-op push")].append(run(push, runners[tool].env))  # everything is there already
-                    times[(tool, "pull")].append(run(pull, runners[tool].env))
+                    for direction, cmd in (("push", push), ("no-op push", push), ("pull", pull)):  # no-op: all there
+                        seconds, cpu_seconds = run(cmd, runners[tool].env)
+                        times[(tool, direction)].append(seconds)
+                        cpu[(tool, direction)].append(cpu_seconds)
                     got = source_bytes(runners[tool].pulled())
                     assert got >= 0.99 * source_bytes(cache / "entries"), f"{tool} pulled {got} bytes"
                     fs.rm(prefix, recursive=True)
@@ -223,15 +230,16 @@ def main() -> None:
                     ts = times[(tool, direction)]
                     med = statistics.median(ts)
                     rows.append([name, f"{nfiles} files", direction, tool, f"{med:.2f}", f"{min(ts):.2f}-{max(ts):.2f}",
-                                 f"{nbytes / 1e6 / med:.1f}", "" if tool == "synthforge" else f"{med / base:.2f}x"])
+                                 f"{statistics.median(cpu[(tool, direction)]):.2f}", f"{nbytes / 1e6 / med:.1f}",
+                                 "" if tool == "synthforge" else f"{med / base:.2f}x"])
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
     for name, tool in sorted(noop_shares):
         print(f"{name}: {tool} no-op push = {noop_shares[(name, tool)]:.0%} of its full push")
-    print(render_table(["data", "files", "direction", "tool", "median s", "range s", "MB/s", "ref/synthforge"], rows,
-                       align_right=(4, 6, 7)))
+    print(render_table(["data", "files", "direction", "tool", "median s", "range s", "CPU s (median)", "MB/s",
+                        "ref/synthforge"], rows, align_right=(4, 6, 7, 8)))
     print(f"repeats {args.repeat}, concurrency {args.jobs} for every tool, one local moto S3 server (its own process); "
           f"load average {min(loads):.2f}-{max(loads):.2f} (1 min); shared machine, {os.cpu_count()} cores")
 

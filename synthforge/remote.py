@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +48,12 @@ def remote_url(option: str | None, start: Path | None = None) -> str | None:
     """--remote (or $SYNTHFORGE_REMOTE, which click folds into it), else [tool.synthforge] remote."""
     if option:
         return option
-    import tomllib
-
     folder = (start or Path.cwd()).resolve()
     for candidate in (folder, *folder.parents):
         pyproject = candidate / "pyproject.toml"
         if pyproject.is_file():
+            import tomllib
+
             try:
                 config = tomllib.loads(pyproject.read_text())
             except tomllib.TOMLDecodeError as exc:
@@ -428,6 +427,8 @@ class Remote:
 
     # -- shared machinery ----------------------------------------------------
     def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
         if len(items) <= 1:
             return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -436,6 +437,10 @@ class Remote:
     def _transfer(self, desc: str, items: dict[Any, Any], move: Callable[[Any, Any], int],
                   on_done: Callable[[Any], None] = lambda ident: None) -> tuple[dict[Any, str], int, int]:
         """Run `move(id, item)` on every item in parallel: errors by id (one line each), objects and bytes moved."""
+        if not items:  # a no-op push or pull: no bar (tqdm) and no pool to import
+            return {}, 0, 0
+        from concurrent.futures import ThreadPoolExecutor
+
         total = sum(item[-1] for item in items.values())
         bar = _Bar(desc, len(items), total, self.progress)
         errors: dict[Any, str] = {}

@@ -101,6 +101,19 @@ def test_push_then_pull_into_an_empty_cache_builds_nothing(cli, write_recipe, da
     assert "pushed 0 entries" in again.output and "2 already there" in again.output
 
 
+def test_a_no_op_push_draws_no_progress_bar_and_imports_none(cli, write_recipe, data_csv, tmp_path):
+    recipe, remote_url = write_recipe(BASIC), str(tmp_path / "remote")
+    cli("build", recipe, "--cache-dir", tmp_path / "a")
+    assert "pushed 2 entries" in cli("cache", "push", "--cache-dir", tmp_path / "a", "--remote", remote_url, "--no-progress").output
+    code = ("import sys; from synthforge.cli import main; "
+            "main(['cache', 'push', '--cache-dir', sys.argv[1], '--remote', sys.argv[2], '--no-progress'], standalone_mode=False); "
+            "print('tqdm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), remote_url], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert "pushed 0 entries" in out.stdout and out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
 def test_pull_of_one_step_and_variant_and_the_small_api(cli, write_recipe, data_csv, tmp_path, remote_url):
     recipe = write_recipe(BASIC)
     a, b = tmp_path / "a", tmp_path / "b"

@@ -62,6 +62,47 @@ def test_planning_a_replicated_study_imports_no_numpy():
     assert out.stdout.strip() == "False"
 
 
+# What only running work needs: a cached build must not pay for importing it.
+LAZY_MODULES = ("asyncio", "multiprocessing", "concurrent.futures", "tomllib")
+GENERATE = """
+  gen:
+    kind: generate
+    n: 2
+    labels: [good, bad]
+    template: 'Write a {{ label }} review.'
+    backend: {type: openai, base_url: 'URL', model: m, concurrency: 1}
+"""
+
+
+def test_a_cached_build_imports_no_event_loop_pool_or_toml_parser(write_recipe, data_csv, cache_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from synthforge.cli import main
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:  # gone before the cached build: it must not be asked
+        recipe = write_recipe(MATRIX + GENERATE.replace("URL", server.base_url))
+        first = CliRunner().invoke(main, ["build", str(recipe), "-q"], catch_exceptions=False)
+        assert first.exit_code == 0, first.output
+    code = ("import sys; from synthforge.cli import main; "
+            "main(['build', sys.argv[1], '--no-progress'], standalone_mode=False); "
+            f"print(sorted(m for m in {LAZY_MODULES!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(recipe)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "SYNTHFORGE_CACHE": str(cache_dir)})
+    assert out.returncode == 0, out.stderr
+    assert "built 0, cached 5" in out.stdout, out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_variants_sharing_their_steps_check_refs_and_order_them_once(write_recipe, data_csv, monkeypatch):
+    ordered = []
+    real = resolve._topological_order
+    monkeypatch.setattr(resolve, "_topological_order", lambda recipe, steps: ordered.append(1) or real(recipe, steps))
+    recipe = load_recipe(write_recipe(MATRIX.replace("seed: 7\n", "seed: 7\nreplicates: 2\n")))
+    assert len(recipe.variants) == 6 and len(ordered) == 3  # the replicates of a k share its steps
+    assert all(v.order == ["rows", "split"] for v in recipe.variants)
+
+
 def test_variants_that_agree_on_a_step_share_its_resolution_and_key(write_recipe, data_csv, monkeypatch):
     calls = []
     real = resolve._resolve_step

@@ -14,7 +14,6 @@ text that may carry server output goes through `scrub` before it is cut short.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import os
@@ -67,6 +66,8 @@ class AdaptiveConcurrency:
     """
 
     def __init__(self, maximum: int, on_change: Callable[[int, int], None] | None = None):
+        import asyncio
+
         self.maximum = maximum
         self.limit = maximum
         self.in_flight = 0
@@ -205,6 +206,7 @@ class OpenAILLM:
         return text if len(text) <= ERROR_BODY_CHARS else text[:ERROR_BODY_CHARS] + "..."
 
     async def _generate_all(self, requests: Sequence[GenerationRequest], on_response: OnResponse | None) -> list[GenerationResponse]:
+        import asyncio
         import httpx
 
         results: list[GenerationResponse | None] = [None] * len(requests)
@@ -251,6 +253,8 @@ class OpenAILLM:
 
     async def _with_retries(self, client, request: GenerationRequest) -> GenerationResponse:
         """One request: attempts within the concurrency limit, waits between them outside it."""
+        import asyncio
+
         started = time.monotonic()
         for attempt in range(self.max_retries + 1):
             sent_in = await self.limiter.acquire()
@@ -289,6 +293,7 @@ class OpenAILLM:
 
     async def _attempt(self, client, request: GenerationRequest) -> GenerationResponse:
         """One HTTP attempt, bounded as a whole by timeout_s."""
+        import asyncio
         import httpx
 
         try:
@@ -370,6 +375,8 @@ def endpoint_identity(base_url: str, model: str) -> dict[str, str]:
 
 def _run_coroutine(coroutine):
     """asyncio.run, also from code already inside an event loop (notebooks): then on a helper thread."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

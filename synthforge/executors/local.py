@@ -14,10 +14,7 @@ an LLM budget.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
@@ -30,6 +27,8 @@ from synthforge.executors.base import EVENTS_EVERY_S, NodeRun, execute_node, pla
 from synthforge.progress import forward_to, settings, show_forwarded
 
 if TYPE_CHECKING:  # pragma: no cover
+    import concurrent.futures
+
     from synthforge.cache import Cache
     from synthforge.graph import Graph, Node
     from synthforge.stepapi import Runtime
@@ -83,6 +82,7 @@ def die_with_parent(parent: int) -> None:
     """Make this process end when process `parent` does (even by SIGKILL, which runs no cleanup there)."""
     if sys.platform.startswith("linux"):
         import ctypes
+        import signal
 
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL(None, use_errno=True)
@@ -108,6 +108,8 @@ class ProcessExecutor:
     (None: no limit beyond `jobs`)."""
 
     def __init__(self, graph: "Graph", cache: "Cache", runtime: "Runtime", jobs: int, models: int | None = 1):
+        import multiprocessing
+
         self.slots = jobs
         self.model_slots = models
         self.graph, self.cache, self.runtime = graph, cache, runtime
@@ -121,6 +123,8 @@ class ProcessExecutor:
 
     def _started(self) -> concurrent.futures.ProcessPoolExecutor:
         """The pool, made on the first submit: its workers get the runtime `prepare` settled."""
+        import concurrent.futures
+
         if self._pool is None:
             threads = max(1, usable_cpus() // self.slots)
             self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -134,6 +138,8 @@ class ProcessExecutor:
         self._futures[self._started().submit(_run_in_worker, node.key, force)] = node.key
 
     def wait(self) -> list[tuple[str, NodeRun | BaseException]]:
+        import concurrent.futures
+
         done: set = set()
         while not done:
             done, _ = concurrent.futures.wait(self._futures, timeout=EVENTS_EVERY_S,

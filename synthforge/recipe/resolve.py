@@ -189,12 +189,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, text:
     recipe = Recipe(path=path, model=model, lines=lines, narrowed=narrowed, overrides=dict(overrides_given))
     _check_replicate_var(recipe, overrides)
     resolved: dict[tuple[str, str], ResolvedStep] = {}  # shared by the variants a step's config does not differ in
-    configs = _StepConfigs(recipe)
+    configs, orders = _StepConfigs(recipe), _StepOrders(recipe)
     for matrix_values in _matrix_combinations(model.matrix):
         for replicate in replicates:
             values = {**matrix_values, REPLICATE_VAR: replicate} if model.replicates > 1 else matrix_values
             variables = {**model.vars, **values}
-            recipe.variants.append(_resolve_variant(recipe, values, variables, resolved, configs))
+            recipe.variants.append(_resolve_variant(recipe, values, variables, resolved, configs, orders))
     return recipe
 
 
@@ -218,6 +218,7 @@ def _check_replicate_var(recipe: Recipe, overrides: dict[str, Any]) -> None:
         )
 
 
+@functools.cache  # 450 variants ask for 10 replicates' seeds
 def replicate_seed(base_seed: int, replicate: int) -> int:
     """Replicate 0 keeps the recipe seed (its cache is the unreplicated study's); others get an independent one:
     numpy's `SeedSequence([base_seed & 0xFFFFFFFF, replicate]).generate_state(1)[0] & 0x7FFFFFFF`."""
@@ -360,7 +361,7 @@ def _interpolated(recipe: Recipe, name: str, raw: Any, variables: dict[str, Any]
 
 
 def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: dict[str, Any],
-                     resolved: dict[tuple[str, str], ResolvedStep], configs: _StepConfigs) -> Variant:
+                     resolved: dict[tuple[str, str], ResolvedStep], configs: _StepConfigs, orders: _StepOrders) -> Variant:
     """One variant's steps; `resolved` remembers each (step, interpolated config) already validated, so
     variants that agree on a step share one ResolvedStep (validation, templates and files checked once)."""
     base_seed = _variant_seed(recipe, variables)
@@ -372,10 +373,25 @@ def _resolve_variant(recipe: Recipe, matrix_values: dict[str, Any], variables: d
         if memo not in resolved:
             resolved[memo] = _resolve_step(recipe, name, config)
         steps[name] = resolved[memo]
-    for step in steps.values():
-        _check_refs(recipe, step, steps)
-    order = _topological_order(recipe, steps)
-    return Variant(variant_name(matrix_values), matrix_values, variables, steps, order, seed, base_seed)
+    return Variant(variant_name(matrix_values), matrix_values, variables, steps, orders.order(steps), seed, base_seed)
+
+
+class _StepOrders:
+    """Each distinct set of ResolvedSteps has its refs checked and its dependency order found once (the
+    diversity study's 450 variants have 45). Keyed by the steps' ids, which stay unique while load_recipe's `resolved`
+    holds every ResolvedStep."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.made: dict[tuple[int, ...], list[str]] = {}
+
+    def order(self, steps: dict[str, ResolvedStep]) -> list[str]:
+        made_of = tuple(map(id, steps.values()))
+        if made_of not in self.made:
+            for step in steps.values():
+                _check_refs(self.recipe, step, steps)
+            self.made[made_of] = _topological_order(self.recipe, steps)
+        return list(self.made[made_of])
 
 
 def _fix_held_out_seed(config: Any, base_seed: int) -> Any:
