@@ -256,15 +256,17 @@ BASELINE: list[Path] = []  # --baseline: another synthforge tree timed beside th
 
 
 def interleave(pairs: dict[str, str], tree: Path, repeat: int, candidates: tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
-    """Run each named child `repeat` times, round-robin (A B A B ...), so load drifts hit all alike.
+    """Run each named child `repeat` times, round-robin with the order rotated each round (A B C, B C A, ...),
+    so a drift of the machine's speed through the run does not always favour whoever runs first.
 
     With --baseline, each of `candidates` also runs from the baseline tree, as `NAME (baseline)`.
     """
     runs = [(name, code, tree) for name, code in pairs.items()]
     runs += [(f"{name} (baseline)", pairs[name], BASELINE[0]) for name in candidates if BASELINE]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
-    for _ in range(repeat):
-        for name, code, source in runs:
+    for round_ in range(repeat):
+        shift = round_ % len(runs)
+        for name, code, source in runs[shift:] + runs[:shift]:
             results[name].append(run_child(code, source))
     return results
 
