@@ -42,7 +42,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthforge.errors import UserError
-from synthforge.keys import checked_key, file_stamp, hash_file, is_key, key_of
+from synthforge.keys import checked_key, file_stamp, hash_file, is_key, key_of, plain_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -258,7 +258,7 @@ class Manifest(_Frozen):
     def content_hash(self) -> str:
         """One identity of the entry's output bytes: every table's and artifact's content hash (no timings, meta,
         versions or variants): two builds of a key made the same bytes exactly when these are equal."""
-        return _plain_key({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
+        return plain_key({"tables": {name: info.content_hash for name, info in self.tables.items()}, "artifacts": self.artifacts})
 
     @classmethod
     def seal(cls, **fields: Any) -> "Manifest":
@@ -296,7 +296,7 @@ def _checksum_of(data: dict[str, Any]) -> str:
         if isinstance(info, dict) and info.get("union") is None:
             info.pop("union", None)
     # Plain sorted JSON (C speed): the dump of a validated manifest is the same bytes after any round trip.
-    return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    return plain_key(data)
 
 
 def _matches_checksum(data: dict[str, Any]) -> bool:
@@ -590,15 +590,9 @@ def _stamps(folder: Path, manifest: Manifest) -> dict[str, list[int]] | None:
         return None
 
 
-def _plain_key(record: dict[str, Any] | list[Any]) -> str:
-    """`key_of` of JSON as read (string keys), without `canonical`'s walk: equal to `key_of(record)` unless the
-    record holds a whole-number float (which `canonical` writes as an int)."""
-    return xxhash.xxh3_128_hexdigest(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-
-
 def _stamps_key(key: str) -> str:
     """The derived record of an entry's remembered file stamps."""
-    return _plain_key(["file stamps", key])
+    return plain_key(["file stamps", key])
 
 
 @dataclass(frozen=True)
@@ -722,7 +716,7 @@ class Cache:
         `file_problems`, extended to the manifest: any write changes its ctime); any other gets the full
         `problems` check. A no-op plan of 992 entries then reads one record instead of 992 manifests and
         992 stamp records."""
-        record_key = _plain_key(["entry states", remember_as])
+        record_key = plain_key(["entry states", remember_as])
         known = (self.read_derived(record_key) or {}).get("entries", {})
         states, sound = {}, {}
         for key in keys:
@@ -950,7 +944,7 @@ class Cache:
         body = {k: v for k, v in record.items() if k != "checksum"}
         # A record holding no whole-number float is its own canonical form: one C-speed dump checks it.
         checksum = record.get("checksum")
-        if checksum != _plain_key(body) and checksum != key_of(body):
+        if checksum != plain_key(body) and checksum != key_of(body):
             return None
         return record
 

@@ -74,9 +74,13 @@ def encode(value: Any) -> bytes:
 
 
 def key_of(value: Any) -> str:
-    return xxhash.xxh3_128_hexdigest(encode(value))
+    return plain_key(canonical(value))
 
 
+def plain_key(record: Any) -> str:
+    """`key_of` of JSON as read (string keys), without `canonical`'s walk: equal to `key_of(record)` unless the
+    record holds a whole-number float (which `canonical` writes as an int)."""
+    return xxhash.xxh3_128_hexdigest(_json(record).encode())
 
 
 KEY_CHARS = frozenset("0123456789abcdef")
@@ -264,7 +268,7 @@ def node_keyer(config: dict[str, Any]) -> Callable[[dict[str, Any], int], str]:
     head = f'{{"files":{_json(plain["files"])},"identity":{_json(plain["identity"])},"inputs":'
     middle = f',"kind":{_json(plain["kind"])},"params":{_json(plain["params"])},"seed":'
     tail = f',"version":{_json(plain["version"])}}}'
-    return lambda inputs, seed: xxhash.xxh3_128_hexdigest(f"{head}{encode(inputs).decode()}{middle}{encode(seed).decode()}{tail}".encode())
+    return lambda inputs, seed: xxhash.xxh3_128_hexdigest(f"{head}{_json(canonical(inputs))}{middle}{_json(canonical(seed))}{tail}".encode())
 
 
 _CONFIG_PARTS = ["files", "identity", "inputs", "kind", "params", "seed", "version"]  # config_components' keys, sorted

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from synthforge.cache import atomic_write
 from synthforge.errors import UserError
-from synthforge.keys import DerivedRecords, checked_key, file_stamp, is_key, key_of
+from synthforge.keys import DerivedRecords, checked_key, file_stamp, is_key, key_of, plain_key
 
 LOCK_FORMAT = 1
 
@@ -177,7 +175,7 @@ def write_lock(path: Path, lock: Lock, records: DerivedRecords | None = None) ->
     (comparing the hashes of compact JSON, C speed; the indented text is made only for a write). `records`
     (the cache) remembers the hash of the file's content while its stamp stays the same, so a no-op build of
     a 1.5 MB lockfile does not parse it again."""
-    digest = xxhash.xxh3_128_hexdigest(json.dumps(lock.data(), sort_keys=True).encode())
+    digest = plain_key(lock.data())
     if _holds(path, digest, records):
         return
     atomic_write(path, lock.to_json())
@@ -185,13 +183,13 @@ def write_lock(path: Path, lock: Lock, records: DerivedRecords | None = None) ->
 
 def _holds(path: Path, digest: str, records: DerivedRecords | None) -> bool:
     """Whether the lockfile at `path` is the lock whose compact JSON hashes to `digest`."""
-    record_key = key_of(["lockfile content", str(path.resolve())])
+    record_key = key_of(["lockfile content", "plain_key", str(path.resolve())])  # the digest is plain_key of the JSON
     try:
         stamp = file_stamp(path)
         remembered = records.read_derived(record_key) if records is not None else None
         if remembered is not None and remembered.get("stamp") == stamp:
             return remembered.get("digest") == digest
-        found = xxhash.xxh3_128_hexdigest(json.dumps(_parsed(path)[1], sort_keys=True).encode())
+        found = plain_key(_parsed(path)[1])
     except (OSError, ValueError):  # no lockfile yet, or not JSON: write it
         return False
     if records is not None and file_stamp(path) == stamp:  # unchanged while it was read
