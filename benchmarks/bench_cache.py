@@ -6,6 +6,9 @@ Every case is a fresh process timed for wall and CPU (user + sys), interleaved w
     the code before (REV, its own cache) and by this code; beside it `dvc repro` of the same DAG (one load stage,
     N split stages over a `foreach`, every stage cached; dvc from `--dvc`, e.g. /tmp/bench-ref/bin/dvc).
     The growth per variant is (CPU at the largest N - CPU at the smallest) / (difference in N).
+  - "now" three ways: as a repeated no-op build runs (replayed from its remembered build), with --recheck (the
+    full resolution, keying and plan that any change brings back), and as the first no-op after a change (the
+    full check, recording; a new environment value each run keeps any record from applying).
   - the study: the diversity study (450 variants, 992 outputs) fully cached, before and now, beside the import floor
     (`python -c "import synthforge.app"`): built here with SmolLM2 swapped for a local fake endpoint (same DAG and
     table sizes), or as built in `--study-cache` (`--study-set` passes the --set values it was built with).
@@ -84,18 +87,36 @@ def compile_bytecode(tree: Path) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "synthforge")], check=True, capture_output=True)
 
 
-def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+FRESH = "BENCH_RUN_ID"  # a new value each run: a new environment, so no remembered build applies and the run records one
+
+
+def commands(before: Path) -> dict[str, tuple[list[str], dict[str, str], list[str]]]:
+    """name -> (command, environment, arguments after the build's own): the code before, and now three ways:
+    as a user's repeated no-op build runs (replayed: docs/cli.md, 'Remembered builds'), the full check that
+    replaces it after any change (--recheck), and the first no-op after a change (the full check, recording)."""
     env = dict(os.environ)
+    now = {**env, "PYTHONPATH": str(ROOT)}
     return {
-        "before": ([sys.executable, "-m", "synthforge"], {**env, "PYTHONPATH": str(before)}),
-        "now": ([sys.executable, "-m", "synthforge"], {**env, "PYTHONPATH": str(ROOT)}),
+        "before": ([sys.executable, "-m", "synthforge"], {**env, "PYTHONPATH": str(before)}, []),
+        "now": ([sys.executable, "-m", "synthforge"], now, []),
+        "now, full check (--recheck)": ([sys.executable, "-m", "synthforge"], now, ["--recheck"]),
+        "now, first no-op (records)": ([sys.executable, "-m", "synthforge"], {**now, FRESH: "0"}, []),
     }
+
+
+def tree_of(name: str) -> str:
+    return "before" if name == "before" else "now"
+
+
+_runs = iter(range(1, 1 << 30))
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one command: CPU time stays honest on a loaded machine."""
     import resource
 
+    if FRESH in env:
+        env = {**env, FRESH: str(next(_runs))}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -141,10 +162,10 @@ def n_variants(n: int, work: Path, before: Path, repeats: int, dvc: Path | None)
     (folder / "recipe.yaml").write_text(textwrap.dedent(RECIPE).format(n=n, ks=ks, tests=tests))
     build = ["build", "recipe.yaml", "--no-progress"]
     cases = {}
-    for name, (cmd, env) in commands(before).items():
-        env = {**env, "SYNTHFORGE_CACHE": str(folder / f"cache-{name}")}  # each version on its own cache
+    for name, (cmd, env, extra) in commands(before).items():
+        env = {**env, "SYNTHFORGE_CACHE": str(folder / f"cache-{tree_of(name)}")}  # each version on its own cache
         subprocess.run(cmd + build, cwd=folder, env=env, check=True, capture_output=True)
-        cases[name] = (cmd + build, env, folder)
+        cases[name] = (cmd + build + extra, env, folder)
     if dvc is not None:
         repo = work / f"dvc-{n}"
         repo.mkdir()
@@ -188,7 +209,7 @@ def study(cache: Path | None, sets: list[str], before: Path, repeats: int, work:
     if plan.returncode != 0 or " 0 to run" not in plan.stdout:
         return None, how, ""
     build = ["build", str(recipe), "--no-progress", *overrides]
-    cases = {name: (cmd + build, {**env, **env_cache}, work) for name, (cmd, env) in commands(before).items()}
+    cases = {name: (cmd + build + extra, {**env, **env_cache}, work) for name, (cmd, env, extra) in commands(before).items()}
     cases["import floor"] = ([sys.executable, "-c", "import synthforge.app"], {**os.environ, "PYTHONPATH": str(ROOT)}, work)
     return interleaved(cases, repeats), how, study_size(recipe, sets)
 
@@ -319,14 +340,15 @@ def main() -> None:
                                  args.repeats, study_work)
             loads.append(load())
         artifacts = artifact_cost(args.artifact_mb, Path(work)) if args.artifact_mb else []
+    names = list(commands(ROOT))
     if len(args.variants) > 1:
         small, large = min(args.variants), max(args.variants)
-        for name in ("before", "now"):
+        for name in names:
             growth = (cpu_of[(name, large)] - cpu_of[(name, small)]) / (large - small) * 1000
             rows.append([f"CPU per extra variant ({small} -> {large}): {name}", f"{growth:.2f} ms", "", ""])
     if studied:
         floor = median(studied["import floor"], 0)
-        for name in ("before", "now", "import floor"):
+        for name in names + ["import floor"]:
             label = f"before ({rev[:10]})" if name == "before" else name
             rows.append([f"diversity study, {size}, fully cached: {label}", summary(studied[name], 0),
                          summary(studied[name], 1), f"{median(studied[name], 0) / floor:.2f}x floor"])

@@ -1,3 +1,3 @@
-from synthforge.cli import main
+from synthforge.cli import run
 
-main()
+run()

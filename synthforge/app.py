@@ -68,10 +68,10 @@ def _generation_estimates(cache: Cache, nodes: list) -> list[str]:
     return [f"expected generation time{f' (each of {count} outputs)' if count > 1 else ''}: {text}" for text, count in said.items()]
 
 
-def build_text(graph: Graph, result: Any) -> str:
+def build_text(graph: Graph, result: Any, took: str | None = None) -> str:
     """A build's table (up to TABLE_MAX_ROWS step outputs, or with -v), its summary line, what was pushed and
-    the selection warnings (`result`: api.BuildResult)."""
-    summary = build_summary(graph, result, result.pulled, result.wall_seconds, result.pulled_from)
+    the selection warnings (`result`: api.BuildResult); `took` in place of its time (a remembered build's mark)."""
+    summary = build_summary(graph, result, result.pulled, result.wall_seconds, result.pulled_from, took)
     if len(result.items) <= TABLE_MAX_ROWS or verbose():
         summary = f"{build_table(result, result.pulled)}\n{summary}"
     if result.pushed is not None:
@@ -92,13 +92,14 @@ def build_table(report, pulled: set[str]) -> str:
     return render_table(["step", "variants", "key", "status", "rows", "seconds"], rows, align_right=(1, 4, 5))
 
 
-def build_summary(graph: Graph, report, pulled: set[str], seconds: float, pulled_from: str | None = None) -> str:
+def build_summary(graph: Graph, report, pulled: set[str], seconds: float, pulled_from: str | None = None,
+                  took: str | None = None) -> str:
     """What the build did in one line, then where its results are: counts, time, lockfile, report."""
     statuses = [_status(item, report, pulled) for item in report.items]
     line = f"built {statuses.count('built')}, cached {statuses.count('cached')}"
     if report.built_elsewhere:
         line += f", {len(report.built_elsewhere)} built by another process meanwhile"
-    took = f"{seconds:.2f}s" if seconds < 60 else format_seconds(seconds)
+    took = took or (f"{seconds:.2f}s" if seconds < 60 else format_seconds(seconds))
     line += f" in {took}; lockfile {graph.recipe.lock_path}"
     if pulled_from:
         line += f"; {statuses.count('pulled')} pulled from {pulled_from}"

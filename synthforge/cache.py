@@ -42,7 +42,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthforge.errors import UserError
-from synthforge.keys import checked_key, file_stamp, hash_file, is_key, key_of, plain_key
+from synthforge.keys import checked_key, derived_file, file_stamp, hash_file, is_key, key_of, plain_key, read_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -96,6 +96,10 @@ def storage_errors(path: Path | str) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
+
+
+def _entry_states_key(remember_as: Any) -> str:
+    return plain_key(["entry states", remember_as])
 
 
 def atomic_write(path: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
@@ -716,7 +720,7 @@ class Cache:
         `file_problems`, extended to the manifest: any write changes its ctime); any other gets the full
         `problems` check. A no-op plan of 992 entries then reads one record instead of 992 manifests and
         992 stamp records."""
-        record_key = plain_key(["entry states", remember_as])
+        record_key = _entry_states_key(remember_as)
         known = (self.read_derived(record_key) or {}).get("entries", {})
         states, sound = {}, {}
         for key in keys:
@@ -731,6 +735,15 @@ class Cache:
             with contextlib.suppress(OSError, UserError):  # a read-only cache: check each entry again next time
                 self.write_derived(record_key, {"entries": sound}, sorted(sound))
         return states
+
+    def sound_stamps(self, keys: Sequence[str], remember_as: Any) -> dict[str, dict[str, Any]] | None:
+        """Per entry folder, the stamps of its manifest and files as `entry_states` (under `remember_as`) last
+        found them sound, or None when it holds no such stamps for one of `keys`: what a remembered build
+        (synthforge.remembered) checks in place of a plan."""
+        known = (self.read_derived(_entry_states_key(remember_as)) or {}).get("entries", {})
+        if not all(key in known for key in keys):
+            return None
+        return {str(self.entry_path(key)): {MANIFEST: known[key]["manifest"], **known[key]["files"]} for key in keys}
 
     def _stamps_unchanged(self, key: str, seen: dict[str, Any]) -> bool:
         folder = str(self.entry_path(key))
@@ -930,30 +943,18 @@ class Cache:
         return Path(self._derived_file(key))
 
     def _derived_file(self, key: str) -> str:
-        return os.path.join(self.root, "derived", key[:2], f"{checked_key(key)}.json")
+        return derived_file(self.root, key)
 
     def read_derived(self, key: str) -> dict[str, Any] | None:
         """A derived record, or None when missing or not intact (it is then recomputed)."""
-        try:
-            with open(self._derived_file(key), "rb") as fh:
-                record = json.loads(fh.read())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict):
-            return None
-        body = {k: v for k, v in record.items() if k != "checksum"}
-        # A record holding no whole-number float is its own canonical form: one C-speed dump checks it.
-        checksum = record.get("checksum")
-        if checksum != plain_key(body) and checksum != key_of(body):
-            return None
-        return record
+        return read_record(self._derived_file(key))
 
     def write_derived(self, key: str, record: dict[str, Any], entries: list[str]) -> dict[str, Any]:
         """Store `record` (JSON-plain) under `key`; `entries` are the keys it was computed from (gc drops it with them)."""
         plain = json.loads(json.dumps({**record, "derived_from": sorted(entries)}))
-        plain["checksum"] = key_of(plain)
+        plain["checksum"] = plain_key(plain)  # JSON as read back: what read_record checks first
         self._ensure_root()
-        atomic_write(self.derived_path(key), json.dumps(plain, indent=1, sort_keys=True))
+        atomic_write(self.derived_path(key), json.dumps(plain, sort_keys=True, separators=(",", ":")))  # C-speed
         return plain
 
     # -- maintenance ----------------------------------------------------

@@ -3,6 +3,7 @@ renders. No logic here."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -87,6 +88,15 @@ def _remote(url: str | None, jobs: int = 16, progress: bool = True, required: bo
     return remote.open_remote(url, jobs, progress) if url or required else None
 
 
+def run() -> None:
+    """The `synthforge` command: `main`, with no-op builds replayed when nothing they read changed (a fresh
+    process runs only the code its modules' files hold; see synthforge.remembered)."""
+    from synthforge import remembered
+
+    remembered.enable()
+    main()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="synthforge")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars (before or after the command).")
@@ -129,26 +139,43 @@ def main(quiet: bool, verbose: bool, progress: bool) -> None:
 @click.option("--keep-going", is_flag=True,
               help="When a step fails, still build every step that does not depend on it; then exit 2 "
                    "(1 if a failure was not a user error) with a summary. No lockfile is written.")
+@click.option("--recheck", is_flag=True,
+              help="Resolve the recipe and check every entry even when nothing the last no-op build read has changed "
+                   "(that build's outcome is otherwise replayed: docs/cli.md, 'Remembered builds').")
 @set_option
 @cache_option
 @user_errors
 def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, progress, max_requests, max_tokens, use_remote,
-              push, remote_url, jobs, executor, address, models_per_device, shard_rows, keep_going, sets, cache_dir):
+              push, remote_url, jobs, executor, address, models_per_device, shard_rows, keep_going, recheck, sets, cache_dir):
     """Build what is missing of RECIPE, in dependency order; write RECIPE.lock (a build narrowed by --set or --only merges into it)."""
-    from synthforge import app
-    from synthforge.progress import bars_enabled
+    from synthforge import remembered
 
-    r = _open(recipe, sets, cache_dir)
-    progress = progress and bars_enabled()
-    remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
-    if dry_run:
-        click.echo(r.plan(only, force, remote=remote if use_remote else None).text)
-        return
-    result = r.build(only, force, device=device, progress=progress, concurrency=concurrency, batch_size=batch_size,
-                     keep_going=keep_going, executor=executor, jobs=jobs, address=address,
-                     models_per_device=models_per_device, shard_rows=shard_rows, max_requests=max_requests,
-                     max_tokens=max_tokens, remote=remote, pull=use_remote, push=push)
-    click.echo(app.build_text(r.graph, result))
+    context = click.get_current_context()
+    options = {**{f"main.{k}": v for k, v in context.find_root().params.items()}, **context.params}
+    replayable = remembered.ENABLED and not (recheck or dry_run or force or push or options["main.verbose"] or options["verbose"])
+    if replayable:
+        text = remembered.replay(cache_dir, options)
+        if text is not None:
+            click.echo(text)
+            return
+    with remembered.Recording(cache_dir, options) if replayable else contextlib.nullcontext() as recording:
+        from synthforge import app
+        from synthforge.progress import bars_enabled
+
+        r = _open(recipe, sets, cache_dir)
+        progress = progress and bars_enabled()
+        remote = _remote(remote_url, progress=progress, required=push) if use_remote or push else None
+        if dry_run:
+            click.echo(r.plan(only, force, remote=remote if use_remote else None).text)
+            return
+        result = r.build(only, force, device=device, progress=progress, concurrency=concurrency, batch_size=batch_size,
+                         keep_going=keep_going, executor=executor, jobs=jobs, address=address,
+                         models_per_device=models_per_device, shard_rows=shard_rows, max_requests=max_requests,
+                         max_tokens=max_tokens, remote=remote, pull=use_remote, push=push)
+        text = app.build_text(r.graph, result)
+    click.echo(text)
+    if recording is not None and remote is None:
+        remembered.remember(recording, r, result, list(only))
 
 
 @main.command("new")

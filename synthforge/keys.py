@@ -83,6 +83,28 @@ def plain_key(record: Any) -> str:
     return xxhash.xxh3_128_hexdigest(_json(record).encode())
 
 
+def derived_file(cache_root: str | os.PathLike, key: str) -> str:
+    """Where a cache keeps the derived record named `key` (see `Cache.write_derived`)."""
+    return os.path.join(cache_root, "derived", key[:2], f"{checked_key(key)}.json")
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    """A derived record's body, or None when it is missing or not intact (its checksum is `plain_key` of the
+    rest, or `key_of` when it holds a whole-number float)."""
+    try:
+        with open(path, "rb") as fh:
+            record = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    checksum = record.get("checksum")  # a record holding no whole-number float: one C-speed dump checks it
+    if checksum != plain_key(body) and checksum != key_of(body):
+        return None
+    return record
+
+
 KEY_CHARS = frozenset("0123456789abcdef")
 KEY_LENGTH = 32  # what key_of returns: the hex of an xxh3-128
 

@@ -55,7 +55,7 @@ def _plan(graph: Graph, cache: Cache, only: list[str], force: list[str]) -> list
     lock = functools.cache(lambda: read_lock(graph.recipe.lock_path))  # read only when something will run
     items = []
     will_run: set[str] = set()
-    states = cache.entry_states([key for key in graph.nodes if key in wanted], _plan_name(graph, only))
+    states = cache.entry_states([key for key in graph.nodes if key in wanted], plan_name(graph, only))
     for key, node in graph.nodes.items():
         if key not in wanted:
             continue
@@ -75,7 +75,7 @@ def _plan(graph: Graph, cache: Cache, only: list[str], force: list[str]) -> list
     return items
 
 
-def _plan_name(graph: Graph, only: list[str]) -> list[Any]:
+def plan_name(graph: Graph, only: list[str]) -> list[Any]:
     """What names a plan's remembered entry states: the recipe file, its overrides and --only."""
     return [str(graph.recipe.lock_path.resolve()), repr(sorted(graph.recipe.overrides.items())), sorted(only)]
 

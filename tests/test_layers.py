@@ -156,7 +156,8 @@ def test_the_api_build_takes_every_option_of_the_build_command():
     from synthforge.api import OpenRecipe
     from synthforge.cli import main
 
-    cli_only = {"recipe", "sets", "cache_dir", "dry_run", "quiet", "verbose"}  # open(), plan(), the terminal
+    # open(), plan(), the terminal; --recheck: the command line's remembered builds (synthforge.remembered)
+    cli_only = {"recipe", "sets", "cache_dir", "dry_run", "quiet", "verbose", "recheck"}
     renamed = {"use_remote": "pull", "remote_url": "remote"}
     options = {renamed.get(p.name, p.name) for p in main.commands["build"].params if p.name not in cli_only}
     arguments = set(inspect.signature(OpenRecipe.build).parameters)

@@ -1,0 +1,172 @@
+"""Remembered builds (synthforge.remembered): a no-op `synthforge build` replayed only while nothing it read,
+no entry it found sound and none of its options or environment has changed; anything else runs the full build.
+
+Each build runs as the command line does, in a fresh process; the process says at exit which path it took
+(a replay imports no graph, recipe or planning code)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthforge import remembered
+from tests.conftest import BASIC, make_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ("import atexit, sys\n"
+         "atexit.register(lambda: print('path:', 'full' if 'synthforge.graph' in sys.modules else 'replayed', file=sys.stderr))\n"
+         "from synthforge.cli import run\n"
+         "sys.argv = ['synthforge'] + sys.argv[1:]\n"
+         "run()\n")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    make_rows().write_csv(tmp_path / "reviews.csv")
+    (tmp_path / "recipe.yaml").write_text(BASIC.lstrip())
+    return tmp_path
+
+
+def synthforge(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """Run `synthforge ARGS` in `project`: its stdout, and which path it took ('full' or 'replayed')."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "SYNTHFORGE_CACHE": str(project / "cache"), **(env or {})}
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=project, env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr.strip().splitlines()[-1].removeprefix("path: ")
+
+
+def summary(out: str) -> str:
+    """The build's summary line (after its table of steps)."""
+    return next(line for line in out.splitlines() if line.startswith("built "))
+
+
+def untimed(out: str) -> str:
+    return re.sub(r" in [0-9.]+s;", " in (time);", out)
+
+
+def remembered_build(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Build, then build again (a no-op, which records), and check that a third build replays; its stdout."""
+    synthforge(project, "build", "recipe.yaml", *args, env=env)
+    recorded, path = synthforge(project, "build", "recipe.yaml", *args, env=env)
+    assert path == "full" and summary(recorded).startswith("built 0, cached 2")
+    replayed, path = synthforge(project, "build", "recipe.yaml", *args, env=env)
+    assert path == "replayed" and untimed(replayed) == untimed(recorded)
+    return replayed
+
+
+def test_a_no_op_build_is_replayed_with_the_same_outcome(project: Path):
+    out = remembered_build(project)
+    assert summary(out).startswith("built 0, cached 2 in ") and summary(out).endswith("; lockfile recipe.lock")
+    assert "rows     " in out.splitlines()[2]  # the table of steps, as the full build prints it
+
+
+@pytest.mark.parametrize("change", ["recipe", "input", "entry table", "entry gone", "lockfile"])
+def test_any_change_to_what_the_build_read_runs_the_full_build(project: Path, change: str):
+    remembered_build(project)
+    cache = project / "cache"
+    if change == "recipe":
+        (project / "recipe.yaml").write_text(BASIC.lstrip().replace("k: 10", "k: 12"))
+    elif change == "input":
+        rows = make_rows()
+        rows.with_columns(rows["review"].str.replace("scene", "shot")).write_csv(project / "reviews.csv")
+    elif change == "entry table":
+        table = next(cache.glob("entries/*/*/data.parquet"))
+        raw = bytearray(table.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        table.write_bytes(bytes(raw))
+    elif change == "entry gone":
+        shutil.rmtree(next(cache.glob("entries/*/*")))
+    else:
+        (project / "recipe.lock").unlink()
+    out, path = synthforge(project, "build", "recipe.yaml")
+    assert path == "full"
+    expected = {"recipe": "built 1, cached 1", "input": "built 2, cached 0", "entry table": "built 1, cached 1",
+                "entry gone": "built 1, cached 1", "lockfile": "built 0, cached 2"}[change]
+    assert summary(out).startswith(expected), out
+    assert (project / "recipe.lock").exists()
+
+
+def test_options_and_environment_name_the_record(project: Path):
+    remembered_build(project)
+    assert synthforge(project, "build", "recipe.yaml", env={"SYNTHFORGE_SOMETHING": "1"})[1] == "full"
+    assert synthforge(project, "build", "recipe.yaml", "--recheck")[1] == "full"
+    assert synthforge(project, "build", "recipe.yaml", "-v")[1] == "full"
+    assert synthforge(project, "build", "recipe.yaml")[1] == "replayed"
+    assert synthforge(project, "build", "recipe.yaml", "--set", "k=12")[1] == "full"  # other options: their own record
+    # which built a step and rewrote the lockfile: the next plain build reads it again
+    assert synthforge(project, "build", "recipe.yaml")[1] == "full"
+
+
+def test_a_change_to_any_module_the_build_ran_runs_the_full_build(project: Path):
+    plugins = project / "plugins"
+    plugins.mkdir()
+    module = plugins / "copy_plugin.py"
+    module.write_text("from synthforge.steps import register\nfrom tests.plugin_steps import SlowStep\n\n\n"
+                      "class CopyStep(SlowStep):\n    kind = 'copy'\n\n\nregister('copy', 'copy_plugin:CopyStep')\n")
+    (project / "recipe.yaml").write_text(BASIC.lstrip() + "  copy:\n    kind: copy\n    input: split\n")
+    env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{plugins}", "SYNTHFORGE_PLUGINS": "copy_plugin"}
+    synthforge(project, "build", "recipe.yaml", env=env)
+    assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "full"
+    assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "replayed"
+    os.utime(module)  # any write to a module's file changes its stamp (ctime)
+    out, path = synthforge(project, "build", "recipe.yaml", env=env)
+    assert path == "full" and summary(out).startswith("built 0, cached 3")
+
+
+def test_a_build_that_ran_anything_is_not_remembered(project: Path):
+    synthforge(project, "build", "recipe.yaml")
+    (project / "recipe.yaml").write_text(BASIC.lstrip().replace("k: 10", "k: 12"))
+    out, path = synthforge(project, "build", "recipe.yaml")
+    assert path == "full" and summary(out).startswith("built 1")
+    assert synthforge(project, "build", "recipe.yaml")[1] == "full"  # the first no-op records
+    assert synthforge(project, "build", "recipe.yaml")[1] == "replayed"
+
+
+def test_secrets_count_by_presence_only(project: Path):
+    remembered_build(project, env={"OPENAI_API_KEY": "sk-first-secret-value", "HTTP_PROXY": "http://u:hunter2@proxy:3128"})
+    assert synthforge(project, "build", "recipe.yaml",
+                      env={"OPENAI_API_KEY": "sk-second-secret-value", "HTTP_PROXY": "http://u:other@proxy:3128"})[1] == "replayed"
+    assert synthforge(project, "build", "recipe.yaml", env={"HTTP_PROXY": "http://u:x@proxy:3128"})[1] == "full"  # no key set
+    for record in (project / "cache" / "derived").rglob("*.json"):
+        text = record.read_text()
+        assert "secret-value" not in text and "hunter2" not in text
+
+
+# -- the recorder, in process --------------------------------------------------------
+def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change(tmp_path: Path):
+    cache, folder, missing, read = tmp_path / "cache", tmp_path / "models", tmp_path / "later.txt", tmp_path / "in.txt"
+    folder.mkdir()
+    read.write_text("a")
+    with remembered.Recording(str(cache), {}) as recording:
+        assert not missing.exists()
+        os.listdir(folder)
+        read.read_text()
+        (cache / "x").exists()  # the cache's own files: checked by entry stamps, not recorded
+    seen = {Path(path).name: (kind, stamp) for (path, kind), stamp in recording.seen.items()}
+    assert seen["later.txt"] == ("stat", None) and seen["models"][0] == "list" and seen["in.txt"][1] is not None
+    assert not any("cache" in Path(path).parts for path, _ in recording.seen)
+    assert recording.outcome({}, "text") is not None
+    for change in (lambda: missing.write_text("now here"), lambda: (folder / "new.bin").write_text("w"),
+                   lambda: read.write_text("b")):
+        with remembered.Recording(str(cache), {}) as again:
+            missing.exists(), os.listdir(folder), read.read_text()
+        change()
+        assert again.outcome({}, "text") is None
+
+
+def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_path: Path):
+    import logging
+
+    from synthforge.progress import LOGGER
+
+    stat, lstat = os.stat, os.lstat
+    with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
+        logging.getLogger(LOGGER).warning("warning: something a replay would not say")
+    assert (os.stat, os.lstat) == (stat, lstat)
+    assert recording.outcome({}, "text") is None
