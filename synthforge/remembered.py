@@ -107,6 +107,16 @@ def _stamp_of(stat: os.stat_result, kind: str) -> list[Any]:
     return [mode, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
+def racy(stamp: list[Any] | None, now_ns: int) -> bool:
+    """Whether a stamp cannot tell a later edit apart, as git's "racily clean" files: its change time has
+    whole-second precision (a file system with coarse times) and is less than 2 seconds old, so an edit of
+    the same size within the same tick would keep it. Such a recording is not kept; a later one is."""
+    if not stamp or len(stamp) < 5:
+        return False  # absent, or a folder's identity (no times)
+    changed = stamp[4] if stamp[0] == "folder" else stamp[3]
+    return changed % 1_000_000_000 == 0 and now_ns - changed < 2_000_000_000
+
+
 # -- recording ------------------------------------------------------------------------
 class Recording:
     """Notes every path this process opens, stats or lists while it is active (an audit hook for opens and
@@ -164,7 +174,8 @@ class Recording:
             if isinstance(file, str):
                 self.note(file, "stat")
         read = [[path, kind, stamp] for (path, kind), stamp in sorted(self.seen.items(), key=lambda item: item[0])]
-        if any(_stamp(path, kind) != stamp for path, kind, stamp in read):
+        now = time.time_ns()
+        if any(_stamp(path, kind) != stamp or racy(stamp, now) for path, kind, stamp in read):
             return None
         return {"format": FORMAT, "read": read, "entries": entries, "text": text}
 

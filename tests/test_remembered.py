@@ -170,3 +170,13 @@ def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_
         logging.getLogger(LOGGER).warning("warning: something a replay would not say")
     assert (os.stat, os.lstat) == (stat, lstat)
     assert recording.outcome({}, "text") is None
+
+
+def test_a_stamp_a_coarse_file_system_gave_just_now_is_racy_and_not_kept():
+    now = 1_800_000_000 * 10**9 + 500_000_000
+    coarse, fine = 1_800_000_000 * 10**9, 1_800_000_000 * 10**9 + 123_456_789
+    assert remembered.racy([8, 10, coarse, coarse, 1, 2], now)  # whole seconds, half a second old
+    assert not remembered.racy([8, 10, fine, fine, 1, 2], now)  # nanosecond times tell every write apart
+    assert not remembered.racy([8, 10, coarse - 5 * 10**9, coarse - 5 * 10**9, 1, 2], now)  # seconds old
+    assert remembered.racy(["folder", 1, 2, coarse, coarse], now) and not remembered.racy(["folder", 1, 2], now)
+    assert not remembered.racy(None, now)
