@@ -130,6 +130,8 @@ class Recording:
         self.failed = False
 
     def note(self, path: Any, kind: str, stat: os.stat_result | None = None) -> None:
+        if self.failed:
+            return  # given up: nothing will be kept
         try:
             if isinstance(path, int) or path is None and kind != "list":
                 return  # a file descriptor: its path was noted when it was opened
@@ -149,7 +151,7 @@ class Recording:
         _install()
         _active = self
         os.stat, os.lstat = _watched(_os_stat, "stat"), _watched(_os_lstat, "lstat")
-        self.logged = _Said()
+        self.logged = _Said(self)
         logging.getLogger(LOGGER).addHandler(self.logged)
         return self
 
@@ -162,7 +164,6 @@ class Recording:
         _active = None
         os.stat, os.lstat = _os_stat, _os_lstat
         logging.getLogger(LOGGER).removeHandler(self.logged)
-        self.failed = self.failed or self.logged.said  # a replay would not say it again
 
     def outcome(self, entries: dict[str, dict[str, Any]], text: str) -> dict[str, Any] | None:
         """The record a replay checks, or None when something read changed while the build ran (or a hook
@@ -202,15 +203,16 @@ def remember(recording: Recording, opened: Any, result: Any, only: list[str]) ->
 
 
 class _Said:
-    """A logging handler that notes whether the build logged anything (a status line, a warning)."""
+    """A logging handler that stops the recording at the build's first line (a step starting, a warning): a
+    replay would not say it, and the steps that run next need not be watched."""
 
     level = 0
 
-    def __init__(self) -> None:
-        self.said = False
+    def __init__(self, recording: Recording):
+        self.recording = recording
 
     def handle(self, record: Any) -> bool:
-        self.said = True
+        self.recording.failed = True
         return True
 
 
