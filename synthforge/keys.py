@@ -47,7 +47,7 @@ class DerivedRecords(Protocol):
 # Files whose content defines what a model computes (config, tokenizer, weights, chat template);
 # READMEs, licences and the like do not.
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt", ".jinja", ".tiktoken")
-_SECRET_QUERY_WORDS = ("key", "token", "secret", "signature", "sig", "password", "auth", "credential")
+SECRET_QUERY_WORDS = ("key", "token", "secret", "signature", "sig", "password", "auth", "credential")
 _TOKEN_CHARS = 16  # a query value this long is scrubbed from messages whatever its name
 _MIN_SECRET_CHARS = 3  # shorter values would mangle every message they were scrubbed from
 
@@ -198,7 +198,7 @@ def credential_free_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if not any(word in k.lower() for word in _SECRET_QUERY_WORDS)]
+             if not any(word in k.lower() for word in SECRET_QUERY_WORDS)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
 
 
@@ -217,7 +217,7 @@ def url_secrets(url: str) -> list[str]:
     for pair in parts.query.split("&"):
         name, _, raw = pair.partition("=")
         decoded = unquote_plus(raw)
-        if any(word in unquote_plus(name).lower() for word in _SECRET_QUERY_WORDS) or len(decoded) >= _TOKEN_CHARS:
+        if any(word in unquote_plus(name).lower() for word in SECRET_QUERY_WORDS) or len(decoded) >= _TOKEN_CHARS:
             found += [raw, decoded]
     return sorted({value for value in found if value and len(value) >= _MIN_SECRET_CHARS}, key=len, reverse=True)
 

@@ -24,13 +24,13 @@ import sys
 import time
 from typing import Any
 
-from synthforge.keys import _SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key, read_record
+from synthforge.keys import SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key, read_record
 
 FORMAT = 1
 ENABLED = False  # set by the command line's entry point
 TOOK = "\x00took\x00"  # where a replayed summary line puts its own time
 _VOLATILE_VARIABLES = frozenset({"OLDPWD", "PWD", "_", "SHLVL", "COLUMNS", "LINES"})  # the shell's, never read
-_SECRET_WORDS = _SECRET_QUERY_WORDS + ("pass", "session", "cookie")
+_SECRET_WORDS = SECRET_QUERY_WORDS + ("pass", "session", "cookie")
 
 
 def enable() -> None:
@@ -124,8 +124,8 @@ class Recording:
 
     def __init__(self, cache_root: str, options: dict[str, Any]):
         self.key = record_key(options)  # now: a build may set variables (thread counts) and extend sys.path
-        root = os.path.abspath(cache_root)
-        self.skip = (root, root + os.sep)
+        self.roots = {os.path.abspath(cache_root), os.path.realpath(cache_root)}  # as given, and through links
+        self.inside = tuple(root + os.sep for root in self.roots)
         self.seen: dict[tuple[str, str], list[Any] | None] = {}
         self.failed = False
 
@@ -136,7 +136,7 @@ class Recording:
             if isinstance(path, int) or path is None and kind != "list":
                 return  # a file descriptor: its path was noted when it was opened
             name = os.path.abspath(os.fsdecode(path if path is not None else "."))
-            if name == self.skip[0] or name.startswith(self.skip[1]) or (name, kind) in self.seen:
+            if name in self.roots or name.startswith(self.inside) or (name, kind) in self.seen:
                 return
             self.seen[(name, kind)] = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
         except Exception:  # noqa: BLE001  (a hook must never break the build it watches: give up on recording)

@@ -148,7 +148,9 @@ def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change
         os.listdir(folder)
         read.read_text()
         (cache / "x").exists()  # the cache's own files: checked by entry stamps, not recorded
+        (tmp_path / "cache-beside").exists()  # a sibling whose name starts like the cache's: recorded
     seen = {Path(path).name: (kind, stamp) for (path, kind), stamp in recording.seen.items()}
+    assert seen["cache-beside"] == ("stat", None)
     assert seen["later.txt"] == ("stat", None) and seen["models"][0] == "list" and seen["in.txt"][1] is not None
     assert not any("cache" in Path(path).parts for path, _ in recording.seen)
     assert recording.outcome({}, "text") is not None
