@@ -83,6 +83,9 @@ def plain_key(record: Any) -> str:
     return xxhash.xxh3_128_hexdigest(_json(record).encode())
 
 
+CACHE_FOLDERS = ("entries", "derived", "locks", "tmp", "shared")  # a cache root's own folders (cache.py's layout)
+
+
 def derived_file(cache_root: str | os.PathLike, key: str) -> str:
     """Where a cache keeps the derived record named `key` (see `Cache.write_derived`)."""
     return os.path.join(cache_root, "derived", key[:2], f"{checked_key(key)}.json")

@@ -7,9 +7,10 @@ every cache entry it found sound. A later build with the same options in which n
 the same outcome after stat-ing them, without importing, parsing, keying or planning anything. Anything
 changed, gone or unreadable, and the full build runs (and records again).
 
-It fails closed: a recording is not kept when something it read changed while the build ran, when the build
-ran, pulled or pushed anything, read a remote, or when a hook could not note an access. The cache's own files
-are not recorded (its entries are checked by their stamps, as a full no-op plan checks them). Secrets stay
+It fails closed: a recording is not kept when something it read changed while the build ran (or just before:
+a racy stamp), when a module file changed after the process started, when the build ran, pulled or pushed
+anything, read a remote, wrote to stdout or stderr, or when a hook could not note an access. The cache's own
+folders are not recorded (its entries are checked by their stamps, as a full no-op plan checks them). Secrets stay
 out: an environment variable named like a credential counts by its presence only, and a URL's credentials are
 dropped before a value is hashed into the record's key.
 
@@ -24,7 +25,8 @@ import sys
 import time
 from typing import Any
 
-from synthforge.keys import SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key, read_record
+from synthforge.keys import (CACHE_FOLDERS, SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key,
+                             read_record)
 
 FORMAT = 1
 ENABLED = False  # set by the command line's entry point
@@ -108,24 +110,39 @@ def _stamp_of(stat: os.stat_result, kind: str) -> list[Any]:
 
 
 def racy(stamp: list[Any] | None, now_ns: int) -> bool:
-    """Whether a stamp cannot tell a later edit apart, as git's "racily clean" files: its change time has
-    whole-second precision (a file system with coarse times) and is less than 2 seconds old, so an edit of
-    the same size within the same tick would keep it. Such a recording is not kept; a later one is."""
+    """Whether a stamp taken at `now_ns` cannot tell a later edit apart, as git's "racily clean" files: its
+    change time is so recent that a same-size edit within the same clock tick would keep it (less than 2 s
+    old with whole-second times, a file system with coarse times; less than 50 ms old otherwise, more than a
+    kernel's coarse clock tick). A recording that takes one is not kept; a later one is."""
     if not stamp or len(stamp) < 5:
         return False  # absent, or a folder's identity (no times)
     changed = stamp[4] if stamp[0] == "folder" else stamp[3]
-    return changed % 1_000_000_000 == 0 and now_ns - changed < 2_000_000_000
+    window = 2_000_000_000 if changed % 1_000_000_000 == 0 else 50_000_000
+    return now_ns - changed < window
 
 
 # -- recording ------------------------------------------------------------------------
+_PROCESS_START_NS = time.time_ns()  # this process began a little earlier: the command line imports this module first
+
+
+def _changed_since_start(changed_ns: int) -> bool:
+    """Whether a file may have changed after this process started, so that the code it runs may be the file
+    before the change: 1 s of margin for what ran before this module was imported, 1 s more for whole-second times."""
+    margin = 2_000_000_000 if changed_ns % 1_000_000_000 == 0 else 1_000_000_000
+    return changed_ns > _PROCESS_START_NS - margin
+
+
 class Recording:
     """Notes every path this process opens, stats or lists while it is active (an audit hook for opens and
-    listings; `os.stat`/`os.lstat` wrapped for looks), outside the cache root."""
+    listings; `os.stat`/`os.lstat` wrapped for looks), outside the cache's own folders, and the code it runs:
+    every module file and import folder, stamped when the recording starts (or, for a module imported later,
+    when it is imported). Anything written to stdout or stderr while it records, a logged line or a warning,
+    ends it: a replay would not say it again."""
 
     def __init__(self, cache_root: str, options: dict[str, Any]):
         self.key = record_key(options)  # now: a build may set variables (thread counts) and extend sys.path
-        self.roots = {os.path.abspath(cache_root), os.path.realpath(cache_root)}  # as given, and through links
-        self.inside = tuple(root + os.sep for root in self.roots)
+        roots = {os.path.abspath(cache_root), os.path.realpath(cache_root)}  # as given, and through links
+        self.internal = tuple(os.path.join(root, folder) + os.sep for root in roots for folder in CACHE_FOLDERS)
         self.seen: dict[tuple[str, str], list[Any] | None] = {}
         self.failed = False
 
@@ -135,12 +152,32 @@ class Recording:
         try:
             if isinstance(path, int) or path is None and kind != "list":
                 return  # a file descriptor: its path was noted when it was opened
-            name = os.path.abspath(os.fsdecode(path if path is not None else "."))
-            if name in self.roots or name.startswith(self.inside) or (name, kind) in self.seen:
+            given = os.fsdecode(path if path is not None else ".")
+            # as the kernel resolves it ('link/..' is not '.'); the cache's own files by their plain path
+            name = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)
+            if (name, kind) in self.seen or (os.path.normpath(name) + os.sep).startswith(self.internal):
                 return
-            self.seen[(name, kind)] = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
+            stamp = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
+            self.seen[(name, kind)] = stamp
+            if racy(stamp, time.time_ns()):
+                self.failed = True
         except Exception:  # noqa: BLE001  (a hook must never break the build it watches: give up on recording)
             self.failed = True
+
+    def note_code(self) -> None:
+        """The files of the modules loaded so far, and the folders imports search (a new file there could
+        shadow a module imported later); a module file changed since this process began fails the recording
+        (the code that runs may be the file before or after the change)."""
+        for folder in [*sys.path, *(p for m in list(sys.modules.values()) for p in (getattr(m, "__path__", None) or []))]:
+            if isinstance(folder, str) and os.path.isdir(folder or "."):
+                self.note(folder or ".", "list")
+        for module in list(sys.modules.values()):
+            file = getattr(module, "__file__", None)
+            if isinstance(file, str):
+                self.note(file, "stat")
+                stamp = self.seen.get((file if os.path.isabs(file) else os.path.join(os.getcwd(), file), "stat"))
+                if stamp is not None and _changed_since_start(stamp[3]):
+                    self.failed = True
 
     def __enter__(self) -> "Recording":
         global _active
@@ -149,8 +186,11 @@ class Recording:
         from synthforge.progress import LOGGER
 
         _install()
+        self.note_code()
         _active = self
         os.stat, os.lstat = _watched(_os_stat, "stat"), _watched(_os_lstat, "lstat")
+        self.streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Written(sys.stdout, self), _Written(sys.stderr, self)
         self.logged = _Said(self)
         logging.getLogger(LOGGER).addHandler(self.logged)
         return self
@@ -163,20 +203,17 @@ class Recording:
 
         _active = None
         os.stat, os.lstat = _os_stat, _os_lstat
+        sys.stdout, sys.stderr = self.streams
         logging.getLogger(LOGGER).removeHandler(self.logged)
 
     def outcome(self, entries: dict[str, dict[str, Any]], text: str) -> dict[str, Any] | None:
-        """The record a replay checks, or None when something read changed while the build ran (or a hook
-        failed). The code's modules are added by their files' stamps."""
+        """The record a replay checks, or None when something read changed while the build ran (or the
+        recording failed). Modules imported while it ran are added by their files' stamps."""
+        self.note_code()
         if self.failed:
             return None
-        for module in list(sys.modules.values()):
-            file = getattr(module, "__file__", None)
-            if isinstance(file, str):
-                self.note(file, "stat")
         read = [[path, kind, stamp] for (path, kind), stamp in sorted(self.seen.items(), key=lambda item: item[0])]
-        now = time.time_ns()
-        if any(_stamp(path, kind) != stamp or racy(stamp, now) for path, kind, stamp in read):
+        if any(_stamp(path, kind) != stamp for path, kind, stamp in read):
             return None
         return {"format": FORMAT, "read": read, "entries": entries, "text": text}
 
@@ -200,6 +237,21 @@ def remember(recording: Recording, opened: Any, result: Any, only: list[str]) ->
             opened.cache.write_derived(recording.key, record, keys)
         except (OSError, UserError):  # a read-only cache: no shortcut
             pass
+
+
+class _Written:
+    """stdout or stderr while a build records: any write ends the recording (a warning, a library's note)."""
+
+    def __init__(self, stream: Any, recording: Recording):
+        self._stream, self._recording = stream, recording
+
+    def write(self, text: str) -> int:
+        if text:
+            self._recording.failed = True
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class _Said:
@@ -233,7 +285,11 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         return
     if event == "open":
         path = args[0]
-        if not (isinstance(path, str) and path.endswith(".pyc") and "__pycache__" in path):  # code: by its source
+        if isinstance(path, str) and path.endswith(".pyc") and os.path.basename(os.path.dirname(path)) == "__pycache__":
+            # a module imported from its bytecode: its source, as the import checked it just now
+            folder = os.path.dirname(os.path.dirname(path))
+            recording.note(os.path.join(folder, os.path.basename(path).split(".", 1)[0] + ".py"), "stat")
+        else:
             recording.note(path, "stat")
     elif event in ("os.listdir", "os.scandir"):
         recording.note(args[0], "list")

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,12 +112,24 @@ def test_a_change_to_any_module_the_build_ran_runs_the_full_build(project: Path)
                       "class CopyStep(SlowStep):\n    kind = 'copy'\n\n\nregister('copy', 'copy_plugin:CopyStep')\n")
     (project / "recipe.yaml").write_text(BASIC.lstrip() + "  copy:\n    kind: copy\n    input: split\n")
     env = {"PYTHONPATH": f"{ROOT}{os.pathsep}{plugins}", "SYNTHFORGE_PLUGINS": "copy_plugin"}
+    time.sleep(1.1)  # code changed less than 1 s before a build started is not trusted (it may have run either version)
     synthforge(project, "build", "recipe.yaml", env=env)
     assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "full"
     assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "replayed"
     os.utime(module)  # any write to a module's file changes its stamp (ctime)
     out, path = synthforge(project, "build", "recipe.yaml", env=env)
     assert path == "full" and summary(out).startswith("built 0, cached 3")
+    assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "full"  # changed since it started: not kept
+
+
+def test_a_cache_kept_inside_the_project_still_records_the_recipe(project: Path):
+    env = {"SYNTHFORGE_CACHE": str(project)}  # the project folder is the cache root: only its own folders are skipped
+    synthforge(project, "build", "recipe.yaml", env=env)
+    synthforge(project, "build", "recipe.yaml", env=env)
+    assert synthforge(project, "build", "recipe.yaml", env=env)[1] == "replayed"
+    (project / "recipe.yaml").write_text(BASIC.lstrip().replace("k: 10", "k: 12"))
+    out, path = synthforge(project, "build", "recipe.yaml", env=env)
+    assert path == "full" and summary(out).startswith("built 1, cached 1")
 
 
 def test_a_build_that_ran_anything_is_not_remembered(project: Path):
@@ -139,39 +152,73 @@ def test_secrets_count_by_presence_only(project: Path):
 
 
 # -- the recorder, in process --------------------------------------------------------
-def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change(tmp_path: Path):
+@pytest.fixture
+def code_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, the test modules may have been edited just before pytest started (the subprocess tests
+    check that rule for real)."""
+    monkeypatch.setattr(remembered, "_changed_since_start", lambda changed_ns: False)
+
+
+def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change(tmp_path: Path, code_unchanged: None):
     cache, folder, missing, read = tmp_path / "cache", tmp_path / "models", tmp_path / "later.txt", tmp_path / "in.txt"
     folder.mkdir()
     read.write_text("a")
+    time.sleep(0.06)  # a stamp less than 50 ms old is racy: the recording would give up at once
     with remembered.Recording(str(cache), {}) as recording:
         assert not missing.exists()
         os.listdir(folder)
         read.read_text()
-        (cache / "x").exists()  # the cache's own files: checked by entry stamps, not recorded
+        (cache / "entries" / "ab").exists()  # the cache's own folders: checked by entry stamps, not recorded
+        (cache / "recipe.yaml").exists()  # anything else under its root (a cache kept in the project): recorded
         (tmp_path / "cache-beside").exists()  # a sibling whose name starts like the cache's: recorded
     seen = {Path(path).name: (kind, stamp) for (path, kind), stamp in recording.seen.items()}
-    assert seen["cache-beside"] == ("stat", None)
+    assert seen["cache-beside"] == ("stat", None) and seen["recipe.yaml"] == ("stat", None)
     assert seen["later.txt"] == ("stat", None) and seen["models"][0] == "list" and seen["in.txt"][1] is not None
-    assert not any("cache" in Path(path).parts for path, _ in recording.seen)
+    assert not any("entries" in Path(path).parts for path, _ in recording.seen)
     assert recording.outcome({}, "text") is not None
     for change in (lambda: missing.write_text("now here"), lambda: (folder / "new.bin").write_text("w"),
                    lambda: read.write_text("b")):
+        time.sleep(0.06)
         with remembered.Recording(str(cache), {}) as again:
             missing.exists(), os.listdir(folder), read.read_text()
         change()
         assert again.outcome({}, "text") is None
 
 
-def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_path: Path):
+def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_path: Path, code_unchanged: None):
     import logging
 
     from synthforge.progress import LOGGER
 
-    stat, lstat = os.stat, os.lstat
+    stat, lstat, streams = os.stat, os.lstat, (sys.stdout, sys.stderr)
+    with remembered.Recording(str(tmp_path / "cache"), {}) as quiet:
+        pass
+    assert quiet.outcome({}, "text") is not None
     with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
         logging.getLogger(LOGGER).warning("warning: something a replay would not say")
-    assert (os.stat, os.lstat) == (stat, lstat)
+    assert (os.stat, os.lstat, sys.stdout, sys.stderr) == (stat, lstat, *streams)
     assert recording.outcome({}, "text") is None
+    for stream in ("stdout", "stderr"):  # a library's print or a Python warning: a replay would not show it
+        with remembered.Recording(str(tmp_path / "cache"), {}) as printed:
+            print("FutureWarning: something", file=getattr(sys, stream))
+        assert printed.outcome({}, "text") is None
+
+
+def test_the_recording_covers_the_code_and_the_folders_imports_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "fresh_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fresh_module  # noqa: F401  (written just now, after this process started)
+
+    time.sleep(0.06)
+    with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
+        pass
+    assert (str(tmp_path), "list") in recording.seen  # a module file added here later could shadow one imported later
+    assert recording.outcome({}, "text") is None  # the code may be the file before or after the change
+    monkeypatch.setattr(remembered, "_changed_since_start", lambda changed_ns: False)
+    with remembered.Recording(str(tmp_path / "cache"), {}) as again:
+        pass
+    assert again.outcome({}, "text") is not None
+    assert (str(Path(remembered.__file__)), "stat") in again.seen
 
 
 def test_a_stamp_a_coarse_file_system_gave_just_now_is_racy_and_not_kept():
