@@ -22,6 +22,7 @@ import json
 import math
 import mmap
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -83,7 +84,11 @@ def plain_key(record: Any) -> str:
     return xxhash.xxh3_128_hexdigest(_json(record).encode())
 
 
-CACHE_FOLDERS = ("entries", "derived", "locks", "tmp", "shared")  # a cache root's own folders (cache.py's layout)
+# The names a cache makes under its root (cache.py's layout, relative, "/"-separated): entries/kk/KEY/...,
+# derived/kk/KEY.json, locks/NAME.KIND, tmp/ staging named by a key or a random hex, shared/ stores.
+CACHE_OWN = re.compile(r"(entries(/[0-9a-f]{2}(/[0-9a-f]{32}(/.*)?)?)?|derived(/[0-9a-f]{2}(/[0-9a-f]{32}\.json)?)?"
+                       r"|locks(/[^/]+\.[a-z]+)?|tmp(/[^/]*[0-9a-f]{32}[^/]*(/.*)?)?"
+                       r"|shared(/(responses|budgets|models|shards|tune|speed)(/.*)?)?)/?")
 
 
 def derived_file(cache_root: str | os.PathLike, key: str) -> str:

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from synthforge.keys import (CACHE_FOLDERS, SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key,
+from synthforge.keys import (CACHE_OWN, SECRET_QUERY_WORDS, credential_free_url, derived_file, file_stamp, plain_key,
                              read_record)
 
 FORMAT = 1
@@ -43,7 +43,8 @@ def enable() -> None:
 def invocation(options: dict[str, Any]) -> list[Any]:
     """Everything outside the files that a build's outcome can depend on: the interpreter and its flags, its
     module search path, the working folder, the environment and the command's options."""
-    return [FORMAT, sys.executable, sys.version, list(sys.flags), sorted(map(str, sys._xoptions.items())), sys.path,
+    return [FORMAT, sys.executable, sys.version, list(sys.flags), sorted(map(str, sys._xoptions.items())), sys.warnoptions,
+            sys.path,
             os.getcwd(), _environment(),
             sorted((name, list(v) if isinstance(v, tuple) else v) for name, v in options.items())]
 
@@ -142,7 +143,7 @@ class Recording:
     def __init__(self, cache_root: str, options: dict[str, Any]):
         self.key = record_key(options)  # now: a build may set variables (thread counts) and extend sys.path
         roots = {os.path.abspath(cache_root), os.path.realpath(cache_root)}  # as given, and through links
-        self.internal = tuple(os.path.join(root, folder) + os.sep for root in roots for folder in CACHE_FOLDERS)
+        self.roots = tuple(root + os.sep for root in roots)
         self.seen: dict[tuple[str, str], list[Any] | None] = {}
         self.failed = False
 
@@ -155,7 +156,7 @@ class Recording:
             given = os.fsdecode(path if path is not None else ".")
             # as the kernel resolves it ('link/..' is not '.'); the cache's own files by their plain path
             name = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)
-            if (name, kind) in self.seen or (os.path.normpath(name) + os.sep).startswith(self.internal):
+            if (name, kind) in self.seen or self._cache_own(os.path.normpath(name)):
                 return
             stamp = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
             self.seen[(name, kind)] = stamp
@@ -164,20 +165,32 @@ class Recording:
         except Exception:  # noqa: BLE001  (a hook must never break the build it watches: give up on recording)
             self.failed = True
 
+    def _cache_own(self, name: str) -> bool:
+        """Whether `name` is one of the files the cache itself makes (an entry, a derived record, a lock, a staging
+        folder, a shared store): its entries are checked by their stamps; anything else under its root is recorded."""
+        for root in self.roots:
+            if name.startswith(root) or name + os.sep == root:
+                return CACHE_OWN.fullmatch(name[len(root):].replace(os.sep, "/")) is not None
+        return False
+
     def note_code(self) -> None:
         """The files of the modules loaded so far, and the folders imports search (a new file there could
         shadow a module imported later); a module file changed since this process began fails the recording
         (the code that runs may be the file before or after the change)."""
-        for folder in [*sys.path, *(p for m in list(sys.modules.values()) for p in (getattr(m, "__path__", None) or []))]:
-            if isinstance(folder, str) and os.path.isdir(folder or "."):
-                self.note(folder or ".", "list")
-        for module in list(sys.modules.values()):
-            file = getattr(module, "__file__", None)
-            if isinstance(file, str):
-                self.note(file, "stat")
-                stamp = self.seen.get((file if os.path.isabs(file) else os.path.join(os.getcwd(), file), "stat"))
-                if stamp is not None and _changed_since_start(stamp[3]):
-                    self.failed = True
+        try:
+            modules = list(sys.modules.values())
+            for folder in [*sys.path, *(p for m in modules for p in _search_path(m))]:
+                if isinstance(folder, str):  # one missing now is recorded as missing: created later, it could shadow
+                    self.note(folder or ".", "list" if os.path.isdir(folder or ".") else "stat")
+            for module in modules:
+                file = getattr(module, "__file__", None)
+                if isinstance(file, str):
+                    self.note(file, "stat")
+                    stamp = self.seen.get((file if os.path.isabs(file) else os.path.join(os.getcwd(), file), "stat"))
+                    if stamp is not None and _changed_since_start(stamp[3]):
+                        self.failed = True
+        except Exception:  # noqa: BLE001  (never break the build: give up on recording)
+            self.failed = True
 
     def __enter__(self) -> "Recording":
         global _active
@@ -237,6 +250,15 @@ def remember(recording: Recording, opened: Any, result: Any, only: list[str]) ->
             opened.cache.write_derived(recording.key, record, keys)
         except (OSError, UserError):  # a read-only cache: no shortcut
             pass
+
+
+def _search_path(module: Any) -> list[str]:
+    """A package's `__path__` (some extension modules set one that is not a list of folders)."""
+    path = getattr(module, "__path__", None)
+    try:
+        return [p for p in path if isinstance(p, str)] if path is not None else []
+    except TypeError:
+        return []
 
 
 class _Written:

@@ -170,9 +170,11 @@ def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change
         read.read_text()
         (cache / "entries" / "ab").exists()  # the cache's own folders: checked by entry stamps, not recorded
         (cache / "recipe.yaml").exists()  # anything else under its root (a cache kept in the project): recorded
+        (cache / "shared" / "reviews.csv").exists()  # even in a folder named like one of the cache's
         (tmp_path / "cache-beside").exists()  # a sibling whose name starts like the cache's: recorded
     seen = {Path(path).name: (kind, stamp) for (path, kind), stamp in recording.seen.items()}
     assert seen["cache-beside"] == ("stat", None) and seen["recipe.yaml"] == ("stat", None)
+    assert seen["reviews.csv"] == ("stat", None)
     assert seen["later.txt"] == ("stat", None) and seen["models"][0] == "list" and seen["in.txt"][1] is not None
     assert not any("entries" in Path(path).parts for path, _ in recording.seen)
     assert recording.outcome({}, "text") is not None
@@ -207,12 +209,14 @@ def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_
 def test_the_recording_covers_the_code_and_the_folders_imports_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "fresh_module.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path / "not-yet"))  # created later, a module there would shadow
     import fresh_module  # noqa: F401  (written just now, after this process started)
 
     time.sleep(0.06)
     with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
         pass
     assert (str(tmp_path), "list") in recording.seen  # a module file added here later could shadow one imported later
+    assert recording.seen[(str(tmp_path / "not-yet"), "stat")] is None
     assert recording.outcome({}, "text") is None  # the code may be the file before or after the change
     monkeypatch.setattr(remembered, "_changed_since_start", lambda changed_ns: False)
     with remembered.Recording(str(tmp_path / "cache"), {}) as again:
@@ -229,3 +233,9 @@ def test_a_stamp_a_coarse_file_system_gave_just_now_is_racy_and_not_kept():
     assert not remembered.racy([8, 10, coarse - 5 * 10**9, coarse - 5 * 10**9, 1, 2], now)  # seconds old
     assert remembered.racy(["folder", 1, 2, coarse, coarse], now) and not remembered.racy(["folder", 1, 2], now)
     assert not remembered.racy(None, now)
+
+
+def test_the_record_is_named_by_the_interpreters_warning_options(monkeypatch: pytest.MonkeyPatch):
+    plain = remembered.record_key({"recipe": "r.yaml"})
+    monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])  # python -W: a warning may fail the build
+    assert remembered.record_key({"recipe": "r.yaml"}) != plain
