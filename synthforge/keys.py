@@ -84,11 +84,12 @@ def plain_key(record: Any) -> str:
     return xxhash.xxh3_128_hexdigest(_json(record).encode())
 
 
-# The names a cache makes under its root (cache.py's layout, relative, "/"-separated): entries/kk/KEY/...,
-# derived/kk/KEY.json, locks/NAME.KIND, tmp/ staging named by a key or a random hex, shared/ stores.
+# The names a cache makes under its root for its entries, derived records and their locks and leases (cache.py's
+# layout, relative, "/"-separated; KEY is 32 hex digits): entries/kk/KEY/..., derived/kk/KEY.json, locks/KEY.KIND.
+# Only these unmistakable shapes: a remembered build records anything else under a cache root (a project folder
+# used as the cache holds the recipe and its inputs).
 CACHE_OWN = re.compile(r"(entries(/[0-9a-f]{2}(/[0-9a-f]{32}(/.*)?)?)?|derived(/[0-9a-f]{2}(/[0-9a-f]{32}\.json)?)?"
-                       r"|locks(/[^/]+\.[a-z]+)?|tmp(/[^/]*[0-9a-f]{32}[^/]*(/.*)?)?"
-                       r"|shared(/(responses|budgets|models|shards|tune|speed)(/.*)?)?)/?")
+                       r"|locks/[0-9a-f]{32}\.(lock|lease))/?")
 
 
 def derived_file(cache_root: str | os.PathLike, key: str) -> str:

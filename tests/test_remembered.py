@@ -171,10 +171,13 @@ def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change
         (cache / "entries" / "ab").exists()  # the cache's own folders: checked by entry stamps, not recorded
         (cache / "recipe.yaml").exists()  # anything else under its root (a cache kept in the project): recorded
         (cache / "shared" / "reviews.csv").exists()  # even in a folder named like one of the cache's
+        (cache / "locks" / "reviews.csv").exists()
+        (cache / "locks" / f"{'a' * 32}.lease").exists()  # a lease: the cache's own
         (tmp_path / "cache-beside").exists()  # a sibling whose name starts like the cache's: recorded
     seen = {Path(path).name: (kind, stamp) for (path, kind), stamp in recording.seen.items()}
     assert seen["cache-beside"] == ("stat", None) and seen["recipe.yaml"] == ("stat", None)
-    assert seen["reviews.csv"] == ("stat", None)
+    assert [kind for (path, kind) in recording.seen if Path(path).name == "reviews.csv"] == ["stat", "stat"]
+    assert not any(Path(path).suffix == ".lease" for path, _ in recording.seen)
     assert seen["later.txt"] == ("stat", None) and seen["models"][0] == "list" and seen["in.txt"][1] is not None
     assert not any("entries" in Path(path).parts for path, _ in recording.seen)
     assert recording.outcome({}, "text") is not None
