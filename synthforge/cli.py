@@ -153,12 +153,13 @@ def build_cmd(recipe, only, force, dry_run, device, concurrency, batch_size, pro
     context = click.get_current_context()
     options = {**{f"main.{k}": v for k, v in context.find_root().params.items()}, **context.params}
     replayable = remembered.ENABLED and not (recheck or dry_run or force or push or options["main.verbose"] or options["verbose"])
-    if replayable:
-        text = remembered.replay(cache_dir, options)
+    key = remembered.record_key(options) if replayable else None
+    if key is not None:
+        text = remembered.replay(cache_dir, key)
         if text is not None:
             click.echo(text)
             return
-    with remembered.Recording(cache_dir, options) if replayable else contextlib.nullcontext() as recording:
+    with remembered.Recording(cache_dir, key) if key is not None else contextlib.nullcontext() as recording:
         from synthforge import app
         from synthforge.progress import bars_enabled
 

@@ -9,8 +9,9 @@ changed, gone or unreadable, and the full build runs (and records again).
 
 It fails closed: a recording is not kept when something it read changed while the build ran (or just before:
 a racy stamp), when a module file changed after the process started, when the build ran, pulled or pushed
-anything, read a remote, wrote to stdout or stderr, or when a hook could not note an access. The cache's own
-folders are not recorded (its entries are checked by their stamps, as a full no-op plan checks them). Secrets stay
+anything, read a remote, wrote to stdout or stderr, or when a hook could not note an access. The cache's entries,
+derived records and their locks are not recorded (its entries are checked by their stamps, as a full no-op plan
+checks them; `keys.CACHE_OWN`). Secrets stay
 out: an environment variable named like a credential counts by its presence only, and a URL's credentials are
 dropped before a value is hashed into the record's key.
 
@@ -44,8 +45,7 @@ def invocation(options: dict[str, Any]) -> list[Any]:
     """Everything outside the files that a build's outcome can depend on: the interpreter and its flags, its
     module search path, the working folder, the environment and the command's options."""
     return [FORMAT, sys.executable, sys.version, list(sys.flags), sorted(map(str, sys._xoptions.items())), sys.warnoptions,
-            sys.path,
-            os.getcwd(), _environment(),
+            sys.path, os.getcwd(), _environment(),
             sorted((name, list(v) if isinstance(v, tuple) else v) for name, v in options.items())]
 
 
@@ -63,15 +63,17 @@ def _environment() -> list[list[str]]:
 
 
 def record_key(options: dict[str, Any]) -> str:
+    """The name of the record a build with these options keeps and replays; taken once, before the build runs
+    (a build may set variables, such as thread counts, and extend sys.path)."""
     return plain_key(["remembered build", invocation(options)])
 
 
 # -- replaying --------------------------------------------------------------------
-def replay(cache_root: str, options: dict[str, Any]) -> str | None:
-    """The remembered outcome of this exact build when nothing it read, and no entry it found sound, has
-    changed since; else None (run the full build)."""
+def replay(cache_root: str, key: str) -> str | None:
+    """The remembered outcome of the build `key` (`record_key`) names when nothing it read, and no entry it
+    found sound, has changed since; else None (run the full build)."""
     start = time.perf_counter()
-    record = read_record(derived_file(cache_root, record_key(options)))
+    record = read_record(derived_file(cache_root, key))
     if record is None or record.get("format") != FORMAT:
         return None
     try:
@@ -135,41 +137,46 @@ def _changed_since_start(changed_ns: int) -> bool:
 
 class Recording:
     """Notes every path this process opens, stats or lists while it is active (an audit hook for opens and
-    listings; `os.stat`/`os.lstat` wrapped for looks), outside the cache's own folders, and the code it runs:
+    listings; `os.stat`/`os.lstat` wrapped for looks), but the cache's own entries and records, and the code it runs:
     every module file and import folder, stamped when the recording starts (or, for a module imported later,
     when it is imported). Anything written to stdout or stderr while it records, a logged line or a warning,
     ends it: a replay would not say it again."""
 
-    def __init__(self, cache_root: str, options: dict[str, Any]):
-        self.key = record_key(options)  # now: a build may set variables (thread counts) and extend sys.path
+    def __init__(self, cache_root: str, key: str):
+        self.key = key  # record_key of the build's options
         roots = {os.path.abspath(cache_root), os.path.realpath(cache_root)}  # as given, and through links
         self.roots = tuple(root + os.sep for root in roots)
         self.seen: dict[tuple[str, str], list[Any] | None] = {}
         self.failed = False
 
-    def note(self, path: Any, kind: str, stat: os.stat_result | None = None) -> None:
+    def note(self, path: Any, kind: str, stat: os.stat_result | None = None) -> list[Any] | None:
+        """Record `path` with its stamp at its first access of this kind; the stamp recorded (None when absent,
+        not recorded, or the recording has given up)."""
         if self.failed:
-            return  # given up: nothing will be kept
+            return None  # given up: nothing will be kept
         try:
             if isinstance(path, int) or path is None and kind != "list":
-                return  # a file descriptor: its path was noted when it was opened
+                return None  # a file descriptor: its path was noted when it was opened
             given = os.fsdecode(path if path is not None else ".")
             # as the kernel resolves it ('link/..' is not '.'); the cache's own files by their plain path
             name = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)
-            if (name, kind) in self.seen or self._cache_own(os.path.normpath(name)):
-                return
-            stamp = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
-            self.seen[(name, kind)] = stamp
+            if (name, kind) in self.seen:
+                return self.seen[(name, kind)]
+            if self._cache_own(os.path.normpath(name)):
+                return None
+            stamp = self.seen[(name, kind)] = _stamp_of(stat, kind) if stat is not None else _stamp(name, kind)
             if racy(stamp, time.time_ns()):
                 self.failed = True
+            return stamp
         except Exception:  # noqa: BLE001  (a hook must never break the build it watches: give up on recording)
             self.failed = True
+            return None
 
     def _cache_own(self, name: str) -> bool:
-        """Whether `name` is one of the files the cache itself makes (an entry, a derived record, a lock, a staging
-        folder, a shared store): its entries are checked by their stamps; anything else under its root is recorded."""
+        """Whether `name` is an entry's file, a derived record or a key's lock or lease (`keys.CACHE_OWN`): the
+        entries are checked by their stamps; anything else under the cache root is recorded."""
         for root in self.roots:
-            if name.startswith(root) or name + os.sep == root:
+            if name.startswith(root):
                 return CACHE_OWN.fullmatch(name[len(root):].replace(os.sep, "/")) is not None
         return False
 
@@ -184,11 +191,9 @@ class Recording:
                     self.note(folder or ".", "list" if os.path.isdir(folder or ".") else "stat")
             for module in modules:
                 file = getattr(module, "__file__", None)
-                if isinstance(file, str):
-                    self.note(file, "stat")
-                    stamp = self.seen.get((file if os.path.isabs(file) else os.path.join(os.getcwd(), file), "stat"))
-                    if stamp is not None and _changed_since_start(stamp[3]):
-                        self.failed = True
+                stamp = self.note(file, "stat") if isinstance(file, str) else None
+                if stamp is not None and _changed_since_start(stamp[3]):
+                    self.failed = True
         except Exception:  # noqa: BLE001  (never break the build: give up on recording)
             self.failed = True
 

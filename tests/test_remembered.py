@@ -164,7 +164,7 @@ def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change
     folder.mkdir()
     read.write_text("a")
     time.sleep(0.06)  # a stamp less than 50 ms old is racy: the recording would give up at once
-    with remembered.Recording(str(cache), {}) as recording:
+    with remembered.Recording(str(cache), remembered.record_key({})) as recording:
         assert not missing.exists()
         os.listdir(folder)
         read.read_text()
@@ -184,7 +184,7 @@ def test_the_recording_notes_looks_listings_and_opens_and_fails_closed_on_change
     for change in (lambda: missing.write_text("now here"), lambda: (folder / "new.bin").write_text("w"),
                    lambda: read.write_text("b")):
         time.sleep(0.06)
-        with remembered.Recording(str(cache), {}) as again:
+        with remembered.Recording(str(cache), remembered.record_key({})) as again:
             missing.exists(), os.listdir(folder), read.read_text()
         change()
         assert again.outcome({}, "text") is None
@@ -196,15 +196,15 @@ def test_the_recording_restores_stat_and_fails_closed_when_the_build_logged(tmp_
     from synthforge.progress import LOGGER
 
     stat, lstat, streams = os.stat, os.lstat, (sys.stdout, sys.stderr)
-    with remembered.Recording(str(tmp_path / "cache"), {}) as quiet:
+    with remembered.Recording(str(tmp_path / "cache"), remembered.record_key({})) as quiet:
         pass
     assert quiet.outcome({}, "text") is not None
-    with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
+    with remembered.Recording(str(tmp_path / "cache"), remembered.record_key({})) as recording:
         logging.getLogger(LOGGER).warning("warning: something a replay would not say")
     assert (os.stat, os.lstat, sys.stdout, sys.stderr) == (stat, lstat, *streams)
     assert recording.outcome({}, "text") is None
     for stream in ("stdout", "stderr"):  # a library's print or a Python warning: a replay would not show it
-        with remembered.Recording(str(tmp_path / "cache"), {}) as printed:
+        with remembered.Recording(str(tmp_path / "cache"), remembered.record_key({})) as printed:
             print("FutureWarning: something", file=getattr(sys, stream))
         assert printed.outcome({}, "text") is None
 
@@ -216,13 +216,13 @@ def test_the_recording_covers_the_code_and_the_folders_imports_search(tmp_path: 
     import fresh_module  # noqa: F401  (written just now, after this process started)
 
     time.sleep(0.06)
-    with remembered.Recording(str(tmp_path / "cache"), {}) as recording:
+    with remembered.Recording(str(tmp_path / "cache"), remembered.record_key({})) as recording:
         pass
     assert (str(tmp_path), "list") in recording.seen  # a module file added here later could shadow one imported later
     assert recording.seen[(str(tmp_path / "not-yet"), "stat")] is None
     assert recording.outcome({}, "text") is None  # the code may be the file before or after the change
     monkeypatch.setattr(remembered, "_changed_since_start", lambda changed_ns: False)
-    with remembered.Recording(str(tmp_path / "cache"), {}) as again:
+    with remembered.Recording(str(tmp_path / "cache"), remembered.record_key({})) as again:
         pass
     assert again.outcome({}, "text") is not None
     assert (str(Path(remembered.__file__)), "stat") in again.seen
@@ -242,3 +242,13 @@ def test_the_record_is_named_by_the_interpreters_warning_options(monkeypatch: py
     plain = remembered.record_key({"recipe": "r.yaml"})
     monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])  # python -W: a warning may fail the build
     assert remembered.record_key({"recipe": "r.yaml"}) != plain
+
+
+def test_what_counts_as_the_caches_own_is_what_the_cache_makes(tmp_path: Path):
+    from synthforge.cache import MANIFEST, Cache
+    from synthforge.keys import CACHE_OWN
+
+    cache, key = Cache(tmp_path / "cache"), "0123456789abcdef" * 2
+    made = [cache.entry_path(key) / MANIFEST, cache.entry_path(key) / "data.parquet", cache.derived_path(key),
+            cache._lock_path(key, "lease"), cache._lock_path(key)]
+    assert all(CACHE_OWN.fullmatch(path.relative_to(cache.root).as_posix()) for path in made)
