@@ -145,7 +145,12 @@ class FakeOpenAIServer:
                     pass
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client died mid-request (a killed build): nothing was asked
+                    self.close_connection = True
+                    return
+                body = json.loads(raw or b"{}")
                 behaviour = server._next_behaviour()
                 with server._lock:
                     server.requests.append(body)

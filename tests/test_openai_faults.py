@@ -200,3 +200,19 @@ def test_a_key_pasted_as_the_variable_name_is_refused_unechoed(server):
     with pytest.raises(UserError) as caught:
         GenerateStep.Params.model_validate(openai_params(server.base_url, 1, backend={"api_key_env": KEY}))
     assert KEY not in str(caught.value) and "NAME of an environment variable" in str(caught.value)
+
+
+def test_the_fake_server_counts_no_request_whose_body_never_arrived(server):
+    """A client killed between headers and body (as a killed build's last request) asked nothing: tests that
+    count requests (the resumed-search test in test_tune) must not see an empty body."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server.base_url)
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+    deadline = time.time() + 2
+    while time.time() < deadline and server.in_flight:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert server.requests == []
