@@ -341,8 +341,12 @@ class Remote:
             else:
                 records[key] = record
         ordered = sorted(records)  # every pull locks keys in one order: two pulls never wait on each other
+        installed: dict[str, Path] = {}  # object hash -> a file of an entry this pull installed (a later batch copies it)
         for first in range(0, len(ordered), LOCK_BATCH):
-            self._pull_locked({key: records[key] for key in ordered[first:first + LOCK_BATCH]}, cache, done)
+            batch = {key: records[key] for key in ordered[first:first + LOCK_BATCH]}
+            self._pull_locked(batch, cache, done, installed)
+            installed.update({info["hash"]: cache.entry_path(key) / rel for key in done.entries if key in batch
+                              for rel, info in batch[key]["files"].items()})
         snapshots = {records[key]["responses"] for key in done.entries if records[key].get("responses")}
         for key, why in done.refused.items():
             log(f"remote: refused entry {key[:12]}: {why} (not installed; a build recomputes it)")
@@ -351,25 +355,34 @@ class Remote:
         done.seconds = time.perf_counter() - start
         return done
 
-    def _pull_locked(self, records: dict[str, dict[str, Any]], cache: Cache, done: Transfer) -> None:
+    def _pull_locked(self, records: dict[str, dict[str, Any]], cache: Cache, done: Transfer,
+                     installed: dict[str, Path]) -> None:
         """Download and install entries, each into its staging folder under its key's lock (held throughout:
-        no sweep deletes a transfer in flight, and a build of the key waits for it, then finds it cached)."""
+        no sweep deletes a transfer in flight, and a build of the key waits for it, then finds it cached).
+
+        Each object is downloaded once, however many entries hold it (variants share tables): its other
+        places get checked local copies, as do objects an earlier batch of this pull installed."""
         with contextlib.ExitStack() as stack:
             staging = {key: stack.enter_context(cache.staging(key, resumable="pull")) for key in records}
             for key in [key for key in records if _sound(cache, key)]:  # another process got it while we waited
                 done.present.append(key)
                 del records[key]
-            downloads = {}
+            places: dict[str, list[Path]] = {}
+            names: dict[str, str] = {}  # the object's name in the first entry that holds it, for messages
+            sizes: dict[str, int] = {}
             for key, record in records.items():
                 _keep_only(staging[key], set(record["files"]))
                 for rel, info in record["files"].items():
-                    downloads[(key, rel)] = (staging[key] / rel, info["hash"], info["bytes"])
-            install = _when_complete({key: {(key, rel) for rel in record["files"]} for key, record in records.items()},
+                    places.setdefault(info["hash"], []).append(staging[key] / rel)
+                    names.setdefault(info["hash"], rel)
+                    sizes[info["hash"]] = info["bytes"]
+            downloads = {digest: (paths, names[digest], installed.get(digest), sizes[digest]) for digest, paths in places.items()}
+            install = _when_complete({key: {info["hash"] for info in record["files"].values()} for key, record in records.items()},
                                      lambda key: self._install(cache, key, staging[key], done))
             errors, objects, nbytes = self._transfer("pull", downloads, self._download_object, on_done=install)
             done.objects, done.bytes = done.objects + objects, done.bytes + nbytes
             for key, record in records.items():
-                problems = [errors[(key, rel)] for rel in record["files"] if (key, rel) in errors]
+                problems = [errors[info["hash"]] for info in record["files"].values() if info["hash"] in errors]
                 if not problems:
                     continue
                 damaged = problems[0].startswith("damaged")
@@ -409,21 +422,34 @@ class Remote:
             ok = False
         return record if ok else "damaged record (unreadable, for another key, or naming files outside the entry)"
 
-    def _download_object(self, item: tuple[str, str], target: tuple[Path, str, int]) -> int:
-        path, digest, size = target
-        if path.is_file() and hash_file(path) == digest:
-            return 0  # fetched by an earlier, interrupted pull
+    def _download_object(self, digest: str, target: tuple[list[Path], str, Path | None, int]) -> int:
+        """Put object `digest` at every path of `target`, each checked against the hash before it appears:
+        from a copy left by an earlier, interrupted pull, from a file this pull installed, else downloaded
+        once; bytes downloaded."""
+        paths, name, installed, size = target
+        have = next((path for path in paths if path.is_file() and hash_file(path) == digest), None)
+        if have is None and installed is not None and _copy_checked(installed, paths[0], digest):
+            have = paths[0]
+        downloaded = 0
+        if have is None:
+            self._fetch(digest, paths[0], name)
+            have, downloaded = paths[0], size
+        for path in paths:
+            if path != have and not (path.is_file() and hash_file(path) == digest) and not _copy_checked(have, path, digest):
+                raise OSError(f"could not copy {name} within the cache")
+        return downloaded
+
+    def _fetch(self, digest: str, path: Path, name: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
         try:
             self.fs.get_file(self.object_path(digest), str(partial))
         except FileNotFoundError:
-            raise _Damaged(f"damaged: object {item[1]} is missing on the remote") from None
+            raise _Damaged(f"damaged: object {name} is missing on the remote") from None
         if hash_file(partial) != digest:
             partial.unlink()
-            raise _Damaged(f"damaged: {item[1]} does not match its hash")
+            raise _Damaged(f"damaged: {name} does not match its hash")
         os.replace(partial, path)
-        return size
 
     # -- shared machinery ----------------------------------------------------
     def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -616,6 +642,22 @@ def _inside(relative: str) -> bool:
     if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
         return False
     return all(part and not part.startswith(".") for part in relative.split("/"))
+
+
+def _copy_checked(source: Path, path: Path, digest: str) -> bool:
+    """Copy `source` to `path` if the copy hashes to `digest` (False, and nothing at `path`, otherwise: the
+    source may have gone, as an entry another process collected)."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, partial)
+        if hash_file(partial) == digest:
+            os.replace(partial, path)
+            return True
+    except OSError:
+        pass
+    partial.unlink(missing_ok=True)
+    return False
 
 
 def _keep_only(staging: Path, names: set[str]) -> None:

@@ -565,3 +565,74 @@ def test_a_sweep_during_a_response_snapshot_transfer_deletes_nothing_in_flight(t
     assert name and remote.pull_responses(b, [name]) == 5
     assert swept == [0, 0]
     assert not list((a.root / "tmp").iterdir()) and not list((b.root / "tmp").iterdir())
+
+
+SHARED_TABLES = BASIC.replace("    label_column: stars\n", "    label_column: stars\n    limit: ${cap}\n") + "matrix:\n  cap: [1000, 2000]\n"
+
+
+def _counting_downloads(monkeypatch) -> list[str]:
+    """The objects a pull downloads (fs.get_file calls), by hash."""
+    fetched: list[str] = []
+    real = Remote._fetch
+
+    def counted(self, digest, path, name):
+        fetched.append(digest)
+        return real(self, digest, path, name)
+
+    monkeypatch.setattr(Remote, "_fetch", counted)
+    return fetched
+
+
+@pytest.mark.parametrize("batch", [256, 1])
+def test_a_pull_downloads_each_object_once_however_many_entries_hold_it(cli, write_recipe, data_csv, tmp_path,
+                                                                         remote_url, monkeypatch, batch):
+    """Both caps exceed the data: the two load entries (and the two splits) hold byte-identical tables under
+    different keys. Each object comes down once; its other places are checked copies, within a batch of
+    locked keys or (batch 1) from the entry an earlier batch installed."""
+    recipe = write_recipe(SHARED_TABLES)
+    assert cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote_url).exit_code == 0
+    keys = sorted({key for variant in json.loads(recipe.with_suffix(".lock").read_text())["variants"].values()
+                   for key in variant.values()})
+    files = [info["hash"] for key in keys for info in record(remote_url, key)["files"].values()]
+    assert len(keys) == 4 and len(set(files)) < len(files)  # shared objects, else this test shows nothing
+    monkeypatch.setattr("synthforge.remote.LOCK_BATCH", batch)
+    fetched = _counting_downloads(monkeypatch)
+    done = Remote(remote_url, progress=False).pull_many(keys, Cache(tmp_path / "b"))
+    assert sorted(done.entries) == keys and not done.refused and not done.failed
+    assert sorted(fetched) == sorted(set(files)) and done.objects == len(set(files))
+    assert all(Cache(tmp_path / "b").verify(entry) == [] for entry in Cache(tmp_path / "b").entries())
+
+
+def test_a_damaged_shared_object_refuses_every_entry_that_holds_it(cli, write_recipe, data_csv, tmp_path):
+    recipe, remote_dir = write_recipe(SHARED_TABLES), tmp_path / "remote"
+    assert cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote_dir).exit_code == 0
+    loads = sorted({variant["rows"] for variant in json.loads(recipe.with_suffix(".lock").read_text())["variants"].values()})
+    shared = record(str(remote_dir), loads[0])["files"]["data.parquet"]["hash"]
+    assert record(str(remote_dir), loads[1])["files"]["data.parquet"]["hash"] == shared
+    target = next(remote_dir.rglob(shared))
+    target.write_bytes(target.read_bytes()[:-1] + b"!")
+    done = Remote(str(remote_dir), progress=False).pull_many(loads, Cache(tmp_path / "b"))
+    assert sorted(done.refused) == loads and not done.entries
+    assert all("data.parquet does not match its hash" in why for why in done.refused.values())
+
+
+def test_a_copy_source_that_went_bad_is_downloaded_instead(cli, write_recipe, data_csv, tmp_path, monkeypatch):
+    """An entry installed by an earlier batch can be damaged or collected before a later batch copies from it:
+    the copy is checked, and the object is downloaded instead."""
+    recipe, remote_dir = write_recipe(SHARED_TABLES), tmp_path / "remote"
+    assert cli("build", recipe, "--cache-dir", tmp_path / "a", "--push", "--remote", remote_dir).exit_code == 0
+    loads = sorted({variant["rows"] for variant in json.loads(recipe.with_suffix(".lock").read_text())["variants"].values()})
+    monkeypatch.setattr("synthforge.remote.LOCK_BATCH", 1)
+    real_install, b = Remote._install, Cache(tmp_path / "b")
+
+    def install_then_damage(cache, key, staging, done):
+        real_install(cache, key, staging, done)
+        table = cache.entry_path(key) / "data.parquet"
+        os.chmod(table, 0o644)
+        table.write_bytes(b"not the table")
+
+    monkeypatch.setattr(Remote, "_install", staticmethod(install_then_damage))
+    fetched = _counting_downloads(monkeypatch)
+    done = Remote(str(remote_dir), progress=False).pull_many(loads, b)
+    shared = record(str(remote_dir), loads[0])["files"]["data.parquet"]["hash"]
+    assert sorted(done.entries) == loads and fetched.count(shared) == 2
