@@ -365,3 +365,28 @@ def test_a_damaged_artifact_is_rebuilt_by_build_and_an_error_when_read(model_bui
                for p in cache.entry_path(key).joinpath("artifacts").rglob("*") if p.is_file()}
         assert now == pristine, f"trial {trial}: the rebuilt artifacts differ"
         assert "4 cached, 0 to run" in cli("plan", recipe).output
+
+
+def test_a_locked_response_cache_is_waited_for_never_moved_aside(tmp_path, monkeypatch):
+    """Switching to WAL can report "database is locked" past the busy timeout while another worker holds the
+    database: that is not damage, and moving the file aside broke the other worker ("no such table")."""
+    import sqlite3
+
+    from synthforge.generation import response_cache
+    from synthforge.generation.response_cache import ResponseCache
+
+    ResponseCache(tmp_path).close()
+    real_open, tries = ResponseCache._open, []
+
+    def busy_twice(self):
+        tries.append(1)
+        if len(tries) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real_open(self)
+
+    monkeypatch.setattr(ResponseCache, "_open", busy_twice)
+    monkeypatch.setattr(response_cache, "WAIT_POLL_S", 0.01)
+    logged = []
+    ResponseCache(tmp_path, log=logged.append).close()
+    assert len(tries) == 3 and not logged
+    assert sorted(p.name for p in tmp_path.iterdir() if "aside" in p.name or "damaged" in p.name) == []

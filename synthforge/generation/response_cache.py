@@ -91,6 +91,10 @@ class DamagedSnapshot(Exception):
     """A response snapshot that is unreadable, has a row failing its hash, or does not match its name."""
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _has_hashes(db: sqlite3.Connection) -> bool:
     return "hash" in {row[1] for row in db.execute("PRAGMA table_info(responses)")}
 
@@ -176,14 +180,30 @@ class ResponseCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._owner_lock = self._hold_owner_lock()
         try:
-            self._db = self._open()
+            self._db = self._open_when_free()
         except sqlite3.DatabaseError as exc:
             if storage_error(exc, self.folder) is not None:
                 raise storage_error(exc, self.folder) from None
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                raise UserError(f"the response cache {self.path} stayed locked for a minute",
+                                hint="another synthforge process holds it: let it finish, then rerun") from None
             aside = move_aside(self.folder)
             log(f"warning: the response cache {self.path} is damaged ({exc}); moved it to {aside.name} "
                 "and started a fresh one (responses will be requested again)")
             self._db = self._open()
+
+    def _open_when_free(self, patience_s: float = 60.0) -> sqlite3.Connection:
+        """`_open`, waiting while another process holds a lock: a busy database (switching to WAL can report
+        "database is locked" past the busy timeout) is not a damaged one, and must never be moved aside
+        from under the process that holds it."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(WAIT_POLL_S)
 
     def _open(self) -> sqlite3.Connection:
         db = _connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
